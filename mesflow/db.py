@@ -1,0 +1,146 @@
+"""Database access shared by every component: connections, migrations, the plant mirror."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from mesflow.plant import PlantConfig, Reason
+from mesflow.settings import REPO_ROOT
+
+SQL_DIR = REPO_ROOT / "sql"
+TIMESCALE_DIR = SQL_DIR / "timescaledb"
+_MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+# Any constant works; it only has to be the same for every process that migrates.
+_MIGRATION_LOCK = 0x6D657366
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
+    return psycopg.connect(url, autocommit=autocommit, application_name="mesflow")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str  # "003" or "timescaledb/001"
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def find_migrations(directory: Path, prefix: str = "") -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        m = _MIGRATION_NAME.match(path.name)
+        if not m:
+            raise MigrationError(f"{path}: migration files are named NNN_lower_case.sql")
+        found.append(Migration(prefix + m.group(1), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"{directory}: two migrations share a number")
+    return found
+
+
+def timescaledb_available(conn: psycopg.Connection) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
+    ).fetchone()
+    return row is not None
+
+
+def migrate(url: str, log: Callable[[str], None] = print) -> list[str]:
+    """Apply the numbered migrations not yet recorded; return the versions applied.
+
+    Idempotent and safe to run from several processes at once (an advisory lock
+    serialises them). An applied file that has since been edited is an error: published
+    migrations are never changed, a new numbered file is added instead.
+    """
+    applied_now: list[str] = []
+    with connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            plan = find_migrations(SQL_DIR)
+            if timescaledb_available(conn):
+                plan += find_migrations(TIMESCALE_DIR, prefix="timescaledb/")
+            else:
+                log("TimescaleDB extension not available: plain PostgreSQL tables only")
+            for mig in plan:
+                if mig.version in done:
+                    if done[mig.version] != mig.checksum:
+                        raise MigrationError(
+                            f"migration {mig.path.name} was changed after it was applied; "
+                            "add a new numbered migration instead"
+                        )
+                    continue
+                with conn.transaction():
+                    conn.execute(mig.sql)  # type: ignore[arg-type]  # trusted file
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name, checksum) "
+                        "VALUES (%s, %s, %s)",
+                        (mig.version, mig.path.name, mig.checksum),
+                    )
+                log(f"applied migration {mig.version} ({mig.path.name})")
+                applied_now.append(mig.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied_now
+
+
+def sync_plant(url: str, plant: PlantConfig) -> None:
+    """Mirror the plant model into plant_line / plant_machine / reason_code."""
+    lines = [
+        (ln.id, ln.area, ln.name.en, ln.name.zh, i) for i, ln in enumerate(plant.lines)
+    ]
+    machines = []
+    pos = 0
+    for ln in plant.lines:
+        for m in ln.machines:
+            machines.append(
+                (
+                    m.id,
+                    ln.id,
+                    m.name.en,
+                    m.name.zh,
+                    plant.ideal_cycle_seconds(m.id),
+                    plant.microstop_seconds(m.id),
+                    pos,
+                )
+            )
+            pos += 1
+    reasons: list[tuple[str, str | None, str, str, str]] = []
+
+    def walk(items: list[Reason], parent: str | None) -> None:
+        for r in items:
+            reasons.append((r.code, parent, r.category, r.name.en, r.name.zh))
+            walk(r.children, r.code)
+
+    walk(plant.reasons, None)
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM plant_machine")
+        cur.execute("DELETE FROM plant_line")
+        cur.execute("DELETE FROM reason_code")
+        cur.executemany("INSERT INTO plant_line VALUES (%s, %s, %s, %s, %s)", lines)
+        cur.executemany(
+            "INSERT INTO plant_machine VALUES (%s, %s, %s, %s, %s, %s, %s)", machines
+        )
+        cur.executemany("INSERT INTO reason_code VALUES (%s, %s, %s, %s, %s)", reasons)

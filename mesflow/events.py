@@ -1,0 +1,212 @@
+"""The canonical event contract (v1), as typed models.
+
+Every collector turns what it receives into one of these before the dataflow sees it;
+replay files hold them one per line. `docs/events.schema.json` is generated from these
+models (`mesflow schema`), so the published JSON Schema cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+)
+
+CANONICAL_STATES = ("running", "idle", "down", "setup", "planned_stop", "offline")
+MachineState = Literal["running", "idle", "down", "setup", "planned_stop", "offline"]
+
+# RFC 3339 with an offset: strict mode refuses numbers and naive times, so a PLC that sends
+# epoch seconds or local time without an offset is dead-lettered instead of misread.
+EventTime = Annotated[AwareDatetime, Field(strict=True)]
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Event(BaseModel):
+    # Unknown extra fields are ignored: sources may send more than the contract needs,
+    # and the project may add optional fields without breaking old senders.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ts: EventTime
+    id: Id | None = None
+
+
+class _MachineEvent(_Event):
+    machine: Id
+
+
+class StateEvent(_MachineEvent):
+    """The machine entered `state` at `ts`; it lasts until the machine's next state event."""
+
+    type: Literal["state"]
+    state: MachineState
+    reason: Id | None = None
+
+
+class CountEvent(_MachineEvent):
+    """Parts finished since the previous count event (increments)."""
+
+    type: Literal["count"]
+    good: NonNegativeInt = 0
+    scrap: NonNegativeInt = 0
+
+
+class CounterEvent(_MachineEvent):
+    """A cumulative counter read from the machine; first value is a baseline, a drop a reset."""
+
+    type: Literal["counter"]
+    name: Literal["total", "scrap"]
+    value: NonNegativeInt
+
+
+class _Report(_MachineEvent):
+    type: Literal["report"]
+    operator: Id | None = None
+
+
+class DowntimeReasonReport(_Report):
+    """Assigns `reason` to the stop of this machine that contains the instant `at`."""
+
+    kind: Literal["downtime_reason"]
+    at: EventTime
+    reason: Id
+
+
+class ScrapReport(_Report):
+    """Moves `qty` parts the machine counted as good into scrap, at `ts`."""
+
+    kind: Literal["scrap"]
+    qty: PositiveInt
+    reason: Id | None = None
+
+
+class WorkOrderStartReport(_Report):
+    kind: Literal["wo_start"]
+    work_order: Id
+
+
+class WorkOrderEndReport(_Report):
+    kind: Literal["wo_end"]
+    work_order: Id
+
+
+Report = Annotated[
+    DowntimeReasonReport | ScrapReport | WorkOrderStartReport | WorkOrderEndReport,
+    Field(discriminator="kind"),
+]
+
+
+class OrderEvent(_Event):
+    """A full CRM order snapshot; an older or equal `version` than the stored one is ignored."""
+
+    type: Literal["order"]
+    order_no: Id
+    version: NonNegativeInt
+    customer: str
+    priority: PositiveInt
+    product: Id
+    qty: PositiveInt
+    due: EventTime
+    status: Literal["open", "on_hold", "cancelled", "closed"]
+
+
+class WorkOrderEvent(_Event):
+    """The MES's unit of execution: one CRM order feeds one or more work orders."""
+
+    type: Literal["work_order"]
+    work_order: Id
+    order_no: Id
+    product: Id
+    qty: PositiveInt
+    machine: Id | None = None
+
+
+Event = Annotated[
+    StateEvent | CountEvent | CounterEvent | Report | OrderEvent | WorkOrderEvent,
+    Field(discriminator="type"),
+]
+MachineEvent = (
+    StateEvent
+    | CountEvent
+    | CounterEvent
+    | DowntimeReasonReport
+    | ScrapReport
+    | WorkOrderStartReport
+    | WorkOrderEndReport
+)
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class ContractError(ValueError):
+    """A payload that is not a valid canonical event; `reason` is a short, stable code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    # pydantic puts the discriminator values in error locations: ("report", "scrap", "qty").
+    parts = list(loc)
+    if parts and parts[0] in _TYPE_TAGS:
+        tag = parts.pop(0)
+        if tag == "report" and parts and parts[0] in _KIND_TAGS:
+            parts.pop(0)
+    return ".".join(str(p) for p in parts)
+
+
+_TYPE_TAGS = {"state", "count", "counter", "report", "order", "work_order"}
+_KIND_TAGS = {"downtime_reason", "scrap", "wo_start", "wo_end"}
+
+
+def _describe(err: ValidationError) -> ContractError:
+    first = err.errors(include_url=False)[0]
+    where = _field_path(first["loc"])
+    kind = first["type"]
+    if kind == "json_invalid":
+        return ContractError("malformed", f"not valid JSON: {first['msg']}")
+    if not where and kind in ("model_type", "model_attributes_type", "dict_type"):
+        return ContractError("malformed", "an event must be a JSON object")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        return ContractError("unknown_type", first["msg"])
+    if kind == "missing":
+        return ContractError("missing_field", f"field '{where}' is required")
+    if kind.startswith("datetime") or kind == "timezone_aware":
+        return ContractError(
+            "bad_timestamp", f"field '{where}' must be an RFC 3339 time with offset"
+        )
+    if kind == "greater_than_equal" and where in ("good", "scrap", "value"):
+        return ContractError("negative_count", f"field '{where}': {first['msg']}")
+    return ContractError("invalid_field", f"field '{where}': {first['msg']}")
+
+
+def parse_event(payload: bytes | str) -> Event:
+    """Parse and validate one JSON event; raises ContractError with a stable reason code."""
+    try:
+        return EVENT_ADAPTER.validate_json(payload)
+    except ValidationError as err:
+        raise _describe(err) from None
+
+
+def event_json_schema() -> dict[str, object]:
+    schema = EVENT_ADAPTER.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://mesflow.dev/schemas/events-v1.json"
+    schema["title"] = "mesflow canonical event (v1)"
+    return schema
+
+
+def to_utc(ts: datetime) -> datetime:
+    from datetime import UTC
+
+    return ts.astimezone(UTC)

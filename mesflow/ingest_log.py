@@ -1,0 +1,78 @@
+"""The ingest log: append (collectors, replay) and read in order (the dataflow source)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+# Serialises writers so that seq order equals commit order (see sql/001_ingest_log.sql).
+_APPEND_LOCK = 0x6D6C6F67
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One input as a collector hands it to the log."""
+
+    source: str
+    payload: bytes
+    dedupe_key: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One row read back from the log."""
+
+    seq: int
+    received_at: datetime
+    source: str
+    payload: bytes
+    error: str | None
+
+
+_STAGE = """CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
+    ord int, source text, payload bytea, error text, dedupe_key text
+) ON COMMIT DELETE ROWS"""
+
+
+def append(conn: psycopg.Connection, records: Sequence[LogRecord]) -> int:
+    """Durably append `records` in one transaction; return how many were new.
+
+    A record whose dedupe_key is already in the log (a redelivered MQTT message with an
+    event id, a replayed file line) is skipped. Returns only after COMMIT, so a caller
+    may acknowledge its source once this returns.
+    """
+    if not records:
+        return 0
+    with conn.transaction(), conn.cursor() as cur:
+        cur.execute(_STAGE)
+        with cur.copy(
+            "COPY ingest_stage (ord, source, payload, error, dedupe_key) FROM STDIN"
+        ) as copy:
+            for i, r in enumerate(records):
+                copy.write_row((i, r.source, r.payload, r.error, r.dedupe_key))
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
+        cur.execute(
+            """INSERT INTO ingest_log (source, payload, error, dedupe_key)
+               SELECT source, payload, error, dedupe_key FROM ingest_stage ORDER BY ord
+               ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"""
+        )
+        inserted = cur.rowcount
+    return inserted
+
+
+def read_after(conn: psycopg.Connection, after_seq: int, limit: int) -> list[LogEntry]:
+    rows = conn.execute(
+        """SELECT seq, received_at, source, payload, error FROM ingest_log
+           WHERE seq > %s ORDER BY seq LIMIT %s""",
+        (after_seq, limit),
+    ).fetchall()
+    return [LogEntry(*row) for row in rows]
+
+
+def last_seq(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT COALESCE(max(seq), 0) FROM ingest_log").fetchone()
+    return int(row[0]) if row else 0

@@ -1,0 +1,245 @@
+"""The plant model (`config/plant.example.yaml`): validated once, at start.
+
+A bad file fails with the file, the line and the field named, e.g.
+`config/plant.yaml:42: lines.0.machines.3.microstop_seconds: Input should be >= 0`.
+"""
+
+from __future__ import annotations
+
+from datetime import time
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mesflow.events import CANONICAL_STATES, MachineState
+from mesflow.yaml_lines import YamlError, line_of, load_with_lines
+
+Code = str  # machine ids, line ids, reason codes: [A-Za-z0-9_.-]
+CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+REASON_CATEGORIES = (
+    "technical",
+    "material",
+    "process",
+    "operator",
+    "quality",
+    "organisational",
+    "planned",
+    "other",
+)
+
+
+class _Model(BaseModel):
+    # Typos in a config key are errors, not silently ignored settings.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalizedName(_Model):
+    en: str = Field(min_length=1)
+    zh: str = Field(min_length=1)
+
+    def get(self, lang: str) -> str:
+        return self.zh if lang.startswith("zh") else self.en
+
+
+class Break(_Model):
+    name: str = "break"
+    start: time
+    end: time
+
+
+class Shift(_Model):
+    name: str = Field(pattern=CODE_PATTERN)
+    start: time
+    end: time  # an end at or before the start means the shift ends the next day
+    breaks: list[Break] = []
+
+
+class ShiftCalendar(_Model):
+    shifts: list[Shift] = Field(min_length=1)
+    # ISO weekdays (1 = Monday) on which shifts start; a shift starting on a listed day runs
+    # to its end even if that is the next day.
+    workdays: list[int] = Field(default=[1, 2, 3, 4, 5, 6, 7])
+
+    @field_validator("workdays")
+    @classmethod
+    def _weekdays(cls, days: list[int]) -> list[int]:
+        bad = [d for d in days if not 1 <= d <= 7]
+        if bad:
+            raise ValueError(f"weekdays are 1 (Monday) to 7 (Sunday), got {bad}")
+        return days
+
+
+class Machine(_Model):
+    id: Code = Field(pattern=CODE_PATTERN)
+    name: LocalizedName
+    ideal_cycle_seconds: PositiveFloat | None = None
+    microstop_seconds: NonNegativeFloat | None = None
+    # Name of an entry in `state_mappings` used by collectors for this machine's native codes.
+    state_mapping: str | None = None
+
+
+class Line(_Model):
+    id: Code = Field(pattern=CODE_PATTERN)
+    name: LocalizedName
+    area: Code = Field(default="main", pattern=CODE_PATTERN)
+    shift_calendar: ShiftCalendar | None = None
+    machines: list[Machine] = Field(min_length=1)
+
+
+class Product(_Model):
+    id: Code = Field(pattern=CODE_PATTERN)
+    name: LocalizedName
+    # Ideal cycle time per machine id, in seconds per part.
+    ideal_cycle_seconds: dict[Code, PositiveFloat] = {}
+
+
+class Reason(_Model):
+    code: Code = Field(pattern=CODE_PATTERN)
+    name: LocalizedName
+    category: Literal[
+        "technical",
+        "material",
+        "process",
+        "operator",
+        "quality",
+        "organisational",
+        "planned",
+        "other",
+    ]
+    children: list[Reason] = []
+
+
+class PlantInfo(_Model):
+    id: Code = Field(pattern=CODE_PATTERN)
+    name: LocalizedName
+    timezone: str
+    site: Code = Field(default="site", pattern=CODE_PATTERN)
+    allowed_lateness_seconds: NonNegativeFloat = 300
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {name!r} (use an IANA name like Asia/Shanghai)")
+        return name
+
+
+class MachineDefaults(_Model):
+    ideal_cycle_seconds: PositiveFloat = 60.0
+    microstop_seconds: NonNegativeFloat = 120.0
+
+
+class PlantConfig(_Model):
+    plant: PlantInfo
+    defaults: MachineDefaults = MachineDefaults()
+    shift_calendar: ShiftCalendar
+    lines: list[Line] = Field(min_length=1)
+    products: list[Product] = []
+    reasons: list[Reason] = []
+    # Source-specific state codes -> canonical states, one table per source kind,
+    # e.g. {"euromap77": {"1": "running", "2": "idle"}}. Applied by collectors only.
+    state_mappings: dict[str, dict[str, MachineState]] = {}
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PlantConfig:
+        seen: set[str] = set()
+        for line in self.lines:
+            for machine in line.machines:
+                if machine.id in seen:
+                    raise ValueError(f"machine id {machine.id!r} is used twice")
+                seen.add(machine.id)
+                if machine.state_mapping and machine.state_mapping not in self.state_mappings:
+                    raise ValueError(
+                        f"machine {machine.id!r} names state_mapping {machine.state_mapping!r}, "
+                        f"which is not defined under state_mappings"
+                    )
+        for product in self.products:
+            unknown = sorted(set(product.ideal_cycle_seconds) - seen)
+            if unknown:
+                raise ValueError(f"product {product.id!r} names unknown machines {unknown}")
+        codes = [r.code for r in _walk(self.reasons)]
+        dupes = sorted({c for c in codes if codes.count(c) > 1})
+        if dupes:
+            raise ValueError(f"reason codes used twice: {dupes}")
+        return self
+
+    # -- lookups used by collectors and the dataflow --------------------------------------
+
+    @cached_property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.plant.timezone)
+
+    @cached_property
+    def machines(self) -> dict[str, Machine]:
+        return {m.id: m for line in self.lines for m in line.machines}
+
+    @cached_property
+    def line_of_machine(self) -> dict[str, Line]:
+        return {m.id: line for line in self.lines for m in line.machines}
+
+    @cached_property
+    def reasons_by_code(self) -> dict[str, Reason]:
+        return {r.code: r for r in _walk(self.reasons)}
+
+    def ideal_cycle_seconds(self, machine: str, product: str | None = None) -> float:
+        if product is not None:
+            for p in self.products:
+                if p.id == product and machine in p.ideal_cycle_seconds:
+                    return p.ideal_cycle_seconds[machine]
+        own = self.machines[machine].ideal_cycle_seconds
+        return own if own is not None else self.defaults.ideal_cycle_seconds
+
+    def microstop_seconds(self, machine: str) -> float:
+        own = self.machines[machine].microstop_seconds
+        return own if own is not None else self.defaults.microstop_seconds
+
+    def calendar_for(self, machine: str) -> ShiftCalendar:
+        return self.line_of_machine[machine].shift_calendar or self.shift_calendar
+
+    def map_state(self, mapping: str, code: str) -> MachineState | None:
+        """A source's native state code as a canonical state (None when unmapped)."""
+        if code in CANONICAL_STATES:
+            return code  # type: ignore[return-value]
+        return self.state_mappings.get(mapping, {}).get(code)
+
+
+def _walk(reasons: list[Reason]) -> list[Reason]:
+    out: list[Reason] = []
+    for r in reasons:
+        out.append(r)
+        out.extend(_walk(r.children))
+    return out
+
+
+class ConfigError(YamlError):
+    """A plant configuration that cannot be used; the message names file, line and field."""
+
+
+def load_plant_config(file: str | Path) -> PlantConfig:
+    path = Path(file)
+    data, lines = load_with_lines(path)
+    if not isinstance(data, dict):
+        raise ConfigError(path, 1, "the plant configuration must be a YAML mapping")
+    try:
+        return PlantConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        loc = tuple(first["loc"])
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        msg = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(path, line_of(lines, loc), f"{field}: {msg}") from None

@@ -1,0 +1,107 @@
+"""Fixtures that start real services: PostgreSQL (embedded, or MESFLOW_TEST_DATABASE_URL)
+and an MQTT broker (mosquitto; amqtt only when mosquitto is missing outside CI).
+
+Under CI=true a missing service is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from mesflow.db import migrate, sync_plant
+from mesflow.plant import PlantConfig, load_plant_config
+from mesflow.services import Broker, EmbeddedPostgres, start_broker
+from mesflow.settings import REPO_ROOT
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+EXAMPLE_CONFIG = REPO_ROOT / "config" / "plant.example.yaml"
+
+
+def require(condition: bool, what: str) -> None:
+    """Skip locally, fail in CI: a missing service must never pass silently in CI."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"required service missing under CI=true: {what}")
+    pytest.skip(f"{what} not available")
+
+
+@pytest.fixture(scope="session")
+def plant() -> PlantConfig:
+    return load_plant_config(EXAMPLE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a migrated template database on a real PostgreSQL server."""
+    external = os.environ.get("MESFLOW_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: str, plant: PlantConfig) -> str:
+    """A migrated database with the example plant loaded, cloned per test."""
+    name = "mesflow_template"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = _with_db(pg_server, name)
+    migrate(url, log=lambda _msg: None)
+    sync_plant(url, plant)
+    return name
+
+
+@pytest.fixture
+def db_url(pg_server: str, pg_template: str) -> Iterator[str]:
+    """A fresh, migrated database for one test (a copy of the template: ~50 ms)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    yield _with_db(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def empty_db_url(pg_server: str) -> Iterator[str]:
+    """A fresh database with no tables, for migration tests."""
+    name = f"e_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield _with_db(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _with_db(url: str, name: str) -> str:
+    # Works for both postgresql://u@/db?host=/sock and postgresql://u@h:p/db URLs.
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """A private MQTT broker on a free port (mosquitto; amqtt outside CI if missing)."""
+    have_mosquitto = bool(shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
+    if not have_mosquitto:
+        require(False, "mosquitto (apt-get install mosquitto)")
+    b = start_broker(tmp_path / "broker", persistence=False, prefer="mosquitto")
+    try:
+        yield b
+    finally:
+        b.stop()
