@@ -108,9 +108,7 @@ def migrate(url: str, log: Callable[[str], None] = print) -> list[str]:
 
 def sync_plant(url: str, plant: PlantConfig) -> None:
     """Mirror the plant model into plant_line / plant_machine / reason_code."""
-    lines = [
-        (ln.id, ln.area, ln.name.en, ln.name.zh, i) for i, ln in enumerate(plant.lines)
-    ]
+    lines = [(ln.id, ln.area, ln.name.en, ln.name.zh, i) for i, ln in enumerate(plant.lines)]
     machines = []
     pos = 0
     for ln in plant.lines:
@@ -140,7 +138,5 @@ def sync_plant(url: str, plant: PlantConfig) -> None:
         cur.execute("DELETE FROM plant_line")
         cur.execute("DELETE FROM reason_code")
         cur.executemany("INSERT INTO plant_line VALUES (%s, %s, %s, %s, %s)", lines)
-        cur.executemany(
-            "INSERT INTO plant_machine VALUES (%s, %s, %s, %s, %s, %s, %s)", machines
-        )
+        cur.executemany("INSERT INTO plant_machine VALUES (%s, %s, %s, %s, %s, %s, %s)", machines)
         cur.executemany("INSERT INTO reason_code VALUES (%s, %s, %s, %s, %s)", reasons)

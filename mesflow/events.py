@@ -7,12 +7,14 @@ models (`mesflow schema`), so the published JSON Schema cannot drift from the co
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeInt,
@@ -20,13 +22,30 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
 )
+from pydantic_core import PydanticCustomError
 
 CANONICAL_STATES = ("running", "idle", "down", "setup", "planned_stop", "offline")
 MachineState = Literal["running", "idle", "down", "setup", "planned_stop", "offline"]
 
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    # pydantic alone would read a numeric string ("1763596800") as epoch seconds: accept
+    # only RFC 3339 text, parsed here (strict mode then refuses any other non-datetime).
+    if not isinstance(value, str):
+        return value
+    if _RFC3339.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value.upper())
+        except ValueError:
+            pass
+    raise PydanticCustomError("datetime_rfc3339", "Input should be an RFC 3339 time")
+
+
 # RFC 3339 with an offset: strict mode refuses numbers and naive times, so a PLC that sends
 # epoch seconds or local time without an offset is dead-lettered instead of misread.
-EventTime = Annotated[AwareDatetime, Field(strict=True)]
+EventTime = Annotated[AwareDatetime, Field(strict=True), BeforeValidator(_rfc3339_text)]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 
 

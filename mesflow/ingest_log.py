@@ -38,15 +38,24 @@ _STAGE = """CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
 ) ON COMMIT DELETE ROWS"""
 
 
-def append(conn: psycopg.Connection, records: Sequence[LogRecord]) -> int:
-    """Durably append `records` in one transaction; return how many were new.
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one append stored: how many rows were new, and their seq range."""
+
+    new: int
+    first_seq: int | None
+    last_seq: int | None
+
+
+def append(conn: psycopg.Connection, records: Sequence[LogRecord]) -> Appended:
+    """Durably append `records` in one transaction; report what was new.
 
     A record whose dedupe_key is already in the log (a redelivered MQTT message with an
     event id, a replayed file line) is skipped. Returns only after COMMIT, so a caller
     may acknowledge its source once this returns.
     """
     if not records:
-        return 0
+        return Appended(0, None, None)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_STAGE)
         with cur.copy(
@@ -56,19 +65,26 @@ def append(conn: psycopg.Connection, records: Sequence[LogRecord]) -> int:
                 copy.write_row((i, r.source, r.payload, r.error, r.dedupe_key))
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
         cur.execute(
-            """INSERT INTO ingest_log (source, payload, error, dedupe_key)
-               SELECT source, payload, error, dedupe_key FROM ingest_stage ORDER BY ord
-               ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING"""
+            """WITH ins AS (
+                   INSERT INTO ingest_log (source, payload, error, dedupe_key)
+                   SELECT source, payload, error, dedupe_key FROM ingest_stage ORDER BY ord
+                   ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL DO NOTHING
+                   RETURNING seq)
+               SELECT count(*), min(seq), max(seq) FROM ins"""
         )
-        inserted = cur.rowcount
-    return inserted
+        row = cur.fetchone()
+    assert row is not None
+    return Appended(int(row[0]), row[1], row[2])
 
 
-def read_after(conn: psycopg.Connection, after_seq: int, limit: int) -> list[LogEntry]:
+def read_after(
+    conn: psycopg.Connection, after_seq: int, limit: int, upto_seq: int | None = None
+) -> list[LogEntry]:
+    """Up to `limit` rows with after_seq < seq (<= upto_seq), in seq order."""
     rows = conn.execute(
         """SELECT seq, received_at, source, payload, error FROM ingest_log
-           WHERE seq > %s ORDER BY seq LIMIT %s""",
-        (after_seq, limit),
+           WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s""",
+        (after_seq, upto_seq if upto_seq is not None else 2**62, limit),
     ).fetchall()
     return [LogEntry(*row) for row in rows]
 

@@ -1,7 +1,8 @@
 """The plant model (`config/plant.example.yaml`): validated once, at start.
 
 A bad file fails with the file, the line and the field named, e.g.
-`config/plant.yaml:42: lines.0.machines.3.microstop_seconds: Input should be >= 0`.
+`config/plant.yaml:42: lines.0.machines.3.microstop_seconds: Input should be greater than
+or equal to 0`.
 """
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ from __future__ import annotations
 from datetime import time
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     NonNegativeFloat,
@@ -41,6 +43,25 @@ REASON_CATEGORIES = (
 )
 
 
+def _time_of_day(value: Any) -> Any:
+    # YAML 1.1 reads an unquoted 20:00 as the number 1200 (base 60), which pydantic would
+    # take as 00:20: refuse numbers so that the shift is not silently misread.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError('write times of day in quotes, e.g. "20:00"')
+    return value
+
+
+TimeOfDay = Annotated[time, BeforeValidator(_time_of_day)]
+
+
+class _LocatedError(ValueError):
+    """A cross-field error that knows which value it is about, so the loader can name its line."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class _Model(BaseModel):
     # Typos in a config key are errors, not silently ignored settings.
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,14 +77,14 @@ class LocalizedName(_Model):
 
 class Break(_Model):
     name: str = "break"
-    start: time
-    end: time
+    start: TimeOfDay
+    end: TimeOfDay
 
 
 class Shift(_Model):
     name: str = Field(pattern=CODE_PATTERN)
-    start: time
-    end: time  # an end at or before the start means the shift ends the next day
+    start: TimeOfDay
+    end: TimeOfDay  # an end at or before the start means the shift ends the next day
     breaks: list[Break] = []
 
 
@@ -135,7 +156,9 @@ class PlantInfo(_Model):
         try:
             ZoneInfo(name)
         except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {name!r} (use an IANA name like Asia/Shanghai)")
+            raise ValueError(
+                f"unknown time zone {name!r} (use an IANA name like Asia/Shanghai)"
+            ) from None
         return name
 
 
@@ -158,24 +181,30 @@ class PlantConfig(_Model):
     @model_validator(mode="after")
     def _cross_checks(self) -> PlantConfig:
         seen: set[str] = set()
-        for line in self.lines:
-            for machine in line.machines:
+        for li, line in enumerate(self.lines):
+            for mi, machine in enumerate(line.machines):
+                at = ("lines", li, "machines", mi)
                 if machine.id in seen:
-                    raise ValueError(f"machine id {machine.id!r} is used twice")
+                    raise _LocatedError((*at, "id"), f"machine id {machine.id!r} is used twice")
                 seen.add(machine.id)
                 if machine.state_mapping and machine.state_mapping not in self.state_mappings:
-                    raise ValueError(
+                    raise _LocatedError(
+                        (*at, "state_mapping"),
                         f"machine {machine.id!r} names state_mapping {machine.state_mapping!r}, "
-                        f"which is not defined under state_mappings"
+                        f"which is not defined under state_mappings",
                     )
-        for product in self.products:
+        for pi, product in enumerate(self.products):
             unknown = sorted(set(product.ideal_cycle_seconds) - seen)
             if unknown:
-                raise ValueError(f"product {product.id!r} names unknown machines {unknown}")
-        codes = [r.code for r in _walk(self.reasons)]
-        dupes = sorted({c for c in codes if codes.count(c) > 1})
-        if dupes:
-            raise ValueError(f"reason codes used twice: {dupes}")
+                raise _LocatedError(
+                    ("products", pi, "ideal_cycle_seconds", unknown[0]),
+                    f"product {product.id!r} names unknown machines {unknown}",
+                )
+        codes: set[str] = set()
+        for loc, reason in _walk_located(self.reasons, ("reasons",)):
+            if reason.code in codes:
+                raise _LocatedError((*loc, "code"), f"reason code {reason.code!r} is used twice")
+            codes.add(reason.code)
         return self
 
     # -- lookups used by collectors and the dataflow --------------------------------------
@@ -226,13 +255,26 @@ def _walk(reasons: list[Reason]) -> list[Reason]:
     return out
 
 
+def _walk_located(
+    reasons: list[Reason], prefix: tuple[str | int, ...]
+) -> list[tuple[tuple[str | int, ...], Reason]]:
+    out: list[tuple[tuple[str | int, ...], Reason]] = []
+    for i, r in enumerate(reasons):
+        out.append(((*prefix, i), r))
+        out.extend(_walk_located(r.children, (*prefix, i, "children")))
+    return out
+
+
 class ConfigError(YamlError):
     """A plant configuration that cannot be used; the message names file, line and field."""
 
 
 def load_plant_config(file: str | Path) -> PlantConfig:
     path = Path(file)
-    data, lines = load_with_lines(path)
+    try:
+        data, lines = load_with_lines(path)
+    except YamlError as err:  # unreadable file or bad YAML syntax: still a ConfigError
+        raise ConfigError(err.file, err.line, err.message) from None
     if not isinstance(data, dict):
         raise ConfigError(path, 1, "the plant configuration must be a YAML mapping")
     try:
@@ -240,6 +282,9 @@ def load_plant_config(file: str | Path) -> PlantConfig:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         loc = tuple(first["loc"])
+        located = first.get("ctx", {}).get("error")
+        if isinstance(located, _LocatedError):
+            loc = located.loc
         field = ".".join(str(p) for p in loc) or "(top level)"
         msg = first["msg"].removeprefix("Value error, ")
         raise ConfigError(path, line_of(lines, loc), f"{field}: {msg}") from None

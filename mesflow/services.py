@@ -130,8 +130,9 @@ def start_broker(
                 port=port, data_dir=data_dir, persistence="true" if persistence else "false"
             )
         )
-        proc = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         kind = "mosquitto"
     else:
         if prefer == "mosquitto":

@@ -30,7 +30,5 @@ CREATE INDEX dead_letter_reason ON dead_letter (reason, received_at);
 CREATE TABLE dataflow_progress (
     flow        text PRIMARY KEY,
     last_seq    bigint      NOT NULL,
-    events      bigint      NOT NULL DEFAULT 0,
-    dead        bigint      NOT NULL DEFAULT 0,
     updated_at  timestamptz NOT NULL DEFAULT now()
 );

@@ -1,0 +1,205 @@
+"""The `mesflow` command. Every subcommand has --help."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from mesflow.settings import Settings, get_settings
+
+COMPONENTS = ("collector-mqtt", "dataflow", "dashboard")
+
+
+def _plant(settings: Settings):  # type: ignore[no-untyped-def]
+    from mesflow.plant import ConfigError, load_plant_config
+
+    try:
+        return load_plant_config(settings.plant_config)
+    except ConfigError as err:
+        raise click.ClickException(f"plant configuration: {err}") from None
+
+
+def _database_url(settings: Settings) -> str:
+    if not settings.database_url:
+        raise click.ClickException(
+            "MESFLOW_DATABASE_URL is not set (mesflow demo sets it for the embedded database)"
+        )
+    return settings.database_url
+
+
+def _mqtt_url(settings: Settings) -> str:
+    if not settings.mqtt_url:
+        raise click.ClickException("MESFLOW_MQTT_URL is not set (e.g. mqtt://127.0.0.1:1883)")
+    return settings.mqtt_url
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.version_option(package_name="mesflow")
+def main(verbose: bool) -> None:
+    """mesflow: real-time shop-floor analytics.
+
+    Endpoints come from environment variables: MESFLOW_DATABASE_URL, MESFLOW_MQTT_URL,
+    MESFLOW_PLANT_CONFIG (default config/plant.example.yaml), MESFLOW_DATA_DIR (default var/).
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.option("--speed", default=1.0, show_default=True, help="Simulated seconds per real second.")
+@click.option("--seed", default=42, show_default=True, help="Seed of the plant simulator.")
+@click.option("--port", default=8050, show_default=True, help="Port of the dashboard.")
+def demo(speed: float, seed: int, port: int) -> None:
+    """Start the live demo plant: database, broker, simulator, collector, dataflow, dashboard.
+
+    Uses an embedded PostgreSQL and a local MQTT broker unless MESFLOW_DATABASE_URL /
+    MESFLOW_MQTT_URL name real ones. Ctrl-C stops everything; the next start resumes.
+    """
+    from mesflow.demo import run_demo
+
+    settings = get_settings()
+    plant = _plant(settings)
+    sys.exit(run_demo(settings, plant, speed=speed, seed=seed, port=port))
+
+
+@main.group()
+def db() -> None:
+    """Database schema tasks."""
+
+
+@db.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations (idempotent) and load the plant model into the database."""
+    from mesflow.db import migrate, sync_plant
+
+    settings = get_settings()
+    plant = _plant(settings)
+    url = _database_url(settings)
+    applied = migrate(url, log=click.echo)
+    sync_plant(url, plant)
+    click.echo(f"{len(applied)} migration(s) applied; plant model '{plant.plant.id}' loaded")
+
+
+@main.command("run")
+@click.argument("component", type=click.Choice(COMPONENTS))
+def run_component(component: str) -> None:
+    """Run one long-lived COMPONENT until interrupted.
+
+    \b
+    collector-mqtt  MQTT JSON signals and reports -> ingest log
+    dataflow        ingest log -> state intervals, status, hourly figures
+    dashboard       the Dash boards on MESFLOW_HTTP_HOST:MESFLOW_HTTP_PORT
+    """
+    settings = get_settings()
+    plant = _plant(settings)
+    if component == "collector-mqtt":
+        from collectors.mqtt_json import run_collector
+
+        run_collector(plant, _mqtt_url(settings), _database_url(settings))
+    elif component == "dataflow":
+        from streams.runner import run_live
+
+        run_live(plant, _database_url(settings), settings.recovery_dir, settings.snapshot_seconds)
+    elif component == "dashboard":
+        from dashboards.app import serve
+
+        serve(settings, plant, _database_url(settings))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def replay(file: Path, quiet: bool) -> None:
+    """Run FILE (JSON Lines of canonical events) through the dataflow into the database.
+
+    Exits when every event is processed, with a summary. Running it twice on the same
+    file changes nothing: lines already in the ingest log are not added again.
+    """
+    from streams.replay import replay_file
+
+    settings = get_settings()
+    plant = _plant(settings)
+    summary = replay_file(
+        file,
+        plant,
+        _database_url(settings),
+        settings.recovery_dir,
+        progress=not quiet,
+    )
+    click.echo(summary.describe())
+    if summary.dead_lettered:
+        click.echo(
+            "see the dead_letter table for the reasons (SELECT * FROM v_dead_letter_summary)"
+        )
+
+
+@main.command()
+@click.option("--seed", default=42, show_default=True, help="Same seed, same plant history.")
+@click.option("--speed", default=1.0, show_default=True, help="Simulated seconds per real second.")
+@click.option(
+    "--start",
+    type=click.DateTime(),
+    default=None,
+    help="Simulated start time in plant time (default: now).",
+)
+@click.option(
+    "--duration",
+    type=float,
+    default=None,
+    help="Simulated seconds to run (default: forever when live).",
+)
+@click.option(
+    "--to-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write canonical events to this JSONL file instead of publishing (as fast as possible).",
+)
+def simulate(
+    seed: int, speed: float, start: datetime | None, duration: float | None, to_file: Path | None
+) -> None:
+    """A believable plant: publishes machine signals and operator reports over MQTT."""
+    from collectors.simulator import run_simulator, write_history
+
+    settings = get_settings()
+    plant = _plant(settings)
+    tz_start = start.replace(tzinfo=plant.tz) if start else None
+    if to_file is not None:
+        if duration is None:
+            raise click.ClickException("--to-file needs --duration (simulated seconds)")
+        n = write_history(plant, to_file, seed=seed, start=tz_start, duration_s=duration)
+        click.echo(f"wrote {n} events to {to_file}")
+        return
+    run_simulator(
+        plant, _mqtt_url(settings), seed=seed, speed=speed, start=tz_start, duration_s=duration
+    )
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of standard output.",
+)
+def schema(out: Path | None) -> None:
+    """Print the JSON Schema of the canonical event contract."""
+    import json
+
+    from mesflow.events import event_json_schema
+
+    text = json.dumps(event_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if out:
+        out.write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The dataflow, wired: ingest log -> validate -> per-machine trackers -> PostgreSQL.
+
+This is the only module that knows Bytewax operators; the logic lives in
+streams/validate.py and streams/machine_tracker.py. Reads top to bottom:
+
+    ingest_log ─► validate ─┬─► by machine ─► machine trackers ─┐
+                            └─► rejections, progress ───────────┴─► results sink
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from mesflow.events import MachineEvent
+from mesflow.plant import PlantConfig
+from streams.machine_tracker import MachineTracker
+from streams.records import HourRow, IntervalRow, Rejection, StatusRow
+from streams.validate import Validator
+
+Row = IntervalRow | StatusRow | HourRow | Rejection
+Keyed = tuple[int, MachineEvent]
+
+
+class MachineLogic(StatefulBatchLogic[Keyed, list[Row], bytes]):
+    """Bytewax adapter around one machine's MachineTracker."""
+
+    def __init__(self, resume: bytes | None, zone: str, reasons: frozenset[str]) -> None:
+        # Bytewax hands the builder only the resume state, not the key: a new tracker is
+        # made on the first batch, whose events name the machine.
+        self.tracker: MachineTracker | None = pickle.loads(resume) if resume else None
+        self.zone = zone
+        self.reasons = reasons
+
+    def on_batch(self, values: list[Keyed]) -> tuple[list[list[Row]], bool]:
+        tracker = self.tracker
+        if tracker is None:
+            tracker = self.tracker = MachineTracker(values[0][1].machine, self.zone, self.reasons)
+        rejected: list[Row] = []
+        for seq, ev in values:
+            r = tracker.apply(seq, ev)
+            if r is not None:
+                rejected.append(r)
+        rows: list[Row] = [*tracker.flush(), *rejected]
+        return [rows], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        # Pickled here: an immutable copy, as Bytewax requires, cheaper than a deepcopy.
+        return pickle.dumps(self.tracker, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def build_flow(plant: PlantConfig, source: Source[Any], sink: Sink[Any]) -> Dataflow:
+    zone = plant.plant.timezone
+    reasons = frozenset(plant.reasons_by_code)
+
+    flow = Dataflow("mesflow_machines")
+    entries = op.input("ingest_log", flow, source)
+    checked = op.flat_map_batch("validate", entries, Validator(plant))
+    split = op.branch("machine_events", checked, lambda x: type(x) is tuple)
+    trackers = op.stateful_batch(
+        "machines", split.trues, lambda resume: MachineLogic(resume, zone, reasons)
+    )
+    rows = op.flat_map("rows", trackers, lambda kv: kv[1])
+    op.output("results", op.merge("all_results", rows, split.falses), sink)
+    return flow

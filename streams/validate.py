@@ -1,0 +1,60 @@
+"""First step of the dataflow: ingest_log rows -> valid events, or rejections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from mesflow.events import ContractError, OrderEvent, WorkOrderEvent, parse_event
+from mesflow.ingest_log import LogEntry
+from mesflow.plant import PlantConfig
+from streams.records import Progress, Rejection
+
+
+class Validator:
+    """Parses log rows against the contract and the plant model.
+
+    Output items are either `(machine, (seq, event))` pairs for the per-machine step, or
+    Rejection / Progress records for the sink. Order and work-order events are valid
+    input that the foundation does not process yet; they are accepted and counted.
+    """
+
+    def __init__(self, plant: PlantConfig) -> None:
+        self.machines = frozenset(plant.machines)
+
+    def __call__(self, batch: list[LogEntry]) -> Iterable[Any]:
+        out: list[Any] = []
+        dead = 0
+        for entry in batch:
+            if entry.error is not None:
+                out.append(Rejection(entry.seq, *_split(entry.error)))
+                dead += 1
+                continue
+            try:
+                ev = parse_event(entry.payload)
+            except ContractError as err:
+                out.append(Rejection(entry.seq, err.reason, err.detail))
+                dead += 1
+                continue
+            if isinstance(ev, OrderEvent | WorkOrderEvent):
+                continue
+            if ev.machine not in self.machines:
+                out.append(
+                    Rejection(
+                        entry.seq,
+                        "unknown_machine",
+                        f"machine {ev.machine!r} is not in the plant configuration",
+                    )
+                )
+                dead += 1
+                continue
+            out.append((ev.machine, (entry.seq, ev)))
+        if batch:
+            out.append(Progress(batch[-1].seq, len(batch), dead))
+        return out
+
+
+def _split(error: str) -> tuple[str, str]:
+    """Collector errors are stored as "reason: detail"."""
+    reason, _, detail = error.partition(": ")
+    return (reason, detail) if detail else ("collector", error)

@@ -1,0 +1,134 @@
+"""Test helpers: event files, table snapshots, waiting."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+RESULT_TABLES = {
+    "machine_state_interval": "machine, start_ts",
+    "machine_status": "machine",
+    "machine_hour": "machine, hour_start",
+    "dead_letter": "log_seq",
+}
+_VOLATILE = {"updated_at", "recorded_at", "received_at"}
+
+
+def random_events(
+    machines: list[str], n: int, *, seed: int = 1, start: str = "2026-11-20T08:00:00+08:00"
+) -> list[dict[str, Any]]:
+    """A plausible random stream: states, counts, counters, reports, a few bad inputs."""
+    rng = random.Random(seed)
+    t0 = datetime.fromisoformat(start)
+    clock = {m: t0 for m in machines}
+    counters = {m: 1000 for m in machines}
+    out: list[dict[str, Any]] = []
+    states = ["running", "running", "running", "idle", "down", "setup", "planned_stop", "offline"]
+    for i in range(n):
+        m = rng.choice(machines)
+        clock[m] += timedelta(seconds=rng.uniform(1, 90))
+        ts = clock[m].isoformat()
+        r = rng.random()
+        ev: dict[str, Any]
+        if r < 0.12:
+            st = rng.choice(states)
+            ev = {"type": "state", "machine": m, "ts": ts, "state": st}
+            if st == "down" and rng.random() < 0.5:
+                ev["reason"] = "hydraulic_fault"
+        elif r < 0.80:
+            ev = {
+                "type": "count",
+                "machine": m,
+                "ts": ts,
+                "good": rng.randint(0, 2),
+                "scrap": int(rng.random() < 0.05),
+            }
+        elif r < 0.88:
+            counters[m] = (
+                rng.randint(0, 50) if rng.random() < 0.03 else counters[m] + rng.randint(0, 5)
+            )
+            ev = {"type": "counter", "machine": m, "ts": ts, "name": "total", "value": counters[m]}
+        elif r < 0.92:
+            ev = {
+                "type": "report",
+                "kind": "scrap",
+                "machine": m,
+                "ts": ts,
+                "qty": 1,
+                "reason": "short_shot",
+                "operator": "op1",
+            }
+        elif r < 0.96:
+            at = (clock[m] - timedelta(seconds=rng.uniform(0, 120))).isoformat()
+            ev = {
+                "type": "report",
+                "kind": "downtime_reason",
+                "machine": m,
+                "ts": ts,
+                "at": at,
+                "reason": rng.choice(["material_shortage", "mold_damage"]),
+                "operator": "op2",
+            }
+        elif r < 0.98:
+            ev = {
+                "type": "report",
+                "kind": rng.choice(["wo_start", "wo_end"]),
+                "machine": m,
+                "ts": ts,
+                "work_order": f"WO-{rng.randint(1, 3)}",
+            }
+        elif r < 0.99:
+            ev = {"type": "count", "machine": "NOPE", "ts": ts, "good": 1}
+        else:
+            ev = {"type": "count", "machine": m, "ts": ts, "good": -1}
+        ev["id"] = f"e{seed}-{i}"
+        out.append(ev)
+    return out
+
+
+def write_jsonl(path: Path, events: list[dict[str, Any]], extra_lines: list[str] = ()) -> Path:  # type: ignore[assignment]
+    with path.open("w") as f:
+        for e in events:
+            f.write(json.dumps(e) + "\n")
+        for line in extra_lines:
+            f.write(line + "\n")
+    return path
+
+
+def table_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Result tables as sorted rows, without columns that record wall-clock times."""
+    snap: dict[str, list[tuple[Any, ...]]] = {}
+    with psycopg.connect(url) as conn:
+        for table, order in RESULT_TABLES.items():
+            cols = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = %s ORDER BY ordinal_position",
+                    (table,),
+                ).fetchall()
+                if r[0] not in _VOLATILE
+            ]
+            snap[table] = conn.execute(
+                f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}"
+            ).fetchall()
+    return snap
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
