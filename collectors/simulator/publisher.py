@@ -1,0 +1,236 @@
+"""Publish the simulated plant live over MQTT, in the topic scheme of collectors/topics.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime
+from types import FrameType
+from typing import Any
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+
+from collectors.topics import machine_topic
+from mesflow.plant import PlantConfig
+
+from .model import end_of, generate_timed
+
+_PROGRESS_EVERY_S = 10.0
+_MAX_UNACKED = 5_000  # publishes waiting for PUBACK before the simulator slows down
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
+
+
+def native_codes(plant: PlantConfig) -> dict[str, dict[str, str]]:
+    """Per machine with a `state_mapping`: canonical state -> the first native code for it."""
+    out: dict[str, dict[str, str]] = {}
+    for mid, machine in plant.machines.items():
+        if not machine.state_mapping:
+            continue
+        reverse: dict[str, str] = {}
+        for code, state in plant.state_mappings[machine.state_mapping].items():
+            reverse.setdefault(state, code)
+        out[mid] = reverse
+    return out
+
+
+def topics(plant: PlantConfig) -> dict[str, dict[str, str]]:
+    """machine id -> event type -> topic."""
+    site = plant.plant.site
+    out: dict[str, dict[str, str]] = {}
+    for mid, line in plant.line_of_machine.items():
+        out[mid] = {
+            t: machine_topic(site, line.area, line.id, mid, t)
+            for t in ("state", "count", "counter", "report")
+        }
+    return out
+
+
+def payload(ev: dict[str, Any], native: dict[str, str] | None) -> str:
+    """The event without `type` and `machine` (the topic carries them), native state codes."""
+    body = {k: v for k, v in ev.items() if k != "type" and k != "machine"}
+    if native is not None and ev["type"] == "state":
+        # States without a native code (planned_stop in EUROMAP 77) go out canonical:
+        # the collector accepts canonical states from any source.
+        body["state"] = native.get(body["state"], body["state"])
+    return _encode(body)
+
+
+class _Client:
+    """paho client with connection and acknowledgement bookkeeping."""
+
+    def __init__(self, url: str, client_id: str) -> None:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mqtt", "mqtts", "tcp", ""):
+            raise ValueError(f"unsupported MQTT URL {url!r} (use mqtt://host:port)")
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+        self.connected = threading.Event()
+        self.published = 0
+        self.acked = 0
+        self._lock = threading.Lock()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if parsed.username:
+            c.username_pw_set(parsed.username, parsed.password)
+        if parsed.scheme == "mqtts":
+            c.tls_set()
+        c.on_socket_open = self._on_socket_open
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.reconnect_delay_set(1, 5)
+        c.max_inflight_messages_set(100)
+        self.client = c
+
+    @staticmethod
+    def _on_socket_open(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        # Small messages, one at a time: without NODELAY each PUBLISH waits on Nagle.
+        with suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        if not rc.is_failure:
+            self.connected.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        self.connected.clear()
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any
+    ) -> None:
+        with self._lock:
+            self.acked += 1
+
+    def start(self) -> None:
+        # connect_async + loop_start: the network thread keeps retrying until the broker is up.
+        self.client.connect_async(self.host, self.port, keepalive=30)
+        self.client.loop_start()
+
+    def publish(self, topic: str, body: str) -> None:
+        # QoS 1 messages are queued by paho while disconnected and sent after a reconnect.
+        self.client.publish(topic, body, qos=1)
+        self.published += 1
+
+    @property
+    def unacked(self) -> int:
+        with self._lock:
+            return self.published - self.acked
+
+    def finish(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.unacked > 0 and self.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the simulator like Ctrl-C (only possible in the main thread)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_simulator(
+    plant: PlantConfig,
+    mqtt_url: str,
+    *,
+    seed: int,
+    speed: float,
+    start: datetime | None,
+    duration_s: float | None,
+) -> None:
+    """Publish the simulated plant over MQTT, paced at `speed` simulated seconds per second.
+
+    Runs until `duration_s` simulated seconds are published (None: until Ctrl-C/SIGTERM).
+    """
+    if speed <= 0:
+        raise ValueError("speed must be positive")
+    start = start or datetime.now(plant.tz).replace(microsecond=0)
+    end = end_of(start, duration_s)
+    topic = topics(plant)
+    native = native_codes(plant)
+    client = _Client(mqtt_url, f"mesflow-sim-{seed}")
+    where = f"{client.host}:{client.port}"
+    n_machines = len(plant.machines)
+    interrupted = False
+    with _sigterm_as_interrupt():
+        client.start()
+        try:
+            if not client.connected.wait(5):
+                print(f"simulator: waiting for the MQTT broker at {where} ...", flush=True)
+                client.connected.wait()
+            print(
+                f"simulator: connected to {where}; {n_machines} machines, seed {seed}, "
+                f"speed {speed:g}x, simulated start {start.isoformat()}",
+                flush=True,
+            )
+            _publish_paced(plant, client, topic, native, seed, speed, start, end)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            # Let queued QoS 1 messages reach the broker, but do not hang on Ctrl-C.
+            client.finish(timeout_s=2 if interrupted else 30)
+    what = "stopped" if interrupted else "done"
+    print(f"simulator: {what}, {client.published} events published", flush=True)
+
+
+def _publish_paced(
+    plant: PlantConfig,
+    client: _Client,
+    topic: dict[str, dict[str, str]],
+    native: dict[str, dict[str, str]],
+    seed: int,
+    speed: float,
+    start: datetime,
+    end: datetime | None,
+) -> None:
+    start_ms = start.timestamp() * 1000
+    wall0 = time.monotonic()
+    next_progress = wall0 + _PROGRESS_EVERY_S
+
+    def progress() -> None:
+        nonlocal next_progress
+        now = time.monotonic()
+        if now >= next_progress:
+            next_progress = now + _PROGRESS_EVERY_S
+            print(
+                f"simulator: {client.published} events published, "
+                f"simulated time {_local(start_ms + (now - wall0) * speed * 1000, plant)}",
+                flush=True,
+            )
+
+    for ts_ms, ev in generate_timed(plant, seed=seed, start=start, end=end):
+        # Sleep in short steps so progress lines keep coming through quiet periods.
+        due = wall0 + (ts_ms - start_ms) / 1000 / speed
+        while (wait := due - time.monotonic()) > 0:
+            time.sleep(min(wait, 1.0))
+            progress()
+        while client.unacked > _MAX_UNACKED:  # the broker is slower than the simulated plant
+            time.sleep(0.01)
+        client.publish(topic[ev["machine"]][ev["type"]], payload(ev, native.get(ev["machine"])))
+        progress()
+
+
+def _local(ms: float, plant: PlantConfig) -> str:
+    return datetime.fromtimestamp(ms / 1000, plant.tz).strftime("%Y-%m-%d %H:%M:%S")
