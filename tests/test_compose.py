@@ -1,0 +1,181 @@
+"""docker-compose.yml, Dockerfile and mosquitto.conf: structure checks without a Docker engine.
+
+`docker compose config -q` also runs when the compose plugin is installed (it needs no engine).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+
+from mesflow.settings import REPO_ROOT, Settings
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+MESFLOW_SERVICES = {"migrate", "collector-mqtt", "dataflow", "dashboard", "simulator"}
+LONG_RUNNING = {"collector-mqtt", "dataflow", "dashboard", "simulator"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    # PyYAML resolves the `<<: *anchor` merge keys the way compose does.
+    data = yaml.safe_load(COMPOSE_FILE.read_text("utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def _compose_plugin() -> bool:
+    docker = shutil.which("docker")
+    if not docker:
+        return False
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _compose_plugin(), reason="docker compose plugin not installed")
+def test_docker_compose_config_accepts_the_file() -> None:
+    for args in ([], ["--profile", "demo"]):
+        result = subprocess.run(
+            ["docker", "compose", "-f", str(COMPOSE_FILE), *args, "config", "-q"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_expected_services(services: dict[str, dict[str, Any]]) -> None:
+    assert set(services) == {"timescaledb", "mosquitto"} | MESFLOW_SERVICES
+
+
+def test_every_service_has_image_or_build(services: dict[str, dict[str, Any]]) -> None:
+    for name, svc in services.items():
+        assert "image" in svc or "build" in svc, name
+
+
+def test_mesflow_services_share_one_build(services: dict[str, dict[str, Any]]) -> None:
+    for name in MESFLOW_SERVICES:
+        assert services[name]["build"] == ".", name
+        assert services[name]["command"][0] == "mesflow", name
+    assert (REPO_ROOT / "Dockerfile").is_file()
+
+
+def test_depends_on_targets_exist(services: dict[str, dict[str, Any]]) -> None:
+    conditions = {"service_started", "service_healthy", "service_completed_successfully"}
+    for name, svc in services.items():
+        for target, spec in svc.get("depends_on", {}).items():
+            assert target in services, f"{name} depends on unknown {target}"
+            assert spec["condition"] in conditions, (name, target)
+            if spec["condition"] == "service_healthy":
+                assert "healthcheck" in services[target], (name, target)
+
+
+def test_start_order(services: dict[str, dict[str, Any]]) -> None:
+    migrate = services["migrate"]
+    assert migrate["command"] == ["mesflow", "db", "migrate"]
+    assert migrate["restart"] == "no"  # one-shot
+    assert migrate["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+    for name in ("collector-mqtt", "dataflow", "dashboard"):
+        cond = services[name]["depends_on"]["migrate"]["condition"]
+        assert cond == "service_completed_successfully", name
+    for name in LONG_RUNNING:
+        assert services[name]["restart"] == "unless-stopped", name
+
+
+def test_commands_name_real_components(services: dict[str, dict[str, Any]]) -> None:
+    from mesflow.cli import COMPONENTS
+
+    for name in ("collector-mqtt", "dataflow", "dashboard"):
+        assert services[name]["command"] == ["mesflow", "run", name]
+        assert name in COMPONENTS
+
+
+def test_named_volumes_are_declared(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: volume {source} is not declared"
+
+
+def test_dataflow_recovery_snapshots_persist(services: dict[str, dict[str, Any]]) -> None:
+    recovery = str(Settings(data_dir="/app/var").recovery_dir)
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["dataflow"]["volumes"]}
+    assert recovery in mounts
+    assert not mounts[recovery].startswith((".", "/")), "a named volume, not a bind mount"
+
+
+def test_database_is_timescaledb_with_a_volume(services: dict[str, dict[str, Any]]) -> None:
+    db = services["timescaledb"]
+    assert db["image"].startswith("timescale/timescaledb:")
+    assert re.search(r"-pg1[4-9]$", db["image"]), "PostgreSQL >= 14"
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in db["volumes"])
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+
+
+def test_ports(services: dict[str, dict[str, Any]]) -> None:
+    assert any(p.endswith(":8050") for p in services["dashboard"]["ports"])
+    assert "1883:1883" in services["mosquitto"]["ports"]
+
+
+def test_mesflow_environment(services: dict[str, dict[str, Any]]) -> None:
+    known = {f"MESFLOW_{name.upper()}" for name in Settings.model_fields}
+    for name in MESFLOW_SERVICES:
+        env = services[name]["environment"]
+        assert all(key.startswith("MESFLOW_") for key in env), name
+        assert set(env) <= known, f"{name}: unknown settings {set(env) - known}"
+        assert "@timescaledb:5432/mesflow" in env["MESFLOW_DATABASE_URL"]
+        assert env["MESFLOW_DATABASE_URL"].startswith("postgresql://mesflow:")
+        assert "mqtt://mosquitto:1883" in env["MESFLOW_MQTT_URL"]
+        assert env["MESFLOW_HTTP_HOST"] == "0.0.0.0"
+
+
+def test_simulator_only_in_demo_profile(services: dict[str, dict[str, Any]]) -> None:
+    assert services["simulator"]["profiles"] == ["demo"]
+    assert all("profiles" not in svc for n, svc in services.items() if n != "simulator")
+
+
+def test_mosquitto_config() -> None:
+    conf = REPO_ROOT / "config" / "mosquitto" / "mosquitto.conf"
+    settings = {}
+    for line in conf.read_text("utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            settings[key] = value
+    assert settings["persistence"] == "true"
+    assert settings["max_queued_messages"] == "0"
+    assert settings["set_tcp_nodelay"] == "true"
+    assert settings["listener"] == "1883"
+    assert settings["allow_anonymous"] == "true"
+    assert "password_file" in conf.read_text("utf-8")  # documented how to switch it on
+
+
+def test_mosquitto_mounts_config_and_data(services: dict[str, dict[str, Any]]) -> None:
+    volumes = services["mosquitto"]["volumes"]
+    assert "./config/mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in volumes
+    assert any(v.endswith(":/mosquitto/data") for v in volumes)
+
+
+def test_dockerfile_keeps_sql_and_config_next_to_the_package() -> None:
+    # settings.REPO_ROOT is the parent of the mesflow package: the image must run the
+    # package from /app (editable install) so that /app/sql and /app/config are found.
+    text = (REPO_ROOT / "Dockerfile").read_text("utf-8")
+    assert re.search(r"^FROM python:3\.11-slim-bookworm$", text, re.M)
+    assert "COPY . /app" in text
+    assert "pip install --no-deps -e /app" in text
+    assert re.search(r"^USER (?!root)\S+$", text, re.M), "runs as a non-root user"
+    ignored = (REPO_ROOT / ".dockerignore").read_text("utf-8").split()
+    assert "sql" not in ignored and "config" not in ignored
+    assert {".venv", ".git", "var"} <= set(ignored)
