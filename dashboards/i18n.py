@@ -1,0 +1,84 @@
+"""UI strings in Chinese and English.
+
+Only the boards' own words live here. Machine, line and reason names come from the plant model
+(through the SQL views or `PlantConfig`), so a plant renames a machine in one place.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+LANGUAGES: Final = ("zh", "en")
+
+# State labels use the words operators use on the floor, not literal translations.
+STATE_LABELS: Final[dict[str, dict[str, str]]] = {
+    "running": {"zh": "运行", "en": "Running"},
+    "idle": {"zh": "待机", "en": "Idle"},
+    "down": {"zh": "故障停机", "en": "Down"},
+    "setup": {"zh": "换模调机", "en": "Setup"},
+    "planned_stop": {"zh": "计划停机", "en": "Planned stop"},
+    "offline": {"zh": "离线", "en": "Offline"},
+}
+
+# Legend order: the states that need someone first.
+STATE_ORDER: Final = ("down", "setup", "idle", "running", "planned_stop", "offline")
+
+_STRINGS: Final[dict[str, dict[str, str]]] = {
+    "andon": {"zh": "安灯看板", "en": "Andon board"},
+    "work_order": {"zh": "工单", "en": "WO"},
+    "reason": {"zh": "原因", "en": "Reason"},
+    "no_data": {"zh": "暂无设备数据", "en": "No machine data"},
+    "db_unreachable": {
+        "zh": "数据库连接中断，显示的是最后一次读取的状态",
+        "en": "Database unreachable: showing the last status read",
+    },
+    "language": {"zh": "EN", "en": "中文"},
+    "unknown_state": {"zh": "未知", "en": "Unknown"},
+}
+
+
+def normalize_lang(lang: str | None, default: str = "zh") -> str:
+    """`?lang=` value (or the configured default) as one of LANGUAGES."""
+    for candidate in (lang, default):
+        if candidate:
+            code = candidate.strip().lower()
+            if code.startswith("zh"):
+                return "zh"
+            if code.startswith("en"):
+                return "en"
+    return "zh"
+
+
+def t(key: str, lang: str) -> str:
+    """The UI string `key` in `lang`; the key itself if it is missing (visible, not a crash)."""
+    entry = _STRINGS.get(key)
+    if entry is None:
+        return key
+    return entry.get(lang, entry["en"])
+
+
+def state_label(state: str, lang: str) -> str:
+    entry = STATE_LABELS.get(state)
+    if entry is None:
+        # A state added to the contract before the board knows it: show it raw, not blank.
+        return state
+    return entry[lang]
+
+
+def format_duration(seconds: float | None, lang: str) -> str:
+    """Time in a state: "0:04:07", "23:59:59", then "2 d 05 h" / "2天05小时".
+
+    Under a day the clock form ticks visibly on a wall screen, which shows the board is live;
+    beyond a day the seconds are noise. Negative values (clock skew between a machine and the
+    database) show as zero rather than as a confusing minus sign.
+    """
+    if seconds is None or math.isnan(seconds):
+        return "—"
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}天{hours:02d}小时" if lang == "zh" else f"{days} d {hours:02d} h"
+    return f"{hours}:{minutes:02d}:{secs:02d}"

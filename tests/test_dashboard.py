@@ -1,0 +1,363 @@
+"""The Dash boards: pure tile rendering, then the andon page in a real browser.
+
+The browser test runs Debian's chromium headless against the app served by werkzeug on a free
+port, over a fresh database, and reads the DOM that Dash rendered.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+import pytest
+from werkzeug.serving import make_server
+
+from dashboards.app import create_app
+from dashboards.i18n import format_duration, normalize_lang, state_label
+from dashboards.pages.andon import format_clock, render_board, render_tile, state_class
+from dashboards.queries import Database, MachineStatus, machine_status
+from mesflow.plant import PlantConfig
+from mesflow.settings import Settings
+from tests.conftest import require
+
+# -- helpers for Dash component trees ------------------------------------------------------
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    if isinstance(node, list | tuple):
+        for item in node:
+            yield from _walk(item)
+        return
+    yield node
+    children = getattr(node, "children", None)
+    if children is not None:
+        yield from _walk(children)
+
+
+def _text(node: Any) -> str:
+    return " ".join(n for n in _walk(node) if isinstance(n, str))
+
+
+def _by_class(node: Any, css: str) -> list[Any]:
+    return [n for n in _walk(node) if css in (getattr(n, "className", None) or "").split()]
+
+
+def _row(**kw: Any) -> MachineStatus:
+    base: dict[str, Any] = dict(
+        machine="IM-01",
+        line="IM",
+        area="molding",
+        name_en="Press 1",
+        name_zh="1号注塑机",
+        state="running",
+        since=datetime(2024, 5, 6, 8, 0, tzinfo=UTC),
+        reason=None,
+        reason_en=None,
+        reason_zh=None,
+        work_order=None,
+        last_event_ts=datetime(2024, 5, 6, 8, 0, tzinfo=UTC),
+        state_seconds=5025.0,
+        good_total=0,
+        scrap_total=0,
+        updated_at=None,
+        machine_position=0,
+        line_position=0,
+    )
+    base.update(kw)
+    return MachineStatus(**base)
+
+
+# -- pure rendering ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "css"),
+    [
+        ("running", "state-running"),
+        ("idle", "state-idle"),
+        ("down", "state-down"),
+        ("setup", "state-setup"),
+        ("planned_stop", "state-planned-stop"),
+        ("offline", "state-offline"),
+        ("exploded", "state-unknown"),
+    ],
+)
+def test_state_colour_class(state: str, css: str) -> None:
+    assert state_class(state) == css
+    tile = render_tile(_row(state=state), "zh")
+    assert tile.to_plotly_json()["props"]["className"].split() == ["tile", css]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "zh", "en"),
+    [
+        (0, "0:00:00", "0:00:00"),
+        (59.9, "0:00:59", "0:00:59"),
+        (5025, "1:23:45", "1:23:45"),
+        (86_399, "23:59:59", "23:59:59"),
+        (2 * 86_400 + 5 * 3600 + 120, "2天05小时", "2 d 05 h"),
+        (-3, "0:00:00", "0:00:00"),  # a machine clock ahead of the database
+        (None, "—", "—"),
+    ],
+)
+def test_duration_format(seconds: float | None, zh: str, en: str) -> None:
+    assert format_duration(seconds, "zh") == zh
+    assert format_duration(seconds, "en") == en
+
+
+def test_tile_language_switch() -> None:
+    row = _row(
+        state="down",
+        reason="hydraulic_fault",
+        reason_en="Hydraulic fault",
+        reason_zh="液压故障",
+        work_order="WO-2024-0042",
+    )
+    zh, en = _text(render_tile(row, "zh")), _text(render_tile(row, "en"))
+    for part in ("1号注塑机", "故障停机", "1:23:45", "液压故障", "工单", "WO-2024-0042"):
+        assert part in zh
+    for part in ("Press 1", "Down", "1:23:45", "Hydraulic fault", "WO", "WO-2024-0042"):
+        assert part in en
+    assert "液压故障" not in en and "Hydraulic fault" not in zh
+
+
+def test_reason_without_name_shows_code_and_no_reason_shows_nothing() -> None:
+    unnamed = render_tile(_row(state="down", reason="E-4711"), "zh")
+    assert [_text(n) for n in _by_class(unnamed, "tile-reason")] == ["E-4711"]
+    running = render_tile(_row(), "en")
+    assert _by_class(running, "tile-reason") == []
+    assert _text(_by_class(running, "tile-wo")) == ""
+
+
+def test_offline_machine_never_seen_has_no_duration() -> None:
+    tile = render_tile(_row(state="offline", since=None, state_seconds=None), "en")
+    assert "Offline" in _text(tile)
+    assert _text(_by_class(tile, "tile-duration")) == "—"
+
+
+def test_board_groups_by_line_with_plant_line_names(plant: PlantConfig) -> None:
+    rows = [
+        _row(machine="IM-01", line="IM"),
+        _row(machine="IM-02", line="IM", state="idle"),
+        _row(machine="CNC-01", line="CNC", line_position=1),
+        _row(machine="X-1", line="ghost", line_position=2),  # line unknown to the config
+    ]
+    for lang, names in (
+        ("zh", ["注塑线", "数控加工线", "ghost"]),
+        ("en", ["Injection molding", "CNC machining", "ghost"]),
+    ):
+        sections = render_board(rows, plant, lang)
+        assert [_text(_by_class(s, "line-name")) for s in sections] == names
+        tiles = [[t.__dict__["data-machine"] for t in _by_class(s, "tile")] for s in sections]
+        assert tiles == [["IM-01", "IM-02"], ["CNC-01"], ["X-1"]]
+    summary = _text(_by_class(render_board(rows, plant, "en")[0], "line-summary"))
+    assert summary == "Running 1/2"
+    assert "暂无设备数据" in _text(render_board([], plant, "zh"))
+
+
+def test_language_choice_and_plant_clock() -> None:
+    assert normalize_lang("en", "zh") == "en"
+    assert normalize_lang("zh-CN", "en") == "zh"
+    assert normalize_lang("fr", "en") == "en"
+    assert normalize_lang(None, "zh") == "zh"
+    assert state_label("planned_stop", "zh") == "计划停机"
+    utc = datetime(2024, 5, 6, 23, 30, tzinfo=UTC)
+    assert format_clock(utc, ZoneInfo("Asia/Shanghai")) == "2024-05-07 07:30:00"
+
+
+def test_app_can_be_created_twice(plant: PlantConfig) -> None:
+    # Dash's page registry is process-wide; each app must still get its own callbacks.
+    apps = [create_app(Settings(), plant, "postgresql:///unused") for _ in range(2)]
+    for app in apps:
+        client = app.server.test_client()
+        deps = client.get("/_dash-dependencies").get_json()
+        outputs = " ".join(d["output"] for d in deps)
+        assert "andon-board.children" in outputs
+        assert client.get("/andon?lang=en").status_code == 200
+
+
+# -- real browser -------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = {"zh": Path("/tmp/andon.png"), "en": Path("/tmp/andon-en.png")}
+
+# One machine per state and a few extras: reasons with and without names, work orders,
+# a long duration, and IM-06/CNC-06 left without a status row (offline from the view).
+STATUS_ROWS: list[tuple[str, str, float, str | None, str | None]] = [
+    ("IM-01", "running", 5_025, None, "WO-24051"),
+    ("IM-02", "down", 754, "hydraulic_fault", "WO-24052"),
+    ("IM-03", "setup", 2_410, "mold_change", "WO-24060"),
+    ("IM-04", "idle", 312, "material_shortage", None),
+    ("IM-05", "running", 190_000, None, "WO-24049"),
+    ("CNC-01", "running", 7_322, None, "WO-24101"),
+    ("CNC-02", "planned_stop", 1_800, "preventive_maintenance", None),
+    ("CNC-03", "down", 95, "E-4711", "WO-24103"),  # a code missing from the reason tree
+    ("CNC-04", "running", 42, None, "WO-24110"),
+    ("CNC-05", "offline", 3_600, None, None),
+]
+
+
+def _insert_status(db_url: str) -> None:
+    now = datetime.now(UTC)
+    with psycopg.connect(db_url) as conn:
+        for machine, state, age, reason, wo in STATUS_ROWS:
+            since = now - timedelta(seconds=age)
+            conn.execute(
+                "INSERT INTO machine_status (machine, state, since, reason, work_order,"
+                " last_event_ts) VALUES (%s, %s, %s, %s, %s, %s)",
+                (machine, state, since, reason, wo, now),
+            )
+
+
+@dataclass
+class _Tile:
+    css: list[str]
+    text: list[str] = field(default_factory=list)
+
+
+class _TileParser(HTMLParser):
+    """Collects every element with data-machine: its classes and all text inside it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tiles: dict[str, _Tile] = {}
+        self._open: list[tuple[str, int]] = []  # (machine, depth where its tile opened)
+        self._depth = 0
+        self.lang_attr: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self._depth += 1
+        if tag == "div" and "andon" in (a.get("class") or "").split():
+            self.lang_attr = a.get("lang")
+        machine = a.get("data-machine")
+        if machine:
+            self.tiles[machine] = _Tile(css=(a.get("class") or "").split())
+            self._open.append((machine, self._depth))
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open and self._open[-1][1] == self._depth:
+            self._open.pop()
+        self._depth -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self._open and data.strip():
+            self.tiles[self._open[-1][0]].text.append(data.strip())
+
+
+def _chromium(url: str, *extra: str) -> subprocess.Popen[str]:
+    profile = tempfile.mkdtemp(prefix="andon-chromium-")
+    args = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=8000",
+        *extra,
+        url,
+    ]
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=profile
+    )
+
+
+def _tiles(proc: subprocess.Popen[str]) -> tuple[dict[str, _Tile], str | None]:
+    out, _ = proc.communicate(timeout=45)
+    parser = _TileParser()
+    parser.feed(out)
+    return parser.tiles, parser.lang_attr
+
+
+@pytest.fixture
+def andon_url(db_url: str, plant: PlantConfig) -> Iterator[str]:
+    app = create_app(Settings(language="zh"), plant, db_url)
+    server = make_server("127.0.0.1", 0, app.server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+@pytest.mark.browser
+def test_andon_board_in_browser(db_url: str, andon_url: str, plant: PlantConfig) -> None:
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    _insert_status(db_url)
+    expected = {m: "offline" for m in plant.machines} | {r[0]: r[1] for r in STATUS_ROWS}
+
+    # Chinese by default at "/", English by ?lang=en on the alias; the screenshot in parallel.
+    zh_proc = _chromium(f"{andon_url}/", "--dump-dom")
+    en_proc = _chromium(f"{andon_url}/andon?lang=en", "--dump-dom")
+    shots = []
+    for lang, png in SCREENSHOTS.items():
+        png.unlink(missing_ok=True)
+        shots.append(
+            _chromium(f"{andon_url}/?lang={lang}", f"--screenshot={png}", "--window-size=1920,1080")
+        )
+
+    zh, zh_lang = _tiles(zh_proc)
+    en, en_lang = _tiles(en_proc)
+    assert (zh_lang, en_lang) == ("zh-CN", "en")
+    assert set(zh) == set(plant.machines) == set(en)
+    for machine, state in expected.items():
+        for tiles, lang in ((zh, "zh"), (en, "en")):
+            tile = tiles[machine]
+            assert state_class(state) in tile.css, (machine, lang, tile)
+            assert plant.machines[machine].name.get(lang) in tile.text
+            assert state_label(state, lang) in tile.text
+    assert "液压故障" in zh["IM-02"].text and "Hydraulic fault" in en["IM-02"].text
+    assert "E-4711" in zh["CNC-03"].text  # no name in the reason tree: the code
+    assert "WO-24051" in zh["IM-01"].text
+    assert "2天04小时" in zh["IM-05"].text and "2 d 04 h" in en["IM-05"].text
+
+    # The board follows the database on the next load.
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "UPDATE machine_status SET state = 'down', reason = 'tool_break', since = now()"
+            " WHERE machine = 'CNC-01'"
+        )
+    again, _ = _tiles(_chromium(f"{andon_url}/?lang=zh", "--dump-dom"))
+    assert "state-down" in again["CNC-01"].css
+    assert "断刀" in again["CNC-01"].text and "故障停机" in again["CNC-01"].text
+
+    # Written for a person to look at (is it readable from across the hall?); here only
+    # checked to exist.
+    for proc in shots:
+        proc.communicate(timeout=45)
+    assert all(png.exists() and png.stat().st_size > 10_000 for png in SCREENSHOTS.values())
+
+
+def test_queries_read_the_view_and_survive_a_dropped_connection(db_url: str) -> None:
+    db = Database(db_url)
+    try:
+        rows = machine_status(db)
+        assert len(rows) == 12
+        assert all(r.state == "offline" and r.since is None for r in rows)
+        assert [r.machine for r in rows][:2] == ["IM-01", "IM-02"]
+        # What a database restart does to the pooled session: the next read reconnects.
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'mesflow-dashboard'"
+            )
+        assert len(machine_status(db)) == 12
+    finally:
+        db.close()
