@@ -255,8 +255,9 @@ class _TileParser(HTMLParser):
             self.tiles[self._open[-1][0]].text.append(data.strip())
 
 
-def _chromium(url: str, *extra: str) -> subprocess.Popen[str]:
-    profile = tempfile.mkdtemp(prefix="andon-chromium-")
+def _chromium(url: str, *extra: str, tmp: Path) -> subprocess.Popen[str]:
+    # A profile per run: parallel chromiums cannot share one, and none is left behind.
+    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
     args = [
         CHROMIUM,
         "--headless",
@@ -298,19 +299,26 @@ def andon_url(db_url: str, plant: PlantConfig) -> Iterator[str]:
 
 
 @pytest.mark.browser
-def test_andon_board_in_browser(db_url: str, andon_url: str, plant: PlantConfig) -> None:
+def test_andon_board_in_browser(
+    db_url: str, andon_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
     require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
     _insert_status(db_url)
     expected = {m: "offline" for m in plant.machines} | {r[0]: r[1] for r in STATUS_ROWS}
 
     # Chinese by default at "/", English by ?lang=en on the alias; the screenshot in parallel.
-    zh_proc = _chromium(f"{andon_url}/", "--dump-dom")
-    en_proc = _chromium(f"{andon_url}/andon?lang=en", "--dump-dom")
+    zh_proc = _chromium(f"{andon_url}/", "--dump-dom", tmp=tmp_path)
+    en_proc = _chromium(f"{andon_url}/andon?lang=en", "--dump-dom", tmp=tmp_path)
     shots = []
     for lang, png in SCREENSHOTS.items():
         png.unlink(missing_ok=True)
         shots.append(
-            _chromium(f"{andon_url}/?lang={lang}", f"--screenshot={png}", "--window-size=1920,1080")
+            _chromium(
+                f"{andon_url}/?lang={lang}",
+                f"--screenshot={png}",
+                "--window-size=1920,1080",
+                tmp=tmp_path,
+            )
         )
 
     zh, zh_lang = _tiles(zh_proc)
@@ -334,7 +342,7 @@ def test_andon_board_in_browser(db_url: str, andon_url: str, plant: PlantConfig)
             "UPDATE machine_status SET state = 'down', reason = 'tool_break', since = now()"
             " WHERE machine = 'CNC-01'"
         )
-    again, _ = _tiles(_chromium(f"{andon_url}/?lang=zh", "--dump-dom"))
+    again, _ = _tiles(_chromium(f"{andon_url}/?lang=zh", "--dump-dom", tmp=tmp_path))
     assert "state-down" in again["CNC-01"].css
     assert "断刀" in again["CNC-01"].text and "故障停机" in again["CNC-01"].text
 
