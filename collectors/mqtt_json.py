@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from collectors.topics import SUBSCRIPTION, TopicError, parse_topic
 from mesflow.db import connect
-from mesflow.ingest_log import LogRecord, append
+from mesflow.ingest_log import LogRecord, append, dedupe_key
 from mesflow.plant import PlantConfig
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def map_message(plant: PlantConfig, topic: str, payload: bytes) -> LogRecord:
                 )
             body["state"] = mapped
     event_id = body.get("id")
-    dedupe = f"id:{event_id}" if isinstance(event_id, str) and event_id else None
+    dedupe = dedupe_key(f"id:{event_id}") if isinstance(event_id, str) and event_id else None
     return LogRecord(source, json.dumps(body, ensure_ascii=False).encode(), dedupe_key=dedupe)
 
 

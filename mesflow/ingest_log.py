@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from typing import NamedTuple
 
 import psycopg
 
@@ -12,29 +13,34 @@ import psycopg
 _APPEND_LOCK = 0x6D6C6F67
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """One input as a collector hands it to the log."""
+class LogRecord(NamedTuple):
+    """One input as a collector hands it to the log.
+
+    `dedupe_key` is a 16-byte hash (`dedupe_key()`) of an event id or a replay line's
+    identity: a small, fixed-size unique index keeps appends fast.
+    """
 
     source: str
     payload: bytes
-    dedupe_key: str | None = None
+    dedupe_key: bytes | None = None
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """One row read back from the log."""
+class LogEntry(NamedTuple):
+    """One row read back from the log: only what the dataflow needs."""
 
     seq: int
-    received_at: datetime
-    source: str
     payload: bytes
     error: str | None
 
 
+def dedupe_key(key: str | bytes) -> bytes:
+    """The stored form of a dedupe key: its 16-byte BLAKE2b hash."""
+    return hashlib.blake2b(key if isinstance(key, bytes) else key.encode(), digest_size=16).digest()
+
+
 _STAGE = """CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
-    ord int, source text, payload bytea, error text, dedupe_key text
+    ord int, source text, payload bytea, error text, dedupe_key bytea
 ) ON COMMIT DELETE ROWS"""
 
 
@@ -58,9 +64,11 @@ def append(conn: psycopg.Connection, records: Sequence[LogRecord]) -> Appended:
         return Appended(0, None, None)
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(_STAGE)
+        # Binary COPY: about 5x less client CPU per row than text (ceilings.md).
         with cur.copy(
-            "COPY ingest_stage (ord, source, payload, error, dedupe_key) FROM STDIN"
+            "COPY ingest_stage (ord, source, payload, error, dedupe_key) FROM STDIN (FORMAT BINARY)"
         ) as copy:
+            copy.set_types(["int4", "text", "bytea", "text", "bytea"])
             for i, r in enumerate(records):
                 copy.write_row((i, r.source, r.payload, r.error, r.dedupe_key))
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_APPEND_LOCK,))
@@ -81,11 +89,13 @@ def read_after(
     conn: psycopg.Connection, after_seq: int, limit: int, upto_seq: int | None = None
 ) -> list[LogEntry]:
     """Up to `limit` rows with after_seq < seq (<= upto_seq), in seq order."""
-    rows = conn.execute(
-        """SELECT seq, received_at, source, payload, error FROM ingest_log
-           WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s""",
-        (after_seq, upto_seq if upto_seq is not None else 2**62, limit),
-    ).fetchall()
+    # Binary results: bytea arrives as raw bytes instead of hex text.
+    with conn.cursor(binary=True) as cur:
+        rows = cur.execute(
+            """SELECT seq, payload, error FROM ingest_log
+               WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s""",
+            (after_seq, upto_seq if upto_seq is not None else 2**62, limit),
+        ).fetchall()
     return [LogEntry(*row) for row in rows]
 
 

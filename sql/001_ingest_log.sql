@@ -8,7 +8,8 @@ CREATE TABLE ingest_log (
     source       text        NOT NULL,          -- e.g. mqtt:<topic>, replay:<file>:<line>
     payload      bytea       NOT NULL,          -- canonical event JSON (or the raw input if unmappable)
     error        text,                          -- set by a collector that could not map the input
-    dedupe_key   text                           -- event id or replay line key; repeats are not stored
+    dedupe_key   bytea                          -- 16-byte hash of the event id or replay line key;
+                                                -- a repeated key is not stored again
 );
 CREATE UNIQUE INDEX ingest_log_dedupe_key ON ingest_log (dedupe_key) WHERE dedupe_key IS NOT NULL;
 COMMENT ON TABLE ingest_log IS 'Durable, replayable log of every received input (mesflow).';

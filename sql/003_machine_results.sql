@@ -9,7 +9,8 @@ CREATE TABLE machine_state_interval (
     state       text             NOT NULL,
     reason      text,                        -- from the state event or a later operator report
     work_order  text,
-    duration_s  double precision NOT NULL,   -- to end_ts, or to the machine's latest event while open
+    duration_s  double precision NOT NULL,   -- to end_ts; 0 while open (see v_state_intervals)
+    first_seen_at timestamptz    NOT NULL DEFAULT clock_timestamp(),  -- when the row was first written
     updated_at  timestamptz      NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (machine, start_ts)
 );

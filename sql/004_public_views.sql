@@ -25,11 +25,17 @@ JOIN plant_line l USING (line)
 LEFT JOIN machine_status s USING (machine)
 LEFT JOIN reason_code r ON r.code = s.reason;
 
+-- duration_s of the open interval runs to the machine's latest event (event time, so a
+-- replay gives the same figure); the andon board shows time since `since` instead.
 CREATE VIEW v_state_intervals AS
 SELECT i.machine, m.line, i.start_ts, i.end_ts, i.state, i.reason, i.work_order,
-       i.duration_s, i.end_ts IS NULL AS is_open
+       CASE WHEN i.end_ts IS NULL
+            THEN GREATEST(EXTRACT(EPOCH FROM (s.last_event_ts - i.start_ts))::double precision, 0)
+            ELSE i.duration_s END AS duration_s,
+       i.end_ts IS NULL AS is_open
 FROM machine_state_interval i
-LEFT JOIN plant_machine m USING (machine);
+LEFT JOIN plant_machine m USING (machine)
+LEFT JOIN machine_status s USING (machine);
 
 CREATE VIEW v_machine_hour AS
 SELECT h.machine, m.line, h.hour_start,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -15,7 +16,10 @@ log = logging.getLogger(__name__)
 
 
 class IngestLogSource(FixedPartitionedSource[LogEntry, int]):
-    """Reads ingest_log in seq order. `upto_seq` set: stop there (replay); else follow live.
+    """Reads ingest_log in seq order, following it live; with `upto_seq`, stops there.
+
+    `upto_seq` may be a callable returning None while the end is not known yet (a replay
+    whose file is still being stored).
 
     One partition: a plant's log is one ordered stream. More plants or machines scale by
     more logs/partitions (keyed by machine), not by sharing this one.
@@ -27,7 +31,7 @@ class IngestLogSource(FixedPartitionedSource[LogEntry, int]):
         *,
         batch_size: int = 2000,
         poll_interval: timedelta = timedelta(milliseconds=20),
-        upto_seq: int | None = None,
+        upto_seq: int | Callable[[], int | None] | None = None,
     ) -> None:
         self.database_url = database_url
         self.batch_size = batch_size
@@ -53,12 +57,13 @@ class _LogPartition(StatefulSourcePartition[LogEntry, int]):
 
     def next_batch(self) -> list[LogEntry]:
         s = self.s
-        if s.upto_seq is not None and self.position >= s.upto_seq:
+        upto = s.upto_seq() if callable(s.upto_seq) else s.upto_seq
+        if upto is not None and self.position >= upto:
             raise StopIteration()
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(s.database_url, autocommit=True)
-            rows = read_after(self.conn, self.position, s.batch_size, s.upto_seq)
+            rows = read_after(self.conn, self.position, s.batch_size, upto)
         except psycopg.OperationalError as err:
             # The database restarted or the network blipped: retry, never crash the flow.
             log.warning("ingest log unreachable (%s); retrying in %.1fs", err, self._backoff)

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+import psycopg
 
 from mesflow.db import connect
-from mesflow.ingest_log import LogRecord, append, last_seq
+from mesflow.ingest_log import LogRecord, append, dedupe_key, last_seq
 from mesflow.plant import PlantConfig
 from streams.runner import DataflowBusy, hold_dataflow_lock, run_flow
 
@@ -57,7 +58,7 @@ def line_records(path: Path) -> Iterator[list[LogRecord]]:
     """The file's non-blank lines as log records, in chunks."""
     seen: dict[bytes, int] = {}
     chunk: list[LogRecord] = []
-    name = path.name
+    prefix = f"replay:{path.name}:"
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             line = raw.strip()
@@ -65,18 +66,40 @@ def line_records(path: Path) -> Iterator[list[LogRecord]]:
                 continue
             m = _ID.search(line)
             if m:
-                key = "id:" + m.group(1).decode("utf-8", "replace")
+                key = dedupe_key(b"id:" + m.group(1))
             else:
-                digest = hashlib.blake2b(line, digest_size=16).digest()
+                # No id: the line's content and how often it occurred so far name it.
+                digest = dedupe_key(line)
                 n = seen.get(digest, 0) + 1
                 seen[digest] = n
-                key = f"line:{digest.hex()}:{n}"
-            chunk.append(LogRecord(f"replay:{name}:{lineno}", line, dedupe_key=key))
+                key = dedupe_key(b"line:%s:%d" % (digest, n))
+            chunk.append(LogRecord(prefix + str(lineno), line, key))
             if len(chunk) >= CHUNK_LINES:
                 yield chunk
                 chunk = []
     if chunk:
         yield chunk
+
+
+def count_lines(path: Path) -> int:
+    n = 0
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            n += block.count(b"\n")
+    return n
+
+
+class _Target:
+    """The last log seq of the file: unknown until every line is stored."""
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self) -> int | None:
+        if self.error is not None:
+            raise self.error
+        return self.value
 
 
 def replay_file(
@@ -88,81 +111,71 @@ def replay_file(
     progress: bool = True,
     snapshot_seconds: float = 2.0,
 ) -> ReplaySummary:
+    """Store the file in the log while the dataflow processes it, until both are done.
+
+    Storing (mostly PostgreSQL's work) and processing (this process's) overlap, so a
+    replay takes about as long as the slower of the two, not their sum.
+    """
     summary = ReplaySummary(path)
     started = time.monotonic()
-    first_new: int | None = None
-    last_new: int | None = None
-    size = path.stat().st_size
-    with (
-        connect(database_url, autocommit=True) as conn,
-        click.progressbar(
-            length=size, label="storing events ", show_pos=False, hidden=not progress
-        ) as bar,
-    ):
-        for chunk in line_records(path):
-            result = append(conn, chunk)
-            summary.read += len(chunk)
-            summary.new += result.new
-            if result.first_seq is not None:
-                first_new = result.first_seq if first_new is None else first_new
-                last_new = result.last_seq
-            bar.update(sum(len(r.payload) + 1 for r in chunk))
-        target = last_seq(conn)
-    _process_until(plant, database_url, recovery_dir, target, progress, snapshot_seconds)
-    if first_new is not None and last_new is not None:
+    target = _Target()
+    seqs: list[int] = []
+    with connect(database_url, autocommit=True) as conn:
+        start_pos = _flow_position(conn)
+
+    def store() -> None:
+        try:
+            with connect(database_url, autocommit=True) as conn:
+                for chunk in line_records(path):
+                    result = append(conn, chunk)
+                    summary.read += len(chunk)
+                    summary.new += result.new
+                    if result.first_seq is not None and result.last_seq is not None:
+                        seqs.extend((result.first_seq, result.last_seq))
+                target.value = last_seq(conn)
+        except BaseException as err:  # handed to the dataflow's source, which re-raises
+            target.error = err
+            target.value = -1
+
+    total = count_lines(path) if progress else 0
+    storer = threading.Thread(target=store, name="replay-store", daemon=True)
+    with click.progressbar(length=max(total, 1), label="replaying", hidden=not progress,
+                           show_pos=True) as bar:
+        watcher_done = threading.Event()
+
+        def watch() -> None:
+            with connect(database_url, autocommit=True) as conn:
+                while not watcher_done.wait(0.25):
+                    done = min(_flow_position(conn) - start_pos, summary.read)
+                    bar.update(max(0, done - bar.pos))
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        storer.start()
+        watcher.start()
+        try:
+            try:
+                run_flow(plant, database_url, recovery_dir, snapshot_seconds,
+                         upto_seq=target, batch_size=20_000)
+            except DataflowBusy:
+                storer.join()
+                _wait_for_live_flow(database_url, target())  # type: ignore[arg-type]
+        finally:
+            watcher_done.set()
+            watcher.join()
+            storer.join()
+        if target.error is not None:
+            raise target.error
+        bar.update(bar.length - bar.pos)
+    if seqs:
         with connect(database_url) as conn:
             row = conn.execute(
                 """SELECT count(*) FROM dead_letter
                    WHERE log_seq BETWEEN %s AND %s AND source LIKE %s""",
-                (first_new, last_new, f"replay:{path.name}:%"),
+                (min(seqs), max(seqs), f"replay:{path.name}:%"),
             ).fetchone()
         summary.dead_lettered = int(row[0]) if row else 0
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def _process_until(
-    plant: PlantConfig,
-    database_url: str,
-    recovery_dir: Path,
-    target: int,
-    progress: bool,
-    snapshot_seconds: float,
-) -> None:
-    """Run the dataflow here up to `target`; if a live dataflow runs, wait for it instead."""
-    with connect(database_url, autocommit=True) as conn:
-        start = _flow_position(conn)
-    watcher_done = threading.Event()
-
-    def watch(bar: click.progressbar[int]) -> None:
-        with connect(database_url, autocommit=True) as conn:
-            shown = start
-            while not watcher_done.wait(0.25):
-                pos = _flow_position(conn)
-                bar.update(max(0, min(pos, target) - shown))
-                shown = max(shown, min(pos, target))
-
-    with click.progressbar(
-        length=max(target - start, 0), label="processing     ", hidden=not progress
-    ) as bar:
-        watcher = threading.Thread(target=watch, args=(bar,), daemon=True)
-        watcher.start()
-        try:
-            try:
-                run_flow(
-                    plant,
-                    database_url,
-                    recovery_dir,
-                    snapshot_seconds,
-                    upto_seq=target,
-                    batch_size=5000,
-                )
-            except DataflowBusy:
-                _wait_for_live_flow(database_url, target)
-        finally:
-            watcher_done.set()
-            watcher.join()
-        bar.update(bar.length - bar.pos if bar.length else 0)
 
 
 def _wait_for_live_flow(database_url: str, target: int) -> None:
@@ -177,8 +190,6 @@ def _wait_for_live_flow(database_url: str, target: int) -> None:
             raise click.ClickException("the live dataflow stopped before processing the file")
 
 
-def _flow_position(conn: object) -> int:
-    row = conn.execute(  # type: ignore[attr-defined]
-        "SELECT COALESCE(max(last_seq), 0) FROM dataflow_progress"
-    ).fetchone()
+def _flow_position(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT COALESCE(max(last_seq), 0) FROM dataflow_progress").fetchone()
     return int(row[0]) if row else 0

@@ -8,8 +8,10 @@ replayed stretch rewrites the same values.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -68,11 +70,16 @@ def run_flow(
     recovery_dir: Path,
     snapshot_seconds: float,
     *,
-    upto_seq: int | None = None,
+    upto_seq: int | Callable[[], int | None] | None = None,
     batch_size: int = 2000,
 ) -> None:
     """Run the dataflow in this process until the log reaches `upto_seq` (None: forever)."""
     lock = hold_dataflow_lock(database_url)
+    # The trackers hold many long-lived objects, and the default collector thresholds
+    # make CPython re-scan them every few hundred allocations: measured 1.5x more CPU per
+    # event. Freeze what exists at start and collect young objects less often.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     try:
         store = recovery_store(recovery_dir, database_url)
         source = IngestLogSource(database_url, batch_size=batch_size, upto_seq=upto_seq)

@@ -19,7 +19,7 @@ RESULT_TABLES = {
     "machine_hour": "machine, hour_start",
     "dead_letter": "log_seq",
 }
-_VOLATILE = {"updated_at", "recorded_at", "received_at"}
+_VOLATILE = {"updated_at", "recorded_at", "received_at", "first_seen_at"}
 
 
 def random_events(
