@@ -24,7 +24,10 @@ def big_plant(machines: int, directory: Path) -> PlantConfig:
         lines.append(
             {
                 "id": f"{prefix}{i}",
-                "name": {"en": f"{template['name']['en']} {i}", "zh": f"{template['name']['zh']}{i}"},
+                "name": {
+                    "en": f"{template['name']['en']} {i}",
+                    "zh": f"{template['name']['zh']}{i}",
+                },
                 "area": template["area"],
                 "machines": [
                     {
@@ -46,7 +49,9 @@ def big_plant(machines: int, directory: Path) -> PlantConfig:
 def fresh_database(plant: PlantConfig) -> tuple[object, str]:
     from mesflow.services import EmbeddedPostgres
 
-    pg = EmbeddedPostgres(Path(tempfile.mkdtemp(prefix="mesflow-bench-")) / "pg", delete_on_stop=True)
+    pg = EmbeddedPostgres(
+        Path(tempfile.mkdtemp(prefix="mesflow-bench-")) / "pg", delete_on_stop=True
+    )
     migrate(pg.url, log=lambda _m: None)
     sync_plant(pg.url, plant)
     return pg, pg.url

@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import big_plant, fresh_database, peak_rss_mib  # noqa: E402
-from collectors.simulator import write_history  # noqa: E402
-from streams.replay import replay_file  # noqa: E402
+from bench.common import big_plant, fresh_database, peak_rss_mib
+from collectors.simulator import write_history
+from streams.replay import replay_file
 
 
 def make_file(plant, events: int, directory: Path) -> Path:  # type: ignore[no-untyped-def]
@@ -42,7 +42,9 @@ def make_file(plant, events: int, directory: Path) -> Path:  # type: ignore[no-u
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--machines", type=int, default=200)
     args = parser.parse_args()
@@ -51,8 +53,10 @@ def main() -> None:
     plant = big_plant(args.machines, work)
     t = time.perf_counter()
     path = make_file(plant, args.events, work)
-    print(f"generated {args.events:,} events for {len(plant.machines)} machines "
-          f"({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s")
+    print(
+        f"generated {args.events:,} events for {len(plant.machines)} machines "
+        f"({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s"
+    )
 
     pg, url = fresh_database(plant)
     try:
@@ -62,8 +66,10 @@ def main() -> None:
     finally:
         pg.stop()  # type: ignore[attr-defined]
     print(summary.describe())
-    print(f"replay: {summary.read:,} events in {elapsed:.1f} s = {summary.read / elapsed:,.0f} events/s"
-          f"  (target >= 50,000)")
+    print(
+        f"replay: {summary.read:,} events in {elapsed:.1f} s = {summary.read / elapsed:,.0f} events/s"
+        f"  (target >= 50,000)"
+    )
     print(f"peak memory of the replay process: {peak_rss_mib():.0f} MiB")
 
 

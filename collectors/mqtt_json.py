@@ -171,7 +171,7 @@ class MqttJsonCollector:
                 pending = self._take_batch()
                 if not pending:
                     continue
-            records = [map_message(self.plant, m.topic, m.payload) for m in pending]
+            records = [map_message(self.plant, m.topic, bytes(m.payload)) for m in pending]
             try:
                 if conn is None or conn.closed:
                     conn = connect(self.database_url, autocommit=True)

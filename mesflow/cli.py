@@ -9,12 +9,13 @@ from pathlib import Path
 
 import click
 
+from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
 
 COMPONENTS = ("collector-mqtt", "dataflow", "dashboard")
 
 
-def _plant(settings: Settings):  # type: ignore[no-untyped-def]
+def _plant(settings: Settings) -> PlantConfig:
     from mesflow.plant import ConfigError, load_plant_config
 
     try:

@@ -35,8 +35,12 @@ class Component:
     ready: threading.Event = field(default_factory=threading.Event)
 
 
+_PRINT = threading.Lock()  # component output and demo lines must not interleave
+
+
 def _say(msg: str) -> None:
-    print(f"[demo] {msg}", flush=True)
+    with _PRINT:
+        print(f"[demo] {msg}", flush=True)
 
 
 def _pump(comp: Component, stream: IO[bytes], logfile: Path) -> None:
@@ -48,10 +52,14 @@ def _pump(comp: Component, stream: IO[bytes], logfile: Path) -> None:
             line = raw.decode(errors="replace").rstrip()
             if comp.ready_marker and comp.ready_marker in line:
                 comp.ready.set()
-            if "WARNING" in line or "ERROR" in line or "Traceback" in line or line.startswith(
-                comp.name
+            if (
+                "WARNING" in line
+                or "ERROR" in line
+                or "Traceback" in line
+                or line.startswith(comp.name)
             ):
-                print(f"  {comp.name:>15} | {line}", flush=True)
+                with _PRINT:
+                    print(f"  {comp.name:>15} | {line}", flush=True)
 
 
 def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int, port: int) -> int:
@@ -121,7 +129,9 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
                 assert comp.process is not None
                 code = comp.process.poll()
                 if code is not None:
-                    _say(f"{comp.name} exited with code {code}; see {data / 'logs'}/{comp.name}.log")
+                    _say(
+                        f"{comp.name} exited with code {code}; see {data / 'logs'}/{comp.name}.log"
+                    )
                     return 1
         return 0
     finally:

@@ -43,7 +43,9 @@ def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing is listening on {host}:{port} after {timeout}s")
+                raise TimeoutError(
+                    f"nothing is listening on {host}:{port} after {timeout}s"
+                ) from None
             time.sleep(0.05)
 
 

@@ -40,9 +40,7 @@ ON CONFLICT (machine, start_ts) DO UPDATE SET
     work_order = EXCLUDED.work_order, duration_s = EXCLUDED.duration_s,
     updated_at = EXCLUDED.updated_at"""
 
-STATUS_COLUMNS = (
-    "machine, state, since, reason, work_order, last_event_ts, good_total, scrap_total"
-)
+STATUS_COLUMNS = "machine, state, since, reason, work_order, last_event_ts, good_total, scrap_total"
 STATUS_TYPES = ["text", "text", "timestamptz", "text", "text", "timestamptz", "int8", "int8"]
 UPSERT_STATUS = f"""
 INSERT INTO machine_status ({STATUS_COLUMNS}, updated_at)
@@ -149,7 +147,7 @@ class _ResultsPartition(StatelessSinkPartition[Any]):
                     copy.set_types(types)
                     for row in rows.values():
                         copy.write_row(row)
-                cur.execute(upsert)  # type: ignore[arg-type]  # built from constants
+                cur.execute(upsert.encode())  # built from constants
             if dead:
                 cur.executemany(INSERT_DEAD, dead)
             if last_seq:

@@ -8,13 +8,15 @@ file again stores nothing new and changes no figure.
 
 from __future__ import annotations
 
-import hashlib
+import multiprocessing as mp
+import queue
 import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import psycopg
@@ -89,17 +91,52 @@ def count_lines(path: Path) -> int:
     return n
 
 
-class _Target:
-    """The last log seq of the file: unknown until every line is stored."""
+@dataclass
+class _Stored:
+    read: int
+    new: int
+    first_seq: int | None
+    last_seq: int | None
+    log_end: int
 
-    def __init__(self) -> None:
-        self.value: int | None = None
-        self.error: BaseException | None = None
+
+def _store_file(path: Path, database_url: str, results: mp.Queue[object], lines: Any) -> None:
+    """Child process: append the file's lines to the log; report what was stored."""
+    try:
+        stored = _Stored(0, 0, None, None, 0)
+        with connect(database_url, autocommit=True) as conn:
+            for chunk in line_records(path):
+                result = append(conn, chunk)
+                stored.read += len(chunk)
+                stored.new += result.new
+                if result.first_seq is not None:
+                    stored.first_seq = stored.first_seq or result.first_seq
+                    stored.last_seq = result.last_seq
+                lines.value = stored.read
+            stored.log_end = last_seq(conn)
+        results.put(stored)
+    except BaseException as err:
+        results.put(f"storing {path} failed: {err!r}")
+
+
+class _Target:
+    """The last log seq of the file: unknown until the storing process reports it."""
+
+    def __init__(self, results: mp.Queue[object]) -> None:
+        self.results = results
+        self.stored: _Stored | None = None
 
     def __call__(self) -> int | None:
-        if self.error is not None:
-            raise self.error
-        return self.value
+        if self.stored is None:
+            try:
+                msg = self.results.get_nowait()
+            except queue.Empty:
+                return None
+            if isinstance(msg, str):
+                raise RuntimeError(msg)
+            assert isinstance(msg, _Stored)
+            self.stored = msg
+        return self.stored.log_end
 
 
 def replay_file(
@@ -113,40 +150,32 @@ def replay_file(
 ) -> ReplaySummary:
     """Store the file in the log while the dataflow processes it, until both are done.
 
-    Storing (mostly PostgreSQL's work) and processing (this process's) overlap, so a
-    replay takes about as long as the slower of the two, not their sum.
+    Storing runs in a child process, so reading and hashing the file does not compete
+    with the dataflow for this process's interpreter lock; a replay takes about as long
+    as the slower of the two, not their sum.
     """
     summary = ReplaySummary(path)
     started = time.monotonic()
-    target = _Target()
-    seqs: list[int] = []
+    ctx = mp.get_context("spawn")
+    results: mp.Queue[object] = ctx.Queue()
+    lines_stored = ctx.Value("q", 0)
+    target = _Target(results)
     with connect(database_url, autocommit=True) as conn:
         start_pos = _flow_position(conn)
 
-    def store() -> None:
-        try:
-            with connect(database_url, autocommit=True) as conn:
-                for chunk in line_records(path):
-                    result = append(conn, chunk)
-                    summary.read += len(chunk)
-                    summary.new += result.new
-                    if result.first_seq is not None and result.last_seq is not None:
-                        seqs.extend((result.first_seq, result.last_seq))
-                target.value = last_seq(conn)
-        except BaseException as err:  # handed to the dataflow's source, which re-raises
-            target.error = err
-            target.value = -1
-
     total = count_lines(path) if progress else 0
-    storer = threading.Thread(target=store, name="replay-store", daemon=True)
-    with click.progressbar(length=max(total, 1), label="replaying", hidden=not progress,
-                           show_pos=True) as bar:
+    storer = ctx.Process(
+        target=_store_file, args=(path, database_url, results, lines_stored), daemon=True
+    )
+    with click.progressbar(
+        length=max(total, 1), label="replaying", hidden=not progress, show_pos=True
+    ) as bar:
         watcher_done = threading.Event()
 
         def watch() -> None:
             with connect(database_url, autocommit=True) as conn:
                 while not watcher_done.wait(0.25):
-                    done = min(_flow_position(conn) - start_pos, summary.read)
+                    done = min(_flow_position(conn) - start_pos, lines_stored.value)
                     bar.update(max(0, done - bar.pos))
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -154,24 +183,34 @@ def replay_file(
         watcher.start()
         try:
             try:
-                run_flow(plant, database_url, recovery_dir, snapshot_seconds,
-                         upto_seq=target, batch_size=20_000)
+                run_flow(
+                    plant,
+                    database_url,
+                    recovery_dir,
+                    snapshot_seconds,
+                    upto_seq=target,
+                    batch_size=20_000,
+                )
             except DataflowBusy:
-                storer.join()
-                _wait_for_live_flow(database_url, target())  # type: ignore[arg-type]
+                while (end := target()) is None:
+                    time.sleep(0.1)
+                _wait_for_live_flow(database_url, end)
         finally:
             watcher_done.set()
             watcher.join()
             storer.join()
-        if target.error is not None:
-            raise target.error
-        bar.update(bar.length - bar.pos)
-    if seqs:
+        while target() is None:  # the flow had nothing to do: the result may still be queued
+            time.sleep(0.05)
+        bar.update(max(total, 1) - bar.pos)
+    stored = target.stored
+    assert stored is not None
+    summary.read, summary.new = stored.read, stored.new
+    if stored.first_seq is not None and stored.last_seq is not None:
         with connect(database_url) as conn:
             row = conn.execute(
                 """SELECT count(*) FROM dead_letter
                    WHERE log_seq BETWEEN %s AND %s AND source LIKE %s""",
-                (min(seqs), max(seqs), f"replay:{path.name}:%"),
+                (stored.first_seq, stored.last_seq, f"replay:{path.name}:%"),
             ).fetchone()
         summary.dead_lettered = int(row[0]) if row else 0
     summary.seconds = time.monotonic() - started
