@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 
-from mesflow.plant import PlantConfig, Reason
+from mesflow.plant import BUILTIN_REASONS, PlantConfig, Reason
 from mesflow.settings import REPO_ROOT
 
 SQL_DIR = REPO_ROOT / "sql"
@@ -135,6 +135,9 @@ def sync_plant(url: str, plant: PlantConfig) -> None:
             walk(r.children, r.code)
 
     walk(plant.reasons, None)
+    for code, (category, en, zh) in BUILTIN_REASONS.items():
+        if code not in plant.reasons_by_code:
+            reasons.append((code, None, category, en, zh))
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM plant_machine")
         cur.execute("DELETE FROM plant_line")

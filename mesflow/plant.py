@@ -31,6 +31,12 @@ from mesflow.yaml_lines import YamlError, line_of, load_with_lines
 Code = str  # machine ids, line ids, reason codes: [A-Za-z0-9_.-]
 CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 
+# Reason codes the metrics use when nobody named one: code -> (category, en, zh).
+BUILTIN_REASONS = {
+    "unassigned": ("unassigned", "Unassigned", "未分配"),
+    "no_data": ("no_data", "No data (offline)", "无数据（离线）"),
+}
+
 REASON_CATEGORIES = (
     "technical",
     "material",

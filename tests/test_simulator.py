@@ -114,10 +114,12 @@ def test_every_event_is_valid_unique_and_in_time_order() -> None:
 
 
 def test_every_machine_starts_with_its_state_and_work_order() -> None:
-    for start, expected in ((MONDAY_9, "running"), (at(22, 9), "planned_stop")):  # 22nd: Sunday
+    # Molding runs 24/7; the CNC line's own calendar has no Sunday shift (22nd: Sunday).
+    for start, sunday in ((MONDAY_9, False), (at(22, 9), True)):
         first = by_machine(day_run(start=start, hours=1))
         assert set(first) == set(PLANT.machines)
         for mid, events in first.items():
+            expected = "planned_stop" if sunday and mid.startswith("CNC") else "running"
             assert events[0]["type"] == "state" and events[0]["state"] == expected, mid
             assert events[0]["ts"] == events[1]["ts"]
             assert events[1]["kind"] == "wo_start" and events[1]["work_order"].startswith(
@@ -219,10 +221,13 @@ def test_machines_are_planned_stop_during_breaks_and_off_shift() -> None:
                 "no_order",
                 "19:30",
             )
-    # Saturday's night shift runs into Sunday morning; Sunday itself is off.
+    # Molding runs through the weekend; the CNC cell's Friday shift ends 19:30 and it
+    # stays off until Monday 07:30.
     weekend = by_machine(day_run(start=at(21, 18), hours=18))
     for mid in IM:
         assert state_at(weekend[mid], at(22, 3))["state"] != "planned_stop"
+        assert state_at(weekend[mid], at(22, 9))["state"] != "planned_stop"
+    for mid in CNC:
         assert state_at(weekend[mid], at(22, 9))["state"] == "planned_stop"
 
 
