@@ -20,34 +20,36 @@ from bytewax.outputs import Sink
 
 from mesflow.events import MachineEvent
 from mesflow.plant import PlantConfig
-from streams.machine_tracker import MachineTracker
-from streams.records import HourRow, IntervalRow, Rejection, StatusRow
+from mesflow.events import WorkOrderEvent
+from streams.machine_tracker import MachineSpec, MachineTracker, Row
+from streams.records import Rejection
 from streams.validate import Validator
 
-Row = IntervalRow | StatusRow | HourRow | Rejection
-Keyed = tuple[int, MachineEvent]
+Keyed = tuple[int, MachineEvent | WorkOrderEvent]
+Out = Row | Rejection
 
 
-class MachineLogic(StatefulBatchLogic[Keyed, list[Row], bytes]):
+class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
     """Bytewax adapter around one machine's MachineTracker."""
 
-    def __init__(self, resume: bytes | None, zone: str, reasons: frozenset[str]) -> None:
+    def __init__(self, resume: bytes | None, plant: PlantConfig) -> None:
         # Bytewax hands the builder only the resume state, not the key: a new tracker is
         # made on the first batch, whose events name the machine.
         self.tracker: MachineTracker | None = pickle.loads(resume) if resume else None
-        self.zone = zone
-        self.reasons = reasons
+        self.plant = plant
 
-    def on_batch(self, values: list[Keyed]) -> tuple[list[list[Row]], bool]:
+    def on_batch(self, values: list[Keyed]) -> tuple[list[list[Out]], bool]:
         tracker = self.tracker
         if tracker is None:
-            tracker = self.tracker = MachineTracker(values[0][1].machine, self.zone, self.reasons)
-        rejected: list[Row] = []
+            machine = values[0][1].machine
+            assert machine is not None  # the validator keys every event by its machine
+            tracker = self.tracker = MachineTracker(MachineSpec.from_plant(self.plant, machine))
+        rejected: list[Out] = []
         for seq, ev in values:
             r = tracker.apply(seq, ev)
             if r is not None:
                 rejected.append(r)
-        rows: list[Row] = [*tracker.flush(), *rejected]
+        rows: list[Out] = [*tracker.flush(), *rejected]
         return [rows], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
@@ -56,15 +58,12 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Row], bytes]):
 
 
 def build_flow(plant: PlantConfig, source: Source[Any], sink: Sink[Any]) -> Dataflow:
-    zone = plant.plant.timezone
-    reasons = frozenset(plant.reasons_by_code)
-
     flow = Dataflow("mesflow_machines")
     entries = op.input("ingest_log", flow, source)
     checked = op.flat_map_batch("validate", entries, Validator(plant))
     split = op.branch("machine_events", checked, lambda x: type(x) is tuple)
     trackers = op.stateful_batch(
-        "machines", split.trues, lambda resume: MachineLogic(resume, zone, reasons)
+        "machines", split.trues, lambda resume: MachineLogic(resume, plant)
     )
     rows = op.flat_map("rows", trackers, lambda kv: kv[1])
     op.output("results", op.merge("all_results", rows, split.falses), sink)

@@ -1,18 +1,27 @@
-"""Per-machine logic: state intervals, part counts, current status, hourly figures.
+"""Per-machine logic: state intervals, stops, parts, and the stored OEE figures.
 
-Plain Python, no Bytewax: `streams/dataflow.py` keeps one tracker per machine in a
-stateful step; tests drive trackers directly. Events of one machine are applied in log
-order; all times are integer microseconds since the epoch (streams/hour_clock.py).
+Plain Python, no Bytewax (streams/dataflow.py wires one tracker per machine). All times
+are integer microseconds since the epoch (streams/hour_clock.py).
 
-Time accounting: every event moves the machine's clock forward, and the time since the
-last event is credited to the current state in the plant-local hour buckets it spans.
-So the stored hourly figures are always complete up to the machine's latest event, and
-a replay of the same events gives the same figures (nothing depends on arrival time).
+How the figures stay exact (docs/metrics.md):
+
+* The machine's history is kept as facts: its state intervals (with reasons), its work
+  orders over time, and, for the allowed lateness, its recent part events.
+* Every fact contributes to hour and shift buckets (streams/buckets.py). When a fact
+  changes - a late state event splits an interval, an operator names a stop's reason, a
+  stop grows past the micro-stop threshold, a late work-order start changes the ideal
+  cycle time of parts already counted - its old contribution is subtracted and the new
+  one added. Integer arithmetic makes that exact, so late input within the allowed
+  lateness gives exactly the figures of in-order input.
+* The common case (events in order) only extends the open interval and adds parts.
+
+Events are ordered by (ts, rank): at the same instant a state change comes first, then
+work-order reports, then parts, then reason reports.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 
 from mesflow.events import (
@@ -23,287 +32,790 @@ from mesflow.events import (
     ScrapReport,
     StateEvent,
     WorkOrderEndReport,
+    WorkOrderEvent,
     WorkOrderStartReport,
 )
-from streams.hour_clock import HourClock, from_us, to_us
-from streams.records import HourRow, IntervalRow, Rejection, StatusRow
+from mesflow.plant import PlantConfig
+from streams.buckets import (
+    DOWN,
+    DOWNTIME_CLASSES,
+    IDLE,
+    MICRO,
+    OFFLINE,
+    PLANNED_STOP,
+    RUNNING,
+    SETUP,
+    Bucket,
+)
+from streams.hour_clock import HOUR_US, HourClock, from_us, to_us
+from streams.records import (
+    HourRow,
+    IntervalDelete,
+    IntervalRow,
+    KpiRow,
+    ReasonSetRow,
+    Rejection,
+    StatusRow,
+)
+from streams.shift_calendar import CalendarIndex, ShiftInstance
 
 STATES = ("running", "idle", "down", "setup", "planned_stop", "offline")
 STATE_INDEX = {s: i for i, s in enumerate(STATES)}
 STOP_STATES = frozenset({"idle", "down"})
-# Closed intervals and hour buckets are kept this long (event time) after the machine's
-# latest event, so late operator reports can still re-attribute a stop.
-DEFAULT_HISTORY_US = 48 * 3_600_000_000
+_CLASS_OF_STATE = {
+    "running": RUNNING,
+    "idle": IDLE,
+    "down": DOWN,
+    "setup": SETUP,
+    "offline": OFFLINE,
+    "planned_stop": PLANNED_STOP,
+}
+RANK_STATE, RANK_WORK_ORDER, RANK_PARTS, RANK_REASON = 0, 1, 2, 3
+HISTORY_US = 48 * HOUR_US
+
+Row = IntervalRow | IntervalDelete | StatusRow | HourRow | KpiRow | ReasonSetRow
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """What a tracker needs from the plant configuration (small: it is snapshotted)."""
+
+    machine: str
+    zone: str
+    calendar: CalendarIndex
+    microstop_us: int
+    default_ideal_us: int
+    ideal_us_by_product: dict[str, int]
+    lateness_us: int
+    known_reasons: frozenset[str]
+    history_us: int = HISTORY_US
+
+    @classmethod
+    def from_plant(cls, plant: PlantConfig, machine: str) -> MachineSpec:
+        return cls(
+            machine=machine,
+            zone=plant.plant.timezone,
+            calendar=CalendarIndex(plant.calendar_for(machine), plant.plant.timezone),
+            microstop_us=round(plant.microstop_seconds(machine) * 1e6),
+            default_ideal_us=round(plant.ideal_cycle_seconds(machine) * 1e6),
+            ideal_us_by_product={
+                p.id: round(p.ideal_cycle_seconds[machine] * 1e6)
+                for p in plant.products
+                if machine in p.ideal_cycle_seconds
+            },
+            lateness_us=round(plant.plant.allowed_lateness_seconds * 1e6),
+            known_reasons=frozenset(plant.reasons_by_code),
+        )
 
 
 @dataclass(slots=True)
 class Interval:
     start: int
-    end: int | None
+    end: int | None  # None: open, runs to the machine's latest event
     state: str
-    reason: str | None
+    state_reason: str | None
     work_order: str | None
+    reason: str | None = None  # effective: the latest operator report, else state_reason
+    # Cache for "does the interval overlap planned time": the first planned instant in
+    # it, or how far it has been checked without finding one.
+    planned_from: int | None = None
+    checked_to: int = 0
 
-    def row(self, machine: str) -> IntervalRow:
-        end = self.end
-        return IntervalRow(
-            machine,
-            from_us(self.start),
-            None if end is None else from_us(end),
-            self.state,
-            self.reason,
-            self.work_order,
-            0.0 if end is None else (end - self.start) / 1e6,
-        )
+    def reset_cache(self) -> None:
+        self.planned_from = None
+        self.checked_to = self.start
 
 
 @dataclass(slots=True)
-class HourFigures:
-    start: int
-    state_us: list[int] = field(default_factory=lambda: [0] * len(STATES))
-    good: int = 0
-    scrap: int = 0
+class PartEvent:
+    """A part movement kept for the allowed lateness, with the classification applied."""
 
-    def row(self, machine: str) -> HourRow:
-        s = self.state_us
-        return HourRow(
-            machine,
-            from_us(self.start),
-            s[0] / 1e6,
-            s[1] / 1e6,
-            s[2] / 1e6,
-            s[3] / 1e6,
-            s[4] / 1e6,
-            s[5] / 1e6,
-            self.good,
-            self.scrap,
-        )
+    t: int
+    order: int  # arrival order, for ties
+    kind: int  # 0: add good/scrap, 1: move good -> scrap
+    good: int
+    scrap: int
+    source: str | None = None  # counter name for counter-derived parts
+    cls: tuple[int, ShiftInstance | None, ShiftInstance | None, bool, int] | None = None
+
+
+@dataclass(slots=True)
+class Report:
+    at: int
+    key: tuple[int, int]  # (ts, arrival): the later report for the same stop wins
+    reason: str
+
+
+@dataclass
+class _Dirty:
+    hours: set[int] = field(default_factory=set)
+    shifts: set[ShiftInstance] = field(default_factory=set)
+    intervals: dict[int, Interval] = field(default_factory=dict)
+    deleted: set[int] = field(default_factory=set)
+    status: bool = False
 
 
 class MachineTracker:
     """Everything the dataflow knows about one machine."""
 
-    def __init__(
-        self,
-        machine: str,
-        zone: str,
-        known_reasons: frozenset[str] = frozenset(),
-        history_us: int = DEFAULT_HISTORY_US,
-    ) -> None:
-        self.machine = machine
-        self.clock = HourClock(zone)
-        self.known_reasons = known_reasons
-        self.history_us = history_us
-        self.current: Interval | None = None
-        self.history: list[Interval] = []  # closed intervals, by start
-        self.accounted_until: int | None = None  # state time credited up to here
+    def __init__(self, spec: MachineSpec) -> None:
+        self.spec = spec
+        self.machine = spec.machine
+        self.clock = HourClock(spec.zone)
+        self.intervals: list[Interval] = []
         self.last_ts: int | None = None
-        self.work_order: str | None = None
-        self.counters: dict[str, int] = {}
+        self.arrivals = 0
+        self.wo_changes: list[tuple[int, int, str | None]] = []  # (t, order, work order)
+        self.wo_product: dict[str, list[tuple[int, int, str]]] = {}  # (from t, order, product)
+        self.parts: list[PartEvent] = []  # within the allowed lateness, by (t, order)
+        self.counter_base: dict[str, int] = {}  # last settled value per counter name
+        self.counter_readings: dict[str, list[tuple[int, int, int]]] = {}  # (t, order, value)
+        self.reports: list[Report] = []
+        self.marks: list[tuple[int, int, str, str | None]] = []  # recent state events
+        self.hours: dict[int, Bucket] = {}
+        self.shifts: dict[ShiftInstance, Bucket] = {}
         self.good_total = 0
         self.scrap_total = 0
-        self.hours: dict[int, HourFigures] = {}
-        self._dirty_hours: set[int] = set()
-        self._dirty_intervals: dict[int, Interval] = {}
-        self._status_dirty = False
+        self.dirty = _Dirty()
 
-    # -- applying events -------------------------------------------------------------------
+    # ---------------------------------------------------------------------------------------
+    # applying events
+    # ---------------------------------------------------------------------------------------
 
-    def apply(self, seq: int, ev: MachineEvent) -> Rejection | None:
-        """Apply one event; a Rejection means it goes to the dead-letter table instead."""
+    def apply(self, seq: int, ev: MachineEvent | WorkOrderEvent) -> Rejection | None:
+        """Apply one event; a Rejection sends it to the dead-letter table instead."""
         t = to_us(ev.ts)
-        if self.last_ts is not None and t < self.last_ts - self.history_us:
-            # Its hour buckets are no longer held: counting it would overwrite the stored
-            # figures of that hour with a partial one.
-            return Rejection(seq, "late", f"{ev.ts.isoformat()} is older than the kept history")
-        if isinstance(ev, CountEvent):
-            self._advance(t)
-            self._add_parts(t, ev.good, ev.scrap)
-        elif isinstance(ev, StateEvent):
-            return self._state(seq, t, ev)
-        elif isinstance(ev, CounterEvent):
-            self._advance(t)
-            self._counter(t, ev)
-        elif isinstance(ev, ScrapReport):
-            self._advance(t)
-            self._move_to_scrap(t, ev.qty)
-        elif isinstance(ev, DowntimeReasonReport):
-            return self._downtime_reason(seq, ev)
-        elif isinstance(ev, WorkOrderStartReport):
-            self._advance(t)
-            self.work_order = ev.work_order
-            self._status_dirty = True
-        elif isinstance(ev, WorkOrderEndReport):
-            self._advance(t)
-            if self.work_order == ev.work_order:
-                self.work_order = None
-                self._status_dirty = True
-        return None
-
-    def _state(self, seq: int, t: int, ev: StateEvent) -> Rejection | None:
-        cur = self.current
-        if cur is not None and t < cur.start:
+        last = self.last_ts
+        if last is not None and t < last - self.spec.lateness_us:
             return Rejection(
                 seq,
-                "out_of_order",
-                f"state at {ev.ts.isoformat()} is before the current "
-                f"{cur.state} interval started ({from_us(cur.start).isoformat()})",
+                "late",
+                f"{ev.ts.isoformat()} is more than the allowed lateness before this "
+                f"machine's latest event ({from_us(last).isoformat()})",
             )
-        if cur is not None and cur.state == ev.state:
-            # Consecutive events with the same state are one interval; a reason given
-            # later (e.g. the PLC's alarm text) still names the stop.
-            self._advance(t)
-            if ev.reason and ev.reason != cur.reason:
-                cur.reason = ev.reason
-                self._dirty_intervals[cur.start] = cur
-                self._status_dirty = True
+        self.arrivals += 1
+        order = self.arrivals
+        rejected: Rejection | None = None
+        if isinstance(ev, WorkOrderEvent):
+            # Its product applies to parts counted from its ts on (event time, so the result
+            # does not depend on when the MES happened to send it).
+            insort(self.wo_product.setdefault(ev.work_order, []), (t, order, ev.product))
+            self._reclassify_parts(t)
             return None
-        if cur is not None and self.accounted_until is not None:
-            if t >= self.accounted_until:
-                self._advance(t)
-            else:
-                # Counts after t already credited time to the old state: give it back.
-                self._credit(t, self.accounted_until, cur.state, -1)
-                self._credit(t, self.accounted_until, ev.state, +1)
-        cur_new = Interval(t, None, ev.state, ev.reason, self.work_order)
-        if cur is not None:
-            cur.end = t
-            self.history.append(cur)
-            self._dirty_intervals[cur.start] = cur
-        self.current = cur_new
-        self._dirty_intervals[t] = cur_new
-        if self.accounted_until is None or self.accounted_until < t:
-            self.accounted_until = t
-        self._touch(t)
-        self._status_dirty = True
-        return None
+        if isinstance(ev, DowntimeReasonReport):
+            rejected = self._report(seq, t, order, ev)
+        self._advance(t)
+        if isinstance(ev, CountEvent):
+            self._add_part(PartEvent(t, order, 0, ev.good, ev.scrap))
+        elif isinstance(ev, StateEvent):
+            self._state(t, ev)
+        elif isinstance(ev, CounterEvent):
+            self._counter(t, order, ev)
+        elif isinstance(ev, ScrapReport):
+            self._add_part(PartEvent(t, order, 1, 0, ev.qty))
+        elif isinstance(ev, WorkOrderStartReport | WorkOrderEndReport):
+            self._work_order(t, order, ev)
+        return rejected
 
-    def _counter(self, t: int, ev: CounterEvent) -> None:
-        previous = self.counters.get(ev.name)
-        self.counters[ev.name] = ev.value
-        if previous is None:
-            return  # the first value is a baseline, not parts
-        delta = ev.value - previous if ev.value >= previous else ev.value  # reset
-        if delta == 0:
+    # -- time --------------------------------------------------------------------------------
+
+    def _advance(self, t: int) -> None:
+        """Move the machine's clock to `t`: the open interval grows."""
+        last = self.last_ts
+        if last is not None and t <= last:
             return
-        if ev.name == "total":
-            self._add_parts(t, delta, 0)
-        else:
-            self._move_to_scrap(t, delta)
+        self.last_ts = t
+        self.dirty.status = True
+        if last is None or not self.intervals:
+            return
+        iv = self.intervals[-1]
+        before = self._shape(iv, last)
+        after = self._shape(iv, t)
+        if before == after:
+            self._contribute_piece(iv, last, t, before)
+        else:  # a stop passed the micro-stop threshold, or first reached planned time
+            self._contribute(iv, last, -1)
+            self._contribute(iv, t, +1)
+            self.dirty.intervals[iv.start] = iv  # its is_microstop changed
+        self._mark(last, t)
 
-    def _downtime_reason(self, seq: int, ev: DowntimeReasonReport) -> Rejection | None:
-        if self.known_reasons and ev.reason not in self.known_reasons:
+    # -- state intervals --------------------------------------------------------------------
+
+    def _index_at(self, t: int) -> int:
+        """Index of the interval containing t (-1 if before the first)."""
+        return bisect_right(self.intervals, t, key=_start) - 1
+
+    def _state(self, t: int, ev: StateEvent) -> None:
+        ivs = self.intervals
+        last = self.last_ts
+        assert last is not None
+        # Every state event is remembered for the allowed lateness, also one that repeats
+        # the current state: a late event before it must end where it stands.
+        insort(self.marks, (t, self.arrivals, ev.state, ev.reason))
+        i = self._index_at(t)
+        if i >= 0 and ivs[i].state == ev.state:
+            # The same state again continues the interval; its reason stays that of the
+            # interval's first state event (operators name stops with reason reports).
+            return
+        if (t >= last or not ivs) and i == len(ivs) - 1 and (i < 0 or t > ivs[i].start):
+            # The usual case: close the open interval at t, open a new one.
+            new = Interval(t, None, ev.state, ev.reason, self._wo_at(t))
+            new.reset_cache()
+            if i >= 0:
+                old = ivs[i]
+                old.end = t  # closing at the clock changes none of its contribution
+                self.dirty.intervals[old.start] = old
+            ivs.append(new)
+            new.reason = self._effective_reason(new)
+            self._contribute(new, last, +1)
+            self.dirty.intervals[t] = new
+            self.dirty.status = True
+            if self.parts and self.parts[-1].t >= t:  # a part at this very instant
+                self._after_timeline_change(t)
+            return
+        self._insert_state(i, t, ev)
+        self._after_timeline_change(t)
+
+    def _insert_state(self, i: int, t: int, ev: StateEvent) -> None:
+        """A state event inside known history: split, replace or merge intervals.
+
+        Every interval over the span that can change (the one containing t and one
+        neighbour each side, which a merge may absorb) gives back its contribution; after
+        the change, every interval over the same span adds its new one.
+        """
+        ivs = self.intervals
+        last = self.last_ts
+        assert last is not None
+        lo = max(i - 1, 0)
+        hi = min(i + 2, len(ivs) - 1)
+        span_start = min(ivs[lo].start, t)
+        span_end = ivs[hi].end  # None: to the open end
+        before = {iv.start for iv in ivs[lo : hi + 1]}
+        for iv in ivs[lo : hi + 1]:
+            self._contribute(iv, last, -1)
+        if i < 0:
+            new = Interval(t, ivs[0].start, ev.state, ev.reason, self._wo_at(t))
+            ivs.insert(0, new)
+            rest = None
+        else:
+            cur = ivs[i]
+            old_state, old_end = cur.state, cur.end
+            # The new state lasts until the next state event after t, which may be one that
+            # repeated the old state (merged into this interval until now).
+            mark = next(
+                (m for m in self.marks if t < m[0] and (old_end is None or m[0] < old_end)),
+                None,
+            )
+            if cur.start == t:
+                new = cur
+                new.state, new.state_reason = ev.state, ev.reason
+            else:
+                new = Interval(t, old_end, ev.state, ev.reason, self._wo_at(t))
+                cur.end = t
+                ivs.insert(i + 1, new)
+            rest = None
+            if mark is not None:
+                new.end = mark[0]
+                rest = Interval(mark[0], old_end, old_state, mark[3], self._wo_at(mark[0]))
+                ivs.insert(ivs.index(new) + 1, rest)
+        self._merge_neighbours(new)
+        if rest is not None and rest in ivs:
+            self._merge_neighbours(rest)
+        now = [
+            iv for iv in ivs if iv.start >= span_start and (span_end is None or iv.start < span_end)
+        ]
+        for iv in now:
+            iv.reason = self._effective_reason(iv)
+            iv.reset_cache()
+            self._contribute(iv, last, +1)
+            self.dirty.intervals[iv.start] = iv
+        for start in before - {iv.start for iv in now}:
+            self.dirty.deleted.add(start)
+            self.dirty.intervals.pop(start, None)
+        self.dirty.status = True
+        self._mark(span_start, span_end if span_end is not None else last)
+
+    def _merge_neighbours(self, iv: Interval) -> None:
+        """Consecutive intervals in the same state are one interval."""
+        ivs = self.intervals
+        k = ivs.index(iv)
+        if k + 1 < len(ivs) and ivs[k + 1].state == iv.state:
+            # The merged interval keeps the reason of its first state event.
+            iv.end = ivs.pop(k + 1).end
+        if k > 0 and ivs[k - 1].state == iv.state:
+            ivs[k - 1].end = iv.end
+            ivs.pop(k)
+
+    def _revise(self, ivs: list[Interval], change: object) -> None:
+        """Subtract the intervals' contributions, apply `change()`, add them back."""
+        last = self.last_ts
+        assert last is not None
+        for iv in ivs:
+            self._contribute(iv, last, -1)
+        change()  # type: ignore[operator]
+        for iv in ivs:
+            iv.reason = self._effective_reason(iv)
+            self._contribute(iv, last, +1)
+            self.dirty.intervals[iv.start] = iv
+            end = iv.end if iv.end is not None else last
+            self._mark(iv.start, end)
+        self.dirty.status = True
+
+    # -- operator reason reports ---------------------------------------------------------------
+
+    def _report(self, seq: int, t: int, order: int, ev: DowntimeReasonReport) -> Rejection | None:
+        spec = self.spec
+        if spec.known_reasons and ev.reason not in spec.known_reasons:
             return Rejection(
                 seq, "unknown_reason", f"reason code {ev.reason!r} is not in the reason tree"
             )
         at = to_us(ev.at)
-        target = self._interval_at(at)
-        if target is None:
-            return Rejection(
-                seq, "no_stop", f"machine has no known interval at {ev.at.isoformat()}"
-            )
-        if target.state == "running":
-            return Rejection(
-                seq, "no_stop", f"machine was running at {ev.at.isoformat()}, not stopped"
-            )
-        target.reason = ev.reason
-        self._dirty_intervals[target.start] = target
-        if target is self.current:
-            self._status_dirty = True
+        i = self._index_at(at)
+        iv = self.intervals[i] if i >= 0 else None
+        stopped = iv is not None and iv.state != "running"
+        last = self.last_ts if self.last_ts is not None else t
+        if iv is not None and stopped and iv.start < last - self.spec.history_us:
+            return Rejection(seq, "no_stop", "the stop is older than the kept history (48 h)")
+        if not stopped and at < last - self.spec.lateness_us:
+            # No state event can still arrive that would make this a stop.
+            what = "running" if iv is not None else "not known"
+            return Rejection(seq, "no_stop", f"the machine was {what} at {ev.at.isoformat()}")
+        # Kept even while no stop covers `at` yet: a late state event may still create it.
+        insort(self.reports, Report(at, (t, order), ev.reason), key=lambda r: r.at)
+        if iv is not None and stopped and self._effective_reason(iv) != iv.reason:
+            self._revise([iv], lambda: None)
         return None
 
-    def _interval_at(self, at: int) -> Interval | None:
-        cur = self.current
-        if cur is not None and at >= cur.start:
-            return cur
-        i = bisect_right(self.history, at, key=lambda iv: iv.start) - 1
-        if i >= 0:
-            iv = self.history[i]
-            if iv.end is not None and iv.start <= at < iv.end:
-                return iv
-        return None
+    def _effective_reason(self, iv: Interval) -> str | None:
+        if iv.state == "running":
+            return None
+        best: Report | None = None
+        end = iv.end
+        reports = self.reports
+        k = bisect_right(reports, iv.start - 1, key=lambda r: r.at)
+        while k < len(reports) and (end is None or reports[k].at < end):
+            r = reports[k]
+            if r.at >= iv.start and (best is None or r.key > best.key):
+                best = r
+            k += 1
+        return best.reason if best is not None else iv.state_reason
 
-    # -- time and parts ----------------------------------------------------------------------
+    # -- work orders ---------------------------------------------------------------------------
 
-    def _advance(self, t: int) -> None:
-        """Credit the current state with the time up to `t`."""
-        self._touch(t)
-        cur = self.current
-        if cur is None or self.accounted_until is None or t <= self.accounted_until:
+    def _work_order(
+        self, t: int, order: int, ev: WorkOrderStartReport | WorkOrderEndReport
+    ) -> None:
+        if isinstance(ev, WorkOrderStartReport):
+            value: str | None = ev.work_order
+        else:
+            current = self._wo_at(t)
+            if current != ev.work_order:
+                return  # ending a work order that is not running here changes nothing
+            value = None
+        insort(self.wo_changes, (t, order, value), key=lambda c: (c[0], c[1]))
+        self.dirty.status = True
+        last = self.last_ts
+        assert last is not None
+        if t < last or (self.parts and self.parts[-1].t >= t):
+            self._after_timeline_change(t)
+
+    def _wo_at(self, t: int) -> str | None:
+        k = bisect_right(self.wo_changes, t, key=lambda c: c[0]) - 1
+        return self.wo_changes[k][2] if k >= 0 else None
+
+    def _after_timeline_change(self, t: int) -> None:
+        """States or work orders changed from t on: parts since then may change class, and
+        intervals since then may belong to another work order."""
+        self._reclassify_parts(t)
+        for iv in reversed(self.intervals):
+            if iv.start < t:
+                break
+            wo = self._wo_at(iv.start)
+            if wo != iv.work_order:
+                iv.work_order = wo
+                self.dirty.intervals[iv.start] = iv
+
+    # -- parts ---------------------------------------------------------------------------------
+
+    def _classify(
+        self, t: int
+    ) -> tuple[int, ShiftInstance | None, ShiftInstance | None, bool, int]:
+        cal = self.spec.calendar
+        hour = self.clock.bucket(t)[0]
+        shift = cal.shift_at(t)
+        planned = False
+        if cal.planned_at(t) is not None:
+            ivs = self.intervals
+            if ivs and t >= ivs[-1].start:  # the usual case: now, in the open interval
+                planned = ivs[-1].state != "planned_stop"
+            else:
+                i = self._index_at(t)
+                planned = i >= 0 and ivs[i].state != "planned_stop"
+        changes = self.wo_changes
+        wo = changes[-1][2] if changes and t >= changes[-1][0] else self._wo_at(t)
+        product = None
+        if wo is not None and wo in self.wo_product:
+            for since, _, prod in reversed(self.wo_product[wo]):
+                if since <= t:
+                    product = prod
+                    break
+        ideal = (
+            self.spec.ideal_us_by_product.get(product, self.spec.default_ideal_us)
+            if product
+            else self.spec.default_ideal_us
+        )
+        return hour, shift, shift if planned else None, planned, ideal
+
+    def _add_part(self, p: PartEvent) -> None:
+        p.cls = self._classify(p.t)
+        self._apply_part(p, +1)
+        parts = self.parts
+        if not parts or (parts[-1].t, parts[-1].order) <= (p.t, p.order):
+            parts.append(p)
+        else:
+            insort(parts, p, key=lambda q: (q.t, q.order))
+
+    def _apply_part(self, p: PartEvent, sign: int) -> None:
+        assert p.cls is not None
+        hour_key, shift, planned_shift, planned, ideal = p.cls
+        if p.kind == 0:
+            dg, ds = p.good * sign, p.scrap * sign
+        else:
+            dg, ds = -p.scrap * sign, p.scrap * sign
+        buckets = [self._hour(hour_key)]
+        if shift is not None:
+            buckets.append(self._shift(shift))
+        for b in buckets:
+            b.all_good += dg
+            b.all_scrap += ds
+        if planned:
+            for b in buckets:
+                b.good += dg
+                b.scrap += ds
+                if p.kind == 0:
+                    b.ideal_us += ideal * (dg + ds)
+        self.good_total += dg
+        self.scrap_total += ds
+        self.dirty.status = True
+
+    def _reclassify_parts(self, t: int | None) -> None:
+        for p in self.parts:
+            if t is not None and p.t < t:
+                continue
+            new = self._classify(p.t)
+            if new != p.cls:
+                self._apply_part(p, -1)
+                p.cls = new
+                self._apply_part(p, +1)
+
+    def _counter(self, t: int, order: int, ev: CounterEvent) -> None:
+        readings = self.counter_readings.setdefault(ev.name, [])
+        key = (t, order)
+        if not readings or (readings[-1][0], readings[-1][1]) <= key:
+            previous = readings[-1][2] if readings else self.counter_base.get(ev.name)
+            readings.append((t, order, ev.value))
+            if previous is not None:
+                self._counter_part(ev.name, t, order, _delta(previous, ev.value))
             return
-        self._credit(self.accounted_until, t, cur.state, +1)
-        self.accounted_until = t
+        # A reading arrived late: the parts of every later reading of this counter change.
+        insort(readings, (t, order, ev.value), key=lambda r: (r[0], r[1]))
+        for p in [p for p in self.parts if p.source == ev.name and (p.t, p.order) >= key]:
+            self._apply_part(p, -1)
+            self.parts.remove(p)
+        previous = self.counter_base.get(ev.name)
+        for rt, ro, value in readings:
+            if (rt, ro) >= key and previous is not None:
+                self._counter_part(ev.name, rt, ro, _delta(previous, value))
+            previous = value
 
-    def _touch(self, t: int) -> None:
-        if self.last_ts is None or t > self.last_ts:
-            self.last_ts = t
-            self._status_dirty = True
+    def _counter_part(self, name: str, t: int, order: int, delta: int) -> None:
+        if delta == 0:
+            return
+        if name == "total":
+            self._add_part(PartEvent(t, order, 0, delta, 0, source=name))
+        else:
+            self._add_part(PartEvent(t, order, 1, 0, delta, source=name))
 
-    def _credit(self, a: int, b: int, state: str, sign: int) -> None:
-        idx = STATE_INDEX[state]
-        while a < b:
-            start, end = self.clock.bucket(a)
+    def _settle(self) -> None:
+        """Forget part details older than the allowed lateness: they can no longer change."""
+        if self.last_ts is None:
+            return
+        horizon = self.last_ts - self.spec.lateness_us
+        parts = self.parts
+        if parts and parts[0].t < horizon:
+            k = 0
+            while k < len(parts) and parts[k].t < horizon:
+                k += 1
+            del parts[:k]
+        marks = self.marks
+        if marks and marks[0][0] < horizon:
+            k = 0
+            while k < len(marks) and marks[k][0] < horizon:
+                k += 1
+            del marks[:k]
+        for name, readings in self.counter_readings.items():
+            k = 0
+            while k < len(readings) - 1 and readings[k][0] < horizon:
+                k += 1
+            if k:
+                self.counter_base[name] = readings[k - 1][2]
+                del readings[:k]
+
+    # ---------------------------------------------------------------------------------------
+    # contributions of intervals to buckets
+    # ---------------------------------------------------------------------------------------
+
+    def _shape(self, iv: Interval, upto: int) -> tuple[int, bool]:
+        """What decides how an interval counts: its time class and whether it is counted."""
+        end = iv.end if iv.end is not None else upto
+        cls = _CLASS_OF_STATE[iv.state]
+        if iv.state in STOP_STATES:
+            threshold = self.spec.microstop_us
+            if threshold > 0 and end - iv.start < threshold:
+                cls = MICRO
+        return cls, self._counted(iv, end)
+
+    def _counted(self, iv: Interval, end: int) -> bool:
+        """Whether [start, end) of the interval overlaps planned time (cached, growing)."""
+        if iv.planned_from is not None:
+            return end > iv.planned_from
+        lo = max(iv.start, iv.checked_to)
+        if end > lo:
+            windows = self.spec.calendar.planned_windows(lo, end)
+            if windows:
+                iv.planned_from = windows[0].start
+                return True
+            iv.checked_to = end
+        return False
+
+    def _contribute(self, iv: Interval, upto: int, sign: int) -> None:
+        """Add (sign=+1) or remove (-1) everything the interval contributes up to `upto`."""
+        end = iv.end if iv.end is not None else upto
+        if end <= iv.start:
+            return
+        shape = self._shape(iv, upto)
+        cls, counted = shape
+        self._contribute_piece(iv, iv.start, end, shape, sign)
+        if not counted:
+            return
+        hour = self._hour(self.clock.bucket(iv.start)[0])
+        shift_inst = self.spec.calendar.shift_at(iv.start)
+        starts = [hour] if shift_inst is None else [hour, self._shift(shift_inst)]
+        reason = self._reason_code(iv)
+        for b in starts:
+            if cls == MICRO:
+                b.micro_count += sign
+            elif cls in DOWNTIME_CLASSES:
+                b.add_reason(reason, 0, sign)
+                if cls == DOWN:
+                    b.failures += sign
+                    b.failure_us += sign * (end - iv.start)
+
+    def _contribute_piece(
+        self, iv: Interval, a: int, b: int, shape: tuple[int, bool], sign: int = 1
+    ) -> None:
+        """The time [a, b) of the interval, into hour and shift buckets."""
+        if b <= a:
+            return
+        cls, counted = shape
+        state_i = STATE_INDEX[iv.state]
+        clock = self.clock
+        t = a
+        while t < b:  # all time, by state, per hour (machine_hour)
+            start, end = clock.bucket(t)
             upto = b if b < end else end
-            self._hour(start).state_us[idx] += sign * (upto - a)
-            a = upto
+            self._hour(start).raw_us[state_i] += sign * (upto - t)
+            t = upto
+        reason = self._reason_code(iv) if cls in DOWNTIME_CLASSES else None
+        for w in self.spec.calendar.planned_windows(a, b):
+            sb = self._shift(w.shift)
+            us = w.end - w.start
+            sb.time_us[cls] += sign * us
+            if reason is not None:
+                sb.add_reason(reason, sign * us, 0)
+            t = w.start
+            while t < w.end:
+                start, end = clock.bucket(t)
+                upto = w.end if w.end < end else end
+                hb = self._hour(start)
+                hb.time_us[cls] += sign * (upto - t)
+                if reason is not None:
+                    hb.add_reason(reason, sign * (upto - t), 0)
+                t = upto
+        if counted and cls == DOWN and iv.end is None and sign > 0 and a > iv.start:
+            # An open failure's whole duration grows with the clock.
+            hour = self._hour(clock.bucket(iv.start)[0])
+            hour.failure_us += b - a
+            shift_inst = self.spec.calendar.shift_at(iv.start)
+            if shift_inst is not None:
+                self._shift(shift_inst).failure_us += b - a
 
-    def _hour(self, start: int) -> HourFigures:
-        h = self.hours.get(start)
-        if h is None:
-            h = self.hours[start] = HourFigures(start)
-        self._dirty_hours.add(start)
-        return h
+    @staticmethod
+    def _reason_code(iv: Interval) -> str:
+        if iv.reason:
+            return iv.reason
+        return "no_data" if iv.state == "offline" else "unassigned"
 
-    def _add_parts(self, t: int, good: int, scrap: int) -> None:
-        h = self._hour(self.clock.bucket(t)[0])
-        h.good += good
-        h.scrap += scrap
-        self.good_total += good
-        self.scrap_total += scrap
-        self._status_dirty = True
+    # -- buckets -------------------------------------------------------------------------------
 
-    def _move_to_scrap(self, t: int, qty: int) -> None:
-        h = self._hour(self.clock.bucket(t)[0])
-        h.good -= qty
-        h.scrap += qty
-        self.good_total -= qty
-        self.scrap_total += qty
-        self._status_dirty = True
+    def _hour(self, start: int) -> Bucket:
+        b = self.hours.get(start)
+        if b is None:
+            b = self.hours[start] = Bucket(start, start + HOUR_US)
+        self.dirty.hours.add(start)
+        return b
 
-    # -- output --------------------------------------------------------------------------------
+    def _shift(self, inst: ShiftInstance) -> Bucket:
+        b = self.shifts.get(inst)
+        if b is None:
+            b = self.shifts[inst] = Bucket(inst.start, inst.end)
+        self.dirty.shifts.add(inst)
+        return b
 
-    def flush(self) -> list[IntervalRow | StatusRow | HourRow]:
+    def _mark(self, a: int, b: int) -> None:
+        """Hours and shifts over [a, b] have changed (their rows must be written)."""
+        t = self.clock.bucket(a)[0]
+        while t <= b:
+            if t in self.hours:
+                self.dirty.hours.add(t)
+            t += HOUR_US
+        for inst in self.spec.calendar.shifts_between(a, b + 1):
+            if inst in self.shifts:
+                self.dirty.shifts.add(inst)
+
+    # ---------------------------------------------------------------------------------------
+    # output
+    # ---------------------------------------------------------------------------------------
+
+    def flush(self) -> list[Row]:
         """Rows changed since the last flush (absolute values: upserts are idempotent)."""
         m = self.machine
-        rows: list[IntervalRow | StatusRow | HourRow] = [
-            iv.row(m) for iv in self._dirty_intervals.values()
-        ]
-        rows.extend(self.hours[h].row(m) for h in sorted(self._dirty_hours))
-        cur = self.current
-        if self._status_dirty and cur is not None and self.last_ts is not None:
+        d = self.dirty
+        last = self.last_ts
+        rows: list[Row] = []
+        for start in d.deleted:
+            rows.append(IntervalDelete(m, from_us(start)))
+        for iv in d.intervals.values():
+            rows.append(self._interval_row(iv))
+        for h in sorted(d.hours):
+            b = self.hours.get(h)
+            if b is not None:
+                rows.append(_hour_row(m, b))
+                rows.extend(_kpi_rows(m, "hour", b, None))
+        for inst in sorted(d.shifts, key=lambda s: s.start):
+            b = self.shifts.get(inst)
+            if b is not None:
+                rows.extend(_kpi_rows(m, "shift", b, inst))
+        if d.status and self.intervals and last is not None:
+            cur = self.intervals[-1]
             rows.append(
                 StatusRow(
                     m,
                     cur.state,
                     from_us(cur.start),
                     cur.reason,
-                    self.work_order,
-                    from_us(self.last_ts),
+                    self._wo_at(last),
+                    from_us(last),
                     self.good_total,
                     self.scrap_total,
                 )
             )
-        self._dirty_intervals.clear()
-        self._dirty_hours.clear()
-        self._status_dirty = False
+        self.dirty = _Dirty()
+        self._settle()
         self._forget_old()
         return rows
 
+    def _interval_row(self, iv: Interval) -> IntervalRow:
+        end = iv.end
+        micro: bool | None = None
+        if iv.state in STOP_STATES:
+            upto = end if end is not None else (self.last_ts or iv.start)
+            micro = self._shape(iv, upto)[0] == MICRO
+        return IntervalRow(
+            self.machine,
+            from_us(iv.start),
+            None if end is None else from_us(end),
+            iv.state,
+            iv.reason,
+            iv.work_order,
+            0.0 if end is None else (end - iv.start) / 1e6,
+            micro,
+        )
+
     def _forget_old(self) -> None:
+        """Drop history older than the kept horizon (bounded memory per machine)."""
         if self.last_ts is None:
             return
-        horizon = self.last_ts - self.history_us
-        if self.history and self.history[0].start < horizon:
-            self.history = [iv for iv in self.history if (iv.end or 0) >= horizon]
-        if len(self.hours) > 2 and min(self.hours) < horizon:
-            self.hours = {h: f for h, f in self.hours.items() if h >= horizon}
+        horizon = self.last_ts - self.spec.history_us
+        ivs = self.intervals
+        if len(ivs) > 1 and ivs[0].end is not None and ivs[0].end < horizon - HOUR_US:
+            k = 0
+            while k < len(ivs) - 1 and (ivs[k].end or 0) < horizon - HOUR_US:
+                k += 1
+            del ivs[:k]
+        if self.hours and min(self.hours) < horizon - HOUR_US:
+            self.hours = {h: b for h, b in self.hours.items() if h >= horizon - HOUR_US}
+            self.shifts = {s: b for s, b in self.shifts.items() if s.end >= horizon - HOUR_US}
+            self.reports = [r for r in self.reports if r.at >= horizon - HOUR_US]
+            keep = [c for c in self.wo_changes if c[0] >= horizon]
+            older = [c for c in self.wo_changes if c[0] < horizon]
+            self.wo_changes = older[-1:] + keep
+
+
+def _start(iv: Interval) -> int:
+    return iv.start
+
+
+def _delta(previous: int, value: int) -> int:
+    # A value below the previous one is a counter reset: the parts since are the value.
+    return value - previous if value >= previous else value
+
+
+def _hour_row(machine: str, b: Bucket) -> HourRow:
+    r = b.raw_us
+    return HourRow(
+        machine,
+        from_us(b.start),
+        r[0] / 1e6,
+        r[1] / 1e6,
+        r[2] / 1e6,
+        r[3] / 1e6,
+        r[4] / 1e6,
+        r[5] / 1e6,
+        b.all_good,
+        b.all_scrap,
+    )
+
+
+def _kpi_rows(
+    machine: str, kind: str, b: Bucket, inst: ShiftInstance | None
+) -> tuple[KpiRow, ReasonSetRow]:
+    tu = b.time_us
+    planned = tu[RUNNING] + tu[MICRO] + tu[IDLE] + tu[DOWN] + tu[SETUP] + tu[OFFLINE]
+    start = from_us(b.start)
+    kpi = KpiRow(
+        machine,
+        kind,
+        start,
+        from_us(b.end),
+        inst.date if inst else None,
+        inst.name if inst else None,
+        planned / 1e6,
+        tu[RUNNING] / 1e6,
+        tu[MICRO] / 1e6,
+        b.micro_count,
+        tu[IDLE] / 1e6,
+        tu[DOWN] / 1e6,
+        tu[SETUP] / 1e6,
+        tu[OFFLINE] / 1e6,
+        tu[PLANNED_STOP] / 1e6,
+        b.good,
+        b.scrap,
+        b.ideal_us / 1e6,
+        b.failures,
+        b.failure_us / 1e6,
+        b.all_good,
+        b.all_scrap,
+    )
+    items = tuple(sorted((r, us / 1e6, stops) for r, (us, stops) in b.reasons.items()))
+    return kpi, ReasonSetRow(machine, kind, start, items)

@@ -15,7 +15,16 @@ import psycopg
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from mesflow.db import connect
-from streams.records import HourRow, IntervalRow, Progress, Rejection, StatusRow
+from streams.records import (
+    HourRow,
+    IntervalDelete,
+    IntervalRow,
+    KpiRow,
+    Progress,
+    ReasonSetRow,
+    Rejection,
+    StatusRow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +37,50 @@ CREATE TEMP TABLE IF NOT EXISTS stage_status (LIKE machine_status INCLUDING DEFA
     ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_hour (LIKE machine_hour INCLUDING DEFAULTS)
     ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_kpi (LIKE machine_kpi INCLUDING DEFAULTS)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_bucket (machine text, bucket text, bucket_start timestamptz)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_gone (machine text, start_ts timestamptz)
+    ON COMMIT DELETE ROWS;
 """
 
-INTERVAL_COLUMNS = "machine, start_ts, end_ts, state, reason, work_order, duration_s"
-INTERVAL_TYPES = ["text", "timestamptz", "timestamptz", "text", "text", "text", "float8"]
+INTERVAL_COLUMNS = "machine, start_ts, end_ts, state, reason, work_order, duration_s, is_microstop"
+INTERVAL_TYPES = ["text", "timestamptz", "timestamptz", "text", "text", "text", "float8", "bool"]
 UPSERT_INTERVAL = f"""
 INSERT INTO machine_state_interval ({INTERVAL_COLUMNS}, updated_at)
 SELECT {INTERVAL_COLUMNS}, clock_timestamp() FROM stage_interval
 ON CONFLICT (machine, start_ts) DO UPDATE SET
     end_ts = EXCLUDED.end_ts, state = EXCLUDED.state, reason = EXCLUDED.reason,
     work_order = EXCLUDED.work_order, duration_s = EXCLUDED.duration_s,
+    is_microstop = EXCLUDED.is_microstop, updated_at = EXCLUDED.updated_at"""
+
+DELETE_INTERVALS = """
+DELETE FROM machine_state_interval i USING stage_gone g
+WHERE i.machine = g.machine AND i.start_ts = g.start_ts"""
+
+KPI_COLUMNS = (
+    "machine, bucket, bucket_start, bucket_end, shift_date, shift_name, planned_s, running_s, "
+    "microstop_s, microstop_count, idle_s, down_s, setup_s, offline_s, planned_stop_s, good, "
+    "scrap, ideal_s, failures, failure_s, all_good, all_scrap"
+)
+KPI_TYPES = [
+    "text", "text", "timestamptz", "timestamptz", "date", "text", "float8", "float8",
+    "float8", "int4", "float8", "float8", "float8", "float8", "float8", "int8",
+    "int8", "float8", "int4", "float8", "int8", "int8",
+]  # fmt: skip
+_KPI_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in KPI_COLUMNS.split(", ")[3:])
+UPSERT_KPI = f"""
+INSERT INTO machine_kpi ({KPI_COLUMNS}, updated_at)
+SELECT {KPI_COLUMNS}, clock_timestamp() FROM stage_kpi
+ON CONFLICT (machine, bucket, bucket_start) DO UPDATE SET {_KPI_SET},
     updated_at = EXCLUDED.updated_at"""
+
+# A bucket's reason set is replaced whole: a re-attributed stop moves its time away
+# from a reason, which must then disappear from that bucket.
+DELETE_REASONS = """
+DELETE FROM machine_kpi_reason r USING stage_bucket b
+WHERE r.machine = b.machine AND r.bucket = b.bucket AND r.bucket_start = b.bucket_start"""
 
 STATUS_COLUMNS = "machine, state, since, reason, work_order, last_event_ts, good_total, scrap_total"
 STATUS_TYPES = ["text", "text", "timestamptz", "text", "text", "timestamptz", "int8", "int8"]
@@ -77,6 +119,47 @@ ON CONFLICT (flow) DO UPDATE SET last_seq = GREATEST(dataflow_progress.last_seq,
     EXCLUDED.last_seq), updated_at = now()"""
 
 
+class _Batch:
+    """One sink batch, reduced to the last row per key (rows are absolute values)."""
+
+    def __init__(self) -> None:
+        self.intervals: dict[tuple[str, Any], IntervalRow | None] = {}  # None: delete it
+        self.hours: dict[tuple[str, Any], HourRow] = {}
+        self.kpis: dict[tuple[str, str, Any], KpiRow] = {}
+        self.reasons: dict[tuple[str, str, Any], tuple[tuple[str, float, int], ...]] = {}
+        self.status: dict[str, StatusRow] = {}
+        self.dead: list[tuple[str, str, int]] = []
+        self.last_seq = 0
+
+    def add(self, item: Any) -> None:
+        t = type(item)
+        if t is HourRow:
+            self.hours[(item.machine, item.hour_start)] = item
+        elif t is KpiRow:
+            self.kpis[(item.machine, item.bucket, item.bucket_start)] = item
+        elif t is ReasonSetRow:
+            self.reasons[(item.machine, item.bucket, item.bucket_start)] = item.items
+        elif t is IntervalRow:
+            self.intervals[(item.machine, item.start_ts)] = item
+        elif t is IntervalDelete:
+            self.intervals[(item.machine, item.start_ts)] = None
+        elif t is StatusRow:
+            self.status[item.machine] = item
+        elif t is Rejection:
+            self.dead.append((item.reason, item.detail, item.seq))
+        elif t is Progress:
+            self.last_seq = max(self.last_seq, item.last_seq)
+
+
+def _copy(
+    cur: psycopg.Cursor[Any], table: str, columns: str, types: list[str], rows: list[Any]
+) -> None:
+    with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)".encode()) as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+
+
 class ResultsSink(DynamicSink[Any]):
     def __init__(self, database_url: str, flow_name: str = "machines") -> None:
         self.database_url = database_url
@@ -93,28 +176,14 @@ class _ResultsPartition(StatelessSinkPartition[Any]):
         self.conn: psycopg.Connection | None = None
 
     def write_batch(self, items: list[Any]) -> None:
-        intervals: dict[Any, IntervalRow] = {}
-        hours: dict[Any, HourRow] = {}
-        status: dict[Any, StatusRow] = {}
-        dead: list[tuple[str, str, int]] = []
-        last_seq = 0
+        batch = _Batch()
         for item in items:
-            t = type(item)
-            if t is HourRow:
-                hours[(item.machine, item.hour_start)] = item
-            elif t is IntervalRow:
-                intervals[(item.machine, item.start_ts)] = item
-            elif t is StatusRow:
-                status[item.machine] = item
-            elif t is Rejection:
-                dead.append((item.reason, item.detail, item.seq))
-            elif t is Progress:
-                last_seq = max(last_seq, item.last_seq)
+            batch.add(item)
         # Keep writing through a database restart: retrying the same absolute rows is safe.
         delay = 0.5
         while True:
             try:
-                self._write(intervals, hours, status, dead, last_seq)
+                self._write(batch)
                 return
             except psycopg.OperationalError as err:
                 log.warning("results database unreachable (%s); retrying in %.1fs", err, delay)
@@ -124,34 +193,44 @@ class _ResultsPartition(StatelessSinkPartition[Any]):
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def _write(
-        self,
-        intervals: dict[Any, IntervalRow],
-        hours: dict[Any, HourRow],
-        status: dict[Any, StatusRow],
-        dead: list[tuple[str, str, int]],
-        last_seq: int,
-    ) -> None:
+    def _write(self, batch: _Batch) -> None:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.database_url, autocommit=True)
-            self.conn.execute(_STAGING)
+            self.conn.execute(_STAGING.encode())
+        intervals = [r for r in batch.intervals.values() if r is not None]
+        gone = [(m, s) for (m, s), r in batch.intervals.items() if r is None]
         with self.conn.transaction(), self.conn.cursor() as cur:
+            if gone:
+                _copy(cur, "stage_gone", "machine, start_ts", ["text", "timestamptz"], gone)
+                cur.execute(DELETE_INTERVALS.encode())
             for rows, table, columns, types, upsert in (
                 (intervals, "stage_interval", INTERVAL_COLUMNS, INTERVAL_TYPES, UPSERT_INTERVAL),
-                (hours, "stage_hour", HOUR_COLUMNS, HOUR_TYPES, UPSERT_HOUR),
-                (status, "stage_status", STATUS_COLUMNS, STATUS_TYPES, UPSERT_STATUS),
-            ):
-                if not rows:
-                    continue
-                with cur.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.set_types(types)
-                    for row in rows.values():
-                        copy.write_row(row)
-                cur.execute(upsert.encode())  # built from constants
-            if dead:
-                cur.executemany(INSERT_DEAD, dead)
-            if last_seq:
-                cur.execute(UPSERT_PROGRESS, (self.flow_name, last_seq))
+                (list(batch.hours.values()), "stage_hour", HOUR_COLUMNS, HOUR_TYPES, UPSERT_HOUR),
+                (list(batch.kpis.values()), "stage_kpi", KPI_COLUMNS, KPI_TYPES, UPSERT_KPI),
+                (list(batch.status.values()), "stage_status", STATUS_COLUMNS, STATUS_TYPES,
+                 UPSERT_STATUS),
+            ):  # fmt: skip
+                if rows:
+                    _copy(cur, table, columns, types, rows)
+                    cur.execute(upsert.encode())  # built from constants
+            if batch.reasons:
+                _copy(cur, "stage_bucket", "machine, bucket, bucket_start",
+                      ["text", "text", "timestamptz"], list(batch.reasons))  # fmt: skip
+                cur.execute(DELETE_REASONS.encode())
+                reason_rows = [
+                    (m, b, s, reason, seconds, stops)
+                    for (m, b, s), items in batch.reasons.items()
+                    for reason, seconds, stops in items
+                ]
+                if reason_rows:
+                    _copy(cur, "machine_kpi_reason",
+                          "machine, bucket, bucket_start, reason, seconds, stops",
+                          ["text", "text", "timestamptz", "text", "float8", "int4"],
+                          reason_rows)  # fmt: skip
+            if batch.dead:
+                cur.executemany(INSERT_DEAD, batch.dead)
+            if batch.last_seq:
+                cur.execute(UPSERT_PROGRESS, (self.flow_name, batch.last_seq))
 
     def close(self) -> None:
         if self.conn is not None:

@@ -6,7 +6,7 @@ maps 1:1 onto the upsert that stores it (streams/pg_sink.py).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import NamedTuple
 
 
@@ -18,6 +18,14 @@ class IntervalRow(NamedTuple):
     reason: str | None
     work_order: str | None
     duration_s: float
+    is_microstop: bool | None
+
+
+class IntervalDelete(NamedTuple):
+    """An interval that no longer exists (a late state event merged it into another)."""
+
+    machine: str
+    start_ts: datetime
 
 
 class StatusRow(NamedTuple):
@@ -44,6 +52,42 @@ class HourRow(NamedTuple):
     scrap: int
 
 
+class KpiRow(NamedTuple):
+    """One machine_kpi row: a machine's figures for one hour or one shift instance."""
+
+    machine: str
+    bucket: str  # "hour" | "shift"
+    bucket_start: datetime
+    bucket_end: datetime
+    shift_date: date | None
+    shift_name: str | None
+    planned_s: float
+    running_s: float
+    microstop_s: float
+    microstop_count: int
+    idle_s: float
+    down_s: float
+    setup_s: float
+    offline_s: float
+    planned_stop_s: float
+    good: int
+    scrap: int
+    ideal_s: float
+    failures: int
+    failure_s: float
+    all_good: int
+    all_scrap: int
+
+
+class ReasonSetRow(NamedTuple):
+    """The whole downtime-by-reason set of one bucket: (reason, seconds, stops) items."""
+
+    machine: str
+    bucket: str
+    bucket_start: datetime
+    items: tuple[tuple[str, float, int], ...]
+
+
 class Rejection(NamedTuple):
     """An ingest_log row that goes to the dead-letter table, with a stable reason code."""
 
@@ -60,4 +104,13 @@ class Progress(NamedTuple):
     dead: int
 
 
-ResultRow = IntervalRow | StatusRow | HourRow | Rejection | Progress
+ResultRow = (
+    IntervalRow
+    | IntervalDelete
+    | StatusRow
+    | HourRow
+    | KpiRow
+    | ReasonSetRow
+    | Rejection
+    | Progress
+)

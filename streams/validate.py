@@ -15,12 +15,13 @@ class Validator:
     """Parses log rows against the contract and the plant model.
 
     Output items are either `(machine, (seq, event))` pairs for the per-machine step, or
-    Rejection / Progress records for the sink. Order and work-order events are valid
-    input that the foundation does not process yet; they are accepted and counted.
+    Rejection / Progress records for the sink. Work-order events go to the machine they
+    name, or to every machine; order events are accepted (orders are joined elsewhere).
     """
 
     def __init__(self, plant: PlantConfig) -> None:
         self.machines = frozenset(plant.machines)
+        self._all = sorted(self.machines)
 
     def __call__(self, batch: list[LogEntry]) -> Iterable[Any]:
         out: list[Any] = []
@@ -36,7 +37,17 @@ class Validator:
                 out.append(Rejection(entry.seq, err.reason, err.detail))
                 dead += 1
                 continue
-            if isinstance(ev, OrderEvent | WorkOrderEvent):
+            if isinstance(ev, OrderEvent):
+                continue
+            if isinstance(ev, WorkOrderEvent):
+                # Its product sets the ideal cycle time of parts made for it: every machine
+                # that may run it needs it.
+                if ev.machine in self.machines:
+                    out.append((ev.machine, (entry.seq, ev)))
+                else:  # each copy names its machine: the per-machine step keys on it
+                    out.extend(
+                        (m, (entry.seq, ev.model_copy(update={"machine": m}))) for m in self._all
+                    )
                 continue
             if ev.machine not in self.machines:
                 out.append(

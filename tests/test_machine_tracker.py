@@ -1,0 +1,228 @@
+"""The per-machine logic, driven directly (no Bytewax, no database)."""
+
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesflow.events import parse_event
+from mesflow.plant import PlantConfig, load_plant_config
+from mesflow.settings import REPO_ROOT
+from streams.machine_tracker import MachineSpec, MachineTracker
+from streams.records import HourRow, IntervalDelete, IntervalRow, Rejection, StatusRow
+
+PLANT: PlantConfig = load_plant_config(REPO_ROOT / "config" / "plant.example.yaml")
+T0 = datetime.fromisoformat("2026-11-20T10:50:00+08:00")  # a Friday day shift
+
+
+def run(events: list[dict[str, Any]], batch: int = 7) -> tuple[dict[Any, Any], list[Rejection]]:
+    """Apply events in the given order, flushing every `batch`; the final row per key."""
+    tracker = MachineTracker(MachineSpec.from_plant(PLANT, "IM-01"))
+    final: dict[Any, Any] = {}
+    rejected: list[Rejection] = []
+    for i, e in enumerate(events):
+        r = tracker.apply(i, parse_event(_json(e)))  # type: ignore[arg-type]
+        if r is not None:
+            rejected.append(r)
+        if i % batch == batch - 1 or i == len(events) - 1:
+            for row in tracker.flush():
+                final[_key(row)] = None if isinstance(row, IntervalDelete) else row
+    return {k: v for k, v in final.items() if v is not None}, rejected
+
+
+def _key(row: Any) -> tuple[Any, ...]:
+    if isinstance(row, IntervalRow | IntervalDelete):
+        return ("interval", row.start_ts)
+    if isinstance(row, StatusRow):
+        return ("StatusRow",)
+    if isinstance(row, HourRow):
+        return ("HourRow", row.hour_start)
+    return (type(row).__name__, *row[1:3])
+
+
+def _json(e: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(e)
+
+
+def ev(kind: str, minutes: float, **fields: Any) -> dict[str, Any]:
+    ts = (T0 + timedelta(minutes=minutes)).isoformat()
+    if kind in ("downtime_reason", "scrap_report", "wo_start", "wo_end"):
+        base = {"type": "report", "kind": "scrap" if kind == "scrap_report" else kind}
+    else:
+        base = {"type": kind}
+    return {**base, "machine": "IM-01", "ts": ts, **fields}
+
+
+def kpi(rows: dict[Any, Any], bucket: str, start: str) -> Any:
+    return rows[("KpiRow", bucket, datetime.fromisoformat(start))]
+
+
+def test_an_hour_with_a_breakdown_a_microstop_and_lunch() -> None:
+    events = [
+        ev("state", 10, state="running"),  # 11:00
+        *[ev("count", 10 + m, good=2) for m in range(1, 60, 1)],
+        ev("state", 20, state="idle"),  # 11:10, 90 s: a micro-stop
+        ev("state", 21.5, state="running"),
+        ev("state", 40, state="down", reason="heater_fault"),  # 11:30 - 11:40
+        ev("state", 50, state="running"),
+        ev("state", 70, state="planned_stop"),  # 12:00, over the lunch break
+        ev("state", 100, state="running"),  # 12:30
+        ev("count", 101, good=1),
+    ]
+    events.sort(key=lambda e: e["ts"])  # stable: a state comes before a count at its instant
+    rows, rejected = run(events)
+    assert rejected == []
+    h11 = kpi(rows, "hour", "2026-11-20T11:00:00+08:00")
+    assert h11.planned_s == 3600
+    assert h11.down_s == 600 and h11.failures == 1 and h11.failure_s == 600
+    assert h11.microstop_s == 90 and h11.microstop_count == 1
+    assert h11.running_s == 3600 - 600 - 90
+    h12 = kpi(rows, "hour", "2026-11-20T12:00:00+08:00")
+    # 12:00-12:30 is lunch (not planned); the planned_stop inside it is not subtracted twice.
+    assert h12.planned_stop_s == 0
+    assert h12.planned_s == 60  # 12:30 to the last event at 12:31
+    reasons = rows[("ReasonSetRow", "hour", datetime.fromisoformat("2026-11-20T11:00:00+08:00"))]
+    assert reasons.items == (("heater_fault", 600.0, 1),)
+
+
+def test_late_reason_report_reattributes_the_stop() -> None:
+    events = [
+        ev("state", 10, state="running"),
+        ev("state", 20, state="down"),
+        ev("state", 30, state="running"),
+        ev("count", 200, good=1),
+        ev(
+            "downtime_reason",
+            210,
+            at=(T0 + timedelta(minutes=25)).isoformat(),
+            reason="material_shortage",
+            operator="op7",
+        ),
+    ]
+    rows, _ = run(events, batch=1)
+    h = rows[("ReasonSetRow", "hour", datetime.fromisoformat("2026-11-20T11:00:00+08:00"))]
+    assert h.items == (("material_shortage", 600.0, 1),)
+    stop = rows[("interval", datetime.fromisoformat("2026-11-20T11:10:00+08:00"))]
+    assert stop.reason == "material_shortage" and stop.is_microstop is False
+
+
+def test_counter_baseline_and_reset() -> None:
+    events = [
+        ev("state", 0, state="running"),
+        ev("counter", 1, name="total", value=1000),  # baseline
+        ev("counter", 2, name="total", value=1010),
+        ev("counter", 3, name="total", value=4),  # reset: 4 parts since
+        ev("counter", 4, name="scrap", value=7),  # baseline
+        ev("counter", 5, name="scrap", value=9),  # 2 of the good parts were scrap
+    ]
+    rows, _ = run(events)
+    h = kpi(rows, "hour", "2026-11-20T10:00:00+08:00")
+    assert (h.all_good, h.all_scrap, h.good, h.scrap) == (12, 2, 12, 2)
+
+
+def test_event_beyond_the_allowed_lateness_is_dead_lettered() -> None:
+    _, rejected = run(
+        [
+            ev("state", 0, state="running"),
+            ev("count", 30, good=1),
+            ev("count", 20, good=1),
+            ev("count", 27, good=1),
+        ]
+    )
+    assert [r.reason for r in rejected] == ["late"]
+
+
+STATES = ["running", "running", "idle", "down", "setup", "planned_stop", "offline"]
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[dict[str, Any]]:
+    rng = random.Random(draw(st.integers(0, 10_000)))
+    n = draw(st.integers(5, 120))
+    t = 0.0
+    out: list[dict[str, Any]] = [ev("state", 0, state="running")]
+    stop_starts: list[float] = []
+    for i in range(n):
+        t += rng.choice([0.05, 0.3, 1, 1.7, 4, 9])  # minutes; unique times
+        r = rng.random()
+        if r < 0.25:
+            s = rng.choice(STATES)
+            out.append(
+                ev(
+                    "state",
+                    t,
+                    state=s,
+                    **({"reason": "hydraulic_fault"} if s == "down" and rng.random() < 0.5 else {}),
+                )
+            )
+            if s in ("idle", "down"):
+                stop_starts.append(t)
+        elif r < 0.65:
+            out.append(ev("count", t, good=rng.randint(0, 3), scrap=int(rng.random() < 0.1)))
+        elif r < 0.72:
+            out.append(
+                ev(
+                    "counter",
+                    t,
+                    name="total",
+                    value=rng.randint(0, 30) if rng.random() < 0.2 else 100 + i,
+                )
+            )
+        elif r < 0.78:
+            out.append(ev("scrap_report", t, qty=1, reason="short_shot"))
+        elif r < 0.86 and stop_starts:
+            at = stop_starts[-1] + 0.01
+            out.append(
+                ev(
+                    "downtime_reason",
+                    t,
+                    at=(T0 + timedelta(minutes=at)).isoformat(),
+                    reason=rng.choice(["material_shortage", "mold_damage"]),
+                )
+            )
+        elif r < 0.93:
+            out.append(ev("wo_start", t, work_order=f"WO-{rng.randint(1, 2)}"))
+        else:
+            out.append(
+                ev(
+                    "work_order",
+                    t,
+                    work_order=f"WO-{rng.randint(1, 2)}",
+                    order_no="SO-1",
+                    product=rng.choice(["P-100", "P-200"]),
+                    qty=100,
+                )
+            )
+    for e in out:
+        if e["type"] == "work_order":
+            del e["machine"]
+    return out
+
+
+def shuffled_within(
+    events: list[dict[str, Any]], lateness_min: float, seed: int
+) -> list[dict[str, Any]]:
+    """Arrival order that is never later than the allowed lateness."""
+    rng = random.Random(seed)
+    keyed = [
+        (datetime.fromisoformat(e["ts"]) + timedelta(minutes=rng.uniform(0, lateness_min)), i, e)
+        for i, e in enumerate(events)
+    ]
+    return [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+@settings(max_examples=int(__import__("os").environ.get("MESFLOW_EXAMPLES", "60")), deadline=None)
+@given(streams(), st.integers(0, 1000), st.sampled_from([1, 3, 50]))
+def test_late_input_within_lateness_gives_the_in_order_results(
+    events: list[dict[str, Any]], seed: int, batch: int
+) -> None:
+    in_order, _ = run(events, batch=batch)
+    late, rejected = run(shuffled_within(events, 4.9, seed), batch=batch)
+    assert [r for r in rejected if r.reason == "late"] == []
+    assert late == in_order
