@@ -30,6 +30,21 @@ class Settings(BaseSettings):
     language: str = Field(default="zh", description="default UI language: zh or en")
     # Bytewax snapshot interval: bounds the work replayed after a crash, not output latency.
     snapshot_seconds: float = 2.0
+    # CRM order intake (`mesflow run api`, docs/crm.md). Clients authenticate with a bearer
+    # token or with Standard-Webhooks-signed requests; no client configured = all refused.
+    api_host: str = "127.0.0.1"
+    api_port: int = 8060
+    crm_tokens: str = Field(default="", description="bearer tokens: client:token,client2:token2")
+    crm_signing_secrets: str = Field(
+        default="", description="signed requests: client:whsec_...,client2:whsec_..."
+    )
+    # Progress callbacks to the CRM (`mesflow run notify`).
+    crm_callback_url: str | None = None
+    crm_webhook_secret: str | None = Field(default=None, description="whsec_... signing key")
+    notify_max_attempts: int = Field(default=12, ge=1)
+    notify_backoff_base_s: float = Field(default=2.0, gt=0)
+    notify_backoff_cap_s: float = Field(default=3600.0, gt=0)
+    notify_timeout_s: float = Field(default=15.0, gt=0)
 
     @property
     def recovery_dir(self) -> Path:
