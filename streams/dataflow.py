@@ -18,9 +18,8 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from mesflow.events import MachineEvent
+from mesflow.events import MachineEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
-from mesflow.events import WorkOrderEvent
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
 from streams.records import Rejection
 from streams.validate import Validator

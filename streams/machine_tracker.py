@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from bisect import bisect_right, insort
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from mesflow.events import (
     CounterEvent,
@@ -74,6 +75,8 @@ RANK_STATE, RANK_WORK_ORDER, RANK_PARTS, RANK_REASON = 0, 1, 2, 3
 HISTORY_US = 48 * HOUR_US
 
 Row = IntervalRow | IntervalDelete | StatusRow | HourRow | KpiRow | ReasonSetRow
+# (start, end, shift instance containing it, shift instance if it is planned time)
+Segment = tuple[int, int, "ShiftInstance | None", "ShiftInstance | None"]
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,10 @@ class Interval:
         self.checked_to = self.start
 
 
+# (hour start, shift instance containing t, planned?, ideal cycle us)
+PartClass = tuple[int, "ShiftInstance | None", bool, int]
+
+
 @dataclass(slots=True)
 class PartEvent:
     """A part movement kept for the allowed lateness, with the classification applied."""
@@ -136,7 +143,7 @@ class PartEvent:
     good: int
     scrap: int
     source: str | None = None  # counter name for counter-derived parts
-    cls: tuple[int, ShiftInstance | None, ShiftInstance | None, bool, int] | None = None
+    cls: PartClass | None = None
 
 
 @dataclass(slots=True)
@@ -172,6 +179,9 @@ class MachineTracker:
         self.counter_readings: dict[str, list[tuple[int, int, int]]] = {}  # (t, order, value)
         self.reports: list[Report] = []
         self.marks: list[tuple[int, int, str, str | None]] = []  # recent state events
+        # Caches for the hot path (see _seg_at); not facts, safe to rebuild.
+        self._seg: Segment | None = None
+        self._hour_segs: tuple[int, list[Segment]] | None = None
         self.hours: dict[int, Bucket] = {}
         self.shifts: dict[ShiftInstance, Bucket] = {}
         self.good_total = 0
@@ -186,6 +196,9 @@ class MachineTracker:
         """Apply one event; a Rejection sends it to the dead-letter table instead."""
         t = to_us(ev.ts)
         last = self.last_ts
+        if type(ev) is CountEvent and last is not None and t >= last and self.intervals:
+            self._count_now(t, ev.good, ev.scrap)  # most events: a part, in order
+            return None
         if last is not None and t < last - self.spec.lateness_us:
             return Rejection(
                 seq,
@@ -229,10 +242,16 @@ class MachineTracker:
         if last is None or not self.intervals:
             return
         iv = self.intervals[-1]
-        before = self._shape(iv, last)
-        after = self._shape(iv, t)
+        if iv.planned_from is not None and iv.state not in STOP_STATES:
+            before = after = (_CLASS_OF_STATE[iv.state], True)  # nothing left to change
+        else:
+            before = self._shape(iv, last)
+            after = self._shape(iv, t)
         if before == after:
-            self._contribute_piece(iv, last, t, before)
+            if not self._fast_piece(iv, last, t, before):
+                self._contribute_piece(iv, last, t, before)
+                self._mark(last, t)
+            return
         else:  # a stop passed the micro-stop threshold, or first reached planned time
             self._contribute(iv, last, -1)
             self._contribute(iv, t, +1)
@@ -437,14 +456,10 @@ class MachineTracker:
 
     # -- parts ---------------------------------------------------------------------------------
 
-    def _classify(
-        self, t: int
-    ) -> tuple[int, ShiftInstance | None, ShiftInstance | None, bool, int]:
-        cal = self.spec.calendar
-        hour = self.clock.bucket(t)[0]
-        shift = cal.shift_at(t)
+    def _classify(self, t: int) -> PartClass:
+        seg = self._seg_at(t)
         planned = False
-        if cal.planned_at(t) is not None:
+        if seg[3] is not None:
             ivs = self.intervals
             if ivs and t >= ivs[-1].start:  # the usual case: now, in the open interval
                 planned = ivs[-1].state != "planned_stop"
@@ -453,18 +468,38 @@ class MachineTracker:
                 planned = i >= 0 and ivs[i].state != "planned_stop"
         changes = self.wo_changes
         wo = changes[-1][2] if changes and t >= changes[-1][0] else self._wo_at(t)
-        product = None
+        ideal = self._ideal(wo, t)
+        segs = self._hour_segs
+        hour = segs[0] if segs is not None and segs[0] <= t < segs[0] + HOUR_US else None
+        if hour is None:
+            hour = self.clock.bucket(t)[0]
+        return hour, seg[2], planned, ideal
+
+    def _count_now(self, t: int, good: int, scrap: int) -> None:
+        """The hot path: parts counted at or after the machine's latest event."""
+        self.arrivals += 1
+        if t > self.last_ts:  # type: ignore[operator]
+            self._advance(t)
+        seg = self._seg
+        if seg is None or not (seg[0] <= t < seg[1]):
+            seg = self._seg_at(t)
+        planned = seg[3] is not None and self.intervals[-1].state != "planned_stop"
+        changes = self.wo_changes
+        wo = changes[-1][2] if changes else None
+        ideal = self._ideal(wo, t)
+        segs = self._hour_segs
+        assert segs is not None  # set together with _seg
+        p = PartEvent(t, self.arrivals, 0, good, scrap, None, (segs[0], seg[2], planned, ideal))
+        self._apply_part(p, +1)
+        self.parts.append(p)
+
+    def _ideal(self, wo: str | None, t: int) -> int:
+        ideal = self.spec.default_ideal_us
         if wo is not None and wo in self.wo_product:
-            for since, _, prod in reversed(self.wo_product[wo]):
+            for since, _, product in reversed(self.wo_product[wo]):
                 if since <= t:
-                    product = prod
-                    break
-        ideal = (
-            self.spec.ideal_us_by_product.get(product, self.spec.default_ideal_us)
-            if product
-            else self.spec.default_ideal_us
-        )
-        return hour, shift, shift if planned else None, planned, ideal
+                    return self.spec.ideal_us_by_product.get(product, ideal)
+        return ideal
 
     def _add_part(self, p: PartEvent) -> None:
         p.cls = self._classify(p.t)
@@ -477,23 +512,27 @@ class MachineTracker:
 
     def _apply_part(self, p: PartEvent, sign: int) -> None:
         assert p.cls is not None
-        hour_key, shift, planned_shift, planned, ideal = p.cls
+        hour_key, shift, planned, ideal = p.cls
         if p.kind == 0:
             dg, ds = p.good * sign, p.scrap * sign
         else:
             dg, ds = -p.scrap * sign, p.scrap * sign
-        buckets = [self._hour(hour_key)]
-        if shift is not None:
-            buckets.append(self._shift(shift))
-        for b in buckets:
-            b.all_good += dg
-            b.all_scrap += ds
+        hb = self._hour(hour_key)
+        sb = self._shift(shift) if shift is not None else None
+        hb.all_good += dg
+        hb.all_scrap += ds
+        if sb is not None:
+            sb.all_good += dg
+            sb.all_scrap += ds
         if planned:
-            for b in buckets:
-                b.good += dg
-                b.scrap += ds
-                if p.kind == 0:
-                    b.ideal_us += ideal * (dg + ds)
+            di = ideal * (dg + ds) if p.kind == 0 else 0
+            hb.good += dg
+            hb.scrap += ds
+            hb.ideal_us += di
+            if sb is not None:  # planned time always lies inside a shift
+                sb.good += dg
+                sb.scrap += ds
+                sb.ideal_us += di
         self.good_total += dg
         self.scrap_total += ds
         self.dirty.status = True
@@ -610,6 +649,66 @@ class MachineTracker:
                 if cls == DOWN:
                     b.failures += sign
                     b.failure_us += sign * (end - iv.start)
+
+    def _seg_at(self, t: int) -> Segment:
+        """The stretch around t, inside one hour, where shift and planned-ness are constant.
+
+        Cached: consecutive events of a machine almost always fall in the same stretch.
+        """
+        seg = self._seg
+        if seg is not None and seg[0] <= t < seg[1]:
+            return seg
+        hs = self.clock.bucket(t)[0]
+        cache = self._hour_segs
+        if cache is None or cache[0] != hs:
+            cache = self._hour_segs = (hs, self._segments_of_hour(hs))
+        for seg in cache[1]:
+            if seg[0] <= t < seg[1]:
+                self._seg = seg
+                return seg
+        raise AssertionError("hour segments cover the hour")  # pragma: no cover
+
+    def _segments_of_hour(self, hs: int) -> list[Segment]:
+        he = hs + HOUR_US
+        cal = self.spec.calendar
+        windows = cal.planned_windows(hs, he)
+        cuts = {hs, he}
+        for w in windows:
+            cuts.update((w.start, w.end))
+        for inst in cal.shifts_between(hs, he):
+            cuts.update(c for c in (inst.start, inst.end) if hs < c < he)
+        points = sorted(cuts)
+        segs: list[Segment] = []
+        for a, b in pairwise(points):
+            planned = next((w.shift for w in windows if w.start <= a < w.end), None)
+            segs.append((a, b, cal.shift_at(a), planned))
+        return segs
+
+    def _fast_piece(self, iv: Interval, a: int, b: int, shape: tuple[int, bool]) -> bool:
+        """The clock moved within one segment (the usual case): add the time directly."""
+        seg = self._seg_at(a)
+        if b > seg[1]:
+            return False
+        us = b - a
+        cls, counted = shape
+        hour = self._hour(self.clock.bucket(a)[0])
+        hour.raw_us[STATE_INDEX[iv.state]] += us
+        shift = seg[3]
+        if shift is not None:
+            sb = self._shift(shift)
+            hour.time_us[cls] += us
+            sb.time_us[cls] += us
+            if cls in DOWNTIME_CLASSES:
+                reason = self._reason_code(iv)
+                hour.add_reason(reason, us, 0)
+                sb.add_reason(reason, us, 0)
+        if counted and cls == DOWN and a > iv.start:
+            # An open failure's whole duration grows with the clock.
+            self._hour(self.clock.bucket(iv.start)[0]).failure_us += us
+            start_shift = self.spec.calendar.shift_at(iv.start)
+            if start_shift is not None:
+                self._shift(start_shift).failure_us += us
+        return True
 
     def _contribute_piece(
         self, iv: Interval, a: int, b: int, shape: tuple[int, bool], sign: int = 1
