@@ -1,0 +1,519 @@
+"""Per-order logic: work orders joined with their CRM order; progress, rate, ETA, at-risk,
+and the progress callbacks to the CRM.
+
+Plain Python, no Bytewax and no I/O: the dataflow keeps one `OrderProgress` per order_no
+and feeds it the order snapshots, the work orders, the work-order starts and the parts
+totals the machine trackers emit. All times are integer microseconds since the epoch
+(streams/hour_clock.py). How the figures are computed is in docs/orders.md.
+
+Deterministic by construction: "now" is the latest event time this order has seen (never
+the wall clock), and callbacks are decided after every input, not per flush, so a replay
+gives the same callbacks with the same dedupe keys whatever the batching.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, NamedTuple
+
+from mesflow.events import OrderEvent, WorkOrderEvent
+from mesflow.plant import PlantConfig
+from streams.hour_clock import HOUR_US, from_us, to_us
+
+RATE_WINDOW_US: Final = 30 * 60 * 1_000_000
+# Rate samples are kept at one-minute resolution: a machine at a 2 s cycle would otherwise
+# keep 900 samples per work order in the snapshotted state.
+SAMPLE_SLOT_US: Final = 60 * 1_000_000
+MILESTONES: Final = (25, 50, 75)
+# Statuses whose progress is still reported to the CRM; a cancelled or closed order is
+# done from the CRM's side (the cancellation acknowledgement carries its final counts).
+_PROGRESS_STATUSES: Final = frozenset({"open", "on_hold"})
+
+
+# ---------------------------------------------------------------------------------------
+# rows and callbacks
+# ---------------------------------------------------------------------------------------
+
+
+class WorkOrderProgressRow(NamedTuple):
+    """One work_order_progress row (sql/009_order_progress.sql)."""
+
+    work_order: str
+    order_no: str
+    product: str | None  # None until the work_order event is known
+    qty: int | None
+    machine: str | None  # the planned machine, else the one it last ran on
+    good: int
+    scrap: int
+    progress: float | None  # good / qty; None while qty is unknown
+    rate_per_h: float
+    eta: datetime | None  # when finished: the time it was finished
+    started_at: datetime | None
+    completed_at: datetime | None
+    last_event_ts: datetime  # the event time these figures are as of ("now")
+
+
+class OrderProgressRow(NamedTuple):
+    """One order_progress row; the CRM fields are None until the order snapshot is known."""
+
+    order_no: str
+    customer: str | None
+    priority: int | None
+    product: str | None
+    qty: int | None
+    due: datetime | None
+    status: str | None
+    version: int | None
+    good: int
+    scrap: int
+    progress: float | None
+    eta: datetime | None
+    at_risk: bool
+    last_event_ts: datetime
+
+
+class Callback(NamedTuple):
+    """A CRM callback, ready for notify.outbox.enqueue(cur, aggregate=order_no, ...)."""
+
+    order_no: str
+    event_type: str  # work_started | milestone | at_risk | back_on_track | completed | ...
+    payload: dict[str, Any]
+    dedupe: str
+
+
+OrderRow = WorkOrderProgressRow | OrderProgressRow | Callback
+
+
+# ---------------------------------------------------------------------------------------
+# ideal cycle times
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdealCycles:
+    """Ideal cycle time in seconds per part for (machine, product); picklable.
+
+    Lookup: the (machine, product) pair, else the machine's own value, else `default`.
+    Without a machine (an order with no work order yet), the fastest machine that lists
+    the product, else `default`.
+    """
+
+    by_pair: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    by_machine: Mapping[str, float] = field(default_factory=dict)
+    default: float = 60.0
+
+    def __call__(self, machine: str | None, product: str | None) -> float:
+        if machine is not None:
+            if product is not None:
+                own = self.by_pair.get((machine, product))
+                if own is not None:
+                    return own
+            return self.by_machine.get(machine, self.default)
+        if product is not None:
+            known = [s for (_m, p), s in self.by_pair.items() if p == product]
+            if known:
+                return min(known)
+        return self.default
+
+    @classmethod
+    def from_plant(cls, plant: PlantConfig) -> IdealCycles:
+        return cls(
+            by_pair={
+                (m, p.id): s for p in plant.products for m, s in p.ideal_cycle_seconds.items()
+            },
+            by_machine={m: plant.ideal_cycle_seconds(m) for m in plant.machines},
+            default=plant.defaults.ideal_cycle_seconds,
+        )
+
+
+IdealFn = Callable[[str | None, str | None], float]
+
+
+# ---------------------------------------------------------------------------------------
+# state
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Run:
+    """A work order on one machine: its absolute totals and recent (t, good) samples."""
+
+    good: int = 0
+    scrap: int = 0
+    first_t: int | None = None
+    samples: list[tuple[int, int]] = field(default_factory=list)  # by t
+
+
+@dataclass(slots=True)
+class _WorkOrder:
+    product: str | None = None
+    qty: int | None = None
+    machine: str | None = None  # planned machine (work_order event)
+    runs: dict[str, _Run] = field(default_factory=dict)
+    started_at: int | None = None
+    started_machine: str | None = None
+    announced: bool = False  # work_started callback emitted
+    done_at: int | None = None
+
+    @property
+    def good(self) -> int:
+        return sum(r.good for r in self.runs.values())
+
+    @property
+    def scrap(self) -> int:
+        return sum(r.scrap for r in self.runs.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _Order:
+    version: int
+    customer: str
+    priority: int
+    product: str
+    qty: int
+    due: int
+    status: str
+
+
+class _WoFig(NamedTuple):
+    good: int
+    scrap: int
+    rate: float  # good parts per hour
+    remaining: int | None
+    eta: int | None
+
+
+class OrderProgress:
+    """Everything the dataflow knows about one CRM order and its work orders."""
+
+    def __init__(self, order_no: str, ideal_cycle_seconds: IdealFn | Mapping[Any, float]) -> None:
+        self.order_no = order_no
+        # A mapping {(machine, product): seconds} is wrapped: the state must stay picklable
+        # (a lambda would not be).
+        self.ideal: IdealFn = (
+            IdealCycles(by_pair=dict(ideal_cycle_seconds))
+            if isinstance(ideal_cycle_seconds, Mapping)
+            else ideal_cycle_seconds
+        )
+        self.order: _Order | None = None
+        self.wos: dict[str, _WorkOrder] = {}
+        self.now: int | None = None
+        self.done_at: int | None = None  # when the order's good first reached its qty
+        self.milestone: int = 0  # highest milestone percent sent
+        self.completed_sent = False
+        self.risk_n = 0  # risk transitions sent; odd = the CRM was told "at risk"
+        self.cancel_acked: int | None = None  # highest cancelled version acknowledged
+        self.pending: list[Callback] = []
+        self.dirty = False
+
+    # -- input -------------------------------------------------------------------------------
+
+    def on_order(self, ev: OrderEvent) -> None:
+        if self.order is not None and ev.version <= self.order.version:
+            return  # an older or repeated snapshot (events.md)
+        self.order = _Order(
+            ev.version, ev.customer, ev.priority, ev.product, ev.qty, to_us(ev.due), ev.status
+        )
+        self._tick(to_us(ev.ts))
+        if ev.status == "cancelled" and (
+            self.cancel_acked is None or ev.version > self.cancel_acked
+        ):
+            self.cancel_acked = ev.version
+            good, scrap = self._totals()
+            self._emit(
+                "cancellation_acknowledged",
+                {"version": ev.version, "good": good, "scrap": scrap},
+                f"{self.order_no}:cancel:{ev.version}",
+            )
+        self._evaluate()
+
+    def on_work_order(self, ev: WorkOrderEvent) -> None:
+        wo = self.wos.setdefault(ev.work_order, _WorkOrder())
+        wo.product, wo.qty, wo.machine = ev.product, ev.qty, ev.machine
+        self._tick(to_us(ev.ts))
+        self._evaluate()
+
+    def on_parts(
+        self, work_order: str, machine: str, t: int, good_total: int, scrap_total: int
+    ) -> None:
+        """Absolute totals of `work_order` on `machine` as of t (never deltas)."""
+        wo = self.wos.setdefault(work_order, _WorkOrder())
+        run = wo.runs.setdefault(machine, _Run())
+        run.good, run.scrap = good_total, scrap_total
+        s = run.samples
+        # A total as of t supersedes samples at or after t (a revision of the same span).
+        while s and s[-1][0] >= t:
+            s.pop()
+        # One sample per minute slot, except that the first sample is always kept.
+        if len(s) >= 2 and s[-1][0] // SAMPLE_SLOT_US == t // SAMPLE_SLOT_US:
+            s[-1] = (t, good_total)
+        else:
+            s.append((t, good_total))
+        if run.first_t is None or t < run.first_t:
+            run.first_t = t
+        if (good_total or scrap_total) and (wo.started_at is None or t < wo.started_at):
+            wo.started_at, wo.started_machine = t, machine
+        self._tick(t)
+        self._evaluate()
+
+    def on_wo_started(self, work_order: str, machine: str, t: int) -> None:
+        wo = self.wos.setdefault(work_order, _WorkOrder())
+        run = wo.runs.setdefault(machine, _Run())
+        # The first start is a sample of 0 parts: the first parts then count in the rate.
+        if run.first_t is None or t < run.first_t:
+            run.first_t = t
+            run.samples.insert(0, (t, 0))
+        if wo.started_at is None or t < wo.started_at:
+            wo.started_at, wo.started_machine = t, machine
+        self._tick(t)
+        self._evaluate()
+
+    def on_clock(self, t: int) -> None:
+        """Optional: move "now" without new facts (rates decay, ETAs move, due passes)."""
+        if self.now is not None and t <= self.now:
+            return
+        self._tick(t)
+        self._evaluate()
+
+    # -- output ------------------------------------------------------------------------------
+
+    def flush(self) -> list[OrderRow]:
+        """Rows and callbacks since the last flush (rows are absolute: upserts)."""
+        out: list[OrderRow] = []
+        now = self.now
+        if self.dirty and now is not None:
+            figs = {w: self._wo_fig(wo, now) for w, wo in self.wos.items()}
+            last = from_us(now)
+            for w, wo in self.wos.items():
+                f = figs[w]
+                out.append(
+                    WorkOrderProgressRow(
+                        w,
+                        self.order_no,
+                        wo.product,
+                        wo.qty,
+                        wo.machine or _last_machine(wo),
+                        f.good,
+                        f.scrap,
+                        f.good / wo.qty if wo.qty else None,
+                        f.rate,
+                        _dt(f.eta),
+                        _dt(wo.started_at),
+                        _dt(wo.done_at),
+                        last,
+                    )
+                )
+            out.append(self._order_row(figs, now))
+            self._forget(now)
+        out.extend(self.pending)
+        self.pending = []
+        self.dirty = False
+        return out
+
+    # -- figures -----------------------------------------------------------------------------
+
+    def _tick(self, t: int) -> None:
+        if self.now is None or t > self.now:
+            self.now = t
+        self.dirty = True
+
+    def _totals(self) -> tuple[int, int]:
+        good = scrap = 0
+        for wo in self.wos.values():
+            for r in wo.runs.values():
+                good += r.good
+                scrap += r.scrap
+        return good, scrap
+
+    def _rate(self, wo: _WorkOrder, now: int) -> float:
+        """Good parts per hour over the last 30 minutes of event time (metrics.md)."""
+        since = now - RATE_WINDOW_US
+        parts = 0
+        first: int | None = None
+        for run in wo.runs.values():
+            s = run.samples
+            if not s or run.first_t is None:
+                continue
+            first = run.first_t if first is None else min(first, run.first_t)
+            i = bisect_right(s, (since, 1 << 62)) - 1  # latest sample at or before `since`
+            base = s[i][1] if i >= 0 else s[0][1]
+            # A downward revision may leave the current total below the baseline.
+            parts += max(run.good - base, 0)
+        if first is None:
+            return 0.0
+        elapsed = min(RATE_WINDOW_US, now - first)
+        return parts * HOUR_US / elapsed if elapsed > 0 else 0.0
+
+    def _wo_fig(self, wo: _WorkOrder, now: int) -> _WoFig:
+        good, scrap = wo.good, wo.scrap
+        rate = self._rate(wo, now)
+        if wo.qty is None:
+            return _WoFig(good, scrap, rate, None, None)
+        remaining = max(wo.qty - good, 0)
+        if remaining == 0:
+            return _WoFig(good, scrap, rate, 0, wo.done_at)
+        machine = wo.machine or _last_machine(wo)
+        return _WoFig(
+            good, scrap, rate, remaining, self._eta(now, remaining, rate, machine, wo.product)
+        )
+
+    def _eta(
+        self, base: int, remaining: int, rate: float, machine: str | None, product: str | None
+    ) -> int:
+        if rate > 0:
+            return base + round(remaining * HOUR_US / rate)
+        return base + round(remaining * self.ideal(machine, product) * 1_000_000)
+
+    def _order_eta(self, figs: dict[str, _WoFig], good: int, now: int) -> int | None:
+        order = self.order
+        if order is not None and good >= order.qty:
+            return self.done_at
+        etas = [f.eta for f in figs.values() if f.remaining and f.eta is not None]
+        latest = max(etas, default=None)
+        if order is None:
+            return latest
+        # What the work orders do not cover (no work order yet, or the CRM raised the
+        # quantity) is assumed to be made after the last of them, at the order's current
+        # rate, else at the ideal cycle time.
+        covered = sum(f.remaining or 0 for f in figs.values())
+        extra = order.qty - good - covered
+        if extra <= 0:
+            return latest
+        rate = sum(f.rate for f in figs.values())
+        return self._eta(latest if latest is not None else now, extra, rate, None, order.product)
+
+    def _at_risk(self, eta: int | None, good: int) -> bool:
+        o = self.order
+        return (
+            o is not None
+            and o.status == "open"
+            and good < o.qty
+            and eta is not None
+            and eta > o.due
+        )
+
+    def _order_row(self, figs: dict[str, _WoFig], now: int) -> OrderProgressRow:
+        good, scrap = self._totals()
+        eta = self._order_eta(figs, good, now)
+        o = self.order
+        return OrderProgressRow(
+            self.order_no,
+            o.customer if o else None,
+            o.priority if o else None,
+            o.product if o else None,
+            o.qty if o else None,
+            from_us(o.due) if o else None,
+            o.status if o else None,
+            o.version if o else None,
+            good,
+            scrap,
+            good / o.qty if o else None,
+            _dt(eta),
+            self._at_risk(eta, good),
+            from_us(now),
+        )
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def _emit(self, event_type: str, payload: dict[str, Any], dedupe: str) -> None:
+        self.pending.append(Callback(self.order_no, event_type, payload, dedupe))
+
+    def _evaluate(self) -> None:
+        """After every input: completion times, then the callbacks the change calls for."""
+        now = self.now
+        assert now is not None
+        for wo in self.wos.values():
+            if wo.qty is not None and wo.good >= wo.qty:
+                if wo.done_at is None:
+                    wo.done_at = now
+            else:
+                wo.done_at = None  # revised below its quantity: not finished after all
+        o = self.order
+        if o is None:
+            return  # no callbacks before the CRM order is known; caught up once it is
+        good, scrap = self._totals()
+        if good >= o.qty:
+            if self.done_at is None:
+                self.done_at = now
+        else:
+            self.done_at = None
+        figs = {w: self._wo_fig(wo, now) for w, wo in self.wos.items()}
+        eta = self._order_eta(figs, good, now)
+        if o.status in _PROGRESS_STATUSES:
+            for w, wo in sorted(self.wos.items(), key=lambda kv: (kv[1].started_at or 0, kv[0])):
+                if wo.started_at is not None and not wo.announced:
+                    wo.announced = True
+                    self._emit(
+                        "work_started",
+                        {
+                            "work_order": w,
+                            "machine": wo.started_machine,
+                            "started_at": from_us(wo.started_at),
+                        },
+                        f"{self.order_no}:started:{w}",
+                    )
+            for pct in MILESTONES:
+                # Integer test: exactly 25 % of 1000 is 250 parts, no float rounding.
+                if pct > self.milestone and good * 100 >= pct * o.qty:
+                    self.milestone = pct
+                    self._emit(
+                        "milestone",
+                        {
+                            "percent": pct,
+                            "good": good,
+                            "scrap": scrap,
+                            "qty": o.qty,
+                            "eta": _dt(eta),
+                        },
+                        f"{self.order_no}:m{pct}",
+                    )
+            if good >= o.qty and not self.completed_sent:
+                self.completed_sent = True
+                self._emit(
+                    "completed",
+                    {
+                        "good": good,
+                        "scrap": scrap,
+                        "qty": o.qty,
+                        "completed_at": _dt(self.done_at),
+                    },
+                    f"{self.order_no}:completed",
+                )
+        # Risk callbacks follow what the CRM was last told, and only for an open order that
+        # is not finished: a hold or a completion is no "back on track".
+        if o.status == "open" and good < o.qty and eta is not None:
+            risk = eta > o.due
+            if risk != (self.risk_n % 2 == 1):
+                self.risk_n += 1
+                self._emit(
+                    "at_risk" if risk else "back_on_track",
+                    {"eta": from_us(eta), "due": from_us(o.due), "good": good, "qty": o.qty},
+                    f"{self.order_no}:risk:{self.risk_n}",
+                )
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def _forget(self, now: int) -> None:
+        """Drop rate samples older than the one at the start of the window."""
+        since = now - RATE_WINDOW_US
+        for wo in self.wos.values():
+            for run in wo.runs.values():
+                s = run.samples
+                i = bisect_right(s, (since, 1 << 62)) - 1
+                if i > 0:
+                    del s[:i]
+
+
+def _last_machine(wo: _WorkOrder) -> str | None:
+    best: tuple[int, str] | None = None
+    for m, run in wo.runs.items():
+        if run.samples and (best is None or run.samples[-1][0] > best[0]):
+            best = (run.samples[-1][0], m)
+    return best[1] if best else wo.started_machine
+
+
+def _dt(t: int | None) -> datetime | None:
+    return None if t is None else from_us(t)
