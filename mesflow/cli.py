@@ -139,7 +139,14 @@ def run_component(component: str) -> None:
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def replay(file: Path, quiet: bool) -> None:
+@click.option(
+    "--snapshot-seconds",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Bytewax snapshot interval: after a crash, at most this much work is redone.",
+)
+def replay(file: Path, quiet: bool, snapshot_seconds: float) -> None:
     """Run FILE (JSON Lines of canonical events) through the dataflow into the database.
 
     Exits when every event is processed, with a summary. Running it twice on the same
@@ -155,6 +162,7 @@ def replay(file: Path, quiet: bool) -> None:
         _database_url(settings),
         settings.recovery_dir,
         progress=not quiet,
+        snapshot_seconds=snapshot_seconds,
     )
     click.echo(summary.describe())
     if summary.dead_lettered:

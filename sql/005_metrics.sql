@@ -20,7 +20,7 @@ CREATE TABLE machine_kpi (
     down_s           double precision NOT NULL DEFAULT 0,  -- non-micro down inside planned time
     setup_s          double precision NOT NULL DEFAULT 0,
     offline_s        double precision NOT NULL DEFAULT 0,
-    planned_stop_s   double precision NOT NULL DEFAULT 0,  -- planned_stop in shift time (not in PBT)
+    planned_stop_s   double precision NOT NULL DEFAULT 0,  -- planned_stop in planned windows (not in PBT)
     good             bigint           NOT NULL DEFAULT 0,  -- parts whose ts is in planned time
     scrap            bigint           NOT NULL DEFAULT 0,
     ideal_s          double precision NOT NULL DEFAULT 0,  -- sum of ideal cycle time x parts

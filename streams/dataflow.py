@@ -65,5 +65,7 @@ def build_flow(plant: PlantConfig, source: Source[Any], sink: Sink[Any]) -> Data
         "machines", split.trues, lambda resume: MachineLogic(resume, plant)
     )
     rows = op.flat_map("rows", trackers, lambda kv: kv[1])
-    op.output("results", op.merge("all_results", rows, split.falses), sink)
+    results = op.merge("all_results", rows, split.falses)
+    # One sink partition: every row goes to it, in order.
+    op.output("results", op.map("to_sink", results, lambda row: ("results", row)), sink)
     return flow

@@ -131,6 +131,8 @@ class Interval:
 
 # (hour start, shift instance containing t, planned?, ideal cycle us)
 PartClass = tuple[int, "ShiftInstance | None", bool, int]
+# (from, to, open interval, its state, work-order version, class, hour bucket, shift bucket)
+CountContext = tuple[int, int, "Interval", str, int, PartClass, "Bucket", "Bucket | None"]
 
 
 @dataclass(slots=True)
@@ -170,7 +172,8 @@ class MachineTracker:
         self.machine = spec.machine
         self.clock = HourClock(spec.zone)
         self.intervals: list[Interval] = []
-        self.last_ts: int | None = None
+        self.last_ts: int | None = None  # the machine's clock: its latest event time
+        self.credited_to: int | None = None  # the open interval's time is in buckets to here
         self.arrivals = 0
         self.wo_changes: list[tuple[int, int, str | None]] = []  # (t, order, work order)
         self.wo_product: dict[str, list[tuple[int, int, str]]] = {}  # (from t, order, product)
@@ -179,14 +182,33 @@ class MachineTracker:
         self.counter_readings: dict[str, list[tuple[int, int, int]]] = {}  # (t, order, value)
         self.reports: list[Report] = []
         self.marks: list[tuple[int, int, str, str | None]] = []  # recent state events
-        # Caches for the hot path (see _seg_at); not facts, safe to rebuild.
+        # Caches for the hot path (see _seg_at, _count_now); not facts, safe to rebuild.
+        self._count_cache: CountContext | None = None
+        self._wo_version = 0  # bumped when work orders or their products change
         self._seg: Segment | None = None
         self._hour_segs: tuple[int, list[Segment]] | None = None
+        self._segs_by_hour: dict[int, list[Segment]] = {}
         self.hours: dict[int, Bucket] = {}
         self.shifts: dict[ShiftInstance, Bucket] = {}
         self.good_total = 0
         self.scrap_total = 0
         self.dirty = _Dirty()
+
+    _CACHES = ("_seg", "_hour_segs", "_segs_by_hour", "_count_cache")
+
+    def __getstate__(self) -> dict[str, object]:
+        # Snapshots carry facts only: the caches are rebuilt on first use.
+        state = dict(self.__dict__)
+        for name in self._CACHES:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._seg = None
+        self._hour_segs = None
+        self._segs_by_hour = {}
+        self._count_cache = None
 
     # ---------------------------------------------------------------------------------------
     # applying events
@@ -208,11 +230,13 @@ class MachineTracker:
             )
         self.arrivals += 1
         order = self.arrivals
+        self._catch_up()
         rejected: Rejection | None = None
         if isinstance(ev, WorkOrderEvent):
             # Its product applies to parts counted from its ts on (event time, so the result
             # does not depend on when the MES happened to send it).
             insort(self.wo_product.setdefault(ev.work_order, []), (t, order, ev.product))
+            self._wo_version += 1
             self._reclassify_parts(t)
             return None
         if isinstance(ev, DowntimeReasonReport):
@@ -234,11 +258,23 @@ class MachineTracker:
 
     def _advance(self, t: int) -> None:
         """Move the machine's clock to `t`: the open interval grows."""
-        last = self.last_ts
-        if last is not None and t <= last:
+        if self.last_ts is None or t > self.last_ts:
+            self.last_ts = t
+            self.dirty.status = True
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Credit the open interval's time up to the clock.
+
+        Counted parts move the clock without crediting (the hot path); everything that
+        reads or revises contributions catches up first. Crediting [a, c) at once or as
+        [a, b) then [b, c) gives the same figures, so the laziness changes no result.
+        """
+        t = self.last_ts
+        last = self.credited_to
+        if t is None or (last is not None and t <= last):
             return
-        self.last_ts = t
-        self.dirty.status = True
+        self.credited_to = t
         if last is None or not self.intervals:
             return
         iv = self.intervals[-1]
@@ -248,9 +284,13 @@ class MachineTracker:
             before = self._shape(iv, last)
             after = self._shape(iv, t)
         if before == after:
-            if not self._fast_piece(iv, last, t, before):
-                self._contribute_piece(iv, last, t, before)
-                self._mark(last, t)
+            # Walk the stretches of constant planned-ness (cached per hour).
+            a = last
+            while a < t:
+                end = self._seg_at(a)[1]
+                b = end if end < t else t
+                self._fast_piece(iv, a, b, before)
+                a = b
             return
         else:  # a stop passed the micro-stop threshold, or first reached planned time
             self._contribute(iv, last, -1)
@@ -432,6 +472,7 @@ class MachineTracker:
                 return  # ending a work order that is not running here changes nothing
             value = None
         insort(self.wo_changes, (t, order, value), key=lambda c: (c[0], c[1]))
+        self._wo_version += 1
         self.dirty.status = True
         last = self.last_ts
         assert last is not None
@@ -476,22 +517,61 @@ class MachineTracker:
         return hour, seg[2], planned, ideal
 
     def _count_now(self, t: int, good: int, scrap: int) -> None:
-        """The hot path: parts counted at or after the machine's latest event."""
+        """The hot path: parts counted at or after the machine's latest event.
+
+        The clock moves without crediting time (see _catch_up), and the classification
+        and buckets of the previous part are reused while nothing that decides them
+        (stretch of the hour, state, work order) has changed.
+        """
         self.arrivals += 1
         if t > self.last_ts:  # type: ignore[operator]
-            self._advance(t)
-        seg = self._seg
-        if seg is None or not (seg[0] <= t < seg[1]):
-            seg = self._seg_at(t)
-        planned = seg[3] is not None and self.intervals[-1].state != "planned_stop"
-        changes = self.wo_changes
-        wo = changes[-1][2] if changes else None
-        ideal = self._ideal(wo, t)
+            self.last_ts = t
+        self.dirty.status = True
+        cur = self.intervals[-1]
+        c = self._count_cache
+        if (
+            c is None
+            or not (c[0] <= t < c[1])
+            or c[2] is not cur
+            or c[3] != cur.state
+            or c[4] != self._wo_version
+        ):
+            c = self._count_cache = self._count_context(t, cur)
+        p = PartEvent(t, self.arrivals, 0, good, scrap, None, c[5])
+        self.parts.append(p)
+        hb, sb = c[6], c[7]
+        hb.all_good += good
+        hb.all_scrap += scrap
+        if sb is not None:
+            sb.all_good += good
+            sb.all_scrap += scrap
+        if c[5][2]:  # planned
+            di = c[5][3] * (good + scrap)
+            hb.good += good
+            hb.scrap += scrap
+            hb.ideal_us += di
+            if sb is not None:
+                sb.good += good
+                sb.scrap += scrap
+                sb.ideal_us += di
+        self.good_total += good
+        self.scrap_total += scrap
+
+    def _count_context(self, t: int, cur: Interval) -> CountContext:
+        seg = self._seg_at(t)
         segs = self._hour_segs
         assert segs is not None  # set together with _seg
-        p = PartEvent(t, self.arrivals, 0, good, scrap, None, (segs[0], seg[2], planned, ideal))
-        self._apply_part(p, +1)
-        self.parts.append(p)
+        end = seg[1]
+        changes = self.wo_changes
+        wo = changes[-1][2] if changes else None
+        if wo is not None:
+            # A product taking effect later in this stretch ends the cached context there.
+            end = min([end, *(s for s, _, _ in self.wo_product.get(wo, ()) if s > t)])
+        planned = seg[3] is not None and cur.state != "planned_stop"
+        cls: PartClass = (segs[0], seg[2], planned, self._ideal(wo, t))
+        hb = self._hour(segs[0])
+        sb = self._shift(seg[2]) if seg[2] is not None else None
+        return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb)
 
     def _ideal(self, wo: str | None, t: int) -> int:
         ideal = self.spec.default_ideal_us
@@ -620,10 +700,10 @@ class MachineTracker:
             return end > iv.planned_from
         lo = max(iv.start, iv.checked_to)
         if end > lo:
-            windows = self.spec.calendar.planned_windows(lo, end)
-            if windows:
-                iv.planned_from = windows[0].start
-                return True
+            for s, _, _, planned in self._walk(lo, end):
+                if planned is not None:
+                    iv.planned_from = s
+                    return True
             iv.checked_to = end
         return False
 
@@ -661,12 +741,33 @@ class MachineTracker:
         hs = self.clock.bucket(t)[0]
         cache = self._hour_segs
         if cache is None or cache[0] != hs:
-            cache = self._hour_segs = (hs, self._segments_of_hour(hs))
+            cache = self._hour_segs = (hs, self._segments(hs))
         for seg in cache[1]:
             if seg[0] <= t < seg[1]:
                 self._seg = seg
                 return seg
         raise AssertionError("hour segments cover the hour")  # pragma: no cover
+
+    def _segments(self, hs: int) -> list[Segment]:
+        """The stretches of the hour starting at hs (cached for a few dozen hours)."""
+        segs = self._segs_by_hour.get(hs)
+        if segs is None:
+            if len(self._segs_by_hour) > 64:
+                self._segs_by_hour.clear()
+            segs = self._segs_by_hour[hs] = self._segments_of_hour(hs)
+        return segs
+
+    def _walk(self, a: int, b: int) -> list[Segment]:
+        """[a, b) cut into stretches of constant shift and planned-ness, clipped to it."""
+        out: list[Segment] = []
+        hs = self.clock.bucket(a)[0]
+        while hs < b:
+            for s, e, shift, planned in self._segments(hs):
+                if e <= a or s >= b:
+                    continue
+                out.append((max(s, a), min(e, b), shift, planned))
+            hs += HOUR_US
+        return out
 
     def _segments_of_hour(self, hs: int) -> list[Segment]:
         he = hs + HOUR_US
@@ -719,28 +820,18 @@ class MachineTracker:
         cls, counted = shape
         state_i = STATE_INDEX[iv.state]
         clock = self.clock
-        t = a
-        while t < b:  # all time, by state, per hour (machine_hour)
-            start, end = clock.bucket(t)
-            upto = b if b < end else end
-            self._hour(start).raw_us[state_i] += sign * (upto - t)
-            t = upto
         reason = self._reason_code(iv) if cls in DOWNTIME_CLASSES else None
-        for w in self.spec.calendar.planned_windows(a, b):
-            sb = self._shift(w.shift)
-            us = w.end - w.start
-            sb.time_us[cls] += sign * us
-            if reason is not None:
-                sb.add_reason(reason, sign * us, 0)
-            t = w.start
-            while t < w.end:
-                start, end = clock.bucket(t)
-                upto = w.end if w.end < end else end
-                hb = self._hour(start)
-                hb.time_us[cls] += sign * (upto - t)
+        for s, e, _, planned in self._walk(a, b):  # stretches never cross an hour
+            us = sign * (e - s)
+            hb = self._hour(clock.bucket(s)[0])
+            hb.raw_us[state_i] += us  # all time, by state (machine_hour)
+            if planned is not None:
+                sb = self._shift(planned)
+                hb.time_us[cls] += us
+                sb.time_us[cls] += us
                 if reason is not None:
-                    hb.add_reason(reason, sign * (upto - t), 0)
-                t = upto
+                    hb.add_reason(reason, us, 0)
+                    sb.add_reason(reason, us, 0)
         if counted and cls == DOWN and iv.end is None and sign > 0 and a > iv.start:
             # An open failure's whole duration grows with the clock.
             hour = self._hour(clock.bucket(iv.start)[0])
@@ -773,14 +864,12 @@ class MachineTracker:
 
     def _mark(self, a: int, b: int) -> None:
         """Hours and shifts over [a, b] have changed (their rows must be written)."""
-        t = self.clock.bucket(a)[0]
-        while t <= b:
-            if t in self.hours:
-                self.dirty.hours.add(t)
-            t += HOUR_US
-        for inst in self.spec.calendar.shifts_between(a, b + 1):
-            if inst in self.shifts:
-                self.dirty.shifts.add(inst)
+        for s, _, shift, _ in self._walk(a, b + 1):
+            hour = self.clock.bucket(s)[0]
+            if hour in self.hours:
+                self.dirty.hours.add(hour)
+            if shift is not None and shift in self.shifts:
+                self.dirty.shifts.add(shift)
 
     # ---------------------------------------------------------------------------------------
     # output
@@ -788,6 +877,8 @@ class MachineTracker:
 
     def flush(self) -> list[Row]:
         """Rows changed since the last flush (absolute values: upserts are idempotent)."""
+        self._catch_up()
+        self._count_cache = None  # it holds bucket objects that pruning may drop
         m = self.machine
         d = self.dirty
         last = self.last_ts

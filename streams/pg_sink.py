@@ -8,11 +8,13 @@ proportional to the machines touched, not to the events.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from typing import Any
 
 import psycopg
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from mesflow.db import connect
 from streams.records import (
@@ -160,25 +162,91 @@ def _copy(
             copy.write_row(row)
 
 
-class ResultsSink(DynamicSink[Any]):
+class ResultsSink(FixedPartitionedSink[Any, None]):
+    """Writes result rows in a background thread, overlapped with the dataflow's work.
+
+    A stateful (partitioned) sink because Bytewax calls its `snapshot()` at the end of
+    every epoch: that call waits until every row of the epoch is committed, so a
+    recovery snapshot never gets ahead of the stored results.
+    """
+
     def __init__(self, database_url: str, flow_name: str = "machines") -> None:
         self.database_url = database_url
         self.flow_name = flow_name
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ResultsPartition:
+    def list_parts(self) -> list[str]:
+        return ["results"]
+
+    def part_fn(self, item_key: str) -> int:
+        return 0
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ResultsPartition:
         return _ResultsPartition(self.database_url, self.flow_name)
 
 
-class _ResultsPartition(StatelessSinkPartition[Any]):
+class _ResultsPartition(StatefulSinkPartition[Any, None]):
     def __init__(self, database_url: str, flow_name: str) -> None:
         self.database_url = database_url
         self.flow_name = flow_name
         self.conn: psycopg.Connection | None = None
+        # Bounded: when PostgreSQL falls behind, the dataflow waits here.
+        self.queue: queue.Queue[list[Any] | None] = queue.Queue(maxsize=8)
+        self.error: BaseException | None = None
+        self.writer = threading.Thread(target=self._run, name="results-writer", daemon=True)
+        self.writer.start()
 
-    def write_batch(self, items: list[Any]) -> None:
-        batch = _Batch()
-        for item in items:
-            batch.add(item)
+    def write_batch(self, values: list[Any]) -> None:
+        self._raise_if_failed()
+        self.queue.put(values)
+
+    def snapshot(self) -> None:
+        self.queue.join()  # everything of this epoch is committed
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        self.queue.join()
+        self.queue.put(None)
+        self.writer.join(timeout=30)
+        if self.conn is not None:
+            self.conn.close()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise RuntimeError("writing results to PostgreSQL failed") from self.error
+
+    def _run(self) -> None:
+        while True:
+            values = self.queue.get()
+            if values is None:
+                self.queue.task_done()
+                return
+            # Merge what else is waiting: fewer, larger transactions (last row per key wins).
+            batches = [values]
+            while True:
+                try:
+                    more = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self.queue.put(None)  # keep the stop signal for the outer loop
+                    self.queue.task_done()
+                    break
+                batches.append(more)
+            try:
+                if self.error is None:
+                    batch = _Batch()
+                    for vals in batches:
+                        for item in vals:
+                            batch.add(item)
+                    self._write_retrying(batch)
+            except BaseException as err:  # surfaced to the dataflow by the next call
+                self.error = err
+            finally:
+                for _ in batches:
+                    self.queue.task_done()
+
+    def _write_retrying(self, batch: _Batch) -> None:
         # Keep writing through a database restart: retrying the same absolute rows is safe.
         delay = 0.5
         while True:

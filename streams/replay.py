@@ -146,7 +146,7 @@ def replay_file(
     recovery_dir: Path,
     *,
     progress: bool = True,
-    snapshot_seconds: float = 2.0,
+    snapshot_seconds: float = 10.0,
 ) -> ReplaySummary:
     """Store the file in the log while the dataflow processes it, until both are done.
 

@@ -217,13 +217,10 @@ def test_kill_9_mid_replay_then_resume_equals_uninterrupted(
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE ref_{os.getpid()} WITH (FORCE)")
 
-    env = {
-        **os.environ,
-        "MESFLOW_DATABASE_URL": db_url,
-        "MESFLOW_DATA_DIR": str(tmp_path / "var"),
-        "MESFLOW_SNAPSHOT_SECONDS": "0.2",
-    }
-    proc = _mesflow("replay", "--quiet", str(path), env=env)
+    env = {**os.environ, "MESFLOW_DATABASE_URL": db_url, "MESFLOW_DATA_DIR": str(tmp_path / "var")}
+    # Frequent snapshots: the kill lands between two of them, not before the first.
+    replay_args = ("replay", "--quiet", "--snapshot-seconds", "0.2", str(path))
+    proc = _mesflow(*replay_args, env=env)
     target = len(events)
 
     def progressed() -> bool:
@@ -238,7 +235,7 @@ def test_kill_9_mid_replay_then_resume_equals_uninterrupted(
     killed_at = _count(db_url, "SELECT max(last_seq) FROM dataflow_progress")
     assert killed_at < target, "the kill came too late to test anything"
 
-    proc = _mesflow("replay", "--quiet", str(path), env=env)
+    proc = _mesflow(*replay_args, env=env)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out.decode()
     assert table_snapshot(db_url) == reference
