@@ -299,7 +299,3 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 cur.executemany(INSERT_DEAD, batch.dead)
             if batch.last_seq:
                 cur.execute(UPSERT_PROGRESS, (self.flow_name, batch.last_seq))
-
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
