@@ -3,8 +3,11 @@
 This is the only module that knows Bytewax operators; the logic lives in
 streams/validate.py and streams/machine_tracker.py. Reads top to bottom:
 
-    ingest_log ─► validate ─┬─► by machine ─► machine trackers ─┐
-                            └─► rejections, progress ───────────┴─► results sink
+    ingest_log ─► validate ─┬─► by machine ─► machine trackers ─┬─► rows ───────────────┐
+                            ├─► orders, work orders ─┐           └─► work-order parts ─┐ │
+                            │                        └─► by order ─► order progress ◄──┘ │
+                            │                                           └─► rows, callbacks ┤
+                            └─► rejections, progress ──────────────────────────────────────┴─► results sink
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from mesflow.events import MachineEvent, WorkOrderEvent
+from mesflow.events import MachineEvent, OrderEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
-from streams.records import Rejection
-from streams.validate import Validator
+from streams.order_progress import IdealCycles, OrderProgress, OrderRow
+from streams.records import Rejection, WorkOrderParts, WorkOrderStarted
+from streams.validate import OrderInput, Validator
 
 Keyed = tuple[int, MachineEvent | WorkOrderEvent]
 Out = Row | Rejection
@@ -56,16 +60,60 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
         return pickle.dumps(self.tracker, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
+    """Bytewax adapter around one CRM order's OrderProgress."""
+
+    def __init__(self, resume: bytes | None, ideal: IdealCycles) -> None:
+        self.progress: OrderProgress | None = pickle.loads(resume) if resume else None
+        self.ideal = ideal
+
+    def on_batch(self, values: list[Any]) -> tuple[list[list[OrderRow]], bool]:
+        p = self.progress
+        if p is None:
+            p = self.progress = OrderProgress(values[0].order_no, self.ideal)
+        for x in values:
+            if type(x) is WorkOrderParts:
+                p.on_parts(x.work_order, x.machine, x.t, x.good_total, x.scrap_total)
+            elif type(x) is WorkOrderStarted:
+                p.on_wo_started(x.work_order, x.machine, x.t)
+            elif isinstance(x.event, OrderEvent):
+                p.on_order(x.event)
+            else:
+                p.on_work_order(x.event)
+        return [p.flush()], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.progress, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+_TO_ORDERS = (OrderInput, WorkOrderParts, WorkOrderStarted)
+
+
+def _order_no(x: Any) -> str:
+    # Only OrderInput, WorkOrderParts and WorkOrderStarted reach here (see _TO_ORDERS).
+    return str(x.order_no)
+
+
 def build_flow(plant: PlantConfig, source: Source[Any], sink: Sink[Any]) -> Dataflow:
-    flow = Dataflow("mesflow_machines")
+    ideal = IdealCycles.from_plant(plant)
+    flow = Dataflow("mesflow")
     entries = op.input("ingest_log", flow, source)
     checked = op.flat_map_batch("validate", entries, Validator(plant))
     split = op.branch("machine_events", checked, lambda x: type(x) is tuple)
     trackers = op.stateful_batch(
         "machines", split.trues, lambda resume: MachineLogic(resume, plant)
     )
-    rows = op.flat_map("rows", trackers, lambda kv: kv[1])
-    results = op.merge("all_results", rows, split.falses)
+    machine_rows = op.flat_map("machine_rows", trackers, lambda kv: kv[1])
+    # Orders join CRM snapshots, work orders and the parts the machines counted for them.
+    rest = op.merge("machine_rows_and_rest", machine_rows, split.falses)
+    to_orders = op.branch("order_inputs", rest, lambda x: type(x) in _TO_ORDERS)
+    orders = op.stateful_batch(
+        "orders",
+        op.key_on("by_order", to_orders.trues, _order_no),
+        lambda resume: OrderLogic(resume, ideal),
+    )
+    order_rows = op.flat_map("order_rows", orders, lambda kv: kv[1])
+    results = op.merge("all_results", order_rows, to_orders.falses)
     # One sink partition: every row goes to it, in order.
     op.output("results", op.map("to_sink", results, lambda row: ("results", row)), sink)
     return flow

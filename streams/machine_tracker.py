@@ -57,6 +57,8 @@ from streams.records import (
     ReasonSetRow,
     Rejection,
     StatusRow,
+    WorkOrderParts,
+    WorkOrderStarted,
 )
 from streams.shift_calendar import CalendarIndex, ShiftInstance
 
@@ -74,7 +76,16 @@ _CLASS_OF_STATE = {
 RANK_STATE, RANK_WORK_ORDER, RANK_PARTS, RANK_REASON = 0, 1, 2, 3
 HISTORY_US = 48 * HOUR_US
 
-Row = IntervalRow | IntervalDelete | StatusRow | HourRow | KpiRow | ReasonSetRow
+Row = (
+    IntervalRow
+    | IntervalDelete
+    | StatusRow
+    | HourRow
+    | KpiRow
+    | ReasonSetRow
+    | WorkOrderParts
+    | WorkOrderStarted
+)
 # (start, end, shift instance containing it, shift instance if it is planned time)
 Segment = tuple[int, int, "ShiftInstance | None", "ShiftInstance | None"]
 
@@ -129,8 +140,8 @@ class Interval:
         self.checked_to = self.start
 
 
-# (hour start, shift instance containing t, planned?, ideal cycle us)
-PartClass = tuple[int, "ShiftInstance | None", bool, int]
+# (hour start, shift instance containing t, planned?, ideal cycle us, work order)
+PartClass = tuple[int, "ShiftInstance | None", bool, int, "str | None"]
 # (from, to, open interval, its state, work-order version, class, hour bucket, shift bucket)
 CountContext = tuple[int, int, "Interval", str, int, PartClass, "Bucket", "Bucket | None"]
 
@@ -162,6 +173,7 @@ class _Dirty:
     intervals: dict[int, Interval] = field(default_factory=dict)
     deleted: set[int] = field(default_factory=set)
     status: bool = False
+    work_orders: set[str] = field(default_factory=set)
 
 
 class MachineTracker:
@@ -177,6 +189,10 @@ class MachineTracker:
         self.arrivals = 0
         self.wo_changes: list[tuple[int, int, str | None]] = []  # (t, order, work order)
         self.wo_product: dict[str, list[tuple[int, int, str]]] = {}  # (from t, order, product)
+        self.wo_order: dict[str, str] = {}  # work order -> CRM order_no
+        self.wo_parts: dict[str, list[int]] = {}  # work order -> [good, scrap] on this machine
+        self.wo_started: dict[str, int] = {}  # work order -> first wo_start on this machine
+        self.wo_seen: dict[str, int] = {}  # work order -> last event time it changed (pruning)
         self.parts: list[PartEvent] = []  # within the allowed lateness, by (t, order)
         self.counter_base: dict[str, int] = {}  # last settled value per counter name
         self.counter_readings: dict[str, list[tuple[int, int, int]]] = {}  # (t, order, value)
@@ -237,6 +253,8 @@ class MachineTracker:
             # does not depend on when the MES happened to send it).
             insort(self.wo_product.setdefault(ev.work_order, []), (t, order, ev.product))
             self._wo_version += 1
+            self.wo_order[ev.work_order] = ev.order_no
+            self.dirty.work_orders.add(ev.work_order)
             self._reclassify_parts(t)
             return None
         if isinstance(ev, DowntimeReasonReport):
@@ -473,6 +491,10 @@ class MachineTracker:
             value = None
         insort(self.wo_changes, (t, order, value), key=lambda c: (c[0], c[1]))
         self._wo_version += 1
+        if value is not None and (value not in self.wo_started or t < self.wo_started[value]):
+            self.wo_started[value] = t
+            self.wo_seen[value] = t
+            self.dirty.work_orders.add(value)
         self.dirty.status = True
         last = self.last_ts
         assert last is not None
@@ -514,7 +536,7 @@ class MachineTracker:
         hour = segs[0] if segs is not None and segs[0] <= t < segs[0] + HOUR_US else None
         if hour is None:
             hour = self.clock.bucket(t)[0]
-        return hour, seg[2], planned, ideal
+        return hour, seg[2], planned, ideal, wo
 
     def _count_now(self, t: int, good: int, scrap: int) -> None:
         """The hot path: parts counted at or after the machine's latest event.
@@ -556,6 +578,9 @@ class MachineTracker:
                 sb.ideal_us += di
         self.good_total += good
         self.scrap_total += scrap
+        wo = c[5][4]
+        if wo is not None:
+            self._wo_add(wo, good, scrap, t)
 
     def _count_context(self, t: int, cur: Interval) -> CountContext:
         seg = self._seg_at(t)
@@ -568,7 +593,7 @@ class MachineTracker:
             # A product taking effect later in this stretch ends the cached context there.
             end = min([end, *(s for s, _, _ in self.wo_product.get(wo, ()) if s > t)])
         planned = seg[3] is not None and cur.state != "planned_stop"
-        cls: PartClass = (segs[0], seg[2], planned, self._ideal(wo, t))
+        cls: PartClass = (segs[0], seg[2], planned, self._ideal(wo, t), wo)
         hb = self._hour(segs[0])
         sb = self._shift(seg[2]) if seg[2] is not None else None
         return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb)
@@ -592,7 +617,7 @@ class MachineTracker:
 
     def _apply_part(self, p: PartEvent, sign: int) -> None:
         assert p.cls is not None
-        hour_key, shift, planned, ideal = p.cls
+        hour_key, shift, planned, ideal, wo = p.cls
         if p.kind == 0:
             dg, ds = p.good * sign, p.scrap * sign
         else:
@@ -616,6 +641,17 @@ class MachineTracker:
         self.good_total += dg
         self.scrap_total += ds
         self.dirty.status = True
+        if wo is not None:
+            self._wo_add(wo, dg, ds, p.t)
+
+    def _wo_add(self, wo: str, good: int, scrap: int, t: int) -> None:
+        totals = self.wo_parts.get(wo)
+        if totals is None:
+            totals = self.wo_parts[wo] = [0, 0]
+        totals[0] += good
+        totals[1] += scrap
+        self.wo_seen[wo] = t
+        self.dirty.work_orders.add(wo)
 
     def _reclassify_parts(self, t: int | None) -> None:
         for p in self.parts:
@@ -896,6 +932,14 @@ class MachineTracker:
             b = self.shifts.get(inst)
             if b is not None:
                 rows.extend(_kpi_rows(m, "shift", b, inst))
+        for wo in sorted(d.work_orders):
+            order_no = self.wo_order.get(wo)
+            if order_no is None or last is None:
+                continue  # joined once the work_order event names its order
+            if wo in self.wo_started:
+                rows.append(WorkOrderStarted(order_no, wo, m, self.wo_started[wo]))
+            good, scrap = self.wo_parts.get(wo, (0, 0))
+            rows.append(WorkOrderParts(order_no, wo, m, last, good, scrap))
         if d.status and self.intervals and last is not None:
             cur = self.intervals[-1]
             rows.append(
@@ -947,6 +991,10 @@ class MachineTracker:
             self.hours = {h: b for h, b in self.hours.items() if h >= horizon - HOUR_US}
             self.shifts = {s: b for s, b in self.shifts.items() if s.end >= horizon - HOUR_US}
             self.reports = [r for r in self.reports if r.at >= horizon - HOUR_US]
+            for wo in [w for w, seen in self.wo_seen.items() if seen < horizon]:
+                if wo != self._wo_at(self.last_ts):
+                    for d in (self.wo_parts, self.wo_started, self.wo_seen, self.wo_order):
+                        d.pop(wo, None)
             keep = [c for c in self.wo_changes if c[0] >= horizon]
             older = [c for c in self.wo_changes if c[0] < horizon]
             self.wo_changes = older[-1:] + keep

@@ -17,6 +17,8 @@ import psycopg
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from mesflow.db import connect
+from notify.outbox import enqueue
+from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
 from streams.records import (
     HourRow,
     IntervalDelete,
@@ -44,6 +46,10 @@ CREATE TEMP TABLE IF NOT EXISTS stage_kpi (LIKE machine_kpi INCLUDING DEFAULTS)
 CREATE TEMP TABLE IF NOT EXISTS stage_bucket (machine text, bucket text, bucket_start timestamptz)
     ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS stage_gone (machine text, start_ts timestamptz)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_order (LIKE order_progress INCLUDING DEFAULTS)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_wo (LIKE work_order_progress INCLUDING DEFAULTS)
     ON COMMIT DELETE ROWS;
 """
 
@@ -77,6 +83,36 @@ INSERT INTO machine_kpi ({KPI_COLUMNS}, updated_at)
 SELECT {KPI_COLUMNS}, clock_timestamp() FROM stage_kpi
 ON CONFLICT (machine, bucket, bucket_start) DO UPDATE SET {_KPI_SET},
     updated_at = EXCLUDED.updated_at"""
+
+ORDER_COLUMNS = (
+    "order_no, customer, priority, product, qty, due, status, version, good, scrap, "
+    "progress, eta, at_risk, last_event_ts"
+)
+ORDER_TYPES = [
+    "text", "text", "int4", "text", "int4", "timestamptz", "text", "int8", "int8", "int8",
+    "float8", "timestamptz", "bool", "timestamptz",
+]  # fmt: skip
+UPSERT_ORDER = f"""
+INSERT INTO order_progress ({ORDER_COLUMNS}, updated_at)
+SELECT {ORDER_COLUMNS}, clock_timestamp() FROM stage_order
+ON CONFLICT (order_no) DO UPDATE SET {
+    ", ".join(f"{c} = EXCLUDED.{c}" for c in ORDER_COLUMNS.split(", ")[1:])
+}, updated_at = EXCLUDED.updated_at"""
+
+WO_COLUMNS = (
+    "work_order, order_no, product, qty, machine, good, scrap, progress, rate_per_h, eta, "
+    "started_at, completed_at, last_event_ts"
+)
+WO_TYPES = [
+    "text", "text", "text", "int4", "text", "int8", "int8", "float8", "float8",
+    "timestamptz", "timestamptz", "timestamptz", "timestamptz",
+]  # fmt: skip
+UPSERT_WO = f"""
+INSERT INTO work_order_progress ({WO_COLUMNS}, updated_at)
+SELECT {WO_COLUMNS}, clock_timestamp() FROM stage_wo
+ON CONFLICT (work_order) DO UPDATE SET {
+    ", ".join(f"{c} = EXCLUDED.{c}" for c in WO_COLUMNS.split(", ")[1:])
+}, updated_at = EXCLUDED.updated_at"""
 
 # A bucket's reason set is replaced whole: a re-attributed stop moves its time away
 # from a reason, which must then disappear from that bucket.
@@ -132,6 +168,9 @@ class _Batch:
         self.status: dict[str, StatusRow] = {}
         self.dead: list[tuple[str, str, int]] = []
         self.last_seq = 0
+        self.orders: dict[str, OrderProgressRow] = {}
+        self.work_orders: dict[str, WorkOrderProgressRow] = {}
+        self.callbacks: list[Callback] = []  # in order: delivered in this order per order
 
     def add(self, item: Any) -> None:
         t = type(item)
@@ -151,6 +190,12 @@ class _Batch:
             self.dead.append((item.reason, item.detail, item.seq))
         elif t is Progress:
             self.last_seq = max(self.last_seq, item.last_seq)
+        elif t is OrderProgressRow:
+            self.orders[item.order_no] = item
+        elif t is WorkOrderProgressRow:
+            self.work_orders[item.work_order] = item
+        elif t is Callback:
+            self.callbacks.append(item)
 
 
 def _copy(
@@ -277,6 +322,9 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 (list(batch.kpis.values()), "stage_kpi", KPI_COLUMNS, KPI_TYPES, UPSERT_KPI),
                 (list(batch.status.values()), "stage_status", STATUS_COLUMNS, STATUS_TYPES,
                  UPSERT_STATUS),
+                (list(batch.orders.values()), "stage_order", ORDER_COLUMNS, ORDER_TYPES,
+                 UPSERT_ORDER),
+                (list(batch.work_orders.values()), "stage_wo", WO_COLUMNS, WO_TYPES, UPSERT_WO),
             ):  # fmt: skip
                 if rows:
                     _copy(cur, table, columns, types, rows)
@@ -295,6 +343,10 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                           "machine, bucket, bucket_start, reason, seconds, stops",
                           ["text", "text", "timestamptz", "text", "float8", "int4"],
                           reason_rows)  # fmt: skip
+            # Callbacks commit with the figures that caused them (transactional outbox).
+            for cb in batch.callbacks:
+                enqueue(cur, aggregate=cb.order_no, event_type=cb.event_type,
+                        payload=cb.payload, dedupe=cb.dedupe)  # fmt: skip
             if batch.dead:
                 cur.executemany(INSERT_DEAD, batch.dead)
             if batch.last_seq:

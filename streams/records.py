@@ -88,6 +88,24 @@ class ReasonSetRow(NamedTuple):
     items: tuple[tuple[str, float, int], ...]
 
 
+class WorkOrderParts(NamedTuple):
+    """Parts counted on one machine while a work order was active there (absolute, as of t)."""
+
+    order_no: str
+    work_order: str
+    machine: str
+    t: int  # the machine's clock, us
+    good_total: int
+    scrap_total: int
+
+
+class WorkOrderStarted(NamedTuple):
+    order_no: str
+    work_order: str
+    machine: str
+    t: int  # us
+
+
 class Rejection(NamedTuple):
     """An ingest_log row that goes to the dead-letter table, with a stable reason code."""
 

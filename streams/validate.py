@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from mesflow.events import ContractError, OrderEvent, WorkOrderEvent, parse_event
 from mesflow.ingest_log import LogEntry
@@ -11,12 +11,19 @@ from mesflow.plant import PlantConfig
 from streams.records import Progress, Rejection
 
 
+class OrderInput(NamedTuple):
+    """A CRM order snapshot or a work order, for the per-order step."""
+
+    order_no: str
+    event: OrderEvent | WorkOrderEvent
+
+
 class Validator:
     """Parses log rows against the contract and the plant model.
 
-    Output items are either `(machine, (seq, event))` pairs for the per-machine step, or
-    Rejection / Progress records for the sink. Work-order events go to the machine they
-    name, or to every machine; order events are accepted (orders are joined elsewhere).
+    Output items are `(machine, (seq, event))` pairs for the per-machine step, OrderInput
+    for the per-order step, or Rejection / Progress records for the sink. Work-order
+    events go to their order and to the machine they name (or to every machine).
     """
 
     def __init__(self, plant: PlantConfig) -> None:
@@ -38,8 +45,10 @@ class Validator:
                 dead += 1
                 continue
             if isinstance(ev, OrderEvent):
+                out.append(OrderInput(ev.order_no, ev))
                 continue
             if isinstance(ev, WorkOrderEvent):
+                out.append(OrderInput(ev.order_no, ev))
                 # Its product sets the ideal cycle time of parts made for it: every machine
                 # that may run it needs it.
                 if ev.machine in self.machines:

@@ -13,7 +13,15 @@ from mesflow.events import parse_event
 from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.settings import REPO_ROOT
 from streams.machine_tracker import MachineSpec, MachineTracker
-from streams.records import HourRow, IntervalDelete, IntervalRow, Rejection, StatusRow
+from streams.records import (
+    HourRow,
+    IntervalDelete,
+    IntervalRow,
+    Rejection,
+    StatusRow,
+    WorkOrderParts,
+    WorkOrderStarted,
+)
 
 PLANT: PlantConfig = load_plant_config(REPO_ROOT / "config" / "plant.example.yaml")
 T0 = datetime.fromisoformat("2026-11-20T10:50:00+08:00")  # a Friday day shift
@@ -30,6 +38,9 @@ def run(events: list[dict[str, Any]], batch: int = 7) -> tuple[dict[Any, Any], l
             rejected.append(r)
         if i % batch == batch - 1 or i == len(events) - 1:
             for row in tracker.flush():
+                if isinstance(row, WorkOrderParts):
+                    # When the totals were observed depends on arrival; the totals do not.
+                    row = row._replace(t=0)
                 final[_key(row)] = None if isinstance(row, IntervalDelete) else row
     return {k: v for k, v in final.items() if v is not None}, rejected
 
@@ -41,6 +52,8 @@ def _key(row: Any) -> tuple[Any, ...]:
         return ("StatusRow",)
     if isinstance(row, HourRow):
         return ("HourRow", row.hour_start)
+    if isinstance(row, WorkOrderParts | WorkOrderStarted):
+        return (type(row).__name__, row.work_order, row.machine)
     return (type(row).__name__, *row[1:3])
 
 
