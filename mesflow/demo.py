@@ -99,7 +99,12 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
             _say(f"broker: {broker.kind} listening on {broker.url}")
 
         http_port = free_port(port)
+        api_port = free_port(settings.api_port)
+        from collectors.simulator.crm import demo_env
+
+        crm_env = demo_env(api_port, free_port(api_port + 1))
         env = {
+            **crm_env,
             **os.environ,
             "MESFLOW_DATABASE_URL": db_url,
             "MESFLOW_MQTT_URL": mqtt_url,
@@ -108,20 +113,27 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
             "MESFLOW_DATA_DIR": str(data),
             "PYTHONUNBUFFERED": "1",
         }
+        # Started downstream first, so nothing an upstream component sends is waiting on
+        # a component that is not up yet; stopped in the reverse order.
         components = [
             Component("collector-mqtt", ["run", "collector-mqtt"], "collector-mqtt: subscribing"),
             Component("dataflow", ["run", "dataflow"], "dataflow: following"),
+            Component("api", ["run", "api"]),
+            Component("notify", ["run", "notify"], "notify: delivering"),
             Component("dashboard", ["run", "dashboard"]),
             Component("simulator", ["simulate", "--speed", str(speed), "--seed", str(seed)]),
+            Component("crm", ["simulate-crm", "--seed", str(seed)]),
         ]
+        ports = {"dashboard": http_port, "api": api_port}
         for comp in components:
             _start(comp, env, data / "logs")
-            if comp.name == "dashboard":
-                wait_for_port("127.0.0.1", http_port, timeout=60)
+            if comp.name in ports:
+                wait_for_port("127.0.0.1", ports[comp.name], timeout=60)
                 comp.ready.set()
             elif comp.ready_marker:
                 comp.ready.wait(60)
             _say(f"{comp.name}: up")
+        _say(f"order intake API: http://127.0.0.1:{api_port}/docs (CRM stand-in posting orders)")
         _say(f"dashboard: http://127.0.0.1:{http_port}   (Ctrl-C stops everything)")
 
         while not stopping.wait(1.0):
@@ -136,8 +148,8 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
         return 0
     finally:
         _say("stopping ...")
-        # Data-flow order: no new input first, the dashboard last.
-        for comp in components:
+        # Reverse start order: the plant and the CRM stop first, the collector last.
+        for comp in reversed(components):
             _stop(comp)
         if broker is not None:
             broker.stop()
