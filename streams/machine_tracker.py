@@ -146,17 +146,11 @@ PartClass = tuple[int, "ShiftInstance | None", bool, int, "str | None"]
 CountContext = tuple[int, int, "Interval", str, int, PartClass, "Bucket", "Bucket | None"]
 
 
-@dataclass(slots=True)
-class PartEvent:
-    """A part movement kept for the allowed lateness, with the classification applied."""
-
-    t: int
-    order: int  # arrival order, for ties
-    kind: int  # 0: add good/scrap, 1: move good -> scrap
-    good: int
-    scrap: int
-    source: str | None = None  # counter name for counter-derived parts
-    cls: PartClass | None = None
+# A part movement kept for the allowed lateness, with the classification applied:
+# (t, arrival order, kind 0 add / 1 move good to scrap, good, scrap, counter name, class).
+# A plain tuple, not a dataclass: thousands are kept per busy machine and snapshotted every
+# few seconds, and tuples pickle about ten times faster.
+Part = tuple[int, int, int, int, int, "str | None", PartClass]
 
 
 @dataclass(slots=True)
@@ -193,7 +187,7 @@ class MachineTracker:
         self.wo_parts: dict[str, list[int]] = {}  # work order -> [good, scrap] on this machine
         self.wo_started: dict[str, int] = {}  # work order -> first wo_start on this machine
         self.wo_seen: dict[str, int] = {}  # work order -> last event time it changed (pruning)
-        self.parts: list[PartEvent] = []  # within the allowed lateness, by (t, order)
+        self.parts: list[Part] = []  # within the allowed lateness, by (t, order)
         self.counter_base: dict[str, int] = {}  # last settled value per counter name
         self.counter_readings: dict[str, list[tuple[int, int, int]]] = {}  # (t, order, value)
         self.reports: list[Report] = []
@@ -261,13 +255,13 @@ class MachineTracker:
             rejected = self._report(seq, t, order, ev)
         self._advance(t)
         if isinstance(ev, CountEvent):
-            self._add_part(PartEvent(t, order, 0, ev.good, ev.scrap))
+            self._add_part(t, order, 0, ev.good, ev.scrap, None)
         elif isinstance(ev, StateEvent):
             self._state(t, ev)
         elif isinstance(ev, CounterEvent):
             self._counter(t, order, ev)
         elif isinstance(ev, ScrapReport):
-            self._add_part(PartEvent(t, order, 1, 0, ev.qty))
+            self._add_part(t, order, 1, 0, ev.qty, None)
         elif isinstance(ev, WorkOrderStartReport | WorkOrderEndReport):
             self._work_order(t, order, ev)
         return rejected
@@ -347,7 +341,7 @@ class MachineTracker:
             self._contribute(new, last, +1)
             self.dirty.intervals[t] = new
             self.dirty.status = True
-            if self.parts and self.parts[-1].t >= t:  # a part at this very instant
+            if self.parts and self.parts[-1][0] >= t:  # a part at this very instant
                 self._after_timeline_change(t)
             return
         self._insert_state(i, t, ev)
@@ -498,7 +492,7 @@ class MachineTracker:
         self.dirty.status = True
         last = self.last_ts
         assert last is not None
-        if t < last or (self.parts and self.parts[-1].t >= t):
+        if t < last or (self.parts and self.parts[-1][0] >= t):
             self._after_timeline_change(t)
 
     def _wo_at(self, t: int) -> str | None:
@@ -559,8 +553,7 @@ class MachineTracker:
             or c[4] != self._wo_version
         ):
             c = self._count_cache = self._count_context(t, cur)
-        p = PartEvent(t, self.arrivals, 0, good, scrap, None, c[5])
-        self.parts.append(p)
+        self.parts.append((t, self.arrivals, 0, good, scrap, None, c[5]))
         hb, sb = c[6], c[7]
         hb.all_good += good
         hb.all_scrap += scrap
@@ -606,22 +599,24 @@ class MachineTracker:
                     return self.spec.ideal_us_by_product.get(product, ideal)
         return ideal
 
-    def _add_part(self, p: PartEvent) -> None:
-        p.cls = self._classify(p.t)
+    def _add_part(
+        self, t: int, order: int, kind: int, good: int, scrap: int, source: str | None
+    ) -> None:
+        p: Part = (t, order, kind, good, scrap, source, self._classify(t))
         self._apply_part(p, +1)
         parts = self.parts
-        if not parts or (parts[-1].t, parts[-1].order) <= (p.t, p.order):
+        if not parts or (parts[-1][0], parts[-1][1]) <= (t, order):
             parts.append(p)
         else:
-            insort(parts, p, key=lambda q: (q.t, q.order))
+            insort(parts, p, key=lambda q: (q[0], q[1]))
 
-    def _apply_part(self, p: PartEvent, sign: int) -> None:
-        assert p.cls is not None
-        hour_key, shift, planned, ideal, wo = p.cls
-        if p.kind == 0:
-            dg, ds = p.good * sign, p.scrap * sign
+    def _apply_part(self, p: Part, sign: int) -> None:
+        t, _, kind, good, scrap, _, cls = p
+        hour_key, shift, planned, ideal, wo = cls
+        if kind == 0:
+            dg, ds = good * sign, scrap * sign
         else:
-            dg, ds = -p.scrap * sign, p.scrap * sign
+            dg, ds = -scrap * sign, scrap * sign
         hb = self._hour(hour_key)
         sb = self._shift(shift) if shift is not None else None
         hb.all_good += dg
@@ -630,7 +625,7 @@ class MachineTracker:
             sb.all_good += dg
             sb.all_scrap += ds
         if planned:
-            di = ideal * (dg + ds) if p.kind == 0 else 0
+            di = ideal * (dg + ds) if kind == 0 else 0
             hb.good += dg
             hb.scrap += ds
             hb.ideal_us += di
@@ -642,7 +637,7 @@ class MachineTracker:
         self.scrap_total += ds
         self.dirty.status = True
         if wo is not None:
-            self._wo_add(wo, dg, ds, p.t)
+            self._wo_add(wo, dg, ds, t)
 
     def _wo_add(self, wo: str, good: int, scrap: int, t: int) -> None:
         totals = self.wo_parts.get(wo)
@@ -654,13 +649,14 @@ class MachineTracker:
         self.dirty.work_orders.add(wo)
 
     def _reclassify_parts(self, t: int | None) -> None:
-        for p in self.parts:
-            if t is not None and p.t < t:
+        parts = self.parts
+        for i, p in enumerate(parts):
+            if t is not None and p[0] < t:
                 continue
-            new = self._classify(p.t)
-            if new != p.cls:
+            new = self._classify(p[0])
+            if new != p[6]:
                 self._apply_part(p, -1)
-                p.cls = new
+                p = parts[i] = (*p[:6], new)
                 self._apply_part(p, +1)
 
     def _counter(self, t: int, order: int, ev: CounterEvent) -> None:
@@ -674,7 +670,8 @@ class MachineTracker:
             return
         # A reading arrived late: the parts of every later reading of this counter change.
         insort(readings, (t, order, ev.value), key=lambda r: (r[0], r[1]))
-        for p in [p for p in self.parts if p.source == ev.name and (p.t, p.order) >= key]:
+        stale = [p for p in self.parts if p[5] == ev.name and (p[0], p[1]) >= key]
+        for p in stale:
             self._apply_part(p, -1)
             self.parts.remove(p)
         previous = self.counter_base.get(ev.name)
@@ -687,9 +684,9 @@ class MachineTracker:
         if delta == 0:
             return
         if name == "total":
-            self._add_part(PartEvent(t, order, 0, delta, 0, source=name))
+            self._add_part(t, order, 0, delta, 0, name)
         else:
-            self._add_part(PartEvent(t, order, 1, 0, delta, source=name))
+            self._add_part(t, order, 1, 0, delta, name)
 
     def _settle(self) -> None:
         """Forget part details older than the allowed lateness: they can no longer change."""
@@ -697,9 +694,9 @@ class MachineTracker:
             return
         horizon = self.last_ts - self.spec.lateness_us
         parts = self.parts
-        if parts and parts[0].t < horizon:
-            k = 0
-            while k < len(parts) and parts[k].t < horizon:
+        if parts and parts[0][0] < horizon:
+            k = bisect_right(parts, horizon - 1, key=lambda q: q[0])
+            while k < len(parts) and parts[k][0] < horizon:
                 k += 1
             del parts[:k]
         marks = self.marks
