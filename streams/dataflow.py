@@ -13,6 +13,7 @@ streams/validate.py and streams/machine_tracker.py. Reads top to bottom:
 from __future__ import annotations
 
 import pickle
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -35,11 +36,15 @@ Out = Row | Rejection
 class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
     """Bytewax adapter around one machine's MachineTracker."""
 
-    def __init__(self, resume: bytes | None, plant: PlantConfig) -> None:
+    def __init__(
+        self, resume: bytes | None, plant: PlantConfig, throttle: timedelta | None
+    ) -> None:
         # Bytewax hands the builder only the resume state, not the key: a new tracker is
         # made on the first batch, whose events name the machine.
         self.tracker: MachineTracker | None = pickle.loads(resume) if resume else None
         self.plant = plant
+        self.throttle = throttle
+        self.next_full: datetime | None = None  # wall clock: when figures are due
 
     def on_batch(self, values: list[Keyed]) -> tuple[list[list[Out]], bool]:
         tracker = self.tracker
@@ -52,8 +57,32 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
             r = tracker.apply(seq, ev)
             if r is not None:
                 rejected.append(r)
-        rows: list[Out] = [*tracker.flush(), *rejected]
+        full = True
+        if self.throttle is not None:
+            # Live: intervals and status go out at once; the hour, shift and work-order
+            # figures at most once per `throttle` (the timer below sends what is left).
+            now = datetime.now(UTC)
+            if self.next_full is not None and now < self.next_full:
+                full = False
+            else:
+                self.next_full = now + self.throttle
+        rows: list[Out] = [*tracker.flush(full), *rejected]
         return [rows], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if self.tracker is not None and self.tracker.has_pending():
+            return self.next_full
+        return None
+
+    def on_notify(self) -> tuple[list[list[Out]], bool]:
+        assert self.tracker is not None
+        self.next_full = None
+        return [list(self.tracker.flush())], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[list[Out]], bool]:
+        if self.tracker is None:
+            return [], StatefulBatchLogic.RETAIN
+        return [list(self.tracker.flush())], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         # Pickled here: an immutable copy, as Bytewax requires, cheaper than a deepcopy.
@@ -94,14 +123,21 @@ def _order_no(x: Any) -> str:
     return str(x.order_no)
 
 
-def build_flow(plant: PlantConfig, source: Source[Any], sink: Sink[Any]) -> Dataflow:
+def build_flow(
+    plant: PlantConfig,
+    source: Source[Any],
+    sink: Sink[Any],
+    figures_every: timedelta | None = None,
+) -> Dataflow:
+    """The dataflow. `figures_every` (live) limits how often a machine's figures are
+    rewritten; None (replay) writes them after every batch."""
     ideal = IdealCycles.from_plant(plant)
     flow = Dataflow("mesflow")
     entries = op.input("ingest_log", flow, source)
     checked = op.flat_map_batch("validate", entries, Validator(plant))
     split = op.branch("machine_events", checked, lambda x: type(x) is tuple)
     trackers = op.stateful_batch(
-        "machines", split.trues, lambda resume: MachineLogic(resume, plant)
+        "machines", split.trues, lambda resume: MachineLogic(resume, plant, figures_every)
     )
     machine_rows = op.flat_map("machine_rows", trackers, lambda kv: kv[1])
     # Orders join CRM snapshots, work orders and the parts the machines counted for them.

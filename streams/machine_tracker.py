@@ -908,10 +908,13 @@ class MachineTracker:
     # output
     # ---------------------------------------------------------------------------------------
 
-    def flush(self) -> list[Row]:
-        """Rows changed since the last flush (absolute values: upserts are idempotent)."""
-        self._catch_up()
-        self._count_cache = None  # it holds bucket objects that pruning may drop
+    def flush(self, full: bool = True) -> list[Row]:
+        """Rows changed since the last flush (absolute values: upserts are idempotent).
+
+        `full=False` gives only what a board shows at once (intervals and status) and
+        keeps the hour, shift and work-order figures for a later full flush: live, a
+        machine's figures are rewritten about once a second, not after every part.
+        """
         m = self.machine
         d = self.dirty
         last = self.last_ts
@@ -919,6 +922,17 @@ class MachineTracker:
         for start in d.deleted:
             rows.append(IntervalDelete(m, from_us(start)))
         for iv in d.intervals.values():
+            rows.append(self._interval_row(iv))
+        d.deleted = set()
+        d.intervals = {}
+        if not full:
+            if d.status and self.intervals and last is not None:
+                rows.append(self._status_row())
+                d.status = False
+            return rows
+        self._catch_up()
+        self._count_cache = None  # it holds bucket objects that pruning may drop
+        for iv in self.dirty.intervals.values():  # is_microstop may have changed
             rows.append(self._interval_row(iv))
         for h in sorted(d.hours):
             b = self.hours.get(h)
@@ -938,23 +952,30 @@ class MachineTracker:
             good, scrap = self.wo_parts.get(wo, (0, 0))
             rows.append(WorkOrderParts(order_no, wo, m, last, good, scrap))
         if d.status and self.intervals and last is not None:
-            cur = self.intervals[-1]
-            rows.append(
-                StatusRow(
-                    m,
-                    cur.state,
-                    from_us(cur.start),
-                    cur.reason,
-                    self._wo_at(last),
-                    from_us(last),
-                    self.good_total,
-                    self.scrap_total,
-                )
-            )
+            rows.append(self._status_row())
         self.dirty = _Dirty()
         self._settle()
         self._forget_old()
         return rows
+
+    def _status_row(self) -> StatusRow:
+        cur = self.intervals[-1]
+        last = self.last_ts
+        assert last is not None
+        return StatusRow(
+            self.machine,
+            cur.state,
+            from_us(cur.start),
+            cur.reason,
+            self._wo_at(last),
+            from_us(last),
+            self.good_total,
+            self.scrap_total,
+        )
+
+    def has_pending(self) -> bool:
+        d = self.dirty
+        return bool(d.hours or d.shifts or d.work_orders or d.intervals or d.status)
 
     def _interval_row(self, iv: Interval) -> IntervalRow:
         end = iv.end

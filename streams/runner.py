@@ -83,7 +83,13 @@ def run_flow(
     try:
         store = recovery_store(recovery_dir, database_url)
         source = IngestLogSource(database_url, batch_size=batch_size, upto_seq=upto_seq)
-        flow = build_flow(plant, source, ResultsSink(database_url))
+        live = upto_seq is None
+        flow = build_flow(
+            plant,
+            source,
+            ResultsSink(database_url),
+            figures_every=timedelta(seconds=1) if live else None,
+        )
         cli_main(
             flow,
             epoch_interval=timedelta(seconds=snapshot_seconds),
