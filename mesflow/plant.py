@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import time
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -37,7 +37,7 @@ BUILTIN_REASONS = {
     "no_data": ("no_data", "No data (offline)", "无数据（离线）"),
 }
 
-REASON_CATEGORIES = (
+ReasonCategory = Literal[
     "technical",
     "material",
     "process",
@@ -46,7 +46,8 @@ REASON_CATEGORIES = (
     "organisational",
     "planned",
     "other",
-)
+]
+REASON_CATEGORIES: tuple[str, ...] = get_args(ReasonCategory)
 
 
 def _time_of_day(value: Any) -> Any:
@@ -136,16 +137,7 @@ class Product(_Model):
 class Reason(_Model):
     code: Code = Field(pattern=CODE_PATTERN)
     name: LocalizedName
-    category: Literal[
-        "technical",
-        "material",
-        "process",
-        "operator",
-        "quality",
-        "organisational",
-        "planned",
-        "other",
-    ]
+    category: ReasonCategory
     children: list[Reason] = []
 
 

@@ -21,7 +21,8 @@ work-order reports, then parts, then reason reports.
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from array import array
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from itertools import pairwise
 
@@ -151,6 +152,8 @@ CountContext = tuple[int, int, "Interval", str, int, PartClass, "Bucket", "Bucke
 # A plain tuple, not a dataclass: thousands are kept per busy machine and snapshotted every
 # few seconds, and tuples pickle about ten times faster.
 Part = tuple[int, int, int, int, int, "str | None", PartClass]
+# (good per part, scrap per part, class) and the parts' times
+Run = tuple[tuple[int, int, PartClass], "array[int]"]
 
 
 @dataclass(slots=True)
@@ -188,6 +191,12 @@ class MachineTracker:
         self.wo_started: dict[str, int] = {}  # work order -> first wo_start on this machine
         self.wo_seen: dict[str, int] = {}  # work order -> last event time it changed (pruning)
         self.parts: list[Part] = []  # within the allowed lateness, by (t, order)
+        # In-order counts (the bulk) kept compactly: runs of parts that move the same
+        # good/scrap with the same classification, as arrays of their times. A busy
+        # machine keeps thousands for the allowed lateness, and snapshots of arrays are
+        # a memory copy.
+        self.runs: list[Run] = []
+        self.last_part_t = -1  # the latest time of any kept part
         self.counter_base: dict[str, int] = {}  # last settled value per counter name
         self.counter_readings: dict[str, list[tuple[int, int, int]]] = {}  # (t, order, value)
         self.reports: list[Report] = []
@@ -341,7 +350,7 @@ class MachineTracker:
             self._contribute(new, last, +1)
             self.dirty.intervals[t] = new
             self.dirty.status = True
-            if self.parts and self.parts[-1][0] >= t:  # a part at this very instant
+            if self.last_part_t >= t:  # a part at this very instant
                 self._after_timeline_change(t)
             return
         self._insert_state(i, t, ev)
@@ -492,7 +501,7 @@ class MachineTracker:
         self.dirty.status = True
         last = self.last_ts
         assert last is not None
-        if t < last or (self.parts and self.parts[-1][0] >= t):
+        if t < last or self.last_part_t >= t:
             self._after_timeline_change(t)
 
     def _wo_at(self, t: int) -> str | None:
@@ -553,7 +562,13 @@ class MachineTracker:
             or c[4] != self._wo_version
         ):
             c = self._count_cache = self._count_context(t, cur)
-        self.parts.append((t, self.arrivals, 0, good, scrap, None, c[5]))
+        key = (good, scrap, c[5])
+        runs = self.runs
+        if runs and runs[-1][0] == key:
+            runs[-1][1].append(t)
+        else:
+            runs.append((key, array("q", (t,))))
+        self.last_part_t = t
         hb, sb = c[6], c[7]
         hb.all_good += good
         hb.all_scrap += scrap
@@ -604,6 +619,7 @@ class MachineTracker:
     ) -> None:
         p: Part = (t, order, kind, good, scrap, source, self._classify(t))
         self._apply_part(p, +1)
+        self.last_part_t = max(self.last_part_t, t)
         parts = self.parts
         if not parts or (parts[-1][0], parts[-1][1]) <= (t, order):
             parts.append(p)
@@ -658,6 +674,26 @@ class MachineTracker:
                 self._apply_part(p, -1)
                 p = parts[i] = (*p[:6], new)
                 self._apply_part(p, +1)
+        # Runs: the parts from t on are regrouped by their new classification.
+        regrouped: list[Run] = []
+        for (good, scrap, cls), ts in self.runs:
+            i = 0 if t is None else bisect_left(ts, t)
+            if i == len(ts):
+                continue
+            groups: dict[PartClass, array[int]] = {}
+            for x in ts[i:]:
+                groups.setdefault(self._classify(x), array("q")).append(x)
+            if len(groups) == 1 and cls in groups:
+                continue
+            moved = len(ts) - i
+            self._apply_part((ts[-1], 0, 0, good * moved, scrap * moved, None, cls), -1)
+            del ts[i:]
+            for new, arr in groups.items():
+                n = len(arr)
+                self._apply_part((arr[-1], 0, 0, good * n, scrap * n, None, new), +1)
+                regrouped.append(((good, scrap, new), arr))
+        if regrouped:
+            self.runs = [r for r in self.runs if len(r[1])] + regrouped
 
     def _counter(self, t: int, order: int, ev: CounterEvent) -> None:
         readings = self.counter_readings.setdefault(ev.name, [])
@@ -699,6 +735,11 @@ class MachineTracker:
             while k < len(parts) and parts[k][0] < horizon:
                 k += 1
             del parts[:k]
+        for _, ts in self.runs:
+            if ts and ts[0] < horizon:
+                del ts[: bisect_left(ts, horizon)]
+        if any(not ts for _, ts in self.runs):
+            self.runs = [r for r in self.runs if len(r[1])]
         marks = self.marks
         if marks and marks[0][0] < horizon:
             k = 0
