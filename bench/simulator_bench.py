@@ -1,4 +1,4 @@
-"""Benchmark write_history on a big plant: `python -m collectors.simulator.bench`.
+"""Benchmark write_history on a big plant: `python bench/simulator_bench.py`.
 
 The plant is the example plant with its lines copied until it has `--machines` machines
 (ids get a copy suffix, e.g. IM-01-c3); the simulated duration is chosen to give about
@@ -8,16 +8,18 @@ The plant is the example plant with its lines copied until it has `--machines` m
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from collectors.simulator.history import write_history
 from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.settings import REPO_ROOT
-
-from .history import write_history
 
 
 def big_plant(base: PlantConfig, machines: int) -> PlantConfig:
