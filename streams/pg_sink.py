@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -32,118 +33,110 @@ from streams.records import (
 
 log = logging.getLogger(__name__)
 
-# Rows go in by binary COPY into a staging table, then one INSERT ... ON CONFLICT per
-# table: far less work for both sides than one statement per row.
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS stage_interval (LIKE machine_state_interval INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_status (LIKE machine_status INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_hour (LIKE machine_hour INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_kpi (LIKE machine_kpi INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_bucket (machine text, bucket text, bucket_start timestamptz)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_gone (machine text, start_ts timestamptz)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_order (LIKE order_progress INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS stage_wo (LIKE work_order_progress INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
-"""
 
-INTERVAL_COLUMNS = "machine, start_ts, end_ts, state, reason, work_order, duration_s, is_microstop"
-INTERVAL_TYPES = ["text", "timestamptz", "timestamptz", "text", "text", "text", "float8", "bool"]
-UPSERT_INTERVAL = f"""
-INSERT INTO machine_state_interval ({INTERVAL_COLUMNS}, updated_at)
-SELECT {INTERVAL_COLUMNS}, clock_timestamp() FROM stage_interval
-ON CONFLICT (machine, start_ts) DO UPDATE SET
-    end_ts = EXCLUDED.end_ts, state = EXCLUDED.state, reason = EXCLUDED.reason,
-    work_order = EXCLUDED.work_order, duration_s = EXCLUDED.duration_s,
-    is_microstop = EXCLUDED.is_microstop, updated_at = EXCLUDED.updated_at"""
+@dataclass(frozen=True)
+class Upsert:
+    """A results table written by binary COPY into a staging table, then one
+    INSERT ... ON CONFLICT DO UPDATE: far less work for both sides than one statement per
+    row, and idempotent (rows carry absolute values)."""
+
+    table: str
+    key: tuple[str, ...]
+    columns: tuple[tuple[str, str], ...]  # (column, binary COPY type)
+
+    @property
+    def stage(self) -> str:
+        return f"stage_{self.table}"
+
+    @property
+    def names(self) -> str:
+        return ", ".join(c for c, _ in self.columns)
+
+    @property
+    def types(self) -> list[str]:
+        return [t for _, t in self.columns]
+
+    @property
+    def create_stage(self) -> str:
+        return (
+            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} "
+            f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
+        )
+
+    @property
+    def sql(self) -> str:
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c, _ in self.columns if c not in self.key)
+        return (
+            f"INSERT INTO {self.table} ({self.names}, updated_at) "
+            f"SELECT {self.names}, clock_timestamp() FROM {self.stage} "
+            f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {updates}, "
+            f"updated_at = EXCLUDED.updated_at"
+        )
+
+
+TS, TEXT, F8, I8, I4 = "timestamptz", "text", "float8", "int8", "int4"
+INTERVALS = Upsert(
+    "machine_state_interval",
+    ("machine", "start_ts"),
+    (("machine", TEXT), ("start_ts", TS), ("end_ts", TS), ("state", TEXT), ("reason", TEXT),
+     ("work_order", TEXT), ("duration_s", F8), ("is_microstop", "bool")),
+)  # fmt: skip
+STATUS = Upsert(
+    "machine_status",
+    ("machine",),
+    (("machine", TEXT), ("state", TEXT), ("since", TS), ("reason", TEXT), ("work_order", TEXT),
+     ("last_event_ts", TS), ("good_total", I8), ("scrap_total", I8)),
+)  # fmt: skip
+HOURS = Upsert(
+    "machine_hour",
+    ("machine", "hour_start"),
+    (("machine", TEXT), ("hour_start", TS), ("running_s", F8), ("idle_s", F8), ("down_s", F8),
+     ("setup_s", F8), ("planned_stop_s", F8), ("offline_s", F8), ("good", I8), ("scrap", I8)),
+)  # fmt: skip
+KPIS = Upsert(
+    "machine_kpi",
+    ("machine", "bucket", "bucket_start"),
+    (("machine", TEXT), ("bucket", TEXT), ("bucket_start", TS), ("bucket_end", TS),
+     ("shift_date", "date"), ("shift_name", TEXT), ("planned_s", F8), ("running_s", F8),
+     ("microstop_s", F8), ("microstop_count", I4), ("idle_s", F8), ("down_s", F8),
+     ("setup_s", F8), ("offline_s", F8), ("planned_stop_s", F8), ("good", I8), ("scrap", I8),
+     ("ideal_s", F8), ("failures", I4), ("failure_s", F8), ("all_good", I8),
+     ("all_scrap", I8)),
+)  # fmt: skip
+ORDERS = Upsert(
+    "order_progress",
+    ("order_no",),
+    (("order_no", TEXT), ("customer", TEXT), ("priority", I4), ("product", TEXT), ("qty", I4),
+     ("due", TS), ("status", TEXT), ("version", I8), ("good", I8), ("scrap", I8),
+     ("progress", F8), ("eta", TS), ("at_risk", "bool"), ("last_event_ts", TS)),
+)  # fmt: skip
+WORK_ORDERS = Upsert(
+    "work_order_progress",
+    ("work_order",),
+    (("work_order", TEXT), ("order_no", TEXT), ("product", TEXT), ("qty", I4),
+     ("machine", TEXT), ("good", I8), ("scrap", I8), ("progress", F8), ("rate_per_h", F8),
+     ("eta", TS), ("started_at", TS), ("completed_at", TS), ("last_event_ts", TS)),
+)  # fmt: skip
+
+_STAGING = "\n".join(
+    [
+        *(u.create_stage for u in (INTERVALS, STATUS, HOURS, KPIS, ORDERS, WORK_ORDERS)),
+        "CREATE TEMP TABLE IF NOT EXISTS stage_bucket"
+        " (machine text, bucket text, bucket_start timestamptz) ON COMMIT DELETE ROWS;",
+        "CREATE TEMP TABLE IF NOT EXISTS stage_gone"
+        " (machine text, start_ts timestamptz) ON COMMIT DELETE ROWS;",
+    ]
+)
 
 DELETE_INTERVALS = """
 DELETE FROM machine_state_interval i USING stage_gone g
 WHERE i.machine = g.machine AND i.start_ts = g.start_ts"""
-
-KPI_COLUMNS = (
-    "machine, bucket, bucket_start, bucket_end, shift_date, shift_name, planned_s, running_s, "
-    "microstop_s, microstop_count, idle_s, down_s, setup_s, offline_s, planned_stop_s, good, "
-    "scrap, ideal_s, failures, failure_s, all_good, all_scrap"
-)
-KPI_TYPES = [
-    "text", "text", "timestamptz", "timestamptz", "date", "text", "float8", "float8",
-    "float8", "int4", "float8", "float8", "float8", "float8", "float8", "int8",
-    "int8", "float8", "int4", "float8", "int8", "int8",
-]  # fmt: skip
-_KPI_SET = ", ".join(f"{c} = EXCLUDED.{c}" for c in KPI_COLUMNS.split(", ")[3:])
-UPSERT_KPI = f"""
-INSERT INTO machine_kpi ({KPI_COLUMNS}, updated_at)
-SELECT {KPI_COLUMNS}, clock_timestamp() FROM stage_kpi
-ON CONFLICT (machine, bucket, bucket_start) DO UPDATE SET {_KPI_SET},
-    updated_at = EXCLUDED.updated_at"""
-
-ORDER_COLUMNS = (
-    "order_no, customer, priority, product, qty, due, status, version, good, scrap, "
-    "progress, eta, at_risk, last_event_ts"
-)
-ORDER_TYPES = [
-    "text", "text", "int4", "text", "int4", "timestamptz", "text", "int8", "int8", "int8",
-    "float8", "timestamptz", "bool", "timestamptz",
-]  # fmt: skip
-UPSERT_ORDER = f"""
-INSERT INTO order_progress ({ORDER_COLUMNS}, updated_at)
-SELECT {ORDER_COLUMNS}, clock_timestamp() FROM stage_order
-ON CONFLICT (order_no) DO UPDATE SET {
-    ", ".join(f"{c} = EXCLUDED.{c}" for c in ORDER_COLUMNS.split(", ")[1:])
-}, updated_at = EXCLUDED.updated_at"""
-
-WO_COLUMNS = (
-    "work_order, order_no, product, qty, machine, good, scrap, progress, rate_per_h, eta, "
-    "started_at, completed_at, last_event_ts"
-)
-WO_TYPES = [
-    "text", "text", "text", "int4", "text", "int8", "int8", "float8", "float8",
-    "timestamptz", "timestamptz", "timestamptz", "timestamptz",
-]  # fmt: skip
-UPSERT_WO = f"""
-INSERT INTO work_order_progress ({WO_COLUMNS}, updated_at)
-SELECT {WO_COLUMNS}, clock_timestamp() FROM stage_wo
-ON CONFLICT (work_order) DO UPDATE SET {
-    ", ".join(f"{c} = EXCLUDED.{c}" for c in WO_COLUMNS.split(", ")[1:])
-}, updated_at = EXCLUDED.updated_at"""
 
 # A bucket's reason set is replaced whole: a re-attributed stop moves its time away
 # from a reason, which must then disappear from that bucket.
 DELETE_REASONS = """
 DELETE FROM machine_kpi_reason r USING stage_bucket b
 WHERE r.machine = b.machine AND r.bucket = b.bucket AND r.bucket_start = b.bucket_start"""
-
-STATUS_COLUMNS = "machine, state, since, reason, work_order, last_event_ts, good_total, scrap_total"
-STATUS_TYPES = ["text", "text", "timestamptz", "text", "text", "timestamptz", "int8", "int8"]
-UPSERT_STATUS = f"""
-INSERT INTO machine_status ({STATUS_COLUMNS}, updated_at)
-SELECT {STATUS_COLUMNS}, clock_timestamp() FROM stage_status
-ON CONFLICT (machine) DO UPDATE SET
-    state = EXCLUDED.state, since = EXCLUDED.since, reason = EXCLUDED.reason,
-    work_order = EXCLUDED.work_order, last_event_ts = EXCLUDED.last_event_ts,
-    good_total = EXCLUDED.good_total, scrap_total = EXCLUDED.scrap_total,
-    updated_at = EXCLUDED.updated_at"""
-
-HOUR_COLUMNS = (
-    "machine, hour_start, running_s, idle_s, down_s, setup_s, planned_stop_s, offline_s, "
-    "good, scrap"
-)
-HOUR_TYPES = ["text", "timestamptz", *["float8"] * 6, "int8", "int8"]
-UPSERT_HOUR = f"""
-INSERT INTO machine_hour ({HOUR_COLUMNS}, updated_at)
-SELECT {HOUR_COLUMNS}, clock_timestamp() FROM stage_hour
-ON CONFLICT (machine, hour_start) DO UPDATE SET
-    running_s = EXCLUDED.running_s, idle_s = EXCLUDED.idle_s, down_s = EXCLUDED.down_s,
-    setup_s = EXCLUDED.setup_s, planned_stop_s = EXCLUDED.planned_stop_s,
-    offline_s = EXCLUDED.offline_s, good = EXCLUDED.good, scrap = EXCLUDED.scrap,
-    updated_at = EXCLUDED.updated_at"""
 
 # The raw payload stays in the log; the dead letter copies it from there.
 INSERT_DEAD = """
@@ -316,19 +309,17 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
             if gone:
                 _copy(cur, "stage_gone", "machine, start_ts", ["text", "timestamptz"], gone)
                 cur.execute(DELETE_INTERVALS.encode())
-            for rows, table, columns, types, upsert in (
-                (intervals, "stage_interval", INTERVAL_COLUMNS, INTERVAL_TYPES, UPSERT_INTERVAL),
-                (list(batch.hours.values()), "stage_hour", HOUR_COLUMNS, HOUR_TYPES, UPSERT_HOUR),
-                (list(batch.kpis.values()), "stage_kpi", KPI_COLUMNS, KPI_TYPES, UPSERT_KPI),
-                (list(batch.status.values()), "stage_status", STATUS_COLUMNS, STATUS_TYPES,
-                 UPSERT_STATUS),
-                (list(batch.orders.values()), "stage_order", ORDER_COLUMNS, ORDER_TYPES,
-                 UPSERT_ORDER),
-                (list(batch.work_orders.values()), "stage_wo", WO_COLUMNS, WO_TYPES, UPSERT_WO),
-            ):  # fmt: skip
+            for upsert, rows in (
+                (INTERVALS, intervals),
+                (HOURS, list(batch.hours.values())),
+                (KPIS, list(batch.kpis.values())),
+                (STATUS, list(batch.status.values())),
+                (ORDERS, list(batch.orders.values())),
+                (WORK_ORDERS, list(batch.work_orders.values())),
+            ):
                 if rows:
-                    _copy(cur, table, columns, types, rows)
-                    cur.execute(upsert.encode())  # built from constants
+                    _copy(cur, upsert.stage, upsert.names, upsert.types, rows)
+                    cur.execute(upsert.sql.encode())  # built from constants
             if batch.reasons:
                 _copy(cur, "stage_bucket", "machine, bucket, bucket_start",
                       ["text", "text", "timestamptz"], list(batch.reasons))  # fmt: skip
