@@ -95,7 +95,7 @@ def run_component(component: str) -> None:
 
     \b
     collector-mqtt  MQTT JSON signals and reports -> ingest log
-    dataflow        ingest log -> state intervals, status, hourly figures
+    dataflow        ingest log -> intervals, status, OEE per hour and shift, orders
     dashboard       the Dash boards on MESFLOW_HTTP_HOST:MESFLOW_HTTP_PORT
     api             CRM order intake (HTTP) on MESFLOW_API_HOST:MESFLOW_API_PORT
     notify          outbox -> signed CRM callbacks (MESFLOW_CRM_CALLBACK_URL)
