@@ -55,6 +55,7 @@ from streams.records import (
     IntervalDelete,
     IntervalRow,
     KpiRow,
+    MachineRow,
     ReasonSetRow,
     Rejection,
     StatusRow,
@@ -74,19 +75,9 @@ _CLASS_OF_STATE = {
     "offline": OFFLINE,
     "planned_stop": PLANNED_STOP,
 }
-RANK_STATE, RANK_WORK_ORDER, RANK_PARTS, RANK_REASON = 0, 1, 2, 3
 HISTORY_US = 48 * HOUR_US
 
-Row = (
-    IntervalRow
-    | IntervalDelete
-    | StatusRow
-    | HourRow
-    | KpiRow
-    | ReasonSetRow
-    | WorkOrderParts
-    | WorkOrderStarted
-)
+Row = MachineRow
 # (start, end, shift instance containing it, shift instance if it is planned time)
 Segment = tuple[int, int, "ShiftInstance | None", "ShiftInstance | None"]
 

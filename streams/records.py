@@ -122,13 +122,15 @@ class Progress(NamedTuple):
     dead: int
 
 
-ResultRow = (
+# What a machine tracker emits, and everything the results sink accepts from the machines.
+MachineRow = (
     IntervalRow
     | IntervalDelete
     | StatusRow
     | HourRow
     | KpiRow
     | ReasonSetRow
-    | Rejection
-    | Progress
+    | WorkOrderParts
+    | WorkOrderStarted
 )
+ResultRow = MachineRow | Rejection | Progress
