@@ -9,51 +9,91 @@ redelivers what was not acknowledged (persistent session).
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
+from collectors.mqtt_conn import TlsFiles, configure_client, parse_mqtt_url, redact_url
 from collectors.topics import SUBSCRIPTION, TopicError, parse_topic
 from mesflow.db import connect
-from mesflow.ingest_log import LogRecord, append, dedupe_key
+from mesflow.ingest_log import (
+    MAX_PAYLOAD_BYTES,
+    DecodeError,
+    LogRecord,
+    append,
+    decode_object,
+    error_record,
+    record_for,
+    safe_text,
+)
 from mesflow.plant import PlantConfig
+from mesflow.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+# MQTT 5: the broker keeps the session (and queues our messages) until we come back.
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
-def map_message(plant: PlantConfig, topic: str, payload: bytes) -> LogRecord:
+
+def map_message(
+    plant: PlantConfig,
+    topic: str,
+    payload: bytes,
+    *,
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+) -> LogRecord:
     """Turn one MQTT message into a log record: a canonical event, or the raw input
-    with an error that the dataflow will dead-letter (nothing is dropped here)."""
-    source = f"mqtt:{topic}"
+    with an error that the dataflow will dead-letter (nothing is dropped here).
+
+    Never raises: whatever goes wrong with one message (deep nesting, a lone surrogate,
+    a bug of ours) becomes that message's error record, and the collector goes on.
+    """
+    source = f"mqtt:{safe_text(topic, 1000)}"
+    try:
+        if len(payload) > max_payload_bytes:
+            # Only a bounded prefix is kept (error_record), never the whole message.
+            return error_record(
+                source,
+                payload,
+                "too_large",
+                f"{len(payload)} bytes; the limit is {max_payload_bytes} "
+                "(MESFLOW_MQTT_MAX_PAYLOAD_BYTES)",
+            )
+        return _map(plant, source, topic, payload)
+    except Exception as err:  # one message must never stop the collector
+        return error_record(source, payload, "malformed", f"{type(err).__name__}: {err}")
+
+
+def _map(plant: PlantConfig, source: str, topic: str, payload: bytes) -> LogRecord:
     try:
         where = parse_topic(topic)
     except TopicError as err:
-        return LogRecord(source, payload, error=f"bad_topic: {err}")
+        return error_record(source, payload, "bad_topic", str(err))
     try:
-        body = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as err:
-        return LogRecord(source, payload, error=f"malformed: not valid JSON: {err}")
-    if not isinstance(body, dict):
-        return LogRecord(source, payload, error="malformed: the payload must be a JSON object")
+        body = decode_object(payload)
+    except DecodeError as err:
+        return error_record(source, payload, err.reason, err.detail)
     for key, expected in (("type", where.type), ("machine", where.machine)):
         given = body.get(key, expected)
         if given != expected:
-            return LogRecord(
+            return error_record(
                 source,
                 payload,
-                error=f"invalid_field: field '{key}' is {given!r} but the topic says {expected!r}",
+                "invalid_field",
+                f"field '{key}' is {given!r} but the topic says {expected!r}",
             )
     body["type"] = where.type
     body["machine"] = where.machine
@@ -63,16 +103,14 @@ def map_message(plant: PlantConfig, topic: str, payload: bytes) -> LogRecord:
         if machine is not None and machine.state_mapping and isinstance(code, str | int):
             mapped = plant.map_state(machine.state_mapping, str(code))
             if mapped is None:
-                return LogRecord(
+                return error_record(
                     source,
                     payload,
-                    error=f"unmapped_state: state code {code!r} is not in state mapping "
-                    f"{machine.state_mapping!r}",
+                    "unmapped_state",
+                    f"state code {code!r} is not in state mapping {machine.state_mapping!r}",
                 )
             body["state"] = mapped
-    event_id = body.get("id")
-    dedupe = dedupe_key(f"id:{event_id}") if isinstance(event_id, str) and event_id else None
-    return LogRecord(source, json.dumps(body, ensure_ascii=False).encode(), dedupe_key=dedupe)
+    return record_for(source, body)
 
 
 @dataclass
@@ -83,8 +121,29 @@ class CollectorStats:
     with_errors: int = 0
 
 
+def default_client_id() -> str:
+    """mesflow-collector-<host name>: stable across restarts of one instance, distinct
+    between instances on different hosts (set MESFLOW_MQTT_CLIENT_ID for several on one)."""
+    host = "".join(c if c.isalnum() or c in "-_." else "-" for c in socket.gethostname())
+    return f"mesflow-collector-{host or 'unknown'}"
+
+
+def subscription(share_group: str | None) -> str:
+    """The topic filter: every machine topic, or this group's share of it."""
+    if not share_group:
+        return SUBSCRIPTION
+    if any(c in share_group for c in "/+#") or share_group != share_group.strip():
+        raise ValueError(f"MQTT share group {share_group!r} may not contain '/', '+' or '#'")
+    return f"$share/{share_group}/{SUBSCRIPTION}"
+
+
 class MqttJsonCollector:
-    """Subscribes to the topic scheme and lands every message in the ingest log."""
+    """Subscribes to the topic scheme and lands every message in the ingest log.
+
+    Two threads: paho's network loop (receives, queues) and the log writer (maps, appends,
+    acknowledges). If either dies, `failed` is set and `failure` says why; the process must
+    then exit (run_collector does) rather than look alive while storing nothing.
+    """
 
     def __init__(
         self,
@@ -93,6 +152,9 @@ class MqttJsonCollector:
         database_url: str,
         *,
         client_id: str = "mesflow-collector-mqtt",
+        share_group: str | None = None,
+        tls: TlsFiles | None = None,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         max_batch: int = 2000,
         max_wait: float = 0.01,
     ) -> None:
@@ -100,25 +162,40 @@ class MqttJsonCollector:
         self.database_url = database_url
         self.max_batch = max_batch
         self.max_wait = max_wait
+        self.max_payload_bytes = max_payload_bytes
         self.stats = CollectorStats()
+        self.subscription = subscription(share_group)
+        self.url = redact_url(mqtt_url)
         # Bounded: when PostgreSQL is slow, paho's thread blocks here, stops reading the
         # socket, and the broker holds the backlog (it is configured not to drop it).
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=50_000)
         self._stop = threading.Event()
         self.connected = threading.Event()
-        url = urlparse(mqtt_url)
-        self.host = url.hostname or "127.0.0.1"
-        self.port = url.port or 1883
-        # A stable client id and clean_session=False: the broker keeps our subscription
-        # and queues QoS 1 messages while we are away.
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=False,
-            manual_ack=True,
-        )
-        if url.username:
-            self.client.username_pw_set(url.username, url.password)
+        self.failed = threading.Event()
+        self.failure: str | None = None
+        endpoint = parse_mqtt_url(mqtt_url)
+        self.host = endpoint.host
+        self.port = endpoint.port
+        # A stable client id and a persistent session: the broker keeps our subscription
+        # and queues QoS 1 messages while we are away. A shared subscription is an MQTT 5
+        # feature, so MQTT 5 then (session kept by an expiry interval instead of
+        # clean_session=False); MQTT 3.1.1 otherwise, which every broker speaks.
+        self._v5 = bool(share_group)
+        if self._v5:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=mqtt.MQTTv5,
+                manual_ack=True,
+            )
+        else:
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                clean_session=False,
+                manual_ack=True,
+            )
+        configure_client(self.client, endpoint, tls or TlsFiles())
         self.client.reconnect_delay_set(1, 5)
         self.client.max_inflight_messages_set(1000)
         self.client.on_socket_open = _nodelay
@@ -126,7 +203,8 @@ class MqttJsonCollector:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self._writer = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
+        self._writer = threading.Thread(target=self._write_main, name="log-writer", daemon=True)
+        self._network = threading.Thread(target=self._network_main, name="mqtt-net", daemon=True)
 
     # -- paho callbacks (network thread) ------------------------------------------------------
 
@@ -134,19 +212,18 @@ class MqttJsonCollector:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
     ) -> None:
         if rc.is_failure:
-            log.error("MQTT connection refused: %s", rc)
+            # rc names the cause (e.g. "Not authorized"); the password is never logged.
+            log.error("MQTT connection to %s refused: %s", self.url, rc)
             return
         # Subscribe again even if the broker kept the session: it may have lost it.
-        client.subscribe(SUBSCRIPTION, qos=1)
-        log.info(
-            "connected to %s:%d (session present: %s)", self.host, self.port, flags.session_present
-        )
+        client.subscribe(self.subscription, qos=1)
+        log.info("connected to %s (session present: %s)", self.url, flags.session_present)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any
     ) -> None:
         if any(rc.is_failure for rc in rcs):
-            log.error("subscription to %s refused: %s", SUBSCRIPTION, rcs)
+            log.error("subscription to %s refused: %s", self.subscription, rcs)
             return
         self.connected.set()
 
@@ -158,41 +235,88 @@ class MqttJsonCollector:
             log.warning("MQTT connection lost (%s); reconnecting", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._inbox.put(msg)
+        # Blocks while the writer is behind (back-pressure), but not after it died: the
+        # process is then going down and must not hang here.
+        while not self.failed.is_set():
+            try:
+                self._inbox.put(msg, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
-    # -- writer thread ------------------------------------------------------------------------
+    # -- threads ------------------------------------------------------------------------------
+
+    def _network_main(self) -> None:
+        try:
+            if self._v5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+                self.client.connect_async(
+                    self.host, self.port, keepalive=30, clean_start=False, properties=props
+                )
+            else:
+                self.client.connect_async(self.host, self.port, keepalive=30)
+            # paho's own loop_start() thread would die silently on an exception.
+            self.client.loop_forever(retry_first_connection=True)
+        except BaseException as err:
+            self._fail("MQTT network thread", err)
+
+    def _write_main(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException as err:
+            self._fail("ingest log writer", err)
+
+    def _fail(self, thread: str, err: BaseException) -> None:
+        self.failure = f"{thread} failed: {type(err).__name__}: {err}"
+        log.critical("%s", self.failure, exc_info=err)
+        self.failed.set()
 
     def _write_loop(self) -> None:
         conn: psycopg.Connection | None = None
         pending: list[mqtt.MQTTMessage] = []
         delay = 0.5
-        while not (self._stop.is_set() and self._inbox.empty() and not pending):
-            if not pending:
-                pending = self._take_batch()
+        try:
+            while not (self._stop.is_set() and self._inbox.empty() and not pending):
                 if not pending:
+                    pending = self._take_batch()
+                    if not pending:
+                        continue
+                records = [self._map(m) for m in pending]
+                try:
+                    if conn is None or conn.closed:
+                        conn = connect(self.database_url, autocommit=True)
+                    new = _append_isolating(conn, records)
+                except psycopg.OperationalError as err:
+                    # Not acknowledged, so not lost: keep the batch and try again.
+                    log.warning("ingest log unreachable (%s); retrying in %.1fs", err, delay)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
                     continue
-            records = [map_message(self.plant, m.topic, bytes(m.payload)) for m in pending]
-            try:
-                if conn is None or conn.closed:
-                    conn = connect(self.database_url, autocommit=True)
-                result = append(conn, records)
-            except psycopg.OperationalError as err:
-                # Not acknowledged, so not lost: keep the batch and try again.
-                log.warning("ingest log unreachable (%s); retrying in %.1fs", err, delay)
-                conn = None
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            delay = 0.5
-            for m in pending:
-                self.client.ack(m.mid, m.qos)
-            self.stats.received += len(pending)
-            self.stats.stored += result.new
-            self.stats.duplicates += len(pending) - result.new
-            self.stats.with_errors += sum(1 for r in records if r.error)
-            pending = []
-        if conn is not None:
-            conn.close()
+                delay = 0.5
+                # Acknowledge only now: the batch is committed.
+                for m in pending:
+                    self.client.ack(m.mid, m.qos)
+                self.stats.received += len(pending)
+                self.stats.stored += new
+                self.stats.duplicates += len(pending) - new
+                self.stats.with_errors += sum(1 for r in records if r.error)
+                pending = []
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _map(self, msg: mqtt.MQTTMessage) -> LogRecord:
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:  # brokers check topics are UTF-8; do not rely on it
+            topic = bytes(msg._topic).decode("utf-8", "backslashreplace")
+        return map_message(
+            self.plant, topic, bytes(msg.payload), max_payload_bytes=self.max_payload_bytes
+        )
 
     def _take_batch(self) -> list[mqtt.MQTTMessage]:
         try:
@@ -218,15 +342,43 @@ class MqttJsonCollector:
 
     def start(self) -> None:
         self._writer.start()
-        self.client.connect_async(self.host, self.port, keepalive=30)
-        self.client.loop_start()
+        self._network.start()
 
     def stop(self) -> None:
         """Store what has arrived, acknowledge it, then disconnect."""
         self._stop.set()
-        self._writer.join(timeout=30)
+        if self._writer.is_alive():
+            self._writer.join(timeout=30)
         self.client.disconnect()
-        self.client.loop_stop()
+        if self._network.is_alive():
+            self._network.join(timeout=10)
+
+
+def _append_isolating(conn: psycopg.Connection, records: list[LogRecord]) -> int:
+    """Append a batch; if PostgreSQL refuses a value in it, append one by one and turn
+    each refused record into an error record (its raw payload goes to the dead letters).
+
+    Raises what cannot be handled per record (connection lost: the caller retries; a
+    missing table or privilege: the writer dies and the process exits).
+    """
+    try:
+        return append(conn, records).new
+    except (psycopg.DataError, psycopg.IntegrityError) as err:
+        log.warning("a batch was refused (%s); storing its messages one by one", err.sqlstate)
+    new = 0
+    for record in records:
+        try:
+            new += append(conn, [record]).new
+        except (psycopg.DataError, psycopg.IntegrityError) as err:
+            refused = error_record(
+                safe_text(record.source, 1024),
+                record.payload,
+                "refused",
+                f"the database refused it ({err.sqlstate}: "
+                f"{safe_text(str(err).splitlines()[0] if str(err) else '', 200)})",
+            )
+            new += append(conn, [refused]).new
+    return new
 
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -235,9 +387,28 @@ def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def run_collector(plant: PlantConfig, mqtt_url: str, database_url: str) -> None:
-    """`mesflow run collector-mqtt`: run until SIGINT/SIGTERM, print a line every 10 s."""
-    collector = MqttJsonCollector(plant, mqtt_url, database_url)
+def run_collector(
+    plant: PlantConfig, mqtt_url: str, database_url: str, settings: Settings | None = None
+) -> None:
+    """`mesflow run collector-mqtt`: run until SIGINT/SIGTERM, print a line every 10 s.
+
+    Exits with status 1 and says why if a thread of the collector dies.
+    """
+    settings = settings or get_settings()
+    client_id = settings.mqtt_client_id or default_client_id()
+    try:
+        collector = MqttJsonCollector(
+            plant,
+            mqtt_url,
+            database_url,
+            client_id=client_id,
+            share_group=settings.mqtt_share_group,
+            tls=TlsFiles(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file),
+            max_payload_bytes=settings.mqtt_max_payload_bytes,
+        )
+    except ValueError as err:
+        print(f"collector-mqtt: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -246,9 +417,15 @@ def run_collector(plant: PlantConfig, mqtt_url: str, database_url: str) -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     collector.start()
-    print(f"collector-mqtt: subscribing to {SUBSCRIPTION} on {mqtt_url}", flush=True)
+    print(
+        f"collector-mqtt: subscribing to {collector.subscription} on {collector.url} "
+        f"as client {client_id!r}",
+        flush=True,
+    )
     last = time.monotonic()
     while not stopping.wait(0.5):
+        if collector.failed.is_set():
+            break
         if time.monotonic() - last >= 10:
             s = collector.stats
             print(
@@ -258,4 +435,13 @@ def run_collector(plant: PlantConfig, mqtt_url: str, database_url: str) -> None:
             )
             last = time.monotonic()
     collector.stop()
+    if collector.failed.is_set():
+        # Unacknowledged messages stay with the broker; a supervisor restarts us.
+        print(
+            f"collector-mqtt: stopping: {collector.failure} (messages not yet stored stay "
+            "with the broker and are delivered again after a restart)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
     print("collector-mqtt: stopped", flush=True)

@@ -23,6 +23,24 @@ class Settings(BaseSettings):
     mqtt_url: str | None = Field(
         default=None, description="mqtt://host:port; unset = start mosquitto or amqtt"
     )
+    # MQTT collector (docs/broker.md). A stable client id per collector instance: the broker
+    # keeps that instance's session and queued messages under it.
+    mqtt_client_id: str | None = Field(
+        default=None, description="MQTT client id; unset = mesflow-collector-<host name>"
+    )
+    mqtt_share_group: str | None = Field(
+        default=None, description="MQTT 5 shared subscription group: collectors share the load"
+    )
+    mqtt_ca_file: Path | None = Field(default=None, description="CA file for mqtts:// URLs")
+    mqtt_cert_file: Path | None = Field(default=None, description="client certificate (PEM)")
+    mqtt_key_file: Path | None = Field(default=None, description="client certificate key (PEM)")
+    # At most the ingest log's own limit (mesflow.ingest_log.MAX_PAYLOAD_BYTES, 64 KiB).
+    mqtt_max_payload_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=64 * 1024,
+        description="larger MQTT messages are dead-lettered too_large",
+    )
     plant_config: Path = Field(default=REPO_ROOT / "config" / "plant.example.yaml")
     data_dir: Path = Field(default=REPO_ROOT / "var", description="state kept between runs")
     http_host: str = "127.0.0.1"
