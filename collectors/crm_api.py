@@ -11,8 +11,10 @@ Integrator documentation: docs/crm.md; OpenAPI at /docs and /openapi.json.
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at
 # runtime, and the dependencies in them are local to create_app.
+import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,14 +22,17 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import psycopg
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mesflow.db import connect
 from mesflow.events import EventTime, Id, OrderEvent, WorkOrderEvent
@@ -41,6 +46,46 @@ log = logging.getLogger("crm_api")
 API_PREFIX = "/api/v1"
 ORDER_FIELDS = ("customer", "priority", "product", "qty", "due", "status")
 WORK_ORDER_FIELDS = ("order_no", "product", "qty", "machine")
+# Where the guard puts the authenticated caller for the route (ASGI scope key).
+CALLER_KEY = "mesflow.caller"
+
+# --- what the tables can hold: a value outside is a 422 naming the field, never a 500 or
+# a row that cannot be read back (issue 8, item 1) ---------------------------------------
+
+INT4_MAX = 2**31 - 1  # integer columns (priority, qty)
+INT8_MAX = 2**63 - 1  # bigint columns (version)
+# Times a CRM can mean: far from year 1 and 9999, where an offset or an ETA computed from
+# them would overflow Python's datetime (a stored `0001-01-01T00:00:00+05:00` could not be
+# read back at all).
+MIN_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def _clean_text(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and a lone surrogate cannot be encoded to UTF-8.
+    bad = _BAD_CHARS.search(value)
+    if bad is not None:
+        what = "a NUL character" if bad.group() == "\x00" else "a lone surrogate"
+        raise ValueError(f"may not contain {what} (\\u{ord(bad.group()):04x})")
+    return value
+
+
+def _bounded_time(value: datetime) -> datetime:
+    if not MIN_TIME <= value < MAX_TIME:
+        raise ValueError(
+            f"must be between {MIN_TIME:%Y-%m-%d} and {MAX_TIME:%Y-%m-%d} (UTC), with an offset"
+        )
+    return value
+
+
+ApiId = Annotated[Id, AfterValidator(_clean_text)]
+ApiText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_clean_text)]
+ApiTime = Annotated[EventTime, AfterValidator(_bounded_time)]
+# Strict: the string "5" or 5.5 is not a quantity; the bound is the column's.
+Version = Annotated[int, Field(strict=True, ge=0, le=INT8_MAX)]
+PositiveInt4 = Annotated[int, Field(strict=True, gt=0, le=INT4_MAX)]
+DeliveryId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
 
 
 # --- request and response models (the OpenAPI schema is generated from these) ---------
@@ -51,23 +96,23 @@ class OrderIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    order_no: Id = Field(description="The CRM's order number, unique per CRM.")
-    version: NonNegativeInt = Field(
+    order_no: ApiId = Field(description="The CRM's order number, unique per CRM.")
+    version: Version = Field(
         description="Rises with every change of the order; a version not above the stored one "
         "is ignored."
     )
-    customer: str = Field(min_length=1, max_length=200)
-    priority: PositiveInt = Field(description="1 is the most urgent.")
-    product: Id = Field(description="A product id of the plant configuration.")
-    qty: PositiveInt = Field(description="Ordered quantity (parts).")
-    due: EventTime = Field(description="Due time, RFC 3339 with offset.")
+    customer: ApiText
+    priority: PositiveInt4 = Field(description="1 is the most urgent.")
+    product: ApiId = Field(description="A product id of the plant configuration.")
+    qty: PositiveInt4 = Field(description="Ordered quantity (parts).")
+    due: ApiTime = Field(description="Due time, RFC 3339 with offset (years 1970 to 2199).")
     status: Literal["open", "on_hold", "cancelled", "closed"] = Field(
         description="A hold or a cancellation is a status, never a delete."
     )
-    ts: EventTime | None = Field(
+    ts: ApiTime | None = Field(
         default=None, description="When the CRM made this change (RFC 3339); default: receipt."
     )
-    id: Id | None = Field(default=None, description="The CRM's event id, if it has one.")
+    id: ApiId | None = Field(default=None, description="The CRM's event id, if it has one.")
 
     def event(self, received: datetime) -> OrderEvent:
         return OrderEvent(
@@ -90,16 +135,18 @@ class WorkOrderIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    work_order: Id
-    order_no: Id = Field(description="The order it feeds; post the order first.")
-    product: Id = Field(description="Must be the order's product.")
-    qty: PositiveInt
-    machine: Id | None = Field(default=None, description="A machine id of the plant, if planned.")
-    ts: EventTime | None = Field(
+    work_order: ApiId
+    order_no: ApiId = Field(description="The order it feeds; post the order first.")
+    product: ApiId = Field(description="Must be the order's product.")
+    qty: PositiveInt4
+    machine: ApiId | None = Field(
+        default=None, description="A machine id of the plant, if planned."
+    )
+    ts: ApiTime | None = Field(
         default=None,
         description="When the CRM made this change; an older one than the stored is ignored.",
     )
-    id: Id | None = None
+    id: ApiId | None = None
 
     def event(self, received: datetime) -> WorkOrderEvent:
         return WorkOrderEvent(
@@ -175,6 +222,149 @@ class Caller:
     delivery_id: str | None
 
 
+def _problem_response(
+    status: int, error: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content=Problem(error=error, message=message).model_dump(),
+        headers=dict(headers or {}),
+    )
+
+
+class IntakeGuard:
+    """ASGI middleware in front of the API routes: who is asking, and how much, first.
+
+    Order of checks, so that an anonymous or oversized request costs nothing:
+    1. credentials from the headers alone (a bearer token, or the shape and freshness of
+       the Standard Webhooks headers): 401 before a byte of the body is read;
+    2. the declared Content-Length against the limit: 413 without reading the body;
+    3. the body, read up to the limit (a chunked body that grows past it: 413 at once);
+    4. for a signed request, the HMAC over method, request-target and body (401).
+    The route then gets the caller from the scope and the body as read here.
+    """
+
+    def __init__(self, app: ASGIApp, clients: Clients, max_body_bytes: int) -> None:
+        self.app = app
+        self.clients = clients
+        self.max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not (path == API_PREFIX or path.startswith(API_PREFIX + "/")):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+        # Refused before the body is read: tell the client not to keep sending on this
+        # connection (uvicorn closes it after the answer).
+        early = {"connection": "close"} if has_body else {}
+
+        async def refuse(status: int, error: str, message: str, **extra: str) -> None:
+            await _problem_response(status, error, message, {**early, **extra})(
+                scope, receive, send
+            )
+
+        client: str | None = None
+        signed_id: str | None = None
+        auth = headers.get("authorization")
+        if auth is not None:
+            scheme, _, token = auth.partition(" ")
+            client = self.clients.tokens.get(token.strip()) if scheme.lower() == "bearer" else None
+            if client is None:
+                await refuse(
+                    401, "unauthorized", "unknown bearer token", **{"www-authenticate": "Bearer"}
+                )
+                return
+        elif any(h in headers for h in ("webhook-signature", "webhook-id", "webhook-timestamp")):
+            try:
+                signed_id, _ = webhooks.check_headers(headers)
+            except webhooks.SignatureError as err:
+                await refuse(401, "unauthorized", f"bad signature: {err}")
+                return
+            if not self.clients.secrets:
+                await refuse(401, "unauthorized", "bad signature: no signing client configured")
+                return
+        else:
+            await refuse(
+                401,
+                "unauthorized",
+                "authentication required: Authorization: Bearer <token>, or a signed request "
+                "(webhook-id, webhook-timestamp, webhook-signature; docs/crm.md)",
+                **{"www-authenticate": "Bearer"},
+            )
+            return
+
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            if not declared.isdigit():
+                await refuse(400, "bad_request", "Content-Length is not a number")
+            else:
+                await refuse(413, "too_large", f"the body may have at most {self.max_body} bytes")
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away: nothing to answer, nothing stored
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                early = {"connection": "close"}
+                await refuse(413, "too_large", f"the body may have at most {self.max_body} bytes")
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            body.decode()
+        except UnicodeDecodeError as err:
+            await _problem_response(
+                422,
+                "invalid_request",
+                f"nothing stored: body: not valid UTF-8 (byte {err.start})",
+            )(scope, receive, send)
+            return
+
+        if client is None:
+            assert signed_id is not None
+            raw_path = scope.get("raw_path") or path.encode()
+            target = webhooks.request_target(
+                raw_path.decode("latin-1"), scope.get("query_string", b"").decode("latin-1")
+            )
+            payload = webhooks.request_payload(scope["method"], target, body)
+            # A handful of CRMs at most: trying each one's secret identifies the sender.
+            for name, secret in self.clients.secrets.items():
+                try:
+                    webhooks.verify(secret, headers, payload)
+                except webhooks.SignatureError:
+                    continue
+                client = name
+                break
+            else:
+                await refuse(
+                    401,
+                    "unauthorized",
+                    "bad signature: no webhook-signature matches the method, path and body "
+                    "(signed content: docs/crm.md)",
+                )
+                return
+        scope[CALLER_KEY] = Caller(client, signed_id)
+
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 # --- the app ---------------------------------------------------------------------------
 
 
@@ -220,15 +410,21 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
     products = {p.id for p in plant.products}
     machines = set(plant.machines)
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets fastapi-offline ships, not from a CDN: the docs
+    # page works on a plant network without internet. No validator badge (an outside call).
+    app = FastAPIOffline(
         title="mesflow CRM order intake",
         version="1",
         description="The CRM posts order snapshots and work orders; see docs/crm.md.",
+        swagger_ui_parameters={"validatorUrl": None},
         responses={
             401: {"model": Problem, "description": "No valid bearer token or signature."},
+            413: {"model": Problem, "description": "The body is over the size limit."},
             422: {"model": Problem, "description": "A field is invalid; nothing is stored."},
+            503: {"model": Problem, "description": "The database is unavailable; retry."},
         },
     )
+    app.add_middleware(IntakeGuard, clients=clients, max_body_bytes=settings.api_max_body_bytes)
     app.add_exception_handler(RequestValidationError, _validation_problem)
 
     async def http_problem(request: Request, exc: Exception) -> JSONResponse:
@@ -243,43 +439,45 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
 
     app.add_exception_handler(StarletteHTTPException, http_problem)
 
+    async def database_refused(request: Request, exc: Exception) -> JSONResponse:
+        # Defence in depth: the models bound every value by its column, so this should not
+        # happen; if it does, the transaction was rolled back and the caller hears why.
+        log.warning("the database refused a value on %s: %s", request.url.path, exc)
+        return _problem_response(
+            422, "invalid_request", f"nothing stored: the database refused a value: {exc}"
+        )
+
+    async def database_away(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable on %s: %s", request.url.path, exc)
+        return _problem_response(
+            503, "unavailable", "nothing stored: the database is unavailable; retry later",
+            {"retry-after": "5"},
+        )  # fmt: skip
+
+    app.add_exception_handler(psycopg.DataError, database_refused)
+    app.add_exception_handler(psycopg.OperationalError, database_away)
+
     bearer = HTTPBearer(auto_error=False, description="A token from MESFLOW_CRM_TOKENS.")
 
-    async def caller(
+    def caller(
         request: Request,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        # Checked by IntakeGuard already; declared here so the OpenAPI shows the scheme.
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
         idempotency_key: Annotated[
-            str | None,
+            DeliveryId | None,
             Header(
-                description="Delivery id for a bearer request: a repeat is answered "
-                "'duplicate' and changes nothing."
+                description="Delivery id of a bearer request: a repeat with the same body "
+                "is answered with the first answer again; with another body, 409."
             ),
         ] = None,
     ) -> Caller:
         """Bearer token or Standard Webhooks signature; the delivery id for the inbox."""
-        if credentials is not None:
-            client = clients.tokens.get(credentials.credentials)
-            if client is None:
-                raise HTTPException(401, "unknown bearer token", {"WWW-Authenticate": "Bearer"})
-            return Caller(client, request.headers.get("webhook-id") or idempotency_key)
-        if "webhook-signature" in request.headers:
-            body = await request.body()
-            last: webhooks.SignatureError | None = None
-            # A handful of CRMs at most: trying each one's secret identifies the sender.
-            for client, secret in clients.secrets.items():
-                try:
-                    msg_id = webhooks.verify(secret, request.headers, body)
-                except webhooks.SignatureError as err:
-                    last = err
-                    continue
-                return Caller(client, msg_id)
-            raise HTTPException(401, f"bad signature: {last or 'no signing client configured'}")
-        raise HTTPException(
-            401,
-            "authentication required: Authorization: Bearer <token>, or a Standard Webhooks "
-            "signed request",
-            {"WWW-Authenticate": "Bearer"},
-        )
+        who = request.scope.get(CALLER_KEY)
+        if not isinstance(who, Caller):  # only if a route escaped the guard's prefix
+            raise HTTPException(401, "authentication required", {"WWW-Authenticate": "Bearer"})
+        if who.delivery_id is None and idempotency_key is not None:
+            return Caller(who.client, idempotency_key)
+        return who
 
     @contextmanager
     def transaction() -> Iterator[psycopg.Connection[Any]]:
@@ -297,7 +495,10 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
         response_model=IntakeResult,
         response_model_exclude_none=True,
         status_code=200,
-        responses={201: {"model": IntakeResult, "description": "A new order was stored."}},
+        responses={
+            201: {"model": IntakeResult, "description": "A new order was stored."},
+            409: {"model": Problem, "description": "The delivery id was used for another body."},
+        },
         summary="Create or change an order (full snapshot)",
     )
     def post_order(order: OrderIn, who: Annotated[Caller, Depends(caller)]) -> JSONResponse:
@@ -308,9 +509,9 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
         received = datetime.now(UTC)
         event = order.event(received)
         with transaction() as conn:
-            dup = _claim_delivery(conn, who, "order", order.order_no)
+            dup = _claim_delivery(conn, who, "order", order.order_no, _request_hash(order))
             if dup is not None:
-                return _result(200, dup)
+                return dup
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('crm_order'), hashtext(%s))",
                 (order.order_no,),
@@ -327,8 +528,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                     version=order.version,
                     stored_version=int(old[0]),
                 )
-                _finish_delivery(conn, who, result)
-                return _result(200, result)
+                return _finish_delivery(conn, who, result, 200)
             new = {f: getattr(order, f) for f in ORDER_FIELDS}
             change = _diff(dict(zip(ORDER_FIELDS, old[1:], strict=True)) if old else None, new)
             # The guard repeats the check above in SQL: correct even without the lock.
@@ -368,7 +568,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                 version=order.version,
                 changed=sorted(change),
             )
-            _finish_delivery(conn, who, result)
+            response = _finish_delivery(conn, who, result, 201 if old is None else 200)
         log.info(
             "order %s v%d from %s accepted: %s",
             order.order_no,
@@ -376,14 +576,17 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
             who.client,
             ", ".join(sorted(change)) or "no field changed",
         )
-        return _result(201 if old is None else 200, result)
+        return response
 
     @app.post(
         f"{API_PREFIX}/work-orders",
         response_model=IntakeResult,
         response_model_exclude_none=True,
         status_code=200,
-        responses={201: {"model": IntakeResult, "description": "A new work order was stored."}},
+        responses={
+            201: {"model": IntakeResult, "description": "A new work order was stored."},
+            409: {"model": Problem, "description": "The delivery id was used for another body."},
+        },
         summary="Create or change a work order",
     )
     def post_work_order(wo: WorkOrderIn, who: Annotated[Caller, Depends(caller)]) -> JSONResponse:
@@ -401,9 +604,9 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                 raise _invalid(
                     "product", f"the order {wo.order_no} is for {order[0]!r}, not {wo.product!r}"
                 )
-            dup = _claim_delivery(conn, who, "work_order", wo.work_order)
+            dup = _claim_delivery(conn, who, "work_order", wo.work_order, _request_hash(wo))
             if dup is not None:
-                return _result(200, dup)
+                return dup
             conn.execute(
                 "SELECT pg_advisory_xact_lock(hashtext('work_order'), hashtext(%s))",
                 (wo.work_order,),
@@ -419,16 +622,14 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                     status="ignored", reason="stale_timestamp", work_order=wo.work_order,
                     order_no=wo.order_no, stored_version=int(old[0]),
                 )  # fmt: skip
-                _finish_delivery(conn, who, result)
-                return _result(200, result)
+                return _finish_delivery(conn, who, result, 200)
             change = _diff(dict(zip(WORK_ORDER_FIELDS, old[2:], strict=True)) if old else None, new)
             if old is not None and not change:
                 result = IntakeResult(
                     status="unchanged", work_order=wo.work_order, order_no=wo.order_no,
                     version=int(old[0]),
                 )  # fmt: skip
-                _finish_delivery(conn, who, result)
-                return _result(200, result)
+                return _finish_delivery(conn, who, result, 200)
             revision = 1 if old is None else int(old[0]) + 1
             conn.execute(
                 """INSERT INTO work_order (work_order, order_no, product, qty, machine, revision,
@@ -458,12 +659,18 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                 status="accepted", work_order=wo.work_order, order_no=wo.order_no,
                 version=revision, changed=sorted(change),
             )  # fmt: skip
-            _finish_delivery(conn, who, result)
+            response = _finish_delivery(conn, who, result, 201 if old is None else 200)
         log.info("work order %s r%d from %s accepted", wo.work_order, revision, who.client)
-        return _result(201 if old is None else 200, result)
+        return response
 
-    @app.get(f"{API_PREFIX}/orders/{{order_no}}", summary="An order, its work orders and history")
-    def get_order(order_no: str, who: Annotated[Caller, Depends(caller)]) -> dict[str, Any]:
+    @app.get(
+        f"{API_PREFIX}/orders/{{order_no}}",
+        summary="An order, its work orders and history",
+        responses={404: {"model": Problem, "description": "No such order."}},
+    )
+    def get_order(
+        order_no: Annotated[ApiId, Path()], who: Annotated[Caller, Depends(caller)]
+    ) -> dict[str, Any]:
         with connect(database_url) as conn, conn.cursor(row_factory=dict_row) as cur:
             order = cur.execute(
                 """SELECT order_no, version, customer, priority, product, qty, due, status,
@@ -507,40 +714,76 @@ def _result(status_code: int, result: IntakeResult) -> JSONResponse:
     return JSONResponse(status_code=status_code, content=result.model_dump(exclude_none=True))
 
 
+def _request_hash(model: BaseModel) -> bytes:
+    """What makes two deliveries 'the same request': the kind and the validated content
+    (key order, whitespace and ignored extra fields do not count; any value does)."""
+    return hashlib.sha256(
+        f"{type(model).__name__}\n".encode() + model.model_dump_json().encode()
+    ).digest()
+
+
 def _claim_delivery(
-    conn: psycopg.Connection[Any], who: Caller, kind: str, key: str
-) -> IntakeResult | None:
-    """Record the delivery id; if it was seen before, the answer for a duplicate."""
+    conn: psycopg.Connection[Any], who: Caller, kind: str, key: str, request_hash: bytes
+) -> JSONResponse | None:
+    """Record the delivery id; if it was seen before, the answer to give instead.
+
+    Same id and same request: the first answer again (with `Idempotent-Replayed: true`).
+    Same id and another request: 409, nothing changes; the CRM reused an id by mistake
+    and must hear so rather than have a change silently dropped.
+    """
     if who.delivery_id is None:
         return None
     # A concurrent request with the same id waits on the primary key here until the first
     # commits, then sees the conflict: exactly one of them is processed.
     row = conn.execute(
-        """INSERT INTO intake_delivery (client, delivery_id, kind, key) VALUES (%s, %s, %s, %s)
+        """INSERT INTO intake_delivery (client, delivery_id, kind, key, request_hash)
+           VALUES (%s, %s, %s, %s, %s)
            ON CONFLICT (client, delivery_id) DO NOTHING RETURNING 1""",
-        (who.client, who.delivery_id, kind, key),
+        (who.client, who.delivery_id, kind, key, request_hash),
     ).fetchone()
     if row is not None:
         return None
     first = conn.execute(
-        "SELECT outcome FROM intake_delivery WHERE client = %s AND delivery_id = %s",
+        """SELECT kind, key, request_hash, status_code, response, outcome FROM intake_delivery
+           WHERE client = %s AND delivery_id = %s""",
         (who.client, who.delivery_id),
     ).fetchone()
-    return IntakeResult(
+    assert first is not None
+    first_kind, first_key, first_hash, status_code, response, outcome = first
+    if first_hash is not None and bytes(first_hash) != request_hash:
+        return _problem_response(
+            409,
+            "conflict",
+            f"delivery id {who.delivery_id!r} was already used for another request "
+            f"({first_kind} {first_key}); nothing stored: use a new id for a new request",
+        )
+    if response is not None:
+        return JSONResponse(
+            status_code=int(status_code), content=response, headers={"idempotent-replayed": "true"}
+        )
+    # Deliveries stored before migration 013 kept only their outcome.
+    result = IntakeResult(
         status="duplicate",
         reason=f"delivery {who.delivery_id} was already processed"
-        + (f" ({first[0]})" if first and first[0] else ""),
+        + (f" ({outcome})" if outcome else ""),
         order_no=key if kind == "order" else None,
         work_order=key if kind == "work_order" else None,
     )
+    return _result(200, result)
 
 
-def _finish_delivery(conn: psycopg.Connection[Any], who: Caller, result: IntakeResult) -> None:
+def _finish_delivery(
+    conn: psycopg.Connection[Any], who: Caller, result: IntakeResult, status_code: int
+) -> JSONResponse:
+    """Store the answer with the delivery id (a repeat gets it again) and return it."""
+    content = result.model_dump(exclude_none=True)
     if who.delivery_id is not None:
         conn.execute(
-            "UPDATE intake_delivery SET outcome = %s WHERE client = %s AND delivery_id = %s",
-            (result.status, who.client, who.delivery_id),
+            """UPDATE intake_delivery SET outcome = %s, status_code = %s, response = %s
+               WHERE client = %s AND delivery_id = %s""",
+            (result.status, status_code, Jsonb(content), who.client, who.delivery_id),
         )
+    return JSONResponse(status_code=status_code, content=content)
 
 
 def _jsonable(value: object) -> object:
@@ -574,11 +817,27 @@ def _history(
     )
 
 
+class RedactQuery(logging.Filter):
+    """Replaces query values in uvicorn's access lines (args: client, method, path, ...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], _QUERY_VALUE.sub(r"\1***", args[2]), *args[3:])
+        return True
+
+
+_QUERY_VALUE = re.compile(r"([?&][^=&#]*=)[^&#]*")
+
+
 def serve(plant: PlantConfig, database_url: str, settings: Settings) -> None:
     """The `mesflow run api` component: uvicorn on MESFLOW_API_HOST:MESFLOW_API_PORT."""
     import uvicorn
 
     app = create_app(plant, database_url, settings)
+    # uvicorn's access log prints the path with its query string: no query value (a token
+    # a client put in the URL by mistake) may reach the log.
+    logging.getLogger("uvicorn.access").addFilter(RedactQuery())
     print(
         f"api: CRM intake on http://{settings.api_host}:{settings.api_port} (OpenAPI at /docs)",
         flush=True,

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     crm_signing_secrets: str = Field(
         default="", description="signed requests: client:whsec_...,client2:whsec_..."
     )
+    api_max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="larger request bodies: 413, never read whole"
+    )
     # Progress callbacks to the CRM (`mesflow run notify`).
     crm_callback_url: str | None = None
     crm_webhook_secret: str | None = Field(default=None, description="whsec_... signing key")

@@ -65,13 +65,20 @@ def _log(db_url: str) -> list[tuple[str, Any]]:
     return [(source, parse_event(bytes(payload))) for source, payload in rows]
 
 
-def _signed(body: dict[str, Any], msg_id: str = "msg_1", secret: str = SIGNING) -> dict[str, Any]:
+def _signed(
+    body: dict[str, Any],
+    msg_id: str = "msg_1",
+    secret: str = SIGNING,
+    *,
+    method: str = "POST",
+    path: str = "/api/v1/orders",
+) -> dict[str, Any]:
     raw = json.dumps(body).encode()
     return {
         "content": raw,
         "headers": {
             "content-type": "application/json",
-            **webhooks.signed_headers(secret, msg_id, raw),
+            **webhooks.signed_request_headers(secret, method, path, raw, msg_id=msg_id),
         },
     }
 
@@ -138,21 +145,47 @@ def test_a_stale_version_is_ignored(api: TestClient, db_url: str) -> None:
     assert len(_log(db_url)) == 1
 
 
-def test_a_replayed_delivery_is_ignored(api: TestClient, db_url: str) -> None:
+def test_a_replayed_delivery_gets_the_first_answer_again(api: TestClient, db_url: str) -> None:
     headers = {**BEARER, "Idempotency-Key": "delivery-7"}
-    assert api.post("/api/v1/orders", json=_order(), headers=headers).status_code == 201
-    # the same delivery id again, even with another body: nothing changes
-    resp = api.post("/api/v1/orders", json=_order(version=9, qty=1), headers=headers)
-    assert resp.status_code == 200 and resp.json()["status"] == "duplicate"
-    assert "delivery-7" in resp.json()["reason"]
+    first = api.post("/api/v1/orders", json=_order(), headers=headers)
+    assert first.status_code == 201
+    # The same delivery again (the CRM missed the answer): the same answer, nothing changes.
+    # Key order and whitespace do not make another request.
+    again = api.post(
+        "/api/v1/orders",
+        content=json.dumps(dict(reversed(_order().items())), indent=2),
+        headers={**headers, "content-type": "application/json"},
+    )
+    assert again.status_code == 201 and again.json() == first.json()
+    assert again.headers["idempotent-replayed"] == "true"
     # signed: the webhook-id is the delivery id
     signed = _signed(_order(version=2, qty=7000), "msg_replay")
-    assert api.post("/api/v1/orders", **signed).json()["status"] == "accepted"
-    again = api.post("/api/v1/orders", **signed)
-    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    accepted = api.post("/api/v1/orders", **signed)
+    assert accepted.status_code == 200 and accepted.json()["status"] == "accepted"
+    replay = api.post("/api/v1/orders", **signed)
+    assert (replay.status_code, replay.json()) == (200, accepted.json())
     counts = _counts(db_url)
     assert counts["order_history"] == 2 and counts["ingest_log"] == 2
     assert counts["intake_delivery"] == 2
+
+
+def test_a_delivery_id_reused_for_another_body_is_a_conflict(api: TestClient, db_url: str) -> None:
+    headers = {**BEARER, "Idempotency-Key": "delivery-8"}
+    assert api.post("/api/v1/orders", json=_order(), headers=headers).status_code == 201
+    before = _counts(db_url)
+    resp = api.post("/api/v1/orders", json=_order(version=9, qty=1), headers=headers)
+    assert resp.status_code == 409, resp.text
+    assert resp.json()["error"] == "conflict" and "delivery-8" in resp.json()["message"]
+    # another kind of request with the same id: also a conflict
+    wo = {"work_order": "WO-1", "order_no": "SO-2026-0042", "product": "P-100", "qty": 1}
+    assert api.post("/api/v1/work-orders", json=wo, headers=headers).status_code == 409
+    # the same for a signed request whose webhook-id is reused with another (signed) body
+    assert api.post("/api/v1/orders", **_signed(_order(version=2), "msg_9")).status_code == 200
+    assert api.post("/api/v1/orders", **_signed(_order(version=3), "msg_9")).status_code == 409
+    got = api.get("/api/v1/orders/SO-2026-0042", headers=BEARER).json()
+    assert got["order"]["version"] == 2 and got["order"]["qty"] == 5000
+    after = _counts(db_url)
+    assert after["ingest_log"] == before["ingest_log"] + 1  # only msg_9's first body
 
 
 def test_signed_requests(api: TestClient, db_url: str) -> None:
@@ -290,20 +323,23 @@ def test_openapi_documents_the_intake(api: TestClient) -> None:
 
 
 def test_concurrent_duplicates_are_processed_once(api: TestClient, db_url: str) -> None:
-    results: list[str] = []
+    results: list[tuple[int, str, str | None]] = []
 
     def post() -> None:
         resp = api.post(
             "/api/v1/orders", json=_order(), headers={**BEARER, "Idempotency-Key": "same"}
         )
-        results.append(resp.json()["status"])
+        results.append(
+            (resp.status_code, resp.json()["status"], resp.headers.get("idempotent-replayed"))
+        )
 
     threads = [threading.Thread(target=post) for _ in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results) == ["accepted"] + ["duplicate"] * 5
+    # one processed it, five got its answer again
+    assert sorted(results, key=lambda r: r[2] is not None) == [(201, "accepted", None)] + [(201, "accepted", "true")] * 5
     assert _counts(db_url)["ingest_log"] == 1
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 import httpx
 
@@ -177,20 +177,25 @@ class CrmClient:
 
     def _send(self, path: str, body: bytes, msg_id: str) -> httpx.Response:
         headers = {"content-type": "application/json"}
+        target = API_PREFIX + path
         if self.secret:
-            headers.update(webhooks.signed_headers(self.secret, msg_id, body))
+            # Signed over method, path and body (docs/crm.md): not replayable elsewhere.
+            headers.update(
+                webhooks.signed_request_headers(self.secret, "POST", target, body, msg_id=msg_id)
+            )
         else:
             headers["authorization"] = f"Bearer {self.token}"
             headers["idempotency-key"] = msg_id
-        return self.http.post(API_PREFIX + path, content=body, headers=headers)
+        return self.http.post(target, content=body, headers=headers)
 
     def get_order(self, order_no: str) -> dict[str, Any] | None:
+        target = f"{API_PREFIX}/orders/{quote(order_no, safe='')}"
         headers = (
             {"authorization": f"Bearer {self.token}"}
             if self.token
-            else webhooks.signed_headers(self.secret or "", webhooks.new_message_id(), b"")
+            else webhooks.signed_request_headers(self.secret or "", "GET", target, b"")
         )
-        resp = self.http.get(f"{API_PREFIX}/orders/{order_no}", headers=headers)
+        resp = self.http.get(target, headers=headers)
         if resp.status_code == 404:
             return None
         resp.raise_for_status()
