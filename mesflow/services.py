@@ -13,7 +13,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -77,7 +78,7 @@ class EmbeddedPostgres:
 _MOSQUITTO_CONF = """\
 # written by mesflow; a private broker for the demo or the tests
 listener {port} 127.0.0.1
-allow_anonymous true
+{security}
 persistence {persistence}
 persistence_location {data_dir}/
 autosave_interval 5
@@ -92,11 +93,31 @@ user root
 """
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """A TLS listener: the broker's certificate and key (PEM); `ca_file` and
+    `require_certificate` make clients present a certificate signed by that CA."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = None
+    require_certificate: bool = False
+
+
 @dataclass
 class Broker:
     url: str
     kind: str
     process: subprocess.Popen[bytes]
+    # user -> password of a closed broker (start_broker(users=...)); never in a repr.
+    users: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def url_for(self, user: str) -> str:
+        """The broker URL with `user`'s credentials (percent-encoded)."""
+        from urllib.parse import quote
+
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{quote(user, safe='')}:{quote(self.users[user], safe='')}@{rest}"
 
     @property
     def host(self) -> str:
@@ -117,9 +138,22 @@ class Broker:
 
 
 def start_broker(
-    data_dir: Path, port: int | None = None, *, persistence: bool = True, prefer: str = "auto"
+    data_dir: Path,
+    port: int | None = None,
+    *,
+    persistence: bool = True,
+    prefer: str = "auto",
+    users: Mapping[str, str] | None = None,
+    acl: str | None = None,
+    tls: BrokerTls | None = None,
 ) -> Broker:
-    """Start mosquitto if it is on the PATH (or `prefer="amqtt"`), else amqtt."""
+    """Start mosquitto if it is on the PATH (or `prefer="amqtt"`), else amqtt.
+
+    `users` (name -> password) closes the broker: no anonymous clients, and the ACL
+    `acl` (mosquitto acl_file text; default: config/mosquitto/acl, see docs/broker.md)
+    says who may read and write which topics. `tls` makes the listener mqtts://.
+    Both need mosquitto.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port(1883)
     mosquitto = shutil.which("mosquitto") or (
@@ -129,7 +163,10 @@ def start_broker(
         conf = data_dir / "mosquitto.conf"
         conf.write_text(
             _MOSQUITTO_CONF.format(
-                port=port, data_dir=data_dir, persistence="true" if persistence else "false"
+                port=port,
+                data_dir=data_dir,
+                persistence="true" if persistence else "false",
+                security=_broker_security(data_dir, users, acl, tls),
             )
         )
         proc = subprocess.Popen(
@@ -137,7 +174,7 @@ def start_broker(
         )
         kind = "mosquitto"
     else:
-        if prefer == "mosquitto":
+        if prefer == "mosquitto" or users or tls:
             raise RuntimeError("mosquitto is not installed (apt-get install mosquitto)")
         proc = subprocess.Popen(
             [sys.executable, "-m", "mesflow.amqtt_broker", "--port", str(port)],
@@ -151,4 +188,47 @@ def start_broker(
         proc.kill()
         err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         raise RuntimeError(f"{kind} did not start on port {port}: {err}") from None
-    return Broker(f"mqtt://127.0.0.1:{port}", kind, proc)
+    scheme = "mqtts" if tls else "mqtt"
+    return Broker(f"{scheme}://127.0.0.1:{port}", kind, proc, dict(users or {}))
+
+
+def mosquitto_password_hash(password: str, iterations: int = 101) -> str:
+    """A password_file entry as mosquitto_passwd 2.x writes it: PBKDF2-SHA512 with a
+    12-byte salt, `$7$<iterations>$<salt>$<hash>` in base64. Hashed here rather than with
+    `mosquitto_passwd -b` (the password would show in `ps`) or `-U` (cuts it at a ':')."""
+    import base64
+    import hashlib
+
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    b64 = base64.b64encode
+    return f"$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def _broker_security(
+    data_dir: Path, users: Mapping[str, str] | None, acl: str | None, tls: BrokerTls | None
+) -> str:
+    """mosquitto.conf lines: TLS for the listener, then anonymous or password + ACL."""
+    lines: list[str] = []
+    if tls is not None:
+        lines += [f"certfile {tls.cert_file}", f"keyfile {tls.key_file}"]
+        if tls.ca_file is not None:
+            lines.append(f"cafile {tls.ca_file}")
+        if tls.require_certificate:
+            lines.append("require_certificate true")
+    if not users:
+        return "\n".join([*lines, "allow_anonymous true"])
+    passwd = data_dir / "passwd"
+    if any(":" in name or "\n" in name for name in users):
+        raise ValueError("an MQTT user name may not contain ':' or a line break")
+    passwd.unlink(missing_ok=True)
+    fd = os.open(passwd, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.writelines(f"{name}:{mosquitto_password_hash(pw)}\n" for name, pw in users.items())
+    acl_file = data_dir / "acl"
+    if acl is None:
+        acl = (Path(__file__).resolve().parent.parent / "config" / "mosquitto" / "acl").read_text()
+    acl_file.write_text(acl)
+    return "\n".join(
+        [*lines, "allow_anonymous false", f"password_file {passwd}", f"acl_file {acl_file}"]
+    )
