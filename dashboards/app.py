@@ -1,17 +1,23 @@
 """The Dash app: a multi-page app whose pages live in dashboards/pages/.
 
-`create_app` builds a fresh app (tests build several in one process); `serve` runs one on
-MESFLOW_HTTP_HOST:MESFLOW_HTTP_PORT for `mesflow run dashboard`.
+`create_app` builds a fresh app (tests build several in one process), closed by default:
+every route and callback needs a signed-in user with the role its page declares
+(dashboards/auth.py). `serve` runs one on MESFLOW_HTTP_HOST:MESFLOW_HTTP_PORT with waitress,
+a production WSGI server, for `mesflow run dashboard`.
 """
 
 from __future__ import annotations
 
+import errno
+import signal
 from pathlib import Path
+from types import FrameType
 
 import dash
+import waitress
 from dash import html
 
-from dashboards import context
+from dashboards import auth, context
 from dashboards.pages import PAGES
 from dashboards.queries import Database
 from mesflow.plant import PlantConfig
@@ -35,23 +41,65 @@ def create_app(settings: Settings, plant: PlantConfig, database_url: str) -> das
         # JavaScript from the Python package, not a CDN: plant networks are often offline.
         serve_locally=True,
     )
-    context.attach(app.server, context.BoardContext(settings, plant, Database(database_url)))
+    db = Database(database_url, max_size=settings.dashboard_db_pool_max)
+    context.attach(app.server, context.BoardContext(settings, plant, db))
+    auth.install(app, settings, db)
     for page in PAGES:
         page.register(app)
     app.layout = html.Div(dash.page_container, className="app-root")
+    auth.check_declarations(app)
     return app
 
 
 def serve(settings: Settings, plant: PlantConfig, database_url: str) -> None:
-    """Run the boards until interrupted (Flask's threaded server; no debugger, no reloader)."""
+    """Run the boards on waitress until interrupted (Ctrl-C or SIGTERM: a clean stop).
+
+    waitress sets SO_REUSEADDR, so a restart gets the same port back even while connections
+    of the previous run linger in TIME_WAIT (a TV's bookmark keeps working). A port another
+    program really holds is one line and exit status 1, never a different port.
+    """
     app = create_app(settings, plant, database_url)
     host, port = settings.http_host, settings.http_port
+    try:
+        server = waitress.create_server(
+            app.server,
+            host=host,
+            port=port,
+            threads=settings.http_threads,
+            ident="mesflow",
+            # Refused before it is read into memory or spooled to disk.
+            max_request_body_size=auth.MAX_REQUEST_BYTES,
+        )
+    except OSError as err:
+        context.of(app.server).db.close()
+        raise SystemExit(f"mesflow dashboard: {listen_error(host, port, err)}") from None
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
     print(
-        f"mesflow dashboards on http://{shown}:{port}/  (andon board: /, English: /?lang=en)",
+        f"mesflow dashboards on http://{shown}:{port}/  (andon board: /, English: /?lang=en;"
+        " sign in with a user from `mesflow user add`)",
         flush=True,
     )
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt  # waitress's loop closes its sockets on this
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        app.server.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)
+        server.run()  # returns on KeyboardInterrupt/SystemExit after closing
     finally:
         context.of(app.server).db.close()
+
+
+def listen_error(host: str, port: int, err: OSError) -> str:
+    """One line that says why `host:port` cannot be used and what to do."""
+    if err.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use by another program (is a dashboard"
+            f" still running? `ss -ltnp 'sport = :{port}'` shows which); stop it or set"
+            " MESFLOW_HTTP_PORT"
+        )
+    if err.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine (MESFLOW_HTTP_HOST)"
+    if err.errno == errno.EACCES:
+        return f"no permission to listen on port {port} (ports below 1024 need privileges)"
+    return f"cannot listen on {host}:{port}: {err.strerror or err}"

@@ -35,6 +35,41 @@ _STRINGS: Final[dict[str, dict[str, str]]] = {
     },
     "language": {"zh": "EN", "en": "中文"},
     "unknown_state": {"zh": "未知", "en": "Unknown"},
+    # Sign-in (dashboards/auth.py).
+    "login_title": {"zh": "登录", "en": "Sign in"},
+    "username": {"zh": "用户名", "en": "User name"},
+    "password": {"zh": "密码", "en": "Password"},
+    "login_submit": {"zh": "登录", "en": "Sign in"},
+    "login_failed": {"zh": "用户名或密码错误", "en": "Wrong user name or password"},
+    "login_throttled": {
+        "zh": "登录失败次数过多，请 {seconds} 秒后再试",
+        "en": "Too many failed sign-ins: try again in {seconds} s",
+    },
+    "login_expired": {
+        "zh": "登录表单已过期，请重新输入",
+        "en": "The sign-in form expired: please enter your details again",
+    },
+    "login_db_down": {
+        "zh": "暂时无法连接数据库，请稍后再试",
+        "en": "The database cannot be reached: try again shortly",
+    },
+    "token_invalid": {
+        "zh": "看板链接无效或已被撤销，请联系管理员获取新链接",
+        "en": "This screen's link is not valid or was revoked: ask an administrator for a new one",
+    },
+    "forbidden": {
+        "zh": "您的角色（{role}）无权打开此页面，需要：{required}",
+        "en": "Your role ({role}) may not open this page; it needs: {required}",
+    },
+    "switch_user": {"zh": "切换用户", "en": "Sign in as someone else"},
+    "logout": {"zh": "退出", "en": "Sign out"},
+}
+
+ROLE_LABELS: Final[dict[str, dict[str, str]]] = {
+    "viewer": {"zh": "查看者", "en": "viewer"},
+    "operator": {"zh": "操作员", "en": "operator"},
+    "manager": {"zh": "经理", "en": "manager"},
+    "admin": {"zh": "管理员", "en": "admin"},
 }
 
 
@@ -56,6 +91,11 @@ def t(key: str, lang: str) -> str:
     if entry is None:
         return key
     return entry.get(lang, entry["en"])
+
+
+def role_label(role: str, lang: str) -> str:
+    entry = ROLE_LABELS.get(role)
+    return entry[lang] if entry else role
 
 
 def state_label(state: str, lang: str) -> str:

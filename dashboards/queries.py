@@ -6,18 +6,15 @@ sees exactly what a wall screen sees. Every function returns typed rows.
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 import psycopg
 from psycopg.rows import class_row
-
-log = logging.getLogger(__name__)
+from psycopg_pool import ConnectionPool
 
 T = TypeVar("T")
 
@@ -59,77 +56,62 @@ class MachineStatus:
 
 
 class Database:
-    """A few reusable connections to one database, safe to use from many threads.
+    """A bounded pool of connections to one database (psycopg-pool), safe from many threads.
 
-    Werkzeug's threaded server runs every request on a new thread, so a connection kept per
-    thread would be a connection per request. Instead each call borrows an idle connection
-    (one thread at a time uses it) and gives it back. A connection that fails is dropped and
-    the call is retried once on a fresh one, so the boards recover by themselves after a
-    database restart.
+    At most `max_size` connections, whatever the number of wall screens: a request that finds
+    them all busy waits up to `timeout` seconds, then fails like an unreachable database (the
+    board shows its banner). Each connection is checked before it is lent, so a database
+    restart costs no failed request once the server is back. Opened on first use: building
+    the app never connects.
     """
 
-    def __init__(self, url: str, *, max_idle: int = 4, connect_timeout: int = 3) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 8,
+        timeout: float = 5.0,
+        connect_timeout: int = 3,
+    ) -> None:
         self.url = url
-        self._max_idle = max_idle
-        self._connect_timeout = connect_timeout
-        self._idle: list[psycopg.Connection] = []
-        self._lock = threading.Lock()
-
-    def _connect(self) -> psycopg.Connection:
-        # autocommit: views are read one statement at a time; no transaction left open
-        # (an idle-in-transaction session would hold back vacuum on the results tables).
-        return psycopg.connect(
-            self.url,
-            autocommit=True,
-            connect_timeout=self._connect_timeout,
-            application_name="mesflow-dashboard",
+        self.pool = ConnectionPool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            # autocommit: views are read one statement at a time; no transaction left open
+            # (an idle-in-transaction session would hold back vacuum on the results tables).
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": connect_timeout,
+                "application_name": "mesflow-dashboard",
+            },
+            check=ConnectionPool.check_connection,
+            open=False,
+            name="mesflow-dashboard",
         )
+        self._lock = threading.Lock()
+        self._opened = False
 
-    @contextmanager
-    def _borrow(self, *, fresh: bool = False) -> Iterator[psycopg.Connection]:
-        conn = None
-        if not fresh:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-        if conn is None or conn.closed:
-            conn = self._connect()
-        try:
-            yield conn
-        except BaseException:
-            # A connection in an unknown state is never handed out again.
-            conn.close()
-            raise
-        if conn.closed:
-            return
+    def _open(self) -> None:
         with self._lock:
-            if len(self._idle) < self._max_idle:
-                self._idle.append(conn)
-                return
-        conn.close()
+            if not self._opened:
+                # wait=False: a database that is down now must not stop the boards starting;
+                # the pool keeps trying in the background.
+                self.pool.open(wait=False)
+                self._opened = True
 
     def run(self, fn: Callable[[psycopg.Connection], T]) -> T:
-        """`fn(conn)`, retried once on a new connection if a pooled one has gone away."""
-        with self._lock:
-            pooled = bool(self._idle)
-        try:
-            with self._borrow() as conn:
-                return fn(conn)
-        except psycopg.OperationalError as err:
-            if not pooled:
-                # A fresh connection failed: the database is down, and retrying at once
-                # would only double the wait of a board that refreshes every 2 s anyway.
-                raise
-            # A restarted server kills every pooled session; the idle ones are dead too.
-            log.info("database connection lost (%s); reconnecting", err)
-            self.close()
-            with self._borrow(fresh=True) as conn:
-                return fn(conn)
+        """`fn(conn)` on a pooled connection (psycopg_pool.PoolTimeout when none comes)."""
+        self._open()
+        with self.pool.connection() as conn:
+            return fn(conn)
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            if self._opened:
+                self.pool.close()  # for good: a closed pool is not reopened
 
 
 _MACHINE_STATUS_SQL = """

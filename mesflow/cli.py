@@ -338,5 +338,25 @@ def report(
         click.echo(out.notice, err=True)
 
 
+def _register_user_commands() -> None:
+    from mesflow.user_commands import token_group, user_group
+
+    main.add_command(user_group)
+    main.add_command(token_group)
+
+
+_register_user_commands()
+
+
+def _register_retention_commands() -> None:
+    from mesflow import dead_letters, retention
+
+    main.add_command(retention.cli)  # mesflow retention run|status
+    main.add_command(dead_letters.cli)  # mesflow dead-letters list|show|requeue|discard
+
+
+_register_retention_commands()
+
+
 if __name__ == "__main__":
     main()

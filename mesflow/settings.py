@@ -66,6 +66,19 @@ class Settings(BaseSettings):
     notify_backoff_base_s: float = Field(default=2.0, gt=0)
     notify_backoff_cap_s: float = Field(default=3600.0, gt=0)
     notify_timeout_s: float = Field(default=15.0, gt=0)
+    # Retention (`mesflow retention`, docs/operations.md): days to keep; 0 = keep forever.
+    # What the dataflow or a resume still needs is always kept, whatever the days.
+    retention_ingest_log_days: int = Field(default=30, ge=0)
+    retention_dead_letter_days: int = Field(default=90, ge=0, description="resolved ones")
+    retention_unresolved_dead_letter_days: int = Field(default=0, ge=0)
+    retention_outbox_days: int = Field(default=30, ge=0, description="delivered callbacks")
+    retention_intake_days: int = Field(default=30, ge=0, description="intake_delivery")
+    retention_order_history_days: int = Field(default=365, ge=0, description="closed orders")
+    retention_batch_rows: int = Field(default=2000, ge=1)
+    retention_resume_margin_s: float = Field(default=600.0, ge=0)
+    retention_interval_s: float = Field(
+        default=3600.0, ge=0, description="run by `mesflow run notify`; 0 = only by command"
+    )
 
     @property
     def recovery_dir(self) -> Path:

@@ -17,7 +17,7 @@ import dash
 import psycopg
 from dash import Input, Output, State, dcc, html
 
-from dashboards import context
+from dashboards import auth, context
 from dashboards.i18n import STATE_LABELS, STATE_ORDER, format_duration, state_label, t
 from dashboards.nav import nav_links
 from dashboards.queries import MachineStatus, machine_status
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 PATH = "/"
 ALIASES = ("/andon",)
 REFRESH_MS = 2_000
+MIN_ROLE = "viewer"  # a wall screen: every signed-in user and every screen token
 
 # Component ids, prefixed so that later pages cannot collide with them.
 _TICK = "andon-tick"
@@ -44,7 +45,8 @@ def register(app: dash.Dash) -> None:
     its module-level `dash.callback` list are process-wide, and module-level callbacks would
     bind only to the first app created in the process.
     """
-    common: dict[str, Any] = {"layout": layout, "title": "Andon · mesflow"}
+    # min_role: the lowest role that may open the page and run its callbacks (auth.py).
+    common: dict[str, Any] = {"layout": layout, "title": "Andon · mesflow", "min_role": MIN_ROLE}
     dash.register_page(
         __name__,
         path=PATH,
@@ -59,7 +61,9 @@ def register(app: dash.Dash) -> None:
         # drops the query string, which would lose ?lang=en.
         dash.register_page(f"{__name__}._alias{i}", path=alias, name="Andon", nav=False, **common)
 
-    app.callback(
+    auth.callback(
+        app,
+        MIN_ROLE,
         Output(_BOARD, "children"),
         Output(_CLOCK, "children"),
         Output(_BANNER, "children"),
