@@ -202,3 +202,39 @@ def test_missing_section_points_at_its_parent(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     err = _fails(tmp_path / "nope.yaml")
     assert "cannot read" in str(err)
+
+
+def test_duplicated_key_is_an_error_with_both_lines(tmp_path: Path) -> None:
+    # safe_load would keep the last value: the ideal cycle time would change unnoticed.
+    text = _example_with(
+        "zh: 2号注塑机}, ideal_cycle_seconds: 28,",
+        "zh: 2号注塑机}, ideal_cycle_seconds: 28, ideal_cycle_seconds: 14,",
+    )
+    path = _write(tmp_path, text)
+    err = _fails(path)
+    line = _line_of(text, "ideal_cycle_seconds: 14")
+    assert err.file == path and err.line == line
+    assert str(err) == (
+        f"{path}:{line}: lines.0.machines.1.ideal_cycle_seconds: duplicate key "
+        f"(first given on line {line})"
+    )
+
+
+def test_duplicated_section_names_its_second_line(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text("utf-8") + "defaults:\n  ideal_cycle_seconds: 1\n"
+    path = _write(tmp_path, text)
+    err = _fails(path)
+    first = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("defaults:"))
+    assert err.line == len(text.splitlines()) - 1
+    assert str(err) == f"{path}:{err.line}: defaults: duplicate key (first given on line {first})"
+
+
+def test_merge_key_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    text = _example_with(
+        "  site: suzhou ", "  site: suzhou \n  extra: &common {a: 1}\n  <<: *common\n"
+    )
+    path = _write(tmp_path, text)
+    err = _fails(path)
+    assert err.line == _line_of(text, "<<: *common")
+    assert "merge keys (<<) are not supported" in str(err)
+    assert str(err).startswith(f"{path}:{err.line}: ")
