@@ -17,17 +17,24 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    NonNegativeInt,
-    PositiveInt,
     TypeAdapter,
     ValidationError,
 )
 from pydantic_core import PydanticCustomError
 
+from mesflow.ingest_log import safe_text
+
 CANONICAL_STATES = ("running", "idle", "down", "setup", "planned_stop", "offline")
 MachineState = Literal["running", "idle", "down", "setup", "planned_stop", "offline"]
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+# Event times must fall in these years (local time of the given offset). Far outside them
+# a clock is wrong, not early or late, and date arithmetic near year 1 or 9999 overflows
+# (the dataflow once stopped on a year-0001 event on every restart).
+MIN_YEAR = 1970
+MAX_YEAR = 2199
 
 
 def _rfc3339_text(value: Any) -> Any:
@@ -37,16 +44,39 @@ def _rfc3339_text(value: Any) -> Any:
         return value
     if _RFC3339.fullmatch(value):
         try:
-            return datetime.fromisoformat(value.upper())
+            parsed = datetime.fromisoformat(value.upper())
         except ValueError:
             pass
+        else:
+            if MIN_YEAR <= parsed.year <= MAX_YEAR:
+                return parsed
+            raise PydanticCustomError(
+                "datetime_range", f"Input should be a time in the years {MIN_YEAR} to {MAX_YEAR}"
+            )
     raise PydanticCustomError("datetime_rfc3339", "Input should be an RFC 3339 time")
 
 
 # RFC 3339 with an offset: strict mode refuses numbers and naive times, so a PLC that sends
 # epoch seconds or local time without an offset is dead-lettered instead of misread.
 EventTime = Annotated[AwareDatetime, Field(strict=True), BeforeValidator(_rfc3339_text)]
-Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+# Text: PostgreSQL `text` cannot hold NUL; the length bound keeps one event small.
+# (Lone surrogates never get here: the ingest log stores valid UTF-8 only.)
+_NO_NUL = r"^[^\x00]*$"
+MAX_ID_LENGTH = 200
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=_NO_NUL)]
+Text = Annotated[str, Field(max_length=MAX_ID_LENGTH, pattern=_NO_NUL)]
+
+# Numbers are strict: a JSON integer, never "1", true or 1.0. Bounds follow the result
+# columns (docs/events.md): one count fits an `integer` column with room to spare, and
+# sums of counts in `bigint` columns cannot overflow (2^63 / 10^9 = 9 x 10^9 events at the
+# maximum). 2^53 - 1 is the largest integer every JSON reader holds exactly.
+MAX_COUNT = 1_000_000_000
+MAX_COUNTER = 1_000_000_000_000
+MAX_VERSION = 2**53 - 1
+MAX_PRIORITY = 2**31 - 1
+Count = Annotated[int, Field(strict=True, ge=0, le=MAX_COUNT)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_COUNT)]
 
 
 class _Event(BaseModel):
@@ -74,8 +104,8 @@ class CountEvent(_MachineEvent):
     """Parts finished since the previous count event (increments)."""
 
     type: Literal["count"]
-    good: NonNegativeInt = 0
-    scrap: NonNegativeInt = 0
+    good: Count = 0
+    scrap: Count = 0
 
 
 class CounterEvent(_MachineEvent):
@@ -83,7 +113,7 @@ class CounterEvent(_MachineEvent):
 
     type: Literal["counter"]
     name: Literal["total", "scrap"]
-    value: NonNegativeInt
+    value: Annotated[int, Field(strict=True, ge=0, le=MAX_COUNTER)]
 
 
 class _Report(_MachineEvent):
@@ -103,7 +133,7 @@ class ScrapReport(_Report):
     """Moves `qty` parts the machine counted as good into scrap, at `ts`."""
 
     kind: Literal["scrap"]
-    qty: PositiveInt
+    qty: Quantity
     reason: Id | None = None
 
 
@@ -128,11 +158,11 @@ class OrderEvent(_Event):
 
     type: Literal["order"]
     order_no: Id
-    version: NonNegativeInt
-    customer: str
-    priority: PositiveInt
+    version: Annotated[int, Field(strict=True, ge=0, le=MAX_VERSION)]
+    customer: Text
+    priority: Annotated[int, Field(strict=True, ge=1, le=MAX_PRIORITY)]
     product: Id
-    qty: PositiveInt
+    qty: Quantity
     due: EventTime
     status: Literal["open", "on_hold", "cancelled", "closed"]
 
@@ -144,7 +174,7 @@ class WorkOrderEvent(_Event):
     work_order: Id
     order_no: Id
     product: Id
-    qty: PositiveInt
+    qty: Quantity
     machine: Id | None = None
 
 
@@ -169,6 +199,7 @@ class ContractError(ValueError):
     """A payload that is not a valid canonical event; `reason` is a short, stable code."""
 
     def __init__(self, reason: str, detail: str) -> None:
+        detail = safe_text(detail)  # details are stored as text: no NUL, no lone surrogate
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -200,12 +231,16 @@ def _describe(err: ValidationError) -> ContractError:
         return ContractError("unknown_type", first["msg"])
     if kind == "missing":
         return ContractError("missing_field", f"field '{where}' is required")
+    if kind == "datetime_range":
+        return ContractError("bad_timestamp", f"field '{where}': {first['msg']}")
     if kind.startswith("datetime") or kind == "timezone_aware":
         return ContractError(
             "bad_timestamp", f"field '{where}' must be an RFC 3339 time with offset"
         )
     if kind == "greater_than_equal" and where in ("good", "scrap", "value"):
         return ContractError("negative_count", f"field '{where}': {first['msg']}")
+    if kind == "string_pattern_mismatch":  # the only pattern: no NUL
+        return ContractError("invalid_field", f"field '{where}' may not contain a NUL character")
     return ContractError("invalid_field", f"field '{where}': {first['msg']}")
 
 

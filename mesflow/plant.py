@@ -147,6 +147,11 @@ class PlantInfo(_Model):
     timezone: str
     site: Code = Field(default="site", pattern=CODE_PATTERN)
     allowed_lateness_seconds: NonNegativeFloat = 300
+    # Clock policy (docs/events.md): an event dated further ahead of its arrival is
+    # dead-lettered `future`, one older than the horizon `too_old`; neither moves a clock.
+    # Upper bounds keep date arithmetic in range; they are far beyond any sensible setting.
+    max_clock_skew_seconds: float = Field(default=300, gt=0, le=86400 * 36500)
+    max_event_age_days: float = Field(default=30, gt=0, le=36500)
 
     @field_validator("timezone")
     @classmethod

@@ -40,7 +40,13 @@ def require(condition: bool, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def plant() -> PlantConfig:
-    return load_plant_config(EXAMPLE_CONFIG)
+    """The example plant, with a 100-year event-age horizon: the tests' fixed November 2026
+    dates must not turn `too_old` as the calendar moves on (tests/test_clock_policy.py
+    checks the default policy)."""
+    example = load_plant_config(EXAMPLE_CONFIG)
+    return example.model_copy(
+        update={"plant": example.plant.model_copy(update={"max_event_age_days": 36500})}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +80,17 @@ def pg_template(pg_server: str, plant: PlantConfig) -> str:
 def db_url(pg_server: str, pg_template: str) -> Iterator[str]:
     """A fresh, migrated database for one test (a copy of the template: ~50 ms)."""
     name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    yield _with_db(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def ref_db_url(pg_server: str, pg_template: str) -> Iterator[str]:
+    """A second fresh database, for the clean replay a test compares its results with."""
+    name = f"r_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
     yield _with_db(pg_server, name)

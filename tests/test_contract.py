@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from mesflow.events import (
     CANONICAL_STATES,
+    MAX_COUNT,
+    MAX_COUNTER,
     ContractError,
     CounterEvent,
     CountEvent,
@@ -187,6 +189,79 @@ BAD_INPUT = {
     ),
 }
 
+COUNT = f'{{{{"type": "count", "machine": "M1", {OK_TS}, {{}}}}}}'
+ORDER = (
+    f'{{{{"type": "order", {OK_TS}, "order_no": "SO-1", "version": 1, "customer": "A", '
+    '"priority": 1, "product": "P", "qty": 1, "due": "2026-11-28T18:00:00Z", '
+    '"status": "open", {}}}'
+)
+# Numbers are strict and bounded by the result columns (docs/events.md#numbers).
+BAD_INPUT |= {
+    "good as numeric text": (COUNT.format('"good": "1"'), "invalid_field"),
+    "good as true": (COUNT.format('"good": true'), "invalid_field"),
+    "good as whole float": (COUNT.format('"good": 1.0'), "invalid_field"),
+    "good 1e308": (COUNT.format('"good": 1e308'), "invalid_field"),
+    "good beyond 64 bits": (COUNT.format(f'"good": {2**64}'), "invalid_field"),
+    "good beyond int32": (COUNT.format(f'"good": {2**31}'), "invalid_field"),
+    "scrap above the bound": (COUNT.format(f'"scrap": {MAX_COUNT + 1}'), "invalid_field"),
+    "counter above the bound": (
+        f'{{"type": "counter", "machine": "M1", {OK_TS}, "name": "total", '
+        f'"value": {MAX_COUNTER + 1}}}',
+        "invalid_field",
+    ),
+    "scrap qty beyond 64 bits": (
+        f'{{"type": "report", "kind": "scrap", "machine": "M1", {OK_TS}, "qty": {2**70}}}',
+        "invalid_field",
+    ),
+    "order qty beyond int32": (
+        ORDER.replace('"qty": 1', f'"qty": {2**31}').format('"x": 1'),
+        "invalid_field",
+    ),
+    "order priority beyond int32": (
+        ORDER.replace('"priority": 1', f'"priority": {2**31}').format('"x": 1'),
+        "invalid_field",
+    ),
+    "order version beyond 2^53": (
+        ORDER.replace('"version": 1', f'"version": {2**53}').format('"x": 1'),
+        "invalid_field",
+    ),
+    # Text: no NUL (PostgreSQL text refuses it), bounded length.
+    "NUL in machine": (COUNT.replace('"M1"', '"M\\u0000"').format('"good": 1'), "invalid_field"),
+    "NUL in id": (COUNT.format('"id": "a\\u0000"'), "invalid_field"),
+    "NUL in operator": (
+        f'{{"type": "report", "kind": "wo_end", "machine": "M1", {OK_TS}, "work_order": "W", '
+        '"operator": "\\u0000"}',
+        "invalid_field",
+    ),
+    "NUL in customer": (ORDER.replace('"A"', '"A\\u0000"').format('"x": 1'), "invalid_field"),
+    "customer too long": (
+        ORDER.replace('"A"', '"' + "c" * 201 + '"').format('"x": 1'),
+        "invalid_field",
+    ),
+    "id of 10,000 chars": (COUNT.format(f'"id": "{"i" * 10_000}"'), "invalid_field"),
+    "id as number": (COUNT.format('"id": 7'), "invalid_field"),
+    "id as object": (COUNT.format('"id": {"id": "x"}'), "invalid_field"),
+    # Times outside the years 1970-2199.
+    "year 1": (
+        '{"type": "count", "machine": "M1", "ts": "0001-01-01T00:00:00Z"}',
+        "bad_timestamp",
+    ),
+    "year 9999": (
+        '{"type": "count", "machine": "M1", "ts": "9999-12-31T23:59:59Z"}',
+        "bad_timestamp",
+    ),
+    "year 1969": (
+        '{"type": "count", "machine": "M1", "ts": "1969-12-31T23:59:59Z"}',
+        "bad_timestamp",
+    ),
+    "due in year 9999": (
+        ORDER.replace('"due": "2026-11-28T18:00:00Z"', '"due": "9999-01-01T00:00:00Z"').format(
+            '"x": 1'
+        ),
+        "bad_timestamp",
+    ),
+}
+
 # Timestamps that are not RFC 3339 with an offset: all bad_timestamp, never misread.
 BAD_TIMES = {
     "naive local time": '"2026-11-20T08:00:00"',
@@ -247,14 +322,16 @@ def test_published_schema_matches_the_models() -> None:
 # -- property: valid events survive a JSON round trip ---------------------------------------
 
 ids = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"),
+    min_size=1,
+    max_size=40,
 )
 aware_times = st.builds(
     lambda naive, minutes: naive.replace(tzinfo=timezone(timedelta(minutes=minutes))),
-    st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1)),
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2199, 12, 30)),
     st.integers(min_value=-14 * 60, max_value=14 * 60),
 )
-counts = st.integers(min_value=0, max_value=2**40)
+counts = st.integers(min_value=0, max_value=MAX_COUNT)
 
 state_events = st.builds(
     StateEvent,
