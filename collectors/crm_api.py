@@ -15,11 +15,11 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request
@@ -29,19 +29,20 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mesflow.db import connect
 from mesflow.events import EventTime, Id, OrderEvent, WorkOrderEvent
-from mesflow.ingest_log import LogRecord, append, dedupe_key
+from mesflow.ingest_log import append, record_for
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from notify import webhooks
 
 log = logging.getLogger("crm_api")
+E = TypeVar("E", OrderEvent, WorkOrderEvent)
 
 API_PREFIX = "/api/v1"
 ORDER_FIELDS = ("customer", "priority", "product", "qty", "due", "status")
@@ -52,8 +53,11 @@ CALLER_KEY = "mesflow.caller"
 # --- what the tables can hold: a value outside is a 422 naming the field, never a 500 or
 # a row that cannot be read back (issue 8, item 1) ---------------------------------------
 
-INT4_MAX = 2**31 - 1  # integer columns (priority, qty)
-INT8_MAX = 2**63 - 1  # bigint columns (version)
+# The event contract's bounds (mesflow/events.py), all within the columns (integer, bigint):
+# what the API accepts, the dataflow accepts.
+MAX_PRIORITY = 2**31 - 1
+MAX_QTY = 1_000_000_000
+MAX_VERSION = 2**53 - 1  # the largest integer every JSON reader holds exactly
 # Times a CRM can mean: far from year 1 and 9999, where an offset or an ETA computed from
 # them would overflow Python's datetime (a stored `0001-01-01T00:00:00+05:00` could not be
 # read back at all).
@@ -83,8 +87,9 @@ ApiId = Annotated[Id, AfterValidator(_clean_text)]
 ApiText = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_clean_text)]
 ApiTime = Annotated[EventTime, AfterValidator(_bounded_time)]
 # Strict: the string "5" or 5.5 is not a quantity; the bound is the column's.
-Version = Annotated[int, Field(strict=True, ge=0, le=INT8_MAX)]
-PositiveInt4 = Annotated[int, Field(strict=True, gt=0, le=INT4_MAX)]
+Version = Annotated[int, Field(strict=True, ge=0, le=MAX_VERSION)]
+Priority = Annotated[int, Field(strict=True, gt=0, le=MAX_PRIORITY)]
+Quantity = Annotated[int, Field(strict=True, gt=0, le=MAX_QTY)]
 DeliveryId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
 
 
@@ -102,9 +107,9 @@ class OrderIn(BaseModel):
         "is ignored."
     )
     customer: ApiText
-    priority: PositiveInt4 = Field(description="1 is the most urgent.")
+    priority: Priority = Field(description="1 is the most urgent.")
     product: ApiId = Field(description="A product id of the plant configuration.")
-    qty: PositiveInt4 = Field(description="Ordered quantity (parts).")
+    qty: Quantity = Field(description="Ordered quantity (parts).")
     due: ApiTime = Field(description="Due time, RFC 3339 with offset (years 1970 to 2199).")
     status: Literal["open", "on_hold", "cancelled", "closed"] = Field(
         description="A hold or a cancellation is a status, never a delete."
@@ -138,7 +143,7 @@ class WorkOrderIn(BaseModel):
     work_order: ApiId
     order_no: ApiId = Field(description="The order it feeds; post the order first.")
     product: ApiId = Field(description="Must be the order's product.")
-    qty: PositiveInt4
+    qty: Quantity
     machine: ApiId | None = Field(
         default=None, description="A machine id of the plant, if planned."
     )
@@ -507,7 +512,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                 "product", f"unknown product {order.product!r}; known: {sorted(products)}"
             )
         received = datetime.now(UTC)
-        event = order.event(received)
+        event = _contract_event(lambda: order.event(received))
         with transaction() as conn:
             dup = _claim_delivery(conn, who, "order", order.order_no, _request_hash(order))
             if dup is not None:
@@ -552,16 +557,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
             _history(conn, order.order_no, None, order.version, who, event.ts, change)
             # append() opens conn.transaction() itself: nested here it is a savepoint, so
             # the log row commits with the snapshot or not at all.
-            append(
-                conn,
-                [
-                    LogRecord(
-                        f"crm:{who.client}",
-                        event.model_dump_json(exclude_none=True).encode(),
-                        dedupe_key(f"order:{order.order_no}:{order.version}"),
-                    )
-                ],
-            )
+            _append_event(conn, who, event, f"order:{order.order_no}:{order.version}")
             result = IntakeResult(
                 status="accepted",
                 order_no=order.order_no,
@@ -593,7 +589,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
         if wo.machine is not None and wo.machine not in machines:
             raise _invalid("machine", f"unknown machine {wo.machine!r}")
         received = datetime.now(UTC)
-        event = wo.event(received)
+        event = _contract_event(lambda: wo.event(received))
         with transaction() as conn:
             order = conn.execute(
                 "SELECT product FROM crm_order WHERE order_no = %s", (wo.order_no,)
@@ -645,16 +641,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                  "client": who.client},
             )  # fmt: skip
             _history(conn, wo.order_no, wo.work_order, revision, who, event.ts, change)
-            append(
-                conn,
-                [
-                    LogRecord(
-                        f"crm:{who.client}",
-                        event.model_dump_json(exclude_none=True).encode(),
-                        dedupe_key(f"work_order:{wo.work_order}:{revision}"),
-                    )
-                ],
-            )
+            _append_event(conn, who, event, f"work_order:{wo.work_order}:{revision}")
             result = IntakeResult(
                 status="accepted", work_order=wo.work_order, order_no=wo.order_no,
                 version=revision, changed=sorted(change),
@@ -702,6 +689,32 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
 
 
 _ERROR_NAMES = {401: "unauthorized", 404: "not_found", 409: "conflict", 422: "invalid_request"}
+
+
+def _contract_event(build: Callable[[], E]) -> E:
+    """The canonical event of a request, or a 422 naming the field the contract refuses.
+
+    The request models bound every field as the contract does; this keeps the API from
+    ever logging an event the dataflow would dead-letter, should the two drift apart.
+    """
+    try:
+        return build()
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        raise _invalid(_field_name(tuple(first["loc"])), str(first["msg"])) from None
+
+
+def _append_event(
+    conn: psycopg.Connection[Any], who: Caller, event: OrderEvent | WorkOrderEvent, key: str
+) -> None:
+    # One dedupe key per accepted change (order version, work order revision), so a
+    # retried transaction cannot log a change twice.
+    record = record_for(
+        f"crm:{who.client}", event.model_dump(mode="json", exclude_none=True), key=key
+    )
+    if record.error is not None:  # only a body past the log's size limit gets here
+        raise _invalid("body", f"cannot be logged: {record.error}")
+    append(conn, [record])
 
 
 def _json_default(value: object) -> object:

@@ -4,11 +4,15 @@ end to end: real uvicorn server, real dispatcher, real callback receiver."""
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 import uvicorn
@@ -339,7 +343,10 @@ def test_concurrent_duplicates_are_processed_once(api: TestClient, db_url: str) 
     for t in threads:
         t.join()
     # one processed it, five got its answer again
-    assert sorted(results, key=lambda r: r[2] is not None) == [(201, "accepted", None)] + [(201, "accepted", "true")] * 5
+    assert (
+        sorted(results, key=lambda r: r[2] is not None)
+        == [(201, "accepted", None)] + [(201, "accepted", "true")] * 5
+    )
     assert _counts(db_url)["ingest_log"] == 1
 
 
@@ -413,3 +420,237 @@ def test_crm_stand_in_posts_orders_and_verifies_callbacks(
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- hostile input: a 422 naming the field, nothing stored, every stored order readable ---
+
+BIG = [2**31, 2**53, 2**63, 2**64, 10**30]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"customer": "AC\x00ME"}, "customer"),
+        ({"order_no": "SO-\x00"}, "order_no"),
+        ({"customer": "\ud800"}, "customer"),
+        ({"product": "P-100\udfff"}, "product"),
+        ({"id": "ev\x00"}, "id"),
+        *[({"qty": n}, "qty") for n in BIG],
+        *[({"priority": n}, "priority") for n in BIG],
+        *[({"version": n}, "version") for n in BIG[1:]],
+        ({"qty": 5.0}, "qty"),
+        ({"qty": "5"}, "qty"),
+        ({"version": True}, "version"),
+        ({"due": "0001-01-01T00:00:00+05:00"}, "due"),
+        ({"due": "0001-01-01T00:00:00-05:00"}, "due"),
+        ({"due": "9999-12-31T23:59:59-05:00"}, "due"),
+        ({"due": "9999-12-31T23:59:59+14:00"}, "due"),
+        ({"due": "1969-12-31T23:59:59Z"}, "due"),
+        ({"ts": "0001-01-01T00:00:00Z"}, "ts"),
+        ({"ts": "9999-12-31T23:59:59Z"}, "ts"),
+    ],
+)
+def test_poison_fields_are_refused_by_name(
+    api: TestClient, db_url: str, change: dict[str, Any], field: str
+) -> None:
+    # json.dumps escapes a lone surrogate as \ud800: valid JSON text, invalid Unicode.
+    raw = json.dumps(_order(**change))
+    resp = api.post(
+        "/api/v1/orders", content=raw, headers={**BEARER, "content-type": "application/json"}
+    )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["fields"][0]["field"] == field, resp.json()
+    assert set(_counts(db_url).values()) == {0}
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"work_order": "WO\x00"}, "work_order"),
+        ({"machine": "IM-01\ud800"}, "machine"),
+        ({"qty": 2**31}, "qty"),
+        ({"qty": 2**64}, "qty"),
+        ({"ts": "0001-01-01T00:00:00+05:00"}, "ts"),
+        ({"ts": "9999-12-31T23:59:59-05:00"}, "ts"),
+    ],
+)
+def test_poison_work_order_fields_are_refused_by_name(
+    api: TestClient, db_url: str, change: dict[str, Any], field: str
+) -> None:
+    assert api.post("/api/v1/orders", json=_order(), headers=BEARER).status_code == 201
+    wo = {"work_order": "WO-1", "order_no": "SO-2026-0042", "product": "P-100", "qty": 1}
+    resp = api.post(
+        "/api/v1/work-orders",
+        content=json.dumps({**wo, **change}),
+        headers={**BEARER, "content-type": "application/json"},
+    )
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["fields"][0]["field"] == field
+    assert _counts(db_url)["work_order"] == 0
+
+
+def test_the_extremes_that_are_accepted_can_be_read_back(api: TestClient, db_url: str) -> None:
+    edge = _order(
+        order_no="S" * 200,
+        customer="客户 ✓ \U0001f3ed",
+        version=2**53 - 1,
+        priority=2**31 - 1,
+        qty=10**9,
+        due="2199-12-31T23:59:59+00:00",
+        ts="1970-01-01T00:00:00Z",
+    )
+    resp = api.post("/api/v1/orders", json=edge, headers=BEARER)
+    assert resp.status_code == 201, resp.text
+    got = api.get(f"/api/v1/orders/{'S' * 200}", headers=BEARER)
+    assert got.status_code == 200, got.text
+    assert got.json()["order"]["version"] == 2**53 - 1
+    assert got.json()["order"]["customer"] == "客户 ✓ \U0001f3ed"
+    [(_, event)] = _log(db_url)
+    assert isinstance(event, OrderEvent) and event.qty == 10**9
+
+
+@pytest.mark.parametrize("order_no", ["a%00b", "%ED%A0%80", "x" * 201, "%FF"])
+def test_a_hostile_order_number_in_the_path_is_not_a_server_error(
+    api: TestClient, order_no: str
+) -> None:
+    resp = api.get(f"/api/v1/orders/{order_no}", headers=BEARER)
+    assert resp.status_code in (404, 422), resp.text
+
+
+def test_invalid_utf8_is_a_422(api: TestClient, db_url: str) -> None:
+    resp = api.post(
+        "/api/v1/orders",
+        content=b'{"order_no": "\xff"}',
+        headers={**BEARER, "content-type": "application/json"},
+    )
+    assert resp.status_code == 422 and "UTF-8" in resp.json()["message"]
+
+
+# --- signatures bound to method and path ----------------------------------------------
+
+
+def test_a_signature_covers_method_path_and_query(api: TestClient, db_url: str) -> None:
+    assert api.post("/api/v1/orders", json=_order(), headers=BEARER).status_code == 201
+    assert (
+        api.post("/api/v1/orders", json=_order(order_no="SO-2"), headers=BEARER).status_code == 201
+    )
+    # Signed GET headers for one order...
+    get_a = webhooks.signed_request_headers(SIGNING, "GET", "/api/v1/orders/SO-2026-0042", b"")
+    assert api.get("/api/v1/orders/SO-2026-0042", headers=get_a).status_code == 200
+    # ...replayed on another path, with a query added, or as another method: refused.
+    for method, url in [
+        ("GET", "/api/v1/orders/SO-2"),
+        ("GET", "/api/v1/orders/SO-2026-0042?x=1"),
+        ("POST", "/api/v1/orders/SO-2026-0042"),
+    ]:
+        resp = api.request(method, url, headers=get_a)
+        assert resp.status_code == 401, (method, url, resp.text)
+        assert "method, path and body" in resp.json()["message"]
+    # A query string is part of what is signed.
+    signed_q = webhooks.signed_request_headers(SIGNING, "GET", "/api/v1/orders/SO-2?verbose=1", b"")
+    assert api.get("/api/v1/orders/SO-2?verbose=1", headers=signed_q).status_code == 200
+    # A signed order posted to the work-order route: refused, nothing stored.
+    signed = _signed(_order(version=5), "msg_x")
+    assert api.post("/api/v1/work-orders", **signed).status_code == 401
+    # The previous scheme (body only) is no longer enough.
+    raw = json.dumps(_order(version=6)).encode()
+    body_only = webhooks.signed_headers(SIGNING, "msg_old", raw)
+    assert api.post("/api/v1/orders", content=raw, headers=body_only).status_code == 401
+    assert _counts(db_url)["order_history"] == 2
+    # What the reference library signs with the documented content verifies too.
+    from standardwebhooks import Webhook
+
+    now = datetime.now(UTC)
+    payload = webhooks.request_payload("POST", "/api/v1/orders", raw)
+    lib = {
+        "webhook-id": "msg_lib",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(SIGNING).sign("msg_lib", now, payload.decode()),
+        "content-type": "application/json",
+    }
+    assert api.post("/api/v1/orders", content=raw, headers=lib).status_code == 200
+
+
+# --- credentials and size before the body ---------------------------------------------
+
+
+def _raw_request(base: str, head: str, body: bytes = b"", *, wait_s: float = 5.0) -> bytes:
+    """Send a request head (and maybe part of a body) on a raw socket; return the answer."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        answer = b""
+        # Early refusals close the connection: read the whole answer up to that.
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer
+
+
+def test_credentials_and_size_are_checked_before_the_body_is_read(
+    live_api: str, db_url: str
+) -> None:
+    big = 100 * 1024 * 1024
+    # 100 MB announced, not one byte sent: the answer comes anyway, so nothing was read.
+    started = time.monotonic()
+    answer = _raw_request(
+        live_api,
+        f"POST /api/v1/orders HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+        f"Content-Length: {big}\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    answer = _raw_request(
+        live_api,
+        f"POST /api/v1/orders HTTP/1.1\nHost: x\nAuthorization: Bearer nope\n"
+        f"Content-Length: {big}\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+    # Signed headers are checked for shape and age before the body, too.
+    answer = _raw_request(
+        live_api,
+        f"POST /api/v1/orders HTTP/1.1\nHost: x\nwebhook-id: m1\nwebhook-timestamp: 1\n"
+        f"webhook-signature: v1,AAAA\nContent-Length: {big}\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 401") and b"300 s" in answer, answer[:300]
+    # A good token but a body over the limit: 413 before reading it.
+    answer = _raw_request(
+        live_api,
+        f"POST /api/v1/orders HTTP/1.1\nHost: x\nAuthorization: Bearer {TOKEN}\n"
+        f"Content-Length: {big}\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    # Chunked (no length announced): 413 as soon as the limit is passed, without the end.
+    limit = Settings().api_max_body_bytes
+    chunk = b"x" * 8192
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(limit // 8192 + 2))
+    answer = _raw_request(
+        live_api,
+        f"POST /api/v1/orders HTTP/1.1\nHost: x\nAuthorization: Bearer {TOKEN}\n"
+        "Transfer-Encoding: chunked\nContent-Type: application/json\n",
+        body,  # ...and no terminating 0-chunk: the server must not wait for it
+    )
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert time.monotonic() - started < 10
+    assert set(_counts(db_url).values()) == {0}
+    # and the server still serves
+    resp = httpx.post(f"{live_api}/api/v1/orders", json=_order(), headers=BEARER)
+    assert resp.status_code == 201
+
+
+# --- the docs page works offline ------------------------------------------------------
+
+
+def test_the_docs_pages_load_their_assets_from_the_api_itself(live_api: str) -> None:
+    with httpx.Client(base_url=live_api, trust_env=False) as http:
+        for page in ("/docs", "/redoc"):
+            html = http.get(page)
+            assert html.status_code == 200
+            urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html.text)
+            urls += re.findall(r"""url: ?["']([^"']+)["']""", html.text)
+            assert urls, html.text
+            # every asset is on this server: nothing from a CDN or any other host
+            assert not re.search(r"https?://", html.text), html.text
+            for url in urls:
+                asset = http.get(url)
+                assert asset.status_code == 200, url
+                assert len(asset.content) > 100, url
+            assert "validatorUrl" not in html.text or '"validatorUrl": null' in html.text
