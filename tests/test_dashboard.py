@@ -1,15 +1,24 @@
 """The Dash boards: pure tile rendering, then the andon page in a real browser.
 
-The browser test runs Debian's chromium headless against the app served by werkzeug on a free
-port, over a fresh database, and reads the DOM that Dash rendered.
+The browser test runs Debian's chromium headless against the app served by waitress on a free
+port, over a fresh database: it signs in through the login page, then reads the DOM that Dash
+rendered.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import fcntl
+import json
+import os
+import re
+import select
 import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,12 +29,14 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from werkzeug.serving import make_server
+import waitress
 
+from dashboards import context
 from dashboards.app import create_app
 from dashboards.i18n import format_duration, normalize_lang, state_label
 from dashboards.pages.andon import format_clock, render_board, render_tile, state_class
 from dashboards.queries import Database, MachineStatus, machine_status
+from mesflow import users
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from tests.conftest import require
@@ -175,15 +186,41 @@ def test_language_choice_and_plant_clock() -> None:
     assert format_clock(utc, ZoneInfo("Asia/Shanghai")) == "2024-05-07 07:30:00"
 
 
-def test_app_can_be_created_twice(plant: PlantConfig) -> None:
+def test_app_can_be_created_twice(db_url: str, plant: PlantConfig) -> None:
     # Dash's page registry is process-wide; each app must still get its own callbacks.
-    apps = [create_app(Settings(), plant, "postgresql:///unused") for _ in range(2)]
-    for app in apps:
-        client = app.server.test_client()
-        deps = client.get("/_dash-dependencies").get_json()
-        outputs = " ".join(d["output"] for d in deps)
-        assert "andon-board.children" in outputs
-        assert client.get("/andon?lang=en").status_code == 200
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "viewer1", "viewer", "viewer-password")
+    apps = [create_app(_settings(), plant, db_url) for _ in range(2)]
+    try:
+        for app in apps:
+            client = app.server.test_client()
+            assert client.get("/_dash-dependencies").status_code == 401  # closed by default
+            sign_in(client, "viewer1", "viewer-password")
+            deps = client.get("/_dash-dependencies").get_json()
+            outputs = " ".join(d["output"] for d in deps)
+            assert "andon-board.children" in outputs
+            assert client.get("/andon?lang=en").status_code == 200
+    finally:
+        for app in apps:
+            context.of(app.server).db.close()
+
+
+def _settings(**kw: Any) -> Settings:
+    return Settings(auth_session_secret="test-secret-" + "x" * 32, **kw)
+
+
+_CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def sign_in(client: Any, username: str, password: str, next_url: str = "/") -> Any:
+    """Sign in through the login form as a browser would (GET for the CSRF token, POST)."""
+    page = client.get(f"/login?next={next_url}").get_data(as_text=True)
+    match = _CSRF.search(page)
+    assert match, page
+    return client.post(
+        "/login",
+        data={"username": username, "password": password, "csrf": match.group(1), "next": next_url},
+    )
 
 
 # -- real browser -------------------------------------------------------------------------------
@@ -255,47 +292,161 @@ class _TileParser(HTMLParser):
             self.tiles[self._open[-1][0]].text.append(data.strip())
 
 
-def _chromium(url: str, *extra: str, tmp: Path) -> subprocess.Popen[str]:
-    # A profile per run: parallel chromiums cannot share one, and none is left behind.
-    profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
-    args = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=8000",
-        *extra,
-        url,
-    ]
-    return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=profile
-    )
+class Chromium:
+    """Headless chromium driven over the DevTools protocol on a pipe (no port, no library).
+
+    `--remote-debugging-pipe` reads JSON commands on fd 3 and writes replies on fd 4, each
+    message ended by a NUL byte. Enough of the protocol to type into the login form, wait for
+    Dash to render, read the DOM and take screenshots.
+    """
+
+    def __init__(self, tmp: Path) -> None:
+        # A profile per run: parallel chromiums cannot share one, and none is left behind.
+        profile = tempfile.mkdtemp(prefix="chromium-", dir=tmp)
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # Moved above 9 so the 3<& 4>& redirections cannot clobber each other (bash: dash
+        # takes only one-digit descriptors).
+        a = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10)
+        b = fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        args = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--window-size=1920,1080",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f'exec "$@" 3<&{a} 4>&{b} {a}<&- {b}>&-', "bash", *args],
+            pass_fds=(a, b),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=profile,
+        )
+        os.close(a)
+        os.close(b)
+        self._buf = b""
+        self._next_id = 0
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self._session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
+            "sessionId"
+        ]
+        self.page("Page.enable")
+        self.page(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1920, "height": 1080, "deviceScaleFactor": 1, "mobile": False},
+        )
+
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
+        self._next_id += 1
+        msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._to_browser, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            while b"\0" in self._buf:
+                raw, self._buf = self._buf.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._next_id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    return dict(reply.get("result", {}))
+            ready, _, _ = select.select([self._from_browser], [], [], 1.0)
+            if ready:
+                chunk = os.read(self._from_browser, 1 << 20)
+                if not chunk:
+                    raise RuntimeError("chromium closed its DevTools pipe")
+                self._buf += chunk
+        raise TimeoutError(method)
+
+    def page(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self.send(method, params, self._session)
+
+    def eval(self, expression: str) -> Any:
+        result = self.page("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+        return result.get("result", {}).get("value")
+
+    def goto(self, url: str) -> None:
+        self.page("Page.navigate", {"url": url})
+
+    def wait_for(self, expression: str, timeout: float = 30.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = self.eval(expression)
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {expression}; page: {self.eval(_HTML)[:2000]}")
+
+    def dom(self) -> str:
+        return str(self.eval(_HTML))
+
+    def screenshot(self, path: Path) -> None:
+        data = self.page("Page.captureScreenshot", {"format": "png"})["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.send("Browser.close")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_browser)
+        os.close(self._from_browser)
 
 
-def _tiles(proc: subprocess.Popen[str]) -> tuple[dict[str, _Tile], str | None]:
-    out, _ = proc.communicate(timeout=45)
+_HTML = "document.documentElement.outerHTML"
+_TILES_READY = "document.querySelectorAll('[data-machine]').length >= 12"
+
+
+def _tiles(html_text: str) -> tuple[dict[str, _Tile], str | None]:
     parser = _TileParser()
-    parser.feed(out)
+    parser.feed(html_text)
     return parser.tiles, parser.lang_attr
+
+
+ADMIN_PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture
 def andon_url(db_url: str, plant: PlantConfig) -> Iterator[str]:
-    app = create_app(Settings(language="zh"), plant, db_url)
-    server = make_server("127.0.0.1", 0, app.server, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    """The app on waitress (as `mesflow run dashboard` serves it), with an admin user."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "admin", "admin", ADMIN_PASSWORD)
+    app = create_app(_settings(language="zh"), plant, db_url)
+    server = waitress.create_server(app.server, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"http://127.0.0.1:{server.effective_port}"
     finally:
-        server.shutdown()
+        server.close()
         thread.join(timeout=5)
+        context.of(app.server).db.close()
+
+
+def _sign_in_in_browser(browser: Chromium, url: str) -> None:
+    browser.goto(url)
+    browser.wait_for("location.pathname === '/login' && !!document.querySelector('#password')")
+    form = {"#username": "admin", "#password": ADMIN_PASSWORD}
+    for selector, value in form.items():
+        browser.eval(f"document.querySelector({json.dumps(selector)}).value = {json.dumps(value)}")
+    browser.eval("document.querySelector('button[type=submit]').click()")
 
 
 @pytest.mark.browser
@@ -305,51 +456,52 @@ def test_andon_board_in_browser(
     require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
     _insert_status(db_url)
     expected = {m: "offline" for m in plant.machines} | {r[0]: r[1] for r in STATUS_ROWS}
+    browser = Chromium(tmp_path)
+    try:
+        # Not signed in: the board sends the browser to the login page, which comes back to
+        # the board (with its ?lang=) once the form is sent.
+        _sign_in_in_browser(browser, f"{andon_url}/andon?lang=en")
+        browser.wait_for(_TILES_READY)
+        assert browser.eval("location.pathname + location.search") == "/andon?lang=en"
+        en, en_lang = _tiles(browser.dom())
+        SCREENSHOTS["en"].unlink(missing_ok=True)
+        browser.screenshot(SCREENSHOTS["en"])
 
-    # Chinese by default at "/", English by ?lang=en on the alias; the screenshot in parallel.
-    zh_proc = _chromium(f"{andon_url}/", "--dump-dom", tmp=tmp_path)
-    en_proc = _chromium(f"{andon_url}/andon?lang=en", "--dump-dom", tmp=tmp_path)
-    shots = []
-    for lang, png in SCREENSHOTS.items():
-        png.unlink(missing_ok=True)
-        shots.append(
-            _chromium(
-                f"{andon_url}/?lang={lang}",
-                f"--screenshot={png}",
-                "--window-size=1920,1080",
-                tmp=tmp_path,
+        # Chinese by default at "/", in the same session.
+        browser.goto(f"{andon_url}/")
+        browser.wait_for(f"document.querySelector('.andon.lang-zh') && {_TILES_READY}")
+        zh, zh_lang = _tiles(browser.dom())
+        SCREENSHOTS["zh"].unlink(missing_ok=True)
+        browser.screenshot(SCREENSHOTS["zh"])
+
+        assert (zh_lang, en_lang) == ("zh-CN", "en")
+        assert set(zh) == set(plant.machines) == set(en)
+        for machine, state in expected.items():
+            for tiles, lang in ((zh, "zh"), (en, "en")):
+                tile = tiles[machine]
+                assert state_class(state) in tile.css, (machine, lang, tile)
+                assert plant.machines[machine].name.get(lang) in tile.text
+                assert state_label(state, lang) in tile.text
+        assert "液压故障" in zh["IM-02"].text and "Hydraulic fault" in en["IM-02"].text
+        assert "E-4711" in zh["CNC-03"].text  # no name in the reason tree: the code
+        assert "WO-24051" in zh["IM-01"].text
+        assert "2天04小时" in zh["IM-05"].text and "2 d 04 h" in en["IM-05"].text
+
+        # The board follows the database on its next refresh, without a reload.
+        with psycopg.connect(db_url) as conn:
+            conn.execute(
+                "UPDATE machine_status SET state = 'down', reason = 'tool_break', since = now()"
+                " WHERE machine = 'CNC-01'"
             )
+        browser.wait_for(
+            "document.querySelector('[data-machine=\"CNC-01\"]').classList.contains('state-down')"
         )
-
-    zh, zh_lang = _tiles(zh_proc)
-    en, en_lang = _tiles(en_proc)
-    assert (zh_lang, en_lang) == ("zh-CN", "en")
-    assert set(zh) == set(plant.machines) == set(en)
-    for machine, state in expected.items():
-        for tiles, lang in ((zh, "zh"), (en, "en")):
-            tile = tiles[machine]
-            assert state_class(state) in tile.css, (machine, lang, tile)
-            assert plant.machines[machine].name.get(lang) in tile.text
-            assert state_label(state, lang) in tile.text
-    assert "液压故障" in zh["IM-02"].text and "Hydraulic fault" in en["IM-02"].text
-    assert "E-4711" in zh["CNC-03"].text  # no name in the reason tree: the code
-    assert "WO-24051" in zh["IM-01"].text
-    assert "2天04小时" in zh["IM-05"].text and "2 d 04 h" in en["IM-05"].text
-
-    # The board follows the database on the next load.
-    with psycopg.connect(db_url) as conn:
-        conn.execute(
-            "UPDATE machine_status SET state = 'down', reason = 'tool_break', since = now()"
-            " WHERE machine = 'CNC-01'"
-        )
-    again, _ = _tiles(_chromium(f"{andon_url}/?lang=zh", "--dump-dom", tmp=tmp_path))
-    assert "state-down" in again["CNC-01"].css
-    assert "断刀" in again["CNC-01"].text and "故障停机" in again["CNC-01"].text
-
+        again, _ = _tiles(browser.dom())
+        assert "断刀" in again["CNC-01"].text and "故障停机" in again["CNC-01"].text
+    finally:
+        browser.close()
     # Written for a person to look at (is it readable from across the hall?); here only
     # checked to exist.
-    for proc in shots:
-        proc.communicate(timeout=45)
     assert all(png.exists() and png.stat().st_size > 10_000 for png in SCREENSHOTS.values())
 
 
