@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,12 @@ class IngestLogSource(FixedPartitionedSource[LogEntry, int]):
     """Reads ingest_log in seq order, following it live; with `upto_seq`, stops there.
 
     `upto_seq` may be a callable returning None while the end is not known yet (a replay
-    whose file is still being stored).
+    whose file is still being stored). `stop`, once set, ends the input at the next read:
+    the dataflow then finishes its work in hand, writes it and stops cleanly (SIGTERM),
+    and a restart resumes after the last seq read.
+
+    PostgreSQL going away (a restart, a network blip) is not an error: the read is
+    retried with a backoff on a new connection, from the same position.
 
     One partition: a plant's log is one ordered stream. More plants or machines scale by
     more logs/partitions (keyed by machine), not by sharing this one.
@@ -32,11 +38,13 @@ class IngestLogSource(FixedPartitionedSource[LogEntry, int]):
         batch_size: int = 2000,
         poll_interval: timedelta = timedelta(milliseconds=20),
         upto_seq: int | Callable[[], int | None] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.database_url = database_url
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.upto_seq = upto_seq
+        self.stop = stop
 
     def list_parts(self) -> list[str]:
         return ["ingest_log"]
@@ -57,6 +65,8 @@ class _LogPartition(StatefulSourcePartition[LogEntry, int]):
 
     def next_batch(self) -> list[LogEntry]:
         s = self.s
+        if s.stop is not None and s.stop.is_set():
+            raise StopIteration()
         upto = s.upto_seq() if callable(s.upto_seq) else s.upto_seq
         if upto is not None and self.position >= upto:
             raise StopIteration()

@@ -177,10 +177,11 @@ DELETE_REASONS = """
 DELETE FROM machine_kpi_reason r USING stage_bucket b
 WHERE r.machine = b.machine AND r.bucket = b.bucket AND r.bucket_start = b.bucket_start"""
 
-# The raw payload stays in the log; the dead letter copies it from there.
+# The raw payload stays in the log (one copy: NULL here, see sql/014); retention copies
+# it into the dead letter before it prunes the log row.
 INSERT_DEAD = """
 INSERT INTO dead_letter (log_seq, received_at, source, payload, reason, detail)
-SELECT seq, received_at, source, payload, %s, %s FROM ingest_log WHERE seq = %s
+SELECT seq, received_at, source, NULL, %s, %s FROM ingest_log WHERE seq = %s
 ON CONFLICT (log_seq) DO NOTHING"""
 
 # Where a refused row came from: the newest events up to the dataflow's position.

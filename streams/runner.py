@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -72,8 +73,10 @@ def run_flow(
     *,
     upto_seq: int | Callable[[], int | None] | None = None,
     batch_size: int = 2000,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Run the dataflow in this process until the log reaches `upto_seq` (None: forever)."""
+    """Run the dataflow in this process until the log reaches `upto_seq` (None: forever)
+    or `stop` is set."""
     lock = hold_dataflow_lock(database_url)
     # The trackers hold many long-lived objects, and the default collector thresholds
     # make CPython re-scan them every few hundred allocations: measured 1.5x more CPU per
@@ -82,7 +85,7 @@ def run_flow(
     gc.set_threshold(50_000, 20, 100)
     try:
         store = recovery_store(recovery_dir, database_url)
-        source = IngestLogSource(database_url, batch_size=batch_size, upto_seq=upto_seq)
+        source = IngestLogSource(database_url, batch_size=batch_size, upto_seq=upto_seq, stop=stop)
         live = upto_seq is None
         flow = build_flow(
             plant,
@@ -106,12 +109,15 @@ def run_live(
 ) -> None:
     """`mesflow run dataflow`: follow the ingest log until SIGINT/SIGTERM."""
 
+    stopping = threading.Event()
+
+    # Not an exception in whatever code runs at the moment (Bytewax would abort with a
+    # backtrace): the source ends its input, and the flow finishes and snapshots cleanly.
     def stop(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
+        stopping.set()
 
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     print("dataflow: following the ingest log", flush=True)
-    try:
-        run_flow(plant, database_url, recovery_dir, snapshot_seconds)
-    except KeyboardInterrupt:
-        print("dataflow: stopped", flush=True)
+    run_flow(plant, database_url, recovery_dir, snapshot_seconds, stop=stopping)
+    print("dataflow: stopped", flush=True)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,12 +18,17 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
+from mesflow.ingest_log import LogRecord, append, record_for
 from mesflow.services import Broker, EmbeddedPostgres, free_port, start_broker
 
 RESULT_TABLES = {
     "machine_state_interval": "machine, start_ts",
     "machine_status": "machine",
     "machine_hour": "machine, hour_start",
+    "machine_kpi": "machine, bucket, bucket_start",
+    "machine_kpi_reason": "machine, bucket, bucket_start, reason",
+    "order_progress": "order_no",
+    "work_order_progress": "work_order",
     "dead_letter": "log_seq",
 }
 _VOLATILE = {"updated_at", "recorded_at", "received_at", "first_seen_at"}
@@ -141,12 +150,12 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 class RestartableBroker(Broker):
     """mosquitto with persistence in `data_dir`, always on the same port."""
 
-    data_dir: Path
+    data_dir: Path = Path()
 
     @classmethod
     def start(cls, data_dir: Path, port: int | None = None) -> RestartableBroker:
         b = start_broker(data_dir, port or free_port(), persistence=True, prefer="mosquitto")
-        return cls(b.url, b.kind, b.process, data_dir)
+        return cls(**{f.name: getattr(b, f.name) for f in fields(b)}, data_dir=data_dir)
 
     def restart(self, down_s: float = 0.0) -> None:
         """A clean stop (mosquitto writes its sessions and queued messages on SIGTERM),
@@ -203,3 +212,136 @@ class OwnPostgres:
 
     def stop(self) -> None:
         self._pg.stop()
+
+
+# -- child processes, feeding the log, a clean replay to compare with -------------------------
+
+
+class Mesflow:
+    """`python -m mesflow.cli ARGS` as a child process; its output goes to a file (a pipe
+    nobody reads would fill up and stall a long-running component)."""
+
+    def __init__(self, *args: str, env: dict[str, str], log: Path) -> None:
+        self.args = args
+        self.log = log
+        with log.open("ab") as out:
+            out.write(f"\n$ mesflow {' '.join(args)}\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mesflow.cli", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM, then the exit code (SIGKILL and an error if it does not stop in time)."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            raise AssertionError(f"mesflow {self.args} ignored SIGTERM for {timeout}s") from None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def mesflow_env(
+    database_url: str, data_dir: Path, mqtt_url: str | None = None, **extra: str
+) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "MESFLOW_DATABASE_URL": database_url,
+        "MESFLOW_DATA_DIR": str(data_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if mqtt_url:
+        env["MESFLOW_MQTT_URL"] = mqtt_url
+    env.update(extra)
+    return env
+
+
+def count(url: str, sql: str, params: tuple[Any, ...] = ()) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(sql, params).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def feed(url: str, events: list[dict[str, Any]], source: str = "test") -> None:
+    """Append events to the ingest log as a collector does (one transaction)."""
+    records: list[LogRecord] = [record_for(source, e) for e in events]
+    with psycopg.connect(url, autocommit=True) as conn:
+        append(conn, records)
+
+
+def log_position(url: str) -> int:
+    return count(url, "SELECT COALESCE(max(seq), 0) FROM ingest_log")
+
+
+def dataflow_position(url: str) -> int:
+    return count(url, "SELECT COALESCE(max(last_seq), 0) FROM dataflow_progress")
+
+
+def copy_log(src_url: str, dst_url: str) -> int:
+    """Copy the ingest log, seq for seq, into an empty migrated database; its last seq."""
+    with psycopg.connect(src_url) as src, psycopg.connect(dst_url) as dst:
+        cols = [
+            r[0]
+            for r in src.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'ingest_log' ORDER BY ordinal_position"
+            )
+        ]
+        names = ", ".join(cols)
+        with (
+            src.cursor().copy(
+                f"COPY (SELECT {names} FROM ingest_log ORDER BY seq) TO STDOUT"
+            ) as out,
+            dst.cursor().copy(f"COPY ingest_log ({names}) FROM STDIN") as into,
+        ):
+            for data in out:
+                into.write(data)
+        dst.commit()
+    return log_position(dst_url)
+
+
+def clean_replay(
+    src_url: str, ref_url: str, recovery_dir: Path
+) -> dict[str, list[tuple[Any, ...]]]:
+    """The result tables of one uninterrupted run over a copy of `src_url`'s ingest log."""
+    from mesflow.plant import load_plant_config
+    from mesflow.settings import REPO_ROOT
+    from streams.runner import run_flow
+
+    plant = load_plant_config(REPO_ROOT / "config" / "plant.example.yaml")
+    upto = copy_log(src_url, ref_url)
+    run_flow(plant, ref_url, recovery_dir, 10.0, upto_seq=upto)
+    return table_snapshot(ref_url)
+
+
+def diff_snapshots(
+    got: dict[str, list[tuple[Any, ...]]], want: dict[str, list[tuple[Any, ...]]]
+) -> str:
+    """A short description of how two table snapshots differ ('' when equal)."""
+    out = []
+    for table in want:
+        a, b = set(got.get(table, [])), set(want[table])
+        if a != b:
+            out.append(
+                f"{table}: {len(a - b)} rows only in the run, {len(b - a)} only in the replay; "
+                f"e.g. run {sorted(a - b, key=repr)[:2]} replay {sorted(b - a, key=repr)[:2]}"
+            )
+    return "\n".join(out)
