@@ -13,6 +13,8 @@ streams/validate.py and streams/machine_tracker.py. Reads top to bottom:
 from __future__ import annotations
 
 import pickle
+import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,8 +26,10 @@ from bytewax.outputs import Sink
 
 from mesflow.events import MachineEvent, OrderEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
+from streams.hour_clock import HOUR_US
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
 from streams.order_progress import IdealCycles, OrderProgress, OrderRow
+from streams.rebuild import LateStore
 from streams.records import Rejection, WorkOrderParts, WorkOrderStarted
 from streams.validate import OrderInput, Validator
 
@@ -34,10 +38,20 @@ Out = Row | Rejection
 
 
 class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
-    """Bytewax adapter around one machine's MachineTracker."""
+    """Bytewax adapter around one machine's MachineTracker.
+
+    With a LateStore, it also keeps the machine's checkpoints and merges late data: an
+    event later than the allowed lateness marks the machine, and a rebuild from the log
+    follows once late events stop coming for `debounce_s` (at most `max_wait_s` after the
+    first), and at the end of a replay (streams/rebuild.py).
+    """
 
     def __init__(
-        self, resume: bytes | None, plant: PlantConfig, throttle: timedelta | None
+        self,
+        resume: bytes | None,
+        plant: PlantConfig,
+        throttle: timedelta | None,
+        late: LateStore | None = None,
     ) -> None:
         # Bytewax hands the builder only the resume state, not the key: a new tracker is
         # made on the first batch, whose events name the machine.
@@ -45,6 +59,23 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
         self.plant = plant
         self.throttle = throttle
         self.next_full: datetime | None = None  # wall clock: when figures are due
+        self.late = late
+        self.rebuild_at: datetime | None = None  # wall clock: when the pending rebuild runs
+        self.late_first: datetime | None = None
+        self.checkpoint_hour: int | None = None  # event hour of the last checkpoint
+        self.checkpoint_wall = float("-inf")
+        if self.tracker is not None:
+            self._refresh_reasons(self.tracker)
+            if self.tracker.late_from is not None:  # resumed with a rebuild pending
+                self._late_seen()
+
+    def _refresh_reasons(self, tracker: MachineTracker) -> None:
+        # A reason added to the plant file applies from the next start (and to re-queued
+        # events); the rest of the spec stays as the figures were computed with it.
+        if tracker.machine in self.plant.machines:
+            known = MachineSpec.from_plant(self.plant, tracker.machine).known_reasons
+            if known != tracker.spec.known_reasons:
+                tracker.spec = replace(tracker.spec, known_reasons=known)
 
     def on_batch(self, values: list[Keyed]) -> tuple[list[list[Out]], bool]:
         tracker = self.tracker
@@ -57,6 +88,16 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
             r = tracker.apply(seq, ev)
             if r is not None:
                 rejected.append(r)
+        late = tracker.take_late()
+        if late:
+            if self.late is not None:
+                self.late.record_late(tracker.machine, late)
+                self._late_seen()
+            else:  # no log to rebuild from (a flow without a database): lost, but visibly
+                tracker.late_from = None
+                rejected.extend(
+                    Rejection(s, "late", "later than the allowed lateness") for s in late
+                )
         full = True
         if self.throttle is not None:
             # Live: intervals and status go out at once; the hour, shift and work-order
@@ -67,26 +108,73 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
             else:
                 self.next_full = now + self.throttle
         rows: list[Out] = [*tracker.flush(full), *rejected]
+        rows.extend(self._merge_if_due(False))
+        self._checkpoint_if_due(full)
         return [rows], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self.tracker is not None and self.tracker.has_pending():
-            return self.next_full
-        return None
+        due = self.rebuild_at
+        if self.tracker is not None and self.tracker.has_pending() and self.next_full:
+            due = self.next_full if due is None else min(due, self.next_full)
+        return due
 
     def on_notify(self) -> tuple[list[list[Out]], bool]:
         assert self.tracker is not None
-        self.next_full = None
-        return [list(self.tracker.flush())], StatefulBatchLogic.RETAIN
+        rows: list[Out] = list(self._merge_if_due(False))
+        if self.next_full is None or datetime.now(UTC) >= self.next_full:
+            self.next_full = None
+            rows.extend(self.tracker.flush())
+        return [rows], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[list[Out]], bool]:
         if self.tracker is None:
             return [], StatefulBatchLogic.RETAIN
-        return [list(self.tracker.flush())], StatefulBatchLogic.RETAIN
+        rows: list[Out] = list(self._merge_if_due(True))
+        rows.extend(self.tracker.flush())
+        self._checkpoint_if_due(True, force=True)
+        return [rows], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
         # Pickled here: an immutable copy, as Bytewax requires, cheaper than a deepcopy.
         return pickle.dumps(self.tracker, protocol=pickle.HIGHEST_PROTOCOL)
+
+    # -- late data ---------------------------------------------------------------------------
+
+    def _late_seen(self) -> None:
+        assert self.late is not None
+        now = datetime.now(UTC)
+        if self.late_first is None:
+            self.late_first = now
+        self.rebuild_at = min(
+            now + timedelta(seconds=self.late.debounce_s),
+            self.late_first + timedelta(seconds=self.late.max_wait_s),
+        )
+
+    def _merge_if_due(self, eof: bool) -> list[Out]:
+        tracker = self.tracker
+        if self.late is None or tracker is None or tracker.late_from is None:
+            return []
+        if not eof and self.rebuild_at is not None and datetime.now(UTC) < self.rebuild_at:
+            return []
+        result = self.late.rebuild(tracker)
+        self.tracker = result.tracker
+        self.rebuild_at = self.late_first = None
+        return list(result.rows)
+
+    def _checkpoint_if_due(self, flushed: bool, force: bool = False) -> None:
+        tracker = self.tracker
+        if self.late is None or tracker is None or tracker.last_ts is None:
+            return
+        if tracker.late_from is not None or not flushed:
+            return  # only a state that is a function of the log prefix it consumed
+        hour = tracker.last_ts // HOUR_US
+        wall = time.monotonic()
+        if hour == self.checkpoint_hour:
+            return
+        if not force and wall - self.checkpoint_wall < self.late.checkpoint_every_s:
+            return
+        self.late.save_checkpoint(tracker)
+        self.checkpoint_hour, self.checkpoint_wall = hour, wall
 
 
 class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
@@ -128,16 +216,18 @@ def build_flow(
     source: Source[Any],
     sink: Sink[Any],
     figures_every: timedelta | None = None,
+    late: LateStore | None = None,
 ) -> Dataflow:
     """The dataflow. `figures_every` (live) limits how often a machine's figures are
-    rewritten; None (replay) writes them after every batch."""
+    rewritten; None (replay) writes them after every batch. `late`: checkpoints and
+    rebuilds from the log, so that late data is merged (without it, late data fails)."""
     ideal = IdealCycles.from_plant(plant)
     flow = Dataflow("mesflow")
     entries = op.input("ingest_log", flow, source)
     checked = op.flat_map_batch("validate", entries, Validator(plant))
     split = op.branch("machine_events", checked, lambda x: type(x) is tuple)
     trackers = op.stateful_batch(
-        "machines", split.trues, lambda resume: MachineLogic(resume, plant, figures_every)
+        "machines", split.trues, lambda resume: MachineLogic(resume, plant, figures_every, late)
     )
     machine_rows = op.flat_map("machine_rows", trackers, lambda kv: kv[1])
     # Orders join CRM snapshots, work orders and the parts the machines counted for them.

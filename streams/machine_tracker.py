@@ -203,6 +203,12 @@ class MachineTracker:
         self.good_total = 0
         self.scrap_total = 0
         self.dirty = _Dirty()
+        # Late data (streams/rebuild.py): the log seq of the last event consumed, and the
+        # earliest time of events that came later than the allowed lateness and wait for
+        # a rebuild of this machine from the log (None: nothing pending).
+        self.seq = 0
+        self.late_from: int | None = None
+        self.late_new: list[int] = []  # their seqs, until the dataflow records them
 
     _CACHES = ("_seg", "_hour_segs", "_segs_by_hour", "_count_cache")
 
@@ -215,6 +221,10 @@ class MachineTracker:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
+        # Snapshots of an earlier version have no late-data fields.
+        self.__dict__.setdefault("seq", 0)
+        self.__dict__.setdefault("late_from", None)
+        self.__dict__.setdefault("late_new", [])
         self._seg = None
         self._hour_segs = None
         self._segs_by_hour = {}
@@ -225,19 +235,29 @@ class MachineTracker:
     # ---------------------------------------------------------------------------------------
 
     def apply(self, seq: int, ev: MachineEvent | WorkOrderEvent) -> Rejection | None:
-        """Apply one event; a Rejection sends it to the dead-letter table instead."""
+        """Apply one event; a Rejection sends it to the dead-letter table instead.
+
+        A rejected event changes nothing, not even the machine's clock. An event later
+        than the allowed lateness is not applied either: it is remembered (`late_from`,
+        `late_new`) and the dataflow rebuilds the machine from the log with it.
+        """
         t = to_us(ev.ts)
         last = self.last_ts
+        self.seq = seq
         if type(ev) is CountEvent and last is not None and t >= last and self.intervals:
             self._count_now(t, ev.good, ev.scrap)  # most events: a part, in order
             return None
-        if last is not None and t < last - self.spec.lateness_us:
-            return Rejection(
-                seq,
-                "late",
-                f"{ev.ts.isoformat()} is more than the allowed lateness before this "
-                f"machine's latest event ({from_us(last).isoformat()})",
-            )
+        refused = self._refuse(seq, ev)
+        if refused is not None:
+            return refused
+        if (
+            last is not None
+            and t < last - self.spec.lateness_us
+            and not (isinstance(ev, WorkOrderEvent) and self._unused_work_order(ev, t))
+        ):
+            self.late_from = t if self.late_from is None else min(self.late_from, t)
+            self.late_new.append(seq)
+            return None
         self.arrivals += 1
         order = self.arrivals
         self._catch_up()
@@ -253,6 +273,8 @@ class MachineTracker:
             return None
         if isinstance(ev, DowntimeReasonReport):
             rejected = self._report(seq, t, order, ev)
+            if rejected is not None:
+                return rejected
         self._advance(t)
         if isinstance(ev, CountEvent):
             self._add_part(t, order, 0, ev.good, ev.scrap, None)
@@ -264,7 +286,36 @@ class MachineTracker:
             self._add_part(t, order, 1, 0, ev.qty, None)
         elif isinstance(ev, WorkOrderStartReport | WorkOrderEndReport):
             self._work_order(t, order, ev)
-        return rejected
+        return None
+
+    def _refuse(self, seq: int, ev: MachineEvent | WorkOrderEvent) -> Rejection | None:
+        """Checks that need no history: a reason code outside the reason tree, on a
+        `state` event as on a `downtime_reason` report, dead-letters the event
+        (`unknown_reason`): fixed in the plant file and re-queued, it is merged then."""
+        known = self.spec.known_reasons
+        if not known or not isinstance(ev, StateEvent | DowntimeReasonReport):
+            return None
+        if ev.reason is None or ev.reason in known:
+            return None
+        return Rejection(
+            seq, "unknown_reason", f"reason code {ev.reason!r} is not in the reason tree"
+        )
+
+    def _unused_work_order(self, ev: WorkOrderEvent, t: int) -> bool:
+        """A late `work_order` event changes no figure of this machine when the work order
+        has not run here since its ts (within the kept history): its product can be taken
+        at once, without a rebuild (work orders go to every machine)."""
+        assert self.last_ts is not None
+        if t < self.last_ts - self.spec.history_us:
+            return False
+        return ev.work_order not in self.wo_started and all(
+            c[2] != ev.work_order for c in self.wo_changes
+        )
+
+    def take_late(self) -> list[int]:
+        """The seqs of late events seen since the last call (to record them)."""
+        new, self.late_new = self.late_new, []
+        return new
 
     # -- time --------------------------------------------------------------------------------
 
@@ -435,19 +486,16 @@ class MachineTracker:
     # -- operator reason reports ---------------------------------------------------------------
 
     def _report(self, seq: int, t: int, order: int, ev: DowntimeReasonReport) -> Rejection | None:
-        spec = self.spec
-        if spec.known_reasons and ev.reason not in spec.known_reasons:
-            return Rejection(
-                seq, "unknown_reason", f"reason code {ev.reason!r} is not in the reason tree"
-            )
         at = to_us(ev.at)
         i = self._index_at(at)
         iv = self.intervals[i] if i >= 0 else None
         stopped = iv is not None and iv.state != "running"
-        last = self.last_ts if self.last_ts is not None else t
-        if iv is not None and stopped and iv.start < last - self.spec.history_us:
+        # Measured from the report's own ts, not the machine's clock: the decision then
+        # does not depend on the arrival order of events within the allowed lateness
+        # (a rejected report does not move the clock, so it must not).
+        if iv is not None and stopped and iv.start < t - self.spec.history_us:
             return Rejection(seq, "no_stop", "the stop is older than the kept history (48 h)")
-        if not stopped and at < last - self.spec.lateness_us:
+        if not stopped and at < t - self.spec.lateness_us:
             # No state event can still arrive that would make this a stop.
             what = "running" if iv is not None else "not known"
             return Rejection(seq, "no_stop", f"the machine was {what} at {ev.at.isoformat()}")

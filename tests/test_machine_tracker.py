@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.settings import REPO_ROOT
+from streams.hour_clock import to_us
 from streams.machine_tracker import MachineSpec, MachineTracker
 from streams.records import (
     HourRow,
@@ -151,16 +152,47 @@ def test_counter_baseline_and_reset() -> None:
     assert (h.all_good, h.all_scrap, h.good, h.scrap) == (12, 2, 12, 2)
 
 
-def test_event_beyond_the_allowed_lateness_is_dead_lettered() -> None:
-    _, rejected = run(
-        [
-            ev("state", 0, state="running"),
-            ev("count", 30, good=1),
-            ev("count", 20, good=1),
-            ev("count", 27, good=1),
-        ]
+def test_event_beyond_the_allowed_lateness_waits_for_a_rebuild() -> None:
+    tracker = MachineTracker(MachineSpec.from_plant(PLANT, "IM-01"))
+    events = [
+        ev("state", 0, state="running"),
+        ev("count", 30, good=1),
+        ev("count", 20, good=1),  # 10 min behind 11:20: not applied, remembered
+        ev("count", 27, good=1),
+    ]
+    out = [tracker.apply(i, parse_event(_json(e))) for i, e in enumerate(events)]  # type: ignore[arg-type]
+    assert out == [None] * 4
+    assert tracker.take_late() == [2] and tracker.take_late() == []
+    assert tracker.late_from == to_us(datetime.fromisoformat(events[2]["ts"]))
+    assert tracker.good_total == 2 and tracker.seq == 3
+
+
+def test_rejected_events_do_not_move_the_clock() -> None:
+    tracker = MachineTracker(MachineSpec.from_plant(PLANT, "IM-01"))
+    apply = lambda i, e: tracker.apply(i, parse_event(_json(e)))  # type: ignore[arg-type]  # noqa: E731
+    assert apply(0, ev("state", 0, state="down")) is None
+    clock = tracker.last_ts
+    # An unknown reason code, on a report and on a state event: dead-lettered, clock kept.
+    at = (T0 + timedelta(minutes=1)).isoformat()
+    r1 = apply(1, ev("downtime_reason", 60, at=at, reason="no_such_code"))
+    r2 = apply(2, ev("state", 61, state="idle", reason="no_such_code"))
+    # A report about running time long ago: no_stop, clock kept.
+    r3 = apply(3, ev("state", 62, state="running"))
+    assert r3 is None
+    clock = tracker.last_ts
+    r4 = apply(4, ev("downtime_reason", 90, at=(T0 + timedelta(minutes=62.5)).isoformat(),
+                     reason="material_shortage"))  # fmt: skip
+    assert [r.reason for r in (r1, r2, r4) if r] == ["unknown_reason", "unknown_reason", "no_stop"]
+    assert tracker.last_ts == clock
+    assert [iv.state for iv in tracker.intervals] == ["down", "running"]
+
+
+def test_unknown_reason_on_a_state_event_is_dead_lettered() -> None:
+    rows, rejected = run(
+        [ev("state", 0, state="running"), ev("state", 5, state="down", reason="bogus")]
     )
-    assert [r.reason for r in rejected] == ["late"]
+    assert [(r.seq, r.reason) for r in rejected] == [(1, "unknown_reason")]
+    assert [v.state for k, v in rows.items() if k[0] == "interval"] == ["running"]
 
 
 STATES = ["running", "running", "idle", "down", "setup", "planned_stop", "offline"]
@@ -258,3 +290,102 @@ def test_late_input_within_lateness_gives_the_in_order_results(
 def test_throttled_figures_end_the_same(events: list[dict[str, Any]], batch: int) -> None:
     """Live flushes (figures held back) then a full one store what full flushes store."""
     assert run(events, batch=batch, partial=True) == run(events, batch=batch)
+
+
+# -- late data: checkpoints and rebuilds (streams/rebuild.py), without the database ---------
+
+
+def run_merging(
+    events: list[dict[str, Any]], batch: int, *, every: int = 2
+) -> tuple[dict[Any, Any], int]:
+    """The dataflow's late-data path in memory: apply in arrival order, keep a checkpoint
+    every `every` batches (never while a rebuild is pending), rebuild after a batch that
+    met late events. Returns the final row per key and the number of rebuilds."""
+    import pickle
+
+    from streams.rebuild import CheckpointInfo, choose_checkpoint, replay_events
+
+    spec = MachineSpec.from_plant(PLANT, "IM-01")
+    tracker = MachineTracker(spec)
+    log: list[tuple[int, Any]] = []
+    checkpoints: dict[CheckpointInfo, bytes] = {}
+    final: dict[Any, Any] = {}
+    stored_intervals: set[int] = set()
+    rebuilds = 0
+
+    def store(rows: list[Any]) -> None:
+        for row in rows:
+            if isinstance(row, Rejection):
+                continue
+            if isinstance(row, WorkOrderParts):
+                row = row._replace(t=0)
+            if isinstance(row, IntervalRow):
+                stored_intervals.add(to_us(row.start_ts))
+            elif isinstance(row, IntervalDelete):
+                stored_intervals.discard(to_us(row.start_ts))
+            final[_key(row)] = None if isinstance(row, IntervalDelete) else row
+
+    for i, e in enumerate(events):
+        parsed = parse_event(_json(e))
+        log.append((i, parsed))
+        tracker.apply(i, parsed)  # type: ignore[arg-type]
+        if i % batch == batch - 1 or i == len(events) - 1:
+            store(tracker.flush())
+            if tracker.take_late():
+                times = [(s, to_us(x.ts)) for s, x in log]
+                c = choose_checkpoint(list(checkpoints), times, spec.lateness_us)
+                base = pickle.loads(checkpoints[c]) if c else MachineTracker(spec)
+                after = [(s, x) for s, x in log if s > (c.seq if c else -1)]
+                done = replay_events(base, after, tracker.seq, stored_intervals)
+                tracker = done.tracker
+                store(done.rows)
+                rebuilds += 1
+            elif tracker.last_ts is not None and (i // batch) % every == 0:
+                info = CheckpointInfo(tracker.seq, tracker.last_ts)
+                checkpoints[info] = pickle.dumps(tracker)
+    return {
+        k: v
+        for k, v in final.items()
+        if v is not None
+        and not (isinstance(v, WorkOrderParts) and v.good_total == v.scrap_total == 0)
+    }, rebuilds
+
+
+def shuffled_beyond(
+    events: list[dict[str, Any]], seed: int, late_share: float = 0.15
+) -> list[dict[str, Any]]:
+    """Arrival order within the lateness, except some events held back for up to a day
+    (a gateway's store and forward)."""
+    rng = random.Random(seed)
+    keyed = []
+    for i, e in enumerate(events):
+        delay = rng.uniform(0, 4.9)
+        if i and rng.random() < late_share:
+            delay = rng.choice([rng.uniform(6, 90), rng.uniform(90, 24 * 60)])
+        keyed.append((datetime.fromisoformat(e["ts"]) + timedelta(minutes=delay), i, e))
+    return [e for _, _, e in sorted(keyed, key=lambda k: (k[0], k[1]))]
+
+
+@settings(max_examples=int(__import__("os").environ.get("MESFLOW_EXAMPLES", "50")), deadline=None)
+@given(streams(), st.integers(0, 1000), st.sampled_from([1, 3, 20]), st.sampled_from([1, 3]))
+def test_late_input_beyond_lateness_is_merged_to_the_in_order_results(
+    events: list[dict[str, Any]], seed: int, batch: int, every: int
+) -> None:
+    in_order, _ = run(events, batch=batch)
+    merged, _ = run_merging(shuffled_beyond(events, seed), batch=batch, every=every)
+    assert merged == in_order
+
+
+def test_a_late_state_event_splits_a_stop_across_hours() -> None:
+    events = [
+        ev("state", 0, state="running"),
+        ev("state", 30, state="down"),  # 11:20 .. 13:10, over lunch
+        ev("state", 140, state="running"),
+        *[ev("count", 141 + m, good=1) for m in range(30)],
+    ]
+    late = ev("state", 60, state="running")  # 11:50: the stop was 30 min, not 110
+    in_order, _ = run(sorted([*events, late], key=lambda e: e["ts"]))
+    merged, rebuilds = run_merging([*events, late], batch=5)
+    assert rebuilds == 1 and merged == in_order
+    h11 = kpi(merged, "hour", "2026-11-20T11:00:00+08:00")
+    assert h11.down_s == 1800 and h11.failure_s == 1800

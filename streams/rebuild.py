@@ -1,0 +1,439 @@
+"""Late data: rebuilding one machine's figures from the ingest log (docs/metrics.md, 6).
+
+The log is immutable and the tracker is deterministic, so a machine's tracker is a
+function of the log prefix it has consumed. The dataflow keeps a few per-machine
+checkpoints of it (table `machine_checkpoint`). An event later than the allowed lateness
+is not applied at once: its machine is marked, and a moment later (one rebuild per
+backfilled file, not per line) the machine is rebuilt:
+
+1. pick the newest checkpoint C with C.last_ts - lateness <= the earliest ts of the
+   machine's events logged after it (`choose_checkpoint`): every one of them is then
+   within the allowed lateness of C, where the tracker's figures are exact;
+2. load C (or an empty tracker) and re-apply those events in event-time order
+   (`event_order`, `replay_events`);
+3. emit every row from C's time on, and deletes for intervals that no longer exist.
+
+The first half of this module is pure (no I/O, unit-tested); `LateStore` below is the
+database side: checkpoints, the machine's events, the record of merged late events.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
+
+import psycopg
+
+from mesflow.db import connect
+from mesflow.events import (
+    DowntimeReasonReport,
+    MachineEvent,
+    StateEvent,
+    WorkOrderEndReport,
+    WorkOrderEvent,
+    WorkOrderStartReport,
+)
+from mesflow.ingest_log import LogEntry
+from mesflow.plant import PlantConfig
+from streams.hour_clock import HOUR_US, from_us, to_us
+from streams.machine_tracker import MachineTracker, Row
+from streams.records import (
+    HourRow,
+    IntervalDelete,
+    IntervalRow,
+    KpiRow,
+    ReasonSetRow,
+    Rejection,
+    StatusRow,
+    WorkOrderParts,
+    WorkOrderStarted,
+)
+from streams.validate import Validator
+
+log = logging.getLogger(__name__)
+
+Keyed = tuple[int, MachineEvent | WorkOrderEvent]
+
+
+class CheckpointInfo(NamedTuple):
+    seq: int  # the last log seq the machine had consumed
+    last_ts: int  # its clock then, us
+
+
+# -- pure ------------------------------------------------------------------------------------
+
+
+def rank(ev: MachineEvent | WorkOrderEvent) -> int:
+    """Processing order at the same ts (docs/metrics.md, 6): state, work orders, parts,
+    reasons."""
+    if isinstance(ev, StateEvent):
+        return 0
+    if isinstance(ev, WorkOrderStartReport | WorkOrderEndReport | WorkOrderEvent):
+        return 1
+    if isinstance(ev, DowntimeReasonReport):
+        return 3
+    return 2
+
+
+def event_order(item: Keyed) -> tuple[int, int, int]:
+    """Sort key of a (seq, event): event time, then rank, then arrival (log seq)."""
+    seq, ev = item
+    return to_us(ev.ts), rank(ev), seq
+
+
+def choose_checkpoint(
+    checkpoints: Sequence[CheckpointInfo], events: Sequence[tuple[int, int]], lateness_us: int
+) -> CheckpointInfo | None:
+    """The newest checkpoint from which every later event is within the allowed lateness.
+
+    `events` are the machine's (seq, ts) with seq above the oldest checkpoint considered
+    (in any order). None: no checkpoint qualifies (rebuild from an empty tracker).
+    """
+    by_seq = sorted(events)
+    # Suffix minima of ts by seq, walked from the newest checkpoint down.
+    k = len(by_seq)
+    low: int | None = None
+    for c in sorted(checkpoints, reverse=True):
+        while k > 0 and by_seq[k - 1][0] > c.seq:
+            k -= 1
+            ts = by_seq[k][1]
+            low = ts if low is None else min(low, ts)
+        if low is None or c.last_ts - lateness_us <= low:
+            return c
+    return None
+
+
+def row_key(row: Row | Rejection) -> tuple[Any, ...]:
+    """The identity of a row in its table: a later row with the same key supersedes it."""
+    t = type(row)
+    if t is IntervalRow or t is IntervalDelete:
+        return ("interval", row.start_ts)  # type: ignore[union-attr]
+    if t is HourRow:
+        return ("hour", row.hour_start)  # type: ignore[union-attr]
+    if t is KpiRow or t is ReasonSetRow:
+        return (t.__name__, row.bucket, row.bucket_start)  # type: ignore[union-attr]
+    if t is StatusRow:
+        return ("status",)
+    if t is WorkOrderParts or t is WorkOrderStarted:
+        return (t.__name__, row.work_order)  # type: ignore[union-attr]
+    assert t is Rejection
+    return ("dead", row.seq)  # type: ignore[union-attr]
+
+
+@dataclass
+class Rebuilt:
+    tracker: MachineTracker
+    rows: list[Row | Rejection]
+    events: int
+    since: int  # us: rows were rewritten from here on
+
+
+def replay_events(
+    base: MachineTracker,
+    events: Iterable[Keyed],
+    upto_seq: int,
+    old_intervals: Iterable[int] = (),
+) -> Rebuilt:
+    """Apply `events` (any order) to `base` in event-time order; the rows to store.
+
+    `old_intervals`: interval starts (us) stored or known before the rebuild; those at or
+    after the rebuilt span's start that no longer exist get an IntervalDelete.
+    """
+    tracker = base
+    ordered = sorted(events, key=event_order)
+    out: dict[tuple[Any, ...], Row | Rejection] = {}
+
+    def take(rows: Iterable[Row | Rejection]) -> None:
+        for r in rows:
+            key = row_key(r)
+            out.pop(key, None)  # keep the order of the latest row of each key
+            out[key] = r
+
+    since = to_us(ordered[0][1].ts) if ordered else (tracker.last_ts or 0)
+    if tracker.intervals and tracker.last_ts is not None:
+        # An event inside an interval also changes that interval (its end, its class).
+        i = tracker._index_at(min(since, tracker.last_ts))
+        if i >= 0:
+            since = min(since, tracker.intervals[i].start)
+    hour = None
+    for seq, ev in ordered:
+        r = tracker.apply(seq, ev)
+        if r is not None:
+            take([r])
+        h = tracker.last_ts // HOUR_US if tracker.last_ts is not None else None
+        if h != hour:
+            # Flush per event-hour as the live path does: part details settle and old
+            # history is dropped, so a long rebuild stays as cheap per event as live.
+            hour = h
+            take(tracker.flush())
+    # Events beyond the lateness here would be a bug in the choice of checkpoint.
+    assert not tracker.late_new, "a rebuild met a late event"
+    tracker.late_from = None
+    tracker.seq = max(tracker.seq, upto_seq)
+    # Every figure from `since` on is written again: the stored rows came from another
+    # order of processing, and rows are absolute values.
+    d = tracker.dirty
+    hs = tracker.clock.bucket(since)[0]
+    d.hours.update(h for h in tracker.hours if h >= hs)
+    d.shifts.update(s for s in tracker.shifts if s.end > since)
+    for iv in tracker.intervals:
+        if iv.end is None or iv.end > since:
+            d.intervals[iv.start] = iv
+    d.work_orders.update(tracker.wo_parts)
+    d.status = True
+    take(tracker.flush())
+    kept = {iv.start for iv in tracker.intervals}
+    kept.update(to_us(r.start_ts) for r in out.values() if type(r) is IntervalRow)
+    gone = sorted({s for s in old_intervals if s >= since} - kept)
+    take(IntervalDelete(tracker.machine, from_us(s)) for s in gone)
+    return Rebuilt(tracker, list(out.values()), len(ordered), since)
+
+
+# -- I/O -------------------------------------------------------------------------------------
+
+_CHECKPOINTS = """
+SELECT seq, last_ts FROM machine_checkpoint
+WHERE machine = %s AND seq <= %s ORDER BY seq DESC"""
+_EVENTS = """
+SELECT seq, payload, error, received_at FROM ingest_log
+WHERE (machine = %s OR machine IS NULL) AND seq > %s AND seq <= %s ORDER BY seq"""
+_SAVE = """
+INSERT INTO machine_checkpoint (machine, seq, last_ts, state) VALUES (%s, %s, %s, %s)
+ON CONFLICT (machine, seq) DO NOTHING"""
+# Beyond the horizon only the newest checkpoint is kept: a rebuild never starts earlier.
+_PRUNE = """
+DELETE FROM machine_checkpoint c
+WHERE c.machine = %(m)s AND c.last_ts < %(cutoff)s AND c.seq < (
+    SELECT max(seq) FROM machine_checkpoint
+    WHERE machine = %(m)s AND last_ts < %(cutoff)s)"""
+_PRUNE_MERGES = "DELETE FROM late_merge WHERE machine = %s AND merged_at < now() - %s::interval"
+
+
+class LateStore:
+    """The database side of late data, for the per-machine step (one connection).
+
+    Its calls block the dataflow: checkpoints are a few per machine and hour, and a
+    rebuild is the rare path.
+    """
+
+    def __init__(
+        self,
+        database_url: str,
+        plant: PlantConfig,
+        *,
+        checkpoint_every_s: float = 180.0,
+        debounce_s: float = 2.0,
+        max_wait_s: float = 30.0,
+    ) -> None:
+        self.database_url = database_url
+        self.validator = Validator(plant)
+        self.checkpoint_every_s = checkpoint_every_s
+        self.debounce_s = debounce_s
+        self.max_wait_s = max_wait_s
+        days = float(getattr(plant.plant, "max_event_age_days", 30))
+        self.horizon_us = round(days * 86400e6)
+        self._conn: psycopg.Connection | None = None
+
+    def _db(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.database_url, autocommit=True)
+        return self._conn
+
+    def _retrying(self, what: str, fn: Callable[[psycopg.Connection], Any]) -> Any:
+        # The database restarting must not fail the dataflow (as the source and the sink).
+        delay = 0.5
+        while True:
+            try:
+                return fn(self._db())
+            except psycopg.OperationalError as err:
+                log.warning("%s: database unreachable (%s); retrying in %.1fs", what, err, delay)
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def save_checkpoint(self, tracker: MachineTracker) -> None:
+        assert tracker.last_ts is not None and tracker.late_from is None
+        state = pickle.dumps(tracker, protocol=pickle.HIGHEST_PROTOCOL)
+        m, seq, last = tracker.machine, tracker.seq, tracker.last_ts
+
+        def run(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                conn.execute(_SAVE, (m, seq, from_us(last), state))
+                cutoff = from_us(last - self.horizon_us)
+                conn.execute(_PRUNE, {"m": m, "cutoff": cutoff})
+                conn.execute(_PRUNE_MERGES, (m, f"{self.horizon_us // 1_000_000} seconds"))
+
+        self._retrying("checkpoint", run)
+
+    # -- late events ---------------------------------------------------------------------
+
+    def record_late(self, machine: str, seqs: Sequence[int]) -> None:
+        """Late events seen: pending until their machine is rebuilt (replay waits on them)."""
+        rows = [(s, machine) for s in seqs]
+
+        def run(conn: psycopg.Connection) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO late_merge (log_seq, machine) VALUES (%s, %s) "
+                    "ON CONFLICT DO NOTHING",
+                    rows,
+                )
+
+        self._retrying("late events", run)
+
+    def rebuild(self, old: MachineTracker) -> Rebuilt:
+        """`old` with its late events merged: a new tracker and the rows to store."""
+        assert old.late_from is not None
+        m, upto = old.machine, old.seq
+        lateness = old.spec.lateness_us
+        started = time.monotonic()
+        db = self._retrying
+        cps = [
+            CheckpointInfo(int(s), to_us(ts))
+            for s, ts in db("checkpoints", lambda c: c.execute(_CHECKPOINTS, (m, upto)).fetchall())
+        ]
+        # Only a checkpoint from before the earliest late event can qualify; older ones
+        # are tried while events logged after it (merged late before) rule it out.
+        cands = [c for c in cps if c.last_ts - lateness <= old.late_from]
+        events: list[Keyed] = []
+        covered = upto  # events with seq in (covered, upto] are in `events`
+        chosen: CheckpointInfo | None = None
+        for c in [*cands, None]:
+            lo = c.seq if c is not None else 0
+            if lo < covered:
+                events = self._events(m, lo, covered) + events
+                covered = lo
+            if c is None:
+                break
+            times = [(s, to_us(ev.ts)) for s, ev in events]
+            if choose_checkpoint([c], times, lateness) == c:
+                chosen = c
+                break
+        if chosen is None:
+            base = MachineTracker(old.spec)
+        else:
+            base = self._load(m, chosen.seq)
+            # The reason tree may have grown since (a re-queued event needs the new code).
+            base.spec = replace(base.spec, known_reasons=old.spec.known_reasons)
+        # Intervals stored from the old processing (also those the old tracker forgot).
+        since = min((to_us(ev.ts) for _, ev in events), default=old.late_from)
+        stored = db(
+            "intervals",
+            lambda c: c.execute(
+                "SELECT start_ts FROM machine_state_interval WHERE machine = %s AND start_ts >= %s",
+                (m, from_us(min(since, base.last_ts or since) - HOUR_US)),
+            ).fetchall(),
+        )
+        old_starts = {to_us(r[0]) for r in stored} | {iv.start for iv in old.intervals}
+        result = replay_events(base, events, upto, old_starts)
+        db(
+            "late events",
+            lambda c: c.execute(
+                "UPDATE late_merge SET merged_at = clock_timestamp() "
+                "WHERE machine = %s AND merged_at IS NULL AND log_seq <= %s",
+                (m, upto),
+            ),
+        )
+        log.info(
+            "%s: merged late data: %d events re-applied from %s (checkpoint seq %s) in %.2f s",
+            m,
+            result.events,
+            from_us(result.since).isoformat(),
+            chosen.seq if chosen else 0,
+            time.monotonic() - started,
+        )
+        return result
+
+    def _events(self, machine: str, after: int, upto: int) -> list[Keyed]:
+        """The machine's events with after < seq <= upto, parsed as the live path does."""
+
+        def read(conn: psycopg.Connection) -> list[LogEntry]:
+            with conn.cursor(binary=True) as cur:
+                rows = cur.execute(_EVENTS, (machine, after, upto)).fetchall()
+            return [LogEntry(*r) for r in rows]
+
+        out: list[Keyed] = []
+        for item in self.validator(self._retrying("events", read)):
+            if type(item) is tuple and item[0] == machine:
+                out.append(item[1])
+        return out
+
+    def _load(self, machine: str, seq: int) -> MachineTracker:
+        row = self._retrying(
+            "checkpoint",
+            lambda c: c.execute(
+                "SELECT state FROM machine_checkpoint WHERE machine = %s AND seq = %s",
+                (machine, seq),
+            ).fetchone(),
+        )
+        tracker = pickle.loads(row[0])
+        assert isinstance(tracker, MachineTracker)
+        return tracker
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+# -- what a replay merged --------------------------------------------------------------------
+
+
+def merged_between(conn: psycopg.Connection, first_seq: int, last_seq: int) -> int:
+    """How many log rows with seq in [first, last] were merged late (each row once)."""
+    row = conn.execute(
+        "SELECT count(DISTINCT log_seq) FROM late_merge "
+        "WHERE log_seq BETWEEN %s AND %s AND merged_at IS NOT NULL",
+        (first_seq, last_seq),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_for_merges(
+    conn: psycopg.Connection, first_seq: int, last_seq: int, timeout_s: float = 600.0
+) -> None:
+    """Block until every late event with seq in [first, last] is merged and stored.
+
+    Merged means its machine was rebuilt; stored means the results sink committed the
+    rebuild's rows after that (the machine's status row, written last by every rebuild,
+    is newer than the merge).
+    """
+    deadline = time.monotonic() + timeout_s
+    time.sleep(0.3)  # the machines' step records late events just after the batch's progress
+    while True:
+        row = conn.execute(
+            """SELECT count(*) FROM late_merge l
+               LEFT JOIN machine_status s ON s.machine = l.machine
+               WHERE l.log_seq BETWEEN %s AND %s
+                 AND (l.merged_at IS NULL OR s.updated_at IS NULL
+                      OR s.updated_at < l.merged_at)""",
+            (first_seq, last_seq),
+        ).fetchone()
+        if not row or not row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{row[0]} late events are not merged after {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def describe_merged(n: int) -> str:
+    return f", {n} merged late" if n else ""
+
+
+__all__ = [
+    "CheckpointInfo",
+    "LateStore",
+    "Rebuilt",
+    "choose_checkpoint",
+    "event_order",
+    "merged_between",
+    "replay_events",
+    "wait_for_merges",
+]
