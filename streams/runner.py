@@ -26,6 +26,7 @@ from mesflow.plant import PlantConfig
 from streams.dataflow import build_flow
 from streams.log_source import IngestLogSource
 from streams.pg_sink import ResultsSink
+from streams.rebuild import LateStore
 
 log = logging.getLogger(__name__)
 
