@@ -93,6 +93,7 @@ def run_flow(
             source,
             ResultsSink(database_url),
             figures_every=timedelta(seconds=1) if live else None,
+            late=LateStore(database_url, plant),  # late data: checkpoints and rebuilds
         )
         cli_main(
             flow,
