@@ -1,33 +1,43 @@
 """`mesflow replay FILE.jsonl`: a file of canonical events through the same dataflow.
 
 The file is appended to the ingest log like any other source, then the dataflow runs
-until it has processed the log up to the file's last line. Each line gets a dedupe key
-(its event id, else a hash of the line and its occurrence number), so replaying the same
-file again stores nothing new and changes no figure.
+until it has processed the log up to the file's last line. Each line is decoded on its own
+(`mesflow.ingest_log`): a line that is not a usable JSON object becomes an error row that
+the dataflow dead-letters, and the next line goes on. Each line gets a dedupe key (its
+decoded top-level `id`, the same key as over MQTT, else a hash of the line and its
+occurrence number), so replaying the same file again stores nothing new and changes no
+figure.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import queue
-import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 import psycopg
 
 from mesflow.db import connect
-from mesflow.ingest_log import LogRecord, append, dedupe_key, last_seq
+from mesflow.ingest_log import (
+    MAX_PAYLOAD_BYTES,
+    DecodeError,
+    LogRecord,
+    append,
+    decode_object,
+    dedupe_key,
+    error_record,
+    last_seq,
+    record_for,
+)
 from mesflow.plant import PlantConfig
 from streams.runner import DataflowBusy, hold_dataflow_lock, run_flow
 
-# Only to find the dedupe key cheaply; the dataflow validates the line properly.
-_ID = re.compile(rb'"id"\s*:\s*"((?:[^"\\]|\\.)+)"')
 CHUNK_LINES = 20_000
 
 
@@ -57,30 +67,71 @@ class ReplaySummary:
 
 
 def line_records(path: Path) -> Iterator[list[LogRecord]]:
-    """The file's non-blank lines as log records, in chunks."""
+    """The file's non-blank lines as log records, in chunks; never raises on content."""
     seen: dict[bytes, int] = {}
+
+    def line_key(line: bytes) -> bytes:
+        # No id: the line's content and how often it occurred so far name it.
+        digest = dedupe_key(line)
+        n = seen.get(digest, 0) + 1
+        seen[digest] = n
+        return dedupe_key(b"line:%s:%d" % (digest, n))
+
     chunk: list[LogRecord] = []
     prefix = f"replay:{path.name}:"
     with path.open("rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.strip()
-            if not line:
-                continue
-            m = _ID.search(line)
-            if m:
-                key = dedupe_key(b"id:" + m.group(1))
+        for lineno, line, size in _bounded_lines(f):
+            source = prefix + str(lineno)
+            if size > MAX_PAYLOAD_BYTES:
+                # Only a prefix was read: name the line by it and its size.
+                rec = error_record(
+                    source,
+                    line,
+                    "too_large",
+                    f"{size} bytes; the limit is {MAX_PAYLOAD_BYTES}",
+                    dedupe=line_key(b"%d:%s" % (size, line)),
+                )
             else:
-                # No id: the line's content and how often it occurred so far name it.
-                digest = dedupe_key(line)
-                n = seen.get(digest, 0) + 1
-                seen[digest] = n
-                key = dedupe_key(b"line:%s:%d" % (digest, n))
-            chunk.append(LogRecord(prefix + str(lineno), line, key))
+                try:
+                    body = decode_object(line)
+                except DecodeError as err:
+                    rec = error_record(source, line, err.reason, err.detail, dedupe=line_key(line))
+                else:
+                    rec = record_for(source, body)
+                    if rec.dedupe_key is None:  # no id, or an error record
+                        rec = rec._replace(dedupe_key=line_key(line))
+            chunk.append(rec)
             if len(chunk) >= CHUNK_LINES:
                 yield chunk
                 chunk = []
     if chunk:
         yield chunk
+
+
+def _bounded_lines(f: BinaryIO) -> Iterator[tuple[int, bytes, int]]:
+    """(line number, stripped line, its size) of the non-blank lines.
+
+    A line longer than MAX_PAYLOAD_BYTES is read only up to that many bytes (plus the
+    rest counted, not kept), so one huge line cannot exhaust memory.
+    """
+    lineno = 0
+    while raw := f.readline(MAX_PAYLOAD_BYTES + 1):
+        lineno += 1
+        size = len(raw)
+        if size > MAX_PAYLOAD_BYTES and not raw.endswith(b"\n"):
+            while rest := f.readline(1 << 20):
+                size += len(rest)
+                if rest.endswith(b"\n"):
+                    break
+            yield lineno, raw[:_KEPT_OF_HUGE_LINE], size
+            continue
+        line = raw.strip()
+        if line:
+            yield lineno, line, len(line)
+
+
+# What is kept of a line over the size limit (error_record bounds it again).
+_KEPT_OF_HUGE_LINE = 4096
 
 
 def count_lines(path: Path) -> int:

@@ -40,12 +40,12 @@ def require(condition: bool, what: str) -> None:
 
 @pytest.fixture(scope="session")
 def plant() -> PlantConfig:
-    """The example plant, with a 100-year event-age horizon: the tests' fixed November 2026
-    dates must not turn `too_old` as the calendar moves on (tests/test_clock_policy.py
-    checks the default policy)."""
+    """The example plant with a 20,000-day (54-year) event-age horizon: the tests' fixed
+    2026 dates must not turn `too_old` as the calendar moves on, while 1970 still is
+    (tests/poison.py). tests/test_clock_policy.py checks the default policy."""
     example = load_plant_config(EXAMPLE_CONFIG)
     return example.model_copy(
-        update={"plant": example.plant.model_copy(update={"max_event_age_days": 36500})}
+        update={"plant": example.plant.model_copy(update={"max_event_age_days": 20000})}
     )
 
 
