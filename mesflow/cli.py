@@ -38,7 +38,21 @@ def _mqtt_url(settings: Settings) -> str:
     return settings.mqtt_url
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group; an unreachable database is one line from every command."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        import psycopg
+
+        try:
+            return super().invoke(ctx)
+        except psycopg.OperationalError as err:  # connect refused, DNS, auth, server gone
+            from mesflow.db import unreachable
+
+            raise click.ClickException(unreachable(get_settings().database_url, err)) from None
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
 @click.version_option(package_name="mesflow")
 def main(verbose: bool) -> None:
@@ -102,6 +116,9 @@ def run_component(component: str) -> None:
     """
     settings = get_settings()
     plant = _plant(settings)
+    from mesflow.db import check_reachable
+
+    check_reachable(_database_url(settings))  # a wrong URL: one line now, not later in a log
     if component == "collector-mqtt":
         from collectors.mqtt_json import run_collector
 
@@ -331,7 +348,9 @@ def report(
             reasons=reasons,
             lang=lang or settings.language,
         )
-    except psycopg.Error as err:  # unreachable server, missing migration: one line, no trace
+    except psycopg.OperationalError:
+        raise  # unreachable: the one line of _Main
+    except psycopg.Error as err:  # missing migration: one line, no trace
         raise click.ClickException(f"database: {str(err).strip()}") from None
     click.echo(out.text, nl=False)
     if out.notice:  # an empty CSV/JSON stays parseable: the notice goes to stderr

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import psycopg
 
@@ -26,6 +27,46 @@ class MigrationError(RuntimeError):
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection:
     return psycopg.connect(url, autocommit=autocommit, application_name="mesflow")
+
+
+def check_reachable(url: str, timeout_s: float = 10.0) -> None:
+    """Connect once and close: raises psycopg.OperationalError if the database is not there."""
+    psycopg.connect(
+        url, connect_timeout=max(1, round(timeout_s)), application_name="mesflow"
+    ).close()
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by ***, fit for a log or an error message."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparsable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        netloc = f"{userinfo}@{host}"
+    query = "&".join(
+        f"{k}=***" if k.lower() == "password" else f"{k}={v}"
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    if "://" not in url:  # a key=value conninfo string: hide password=...
+        return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", url, flags=re.IGNORECASE)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def unreachable(url: str | None, err: Exception) -> str:
+    """One line for a database that cannot be reached: which one (no password) and why."""
+    # libpq's messages run over several lines ("connection failed: ...\n\tIs the server
+    # running ..."): the first line says it, the hint repeats the host.
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    cause = lines[0] if lines else type(err).__name__
+    if url and "password" in cause.lower():
+        cause = re.sub(r"(password\s*=\s*)\S+", r"\1***", cause, flags=re.IGNORECASE)
+    where = redact_url(url) if url else "the database (MESFLOW_DATABASE_URL)"
+    return f"cannot reach the database at {where}: {cause}"
 
 
 @dataclass(frozen=True)
