@@ -182,12 +182,18 @@ class Interval:
 
 @dataclass
 class Accepted:
-    """The input after dedupe and lateness, per machine, in processing order."""
+    """The input after dedupe and rejections, per machine, in processing order.
+
+    Late input is merged (docs/metrics.md, 6): every event counts in event-time order,
+    however late it arrived. `late` lists the events that arrived later than the allowed
+    lateness (merged all the same); `rejected` those dead-lettered for their content.
+    """
 
     by_machine: dict[str, list[Ev]]
     products: dict[str, str]  # work order -> product
     late: list[Ev] = field(default_factory=list)
     duplicates: int = 0
+    rejected: list[tuple[Ev, str]] = field(default_factory=list)
 
 
 def accept(events: Iterable[dict[str, Any]], plant: PlantConfig) -> Accepted:
@@ -223,15 +229,50 @@ def accept(events: Iterable[dict[str, Any]], plant: PlantConfig) -> Accepted:
         else:
             rank = RANK["count"]
         item = Ev(ts, rank, seq, ev)
+        known = plant.reasons_by_code
+        reason = ev.reason if isinstance(ev, StateEvent | DowntimeReasonReport) else None
+        if reason is not None and known and reason not in known:
+            out.rejected.append((item, "unknown_reason"))
+            continue
         top = max_ts.get(machine)
         if top is not None and ts < top - lateness:
-            out.late.append(item)
-            continue
-        max_ts[machine] = ts if top is None else max(top, ts)
+            out.late.append(item)  # merged later, all the same
+        else:
+            max_ts[machine] = ts if top is None else max(top, ts)
         by_machine[machine].append(item)
-    for evs in by_machine.values():
+    for m, evs in by_machine.items():
         evs.sort(key=lambda e: (e.ts, e.rank, e.seq))
+        by_machine[m] = _without_no_stop(evs, lateness, out)
     return out
+
+
+def _without_no_stop(evs: list[Ev], lateness: int, out: Accepted) -> list[Ev]:
+    """Drop the reason reports dead-lettered `no_stop`: `at` in running time (or before the
+    machine's first state) more than the allowed lateness before the report's own ts, or
+    in a stop that started more than 48 hours before it. A dropped report moves no clock.
+    """
+    starts: list[int] = []
+    states: list[str] = []
+    for e in evs:
+        if isinstance(e.ev, StateEvent):
+            starts.append(e.ts)
+            states.append(e.ev.state)
+    kept: list[Ev] = []
+    for e in evs:
+        if isinstance(e.ev, DowntimeReasonReport):
+            at = to_us(e.ev.at)
+            k = bisect.bisect_right(starts, at) - 1
+            # The stop's start: the first state event of its run of the same state.
+            while k > 0 and states[k - 1] == states[k]:
+                k -= 1
+            stopped = k >= 0 and states[k] != "running"
+            if (stopped and starts[k] < e.ts - 48 * HOUR_US) or (
+                not stopped and at < e.ts - lateness
+            ):
+                out.rejected.append((e, "no_stop"))
+                continue
+        kept.append(e)
+    return kept
 
 
 def build_intervals(machine: str, evs: list[Ev], microstop_us: int) -> list[Interval]:
