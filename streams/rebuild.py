@@ -397,23 +397,29 @@ def merged_between(conn: psycopg.Connection, first_seq: int, last_seq: int) -> i
 
 
 def wait_for_merges(
-    conn: psycopg.Connection, first_seq: int, last_seq: int, timeout_s: float = 600.0
+    conn: psycopg.Connection,
+    first_seq: int,
+    last_seq: int,
+    *,
+    settle_s: float = 0.0,
+    timeout_s: float = 600.0,
 ) -> None:
     """Block until every late event with seq in [first, last] is merged and stored.
 
     Merged means its machine was rebuilt; stored means the results sink committed the
-    rebuild's rows after that (the machine's status row, written last by every rebuild,
-    is newer than the merge).
+    rebuild's rows after that (the machine's status row, written by every rebuild of a
+    machine that has a state, is newer than the merge).
     """
     deadline = time.monotonic() + timeout_s
-    time.sleep(0.3)  # the machines' step records late events just after the batch's progress
+    # A live dataflow may store a batch's progress just before its machines' step records
+    # the late events of that batch: give it a moment.
+    time.sleep(settle_s)
     while True:
         row = conn.execute(
             """SELECT count(*) FROM late_merge l
                LEFT JOIN machine_status s ON s.machine = l.machine
                WHERE l.log_seq BETWEEN %s AND %s
-                 AND (l.merged_at IS NULL OR s.updated_at IS NULL
-                      OR s.updated_at < l.merged_at)""",
+                 AND (l.merged_at IS NULL OR s.updated_at < l.merged_at)""",
             (first_seq, last_seq),
         ).fetchone()
         if not row or not row[0]:

@@ -36,6 +36,7 @@ from mesflow.ingest_log import (
     record_for,
 )
 from mesflow.plant import PlantConfig
+from streams.rebuild import merged_between, wait_for_merges
 from streams.runner import DataflowBusy, hold_dataflow_lock, run_flow
 
 CHUNK_LINES = 20_000
@@ -47,6 +48,7 @@ class ReplaySummary:
     read: int = 0
     new: int = 0
     dead_lettered: int = 0
+    merged_late: int = 0  # accepted lines later than the allowed lateness (streams/rebuild.py)
     seconds: float = 0.0
 
     @property
@@ -60,7 +62,8 @@ class ReplaySummary:
     def describe(self) -> str:
         rate = self.read / self.seconds if self.seconds > 0 else 0.0
         return (
-            f"{self.file.name}: {self.read} events read, {self.accepted} accepted, "
+            f"{self.file.name}: {self.read} events read, {self.accepted} accepted"
+            f"{f' ({self.merged_late} of them late: merged)' if self.merged_late else ''}, "
             f"{self.dead_lettered} dead-lettered, {self.already_in_log} already in the log "
             f"(skipped) in {self.seconds:.1f} s ({rate:,.0f} events/s)"
         )
@@ -233,6 +236,7 @@ def replay_file(
         storer.start()
         watcher.start()
         try:
+            live_flow = False
             try:
                 run_flow(
                     plant,
@@ -243,6 +247,7 @@ def replay_file(
                     batch_size=20_000,
                 )
             except DataflowBusy:
+                live_flow = True
                 while (end := target()) is None:
                     time.sleep(0.1)
                 _wait_for_live_flow(database_url, end)
@@ -257,7 +262,10 @@ def replay_file(
     assert stored is not None
     summary.read, summary.new = stored.read, stored.new
     if stored.first_seq is not None and stored.last_seq is not None:
-        with connect(database_url) as conn:
+        with connect(database_url, autocommit=True) as conn:
+            # Late lines are merged by a rebuild shortly after they were read: wait for it.
+            wait_for_merges(conn, stored.first_seq, stored.last_seq, settle_s=0.3 * live_flow)
+            summary.merged_late = merged_between(conn, stored.first_seq, stored.last_seq)
             row = conn.execute(
                 """SELECT count(*) FROM dead_letter
                    WHERE log_seq BETWEEN %s AND %s AND source LIKE %s""",
