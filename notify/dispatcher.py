@@ -283,6 +283,10 @@ def run_notify(
             "(nothing is lost) until a dispatcher with an endpoint runs"
         )
     dispatcher = Dispatcher(database_url, endpoints, config)
+    # The one long-running database-side worker: also applies retention (docs/operations.md).
+    from mesflow.retention import start_periodic
+
+    start_periodic(database_url, stop)
     print(
         f"notify: delivering to {', '.join(ep.url for ep in endpoints.values()) or 'nothing'}",
         flush=True,
