@@ -50,6 +50,13 @@ class _Main(click.Group):
             from mesflow.db import unreachable
 
             raise click.ClickException(unreachable(get_settings().database_url, err)) from None
+        except RuntimeError as err:
+            from mesflow.db import MigrationError
+            from mesflow.resources import MissingResource
+
+            if isinstance(err, MigrationError | MissingResource):
+                raise click.ClickException(str(err)) from None
+            raise
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

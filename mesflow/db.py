@@ -12,9 +12,17 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 import psycopg
 
 from mesflow.plant import BUILTIN_REASONS, PlantConfig, Reason
-from mesflow.settings import REPO_ROOT
+from mesflow.resources import SOURCE_ROOT, MissingResource, resource_dir
 
-SQL_DIR = REPO_ROOT / "sql"
+
+def _sql_dir() -> Path:
+    try:
+        return resource_dir("sql")
+    except MissingResource:
+        return SOURCE_ROOT / "sql"  # absent: migrate() refuses with the path named
+
+
+SQL_DIR = _sql_dir()
 TIMESCALE_DIR = SQL_DIR / "timescaledb"
 _MIGRATION_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 # Any constant works; it only has to be the same for every process that migrates.
@@ -84,12 +92,17 @@ class Migration:
 
 
 def find_migrations(directory: Path, prefix: str = "") -> list[Migration]:
+    # An empty plan would report "0 applied" on a database with no tables: refuse instead.
+    if not directory.is_dir():
+        raise MigrationError(f"{directory}: migrations folder missing (incomplete install?)")
     found = []
     for path in sorted(directory.glob("*.sql")):
         m = _MIGRATION_NAME.match(path.name)
         if not m:
             raise MigrationError(f"{path}: migration files are named NNN_lower_case.sql")
         found.append(Migration(prefix + m.group(1), path))
+    if not found:
+        raise MigrationError(f"{directory}: no migrations in this folder (incomplete install?)")
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"{directory}: two migrations share a number")

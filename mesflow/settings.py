@@ -11,7 +11,15 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from mesflow.resources import SOURCE_ROOT, example_plant, is_source_checkout
+
+REPO_ROOT = SOURCE_ROOT
+
+
+def _default_data_dir() -> Path:
+    # var/ of the source tree when running from one; an installed package must not write
+    # into site-packages, so there it is var/ of the working directory.
+    return REPO_ROOT / "var" if is_source_checkout() else Path("var").resolve()
 
 
 class Settings(BaseSettings):
@@ -41,8 +49,8 @@ class Settings(BaseSettings):
         le=64 * 1024,
         description="larger MQTT messages are dead-lettered too_large",
     )
-    plant_config: Path = Field(default=REPO_ROOT / "config" / "plant.example.yaml")
-    data_dir: Path = Field(default=REPO_ROOT / "var", description="state kept between runs")
+    plant_config: Path = Field(default_factory=example_plant)
+    data_dir: Path = Field(default_factory=_default_data_dir, description="state kept between runs")
     http_host: str = "127.0.0.1"
     http_port: int = 8050
     language: str = Field(default="zh", description="default UI language: zh or en")

@@ -179,3 +179,19 @@ def test_cli_db_migrate_without_database_url() -> None:
     result = CliRunner().invoke(main, ["db", "migrate"], env={"MESFLOW_DATABASE_URL": None})
     assert result.exit_code != 0
     assert "MESFLOW_DATABASE_URL is not set" in result.output
+
+
+def test_missing_or_empty_migrations_folder_is_an_error(
+    empty_db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "0 migrations applied" on a database with no tables would hide a broken install.
+    monkeypatch.setattr(mesflow.db, "SQL_DIR", tmp_path / "absent")
+    with pytest.raises(MigrationError, match="migrations folder missing"):
+        migrate(empty_db_url, log=_quiet)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(mesflow.db, "SQL_DIR", tmp_path / "empty")
+    with pytest.raises(MigrationError, match="no migrations in this folder"):
+        migrate(empty_db_url, log=_quiet)
+    assert "schema_migrations" in _relations(empty_db_url, "r")
+    with psycopg.connect(empty_db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (0,)
