@@ -24,6 +24,7 @@ from mesflow.db import migrate, sync_plant
 from mesflow.plant import PlantConfig
 from mesflow.services import Broker, EmbeddedPostgres, free_port, start_broker, wait_for_port
 from mesflow.settings import Settings
+from mesflow.users import demo_logins
 
 
 @dataclass
@@ -135,6 +136,10 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
             _say(f"{comp.name}: up")
         _say(f"order intake API: http://127.0.0.1:{api_port}/docs (CRM stand-in posting orders)")
         _say(f"dashboard: http://127.0.0.1:{http_port}   (Ctrl-C stops everything)")
+        logins = demo_logins(db_url, data)  # kept in var/demo-logins.json across restarts
+        _say(f"dashboard sign-in: user admin, password {logins.password}")
+        _say(f"wall-screen URL (viewer token): http://127.0.0.1:{http_port}/andon?token={logins.token}")  # fmt: skip
+        _say("more users: mesflow user add NAME --role viewer (or operator, manager, admin)")
 
         while not stopping.wait(1.0):
             for comp in components:
