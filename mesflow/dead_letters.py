@@ -22,7 +22,7 @@ import click
 import psycopg
 
 from mesflow.db import connect
-from mesflow.ingest_log import LogRecord, append, dedupe_key
+from mesflow.ingest_log import LogRecord, append, dedupe_key, record_from_bytes
 
 # A requeue transaction holds the log's append lock: keep it short.
 _BATCH_ROWS = 500
@@ -197,6 +197,13 @@ def requeue_key(log_seq: int) -> bytes:
     return dedupe_key(f"requeue:{log_seq}")
 
 
+def requeue_record(log_seq: int, payload: bytes) -> LogRecord:
+    """The log row of a requeued dead letter: decoded like any input (its machine, content
+    key; an error row again if it still cannot be decoded), keyed by the dead letter."""
+    rec = record_from_bytes(f"requeue:{log_seq}", payload, line_key=requeue_key(log_seq))
+    return rec._replace(dedupe_key=requeue_key(log_seq))
+
+
 def requeue(
     conn: psycopg.Connection[Any],
     *,
@@ -231,13 +238,7 @@ def requeue(
                 else:
                     todo.append((int(seq), bytes(payload)))
             if todo:
-                append(
-                    conn,
-                    [
-                        LogRecord(f"requeue:{seq}", payload, requeue_key(seq))
-                        for seq, payload in todo
-                    ],
-                )
+                append(conn, [requeue_record(seq, payload) for seq, payload in todo])
                 # Found by key: also right when an earlier, interrupted run stored it.
                 keys = {requeue_key(seq): seq for seq, _ in todo}
                 new_seq = {

@@ -1,0 +1,227 @@
+"""Dead letters: list by reason, show safely, requeue after a fix through a real dataflow."""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesflow.cli import main
+from mesflow.db import sync_plant
+from mesflow.dead_letters import escape_payload, parse_since, requeue, summarize
+from mesflow.plant import PlantConfig, load_plant_config
+from mesflow.retention import RetentionPolicy, run_retention
+from streams.replay import replay_file
+from streams.runner import run_flow
+from tests.conftest import EXAMPLE_CONFIG
+
+NEW_MACHINE = "IM-07"
+
+
+def _rows(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def _one(url: str, query: str, params: Any = None) -> Any:
+    return _rows(url, query, params)[0][0]
+
+
+def _plant_with_new_machine(plant: PlantConfig, tmp_path: Path) -> PlantConfig:
+    """The fix an engineer makes: the machine added to the plant file."""
+    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    anchor = "      - {id: IM-06,"
+    assert anchor in text
+    added = (
+        f"      - {{id: {NEW_MACHINE}, name: {{en: Press 7, zh: 7号注塑机}}, "
+        "ideal_cycle_seconds: 18}\n"
+    )
+    text = text.replace(anchor, added + anchor)
+    path = tmp_path / "plant.yaml"
+    path.write_text(text, encoding="utf-8")
+    fixed = load_plant_config(path)
+    # Keep the test plant's clock policy (tests/conftest.py).
+    return fixed.model_copy(update={"plant": fixed.plant.model_copy(update={"max_event_age_days": plant.plant.max_event_age_days})})  # fmt: skip
+
+
+def _events(n: int) -> list[dict[str, Any]]:
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    out: list[dict[str, Any]] = [
+        {"type": "state", "machine": NEW_MACHINE, "ts": t0.isoformat(), "state": "running",
+         "id": "s-0"},
+    ]  # fmt: skip
+    for i in range(1, n + 1):
+        out.append(
+            {
+                "type": "count",
+                "machine": NEW_MACHINE,
+                "ts": (t0 + timedelta(seconds=20 * i)).isoformat(),
+                "good": 1,
+                "id": f"c-{i}",
+            }
+        )
+    return out
+
+
+def _write(path: Path, events: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    return path
+
+
+def _figures(url: str) -> tuple[Any, ...]:
+    return (
+        _one(url, "SELECT good_total FROM machine_status WHERE machine = %s", (NEW_MACHINE,)),
+        _one(url, "SELECT sum(good) FROM machine_hour WHERE machine = %s", (NEW_MACHINE,)),
+    )
+
+
+def test_requeue_after_the_machine_is_added_counts_each_event_once(
+    db_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    n = 40
+    rec = tmp_path / "recovery"
+    events = _write(tmp_path / "events.jsonl", _events(n))
+    first = replay_file(events, plant, db_url, rec, progress=False, snapshot_seconds=1.0)
+    assert first.dead_lettered == n + 1
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        [summary] = summarize(conn)
+    assert (summary.reason, summary.open) == ("unknown_machine", n + 1)
+
+    fixed = _plant_with_new_machine(plant, tmp_path)
+    sync_plant(db_url, fixed)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        done = requeue(conn, reason="unknown_machine")
+        assert done.requeued == n + 1 and len(done.new_seqs) == n + 1
+        # Twice does nothing, by reason or by seq.
+        assert requeue(conn, reason="unknown_machine").requeued == 0
+        again = requeue(conn, seqs=[s for (s,) in conn.execute("SELECT log_seq FROM dead_letter")])
+        assert (again.requeued, again.already_resolved) == (0, n + 1)
+    end = _one(db_url, "SELECT max(seq) FROM ingest_log")
+    assert end == max(done.new_seqs)
+    run_flow(fixed, db_url, rec, 1.0, upto_seq=end)
+    assert _figures(db_url) == (n, n)
+    # Nothing new dead-lettered; every old one says where it went.
+    assert _one(db_url, "SELECT count(*) FROM dead_letter") == n + 1
+    assert _rows(db_url, "SELECT DISTINCT status FROM v_dead_letter") == [("requeued",)]
+    assert (
+        _one(
+            db_url,
+            "SELECT count(*) FROM dead_letter d JOIN ingest_log l ON l.seq = d.requeued_seq "
+            "WHERE l.source = 'requeue:' || d.log_seq",
+        )
+        == n + 1
+    )
+
+    # The file again, and another requeue: nothing is stored, nothing counted twice.
+    second = replay_file(events, fixed, db_url, rec, progress=False, snapshot_seconds=1.0)
+    assert second.new == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        assert requeue(conn, reason="unknown_machine").requeued == 0
+    run_flow(fixed, db_url, rec, 1.0, upto_seq=_one(db_url, "SELECT max(seq) FROM ingest_log"))
+    assert _figures(db_url) == (n, n)
+
+
+def _dead(conn: psycopg.Connection[Any], payload: bytes, reason: str, when: datetime) -> int:
+    row = conn.execute(
+        "INSERT INTO ingest_log (received_at, source, payload) VALUES (%s, 'mqtt:t', %s) "
+        "RETURNING seq",
+        (when, payload),
+    ).fetchone()
+    assert row is not None
+    conn.execute(
+        "INSERT INTO dead_letter (log_seq, received_at, source, payload, reason, detail) "
+        "SELECT seq, received_at, source, payload, %s, 'detail of ' || seq FROM ingest_log "
+        "WHERE seq = %s",
+        (reason, row[0]),
+    )
+    return int(row[0])
+
+
+def test_requeue_uses_the_dead_letters_own_copy_once_the_log_row_is_pruned(db_url: str) -> None:
+    payload = json.dumps({"type": "count", "machine": NEW_MACHINE, "ts": "2026-11-20T08:00:00Z",
+                          "good": 1, "id": "x"}).encode()  # fmt: skip
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        seq = _dead(conn, payload, "unknown_machine", datetime.now(UTC) - timedelta(days=60))
+        conn.execute("INSERT INTO dataflow_progress VALUES ('machines', %s, now())", (seq,))
+        conn.execute(
+            "INSERT INTO retention_observation VALUES ('machines', %s, now() - interval '1 hour')",
+            (seq,),
+        )
+    run_retention(db_url, RetentionPolicy())
+    assert _one(db_url, "SELECT count(*) FROM ingest_log") == 0
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        result = requeue(conn, seqs=[seq, 999_999])
+    assert (result.requeued, result.not_found) == (1, 1)
+    stored = _rows(db_url, "SELECT payload, machine FROM ingest_log")
+    assert [(json.loads(p), m) for p, m in stored] == [(json.loads(payload), NEW_MACHINE)]
+
+
+def test_list_show_requeue_and_discard_commands(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC)
+    hostile = b'{"machine":"\x1b[2J\xe2\x80\xae","bad":"\xff\x00"}'
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        seqs = [_dead(conn, b'{"n":%d}' % i, "unknown_machine", now) for i in range(5)]
+        bad = _dead(conn, hostile, "malformed", now - timedelta(days=3))
+    monkeypatch.setenv("MESFLOW_DATABASE_URL", db_url)
+    cli = CliRunner()
+
+    listed = cli.invoke(main, ["dead-letters", "list"])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert lines[1].split()[:4] == ["unknown_machine", "5", "0", "0"]
+    assert f"seq {seqs[-1]}: detail of {seqs[-1]}" in listed.output
+    recent = cli.invoke(main, ["dead-letters", "list", "--since", "1d"])
+    assert "malformed" not in recent.output and "unknown_machine" in recent.output
+    assert cli.invoke(main, ["dead-letters", "list", "--since", "soon"]).exit_code != 0
+
+    shown = cli.invoke(main, ["dead-letters", "show", str(bad)])
+    assert shown.exit_code == 0, shown.output
+    assert "\x1b" not in shown.output and "\u202e" not in shown.output
+    assert "\\u001b[2J" in shown.output and "\\u202e" in shown.output and "\\xff" in shown.output
+    raw = cli.invoke(main, ["dead-letters", "show", "--raw", str(bad)])
+    assert raw.stdout_bytes == hostile
+    assert cli.invoke(main, ["dead-letters", "show", "424242"]).exit_code != 0
+
+    assert cli.invoke(main, ["dead-letters", "requeue"]).exit_code != 0  # nothing named
+    done = cli.invoke(main, ["dead-letters", "requeue", str(seqs[0]), str(seqs[1])])
+    assert done.exit_code == 0, done.output
+    assert "2 requeued" in done.output and "requeue: 2/2" in done.output
+    by_reason = cli.invoke(main, ["dead-letters", "requeue", "--reason", "unknown_machine"])
+    assert "3 requeued" in by_reason.output
+    twice = cli.invoke(main, ["dead-letters", "requeue", str(seqs[0])])
+    assert "0 requeued" in twice.output and "1 already resolved" in twice.output
+    discarded = cli.invoke(main, ["dead-letters", "discard", "--reason", "malformed"])
+    assert "1 dead letter(s) discarded" in discarded.output
+    statuses = _rows(db_url, "SELECT reason, status, count(*) FROM v_dead_letter GROUP BY 1, 2")
+    assert sorted(statuses) == [("malformed", "discarded", 1), ("unknown_machine", "requeued", 5)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=200))
+def test_shown_payloads_hold_no_control_characters(payload: bytes) -> None:
+    text = escape_payload(payload)
+    assert all(
+        ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+        for ch in text
+    )
+    if payload.isascii() and payload.decode().isprintable():
+        assert text == payload.decode()
+
+
+def test_parse_since() -> None:
+    now = datetime(2026, 11, 20, 8, tzinfo=UTC)
+    assert parse_since("2h", now) == now - timedelta(hours=2)
+    assert parse_since("3d", now) == now - timedelta(days=3)
+    assert parse_since("2026-11-19T08:00", now) == datetime(2026, 11, 19, 8, tzinfo=UTC)
+    with pytest.raises(ValueError):
+        parse_since("yesterday", now)
