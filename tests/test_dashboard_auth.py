@@ -235,6 +235,9 @@ def test_sign_in_sets_a_safe_cookie_and_goes_back(app: dash.Dash) -> None:
     cookie = done.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "mesflow_session=" in cookie
     assert client.get("/andon?lang=en").status_code == 200
+    router = next(d for d in _deps(app) if d["output"] == auth.ROUTER_OUTPUT)
+    board = client.post("/_dash-update-component", json=_callback_body(router, "/andon"))
+    assert "logout?lang=zh" in board.get_data(as_text=True)  # a person can sign out
     assert client.get("/logout").status_code == 303
     assert client.get("/andon").status_code == 302
 
@@ -408,6 +411,9 @@ def test_token_url_opens_a_viewer_session_until_revoked(app: dash.Dash, db_url: 
     andon = next(d for d in _deps(app) if "andon-board" in d["output"])
     assert tv.post("/_dash-update-component", json=_callback_body(andon)).status_code == 200
     assert tv.get(MANAGER_PATH).status_code == 403  # read-only: viewer pages only
+    router = next(d for d in _deps(app) if d["output"] == auth.ROUTER_OUTPUT)
+    board = tv.post("/_dash-update-component", json=_callback_body(router, "/andon"))
+    assert board.status_code == 200 and "logout?lang" not in board.get_data(as_text=True)
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute(
             "SELECT last_used_at IS NOT NULL FROM dashboard_token WHERE id = %s", (row.id,)

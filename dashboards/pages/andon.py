@@ -19,7 +19,7 @@ from dash import Input, Output, State, dcc, html
 
 from dashboards import auth, context
 from dashboards.i18n import STATE_LABELS, STATE_ORDER, format_duration, state_label, t
-from dashboards.nav import nav_links
+from dashboards.nav import account_links, nav_links
 from dashboards.queries import MachineStatus, machine_status
 from mesflow.plant import PlantConfig
 
@@ -114,6 +114,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
                                 className="andon-links",
                                 children=[
                                     *nav_links(lang, PATH),
+                                    *account_links(lang),
                                     # Full reload on purpose: the whole board, not only the
                                     # tiles, switches language.
                                     html.A(
