@@ -163,7 +163,11 @@ class RestartableBroker(Broker):
         self.stop()
         time.sleep(down_s)
         self.process = start_broker(
-            self.data_dir, self.port, persistence=True, prefer="mosquitto"
+            self.data_dir,
+            self.port,
+            persistence=True,
+            prefer="mosquitto",
+            users=self.users or None,
         ).process
 
 
