@@ -1,5 +1,5 @@
-# One image for every mesflow service (migrate, collector-mqtt, dataflow, dashboard, simulator);
-# docker-compose.yml picks the command.
+# One image for every mesflow service (migrate, collector-mqtt, dataflow, dashboard, api,
+# notify, simulator); docker-compose.yml picks the command.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -11,24 +11,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject.toml alone, so that code edits do not reinstall them.
-COPY pyproject.toml /app/
-RUN python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); \
-print('\n'.join(d['project']['dependencies']))" > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt
+# Dependencies first, at exactly the locked versions with their hashes (scripts/lock.sh),
+# so that code edits do not reinstall them and a new upstream release changes nothing.
+COPY requirements/runtime.txt /tmp/runtime.txt
+RUN pip install --require-hashes -r /tmp/runtime.txt && rm /tmp/runtime.txt
 
-# mesflow finds sql/ and config/ next to its package (settings.REPO_ROOT is the parent of
-# mesflow/), so the source tree stays at /app and is installed in editable mode: the
-# `mesflow` command then imports /app/mesflow and reads /app/sql and /app/config.
-COPY . /app
-RUN pip install --no-deps -e /app \
+# mesflow itself as a regular (not editable) install: the wheel carries its migrations,
+# the example plant and the boards' styles as package data. config/ stays at /app/config,
+# where docker-compose.yml mounts the plant file.
+COPY . /src
+RUN pip install --no-deps /src \
+ && mkdir -p /app/config /app/var/recovery \
+ && cp -r /src/config/. /app/config/ \
+ && rm -rf /src \
  && useradd --system --uid 10001 --home-dir /app --no-create-home mesflow \
- && mkdir -p /app/var/recovery \
  && chown -R mesflow:mesflow /app/var
 
 # /app/var/recovery exists and belongs to mesflow before a volume is mounted on it, so a new
 # named volume starts with that owner and the non-root dataflow can write its snapshots.
 USER mesflow
-EXPOSE 8050
+EXPOSE 8050 8060
 CMD ["mesflow", "--help"]

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -128,15 +129,54 @@ def test_dataflow_recovery_snapshots_persist(services: dict[str, dict[str, Any]]
 
 def test_database_is_timescaledb_with_a_volume(services: dict[str, dict[str, Any]]) -> None:
     db = services["timescaledb"]
-    assert db["image"].startswith("timescale/timescaledb:")
-    assert re.search(r"-pg1[4-9]$", db["image"]), "PostgreSQL >= 14"
+    tag = re.fullmatch(r"timescale/timescaledb:(\d+)\.(\d+)\.(\d+)-pg(\d+)", db["image"])
+    assert tag, "a pinned TimescaleDB release, not latest"
+    # 2.17 was a late-2024 build; PostgreSQL 17 or newer.
+    assert (int(tag[1]), int(tag[2])) >= (2, 27) and int(tag[4]) >= 17
     assert any(v.endswith(":/var/lib/postgresql/data") for v in db["volumes"])
     assert "pg_isready" in " ".join(db["healthcheck"]["test"])
 
 
-def test_ports(services: dict[str, dict[str, Any]]) -> None:
-    assert any(p.endswith(":8050") for p in services["dashboard"]["ports"])
-    assert "1883:1883" in services["mosquitto"]["ports"]
+LOCAL_BY_DEFAULT = "${MESFLOW_PUBLISH_ADDRESS:-127.0.0.1}:"
+
+
+def test_ports_are_published_on_this_host_only_by_default(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    published = {name: svc.get("ports", []) for name, svc in services.items()}
+    assert published["dashboard"] == [f"{LOCAL_BY_DEFAULT}${{MESFLOW_HTTP_PORT:-8050}}:8050"]
+    assert published["api"] == [f"{LOCAL_BY_DEFAULT}${{MESFLOW_API_PORT:-8060}}:8060"]
+    assert published["mosquitto"] == [f"{LOCAL_BY_DEFAULT}${{MESFLOW_MQTT_PORT:-1883}}:1883"]
+    assert published["timescaledb"] == ["127.0.0.1:${MESFLOW_PG_PORT:-5432}:5432"]
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith((LOCAL_BY_DEFAULT, "127.0.0.1:")), (name, port)
+    assert "MESFLOW_PUBLISH_ADDRESS" in COMPOSE_FILE.read_text("utf-8").split("services:")[0]
+
+
+def test_published_addresses_as_compose_resolves_them() -> None:
+    command = _compose_command()
+    require(command is not None, "docker compose (apt-get install docker-compose)")
+    assert command is not None
+
+    def host_ip(port: str | dict[str, Any]) -> str:
+        # Compose v2 prints the long form, Debian's docker-compose 1.x "ip:host:container".
+        return port["host_ip"] if isinstance(port, dict) else port.split(":")[0]
+
+    for env, expected in (({}, "127.0.0.1"), ({"MESFLOW_PUBLISH_ADDRESS": "0.0.0.0"}, "0.0.0.0")):
+        result = subprocess.run(
+            [*command, "-f", str(COMPOSE_FILE), "config"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**{k: v for k, v in os.environ.items() if not k.startswith("MESFLOW_")}, **env},
+        )
+        assert result.returncode == 0, result.stderr
+        resolved = yaml.safe_load(result.stdout)["services"]
+        for name in ("dashboard", "api", "mosquitto"):
+            (port,) = resolved[name]["ports"]
+            assert host_ip(port) == expected, (name, port)
+        assert host_ip(resolved["timescaledb"]["ports"][0]) == "127.0.0.1"
 
 
 def test_mesflow_environment(services: dict[str, dict[str, Any]]) -> None:
@@ -167,23 +207,28 @@ def test_mosquitto_config() -> None:
     assert settings["max_queued_messages"] == "0"
     assert settings["set_tcp_nodelay"] == "true"
     assert settings["listener"] == "1883"
-    assert settings["allow_anonymous"] == "true"
-    assert "password_file" in conf.read_text("utf-8")  # documented how to switch it on
+    # Closed by default: passwords and an ACL, both in the mounted folder.
+    assert settings["allow_anonymous"] == "false"
+    assert settings["password_file"] == "/mosquitto/config/passwd"
+    assert settings["acl_file"] == "/mosquitto/config/acl"
+    assert (REPO_ROOT / "config" / "mosquitto" / "acl").is_file()
 
 
 def test_mosquitto_mounts_config_and_data(services: dict[str, dict[str, Any]]) -> None:
     volumes = services["mosquitto"]["volumes"]
-    assert "./config/mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro" in volumes
+    assert "./config/mosquitto:/mosquitto/config:ro" in volumes
     assert any(v.endswith(":/mosquitto/data") for v in volumes)
 
 
-def test_dockerfile_keeps_sql_and_config_next_to_the_package() -> None:
-    # settings.REPO_ROOT is the parent of the mesflow package: the image must run the
-    # package from /app (editable install) so that /app/sql and /app/config are found.
+def test_dockerfile_installs_the_lock_then_the_package() -> None:
+    # Locked, hashed dependencies; then mesflow as a regular install, whose wheel carries
+    # the migrations and the example plant (tests/test_packaging.py).
     text = (REPO_ROOT / "Dockerfile").read_text("utf-8")
     assert re.search(r"^FROM python:3\.11-slim-bookworm$", text, re.M)
-    assert "COPY . /app" in text
-    assert "pip install --no-deps -e /app" in text
+    assert "pip install --require-hashes -r /tmp/runtime.txt" in text
+    assert "COPY requirements/runtime.txt" in text
+    assert "pip install --no-deps /src" in text
+    assert " -e " not in text
     assert re.search(r"^USER (?!root)\S+$", text, re.M), "runs as a non-root user"
     ignored = (REPO_ROOT / ".dockerignore").read_text("utf-8").split()
     assert "sql" not in ignored and "config" not in ignored
