@@ -498,6 +498,12 @@ def test_andon_board_in_browser(
         )
         again, _ = _tiles(browser.dom())
         assert "断刀" in again["CNC-01"].text and "故障停机" in again["CNC-01"].text
+
+        # Signed out while watching (password changed elsewhere): the next refresh gets 401
+        # and the page goes to the sign-in form instead of freezing.
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            users.set_password(conn, "admin", "another password")
+        browser.wait_for("location.pathname === '/login'", timeout=15)
     finally:
         browser.close()
     # Written for a person to look at (is it readable from across the hall?); here only
