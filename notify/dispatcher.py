@@ -17,6 +17,7 @@ that processed a callback but whose answer was lost gets it again with the same
 
 from __future__ import annotations
 
+import email.utils
 import logging
 import random
 import signal
@@ -25,6 +26,7 @@ import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -44,6 +46,14 @@ class Endpoint:
     name: str
     url: str
     secret: str  # whsec_...
+
+    @property
+    def shown(self) -> str:
+        """The URL as logs and stored errors show it: no token, password or query value."""
+        return webhooks.redact_url(self.url)
+
+    def __repr__(self) -> str:  # a dataclass repr would print the URL and the secret
+        return f"Endpoint({self.name!r}, {self.shown!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +85,38 @@ def backoff_s(attempts: int, base_s: float, cap_s: float, rng: random.Random) ->
     return rng.uniform(0.0, ceiling)
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
+def _retry_after(headers: httpx.Headers, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delay-seconds or an HTTP date."""
+    value = (headers.get("retry-after") or "").strip()
+    if not value:
         return None
+    if value.isdigit():
+        return float(value)
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: rare from CRMs; the backoff alone is fine
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None  # unreadable: the backoff alone applies
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+class RedactUrls(logging.Filter):
+    """httpx logs each request's full URL at INFO: with a callback URL's token in it.
+    Attached to the `httpx` logger, it replaces every URL argument by its redacted form."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                webhooks.redact_url(str(a))
+                if isinstance(a, httpx.URL) or (isinstance(a, str) and "://" in a)
+                else a
+                for a in record.args
+            )
+        return True
+
+
+_REDACT_HTTPX = RedactUrls()
 
 
 class Dispatcher:
@@ -105,6 +139,7 @@ class Dispatcher:
             timeout=self.config.timeout_s, follow_redirects=False, trust_env=False
         )
         self.rng = rng or random.Random()
+        logging.getLogger("httpx").addFilter(_REDACT_HTTPX)  # a set: added once
         # The lease outlives the slowest possible attempt, so no two dispatchers send
         # the same callback at once.
         self.lease_s = 2 * self.config.timeout_s + 30
@@ -118,12 +153,22 @@ class Dispatcher:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.database_url, autocommit=True)
             for ep in self.endpoints.values():
-                if not outbox.register_endpoint(self._conn, ep.name, ep.url):
+                state = outbox.register_endpoint(self._conn, ep.name, ep.url)
+                if state.requeued:
+                    log.warning(
+                        "endpoint %s registered anew (%s): enabled again, %d callback(s) "
+                        "failed while it was disabled are sent again",
+                        ep.name,
+                        ep.shown,
+                        state.requeued,
+                    )
+                if not state.enabled:
                     log.warning(
                         "endpoint %s (%s) is disabled after an HTTP 410; its callbacks are "
-                        "failed until its URL changes or they are replayed (docs/crm.md)",
+                        "failed until it is registered with a new URL or they are replayed "
+                        "(docs/crm.md)",
                         ep.name,
-                        ep.url,
+                        ep.shown,
                     )
         return self._conn
 
@@ -147,6 +192,16 @@ class Dispatcher:
         return len(batch)
 
     def _send(self, msg: outbox.Message) -> Outcome:
+        try:
+            return self._attempt(msg)
+        except Exception as err:
+            # One callback that cannot even be built or sent (a bug, a payload the encoder
+            # refuses) is a failed attempt of that callback, retried and then dead-lettered:
+            # it must not stop the deliveries of every other order.
+            log.exception("callback %s could not be sent", msg.webhook_id)
+            return Outcome(msg, None, f"internal error: {type(err).__name__}: {err}")
+
+    def _attempt(self, msg: outbox.Message) -> Outcome:
         ep = self.endpoints[msg.endpoint]
         body = msg.body()
         headers = {
@@ -161,7 +216,8 @@ class Dispatcher:
                 msg, None, f"timeout after {self.config.timeout_s:g} s ({type(err).__name__})"
             )
         except httpx.HTTPError as err:
-            return Outcome(msg, None, f"{type(err).__name__}: {err}")
+            # httpx may name the URL in its message: stored errors and logs get it redacted.
+            return Outcome(msg, None, webhooks.redact_text(f"{type(err).__name__}: {err}", ep.url))
         if 200 <= resp.status_code < 300:
             return Outcome(msg, resp.status_code, None)
         snippet = resp.text[:200].replace("\n", " ")
@@ -182,7 +238,7 @@ class Dispatcher:
             return
         self.failed_attempts += 1
         if out.http_status == 410:
-            reason = f"HTTP 410 Gone from {self.endpoints[msg.endpoint].url}"
+            reason = f"HTTP 410 Gone from {self.endpoints[msg.endpoint].shown}"
             n = outbox.mark_endpoint_gone(conn, msg.id, msg.endpoint, reason)
             log.warning(
                 "callback %s (%s, order %s): %s; endpoint %s disabled, %d pending callback(s) failed",
@@ -241,7 +297,7 @@ class Dispatcher:
                 # Wake on an insert, or after poll_s for retries that came due.
                 for _ in listener.notifies(timeout=self.config.poll_s, stop_after=1):
                     pass
-            except psycopg.OperationalError as err:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
                 # The database restarts or the network blips: nothing is lost (leases
                 # expire, rows stay pending); wait and reconnect.
                 log.warning("database unavailable (%s); retrying in 2 s", err)
@@ -288,7 +344,7 @@ def run_notify(
 
     start_periodic(database_url, stop)
     print(
-        f"notify: delivering to {', '.join(ep.url for ep in endpoints.values()) or 'nothing'}",
+        f"notify: delivering to {', '.join(ep.shown for ep in endpoints.values()) or 'nothing'}",
         flush=True,
     )
     started = time.monotonic()

@@ -216,22 +216,46 @@ def fail_disabled_endpoints(conn: psycopg.Connection[Any]) -> int:
     return cur.rowcount
 
 
-def register_endpoint(conn: psycopg.Connection[Any], name: str, url: str) -> bool:
-    """Record the endpoint's URL; a new URL re-enables an endpoint disabled by a 410.
-    Returns whether the endpoint is enabled."""
-    row = conn.execute(
-        """INSERT INTO webhook_endpoint (name, url) VALUES (%s, %s)
-           ON CONFLICT (name) DO UPDATE
-           SET url = EXCLUDED.url, updated_at = now(),
-               disabled_at = CASE WHEN webhook_endpoint.url = EXCLUDED.url
-                                  THEN webhook_endpoint.disabled_at END,
-               disabled_reason = CASE WHEN webhook_endpoint.url = EXCLUDED.url
-                                      THEN webhook_endpoint.disabled_reason END
-           RETURNING disabled_at IS NULL""",
-        (name, url),
-    ).fetchone()
-    assert row is not None
-    return bool(row[0])
+@dataclass(frozen=True, slots=True)
+class EndpointState:
+    enabled: bool
+    requeued: int  # callbacks put back to pending by this registration
+
+
+def register_endpoint(conn: psycopg.Connection[Any], name: str, url: str) -> EndpointState:
+    """Record the endpoint's URL. The same URL keeps a disabled endpoint disabled (a 410
+    means 'gone for good'); a new URL is the integrator registering it anew: it is enabled
+    again and the callbacks failed only because it was disabled are sent again, in order."""
+    with conn.transaction():
+        row = conn.execute(
+            """WITH old AS (SELECT url, disabled_at FROM webhook_endpoint WHERE name = %(name)s)
+               INSERT INTO webhook_endpoint (name, url) VALUES (%(name)s, %(url)s)
+               ON CONFLICT (name) DO UPDATE
+               SET url = EXCLUDED.url, updated_at = now(),
+                   disabled_at = CASE WHEN webhook_endpoint.url = EXCLUDED.url
+                                      THEN webhook_endpoint.disabled_at END,
+                   disabled_reason = CASE WHEN webhook_endpoint.url = EXCLUDED.url
+                                          THEN webhook_endpoint.disabled_reason END
+               RETURNING disabled_at IS NULL,
+                         COALESCE((SELECT disabled_at IS NOT NULL AND url <> %(url)s FROM old),
+                                  false)""",
+            {"name": name, "url": url},
+        ).fetchone()
+        assert row is not None
+        enabled, reenabled = bool(row[0]), bool(row[1])
+        requeued = 0
+        if reenabled:
+            # 'endpoint disabled: ...' is what fail_disabled_endpoints wrote; the callback
+            # answered 410 itself has last_http_status 410. Failures of their own (retries
+            # used up at the old URL) stay failed.
+            requeued = conn.execute(
+                """UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                          locked_until = NULL
+                   WHERE endpoint = %s AND status = 'failed'
+                     AND (last_error LIKE 'endpoint disabled:%%' OR last_http_status = 410)""",
+                (name,),
+            ).rowcount
+    return EndpointState(enabled, requeued)
 
 
 def replay_failed(
