@@ -4,6 +4,7 @@ end to end: real uvicorn server, real dispatcher, real callback receiver."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import socket
 import threading
@@ -18,8 +19,15 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from collectors.crm_api import create_app
-from collectors.simulator.crm import CrmClient, CrmStandIn, Received, start_receiver
+from collectors.crm_api import RedactQuery, create_app
+from collectors.simulator.crm import (
+    CrmClient,
+    CrmStandIn,
+    Received,
+    credential_lines,
+    demo_env,
+    start_receiver,
+)
 from mesflow.events import OrderEvent, WorkOrderEvent, parse_event
 from mesflow.plant import PlantConfig
 from mesflow.services import free_port, wait_for_port
@@ -654,3 +662,43 @@ def test_the_docs_pages_load_their_assets_from_the_api_itself(live_api: str) -> 
                 assert asset.status_code == 200, url
                 assert len(asset.content) > 100, url
             assert "validatorUrl" not in html.text or '"validatorUrl": null' in html.text
+
+
+# --- secrets: kept for integrators, out of logs ----------------------------------------
+
+
+def test_demo_credentials_persist_and_are_described_by_variable(tmp_path: Any) -> None:
+    store = tmp_path / "demo-crm.json"
+    first = demo_env(8060, 8061, store)
+    assert demo_env(8070, 8071, store)["MESFLOW_CRM_TOKENS"] == first["MESFLOW_CRM_TOKENS"]
+    assert demo_env(8060, 8061)["MESFLOW_CRM_TOKENS"] != first["MESFLOW_CRM_TOKENS"]
+    lines = "\n".join(credential_lines(first))
+    token = first["MESFLOW_CRM_TOKENS"].split(":", 1)[1]
+    assert f"Authorization: Bearer {token}" in lines and "MESFLOW_CRM_TOKENS" in lines
+    assert first["MESFLOW_CRM_WEBHOOK_SECRET"] in lines
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://h:1/cb?token=abc&x=1&flag", "http://h:1/cb?token=***&x=***&flag"),
+        ("https://user:pw@crm.example.com/in", "https://***:***@crm.example.com/in"),
+        ("https://hooks.example.com/T0ABCDEF123/B0456XYZ789/abcdefgh12345678", None),
+        ("http://crm.local/mesflow/callbacks", "http://crm.local/mesflow/callbacks"),
+    ],
+)
+def test_urls_are_redacted_for_logs(url: str, shown: str | None) -> None:
+    got = webhooks.redact_url(url)
+    if shown is not None:
+        assert got == shown
+    assert "abc" not in got.split("?")[-1] if "?" in url else True
+    assert "pw" not in got and "abcdefgh12345678" not in got
+
+
+def test_the_access_log_shows_no_query_values() -> None:
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5", "GET", "/api/v1/orders/A?token=s3cret&b=1", "1.1", 200), None,
+    )  # fmt: skip
+    RedactQuery().filter(record)
+    assert "s3cret" not in record.getMessage() and "token=***" in record.getMessage()

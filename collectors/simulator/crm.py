@@ -17,10 +17,11 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -398,14 +399,56 @@ def run_crm(
     return 0
 
 
-def demo_env(api_port: int, callback_port: int) -> dict[str, str]:
-    """Fresh credentials that wire the intake, the dispatcher and this stand-in together
-    (for `mesflow demo`): one CRM client with a bearer token and a callback secret."""
+def demo_env(api_port: int, callback_port: int, store: Path | None = None) -> dict[str, str]:
+    """Credentials that wire the intake, the dispatcher and this stand-in together (for
+    `mesflow demo`): one CRM client with a bearer token and a callback secret.
+
+    With `store` (e.g. var/demo-crm.json) the token and secret are kept across restarts,
+    so an integrator's script keeps working; without it they are fresh each time.
+    """
     import secrets as _secrets
 
+    kept: dict[str, str] = {}
+    if store is not None and store.exists():
+        try:
+            kept = {k: str(v) for k, v in json.loads(store.read_text()).items()}
+        except (ValueError, AttributeError):
+            kept = {}
+    token = kept.get("token") or _secrets.token_urlsafe(24)
+    secret = kept.get("webhook_secret") or webhooks.new_secret()
+    if store is not None:
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps({"token": token, "webhook_secret": secret}))
+        store.chmod(0o600)
     return {
         "MESFLOW_API_PORT": str(api_port),
-        "MESFLOW_CRM_TOKENS": f"demo-crm:{_secrets.token_urlsafe(24)}",
+        "MESFLOW_CRM_TOKENS": f"demo-crm:{token}",
         "MESFLOW_CRM_CALLBACK_URL": f"http://127.0.0.1:{callback_port}/mesflow/callbacks",
-        "MESFLOW_CRM_WEBHOOK_SECRET": webhooks.new_secret(),
+        "MESFLOW_CRM_WEBHOOK_SECRET": secret,
     }
+
+
+def credential_lines(env: Mapping[str, str]) -> list[str]:
+    """What an integrator needs to talk to this intake, from the variables in `env`: one
+    line each, naming the variable it comes from (the demo prints these; docs/crm.md)."""
+    port = env.get("MESFLOW_API_PORT", "8060")
+    lines = [f"CRM intake: http://127.0.0.1:{port}{API_PREFIX}/orders (OpenAPI at /docs)"]
+    for client, token in parse_pairs(env.get("MESFLOW_CRM_TOKENS", ""), "tokens").items():
+        lines.append(f"CRM client {client}: Authorization: Bearer {token}   (MESFLOW_CRM_TOKENS)")
+    for client, secret in parse_pairs(
+        env.get("MESFLOW_CRM_SIGNING_SECRETS", ""), "secrets"
+    ).items():
+        lines.append(
+            f"CRM client {client}: signs requests with {secret}   (MESFLOW_CRM_SIGNING_SECRETS)"
+        )
+    if env.get("MESFLOW_CRM_CALLBACK_URL"):
+        lines.append(
+            "callbacks to: "
+            f"{webhooks.redact_url(env['MESFLOW_CRM_CALLBACK_URL'])}   (MESFLOW_CRM_CALLBACK_URL)"
+        )
+    if env.get("MESFLOW_CRM_WEBHOOK_SECRET"):
+        lines.append(
+            f"callbacks signed with: {env['MESFLOW_CRM_WEBHOOK_SECRET']}   "
+            "(MESFLOW_CRM_WEBHOOK_SECRET)"
+        )
+    return lines
