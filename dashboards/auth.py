@@ -157,14 +157,22 @@ def session_secret(settings: Settings) -> str:
     path = Path(settings.data_dir) / "dashboard-session.key"
     try:
         return path.read_text(encoding="ascii").strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(32)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it first: use theirs
         return path.read_text(encoding="ascii").strip()
+    except OSError as err:
+        log.warning(
+            "cannot keep a session key in %s (%s): sessions end when the dashboard restarts;"
+            " set MESFLOW_AUTH_SESSION_SECRET",
+            path,
+            err.strerror or err,
+        )
+        return key
     with os.fdopen(fd, "w", encoding="ascii") as f:
         f.write(key + "\n")
     return key

@@ -663,3 +663,13 @@ def test_pool_never_opens_more_than_its_maximum(db_url: str) -> None:
             short.close()
     finally:
         db.close()
+
+
+def test_session_key_is_kept_or_falls_back(tmp_path: Any) -> None:
+    kept = Settings(data_dir=tmp_path / "var")
+    assert auth.session_secret(kept) == auth.session_secret(kept)  # restarts keep sessions
+    assert (tmp_path / "var" / "dashboard-session.key").stat().st_mode & 0o077 == 0
+    (tmp_path / "file").write_text("not a directory")
+    unwritable = Settings(data_dir=tmp_path / "file" / "var")
+    assert len(auth.session_secret(unwritable)) == 64  # a key for this run, and a warning
+    assert auth.session_secret(Settings(auth_session_secret="given")) == "given"
