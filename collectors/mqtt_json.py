@@ -89,6 +89,8 @@ def _map(plant: PlantConfig, source: str, topic: str, payload: bytes) -> LogReco
     for key, expected in (("type", where.type), ("machine", where.machine)):
         given = body.get(key, expected)
         if given != expected:
+            if isinstance(given, str) and not _is_unicode(given):
+                return error_record(source, payload, "bad_text", f"field '{key}' is not Unicode")
             return error_record(
                 source,
                 payload,
@@ -110,7 +112,20 @@ def _map(plant: PlantConfig, source: str, topic: str, payload: bytes) -> LogReco
                     f"state code {code!r} is not in state mapping {machine.state_mapping!r}",
                 )
             body["state"] = mapped
-    return record_for(source, body)
+    record = record_for(source, body)
+    if record.error is not None:  # keep the payload as received, not record_for's rendering
+        reason, _, detail = record.error.partition(": ")
+        return error_record(source, payload, reason, detail)
+    return record
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a str with a lone surrogate (from a "\\ud800" escape)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass
