@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypeVar
 
 import psycopg
@@ -414,6 +414,17 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
         log.warning("no CRM client configured: every request will be refused (docs/crm.md)")
     products = {p.id for p in plant.products}
     machines = set(plant.machines)
+    # The dataflow dead-letters an order event dated further ahead of its receipt than
+    # this (streams/validate.py, ClockPolicy): refuse it here, where the CRM hears why.
+    max_skew = timedelta(seconds=plant.plant.max_clock_skew_seconds)
+
+    def check_clock(ts: datetime | None, received: datetime) -> None:
+        if ts is not None and ts > received + max_skew:
+            raise _invalid(
+                "ts",
+                f"{ts.isoformat()} is more than {max_skew.total_seconds():g} s ahead of the "
+                f"server's clock ({received.isoformat(timespec='seconds')}); check the CRM's clock",
+            )
 
     # Swagger UI and ReDoc from the assets fastapi-offline ships, not from a CDN: the docs
     # page works on a plant network without internet. No validator badge (an outside call).
@@ -512,6 +523,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                 "product", f"unknown product {order.product!r}; known: {sorted(products)}"
             )
         received = datetime.now(UTC)
+        check_clock(order.ts, received)
         event = _contract_event(lambda: order.event(received))
         with transaction() as conn:
             dup = _claim_delivery(conn, who, "order", order.order_no, _request_hash(order))
@@ -589,6 +601,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
         if wo.machine is not None and wo.machine not in machines:
             raise _invalid("machine", f"unknown machine {wo.machine!r}")
         received = datetime.now(UTC)
+        check_clock(wo.ts, received)
         event = _contract_event(lambda: wo.event(received))
         with transaction() as conn:
             order = conn.execute(

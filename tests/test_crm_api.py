@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -702,3 +702,22 @@ def test_the_access_log_shows_no_query_values() -> None:
     )  # fmt: skip
     RedactQuery().filter(record)
     assert "s3cret" not in record.getMessage() and "token=***" in record.getMessage()
+
+
+def test_a_change_dated_ahead_of_the_clock_is_refused_as_the_dataflow_would(
+    api: TestClient, db_url: str, plant: PlantConfig
+) -> None:
+    skew = plant.plant.max_clock_skew_seconds
+    ahead = (datetime.now(UTC) + timedelta(seconds=skew + 600)).isoformat()
+    resp = api.post("/api/v1/orders", json=_order(ts=ahead), headers=BEARER)
+    assert resp.status_code == 422 and resp.json()["fields"][0]["field"] == "ts"
+    assert "ahead of the server's clock" in resp.json()["message"]
+    assert set(_counts(db_url).values()) == {0}
+    within = (datetime.now(UTC) + timedelta(seconds=skew / 2)).isoformat()
+    assert api.post("/api/v1/orders", json=_order(ts=within), headers=BEARER).status_code == 201
+    wo = {"work_order": "WO-1", "order_no": "SO-2026-0042", "product": "P-100", "qty": 1}
+    resp = api.post("/api/v1/work-orders", json={**wo, "ts": ahead}, headers=BEARER)
+    assert resp.status_code == 422 and resp.json()["fields"][0]["field"] == "ts"
+    # A due date far ahead is a plan, not a clock: fine.
+    far = _order(version=2, due="2150-01-01T00:00:00Z", ts=within)
+    assert api.post("/api/v1/orders", json=far, headers=BEARER).status_code == 200
