@@ -53,8 +53,9 @@ class _Main(click.Group):
         except RuntimeError as err:
             from mesflow.db import MigrationError
             from mesflow.resources import MissingResource
+            from mesflow.services import PortInUse
 
-            if isinstance(err, MigrationError | MissingResource):
+            if isinstance(err, MigrationError | MissingResource | PortInUse):
                 raise click.ClickException(str(err)) from None
             raise
 
@@ -139,6 +140,9 @@ def run_component(component: str) -> None:
 
         serve(settings, plant, _database_url(settings))
     elif component == "api":
+        from mesflow.services import require_port
+
+        require_port(settings.api_port, settings.api_host, what="the API (MESFLOW_API_PORT)")
         from collectors.crm_api import serve as serve_api
 
         serve_api(plant, _database_url(settings), settings)
@@ -202,7 +206,8 @@ def replay(file: Path, quiet: bool, snapshot_seconds: float) -> None:
     "--start",
     type=click.DateTime(),
     default=None,
-    help="Simulated start time in plant time (default: now).",
+    help="Simulated start time in plant time (default: where the last run stopped, else now;"
+    " with --speed above 1, 4 hours ago).",
 )
 @click.option(
     "--duration",
@@ -231,8 +236,16 @@ def simulate(
         n = write_history(plant, to_file, seed=seed, start=tz_start, duration_s=duration)
         click.echo(f"wrote {n} events to {to_file}")
         return
+    # Without --start a run resumes where the previous one (same plant and seed) stopped.
+    state = settings.data_dir / "simulator" / f"{plant.plant.id}-seed{seed}.json"
     run_simulator(
-        plant, _mqtt_url(settings), seed=seed, speed=speed, start=tz_start, duration_s=duration
+        plant,
+        _mqtt_url(settings),
+        seed=seed,
+        speed=speed,
+        start=tz_start,
+        duration_s=duration,
+        state_file=None if tz_start else state,
     )
 
 

@@ -2,13 +2,19 @@
 
 Starts (or reuses) the database and the broker, applies migrations, then runs each
 component as its own process, exactly as production runs them (`mesflow run ...`):
-a crash of one shows up here instead of taking the others down. Ctrl-C stops them in
-data-flow order (simulator first, dashboard last) so nothing in flight is lost; the
-next start resumes from the same database, broker session and Bytewax snapshots.
+a crash of one shows up here instead of taking the others down.
+
+Ctrl-C reaches only the demo (every component, and the broker, runs in its own session),
+which stops them in data-flow order: the producers (simulator, CRM stand-in) first, then
+the collector (it stores and acknowledges what the broker still holds), the dataflow
+(finishes and snapshots), notify, api and dashboard, and the broker and PostgreSQL last.
+Nothing in flight is lost; the next start resumes from the same database, broker session
+and Bytewax snapshots, on the same ports, with the same CRM credentials (var/).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,9 +26,16 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from mesflow.db import migrate, sync_plant
+from mesflow.db import migrate, redact_url, sync_plant
 from mesflow.plant import PlantConfig
-from mesflow.services import Broker, EmbeddedPostgres, free_port, start_broker, wait_for_port
+from mesflow.services import (
+    Broker,
+    EmbeddedPostgres,
+    free_port,
+    require_port,
+    start_broker,
+    wait_for_port,
+)
 from mesflow.settings import Settings
 from mesflow.users import demo_logins
 
@@ -80,9 +93,18 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        # Ports first: one that is taken is an error before anything starts. The dashboard
+        # and the API keep the ports asked for (bookmarks, the CRM's URL); the broker and the
+        # CRM stand-in's callback port are picked once and kept in var/demo-ports.json.
+        http_port = require_port(port, what="the dashboard (mesflow demo --port N)")
+        api_port = require_port(settings.api_port, what="the order intake API (MESFLOW_API_PORT)")
+        kept = _kept_ports(data, {"crm_callback": api_port + 1, "mqtt": 1883})
+        if settings.mqtt_url:
+            del kept["mqtt"]
+
         if settings.database_url:
             db_url = settings.database_url
-            _say("database: using MESFLOW_DATABASE_URL")
+            _say(f"database: using MESFLOW_DATABASE_URL ({redact_url(db_url)})")
         else:
             pg = EmbeddedPostgres(data / "pgdata")
             db_url = pg.url
@@ -90,20 +112,17 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
         applied = migrate(db_url, log=lambda _m: None)
         sync_plant(db_url, plant)
         _say(f"database: schema up to date ({len(applied)} migration(s) applied now)")
+        _say(f"database URL (psql, BI tools): {redact_url(db_url)}")
 
         if settings.mqtt_url:
             mqtt_url = settings.mqtt_url
             _say(f"broker: using {mqtt_url}")
         else:
-            broker = start_broker(data / "broker", free_port(1883))
+            broker = start_broker(data / "broker", kept["mqtt"])
             mqtt_url = broker.url
             _say(f"broker: {broker.kind} listening on {broker.url}")
 
-        http_port = free_port(port)
-        api_port = free_port(settings.api_port)
-        from collectors.simulator.crm import demo_env
-
-        crm_env = demo_env(api_port, free_port(api_port + 1))
+        crm_env = _crm_credentials(data, api_port, kept["crm_callback"])
         env = {
             **crm_env,
             **os.environ,
@@ -115,7 +134,7 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
             "PYTHONUNBUFFERED": "1",
         }
         # Started downstream first, so nothing an upstream component sends is waiting on
-        # a component that is not up yet; stopped in the reverse order.
+        # a component that is not up yet; stopped in STOP_ORDER.
         components = [
             Component("collector-mqtt", ["run", "collector-mqtt"], "collector-mqtt: subscribing"),
             Component("dataflow", ["run", "dataflow"], "dataflow: following"),
@@ -135,6 +154,11 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
                 comp.ready.wait(60)
             _say(f"{comp.name}: up")
         _say(f"order intake API: http://127.0.0.1:{api_port}/docs (CRM stand-in posting orders)")
+        client, _, token = env["MESFLOW_CRM_TOKENS"].split(",")[0].partition(":")
+        _say(f"  CRM client '{client}': Authorization: Bearer {token}")
+        _say(f"  callback signing secret: {env['MESFLOW_CRM_WEBHOOK_SECRET']}")
+        _say(f"  callbacks go to {env['MESFLOW_CRM_CALLBACK_URL']}")
+        _say(f"  (kept in {data / 'demo-crm.json'}; MESFLOW_CRM_TOKENS etc. override them)")
         _say(f"dashboard: http://127.0.0.1:{http_port}   (Ctrl-C stops everything)")
         logins = demo_logins(db_url, data)  # kept in var/demo-logins.json across restarts
         _say(f"dashboard sign-in: user admin, password {logins.password}")
@@ -153,14 +177,62 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
         return 0
     finally:
         _say("stopping ...")
-        # Reverse start order: the plant and the CRM stop first, the collector last.
-        for comp in reversed(components):
-            _stop(comp)
+        by_name = {comp.name: comp for comp in components}
+        for name in STOP_ORDER:
+            if name in by_name:
+                _stop(by_name[name])
         if broker is not None:
             broker.stop()
+            _say("broker: stopped")
         if pg is not None:
             pg.stop()
+            _say("database: stopped")
         _say("stopped; run `mesflow demo` again to resume")
+
+
+# Producers first, so nothing new arrives; then the collector, which stores and acknowledges
+# what the broker still holds for it; the dataflow finishes what is in the log; the broker
+# and PostgreSQL (stopped after this list) outlive every client.
+STOP_ORDER = ("simulator", "crm", "collector-mqtt", "dataflow", "notify", "api", "dashboard")
+
+
+def _kept_ports(data: Path, wanted: dict[str, int]) -> dict[str, int]:
+    """Ports picked on the first start and kept: a restart finds its broker and callback
+    where it left them. A kept port that is taken now is an error, never a silent move."""
+    path = data / "demo-ports.json"
+    try:
+        kept = {k: int(v) for k, v in json.loads(path.read_text("utf-8")).items()}
+    except (OSError, ValueError, AttributeError):
+        kept = {}
+    out = {}
+    for name, preferred in wanted.items():
+        if name in kept:
+            out[name] = require_port(kept[name], what=f"the demo's {name} (kept in {path})")
+        else:
+            out[name] = free_port(preferred)
+    path.write_text(json.dumps({**kept, **out}, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def _crm_credentials(data: Path, api_port: int, callback_port: int) -> dict[str, str]:
+    """The CRM stand-in's token and callback secret: made once, kept in var/demo-crm.json,
+    so an integrator's copy stays valid across restarts. MESFLOW_CRM_* variables win."""
+    from collectors.simulator.crm import demo_env
+
+    path = data / "demo-crm.json"
+    try:
+        saved = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    fresh = demo_env(api_port, callback_port)
+    keys = ("MESFLOW_CRM_TOKENS", "MESFLOW_CRM_WEBHOOK_SECRET")
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(k), str) for k in keys):
+        saved = {k: fresh[k] for k in keys}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # secrets: owner only
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(saved, f, indent=2)
+    env = {**fresh, **{k: saved[k] for k in keys}}
+    return {k: os.environ.get(k) or v for k, v in env.items()}
 
 
 def _start(comp: Component, env: dict[str, str], logs: Path) -> None:

@@ -6,6 +6,7 @@ real services instead.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -23,17 +24,41 @@ import psycopg
 log = logging.getLogger(__name__)
 
 
+class PortInUse(RuntimeError):
+    pass
+
+
+def _bindable(host: str, port: int) -> OSError | None:
+    with socket.socket() as s:
+        # As the servers themselves bind (uvicorn, waitress, mosquitto): a port whose last
+        # connections are in TIME_WAIT after a restart is free, only a listener takes it.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            return err
+    return None
+
+
 def free_port(preferred: int | None = None) -> int:
-    if preferred is not None:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", preferred))
-                return preferred
-            except OSError:
-                pass
+    """`preferred` if nothing listens there, else any free port (tests, first demo start)."""
+    if preferred is not None and _bindable("127.0.0.1", preferred) is None:
+        return preferred
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def require_port(port: int, host: str = "127.0.0.1", *, what: str = "this service") -> int:
+    """`port`, or PortInUse with one clear line: a server never moves to another port on
+    its own (a wall screen's bookmark, a CRM's callback URL would break)."""
+    err = _bindable(host, port)
+    if err is not None:
+        reason = "is in use by another program" if err.errno == errno.EADDRINUSE else err.strerror
+        raise PortInUse(
+            f"port {port} on {host} {reason}: stop that program or choose another port for {what}"
+        )
+    return port
 
 
 def wait_for_port(host: str, port: int, timeout: float = 15.0) -> None:
@@ -176,7 +201,12 @@ def start_broker(
             )
         )
         proc = subprocess.Popen(
-            [mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [mosquitto, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            # Own session: a terminal's Ctrl-C must not stop the broker before the
+            # components that still hand it messages (the demo stops it last).
+            start_new_session=True,
         )
         kind = "mosquitto"
     else:
@@ -186,6 +216,7 @@ def start_broker(
             [sys.executable, "-m", "mesflow.amqtt_broker", "--port", str(port)],
             stdout=subprocess.DEVNULL,
             stderr=open(data_dir / "amqtt.log", "ab"),  # noqa: SIM115 - owned by the child
+            start_new_session=True,
         )
         kind = "amqtt"
     try:

@@ -10,6 +10,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mesflow.plant import PlantConfig
+from mesflow.services import Broker
 from mesflow.settings import REPO_ROOT
 
 UNREACHABLE = "postgresql://mesflow:s3cret-pw@127.0.0.1:9/mesflow"
@@ -73,3 +75,78 @@ def test_redacted_urls() -> None:
     )
     assert redact_url("host=h password='a b' dbname=d") == "host=h password=*** dbname=d"
     assert redact_url("postgresql://h/db") == "postgresql://h/db"
+
+
+# -- simulator resume ------------------------------------------------------------------------
+
+
+def test_resume_start_never_goes_back_nor_ahead() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from collectors.simulator.publisher import BACKFILL, resume_start
+
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    assert resume_start(None, now, speed=1) == now
+    assert resume_start(None, now, speed=60) == now - BACKFILL  # a past to play fast
+    assert resume_start(now - hour, now, speed=60) == now - hour  # where it stopped
+    assert resume_start(now - hour, now, speed=1) == now  # real time: a gap, never behind now
+    assert resume_start(now - 10 * BACKFILL, now, speed=60) == now - BACKFILL
+    assert resume_start(now + hour, now, speed=60) == now  # an old state ahead: not the future
+
+
+def test_simulator_restart_continues_after_the_previous_run(
+    broker: Broker, plant: PlantConfig, tmp_path: Path
+) -> None:
+    """Two runs with one state file: the second starts after the last event of the first
+    (no event twice, none dated before it), and no event is ever dated after the wall clock."""
+    import json
+    import threading
+    import time
+    from datetime import datetime
+
+    import paho.mqtt.client as mqtt
+
+    from collectors.simulator import run_simulator
+    from collectors.simulator.publisher import read_state
+
+    got: list[tuple[float, dict[str, object]]] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-resume-sub")
+    sub.on_connect = lambda c, *_: c.subscribe("mesflow/v1/#", qos=1)
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.on_message = lambda _c, _u, msg: got.append((time.time(), json.loads(msg.payload)))
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    state = tmp_path / "sim.json"
+    runs: list[list[dict[str, object]]] = []
+    try:
+        assert subscribed.wait(5)
+        for _ in range(2):
+            before = len(got)
+            run_simulator(
+                plant, broker.url, seed=5, speed=3600, start=None, duration_s=900, state_file=state
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                n = len(got)
+                time.sleep(0.3)
+                if len(got) == n:
+                    break
+            runs.append([body for _, body in got[before:]])
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+
+    def ts(body: dict[str, object]) -> datetime:
+        return datetime.fromisoformat(str(body["ts"]))
+
+    first, second = runs
+    assert first and second
+    assert min(ts(b) for b in second) > max(ts(b) for b in first)
+    ids = [b["id"] for b in first + second]
+    assert len(ids) == len(set(ids))
+    for received, body in got:
+        assert ts(body).timestamp() <= received + 1  # never ahead of the wall clock
+    resumed = read_state(state)
+    assert resumed is not None and resumed >= max(ts(b) for b in second)

@@ -1,15 +1,24 @@
-"""Publish the simulated plant live over MQTT, in the topic scheme of collectors/topics.py."""
+"""Publish the simulated plant live over MQTT, in the topic scheme of collectors/topics.py.
+
+The simulated clock never runs ahead of the wall clock (a real machine cannot report the
+future, and the pipeline dead-letters such events `future`): a speed above 1 plays the past
+quickly until it reaches now, then the plant runs in real time. A restart resumes where the
+previous run's simulated time stopped (kept in a small state file), so it never goes back
+in time and re-sends nothing (see `resume_start`).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any
 from urllib.parse import urlparse
@@ -22,6 +31,12 @@ from mesflow.plant import PlantConfig
 from .model import end_of, generate_timed
 
 _PROGRESS_EVERY_S = 10.0
+# How far back a first run with --speed above 1 starts, so that it has a past to play fast.
+BACKFILL = timedelta(hours=4)
+# The state file is written ahead of what is published, in steps of this much simulated
+# time: after a crash the next run skips at most this much, and never publishes an event
+# twice (a resumed run's events have other ids, so an overlap would count parts twice).
+_STATE_STEP_MS = 10_000
 _MAX_UNACKED = 5_000  # publishes waiting for PUBACK before the simulator slows down
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
@@ -151,6 +166,38 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def read_state(state_file: Path) -> datetime | None:
+    """The simulated time the previous run reached (None: no usable state)."""
+    try:
+        data = json.loads(state_file.read_text("utf-8"))
+        return datetime.fromisoformat(data["resume_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_state(state_file: Path, resume_at: datetime) -> None:
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"resume_at": resume_at.isoformat()}) + "\n", encoding="utf-8")
+    os.replace(tmp, state_file)  # atomic: a crash leaves the old or the new state
+
+
+def resume_start(
+    previous: datetime | None, now: datetime, speed: float, backfill: timedelta = BACKFILL
+) -> datetime:
+    """Where a run without --start begins.
+
+    The previous run's end when there is one and it is not older than the backfill (speed
+    above 1: that stretch is played fast, so nothing is missed); else now minus the backfill
+    at a speed above 1 (a past to play fast), now at real time or slower. Never before the
+    previous end (that would resend events), never after now.
+    """
+    earliest = now - backfill if speed > 1 else now
+    if previous is None:
+        return earliest
+    return min(max(previous, earliest), now)
+
+
 def run_simulator(
     plant: PlantConfig,
     mqtt_url: str,
@@ -159,14 +206,27 @@ def run_simulator(
     speed: float,
     start: datetime | None,
     duration_s: float | None,
+    state_file: Path | None = None,
 ) -> None:
-    """Publish the simulated plant over MQTT, paced at `speed` simulated seconds per second.
+    """Publish the simulated plant over MQTT, paced at `speed` simulated seconds per second
+    but never ahead of the wall clock.
 
     Runs until `duration_s` simulated seconds are published (None: until Ctrl-C/SIGTERM).
+    Without `start`, resumes from `state_file` (see `resume_start`); the file is kept up
+    to date while publishing.
     """
     if speed <= 0:
         raise ValueError("speed must be positive")
-    start = start or datetime.now(plant.tz).replace(microsecond=0)
+    now = datetime.now(plant.tz).replace(microsecond=0)
+    previous = read_state(state_file) if state_file is not None else None
+    if start is None:
+        start = resume_start(previous, now, speed).astimezone(plant.tz)
+        if previous is not None:
+            print(
+                f"simulator: previous run reached {previous.astimezone(plant.tz).isoformat()}; "
+                f"resuming at {start.isoformat()}",
+                flush=True,
+            )
     end = end_of(start, duration_s)
     topic = topics(plant)
     native = native_codes(plant)
@@ -185,7 +245,7 @@ def run_simulator(
                 f"speed {speed:g}x, simulated start {start.isoformat()}",
                 flush=True,
             )
-            _publish_paced(plant, client, topic, native, seed, speed, start, end)
+            _publish_paced(plant, client, topic, native, seed, speed, start, end, state_file)
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -204,10 +264,14 @@ def _publish_paced(
     speed: float,
     start: datetime,
     end: datetime | None,
+    state_file: Path | None = None,
 ) -> None:
     start_ms = start.timestamp() * 1000
     wall0 = time.monotonic()
     next_progress = wall0 + _PROGRESS_EVERY_S
+    state_ms = -1.0  # the simulated time the state file promises not to go back behind
+    if state_file is not None:
+        write_state(state_file, start)
 
     def progress() -> None:
         nonlocal next_progress
@@ -216,16 +280,21 @@ def _publish_paced(
             next_progress = now + _PROGRESS_EVERY_S
             print(
                 f"simulator: {client.published} events published, "
-                f"simulated time {_local(start_ms + (now - wall0) * speed * 1000, plant)}",
+                f"simulated time {_local(min(start_ms + (now - wall0) * speed * 1000, time.time() * 1000), plant)}",
                 flush=True,
             )
 
     for ts_ms, ev in generate_timed(plant, seed=seed, start=start, end=end):
-        # Sleep in short steps so progress lines keep coming through quiet periods.
+        # Due at `speed` from the start, and not before the wall clock reaches the event's
+        # time. Sleep in short steps so progress lines keep coming through quiet periods.
         due = wall0 + (ts_ms - start_ms) / 1000 / speed
-        while (wait := due - time.monotonic()) > 0:
+        while (wait := max(due - time.monotonic(), ts_ms / 1000 - time.time())) > 0:
             time.sleep(min(wait, 1.0))
             progress()
+        if state_file is not None and ts_ms >= state_ms:
+            # Written before the event goes out: a restart starts after it (see _STATE_STEP_MS).
+            state_ms = ts_ms + _STATE_STEP_MS
+            write_state(state_file, datetime.fromtimestamp(state_ms / 1000, UTC))
         while client.unacked > _MAX_UNACKED:  # the broker is slower than the simulated plant
             time.sleep(0.01)
         client.publish(topic[ev["machine"]][ev["type"]], payload(ev, native.get(ev["machine"])))
