@@ -1,8 +1,10 @@
 """Dead letters: list them by reason, show one, re-queue them after a fix, discard them.
 
 Re-queueing appends the original payload to the ingest log as a new row (through
-`mesflow.ingest_log.append`, like any collector) and marks the dead letter `requeued`
-with that row's seq, in one transaction. The new row's dedupe key is derived from the
+`mesflow.ingest_log.append`, like any collector), marks the dead letter `requeued` with
+that row's seq and retires the original row (its `error` becomes `requeued: ...`, so a
+dataflow that reads it again refuses it instead of counting it a second time), in one
+transaction. The new row's dedupe key is derived from the
 dead letter (`requeue:<seq>`), not from the event id, which the dead-lettered row still
 holds: so the dataflow processes it, and a second requeue (or a retried one after a
 crash) finds the key already in the log and adds nothing.
@@ -253,6 +255,13 @@ def requeue(
                               requeued_seq = %s
                        WHERE log_seq = %s""",
                     [(new_seq[seq], seq) for seq, _ in todo],
+                )
+                # Retire the original: a dataflow that reads it again (a resume from an
+                # older snapshot, a machine rebuild after late data) under the fixed plant
+                # file would count it besides its copy; as an error row it is refused.
+                conn.cursor().executemany(
+                    "UPDATE ingest_log SET error = %s WHERE seq = %s AND error IS NULL",
+                    [(f"requeued: re-queued as log seq {new_seq[seq]}", seq) for seq, _ in todo],
                 )
                 result.requeued += len(todo)
                 result.new_seqs.extend(new_seq[seq] for seq, _ in todo)

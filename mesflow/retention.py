@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -157,54 +157,65 @@ class TableStatus:
     note: str = ""
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Target:
-    """One table's retention: which rows are old enough to go."""
+    """One table's retention: the rows it governs (`scope`) and which of them may go."""
 
     table: str
+    label: str  # as shown by `retention status`
     days: int
-    where: str  # SQL predicate with %(cutoff)s
-    oldest: str  # SQL expression for the oldest row's time
+    scope: str  # SQL predicate: the rows this setting governs
+    age: str  # SQL expression: the time a row's age counts from
+    where: str  # SQL predicate with %(cutoff)s: old enough to go
     note: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _targets(policy: RetentionPolicy) -> list[_Target]:
     return [
         _Target(
             "dead_letter",
+            "dead_letter resolved",
             policy.dead_letter_days,
+            "resolved_at IS NOT NULL",
+            "resolved_at",
             "resolved_at < %(cutoff)s",
-            "min(recorded_at)",
             "resolved (requeued or discarded) dead letters",
         ),
         _Target(
             "dead_letter",
+            "dead_letter open",
             policy.unresolved_dead_letter_days,
+            "resolved_at IS NULL",
+            "recorded_at",
             "resolved_at IS NULL AND recorded_at < %(cutoff)s",
-            "min(recorded_at) FILTER (WHERE resolved_at IS NULL)",
-            "unresolved dead letters",
+            "open dead letters",
         ),
         _Target(
             "outbox",
+            "outbox",
             policy.outbox_days,
+            "true",
+            "created_at",
             "status = 'delivered' AND delivered_at < %(cutoff)s",
-            "min(created_at)",
             "delivered callbacks (pending and failed ones stay)",
         ),
         _Target(
             "intake_delivery",
+            "intake_delivery",
             policy.intake_days,
+            "true",
+            "received_at",
             "received_at < %(cutoff)s",
-            "min(received_at)",
             "CRM deliveries (inbox)",
         ),
         _Target(
             "order_history",
+            "order_history",
             policy.order_history_days,
+            "true",
+            "accepted_at",
             "accepted_at < %(cutoff)s AND NOT EXISTS (SELECT 1 FROM crm_order o "
             "WHERE o.order_no = order_history.order_no AND o.status IN ('open', 'on_hold'))",
-            "min(accepted_at)",
             "changes of closed, cancelled or removed orders",
         ),
     ]
@@ -394,7 +405,7 @@ def _prune_table(
         if cur.rowcount < batch_rows:
             break
         if progress and time.monotonic() - last_note >= _PROGRESS_EVERY_S:
-            progress(f"{target.table}: {removed:,} rows removed so far ({target.note})")
+            progress(f"{target.label}: {removed:,} rows removed so far ({target.note})")
             last_note = time.monotonic()
     return removed
 
@@ -425,7 +436,7 @@ def run_retention(
         now = _now(conn)
         for target in _targets(policy):
             if target.days == 0:
-                results.append(Removed(target.table, 0, f"{target.note}: kept forever"))
+                results.append(Removed(target.label, 0, f"{target.note}: kept forever"))
                 continue
             started = time.monotonic()
             rows = _prune_table(
@@ -438,7 +449,7 @@ def run_retention(
             )
             results.append(
                 Removed(
-                    target.table,
+                    target.label,
                     rows,
                     f"{target.note} older than {target.days} days",
                     time.monotonic() - started,
@@ -475,11 +486,14 @@ def retention_status(database_url: str, policy: RetentionPolicy) -> list[TableSt
         out.append(
             TableStatus("ingest_log", row[0], row[1], row[2], row[3], _describe_bound(bound))
         )
+        shown: set[str] = set()
         for target in _targets(policy):
             cutoff = now - timedelta(days=target.days) if target.days else None
             row = conn.execute(
                 sql.SQL(
-                    "SELECT count(*), pg_total_relation_size(%(t)s), " + target.oldest + ", "
+                    "SELECT count(*) FILTER (WHERE " + target.scope + "), "
+                    "pg_total_relation_size(%(t)s), "
+                    "min(" + target.age + ") FILTER (WHERE " + target.scope + "), "
                     "count(*) FILTER (WHERE " + target.where + ") FROM {}"
                 ).format(sql.Identifier(target.table)),
                 {"t": target.table, "cutoff": cutoff or datetime.min.replace(tzinfo=now.tzinfo)},
@@ -488,14 +502,15 @@ def retention_status(database_url: str, policy: RetentionPolicy) -> list[TableSt
             keep = f"{target.days} days" if target.days else "kept forever"
             out.append(
                 TableStatus(
-                    target.table,
+                    target.label,
                     row[0],
-                    row[1],
+                    0 if target.table in shown else row[1],  # a table's size once
                     row[2],
                     row[3] if target.days else 0,
                     f"{target.note}: {keep}",
                 )
             )
+            shown.add(target.table)
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE resolved_at IS NULL AND payload IS NOT NULL), "
             "coalesce(sum(octet_length(payload)), 0) FROM dead_letter"
@@ -635,7 +650,7 @@ def cli_run() -> None:
     except psycopg.OperationalError as err:
         raise click.ClickException(f"database unreachable: {err}".strip()) from None
     for r in removed:
-        click.echo(f"{r.table:<16} {r.rows:>10,} removed  {r.note}")
+        click.echo(f"{r.table:<22} {r.rows:>10,} removed  {r.note}")
     click.echo(f"{sum(r.rows for r in removed):,} row(s) removed in total")
 
 
@@ -653,7 +668,8 @@ def cli_status() -> None:
     for s in rows:
         oldest = s.oldest.strftime("%Y-%m-%d %H:%M") if s.oldest else "-"
         click.echo(
-            f"{s.table:<22} {s.rows:>10,} {format_bytes(s.bytes):>10} {oldest:<20} "
+            f"{s.table:<22} {s.rows:>10,} {format_bytes(s.bytes) if s.bytes else '':>10} "
+            f"{oldest:<20} "
             f"{s.would_go:>10,}  {s.note}"
         )
     for table, after in policies:

@@ -127,6 +127,14 @@ def test_requeue_after_the_machine_is_added_counts_each_event_once(
         assert requeue(conn, reason="unknown_machine").requeued == 0
     run_flow(fixed, db_url, rec, 1.0, upto_seq=_one(db_url, "SELECT max(seq) FROM ingest_log"))
     assert _figures(db_url) == (n, n)
+    # A dataflow that reads the whole log again under the fixed plant file (no snapshot; a
+    # resume or a machine rebuild re-reads a part of it) refuses the retired originals.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for table in ("machine_status", "machine_hour", "machine_state_interval"):
+            conn.execute(f"DELETE FROM {table}")
+    run_flow(fixed, db_url, tmp_path / "fresh", 1.0, upto_seq=end)
+    assert _figures(db_url) == (n, n)
+    assert _one(db_url, "SELECT count(*) FROM dead_letter") == n + 1
 
 
 def _dead(conn: psycopg.Connection[Any], payload: bytes, reason: str, when: datetime) -> int:
