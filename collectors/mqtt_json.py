@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 # MQTT 5: the broker keeps the session (and queues our messages) until we come back.
 SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+# A connection that ends within QUICK_DROP_S of its start, QUICK_DROPS_REPORTED times in
+# a row, is reported as a probable client id clash.
+QUICK_DROP_S = 3.0
+QUICK_DROPS_REPORTED = 3
 
 
 def map_message(
@@ -181,6 +185,9 @@ class MqttJsonCollector:
         self.stats = CollectorStats()
         self.subscription = subscription(share_group)
         self.url = redact_url(mqtt_url)
+        self.client_id = client_id
+        self._connected_at = 0.0
+        self._quick_drops = 0
         # Bounded: when PostgreSQL is slow, paho's thread blocks here, stops reading the
         # socket, and the broker holds the backlog (it is configured not to drop it).
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=50_000)
@@ -230,6 +237,7 @@ class MqttJsonCollector:
             # rc names the cause (e.g. "Not authorized"); the password is never logged.
             log.error("MQTT connection to %s refused: %s", self.url, rc)
             return
+        self._connected_at = time.monotonic()
         # Subscribe again even if the broker kept the session: it may have lost it.
         client.subscribe(self.subscription, qos=1)
         log.info("connected to %s (session present: %s)", self.url, flags.session_present)
@@ -246,8 +254,24 @@ class MqttJsonCollector:
         self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
     ) -> None:
         self.connected.clear()
-        if not self._stop.is_set():
-            log.warning("MQTT connection lost (%s); reconnecting", rc)
+        if self._stop.is_set():
+            return
+        # Two processes with one client id take the session from each other in turn: each
+        # connection then ends right after it began. Say so (it also looks like this when
+        # the ACL refuses what we do, hence a message rather than an exit).
+        if time.monotonic() - self._connected_at < QUICK_DROP_S:
+            self._quick_drops += 1
+            if self._quick_drops == QUICK_DROPS_REPORTED:
+                log.error(
+                    "the broker closed %d connections in a row right after they were made: "
+                    "is another process using the client id %r? Give each collector "
+                    "instance its own MESFLOW_MQTT_CLIENT_ID",
+                    self._quick_drops,
+                    self.client_id,
+                )
+        else:
+            self._quick_drops = 0
+        log.warning("MQTT connection lost (%s); reconnecting", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # Blocks while the writer is behind (back-pressure), but not after it died: the
