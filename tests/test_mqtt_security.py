@@ -324,3 +324,52 @@ def test_no_secret_in_the_collectors_output(
         assert "mesflow-collector:***@127.0.0.1" in out, out
         for shown in (secret, secret.replace(" ", "%20"), "c0ll", "ector/p"):
             assert shown not in out, out
+
+
+def test_simulator_publishes_to_a_closed_tls_broker(
+    tmp_path: Path,
+    certs: dict[str, Path],
+    db_url: str,
+    plant: PlantConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The demo's path with a closed broker: the simulator as the gateway user over TLS
+    (CA from MESFLOW_MQTT_CA_FILE), the collector as the collector user; all stored."""
+    from datetime import datetime, timedelta
+
+    from collectors.simulator import generate, run_simulator
+
+    _have_mosquitto()
+    broker = start_broker(
+        tmp_path / "sim-tls",
+        persistence=False,
+        prefer="mosquitto",
+        users=USERS,
+        tls=BrokerTls(certs["broker_crt"], certs["broker_key"]),
+    )
+    monkeypatch.setenv("MESFLOW_MQTT_CA_FILE", str(certs["ca_crt"]))
+    collector = MqttJsonCollector(
+        plant,
+        broker.url_for("mesflow-collector"),
+        db_url,
+        client_id="sim-tls-collector",
+        tls=TlsFiles(ca_file=certs["ca_crt"]),
+    )
+    start = datetime.now(plant.tz).replace(microsecond=0) - timedelta(hours=1)
+    expected = sum(
+        1 for _ in generate(plant, seed=5, start=start, end=start + timedelta(seconds=300))
+    )
+    try:
+        collector.start()
+        assert collector.connected.wait(10)
+        run_simulator(
+            plant, broker.url_for("mesflow-gateway"), seed=5, speed=3600, start=start,
+            duration_s=300,
+        )  # fmt: skip
+        wait_until(lambda: collector.stats.received >= expected, what="the simulated plant")
+    finally:
+        collector.stop()
+        broker.stop()
+    assert expected > 0
+    assert collector.stats.received == expected
+    assert collector.stats.with_errors == 0

@@ -21,12 +21,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
+from collectors.mqtt_conn import TlsFiles, configure_client, parse_mqtt_url
 from collectors.topics import machine_topic
 from mesflow.plant import PlantConfig
+from mesflow.settings import get_settings
 
 from .model import end_of, generate_timed
 
@@ -80,20 +81,22 @@ class _Client:
     """paho client with connection and acknowledgement bookkeeping."""
 
     def __init__(self, url: str, client_id: str) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme not in ("mqtt", "mqtts", "tcp", ""):
-            raise ValueError(f"unsupported MQTT URL {url!r} (use mqtt://host:port)")
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+        # Credentials and TLS as the collector takes them (docs/broker.md); errors never
+        # show the password.
+        endpoint = parse_mqtt_url(url)
+        settings = get_settings()
+        self.host = endpoint.host
+        self.port = endpoint.port
         self.connected = threading.Event()
         self.published = 0
         self.acked = 0
         self._lock = threading.Lock()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
-        if parsed.username:
-            c.username_pw_set(parsed.username, parsed.password)
-        if parsed.scheme == "mqtts":
-            c.tls_set()
+        configure_client(
+            c,
+            endpoint,
+            TlsFiles(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file),
+        )
         c.on_socket_open = self._on_socket_open
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
