@@ -3,8 +3,8 @@
 Tables and what always stays, whatever its age (docs/operations.md, "Retention"):
 
 - `ingest_log`: rows the dataflow has not consumed, or that a resume from its newest
-  Bytewax snapshot or a machine recompute from a checkpoint would read again
-  (`log_bound`). Unresolved dead letters get their payload copied out first.
+  Bytewax snapshot (`log_bound`) or a machine rebuild from a checkpoint (`_log_may_go`)
+  would read again. Unresolved dead letters get their payload copied out first.
 - `dead_letter`: resolved ones after `dead_letter_days`; unresolved ones only when
   `unresolved_dead_letter_days` is set.
 - `outbox`: delivered callbacks only; pending and failed ones stay.
@@ -116,13 +116,10 @@ def confirmed_position(
     return bound or 0
 
 
-def log_prune_upto(confirmed: int, oldest_checkpoint_seq: int | None, aged_upto: int) -> int:
-    """Highest seq that may go: consumed and confirmed, before every kept checkpoint
-    (a recompute reads the log after its checkpoint), and older than the retention."""
-    bound = min(confirmed, aged_upto)
-    if oldest_checkpoint_seq is not None:
-        bound = min(bound, oldest_checkpoint_seq)
-    return max(bound, 0)
+def log_prune_upto(confirmed: int, aged_upto: int) -> int:
+    """Highest seq that may go: consumed and confirmed, and older than the retention.
+    Machine checkpoints may keep rows below it (`_log_may_go`)."""
+    return max(min(confirmed, aged_upto), 0)
 
 
 # --- database ---------------------------------------------------------------------------
@@ -135,8 +132,14 @@ class LogBound:
     upto: int
     confirmed: int
     progress: int | None  # lowest dataflow_progress.last_seq; None: no dataflow ran
-    checkpoint: int | None
+    checkpoint: int | None  # oldest machine checkpoint's seq
     aged: int  # highest seq older than the retention
+    checkpoint_column: str | None = None  # machine_checkpoint's seq column, if the table exists
+
+    @property
+    def params(self) -> dict[str, int]:
+        """Parameters of `_log_may_go`."""
+        return {"null_upto": self.upto if self.checkpoint is None else self.checkpoint}
 
 
 @dataclass(slots=True)
@@ -308,18 +311,45 @@ def log_bound(
     confirmed = confirmed_position(progress, observations, policy.resume_margin)
     if observe:
         _forget_superseded(conn, progress, policy.resume_margin)
+    column = _checkpoint_column(conn)
     checkpoint = oldest_checkpoint_seq(conn)
     if policy.ingest_log_days == 0:
         aged = 0
     else:
         aged = _aged_upto(conn, now - timedelta(days=policy.ingest_log_days), confirmed)
     return LogBound(
-        upto=log_prune_upto(confirmed, checkpoint, aged),
+        upto=log_prune_upto(confirmed, aged),
         confirmed=confirmed,
         progress=min((p.last_seq for p in progress), default=None),
         checkpoint=checkpoint,
         aged=aged,
+        checkpoint_column=column,
     )
+
+
+def _log_may_go(checkpoint_column: str | None) -> sql.Composable:
+    """Which log rows `l` (at or below the bound) no machine rebuild needs.
+
+    A late event makes the dataflow rebuild its machine from a checkpoint, reading the
+    rows of that machine, and the rows naming no machine (orders, work orders), after the
+    checkpoint's seq; a machine without a checkpoint is rebuilt from an empty tracker, so
+    from the start of the log. Hence a row of machine M goes only up to M's oldest
+    checkpoint, nothing of a plant machine without a checkpoint goes, and a row naming no
+    machine goes only up to the oldest checkpoint of all. Rows of machines that are not in
+    the plant (no tracker, no rebuild) go. Per machine, so that one idle machine's old
+    checkpoint does not keep every machine's rows.
+    """
+    if checkpoint_column is None:
+        return sql.SQL("true")
+    return sql.SQL(
+        """l.seq <= CASE
+               WHEN l.machine IS NULL THEN %(null_upto)s
+               ELSE COALESCE(
+                   (SELECT min(c.{col}) FROM machine_checkpoint c WHERE c.machine = l.machine),
+                   CASE WHEN EXISTS (SELECT 1 FROM plant_machine p WHERE p.machine = l.machine)
+                        THEN 0 ELSE l.seq END)
+           END"""
+    ).format(col=sql.Identifier(checkpoint_column))
 
 
 def _forget_superseded(
@@ -343,13 +373,15 @@ _PROGRESS_EVERY_S = 2.0
 
 def _prune_log(
     conn: psycopg.Connection[Any],
-    upto: int,
+    bound: LogBound,
     batch_rows: int,
     progress: Progress | None,
     stop: Callable[[], bool],
 ) -> int:
     removed = 0
     last_note = time.monotonic()
+    upto = bound.upto
+    may_go = _log_may_go(bound.checkpoint_column)
     row = conn.execute("SELECT min(seq) FROM ingest_log").fetchone()
     if row is None or row[0] is None or upto <= 0:
         return 0
@@ -366,14 +398,22 @@ def _prune_log(
                 break
             hi = int(row[0])
             # The one copy of an unresolved dead letter's payload moves out of the log.
+            params = {"lo": after, "hi": hi, **bound.params}
             conn.execute(
-                """UPDATE dead_letter d SET payload = l.payload
-                   FROM ingest_log l
-                   WHERE d.log_seq > %(lo)s AND d.log_seq <= %(hi)s AND l.seq = d.log_seq
-                     AND d.payload IS NULL AND d.resolved_at IS NULL""",
-                {"lo": after, "hi": hi},
+                sql.SQL(
+                    """UPDATE dead_letter d SET payload = l.payload
+                       FROM ingest_log l
+                       WHERE d.log_seq > %(lo)s AND d.log_seq <= %(hi)s AND l.seq = d.log_seq
+                         AND d.payload IS NULL AND d.resolved_at IS NULL AND {}"""
+                ).format(may_go),
+                params,
             )
-            cur = conn.execute("DELETE FROM ingest_log WHERE seq > %s AND seq <= %s", (after, hi))
+            cur = conn.execute(
+                sql.SQL(
+                    "DELETE FROM ingest_log l WHERE l.seq > %(lo)s AND l.seq <= %(hi)s AND {}"
+                ).format(may_go),
+                params,
+            )
             removed += cur.rowcount
         after = hi
         if progress and time.monotonic() - last_note >= _PROGRESS_EVERY_S:
@@ -429,7 +469,7 @@ def run_retention(
         _lock(conn)  # released when the connection closes
         started = time.monotonic()
         bound = log_bound(conn, policy)
-        rows = _prune_log(conn, bound.upto, policy.batch_rows, progress, stop)
+        rows = _prune_log(conn, bound, policy.batch_rows, progress, stop)
         results.append(
             Removed("ingest_log", rows, _describe_bound(bound), time.monotonic() - started)
         )
@@ -463,8 +503,11 @@ def _describe_bound(b: LogBound) -> str:
         return "kept whole: no dataflow has consumed it yet"
     parts = [f"up to seq {b.upto}" if b.upto else "nothing removable"]
     parts.append(f"dataflow at {b.progress}, confirmed up to {b.confirmed}")
-    if b.checkpoint is not None:
-        parts.append(f"oldest machine checkpoint at {b.checkpoint}")
+    if b.checkpoint_column is not None:
+        parts.append(
+            "machine rows up to their machine's oldest checkpoint"
+            + (f", others up to {b.checkpoint}" if b.checkpoint is not None else "")
+        )
     parts.append(f"old enough up to {b.aged}")
     return "; ".join(parts)
 
@@ -476,11 +519,13 @@ def retention_status(database_url: str, policy: RetentionPolicy) -> list[TableSt
         now = _now(conn)
         bound = log_bound(conn, policy, observe=False)
         row = conn.execute(
-            """SELECT count(*), pg_total_relation_size('ingest_log'),
-                      (SELECT received_at FROM ingest_log ORDER BY seq LIMIT 1),
-                      count(*) FILTER (WHERE seq <= %s)
-               FROM ingest_log""",
-            (bound.upto,),
+            sql.SQL(
+                """SELECT count(*), pg_total_relation_size('ingest_log'),
+                          (SELECT received_at FROM ingest_log ORDER BY seq LIMIT 1),
+                          count(*) FILTER (WHERE l.seq <= %(upto)s AND {})
+                   FROM ingest_log l"""
+            ).format(_log_may_go(bound.checkpoint_column)),
+            {"upto": bound.upto, **bound.params},
         ).fetchone()
         assert row is not None
         out.append(

@@ -44,12 +44,20 @@ def _one(url: str, query: str, params: Any = None) -> Any:
     return _rows(url, query, params)[0][0]
 
 
-def _fill_log(conn: psycopg.Connection[Any], n: int, received_at: datetime, size: int = 20) -> None:
+def _fill_log(
+    conn: psycopg.Connection[Any],
+    n: int,
+    received_at: datetime,
+    size: int = 20,
+    machines: tuple[str | None, ...] = (None,),
+) -> None:
+    """n rows; row i names machines[i % len(machines)]."""
     conn.execute(
-        """INSERT INTO ingest_log (received_at, source, payload, dedupe_key)
-           SELECT %s, 'test', convert_to(repeat('x', %s) || g::text, 'UTF8'), NULL
+        """INSERT INTO ingest_log (received_at, source, payload, machine)
+           SELECT %s, 'test', convert_to(repeat('x', %s) || g::text, 'UTF8'),
+                  (%s::text[])[g %% %s + 1]
            FROM generate_series(1, %s) g""",
-        (received_at, size, n),
+        (received_at, size, list(machines), len(machines), n),
     )
 
 
@@ -93,9 +101,9 @@ def test_confirmed_position_needs_an_observation_a_margin_before_the_latest_comm
 
 
 def test_log_prune_upto_is_the_lowest_of_the_limits() -> None:
-    assert log_prune_upto(300, None, 500) == 300
-    assert log_prune_upto(300, 120, 500) == 120
-    assert log_prune_upto(300, 120, 50) == 50
+    assert log_prune_upto(300, 500) == 300
+    assert log_prune_upto(300, 50) == 50
+    assert log_prune_upto(0, 50) == 0
 
 
 # --- ingest_log -------------------------------------------------------------------------
@@ -151,18 +159,24 @@ def _ensure_checkpoint_table(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-def test_log_keeps_what_the_oldest_machine_checkpoint_needs(db_url: str) -> None:
+def test_log_keeps_what_machine_rebuilds_from_checkpoints_need(db_url: str) -> None:
+    # IM-03 is in the plant but has no checkpoint yet; IM-99 is not in the plant.
+    machines = ("IM-01", "IM-02", None, "IM-03", "IM-99")
     with psycopg.connect(db_url, autocommit=True) as conn:
-        _fill_log(conn, 100, OLD)
+        _fill_log(conn, 100, OLD, machines=machines)
         _consumed(conn, 100, confirmed=100)
         _ensure_checkpoint_table(conn)
         conn.execute(
             "INSERT INTO machine_checkpoint (machine, seq, last_ts, state) VALUES "
-            "('IM-01', 40, now(), ''), ('IM-02', 75, now(), '')"
+            "('IM-01', 40, now(), ''), ('IM-01', 90, now(), ''), ('IM-02', 75, now(), '')"
         )
     run_retention(db_url, POLICY)
-    # A recompute from IM-01's checkpoint reads the log after seq 40.
-    assert _one(db_url, "SELECT min(seq) FROM ingest_log") == 41
+    kept = _rows(db_url, "SELECT coalesce(machine, '-'), min(seq), count(*) FROM ingest_log "
+                         "GROUP BY 1 ORDER BY 1")  # fmt: skip
+    # A rebuild of IM-01 reads its rows and those naming no machine after seq 40 (its
+    # oldest checkpoint); IM-02's after 75; IM-03's from the start; IM-99 has no rebuild.
+    assert kept == [("-", 42, 12), ("IM-01", 45, 12), ("IM-02", 76, 5), ("IM-03", 3, 20)]
+    assert sum(r.rows for r in run_retention(db_url, POLICY)) == 0
 
 
 # --- dead letters -----------------------------------------------------------------------
