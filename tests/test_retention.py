@@ -412,3 +412,20 @@ def test_commands_print_what_went_and_what_would_go(
     assert run.exit_code == 0, run.output
     assert "intake_delivery" in run.output and "row(s) removed in total" in run.output
     assert _one(db_url, "SELECT count(*) FROM intake_delivery") == 1
+
+
+def test_one_run_at_a_time_and_the_periodic_switch(db_url: str) -> None:
+    from mesflow.retention import RETENTION_LOCK, RetentionBusy, start_periodic
+    from mesflow.settings import Settings
+
+    with psycopg.connect(db_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (RETENTION_LOCK,))
+        with pytest.raises(RetentionBusy):
+            run_retention(db_url, POLICY)
+    stop = threading.Event()
+    assert start_periodic(db_url, stop, Settings(retention_interval_s=0)) is None
+    worker = start_periodic(db_url, stop, Settings(retention_interval_s=3600))
+    assert worker is not None and worker.is_alive()
+    stop.set()
+    worker.join(5)
+    assert not worker.is_alive()
