@@ -323,6 +323,11 @@ def _gate() -> Response | None:
     if required is None:
         return _json_error(403, "unknown callback")
     if users.has_role(principal.role, required):
+        if request.path == state.app.config.requests_pathname_prefix + "_dash-update-component":
+            body = request.get_json(silent=True, cache=True)
+            spec = state.app.callback_map.get(body["output"]) if isinstance(body, dict) else None
+            if not well_formed_callback(body, spec):
+                return _json_error(400, "malformed callback request")
         return None
     if is_page:
         return _forbidden_page(principal, required)
@@ -341,6 +346,45 @@ def _required_role(state: AuthState, is_page: bool) -> str | None:
             return role_for_path(state.app, _router_pathname(body))
         return state.callback_roles.get(output) if isinstance(output, str) else None
     return DEFAULT_ROLE
+
+
+def _pairs(items: Any) -> list[tuple[Any, Any]] | None:
+    """[(id, property), ...] of a request's inputs/state/outputs; None if not that shape."""
+    if not isinstance(items, list):
+        return None
+    pairs = []
+    for item in items:
+        if not isinstance(item, dict):
+            return None
+        pairs.append((item.get("id"), item.get("property")))
+    return pairs
+
+
+def well_formed_callback(body: Any, spec: dict[str, Any] | None) -> bool:
+    """Does a callback request name exactly the callback's own outputs, inputs and state?
+
+    Dash's dispatcher answers 500 on a request of another shape; a hostile or broken client
+    gets 400 here instead. Pattern-matching ids (dicts) are left to Dash.
+    """
+    if not isinstance(body, dict) or spec is None:
+        return False
+    output = body["output"]
+    declared_in = [(d["id"], d["property"]) for d in spec.get("inputs", [])]
+    declared_state = [(d["id"], d["property"]) for d in spec.get("state", [])]
+    if any(not isinstance(i, str) for i, _p in declared_in + declared_state):
+        return True
+    parts = output[2:-2].split("...") if output.startswith("..") else [output]
+    declared_out = [tuple(part.rsplit(".", 1)) for part in parts]
+    outputs = body.get("outputs")
+    sent_out = _pairs([outputs] if isinstance(outputs, dict) else outputs)
+    if sent_out != declared_out or _pairs(body.get("inputs")) != declared_in:
+        return False
+    if _pairs(body.get("state", [])) != declared_state:
+        return False
+    if output == ROUTER_OUTPUT:  # Dash's router takes strings only
+        values = [i.get("value") for i in body["inputs"]]
+        return all(v is None or isinstance(v, str) for v in values)
+    return True
 
 
 def _router_pathname(body: dict[str, Any]) -> str:

@@ -76,7 +76,8 @@ ROLE_LABELS: Final[dict[str, dict[str, str]]] = {
 def normalize_lang(lang: str | None, default: str = "zh") -> str:
     """`?lang=` value (or the configured default) as one of LANGUAGES."""
     for candidate in (lang, default):
-        if candidate:
+        # Not a string: a callback's state arrives from the browser, hostile or broken.
+        if isinstance(candidate, str) and candidate:
             code = candidate.strip().lower()
             if code.startswith("zh"):
                 return "zh"
