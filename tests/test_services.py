@@ -150,3 +150,153 @@ def test_simulator_restart_continues_after_the_previous_run(
         assert ts(body).timestamp() <= received + 1  # never ahead of the wall clock
     resumed = read_state(state)
     assert resumed is not None and resumed >= max(ts(b) for b in second)
+
+
+# -- the demo: Ctrl-C, order of stopping, ports kept -------------------------------------------
+
+
+class _Demo:
+    """`mesflow demo` in its own session, as a terminal runs it; `interrupt` is a Ctrl-C
+    (SIGINT to the whole process group, as the terminal sends it)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        import threading
+
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mesflow.cli", "demo", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+            if "Ctrl-C stops everything" in line:
+                self.ready.set()
+
+    def interrupt(self, timeout: float = 120) -> int:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGINT)
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _close_after_request(port: int) -> None:
+    """An HTTP request the server answers and closes: its side of the socket is left in
+    TIME_WAIT, which made the old demo move to a random port on the next start."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while s.recv(65536):
+            pass
+
+
+def test_demo_ctrl_c_stops_in_order_without_tracebacks_and_restarts_on_its_ports(
+    tmp_path: Path,
+) -> None:
+    import re
+    import shutil
+    import socket
+    import time
+
+    from mesflow.services import free_port
+    from tests.conftest import require
+
+    require(
+        bool(shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")),
+        "mosquitto (apt-get install mosquitto)",
+    )
+    data = tmp_path / "var"
+    http_port = free_port()
+    api_port = free_port()
+    while api_port in (http_port, http_port + 1) or http_port == api_port + 1:
+        api_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESFLOW_")}
+    env |= {"MESFLOW_DATA_DIR": str(data), "MESFLOW_API_PORT": str(api_port)}
+    args = ["--speed", "60", "--port", str(http_port)]
+
+    runs: list[_Demo] = []
+    try:
+        for _ in range(2):
+            demo = _Demo(args, env)
+            runs.append(demo)
+            assert demo.ready.wait(240), demo.text
+            for port in (http_port, api_port, http_port, api_port):
+                _close_after_request(port)
+            time.sleep(3)
+            assert demo.interrupt() == 0, demo.text
+    finally:
+        for demo in runs:
+            demo.kill()
+
+    logs = "\n".join(p.read_text(errors="replace") for p in (data / "logs").glob("*.log"))
+    for demo in runs:
+        out = demo.text
+        for bad in ("Traceback", "panicked", "RUST_BACKTRACE", "exited with code"):
+            assert bad not in out, out
+        # Same ports after a restart, though the last connections are in TIME_WAIT.
+        assert f"dashboard: http://127.0.0.1:{http_port}" in out
+        assert f"order intake API: http://127.0.0.1:{api_port}/docs" in out
+        # What a client needs, printed: the database URL and the CRM credentials.
+        assert "database URL (psql, BI tools): postgresql://" in out
+        assert re.search(r"CRM client 'demo-crm': Authorization: Bearer \S{20,}", out)
+        stopped = [m[1] for m in re.finditer(r"^\[demo\] (\S+): stopped$", out, re.M)]
+        assert stopped == [
+            "simulator", "crm", "collector-mqtt", "dataflow", "notify", "api", "dashboard",
+            "broker", "database",
+        ], out  # fmt: skip
+    for bad in ("Traceback", "panicked"):
+        assert bad not in logs, logs
+    # The CRM token is kept: an integrator's copy stays valid across restarts.
+    tokens = [re.search(r"Bearer (\S+)", d.text) for d in runs]
+    assert tokens[0] and tokens[1] and tokens[0][1] == tokens[1][1]
+    # The broker outlived its clients: the collector disconnected before it terminated,
+    # each time (a terminal Ctrl-C reaching the broker would stop it first).
+    broker_log = (data / "broker" / "mosquitto.log").read_text(errors="replace")
+    events = re.findall(r"(Client mesflow-collector\S* disconnected|terminating)", broker_log)
+    assert [e == "terminating" for e in events] == [False, True, False, True], events
+    # The second run resumed the simulated plant where the first one stopped.
+    assert "simulator: previous run reached" in runs[1].text
+
+    # A port really taken: one clear line and a non-zero exit, not a random port.
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past its TIME_WAIT
+        taken.bind(("127.0.0.1", http_port))
+        taken.listen()
+        res = subprocess.run(
+            [sys.executable, "-m", "mesflow.cli", "demo", *args],
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert (
+        f"Error: port {http_port} on 127.0.0.1 is in use by another program: stop that "
+        "program or choose another port for the dashboard (mesflow demo --port N)"
+    ) in res.stderr.splitlines()
