@@ -21,14 +21,15 @@ RUN pip install --require-hashes -r /tmp/runtime.txt && rm /tmp/runtime.txt
 # where docker-compose.yml mounts the plant file.
 COPY . /src
 RUN pip install --no-deps /src \
- && mkdir -p /app/config /app/var/recovery \
+ && mkdir -p /app/config /app/var/recovery /app/var/simulator \
  && cp -r /src/config/. /app/config/ \
  && rm -rf /src \
  && useradd --system --uid 10001 --home-dir /app --no-create-home mesflow \
  && chown -R mesflow:mesflow /app/var
 
-# /app/var/recovery exists and belongs to mesflow before a volume is mounted on it, so a new
-# named volume starts with that owner and the non-root dataflow can write its snapshots.
+# /app/var/recovery and /app/var/simulator exist and belong to mesflow before volumes are
+# mounted on them, so a new named volume starts with that owner and the non-root dataflow
+# (snapshots) and simulator (where it stopped) can write there.
 USER mesflow
 EXPOSE 8050 8060
 CMD ["mesflow", "--help"]
