@@ -57,7 +57,7 @@ def has_role(role: str | None, required: str) -> bool:
 def normalize_username(raw: str) -> str:
     """The canonical form of a user name, or UserError (NFC, so 张三 typed two ways is one user)."""
     name = unicodedata.normalize("NFC", raw.strip())
-    if not _USERNAME.match(name) or "\x00" in name:
+    if not _USERNAME.fullmatch(name):
         raise UserError(
             "a user name is 1 to 64 letters, digits or . _ @ - (no spaces): " + repr(raw[:80])
         )
@@ -77,6 +77,10 @@ def check_new_password(password: str) -> str:
         raise UserError(f"a password has at most {MAX_PASSWORD_CHARS} characters")
     if "\x00" in password:
         raise UserError("a password cannot contain a NUL character")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. undecodable bytes on stdin
+        raise UserError("a password must be valid text (UTF-8)") from None
     return password
 
 
@@ -202,6 +206,7 @@ def authenticate(conn: psycopg.Connection, username: str, password: str) -> User
         stored = _DUMMY_HASH
     # Bounded and NUL-free before it reaches the hash (hostile forms send both).
     candidate = password[:MAX_PASSWORD_CHARS].replace("\x00", "")
+    candidate = candidate.encode("utf-8", "replace").decode("utf-8")  # lone surrogates
     ok = check_password_hash(stored, candidate)
     if not ok or row is None or row[0] == NO_PASSWORD or name is None:
         return None

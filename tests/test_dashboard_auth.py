@@ -719,3 +719,19 @@ def _signed_in_viewer(app: dash.Dash) -> Any:
 
 def _deps_cached(app: dash.Dash) -> list[dict[str, Any]]:
     return list(_signed_in_viewer(app).get("/_dash-dependencies").get_json())
+
+
+def test_user_store_refuses_bad_text_without_crashing(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for name, password in [("\ud800", "\udc80"), ("a\x00b", "x"), ("ok", "\x00" * 5000)]:
+            assert users.authenticate(conn, name, password) is None
+        for bad in ["a b", "x" * 65, "", "\ud800", "a\x00"]:
+            with pytest.raises(users.UserError):
+                users.add_user(conn, bad, "viewer", "long-enough-pw")
+        for pw in ["short", "a" * 1025, "long-enough\x00", "long-enough\udc80"]:
+            with pytest.raises(users.UserError):
+                users.add_user(conn, "fine", "viewer", pw)
+        with pytest.raises(users.UserError):
+            users.add_user(conn, "fine", "superuser", "long-enough-pw")
+        assert users.add_user(conn, " 张伟 ", "viewer", "long-enough-pw").username == "张伟"
+        assert users.authenticate(conn, "张伟", "long-enough-pw") is not None
