@@ -112,7 +112,8 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
         applied = migrate(db_url, log=lambda _m: None)
         sync_plant(db_url, plant)
         _say(f"database: schema up to date ({len(applied)} migration(s) applied now)")
-        _say(f"database URL (psql, BI tools): {redact_url(db_url)}")
+        # For `mesflow report`, psql and BI tools in another shell (a password is not shown).
+        _say(f"database: export MESFLOW_DATABASE_URL='{redact_url(db_url)}'")
 
         if settings.mqtt_url:
             mqtt_url = settings.mqtt_url

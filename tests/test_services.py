@@ -261,7 +261,7 @@ def test_demo_ctrl_c_stops_in_order_without_tracebacks_and_restarts_on_its_ports
         assert f"dashboard: http://127.0.0.1:{http_port}" in out
         assert f"order intake API: http://127.0.0.1:{api_port}/docs" in out
         # What a client needs, printed: the database URL and the CRM credentials.
-        assert "database URL (psql, BI tools): postgresql://" in out
+        assert "[demo] database: export MESFLOW_DATABASE_URL='postgresql://" in out
         assert re.search(r"CRM client 'demo-crm': Authorization: Bearer \S{20,}", out)
         stopped = [m[1] for m in re.finditer(r"^\[demo\] (\S+): stopped$", out, re.M)]
         assert stopped == [
