@@ -24,7 +24,8 @@ import click
 import psycopg
 
 from mesflow.db import connect
-from mesflow.ingest_log import LogRecord, append, dedupe_key, record_from_bytes
+from mesflow.ingest_log import LogRecord, append, dedupe_key, record_from_bytes, safe_text
+from mesflow.plant import PlantConfig
 
 # A requeue transaction holds the log's append lock: keep it short.
 _BATCH_ROWS = 500
@@ -199,11 +200,35 @@ def requeue_key(log_seq: int) -> bytes:
     return dedupe_key(f"requeue:{log_seq}")
 
 
-def requeue_record(log_seq: int, payload: bytes) -> LogRecord:
-    """The log row of a requeued dead letter: decoded like any input (its machine, content
-    key; an error row again if it still cannot be decoded), keyed by the dead letter."""
-    rec = record_from_bytes(f"requeue:{log_seq}", payload, line_key=requeue_key(log_seq))
-    return rec._replace(dedupe_key=requeue_key(log_seq))
+_REQUEUED = re.compile(r"^(?:requeue:\d+:)+")
+
+
+def origin_source(source: str) -> str:
+    """Where an input first came from: `requeue:<seq>:` prefixes removed."""
+    return _REQUEUED.sub("", source)
+
+
+def requeue_record(
+    log_seq: int, source: str, payload: bytes, plant: PlantConfig | None = None
+) -> LogRecord:
+    """The log row of a requeued dead letter, keyed by the dead letter, its source
+    `requeue:<seq>:<origin>`.
+
+    An MQTT input is mapped again by the collector's own function with the current plant
+    model (`plant`), so that a fix in the plant file (a state code added to a mapping, a
+    machine added) applies; it holds the payload as published, the topic in its source.
+    Anything else is decoded like any input. An input that still fails becomes an error
+    row again, and so a dead letter again, with the reason of today.
+    """
+    origin = origin_source(source)
+    key = requeue_key(log_seq)
+    if plant is not None and origin.startswith("mqtt:"):
+        from collectors.mqtt_json import map_message  # the collector's mapping, not a copy
+
+        rec = map_message(plant, origin.removeprefix("mqtt:"), payload)
+    else:
+        rec = record_from_bytes(origin, payload, line_key=key)
+    return rec._replace(source=safe_text(f"requeue:{log_seq}:{origin}", 1000), dedupe_key=key)
 
 
 def requeue(
@@ -211,9 +236,11 @@ def requeue(
     *,
     seqs: Sequence[int] | None = None,
     reason: str | None = None,
+    plant: PlantConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RequeueResult:
-    """Re-append the payloads of the given dead letters (or every open one of `reason`)."""
+    """Re-append the payloads of the given dead letters (or every open one of `reason`);
+    `plant`: the current plant model, to map MQTT inputs again (`requeue_record`)."""
     if not seqs and not reason:
         raise ValueError("give dead-letter seqs or a reason")
     result = RequeueResult()
@@ -223,7 +250,7 @@ def requeue(
         with conn.transaction():
             with conn.cursor(binary=True) as cur:
                 rows = cur.execute(
-                    """SELECT d.log_seq, d.resolved_at IS NOT NULL,
+                    """SELECT d.log_seq, d.resolved_at IS NOT NULL, d.source,
                               COALESCE(d.payload, l.payload)
                        FROM dead_letter d LEFT JOIN ingest_log l ON l.seq = d.log_seq
                        WHERE d.log_seq = ANY(%s) ORDER BY d.log_seq
@@ -232,15 +259,17 @@ def requeue(
                 ).fetchall()
             result.not_found += len(chunk) - len(rows)
             todo: list[tuple[int, bytes]] = []
-            for seq, resolved, payload in rows:
+            records: list[LogRecord] = []
+            for seq, resolved, source, payload in rows:
                 if resolved:
                     result.already_resolved += 1
                 elif payload is None:
                     result.no_payload += 1
                 else:
                     todo.append((int(seq), bytes(payload)))
+                    records.append(requeue_record(int(seq), str(source), bytes(payload), plant))
             if todo:
-                append(conn, [requeue_record(seq, payload) for seq, payload in todo])
+                append(conn, records)
                 # Found by key: also right when an earlier, interrupted run stored it.
                 keys = {requeue_key(seq): seq for seq, _ in todo}
                 new_seq = {
@@ -393,8 +422,15 @@ def cli_requeue(seqs: tuple[int, ...], reason: str | None) -> None:
     def note(done: int, total: int) -> None:
         click.echo(f"requeue: {done:,}/{total:,}", err=True)
 
+    from mesflow.plant import ConfigError, load_plant_config
+    from mesflow.settings import get_settings
+
+    try:  # the fixed plant file: MQTT inputs are mapped again with it
+        plant = load_plant_config(get_settings().plant_config)
+    except ConfigError as err:
+        raise click.ClickException(f"plant configuration: {err}") from None
     with _conn() as conn:
-        result = requeue(conn, seqs=list(seqs), reason=reason, progress=note)
+        result = requeue(conn, seqs=list(seqs), reason=reason, plant=plant, progress=note)
     click.echo(result.describe())
 
 

@@ -14,9 +14,19 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collectors.mqtt_json import map_message
+from collectors.topics import machine_topic
 from mesflow.cli import main
 from mesflow.db import sync_plant
-from mesflow.dead_letters import escape_payload, parse_since, requeue, summarize
+from mesflow.dead_letters import (
+    escape_payload,
+    origin_source,
+    parse_since,
+    requeue,
+    requeue_record,
+    summarize,
+)
+from mesflow.ingest_log import append
 from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.retention import RetentionPolicy, run_retention
 from streams.replay import replay_file
@@ -36,7 +46,8 @@ def _one(url: str, query: str, params: Any = None) -> Any:
 
 
 def _plant_with_new_machine(plant: PlantConfig, tmp_path: Path) -> PlantConfig:
-    """The fix an engineer makes: the machine added to the plant file."""
+    """The fixes an engineer makes: the machine added to the plant file, and a EUROMAP 77
+    state code the presses send that the mapping lacked."""
     text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
     anchor = "      - {id: IM-06,"
     assert anchor in text
@@ -45,6 +56,9 @@ def _plant_with_new_machine(plant: PlantConfig, tmp_path: Path) -> PlantConfig:
         "ideal_cycle_seconds: 18}\n"
     )
     text = text.replace(anchor, added + anchor)
+    mapping = '    "5": down                      # alarm\n'
+    assert mapping in text
+    text = text.replace(mapping, mapping + '    "99": down\n')
     path = tmp_path / "plant.yaml"
     path.write_text(text, encoding="utf-8")
     fixed = load_plant_config(path)
@@ -115,7 +129,7 @@ def test_requeue_after_the_machine_is_added_counts_each_event_once(
         _one(
             db_url,
             "SELECT count(*) FROM dead_letter d JOIN ingest_log l ON l.seq = d.requeued_seq "
-            "WHERE l.source = 'requeue:' || d.log_seq",
+            "WHERE l.source = 'requeue:' || d.log_seq || ':' || d.source",
         )
         == n + 1
     )
@@ -233,3 +247,43 @@ def test_parse_since() -> None:
     assert parse_since("2026-11-19T08:00", now) == datetime(2026, 11, 19, 8, tzinfo=UTC)
     with pytest.raises(ValueError):
         parse_since("yesterday", now)
+
+
+def test_requeue_maps_an_mqtt_input_again_with_the_fixed_plant(
+    db_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    line = plant.line_of_machine["IM-01"]
+    topic = machine_topic(plant.plant.site, line.area, line.id, "IM-01", "state")
+    ts = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    published = json.dumps({"ts": ts, "state": "99", "id": "st-99"}).encode()
+    rec = tmp_path / "recovery"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        append(conn, [map_message(plant, topic, published)])  # what the collector stores
+    run_flow(plant, db_url, rec, 1.0, upto_seq=_one(db_url, "SELECT max(seq) FROM ingest_log"))
+    [(seq, reason)] = _rows(db_url, "SELECT log_seq, reason FROM dead_letter")
+    assert reason == "unmapped_state"
+
+    fixed = _plant_with_new_machine(plant, tmp_path)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        done = requeue(conn, seqs=[seq], plant=fixed)
+    assert done.requeued == 1
+    [(source, payload, error)] = _rows(
+        db_url, "SELECT source, payload, error FROM ingest_log WHERE seq = %s", (done.new_seqs[0],)
+    )
+    assert source == f"requeue:{seq}:mqtt:{topic}" and error is None
+    assert json.loads(payload)["state"] == "down"
+    run_flow(fixed, db_url, rec, 1.0, upto_seq=done.new_seqs[0])
+    assert _rows(db_url, "SELECT state FROM machine_status WHERE machine = 'IM-01'") == [("down",)]
+
+
+def test_a_requeued_copy_keeps_its_origin(plant: PlantConfig) -> None:
+    line = plant.line_of_machine["IM-01"]
+    topic = machine_topic(plant.plant.site, line.area, line.id, "IM-01", "state")
+    raw = b'{"ts": "2026-11-20T08:00:00+08:00", "state": "99"}'
+    first = requeue_record(7, f"mqtt:{topic}", raw, plant)
+    assert first.error is not None and first.error.startswith("unmapped_state")
+    # The copy is dead-lettered again, then requeued: still mapped as the topic says.
+    again = requeue_record(9, first.source, first.payload, plant)
+    assert again.source == f"requeue:9:mqtt:{topic}"
+    assert origin_source(again.source) == f"mqtt:{topic}"
+    assert again.dedupe_key != first.dedupe_key
