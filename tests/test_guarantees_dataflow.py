@@ -258,3 +258,16 @@ def test_a_failing_writer_takes_the_process_down(db_url: str, tmp_path: Path) ->
     finally:
         if proc.alive():
             proc.kill9()
+
+
+def test_int4_out_of_range_is_refused_not_wrapped() -> None:
+    """psycopg's binary int4 dumper would store 2**40 + 5 as 5: the sink refuses it."""
+    from streams.pg_sink import KPIS, REFUSALS
+
+    n = len(KPIS.columns)
+    row = [0] * n
+    row[KPIS.int4_columns[0]] = 2**40 + 5
+    with pytest.raises(REFUSALS):
+        KPIS.check([tuple(row)])
+    row[KPIS.int4_columns[0]] = 2**31 - 1
+    KPIS.check([tuple(row)])

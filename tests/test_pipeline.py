@@ -117,7 +117,10 @@ def test_mqtt_to_tables(broker: Broker, db_url: str, plant: PlantConfig, tmp_pat
 def test_collector_does_not_ack_until_stored(
     broker: Broker, db_url: str, plant: PlantConfig, pg_server: str
 ) -> None:
-    """Messages that arrive while the database is unreachable are stored once it is back."""
+    """Messages that arrive while the database is unreachable are stored once it is back.
+
+    That nothing is acknowledged to the broker before its commit is proven from the
+    broker's side in test_guarantees_collector.py (kill -9, then redelivery)."""
     bad_url = db_url.replace("dbname=", "dbname=missing_") if "dbname=" in db_url else db_url + "_x"
     collector = MqttJsonCollector(plant, broker.url, bad_url, client_id="test-collector-2")
     collector.start()
@@ -130,7 +133,7 @@ def test_collector_does_not_ack_until_stored(
             t, json.dumps({"ts": "2026-11-20T08:00:00+08:00", "good": 1, "id": f"x{i}"}), qos=1
         ).wait_for_publish(5)
     time.sleep(1.0)
-    assert collector.stats.received == 0  # nothing acknowledged: the log is unreachable
+    assert _count(db_url, "SELECT count(*) FROM ingest_log") == 0
     collector.database_url = db_url  # the database "comes back"
     wait_until(lambda: collector.stats.received == 20, what="the backlog to be stored")
     pub.loop_stop()
