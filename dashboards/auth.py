@@ -63,6 +63,8 @@ LOGOUT_ENDPOINT: Final = "mesflow_logout"
 ROUTER_OUTPUT: Final = ".._pages_content.children..._pages_store.data.."
 _ROUTER_LOCATION: Final = "_pages_location"
 _STATE_KEY: Final = "mesflow.auth"
+SESSION_CHECK_TIMEOUT_S: Final = 1.0  # waiting for a pooled connection to re-check a session
+DB_RETRY_S: Final = 5.0  # after a failed re-check, cookies are believed this long
 _PRINCIPAL: Final = "mesflow_principal"
 
 Kind = Literal["user", "token", "proxy"]
@@ -189,6 +191,7 @@ class AuthState:
     trusted_proxies: list[Network]
     page_rules: frozenset[str]
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    db_down_until: float = 0.0  # monotonic time before which sessions are not re-checked
     callback_roles: dict[str, str] = field(default_factory=dict)
     _warned: set[str] = field(default_factory=set)
 
@@ -420,13 +423,20 @@ def _resolve(state: AuthState) -> Principal | None:
     kind, sub, role = session.get("kind"), session.get("sub"), session.get("role")
     if kind not in ("user", "token") or not isinstance(sub, str) or not isinstance(role, str):
         return None
+    # The cookie is signed by us, so it was valid when issued. While the database is away,
+    # believe it: wall screens stay up (showing their banner) instead of every request
+    # waiting for a connection. Revocation applies again once the database is back.
+    from_cookie = Principal(kind, str(session.get("name") or sub), role)
+    if time.monotonic() < state.db_down_until:
+        return from_cookie
     try:
-        principal = state.db.run(lambda conn: _still_valid(conn, session))
+        principal = state.db.run(
+            lambda conn: _still_valid(conn, session), timeout=SESSION_CHECK_TIMEOUT_S
+        )
     except psycopg.Error as err:
-        # The cookie is signed by us, so it was valid when issued; keep wall screens up
-        # while the database is away (they show its banner). Revocation applies once back.
+        state.db_down_until = time.monotonic() + DB_RETRY_S
         state.warn_once("db-down", "cannot re-check sessions (%s); trusting signed cookies", err)
-        return Principal(kind, str(session.get("name") or sub), role)
+        return from_cookie
     if principal is None:
         session.clear()
     return principal

@@ -102,10 +102,11 @@ class Database:
                 self.pool.open(wait=False)
                 self._opened = True
 
-    def run(self, fn: Callable[[psycopg.Connection], T]) -> T:
-        """`fn(conn)` on a pooled connection (psycopg_pool.PoolTimeout when none comes)."""
+    def run(self, fn: Callable[[psycopg.Connection], T], *, timeout: float | None = None) -> T:
+        """`fn(conn)` on a pooled connection (psycopg_pool.PoolTimeout when none comes in
+        `timeout` seconds, default the pool's)."""
         self._open()
-        with self.pool.connection() as conn:
+        with self.pool.connection(timeout=timeout) as conn:
             return fn(conn)
 
     def close(self) -> None:

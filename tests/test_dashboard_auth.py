@@ -735,3 +735,29 @@ def test_user_store_refuses_bad_text_without_crashing(db_url: str) -> None:
             users.add_user(conn, "fine", "superuser", "long-enough-pw")
         assert users.add_user(conn, " 张伟 ", "viewer", "long-enough-pw").username == "张伟"
         assert users.authenticate(conn, "张伟", "long-enough-pw") is not None
+
+
+def test_database_down_keeps_signed_sessions_without_waiting(plant: PlantConfig) -> None:
+    """Signed cookies are believed while the database is away, and requests do not queue."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(_settings(), plant, f"postgresql://x@127.0.0.1:{port}/x")
+    try:
+        serializer = app.server.session_interface.get_signing_serializer(app.server)
+        cookie = serializer.dumps({"kind": "token", "sub": "1", "name": "tv", "role": "viewer"})
+        tv = app.server.test_client()
+        tv.set_cookie("mesflow_session", cookie)
+        started = time.monotonic()
+        assert tv.get("/_dash-layout").status_code == 200
+        first = time.monotonic() - started
+        started = time.monotonic()
+        for _ in range(5):
+            assert tv.get("/_dash-layout").status_code == 200
+        assert first < auth.SESSION_CHECK_TIMEOUT_S + 3 and time.monotonic() - started < 0.5
+        assert app.server.test_client().get("/_dash-layout").status_code == 401  # no cookie
+        forged = app.server.test_client()
+        forged.set_cookie("mesflow_session", cookie[:-3] + "abc")  # not our signature
+        assert forged.get("/_dash-layout").status_code == 401
+    finally:
+        context.of(app.server).db.close()
