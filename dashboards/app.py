@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 import dash
+import psycopg
 import waitress
 from dash import html
 
@@ -80,6 +81,10 @@ def serve(settings: Settings, plant: PlantConfig, database_url: str) -> None:
         flush=True,
     )
 
+    hint = _users_hint(context.of(app.server).db)
+    if hint:
+        print(hint, flush=True)
+
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt  # waitress's loop closes its sockets on this
 
@@ -88,6 +93,24 @@ def serve(settings: Settings, plant: PlantConfig, database_url: str) -> None:
         server.run()  # returns on KeyboardInterrupt/SystemExit after closing
     finally:
         context.of(app.server).db.close()
+
+
+def _users_hint(db: Database) -> str | None:
+    """What to do when nobody could sign in yet; None when users exist or the DB is away."""
+    try:
+        row = db.run(
+            lambda conn: conn.execute("SELECT count(*) FROM dashboard_user").fetchone(), timeout=5
+        )
+    except psycopg.errors.UndefinedTable:
+        return "mesflow dashboard: no user tables yet: run `mesflow db migrate`"
+    except psycopg.Error:
+        return None  # the boards show the database banner; nothing to add here
+    if row and row[0] == 0:
+        return (
+            "mesflow dashboard: no users yet, nobody can sign in: create one with"
+            " `mesflow user add NAME --role admin` (docs/users.md)"
+        )
+    return None
 
 
 def listen_error(host: str, port: int, err: OSError) -> str:

@@ -624,6 +624,7 @@ def test_dashboard_serves_and_stops_cleanly_on_sigterm(db_url: str, tmp_path: An
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "Traceback" not in out, out
+    assert "no users yet, nobody can sign in" in out  # a fresh database has no users
     assert (tmp_path / "dashboard-session.key").stat().st_mode & 0o077 == 0
 
 
