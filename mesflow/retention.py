@@ -32,6 +32,7 @@ import psycopg
 from psycopg import sql
 
 from mesflow.db import connect, timescaledb_available
+from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,19 @@ class RetentionPolicy:
     intake_days: int = 30
     order_history_days: int = 365  # closed or cancelled orders
     batch_rows: int = 2000
+    # The log is the dedupe index: a row stays at least as long as a resent copy of its
+    # input could still be accepted (the plant's max_event_age_days + max_clock_skew).
+    dedupe_window: timedelta = timedelta(days=30, seconds=300)
     # How long before the dataflow's latest commit a position must have been seen before
     # the log is pruned up to it (many snapshot intervals: the resume point is past it).
     resume_margin: timedelta = timedelta(minutes=10)
 
     @classmethod
-    def from_settings(cls, s: Settings) -> RetentionPolicy:
+    def from_settings(cls, s: Settings, plant: PlantConfig) -> RetentionPolicy:
         return cls(
+            dedupe_window=timedelta(
+                days=plant.plant.max_event_age_days, seconds=plant.plant.max_clock_skew_seconds
+            ),
             ingest_log_days=s.retention_ingest_log_days,
             dead_letter_days=s.retention_dead_letter_days,
             unresolved_dead_letter_days=s.retention_unresolved_dead_letter_days,
@@ -76,6 +83,16 @@ class RetentionPolicy:
 
 
 # --- pure logic -----------------------------------------------------------------------
+
+
+def log_cutoff(now: datetime, days: int, dedupe_window: timedelta) -> datetime:
+    """Log rows received before this may go (age permitting everything else).
+
+    Never less than the dedupe window: an input resent later (an edge gateway flushing its
+    buffer, a file replayed again) is either still deduplicated by its row's key or so old
+    that the clock policy refuses it as `too_old`; it is never counted a second time.
+    """
+    return now - max(timedelta(days=days), dedupe_window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +333,8 @@ def log_bound(
     if policy.ingest_log_days == 0:
         aged = 0
     else:
-        aged = _aged_upto(conn, now - timedelta(days=policy.ingest_log_days), confirmed)
+        cutoff = log_cutoff(now, policy.ingest_log_days, policy.dedupe_window)
+        aged = _aged_upto(conn, cutoff, confirmed)
     return LogBound(
         upto=log_prune_upto(confirmed, aged),
         confirmed=confirmed,
@@ -655,9 +673,11 @@ def start_periodic(
         settings = get_settings()
     if settings.retention_interval_s <= 0:
         return None
-    worker = PeriodicRetention(
-        database_url, RetentionPolicy.from_settings(settings), settings.retention_interval_s, stop
-    )
+    from mesflow.plant import load_plant_config
+
+    # The component validated the plant file at start: a failure here is a real error.
+    policy = RetentionPolicy.from_settings(settings, load_plant_config(settings.plant_config))
+    worker = PeriodicRetention(database_url, policy, settings.retention_interval_s, stop)
     worker.start()
     return worker
 
@@ -665,13 +685,18 @@ def start_periodic(
 # --- `mesflow retention run|status` ----------------------------------------------------
 
 
-def _settings_url() -> tuple[Settings, str]:
+def _policy_url() -> tuple[RetentionPolicy, str]:
+    from mesflow.plant import ConfigError, load_plant_config
     from mesflow.settings import get_settings
 
     settings = get_settings()
     if not settings.database_url:
         raise click.ClickException("MESFLOW_DATABASE_URL is not set")
-    return settings, settings.database_url
+    try:  # its clock policy bounds the log's dedupe window
+        plant = load_plant_config(settings.plant_config)
+    except ConfigError as err:
+        raise click.ClickException(f"plant configuration: {err}") from None
+    return RetentionPolicy.from_settings(settings, plant), settings.database_url
 
 
 @click.group("retention")
@@ -686,8 +711,7 @@ def cli() -> None:
 @cli.command("run")
 def cli_run() -> None:
     """Remove what is due now, in short batches; prints what went per table."""
-    settings, url = _settings_url()
-    policy = RetentionPolicy.from_settings(settings)
+    policy, url = _policy_url()
     try:
         removed = run_retention(url, policy, progress=lambda m: click.echo(m, err=True))
     except RetentionBusy as err:
@@ -702,8 +726,7 @@ def cli_run() -> None:
 @cli.command("status")
 def cli_status() -> None:
     """Sizes, oldest rows and what a run would remove now (changes nothing)."""
-    settings, url = _settings_url()
-    policy = RetentionPolicy.from_settings(settings)
+    policy, url = _policy_url()
     try:
         rows = retention_status(url, policy)
         policies = timescaledb_policies(url)

@@ -23,6 +23,7 @@ from mesflow.retention import (
     PeriodicRetention,
     RetentionPolicy,
     confirmed_position,
+    log_cutoff,
     log_prune_upto,
     retention_status,
     run_retention,
@@ -132,6 +133,24 @@ def test_log_keeps_what_the_dataflow_has_not_surely_snapshotted(db_url: str) -> 
     assert removed["ingest_log"] == 40
     assert _one(db_url, "SELECT min(seq) FROM ingest_log") == 101
     assert _one(db_url, "SELECT count(*) FROM ingest_log") == 20
+
+
+def test_log_cutoff_never_shortens_the_dedupe_window() -> None:
+    window = timedelta(days=30, seconds=300)
+    assert log_cutoff(NOW, 90, window) == NOW - timedelta(days=90)
+    assert log_cutoff(NOW, 1, window) == NOW - window
+
+
+def test_log_rows_stay_while_a_resent_copy_could_still_be_accepted(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _fill_log(conn, 10, NOW - timedelta(days=40))
+        _fill_log(conn, 10, NOW - timedelta(days=10))
+        _consumed(conn, 20, confirmed=20)
+    # One day asked, but a copy of a 10-day-old event would still pass the clock policy
+    # (30 days): its row, and so its dedupe key, stays.
+    short = RetentionPolicy(ingest_log_days=1, dedupe_window=timedelta(days=30))
+    assert {r.table: r.rows for r in run_retention(db_url, short)}["ingest_log"] == 10
+    assert _one(db_url, "SELECT min(seq) FROM ingest_log") == 11
 
 
 def test_log_never_passes_the_dataflow_position(db_url: str) -> None:
