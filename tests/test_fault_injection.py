@@ -155,14 +155,13 @@ def test_faults_during_a_live_feed_lose_nothing_and_equal_a_clean_replay(
     # The collector's first subscription creates its session: only then may the feed begin.
     wait_until(
         lambda: (
-            count(url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mesflow'")
-            >= 2
-            and "subscrib" in collector.proc.output()
+            "session present" in collector.proc.output()
+            and "following the ingest log" in dataflow.proc.output()
         ),
         timeout=30,
         what="the components to start",
     )
-    time.sleep(1.5)
+    time.sleep(1.0)
     feed = Feed(broker, plant, events)
     t0 = time.monotonic()
     feed.start()
