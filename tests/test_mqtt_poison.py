@@ -175,6 +175,16 @@ def test_poison_list_through_mqtt(
             "SELECT good_total FROM machine_status WHERE machine = %s", (poison.POISON_MACHINE,)
         ).fetchone()
     assert len(rows) == len(sent)
+    reasons: dict[str, int] = {}
+    for _seq, reason, _detail in rows:
+        reasons[reason or "stored"] = reasons.get(reason or "stored", 0) + 1
+    n_poison = sum(1 for _, expected in sent if expected)
+    # The closing note's figures (pytest -s shows them).
+    print(
+        f"\nMQTT poison run: sent {len(sent)} messages ({n_poison} poisons, "
+        f"{len(sent) - n_poison} valid); in the log {len(rows)} (lost 0, doubled 0); "
+        f"outcome by reason: {dict(sorted(reasons.items()))}"
+    )
     wrong = [
         (what, expected or "stored", reason or "stored", detail)
         for (what, expected), (_seq, reason, detail) in zip(sent, rows, strict=True)
