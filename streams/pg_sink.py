@@ -189,6 +189,8 @@ RECENT_EVENTS = """
 SELECT seq, payload FROM ingest_log WHERE seq <= %s AND error IS NULL
 ORDER BY seq DESC LIMIT %s"""
 _SOURCE_SEARCH_ROWS = 20_000
+LAST_OF_MACHINE = """
+SELECT max(seq) FROM ingest_log WHERE machine = %s AND seq <= %s AND error IS NULL"""
 
 UPSERT_PROGRESS = """
 INSERT INTO dataflow_progress (flow, last_seq, updated_at) VALUES (%s, %s, now())
@@ -434,7 +436,13 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
         """The newest event, up to the dataflow's position, whose `field` is `value`."""
         if field == "seq":
             return int(value)
-        rows = cur.execute(RECENT_EVENTS, (self.seen_seq, _SOURCE_SEARCH_ROWS)).fetchall()
+        # No position seen yet (the batch's progress comes later): the newest in the log.
+        bound = self.seen_seq or 2**62
+        if field == "machine":  # the log keeps each event's machine (sql/010)
+            row = cur.execute(LAST_OF_MACHINE, (value, bound)).fetchone()
+            if row is not None and row[0] is not None:
+                return int(row[0])
+        rows = cur.execute(RECENT_EVENTS, (bound, _SOURCE_SEARCH_ROWS)).fetchall()
         for seq, payload in rows:
             try:
                 body = json.loads(bytes(payload))
@@ -442,7 +450,10 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 continue
             if isinstance(body, dict) and body.get(field) == value:
                 return int(seq)
-        return self.seen_seq  # not among the recent events: the position itself
+        # Not among the recent events: the position itself, or the newest event.
+        if self.seen_seq or not rows:
+            return self.seen_seq
+        return int(rows[0][0])
 
 
 _CLEAR_STAGING = "; ".join(

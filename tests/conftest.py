@@ -56,7 +56,11 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)
+    try:
+        server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", delete_on_stop=True)
+    except Exception as err:  # no wheel for this platform, no shared memory, ...
+        require(False, f"PostgreSQL (the embedded server did not start: {err})")
+        raise
     try:
         yield server.url
     finally:
