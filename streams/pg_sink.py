@@ -31,6 +31,7 @@ import psycopg.errors
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from mesflow.db import connect
+from mesflow.ingest_log import safe_text
 from notify.outbox import enqueue
 from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
 from streams.records import (
@@ -428,7 +429,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                     f"{field} {value!r} the dataflow had read"
                 )
                 log.error("dead-lettering seq %s: %s", seq, detail)
-                cur.execute(INSERT_DEAD, ("db_refused", detail[:2000], seq))
+                cur.execute(INSERT_DEAD, ("db_refused", safe_text(detail), seq))
             if batch.last_seq:
                 cur.execute(UPSERT_PROGRESS, (self.flow_name, batch.last_seq))
 

@@ -273,3 +273,40 @@ def test_int4_out_of_range_is_refused_not_wrapped() -> None:
         KPIS.check([tuple(row)])
     row[KPIS.int4_columns[0]] = 2**31 - 1
     KPIS.check([tuple(row)])
+
+
+def test_sink_writes_around_rows_the_database_refuses(db_url: str) -> None:
+    """The results writer alone: an int8 overflow (refused by psycopg before sending) and
+    a NUL in text (refused by PostgreSQL) leave out their rows only; the rest commits."""
+    from streams.pg_sink import ResultsSink
+    from streams.records import Progress, StatusRow
+
+    t = _recent(5)
+    feed(db_url, [
+        {"id": "o1", "type": "count", "machine": "IM-01", "ts": t.isoformat(), "good": 1},
+        {"id": "o2", "type": "count", "machine": "IM-02", "ts": t.isoformat(), "good": 1},
+        {"id": "o3", "type": "count", "machine": "IM-03", "ts": t.isoformat(), "good": 1},
+    ])  # fmt: skip
+    seqs = dict(
+        (m, count(db_url, "SELECT max(seq) FROM ingest_log WHERE machine = %s", (m,)))
+        for m in ("IM-01", "IM-02", "IM-03")
+    )
+    part = ResultsSink(db_url).build_part("results", "results", None)
+    try:
+        part.write_batch([
+            StatusRow("IM-01", "running", t, None, None, t, 2**70, 0),
+            StatusRow("IM-02", "running", t, None, "WO-\x00", t, 1, 0),
+            StatusRow("IM-03", "running", t, None, None, t, 7, 0),
+            Progress(max(seqs.values()), 3, 0),
+        ])  # fmt: skip
+        part.snapshot()  # waits for the commit; raises if the writer failed
+    finally:
+        part.close()
+    with psycopg.connect(db_url) as conn:
+        status = conn.execute("SELECT machine, good_total FROM machine_status").fetchall()
+        dead: dict[int, str] = dict(
+            conn.execute("SELECT log_seq, reason FROM dead_letter").fetchall()
+        )
+    assert status == [("IM-03", 7)]
+    assert dead == {seqs["IM-01"]: "db_refused", seqs["IM-02"]: "db_refused"}
+    assert dataflow_position(db_url) == max(seqs.values())
