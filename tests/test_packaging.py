@@ -31,13 +31,16 @@ def _tracked(*paths: str) -> list[str]:
 
 
 def _untracked_but_present(*dirs: str) -> list[str]:
-    # Files other work added but not committed yet still belong in the wheel.
-    found = []
-    for d in dirs:
-        for p in (REPO_ROOT / d).rglob("*"):
-            if p.is_file() and "__pycache__" not in p.parts:
-                found.append(str(p.relative_to(REPO_ROOT)))
-    return found
+    # Files added but not committed yet belong in the wheel too; ignored ones (a local
+    # password file, caches) do not.
+    out = subprocess.run(
+        ["git", "ls-files", "--others", "--exclude-standard", *dirs],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.splitlines()
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +70,14 @@ def _expected_in_wheel() -> dict[str, str]:
     """Source path -> path inside the wheel."""
     expected = {}
     for src in set(_tracked(*PACKAGES)) | set(_untracked_but_present(*PACKAGES)):
-        if src.endswith(".pyc") or "/__pycache__/" in src or "/_data/" in src:
+        if src.endswith(".pyc") or "/__pycache__/" in src or Path(src).name.startswith("."):
             continue
         expected[src] = src
     for src in set(_tracked("sql", "config")) | set(_untracked_but_present("sql", "config")):
         if src.startswith("config/") and src.count("/") == 1 and src != "config/plant.example.yaml":
             continue  # a local plant file next to the example is not shipped
+        if Path(src).name.startswith("."):
+            continue  # .gitignore and the like
         expected[src] = f"mesflow/_data/{src}"
     return expected
 
