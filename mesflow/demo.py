@@ -98,9 +98,10 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
         # CRM stand-in's callback port are picked once and kept in var/demo-ports.json.
         http_port = require_port(port, what="the dashboard (mesflow demo --port N)")
         api_port = require_port(settings.api_port, what="the order intake API (MESFLOW_API_PORT)")
-        kept = _kept_ports(data, {"crm_callback": api_port + 1, "mqtt": 1883})
-        if settings.mqtt_url:
-            del kept["mqtt"]
+        wanted = {"crm_callback": api_port + 1}
+        if not settings.mqtt_url:  # else the broker is someone else's, on its own port
+            wanted["mqtt"] = 1883
+        kept = _kept_ports(data, wanted)
 
         if settings.database_url:
             db_url = settings.database_url
