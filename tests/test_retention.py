@@ -28,6 +28,7 @@ from mesflow.retention import (
     retention_status,
     run_retention,
 )
+from mesflow.settings import REPO_ROOT
 from streams.pg_sink import INSERT_DEAD
 
 NOW = datetime.now(UTC)
@@ -373,7 +374,7 @@ def test_a_run_killed_midway_leaves_a_consistent_database(db_url: str) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", _CHILD, db_url],
         stdout=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     try:
         deadline = time.monotonic() + 60
