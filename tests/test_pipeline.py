@@ -105,7 +105,7 @@ def test_mqtt_to_tables(broker: Broker, db_url: str, plant: PlantConfig, tmp_pat
             "SELECT state, duration_s, reason FROM machine_state_interval "
             "WHERE machine = 'IM-01' ORDER BY start_ts"
         ).fetchall()
-        dead = dict(
+        dead: dict[str, int] = dict(
             conn.execute("SELECT reason, count(*) FROM dead_letter GROUP BY reason").fetchall()
         )
     assert status["IM-01"] == ("down", "heater_fault", None, 2)
