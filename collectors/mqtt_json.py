@@ -188,6 +188,7 @@ class MqttJsonCollector:
         self.client_id = client_id
         self._connected_at = 0.0
         self._quick_drops = 0
+        self._fail_logged_at = -60.0
         # Bounded: when PostgreSQL is slow, paho's thread blocks here, stops reading the
         # socket, and the broker holds the backlog (it is configured not to drop it).
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=50_000)
@@ -222,6 +223,7 @@ class MqttJsonCollector:
         self.client.max_inflight_messages_set(1000)
         self.client.on_socket_open = _nodelay
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
@@ -241,6 +243,20 @@ class MqttJsonCollector:
         # Subscribe again even if the broker kept the session: it may have lost it.
         client.subscribe(self.subscription, qos=1)
         log.info("connected to %s (session present: %s)", self.url, flags.session_present)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError`: the error says why (refused, TLS
+        # certificate not trusted, host unknown). Once a minute is enough while retrying.
+        now = time.monotonic()
+        if now - self._fail_logged_at < 60:
+            return
+        self._fail_logged_at = now
+        err = sys.exc_info()[1]
+        log.warning(
+            "cannot connect to %s (%s); retrying",
+            self.url,
+            f"{type(err).__name__}: {err}" if err else "unknown error",
+        )
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any

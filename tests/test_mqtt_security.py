@@ -4,6 +4,7 @@ real mosquitto and the real collector."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -194,10 +195,15 @@ def certs(tmp_path: Path) -> dict[str, Path]:
 
 
 def test_collector_over_tls(
-    tmp_path: Path, certs: dict[str, Path], db_url: str, plant: PlantConfig
+    tmp_path: Path,
+    certs: dict[str, Path],
+    db_url: str,
+    plant: PlantConfig,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """mqtts:// with the CA file: stored; a CA that did not sign the broker: never connects."""
     _have_mosquitto()
+    caplog.set_level(logging.WARNING, logger="collectors.mqtt_json")
     broker = start_broker(
         tmp_path / "tls",
         persistence=False,
@@ -237,6 +243,9 @@ def test_collector_over_tls(
         gateway.loop_stop()
         assert not distrusting.connected.is_set()
         assert not plain.connected.is_set()
+        # The refused certificate is logged with its cause, the password is not.
+        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+        assert USERS["mesflow-collector"] not in caplog.text
     finally:
         for c in (collector, distrusting, plain):
             c.stop()
