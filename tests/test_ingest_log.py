@@ -102,7 +102,7 @@ def test_error_record_bounds_payload() -> None:
 
 def _rows(url: str) -> list[tuple[str | None, str | None, bytes | None]]:
     with psycopg.connect(url) as conn:
-        return conn.execute(  # type: ignore[return-value]
+        return conn.execute(
             "SELECT machine, error, dedupe_key FROM ingest_log ORDER BY seq"
         ).fetchall()
 
