@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -50,6 +50,8 @@ class ReplaySummary:
     dead_lettered: int = 0
     merged_late: int = 0  # accepted lines later than the allowed lateness (streams/rebuild.py)
     seconds: float = 0.0
+    by_reason: dict[str, int] = field(default_factory=dict)  # dead letters of this run
+    max_event_age_days: float | None = None  # the clock policy's horizon, for the hint
 
     @property
     def already_in_log(self) -> int:
@@ -64,8 +66,27 @@ class ReplaySummary:
         return (
             f"{self.file.name}: {self.read} events read, {self.accepted} accepted"
             f"{f' ({self.merged_late} of them late: merged)' if self.merged_late else ''}, "
-            f"{self.dead_lettered} dead-lettered, {self.already_in_log} already in the log "
-            f"(skipped) in {self.seconds:.1f} s ({rate:,.0f} events/s)"
+            f"{self.dead_lettered} dead-lettered{self._reasons()}, {self.already_in_log} "
+            f"already in the log (skipped) in {self.seconds:.1f} s ({rate:,.0f} events/s)"
+            + self._hint()
+        )
+
+    def _reasons(self) -> str:
+        if not self.by_reason:
+            return ""
+        top = sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{n} {reason}" for reason, n in top[:5])
+        return f" ({shown}{', ...' if len(top) > 5 else ''})"
+
+    def _hint(self) -> str:
+        # The usual surprise of replaying an archive: the clock policy's horizon.
+        if not self.by_reason.get("too_old"):
+            return ""
+        days = f" ({self.max_event_age_days:g} days)" if self.max_event_age_days else ""
+        return (
+            f"\n{self.by_reason['too_old']} events were older than max_event_age_days{days} "
+            "when replayed; to load them, raise it in the plant file and run "
+            "`mesflow dead-letters requeue --reason too_old`"
         )
 
 
@@ -266,12 +287,14 @@ def replay_file(
             # Late lines are merged by a rebuild shortly after they were read: wait for it.
             wait_for_merges(conn, stored.first_seq, stored.last_seq, settle_s=0.3 * live_flow)
             summary.merged_late = merged_between(conn, stored.first_seq, stored.last_seq)
-            row = conn.execute(
-                """SELECT count(*) FROM dead_letter
-                   WHERE log_seq BETWEEN %s AND %s AND source LIKE %s""",
+            rows = conn.execute(
+                """SELECT reason, count(*) FROM dead_letter
+                   WHERE log_seq BETWEEN %s AND %s AND source LIKE %s GROUP BY reason""",
                 (stored.first_seq, stored.last_seq, f"replay:{path.name}:%"),
-            ).fetchone()
-        summary.dead_lettered = int(row[0]) if row else 0
+            ).fetchall()
+        summary.by_reason = {str(reason): int(n) for reason, n in rows}
+        summary.dead_lettered = sum(summary.by_reason.values())
+        summary.max_event_age_days = plant.plant.max_event_age_days
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -83,7 +83,8 @@ def test_poison_list_through_mesflow_replay(db_url: str, tmp_path: Path) -> None
     run = _mesflow_replay(path, db_url, tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Traceback" not in run.stderr, run.stderr
-    assert f"{len(expected)} dead-lettered" in run.stdout, run.stdout
+    assert f"{len(expected)} dead-lettered (" in run.stdout, run.stdout  # with the top reasons
+    assert "older than max_event_age_days (30 days)" in run.stdout, run.stdout  # the hint
 
     with psycopg.connect(db_url) as conn:
         dead = {
