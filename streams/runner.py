@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import psycopg
 from bytewax.recovery import RecoveryConfig, init_db_dir
@@ -77,7 +78,42 @@ def run_flow(
     stop: threading.Event | None = None,
 ) -> None:
     """Run the dataflow in this process until the log reaches `upto_seq` (None: forever)
-    or `stop` is set."""
+    or `stop` is set.
+
+    Without `stop` (a replay), Ctrl-C or SIGTERM in the main thread ends the input the same
+    clean way, then raises KeyboardInterrupt here, outside Bytewax: an exception raised
+    inside it would abort the process with a Rust backtrace. The run resumes next time.
+    """
+    interrupted = threading.Event()
+    restore: list[tuple[int, Any]] = []
+    if stop is None and threading.current_thread() is threading.main_thread():
+        stop = threading.Event()
+        own_stop = stop
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            interrupted.set()
+            own_stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            restore.append((sig, signal.signal(sig, on_signal)))
+    try:
+        _run_flow(plant, database_url, recovery_dir, snapshot_seconds, upto_seq, batch_size, stop)
+    finally:
+        for signum, previous in restore:
+            signal.signal(signum, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
+
+
+def _run_flow(
+    plant: PlantConfig,
+    database_url: str,
+    recovery_dir: Path,
+    snapshot_seconds: float,
+    upto_seq: int | Callable[[], int | None] | None,
+    batch_size: int,
+    stop: threading.Event | None,
+) -> None:
     lock = hold_dataflow_lock(database_url)
     # The trackers hold many long-lived objects, and the default collector thresholds
     # make CPython re-scan them every few hundred allocations: measured 1.5x more CPU per
