@@ -17,7 +17,8 @@ from typing import Any
 
 import psycopg
 
-from mesflow.ingest_log import append, record_for
+from collectors.mqtt_json import map_message
+from mesflow.ingest_log import append
 from mesflow.plant import PlantConfig
 from streams.replay import replay_file
 from tests.conftest import EXAMPLE_CONFIG
@@ -136,20 +137,20 @@ def test_id_conflict_across_sources_is_dead_lettered(
     db_url: str, plant: PlantConfig, tmp_path: Path
 ) -> None:
     t0, t1 = "2026-11-20T08:00:00+08:00", "2026-11-20T08:01:00+08:00"
-    # Over MQTT the topic names type and machine; the collector adds them to the payload.
-    mqtt_payload = {"ts": t0, "good": 1, "id": "dup-1"}
-    body = {**mqtt_payload, "type": "count", "machine": "IM-03"}
-    state = {"type": "state", "machine": "IM-03", "ts": t0, "state": "running", "id": "s-1"}
+    # Over MQTT the topic names type and machine: the collector's own mapping.
+    topic = "mesflow/v1/suzhou/molding/IM/IM-03/{}".format
+    state = {"ts": t0, "state": "running", "id": "s-1"}
     with psycopg.connect(db_url, autocommit=True) as conn:
-        append(conn, [record_for("mqtt:mesflow/v1/suzhou/molding/IM/IM-03/state", state)])
-        append(conn, [record_for("mqtt:mesflow/v1/suzhou/molding/IM/IM-03/count", body)])
-    # The same event in a file, spelled differently: a silent duplicate. The same id
+        append(conn, [map_message(plant, topic("state"), json.dumps(state).encode())])
+        count = {"ts": t0, "good": 1, "id": "dup-1"}
+        append(conn, [map_message(plant, topic("count"), json.dumps(count).encode())])
+    # The same event in a file, spelled differently (escaped id, spaces): a silent duplicate. The same id
     # with other content: an id_conflict dead letter. A nested meta id is no event id.
     path = tmp_path / "f.jsonl"
     path.write_text(
         "\n".join(
             [
-                '{ "id": "dup-1", "machine": "IM-03", "type": "count", "good": 1,\t'
+                '{ "id": "dup\\u002d1", "machine": "IM-03", "type": "count", "good": 1,\t'
                 f'"ts": "{t0}" }}',
                 json.dumps(_count(t1, 5, "dup-1")),
                 json.dumps({"meta": {"id": "dup-1"}, **_count(t1, 2, "other")}),
