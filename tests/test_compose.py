@@ -193,6 +193,9 @@ def test_mesflow_environment(services: dict[str, dict[str, Any]]) -> None:
 
 def test_simulator_only_in_demo_profile(services: dict[str, dict[str, Any]]) -> None:
     assert services["simulator"]["profiles"] == ["demo"]
+    # It publishes as a gateway, with broker credentials of its own (docs/broker.md).
+    sim_url = services["simulator"]["environment"]["MESFLOW_MQTT_URL"]
+    assert sim_url == "${MESFLOW_SIMULATOR_MQTT_URL:-mqtt://mosquitto:1883}"
     assert all("profiles" not in svc for n, svc in services.items() if n != "simulator")
 
 
