@@ -34,6 +34,7 @@ from mesflow.ingest_log import (
     error_record,
     last_seq,
     record_for,
+    safe_text,
 )
 from mesflow.plant import PlantConfig
 from streams.rebuild import merged_between, wait_for_merges
@@ -90,6 +91,15 @@ class ReplaySummary:
         )
 
 
+def source_prefix(path: Path) -> str:
+    """`replay:<file name>:`, the source of the file's rows (line number appended).
+
+    A file name that is not valid Unicode (bytes decoded with surrogate escapes) is stored
+    escaped, as every text is (safe_text).
+    """
+    return f"replay:{safe_text(path.name, 200)}:"
+
+
 def line_records(path: Path) -> Iterator[list[LogRecord]]:
     """The file's non-blank lines as log records, in chunks; never raises on content."""
     seen: dict[bytes, int] = {}
@@ -102,7 +112,7 @@ def line_records(path: Path) -> Iterator[list[LogRecord]]:
         return dedupe_key(b"line:%s:%d" % (digest, n))
 
     chunk: list[LogRecord] = []
-    prefix = f"replay:{path.name}:"
+    prefix = source_prefix(path)
     with path.open("rb") as f:
         for lineno, line, size in _bounded_lines(f):
             source = prefix + str(lineno)
@@ -289,8 +299,9 @@ def replay_file(
             summary.merged_late = merged_between(conn, stored.first_seq, stored.last_seq)
             rows = conn.execute(
                 """SELECT reason, count(*) FROM dead_letter
-                   WHERE log_seq BETWEEN %s AND %s AND source LIKE %s GROUP BY reason""",
-                (stored.first_seq, stored.last_seq, f"replay:{path.name}:%"),
+                   WHERE log_seq BETWEEN %s AND %s AND starts_with(source, %s)
+                   GROUP BY reason""",
+                (stored.first_seq, stored.last_seq, source_prefix(path)),
             ).fetchall()
         summary.by_reason = {str(reason): int(n) for reason, n in rows}
         summary.dead_lettered = sum(summary.by_reason.values())

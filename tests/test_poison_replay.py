@@ -167,3 +167,15 @@ def test_id_conflict_across_sources_is_dead_lettered(
     assert [(r, s) for r, _, s in dead] == [("id_conflict", f"replay:{path.name}:2")]
     assert "with different content" in dead[0][1]
     assert good == (3,)  # the MQTT event and the "other" one; not the conflicting 5
+
+
+def test_a_file_name_that_is_not_unicode(db_url: str, plant: PlantConfig, tmp_path: Path) -> None:
+    # Linux file names are bytes; Python decodes a non-UTF-8 one with lone surrogates.
+    path = tmp_path / os.fsdecode(b"day-\xff_50%.jsonl")
+    lines = [_line(running_state()), b"not json", _line(valid_events(0, 1)[0])]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    summary = replay_file(path, plant, db_url, tmp_path / "rec", progress=False)
+    assert (summary.read, summary.dead_lettered, summary.by_reason) == (3, 1, {"malformed": 1})
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT source FROM dead_letter").fetchone()
+    assert row == ("replay:day-\\udcff_50%.jsonl:2",)
