@@ -340,3 +340,24 @@ def test_ctrl_c_during_a_replay_stops_it_cleanly_and_the_next_run_finishes(
     again = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Traceback" not in again.stderr
+
+
+def test_a_taken_port_is_one_line_and_a_failure(db_url: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "MESFLOW_DATABASE_URL": db_url,
+            "MESFLOW_HTTP_PORT": str(port),
+            "MESFLOW_API_PORT": str(port),
+            "MESFLOW_DATA_DIR": str(tmp_path / "var"),
+        }
+        for cmd in (["run", "api"], ["run", "dashboard"]):
+            res = _mesflow(cmd, env)
+            lines = (res.stdout + res.stderr).strip().splitlines()
+            assert res.returncode == 1, (cmd, lines)
+            assert "Traceback" not in res.stderr, (cmd, res.stderr)
+            assert str(port) in lines[-1] and "in use" in lines[-1], (cmd, lines)
