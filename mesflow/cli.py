@@ -50,6 +50,9 @@ class _Main(click.Group):
             from mesflow.db import unreachable
 
             raise click.ClickException(unreachable(get_settings().database_url, err)) from None
+        except psycopg.Error as err:  # e.g. a missing privilege: still one line, no trace
+            first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+            raise click.ClickException(f"database: {first or type(err).__name__}") from None
         except RuntimeError as err:
             from mesflow.db import MigrationError
             from mesflow.resources import MissingResource
