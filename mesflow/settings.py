@@ -60,13 +60,17 @@ class Settings(BaseSettings):
     auth_session_hours: float = Field(default=12.0, gt=0, description="idle time before sign-out")
     auth_cookie_secure: bool = Field(default=False, description="cookie only over HTTPS")
     auth_proxy_header: str | None = Field(
-        default=None, description="user name header set by a trusted reverse proxy, e.g. X-Remote-User"
+        default=None,
+        description="user name header set by a trusted reverse proxy, e.g. X-Remote-User",
     )
     auth_trusted_proxies: str = Field(
-        default="", description="addresses/networks whose proxy header is believed: 10.0.0.5,10.1.0.0/16"
+        default="",
+        description="addresses/networks whose proxy header is believed: 10.0.0.5,10.1.0.0/16",
     )
     http_threads: int = Field(default=8, ge=1, description="dashboard worker threads")
-    dashboard_db_pool_max: int = Field(default=8, ge=1, description="dashboard DB connections at most")
+    dashboard_db_pool_max: int = Field(
+        default=8, ge=1, description="dashboard DB connections at most"
+    )
     # Bytewax snapshot interval: bounds the work replayed after a crash, not output latency.
     snapshot_seconds: float = 2.0
     # CRM order intake (`mesflow run api`, docs/crm.md). Clients authenticate with a bearer
