@@ -170,8 +170,8 @@ def replay_events(
             # history is dropped, so a long rebuild stays as cheap per event as live.
             hour = h
             take(tracker.flush())
-    # Events beyond the lateness here would be a bug in the choice of checkpoint.
-    assert not tracker.late_new, "a rebuild met a late event"
+    if tracker.late_new:  # the checkpoint was too recent for these events
+        raise LateInRebuild(tracker.late_new)
     tracker.late_from = None
     tracker.seq = max(tracker.seq, upto_seq)
     # Every figure from `since` on is written again: the stored rows came from another
@@ -211,6 +211,26 @@ WHERE c.machine = %(m)s AND c.last_ts < %(cutoff)s AND c.seq < (
     SELECT max(seq) FROM machine_checkpoint
     WHERE machine = %(m)s AND last_ts < %(cutoff)s)"""
 _PRUNE_MERGES = "DELETE FROM late_merge WHERE machine = %s AND merged_at < now() - %s::interval"
+
+
+class LateInRebuild(Exception):
+    """A rebuild met an event beyond the allowed lateness of its checkpoint."""
+
+
+class _MachineLog:
+    """One machine's parsed events with seq <= upto, read from the log as far back as
+    asked (each range once)."""
+
+    def __init__(self, store: LateStore, machine: str, upto: int) -> None:
+        self.store, self.machine = store, machine
+        self.covered = upto  # events with seq in (covered, upto] are read
+        self.events: list[Keyed] = []
+
+    def after(self, seq: int) -> list[Keyed]:
+        if seq < self.covered:
+            self.events = self.store._events(self.machine, seq, self.covered) + self.events
+            self.covered = seq
+        return [e for e in self.events if e[0] > seq]
 
 
 class LateStore:
@@ -293,48 +313,23 @@ class LateStore:
         """`old` with its late events merged: a new tracker and the rows to store."""
         assert old.late_from is not None
         m, upto = old.machine, old.seq
-        lateness = old.spec.lateness_us
         started = time.monotonic()
-        db = self._retrying
         cps = [
             CheckpointInfo(int(s), to_us(ts))
-            for s, ts in db("checkpoints", lambda c: c.execute(_CHECKPOINTS, (m, upto)).fetchall())
+            for s, ts in self._retrying(
+                "checkpoints", lambda c: c.execute(_CHECKPOINTS, (m, upto)).fetchall()
+            )
         ]
-        # Only a checkpoint from before the earliest late event can qualify; older ones
-        # are tried while events logged after it (merged late before) rule it out.
-        cands = [c for c in cps if c.last_ts - lateness <= old.late_from]
-        events: list[Keyed] = []
-        covered = upto  # events with seq in (covered, upto] are in `events`
-        chosen: CheckpointInfo | None = None
-        for c in [*cands, None]:
-            lo = c.seq if c is not None else 0
-            if lo < covered:
-                events = self._events(m, lo, covered) + events
-                covered = lo
-            if c is None:
-                break
-            times = [(s, to_us(ev.ts)) for s, ev in events]
-            if choose_checkpoint([c], times, lateness) == c:
-                chosen = c
-                break
-        if chosen is None:
-            base = MachineTracker(old.spec)
-        else:
-            base = self._load(m, chosen.seq)
-            # The reason tree may have grown since (a re-queued event needs the new code).
-            base.spec = replace(base.spec, known_reasons=old.spec.known_reasons)
-        # Intervals stored from the old processing (also those the old tracker forgot).
-        since = min((to_us(ev.ts) for _, ev in events), default=old.late_from)
-        stored = db(
-            "intervals",
-            lambda c: c.execute(
-                "SELECT start_ts FROM machine_state_interval WHERE machine = %s AND start_ts >= %s",
-                (m, from_us(min(since, base.last_ts or since) - HOUR_US)),
-            ).fetchall(),
-        )
-        old_starts = {to_us(r[0]) for r in stored} | {iv.start for iv in old.intervals}
-        result = replay_events(base, events, upto, old_starts)
-        db(
+        log_rows = _MachineLog(self, m, upto)
+        try:
+            # A `work_order` event goes to every machine, and the CRM may date it well in
+            # the past; where the work order did not run it changes nothing and needs no
+            # earlier checkpoint. Tried first without them; if one does matter, the
+            # rebuild meets it late and is done again with every event counted.
+            chosen, result = self._attempt(old, cps, log_rows, work_orders=False)
+        except LateInRebuild:
+            chosen, result = self._attempt(old, cps, log_rows, work_orders=True)
+        self._retrying(
             "late events",
             lambda c: c.execute(
                 "UPDATE late_merge SET merged_at = clock_timestamp() "
@@ -351,6 +346,47 @@ class LateStore:
             time.monotonic() - started,
         )
         return result
+
+    def _attempt(
+        self,
+        old: MachineTracker,
+        cps: list[CheckpointInfo],
+        log_rows: _MachineLog,
+        *,
+        work_orders: bool,
+    ) -> tuple[CheckpointInfo | None, Rebuilt]:
+        assert old.late_from is not None
+        lateness = old.spec.lateness_us
+        # Only a checkpoint from before the earliest late event can qualify; older ones
+        # are tried while events logged after it (merged late before) rule it out.
+        chosen: CheckpointInfo | None = None
+        for c in [x for x in cps if x.last_ts - lateness <= old.late_from]:
+            times = [
+                (s, to_us(ev.ts))
+                for s, ev in log_rows.after(c.seq)
+                if work_orders or not isinstance(ev, WorkOrderEvent)
+            ]
+            if choose_checkpoint([c], times, lateness) == c:
+                chosen = c
+                break
+        if chosen is None:
+            base = MachineTracker(old.spec)
+        else:
+            base = self._load(old.machine, chosen.seq)
+            # The reason tree may have grown since (a re-queued event needs the new code).
+            base.spec = replace(base.spec, known_reasons=old.spec.known_reasons)
+        events = log_rows.after(chosen.seq if chosen else 0)
+        # Intervals stored from the old processing (also those the old tracker forgot).
+        since = min((to_us(ev.ts) for _, ev in events), default=old.late_from)
+        stored = self._retrying(
+            "intervals",
+            lambda c: c.execute(
+                "SELECT start_ts FROM machine_state_interval WHERE machine = %s AND start_ts >= %s",
+                (old.machine, from_us(min(since, base.last_ts or since) - HOUR_US)),
+            ).fetchall(),
+        )
+        old_starts = {to_us(r[0]) for r in stored} | {iv.start for iv in old.intervals}
+        return chosen, replay_events(base, events, old.seq, old_starts)
 
     def _events(self, machine: str, after: int, upto: int) -> list[Keyed]:
         """The machine's events with after < seq <= upto, parsed as the live path does."""
@@ -435,6 +471,7 @@ def describe_merged(n: int) -> str:
 
 __all__ = [
     "CheckpointInfo",
+    "LateInRebuild",
     "LateStore",
     "Rebuilt",
     "choose_checkpoint",
