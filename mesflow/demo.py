@@ -9,13 +9,19 @@ which stops them in data-flow order: the producers (simulator, CRM stand-in) fir
 the collector (it stores and acknowledges what the broker still holds), the dataflow
 (finishes and snapshots), notify, api and dashboard, and the broker and PostgreSQL last.
 Nothing in flight is lost; the next start resumes from the same database, broker session
-and Bytewax snapshots, on the same ports, with the same CRM credentials (var/).
+and Bytewax snapshots, on the same ports, with the same CRM and broker credentials (var/).
+
+The demo's broker is closed like the shipped one (config/mosquitto/acl): no anonymous
+clients; the components read as `mesflow-collector`, the simulator publishes as
+`mesflow-gateway`. Without mosquitto it falls back to an open amqtt broker, and says so.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from collectors.mqtt_conn import redact_url as redact_mqtt_url
 from mesflow.db import migrate, redact_url, sync_plant
 from mesflow.plant import PlantConfig
 from mesflow.services import (
@@ -45,6 +52,7 @@ class Component:
     name: str
     args: list[str]
     ready_marker: str | None = None  # a line the component prints once it is up
+    env: dict[str, str] = field(default_factory=dict)  # on top of the shared environment
     process: subprocess.Popen[bytes] | None = None
     ready: threading.Event = field(default_factory=threading.Event)
 
@@ -118,11 +126,26 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
 
         if settings.mqtt_url:
             mqtt_url = settings.mqtt_url
-            _say(f"broker: using {mqtt_url}")
+            # Someone else's broker: the simulator publishes with its own URL if one is given
+            # (as in docker-compose.yml), else with the same one.
+            sim_mqtt_url = os.environ.get("MESFLOW_SIMULATOR_MQTT_URL") or mqtt_url
+            _say(f"broker: using {redact_mqtt_url(mqtt_url)}")
+            if sim_mqtt_url != mqtt_url:
+                _say(f"broker: the simulator publishes with {redact_mqtt_url(sim_mqtt_url)}")
         else:
-            broker = start_broker(data / "broker", kept["mqtt"])
-            mqtt_url = broker.url
-            _say(f"broker: {broker.kind} listening on {broker.url}")
+            broker = _start_closed_broker(data, kept["mqtt"])
+            mqtt_url, sim_mqtt_url = broker.url, broker.url
+            if broker.users:
+                mqtt_url = broker.url_for(COLLECTOR_USER)
+                sim_mqtt_url = broker.url_for(GATEWAY_USER)
+                _say(f"broker: {broker.kind} listening on {redact_mqtt_url(mqtt_url)}")
+                _say(
+                    f"broker: closed (no anonymous clients): {COLLECTOR_USER} reads, "
+                    f"{GATEWAY_USER} publishes (the simulator; a gateway); passwords kept in "
+                    f"{data / DEMO_MQTT_FILE}"
+                )
+            else:
+                _say(f"broker: {broker.kind} listening on {broker.url}")
 
         crm_env = _crm_credentials(data, api_port, kept["crm_callback"])
         env = {
@@ -143,7 +166,12 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
             Component("api", ["run", "api"]),
             Component("notify", ["run", "notify"], "notify: delivering"),
             Component("dashboard", ["run", "dashboard"]),
-            Component("simulator", ["simulate", "--speed", str(speed), "--seed", str(seed)]),
+            Component(
+                "simulator",
+                ["simulate", "--speed", str(speed), "--seed", str(seed)],
+                # It publishes like a gateway; the collector's user may only read.
+                env={"MESFLOW_MQTT_URL": sim_mqtt_url},
+            ),
             Component("crm", ["simulate-crm", "--seed", str(seed)]),
         ]
         ports = {"dashboard": http_port, "api": api_port}
@@ -237,10 +265,52 @@ def _crm_credentials(data: Path, api_port: int, callback_port: int) -> dict[str,
     return {k: os.environ.get(k) or v for k, v in env.items()}
 
 
+COLLECTOR_USER = "mesflow-collector"  # reads mesflow/v1/# (config/mosquitto/acl)
+GATEWAY_USER = "mesflow-gateway"  # writes mesflow/v1/#
+DEMO_MQTT_FILE = "demo-mqtt.json"
+
+
+def _mqtt_passwords(data: Path) -> dict[str, str]:
+    """The demo broker's users and passwords: made once, kept owner-only in
+    var/demo-mqtt.json, so a restart (and a client configured by hand) keeps working."""
+    path = data / DEMO_MQTT_FILE
+    try:
+        saved = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    users = (COLLECTOR_USER, GATEWAY_USER)
+    if isinstance(saved, dict) and all(isinstance(saved.get(u), str) and saved[u] for u in users):
+        return {u: saved[u] for u in users}
+    fresh = {u: secrets.token_urlsafe(18) for u in users}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # secrets: owner only
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(fresh, f, indent=2)
+    return fresh
+
+
+def _mosquitto_installed() -> bool:
+    # Where start_broker looks for it too.
+    return bool(shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"))
+
+
+def _start_closed_broker(data: Path, port: int) -> Broker:
+    """mosquitto with passwords and the shipped ACL; without mosquitto, an open amqtt broker
+    (it has no ACL), with a warning that cannot be missed."""
+    if _mosquitto_installed():
+        return start_broker(data / "broker", port, users=_mqtt_passwords(data))
+    _say(
+        "WARNING: mosquitto is not installed, so the demo's broker is amqtt and OPEN: any "
+        f"program on this computer can publish and read on port {port} without a password. "
+        "Install mosquitto (apt-get install mosquitto, or brew install mosquitto) for a "
+        "closed broker."
+    )
+    return start_broker(data / "broker", port, prefer="amqtt")
+
+
 def _start(comp: Component, env: dict[str, str], logs: Path) -> None:
     comp.process = subprocess.Popen(
         [sys.executable, "-m", "mesflow.cli", *comp.args],
-        env=env,
+        env={**env, **comp.env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         # Own session: a terminal Ctrl-C reaches only the demo, which stops the

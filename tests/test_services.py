@@ -9,10 +9,14 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mesflow.plant import PlantConfig
 from mesflow.services import Broker
 from mesflow.settings import REPO_ROOT
+
+if TYPE_CHECKING:
+    import pytest
 
 UNREACHABLE = "postgresql://mesflow:s3cret-pw@127.0.0.1:9/mesflow"
 
@@ -214,9 +218,66 @@ def _close_after_request(port: int) -> None:
             pass
 
 
+def _check_demo_broker_closed(data: Path) -> dict[str, str]:
+    """The running demo's broker refuses anonymous clients, and still carries the plant's
+    data: the simulator publishes as mesflow-gateway, the collector reads and stores."""
+    import json
+    import re
+    import stat
+    import threading
+    import time
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from collectors.mqtt_conn import TlsFiles, configure_client, parse_mqtt_url
+
+    port = json.loads((data / "demo-ports.json").read_text())["mqtt"]
+    kept = data / "demo-mqtt.json"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600  # passwords: owner only
+    passwords = json.loads(kept.read_text())
+    assert set(passwords) == {"mesflow-collector", "mesflow-gateway"}
+
+    def connack(url: str) -> str:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2)
+        configure_client(c, parse_mqtt_url(url), TlsFiles())
+        answered = threading.Event()
+        reason: list[str] = []
+
+        def on_connect(cl: mqtt.Client, u: object, f: object, rc: object, p: object) -> None:
+            reason.append(str(rc))
+            answered.set()
+
+        c.on_connect = on_connect
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        answered.wait(10)
+        # An anonymous publish: with the connection refused it never reaches a subscriber.
+        c.publish("mesflow/v1/x/y/z/IM-01/count", b'{"good": 1}', qos=1)
+        c.disconnect()
+        c.loop_stop()
+        return reason[0] if reason else "no answer"
+
+    assert connack(f"mqtt://127.0.0.1:{port}") == "Not authorized"
+    assert connack(f"mqtt://mesflow-gateway:{passwords['mesflow-gateway']}@127.0.0.1:{port}") == (
+        "Success"
+    )
+    # The simulator's events (published as the gateway) are stored by the collector.
+    log = data / "logs" / "collector-mqtt.log"
+    deadline = time.monotonic() + 60
+    stored = 0
+    while time.monotonic() < deadline and not stored:
+        found = re.findall(r"(\d+) stored", log.read_text(errors="replace"))
+        stored = int(found[-1]) if found else 0
+        time.sleep(1)
+    assert stored > 0, log.read_text(errors="replace")
+    return dict(passwords)
+
+
 def test_demo_ctrl_c_stops_in_order_without_tracebacks_and_restarts_on_its_ports(
     tmp_path: Path,
 ) -> None:
+    import json
     import re
     import shutil
     import socket
@@ -247,6 +308,8 @@ def test_demo_ctrl_c_stops_in_order_without_tracebacks_and_restarts_on_its_ports
             for port in (http_port, api_port, http_port, api_port):
                 _close_after_request(port)
             time.sleep(3)
+            if len(runs) == 1:
+                first_passwords = _check_demo_broker_closed(data)
             assert demo.interrupt() == 0, demo.text
     finally:
         for demo in runs:
@@ -263,6 +326,12 @@ def test_demo_ctrl_c_stops_in_order_without_tracebacks_and_restarts_on_its_ports
         # What a client needs, printed: the database URL and the CRM credentials.
         assert "[demo] database: export MESFLOW_DATABASE_URL='postgresql://" in out
         assert re.search(r"CRM client 'demo-crm': Authorization: Bearer \S{20,}", out)
+        # The closed broker: its users and where their passwords are, never a password.
+        assert "broker: mosquitto listening on mqtt://mesflow-collector:***@127.0.0.1:" in out
+        assert "mesflow-collector reads, mesflow-gateway publishes" in out
+        assert f"passwords kept in {data / 'demo-mqtt.json'}" in out
+        for password in json.loads((data / "demo-mqtt.json").read_text()).values():
+            assert password not in out
         stopped = [m[1] for m in re.finditer(r"^\[demo\] (\S+): stopped$", out, re.M)]
         assert stopped == [
             "simulator", "crm", "collector-mqtt", "dataflow", "notify", "api", "dashboard",
@@ -270,6 +339,8 @@ def test_demo_ctrl_c_stops_in_order_without_tracebacks_and_restarts_on_its_ports
         ], out  # fmt: skip
     for bad in ("Traceback", "panicked"):
         assert bad not in logs, logs
+    # The broker's passwords are kept too: a client configured by hand keeps working.
+    assert json.loads((data / "demo-mqtt.json").read_text()) == first_passwords
     # The CRM token is kept: an integrator's copy stays valid across restarts.
     tokens = [re.search(r"Bearer (\S+)", d.text) for d in runs]
     assert tokens[0] and tokens[1] and tokens[0][1] == tokens[1][1]
@@ -361,3 +432,23 @@ def test_a_taken_port_is_one_line_and_a_failure(db_url: str, tmp_path: Path) -> 
             assert res.returncode == 1, (cmd, lines)
             assert "Traceback" not in res.stderr, (cmd, res.stderr)
             assert str(port) in lines[-1] and "in use" in lines[-1], (cmd, lines)
+
+
+def test_demo_without_mosquitto_falls_back_to_an_open_broker_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """amqtt has no password file or ACL: the demo still runs, and a warning says the broker
+    is open and how to get a closed one."""
+    from mesflow import demo
+    from mesflow.services import free_port
+
+    monkeypatch.setattr(demo, "_mosquitto_installed", lambda: False)
+    broker = demo._start_closed_broker(tmp_path, free_port())
+    try:
+        assert broker.kind == "amqtt" and not broker.users
+    finally:
+        broker.stop()
+    out = capsys.readouterr().out
+    assert "WARNING" in out and "OPEN" in out and "apt-get install mosquitto" in out
+    # No password was made for a broker that cannot check it.
+    assert not (tmp_path / "demo-mqtt.json").exists()
