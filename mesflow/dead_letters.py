@@ -8,6 +8,10 @@ transaction. The new row's dedupe key is derived from the
 dead letter (`requeue:<seq>`), not from the event id, which the dead-lettered row still
 holds: so the dataflow processes it, and a second requeue (or a retried one after a
 crash) finds the key already in the log and adds nothing.
+
+A dead letter whose event the dataflow had already applied (`APPLIED_REASONS`: only a
+result row was refused) is not re-queued unless asked for explicitly: its copy would be
+counted a second time.
 """
 
 from __future__ import annotations
@@ -26,6 +30,12 @@ import psycopg
 from mesflow.db import connect
 from mesflow.ingest_log import LogRecord, append, dedupe_key, record_from_bytes, safe_text
 from mesflow.plant import PlantConfig
+
+# Reasons whose event the dataflow had applied before its dead letter was written: the
+# sink's `db_refused` (streams/pg_sink.py) names the last event of a machine or order whose
+# result row PostgreSQL refused; that event is in the tracker's figures. Every other reason
+# is a refusal before any machine saw the event (docs/events.md, "Bad input").
+APPLIED_REASONS = frozenset({"db_refused"})
 
 # A requeue transaction holds the log's append lock: keep it short.
 _BATCH_ROWS = 500
@@ -196,6 +206,35 @@ def _batches(conn: psycopg.Connection[Any], seqs: list[int]) -> list[list[int]]:
     return out
 
 
+class AlreadyApplied(ValueError):
+    """Some of the dead letters to re-queue hold events the dataflow already applied."""
+
+    def __init__(self, by_reason: dict[str, list[int]]) -> None:
+        self.by_reason = by_reason
+        parts = []
+        for reason, seqs in sorted(by_reason.items()):
+            shown = ", ".join(str(s) for s in seqs[:5]) + (", ..." if len(seqs) > 5 else "")
+            parts.append(f"{len(seqs)} {reason} (seq {shown})")
+        super().__init__(
+            f"not re-queued: {'; '.join(parts)}: their events were already applied by the "
+            "dataflow (only a result row was refused), so a copy would be counted twice. "
+            "Fix the cause the detail names (`mesflow dead-letters show SEQ`) and discard "
+            "them; nothing was re-queued"
+        )
+
+
+def applied_among(conn: psycopg.Connection[Any], seqs: Sequence[int]) -> dict[str, list[int]]:
+    """Open dead letters among `seqs` whose reason is in APPLIED_REASONS, by reason."""
+    out: dict[str, list[int]] = {}
+    for seq, reason in conn.execute(
+        "SELECT log_seq, reason FROM dead_letter WHERE log_seq = ANY(%s) "
+        "AND resolved_at IS NULL AND reason = ANY(%s) ORDER BY log_seq",
+        (list(seqs), sorted(APPLIED_REASONS)),
+    ):
+        out.setdefault(str(reason), []).append(int(seq))
+    return out
+
+
 def requeue_key(log_seq: int) -> bytes:
     return dedupe_key(f"requeue:{log_seq}")
 
@@ -238,13 +277,23 @@ def requeue(
     reason: str | None = None,
     plant: PlantConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
+    even_if_applied: bool = False,
 ) -> RequeueResult:
     """Re-append the payloads of the given dead letters (or every open one of `reason`);
-    `plant`: the current plant model, to map MQTT inputs again (`requeue_record`)."""
+    `plant`: the current plant model, to map MQTT inputs again (`requeue_record`).
+
+    Raises AlreadyApplied, changing nothing, if any of them holds an event the dataflow
+    had already applied (`APPLIED_REASONS`), unless `even_if_applied`: the copy is then
+    counted a second time by the live figures."""
     if not seqs and not reason:
         raise ValueError("give dead-letter seqs or a reason")
     result = RequeueResult()
     wanted = _select(conn, seqs, reason)
+    if not even_if_applied:
+        # A dead letter's reason never changes: checking once before the batches is enough.
+        applied = applied_among(conn, wanted)
+        if applied:
+            raise AlreadyApplied(applied)
     done = 0
     for chunk in _batches(conn, wanted):
         with conn.transaction():
@@ -413,10 +462,17 @@ def _target(seqs: tuple[int, ...], reason: str | None) -> None:
 @cli.command("requeue")
 @click.argument("seqs", nargs=-1, type=int)
 @click.option("--reason", metavar="R", help="Every open dead letter with this reason.")
-def cli_requeue(seqs: tuple[int, ...], reason: str | None) -> None:
+@click.option(
+    "--even-if-applied",
+    is_flag=True,
+    help="Also re-queue dead letters whose event was already applied (db_refused): "
+    "the copy is counted a second time.",
+)
+def cli_requeue(seqs: tuple[int, ...], reason: str | None, even_if_applied: bool) -> None:
     """Append the payloads again to the ingest log (after a fix, e.g. a machine added to
     the plant file and `mesflow db migrate` run): the dataflow processes them anew.
-    Requeuing the same dead letter twice adds nothing."""
+    Requeuing the same dead letter twice adds nothing. `db_refused` dead letters are
+    refused: their events were already counted (only a result row was refused)."""
     _target(seqs, reason)
 
     def note(done: int, total: int) -> None:
@@ -430,7 +486,24 @@ def cli_requeue(seqs: tuple[int, ...], reason: str | None) -> None:
     except ConfigError as err:
         raise click.ClickException(f"plant configuration: {err}") from None
     with _conn() as conn:
-        result = requeue(conn, seqs=list(seqs), reason=reason, plant=plant, progress=note)
+        if even_if_applied and (applied := applied_among(conn, _select(conn, seqs, reason))):
+            n = sum(len(v) for v in applied.values())
+            click.echo(
+                f"warning: re-queueing {n} dead letter(s) whose event the dataflow already "
+                f"applied ({', '.join(sorted(applied))}): their events may be counted twice",
+                err=True,
+            )
+        try:
+            result = requeue(
+                conn,
+                seqs=list(seqs),
+                reason=reason,
+                plant=plant,
+                progress=note,
+                even_if_applied=even_if_applied,
+            )
+        except AlreadyApplied as err:
+            raise click.ClickException(f"{err} (--even-if-applied re-queues them anyway)") from None
     click.echo(result.describe())
 
 

@@ -19,6 +19,7 @@ from collectors.topics import machine_topic
 from mesflow.cli import main
 from mesflow.db import sync_plant
 from mesflow.dead_letters import (
+    AlreadyApplied,
     escape_payload,
     origin_source,
     parse_since,
@@ -287,3 +288,75 @@ def test_a_requeued_copy_keeps_its_origin(plant: PlantConfig) -> None:
     assert again.source == f"requeue:9:mqtt:{topic}"
     assert origin_source(again.source) == f"mqtt:{topic}"
     assert again.dedupe_key != first.dedupe_key
+
+
+def _refused_by_the_sink(db_url: str) -> tuple[int, int]:
+    """A real `db_refused` dead letter (the results writer refuses IM-01's status row, a
+    count beyond int8) and an `unknown_machine` one: (refused seq, unknown seq)."""
+    from streams.pg_sink import ResultsSink
+    from streams.records import Progress, StatusRow
+    from tests.helpers import feed
+
+    t = datetime.now(UTC) - timedelta(minutes=5)
+    feed(db_url, [{"id": "r1", "type": "count", "machine": "IM-01", "ts": t.isoformat(), "good": 1}])  # fmt: skip
+    applied = _one(db_url, "SELECT max(seq) FROM ingest_log")
+    part = ResultsSink(db_url).build_part("results", "results", None)
+    try:
+        part.write_batch([StatusRow("IM-01", "running", t, None, None, t, 2**70, 0),
+                          Progress(applied, 1, 0)])  # fmt: skip
+        part.snapshot()  # waits for the commit
+    finally:
+        part.close()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        unknown = _dead(conn, b'{"n": 1}', "unknown_machine", datetime.now(UTC))
+    assert _rows(db_url, "SELECT log_seq, reason FROM dead_letter ORDER BY log_seq") == [
+        (applied, "db_refused"),
+        (unknown, "unknown_machine"),
+    ]
+    return applied, unknown
+
+
+def test_requeue_refuses_dead_letters_whose_event_was_already_applied(db_url: str) -> None:
+    """`db_refused` names an event the dataflow had counted: a copy would count it twice."""
+    applied, unknown = _refused_by_the_sink(db_url)
+    log_before = _rows(db_url, "SELECT seq, error FROM ingest_log ORDER BY seq")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        with pytest.raises(AlreadyApplied) as refused:
+            requeue(conn, reason="db_refused")
+        assert refused.value.by_reason == {"db_refused": [applied]}
+        with pytest.raises(AlreadyApplied):  # mixed with a requeueable one: nothing at all
+            requeue(conn, seqs=[unknown, applied])
+    # Nothing changed: no copy, the original not retired, both still open.
+    assert _rows(db_url, "SELECT seq, error FROM ingest_log ORDER BY seq") == log_before
+    assert _rows(db_url, "SELECT DISTINCT status FROM v_dead_letter") == [("open",)]
+
+
+def test_requeue_command_refuses_db_refused_unless_told_with_a_warning(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied, unknown = _refused_by_the_sink(db_url)
+    end = _one(db_url, "SELECT max(seq) FROM ingest_log")
+    monkeypatch.setenv("MESFLOW_DATABASE_URL", db_url)
+    cli = CliRunner()
+    refused = cli.invoke(main, ["dead-letters", "requeue", "--reason", "db_refused"])
+    assert refused.exit_code == 1, refused.output
+    [message] = refused.stderr.strip().splitlines()
+    assert f"1 db_refused (seq {applied})" in message and "counted twice" in message
+    assert "--even-if-applied" in message
+    assert _one(db_url, "SELECT max(seq) FROM ingest_log") == end
+
+    # The others of a list go through only once the applied one is left out.
+    mixed = cli.invoke(main, ["dead-letters", "requeue", str(unknown), str(applied)])
+    assert mixed.exit_code == 1 and _one(db_url, "SELECT max(seq) FROM ingest_log") == end
+    alone = cli.invoke(main, ["dead-letters", "requeue", str(unknown)])
+    assert alone.exit_code == 0 and "1 requeued" in alone.stdout, alone.output
+
+    forced = cli.invoke(
+        main, ["dead-letters", "requeue", "--even-if-applied", "--reason", "db_refused"]
+    )
+    assert forced.exit_code == 0, forced.output
+    assert "warning:" in forced.stderr and "counted twice" in forced.stderr
+    assert "1 requeued" in forced.stdout
+    assert _rows(db_url, "SELECT status FROM v_dead_letter WHERE log_seq = %s", (applied,)) == [
+        ("requeued",)
+    ]
