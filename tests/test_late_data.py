@@ -313,3 +313,55 @@ def test_replay_of_yesterdays_file_into_a_running_plant_merges_it(
     diffs = differences(compute(events, plant), kpi, reasons)
     assert not diffs, "\n".join(diffs[:30])
     assert json.dumps(second.describe())  # printable
+
+
+def test_a_past_dated_work_order_already_merged_sends_the_rebuild_further_back(
+    plant: PlantConfig, db_url: str
+) -> None:
+    """A rebuild first ignores `work_order` events when it picks its checkpoint (they go to
+    every machine and may be dated well in the past); one that matters on this machine -
+    here the product of the work order it ran - makes it start again from an older one."""
+    from streams.hour_clock import to_us
+    from streams.machine_tracker import MachineSpec, MachineTracker, _kpi_rows
+    from streams.rebuild import LateStore, event_order
+
+    store = LateStore(db_url, plant)
+    feed(db_url, with_ids(base_day(), "b-"))
+    tracker = MachineTracker(MachineSpec.from_plant(plant, M))
+    saved: list[str] = []
+    for seq, ev in store._events(M, 0, log_position(db_url)):
+        tracker.apply(seq, ev)
+        for mark in ("16:30:00", "21:00:00"):  # checkpoints C1 and C2
+            last = tracker.last_ts
+            if mark not in saved and last and last >= to_us(datetime.fromisoformat(at(mark))):
+                tracker.flush()
+                store.save_checkpoint(tracker)
+                saved.append(mark)
+    tracker.flush()
+    # The CRM changes WO-A's product, dated 17:00 (WO-A ran here 16:05-21:00): merged by a
+    # rebuild from C1; no checkpoint is written after it.
+    revision = {"type": "work_order", "ts": at("17:00:00"), "work_order": "WO-A",
+                "order_no": "SO-7", "product": "P-200", "qty": 400, "id": "rev"}  # fmt: skip
+    for item in [revision, cnt(at("21:02:00"), 5) | {"id": "late"}]:
+        feed(db_url, [item])
+        seq = log_position(db_url)
+        (ev,) = [e for s, e in store._events(M, seq - 1, seq)]
+        tracker.apply(seq, ev)
+        assert tracker.take_late() == [seq]
+        result = store.rebuild(tracker)
+        tracker = result.tracker
+    # The late count alone would start from C2 (21:00); with C2 the revision (logged after
+    # it) would meet the rebuild late, so the rebuild went back before 17:00.
+    assert result.since <= to_us(datetime.fromisoformat(at("17:00:00")))
+    in_order = MachineTracker(MachineSpec.from_plant(plant, M))
+    for seq, ev in sorted(store._events(M, 0, log_position(db_url)), key=event_order):
+        assert in_order.apply(seq, ev) is None or ev.type == "report"
+    in_order.flush()  # credits the open interval up to the clock
+    assert set(tracker.hours) == set(in_order.hours)
+    for h, b in in_order.hours.items():
+        got, want = _kpi_rows(M, "hour", tracker.hours[h], None), _kpi_rows(M, "hour", b, None)
+        diff = {
+            f: (x, y) for f, x, y in zip(got[0]._fields, got[0], want[0], strict=True) if x != y
+        }
+        assert not diff and got[1] == want[1], (got[0].bucket_start, diff)
+    store.close()
