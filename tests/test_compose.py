@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,7 +122,7 @@ def test_named_volumes_are_declared(
 
 
 def test_dataflow_recovery_snapshots_persist(services: dict[str, dict[str, Any]]) -> None:
-    recovery = str(Settings(data_dir="/app/var").recovery_dir)
+    recovery = str(Settings(data_dir=Path("/app/var")).recovery_dir)
     mounts = {v.split(":")[1]: v.split(":")[0] for v in services["dataflow"]["volumes"]}
     assert recovery in mounts
     assert not mounts[recovery].startswith((".", "/")), "a named volume, not a bind mount"
@@ -197,6 +198,51 @@ def test_simulator_only_in_demo_profile(services: dict[str, dict[str, Any]]) -> 
     sim_url = services["simulator"]["environment"]["MESFLOW_MQTT_URL"]
     assert sim_url == "${MESFLOW_SIMULATOR_MQTT_URL:-mqtt://mosquitto:1883}"
     assert all("profiles" not in svc for n, svc in services.items() if n != "simulator")
+
+
+def test_every_variable_is_documented_in_the_header() -> None:
+    text = COMPOSE_FILE.read_text("utf-8")
+    header = text.split("\nx-mesflow:")[0]
+    used = set(re.findall(r"\$\{(\w+)", text))
+    assert used, "the file reads no variables?"
+    assert {v for v in used if v not in header} == set()
+
+
+def test_broker_logins_and_session_key_as_compose_resolves_them() -> None:
+    """The collector reads with its own login, the demo simulator publishes with the
+    gateway's; the dashboard's session key survives a recreated container."""
+    command = _compose_command()
+    require(command is not None, "docker compose (apt-get install docker-compose)")
+    assert command is not None
+    collector = "mqtt://mesflow-collector:c%40pw@mosquitto:1883"
+    gateway = "mqtt://mesflow-gateway:gw-pw@mosquitto:1883"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MESFLOW_")}
+    env = {"MESFLOW_MQTT_URL": collector, "MESFLOW_SIMULATOR_MQTT_URL": gateway}
+    resolved: list[dict[str, Any]] = []
+    for extra in ({}, {"MESFLOW_AUTH_SESSION_SECRET": "s" * 40}):
+        result = subprocess.run(
+            [*command, "-f", str(COMPOSE_FILE), "--profile", "demo", "config"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**base, **env, **extra},
+        )
+        assert result.returncode == 0, result.stderr
+        resolved.append(yaml.safe_load(result.stdout)["services"])
+    unset, given = resolved
+    assert unset["collector-mqtt"]["environment"]["MESFLOW_MQTT_URL"] == collector
+    assert unset["simulator"]["environment"]["MESFLOW_MQTT_URL"] == gateway
+    # Unset: empty, so the dashboard keeps its generated key in its data directory, which
+    # is a named volume (not the container's own layer).
+    assert unset["dashboard"]["environment"]["MESFLOW_AUTH_SESSION_SECRET"] in ("", None)
+    assert given["dashboard"]["environment"]["MESFLOW_AUTH_SESSION_SECRET"] == "s" * 40
+    data_dir = str(Settings(data_dir=Path("/app/var")).data_dir)
+    mounts = {}
+    for v in unset["dashboard"]["volumes"]:
+        # Compose v2 prints the long form, Debian's docker-compose 1.x "source:target:mode".
+        source, target = (v["source"], v["target"]) if isinstance(v, dict) else v.split(":")[:2]
+        mounts[target] = source
+    assert data_dir in mounts and not mounts[data_dir].startswith("/"), mounts
 
 
 def test_mosquitto_config() -> None:
