@@ -389,3 +389,39 @@ def test_a_late_state_event_splits_a_stop_across_hours() -> None:
     assert rebuilds == 1 and merged == in_order
     h11 = kpi(merged, "hour", "2026-11-20T11:00:00+08:00")
     assert h11.down_s == 1800 and h11.failure_s == 1800
+
+
+def test_choose_checkpoint() -> None:
+    from streams.rebuild import CheckpointInfo, choose_checkpoint
+
+    c1, c2, c3 = CheckpointInfo(10, 1000), CheckpointInfo(20, 2000), CheckpointInfo(30, 3000)
+    lateness = 100
+    # Every event after the newest is within the lateness of its clock: the newest.
+    assert choose_checkpoint([c1, c2, c3], [(31, 2950), (32, 3100)], lateness) == c3
+    # An event logged after c3 dated before c3's clock minus the lateness rules c3 out ...
+    assert choose_checkpoint([c1, c2, c3], [(25, 2500), (31, 1950)], lateness) == c2
+    # ... and one merged earlier (logged after c2, before c3) rules c2 out too; c3 holds
+    # that one already, so alone it changes nothing for c3.
+    assert choose_checkpoint([c1, c2, c3], [(25, 1500), (31, 1950)], lateness) == c1
+    assert choose_checkpoint([c1, c2, c3], [(25, 1500), (31, 2950)], lateness) == c3
+    # Exactly at the lateness still qualifies; before every checkpoint: none (from seq 0).
+    assert choose_checkpoint([c3], [(31, 2900)], lateness) == c3
+    assert choose_checkpoint([c1, c2, c3], [(11, 800), (31, 2950)], lateness) is None
+    assert choose_checkpoint([], [(1, 5)], lateness) is None
+
+
+def test_event_order_is_time_then_rank_then_arrival() -> None:
+    from streams.rebuild import event_order
+
+    def parsed(e: dict[str, Any]) -> Any:
+        return parse_event(_json(e))
+
+    same = [
+        (5, parsed(ev("downtime_reason", 1, at=T0.isoformat(), reason="mold_damage"))),
+        (4, parsed(ev("count", 1, good=1))),
+        (3, parsed(ev("wo_start", 1, work_order="WO-1"))),
+        (2, parsed(ev("state", 1, state="idle"))),
+        (6, parsed(ev("count", 1, good=2))),
+        (1, parsed(ev("count", 0.5, good=3))),
+    ]
+    assert [s for s, _ in sorted(same, key=event_order)] == [1, 2, 3, 4, 6, 5]
