@@ -27,7 +27,7 @@ from typing import Any
 import click
 import psycopg
 
-from mesflow.db import connect
+from mesflow.db import connect, unreachable
 from mesflow.ingest_log import LogRecord, append, dedupe_key, record_from_bytes, safe_text
 from mesflow.plant import PlantConfig
 
@@ -377,10 +377,11 @@ def _url() -> str:
 
 
 def _conn() -> psycopg.Connection[Any]:
+    url = _url()
     try:
-        return connect(_url(), autocommit=True)
-    except psycopg.OperationalError as err:
-        raise click.ClickException(f"database unreachable: {err}".strip()) from None
+        return connect(url, autocommit=True)
+    except psycopg.OperationalError as err:  # the same one line as every other command
+        raise click.ClickException(unreachable(url, err)) from None
 
 
 def _one_line(text: str, width: int) -> str:

@@ -31,7 +31,7 @@ import click
 import psycopg
 from psycopg import sql
 
-from mesflow.db import connect, timescaledb_available
+from mesflow.db import connect, timescaledb_available, unreachable
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 
@@ -716,8 +716,8 @@ def cli_run() -> None:
         removed = run_retention(url, policy, progress=lambda m: click.echo(m, err=True))
     except RetentionBusy as err:
         raise click.ClickException(str(err)) from None
-    except psycopg.OperationalError as err:
-        raise click.ClickException(f"database unreachable: {err}".strip()) from None
+    except psycopg.OperationalError as err:  # the same one line as every other command
+        raise click.ClickException(unreachable(url, err)) from None
     for r in removed:
         click.echo(f"{r.table:<22} {r.rows:>10,} removed  {r.note}")
     click.echo(f"{sum(r.rows for r in removed):,} row(s) removed in total")
@@ -730,8 +730,8 @@ def cli_status() -> None:
     try:
         rows = retention_status(url, policy)
         policies = timescaledb_policies(url)
-    except psycopg.OperationalError as err:
-        raise click.ClickException(f"database unreachable: {err}".strip()) from None
+    except psycopg.OperationalError as err:  # the same one line as every other command
+        raise click.ClickException(unreachable(url, err)) from None
     click.echo(f"{'table':<22} {'rows':>10} {'size':>10} {'oldest':<20} {'would go':>10}  kept")
     for s in rows:
         oldest = s.oldest.strftime("%Y-%m-%d %H:%M") if s.oldest else "-"

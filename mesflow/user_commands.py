@@ -12,6 +12,7 @@ import click
 import psycopg
 
 from mesflow import users
+from mesflow.db import unreachable
 from mesflow.settings import get_settings
 
 T = TypeVar("T")
@@ -27,8 +28,11 @@ def _connect() -> Iterator[psycopg.Connection]:
             yield conn
     except psycopg.errors.UndefinedTable:
         raise click.ClickException("no user tables: run `mesflow db migrate` first") from None
-    except psycopg.Error as err:  # unreachable server: one line, no traceback
-        raise click.ClickException(f"database: {str(err).strip()}") from None
+    except psycopg.OperationalError as err:  # the same one line as every other command
+        raise click.ClickException(unreachable(url, err)) from None
+    except psycopg.Error as err:  # e.g. a missing privilege: its first line, no traceback
+        first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
+        raise click.ClickException(f"database: {first or type(err).__name__}") from None
 
 
 def _run(fn: Callable[[psycopg.Connection], T]) -> T:

@@ -360,3 +360,56 @@ def test_requeue_command_refuses_db_refused_unless_told_with_a_warning(
     assert _rows(db_url, "SELECT status FROM v_dead_letter WHERE log_seq = %s", (applied,)) == [
         ("requeued",)
     ]
+
+
+UNREACHABLE = "postgresql://mesflow:s3cret-pw@127.0.0.1:9/mesflow"
+COMMANDS = [
+    ["dead-letters", "list"],
+    ["dead-letters", "show", "1"],
+    ["dead-letters", "requeue", "1"],
+    ["dead-letters", "discard", "1"],
+    ["retention", "run"],
+    ["retention", "status"],
+    ["user", "add", "ann", "--role", "viewer", "--generate"],
+    ["user", "passwd", "ann", "--generate"],
+    ["user", "role", "ann", "manager"],
+    ["user", "list"],
+    ["user", "remove", "ann"],
+    ["token", "create", "hall-2-tv"],
+    ["token", "list"],
+    ["token", "revoke", "1"],
+]
+
+
+def test_unreachable_database_is_one_line_from_dead_letter_retention_user_token_commands(
+    tmp_path: Path,
+) -> None:
+    """Like every other command (mesflow/cli.py): one line naming the database, its
+    password hidden, exit 1; not libpq's two-line message, not a traceback."""
+    import os
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mesflow.settings import REPO_ROOT
+
+    env = {**os.environ, "MESFLOW_DATABASE_URL": UNREACHABLE,
+           "MESFLOW_DATA_DIR": str(tmp_path / "var")}  # fmt: skip
+
+    def run(args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mesflow.cli", *args],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, COMMANDS))
+    expected = (
+        "Error: cannot reach the database at postgresql://mesflow:***@127.0.0.1:9/mesflow: "
+        'connection failed: connection to server at "127.0.0.1", port 9 failed: '
+        "Connection refused"
+    )
+    for cmd, res in zip(COMMANDS, results, strict=True):
+        assert res.stderr.splitlines() == [expected], (cmd, res.stderr)
+        assert res.returncode == 1, (cmd, res.returncode)
+        assert "s3cret-pw" not in res.stdout + res.stderr, cmd
