@@ -406,7 +406,7 @@ def test_choose_checkpoint() -> None:
     assert choose_checkpoint([c1, c2, c3], [(25, 1500), (31, 2950)], lateness) == c3
     # Exactly at the lateness still qualifies; before every checkpoint: none (from seq 0).
     assert choose_checkpoint([c3], [(31, 2900)], lateness) == c3
-    assert choose_checkpoint([c1, c2, c3], [(11, 800), (31, 2950)], lateness) is None
+    assert choose_checkpoint([c1, c2, c3], [(11, 800), (31, 850)], lateness) is None
     assert choose_checkpoint([], [(1, 5)], lateness) is None
 
 
