@@ -281,4 +281,6 @@ def test_dockerfile_installs_the_lock_then_the_package() -> None:
     assert re.search(r"^USER (?!root)\S+$", text, re.M), "runs as a non-root user"
     ignored = (REPO_ROOT / ".dockerignore").read_text("utf-8").split()
     assert "sql" not in ignored and "config" not in ignored
-    assert {".venv", ".git", "var"} <= set(ignored)
+    assert {".venv", ".git", "var", "build"} <= set(ignored)
+    # No secret in the image (the Dockerfile copies config/ into it).
+    assert {"config/mosquitto/passwd", "config/mosquitto/certs", ".env"} <= set(ignored)
