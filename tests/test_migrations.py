@@ -29,7 +29,13 @@ TABLES = {
     "machine_status",
     "machine_hour",
 }
-PUBLIC_VIEWS = {"v_machine_status", "v_state_intervals", "v_machine_hour", "v_dead_letter_summary"}
+PUBLIC_VIEWS = {
+    "v_machine_status",
+    "v_state_intervals",
+    "v_machine_hour",
+    "v_dead_letter_summary",
+    "v_dead_letter",  # sql/014
+}
 
 
 def _quiet(_msg: str) -> None:
