@@ -12,6 +12,9 @@ Tables and what always stays, whatever its age (docs/operations.md, "Retention")
   version guard instead).
 - `order_history`: changes of orders that are closed or cancelled (or gone); the history
   of an open or held order stays whole.
+- `late_merge`: events merged late whose machine's figures are stored since (what a
+  running `mesflow replay` waits on stays, LATE_MERGE_WHERE), and pending ones of a
+  machine no longer in the plant (never merged).
 
 Every batch is its own short transaction, so a run holds no lock for long, and a run
 killed at any point leaves a consistent database; the next run goes on from there.
@@ -57,6 +60,7 @@ class RetentionPolicy:
     outbox_days: int = 30  # delivered callbacks
     intake_days: int = 30
     order_history_days: int = 365  # closed or cancelled orders
+    late_merge_days: int = 30  # late events merged (or never mergeable)
     batch_rows: int = 2000
     # The log is the dedupe index: a row stays at least as long as a resent copy of its
     # input could still be accepted (the plant's max_event_age_days + max_clock_skew).
@@ -77,6 +81,7 @@ class RetentionPolicy:
             outbox_days=s.retention_outbox_days,
             intake_days=s.retention_intake_days,
             order_history_days=s.retention_order_history_days,
+            late_merge_days=s.retention_late_merge_days,
             batch_rows=s.retention_batch_rows,
             resume_margin=timedelta(seconds=s.retention_resume_margin_s),
         )
@@ -190,6 +195,21 @@ class _Target:
     note: str
 
 
+# A `mesflow replay` waits while a late event of its lines is pending, or merged but its
+# machine's rebuilt figures are not stored yet (streams/rebuild.py, wait_for_merges: the
+# machine's status row, rewritten by every rebuild, older than the merge). A row goes only
+# when that wait is over for it, so no running replay can see a merge it still waits on
+# vanish. A pending row goes only when its machine is no longer in the plant model: no
+# dataflow rebuilds it any more, and a replay gives up waiting ten minutes after its lines
+# were processed, long before the days are up.
+LATE_MERGE_WHERE = """(
+    (merged_at < %(cutoff)s AND NOT EXISTS (
+        SELECT 1 FROM machine_status s
+        WHERE s.machine = late_merge.machine AND s.updated_at < late_merge.merged_at))
+    OR (merged_at IS NULL AND seen_at < %(cutoff)s AND NOT EXISTS (
+        SELECT 1 FROM plant_machine p WHERE p.machine = late_merge.machine)))"""
+
+
 def _targets(policy: RetentionPolicy) -> list[_Target]:
     return [
         _Target(
@@ -237,6 +257,15 @@ def _targets(policy: RetentionPolicy) -> list[_Target]:
             "accepted_at < %(cutoff)s AND NOT EXISTS (SELECT 1 FROM crm_order o "
             "WHERE o.order_no = order_history.order_no AND o.status IN ('open', 'on_hold'))",
             "changes of closed, cancelled or removed orders",
+        ),
+        _Target(
+            "late_merge",
+            "late_merge",
+            policy.late_merge_days,
+            "true",
+            "seen_at",
+            LATE_MERGE_WHERE,
+            "late events merged and stored (pending ones stay)",
         ),
     ]
 

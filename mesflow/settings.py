@@ -99,6 +99,7 @@ class Settings(BaseSettings):
     retention_outbox_days: int = Field(default=30, ge=0, description="delivered callbacks")
     retention_intake_days: int = Field(default=30, ge=0, description="intake_delivery")
     retention_order_history_days: int = Field(default=365, ge=0, description="closed orders")
+    retention_late_merge_days: int = Field(default=30, ge=0, description="late events merged")
     retention_batch_rows: int = Field(default=2000, ge=1)
     retention_resume_margin_s: float = Field(default=600.0, ge=0)
     retention_interval_s: float = Field(

@@ -449,3 +449,65 @@ def test_one_run_at_a_time_and_the_periodic_switch(db_url: str) -> None:
     stop.set()
     worker.join(5)
     assert not worker.is_alive()
+
+
+# --- late_merge -------------------------------------------------------------------------------
+
+
+def _late_merges(conn: psycopg.Connection[Any]) -> None:
+    """Rows of every kind: (log_seq, machine, seen, merged); status rows say what is stored."""
+
+    def days(n: int) -> datetime:
+        return NOW - timedelta(days=n)
+
+    rows = [
+        (1, "IM-01", days(41), days(40)),  # merged and stored long ago: goes
+        (2, "IM-02", days(41), days(40)),  # merged, rebuilt rows not stored yet: a replay waits
+        (3, "IM-03", days(41), None),  # pending, its machine in the plant: will be merged
+        (4, "IM-99", days(41), None),  # pending, machine gone from the plant: never merged
+        (5, "IM-99", days(1), None),  # the same, but recent
+        (6, "IM-01", days(2), days(1)),  # merged and stored, recent
+        (7, "IM-04", days(41), days(40)),  # merged, the machine has no status row: not waited on
+    ]
+    conn.cursor().executemany(
+        "INSERT INTO late_merge (log_seq, machine, seen_at, merged_at) VALUES (%s, %s, %s, %s)",
+        rows,
+    )
+    conn.cursor().executemany(
+        "INSERT INTO machine_status (machine, state, since, last_event_ts, updated_at) "
+        "VALUES (%s, 'running', %s, %s, %s)",
+        [("IM-01", days(1), days(1), NOW), ("IM-02", days(50), days(50), days(50))],
+    )
+
+
+def _waited_on(url: str, seqs: list[int]) -> list[int]:
+    """Which of `seqs` a running `mesflow replay` would still wait on (its own function)."""
+    from streams.rebuild import wait_for_merges
+
+    out = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        for seq in seqs:
+            try:
+                wait_for_merges(conn, seq, seq, timeout_s=0)
+            except TimeoutError:
+                out.append(seq)
+    return out
+
+
+def test_late_merges_go_once_no_replay_waits_on_them(db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _late_merges(conn)
+    seqs = list(range(1, 8))
+    waited = _waited_on(db_url, seqs)
+    assert waited == [2, 3, 4, 5]
+    forever = RetentionPolicy(late_merge_days=0)
+    assert {r.table: r.rows for r in run_retention(db_url, forever)}["late_merge"] == 0
+    assert {s.table: s.would_go for s in retention_status(db_url, POLICY)}["late_merge"] == 3
+
+    assert {r.table: r.rows for r in run_retention(db_url, POLICY)}["late_merge"] == 3
+    kept = [s for (s,) in _rows(db_url, "SELECT log_seq FROM late_merge ORDER BY 1")]
+    assert kept == [2, 3, 5, 6]
+    # Every row a replay waited on stays, except the one of a machine no longer in the
+    # plant that was recorded 41 days ago (a replay stops waiting after ten minutes).
+    assert _waited_on(db_url, seqs) == [2, 3, 5]
+    assert {r.table: r.rows for r in run_retention(db_url, POLICY)}["late_merge"] == 0
