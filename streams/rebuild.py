@@ -297,15 +297,15 @@ class LateStore:
 
     def record_late(self, machine: str, seqs: Sequence[int]) -> None:
         """Late events seen: pending until their machine is rebuilt (replay waits on them)."""
-        rows = [(s, machine) for s in seqs]
+        seq_list = list(seqs)
 
         def run(conn: psycopg.Connection) -> None:
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO late_merge (log_seq, machine) VALUES (%s, %s) "
-                    "ON CONFLICT DO NOTHING",
-                    rows,
-                )
+            # One statement per batch: a backfilled file makes every line late.
+            conn.execute(
+                "INSERT INTO late_merge (log_seq, machine) SELECT unnest(%s::bigint[]), %s "
+                "ON CONFLICT DO NOTHING",
+                (seq_list, machine),
+            )
 
         self._retrying("late events", run)
 
