@@ -210,7 +210,6 @@ DELETE FROM machine_checkpoint c
 WHERE c.machine = %(m)s AND c.last_ts < %(cutoff)s AND c.seq < (
     SELECT max(seq) FROM machine_checkpoint
     WHERE machine = %(m)s AND last_ts < %(cutoff)s)"""
-_PRUNE_MERGES = "DELETE FROM late_merge WHERE machine = %s AND merged_at < now() - %s::interval"
 
 
 class LateInRebuild(Exception):
@@ -289,7 +288,7 @@ class LateStore:
                 conn.execute(_SAVE, (m, seq, from_us(last), state))
                 cutoff = from_us(last - self.horizon_us)
                 conn.execute(_PRUNE, {"m": m, "cutoff": cutoff})
-                conn.execute(_PRUNE_MERGES, (m, f"{self.horizon_us // 1_000_000} seconds"))
+                # (late_merge rows are retired by `mesflow retention`.)
 
         self._retrying("checkpoint", run)
 
