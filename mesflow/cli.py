@@ -57,8 +57,9 @@ class _Main(click.Group):
             from mesflow.db import MigrationError
             from mesflow.resources import MissingResource
             from mesflow.services import PortInUse
+            from streams.runner import DataflowBusy
 
-            if isinstance(err, MigrationError | MissingResource | PortInUse):
+            if isinstance(err, MigrationError | MissingResource | PortInUse | DataflowBusy):
                 raise click.ClickException(str(err)) from None
             raise
 

@@ -8,12 +8,17 @@ replayed stretch rewrites the same values.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -67,6 +72,177 @@ def hold_dataflow_lock(database_url: str) -> psycopg.Connection:
     return conn
 
 
+@dataclass(frozen=True)
+class Session:
+    """A PostgreSQL session: its backend pid and start (a pid alone is reused)."""
+
+    pid: int
+    started: datetime
+
+
+def after_lost_lock(holder: Session | None, ours: Session | None) -> str:
+    """What to do when the lock could not be taken again on a new connection.
+
+    "wait": nobody holds it (a race with the unlock), or our own previous session still
+    does (a network break the server has not noticed yet: it ends that session within
+    the keepalive time set in `_lock_connection`, and until then nobody else can take the
+    lock either). "busy": another session holds it, i.e. another dataflow started while
+    ours had no lock.
+    """
+    if holder is None or holder == ours:
+        return "wait"
+    return "busy"
+
+
+# Keepalives on the lock's connection, both ends: a client that vanished is noticed within
+# about half a minute, and its session, with the lock, is released.
+_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}  # fmt: skip
+_SERVER_SETTINGS = {
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "idle_session_timeout": "0",  # a site-wide idle timeout must not end the lock's session
+}
+
+
+def _lock_connection(database_url: str) -> psycopg.Connection:
+    conn = psycopg.connect(
+        database_url,
+        autocommit=True,
+        application_name="mesflow dataflow lock",
+        connect_timeout=5,
+        **_KEEPALIVE,  # type: ignore[arg-type]
+    )
+    for name, value in _SERVER_SETTINGS.items():  # only those this server version knows
+        conn.execute(
+            "SELECT set_config(name, %s, false) FROM pg_settings WHERE name = %s", (value, name)
+        )
+    return conn
+
+
+def _this_session(conn: psycopg.Connection) -> Session:
+    row = conn.execute(
+        "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+    ).fetchone()
+    assert row is not None
+    return Session(int(row[0]), row[1])
+
+
+def _lock_holder(conn: psycopg.Connection) -> Session | None:
+    # A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low 32 bits)
+    # and objsubid 1.
+    row = conn.execute(
+        "SELECT a.pid, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+        "AND l.classid = %s AND l.objid = %s AND l.database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())",
+        (DATAFLOW_LOCK >> 32, DATAFLOW_LOCK & 0xFFFFFFFF),
+    ).fetchone()
+    return Session(int(row[0]), row[1]) if row else None
+
+
+class DataflowLock:
+    """The one-dataflow-per-database lock, held for as long as the dataflow runs.
+
+    A session-level advisory lock lives in one connection: when PostgreSQL restarts (or the
+    connection breaks) the lock is gone, and nothing would stop a second dataflow from
+    starting. So a thread checks every `check_s` seconds that the lock is still held and,
+    once it is not, takes it again on a new connection as soon as the database is back.
+
+    Re-taking, not exiting for a supervisor to restart us: both leave the same short window
+    (from the database's return to the next check) in which another dataflow could start;
+    exiting would add no safety but need a supervisor (a dataflow run by hand, a replay or
+    the demo would just stop) and redo the work since the last snapshot after every database
+    restart. If another dataflow did take the lock in that window, this one exits at once
+    with status 1 (os._exit: not one more write, like the kill -9 the snapshots are made to
+    survive), so that never two write the results; a supervisor's restart then says
+    "already running" until the other stops.
+    """
+
+    def __init__(self, database_url: str, *, check_s: float = 1.0) -> None:
+        self._url = database_url
+        self.check_s = check_s
+        self._conn = _lock_connection(database_url)
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (DATAFLOW_LOCK,)).fetchone()
+        if not row or not row[0]:
+            self._conn.close()
+            raise DataflowBusy("another mesflow dataflow is already running against this database")
+        self._session: Session | None = _this_session(self._conn)
+        self._closed = threading.Event()
+        self._swap = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="dataflow-lock", daemon=True)
+        self._thread.start()
+
+    def _held(self) -> bool:
+        return _lock_holder(self._conn) == self._session
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self.check_s):
+            try:
+                if self._held():
+                    continue
+                why = "it is no longer held"
+            except psycopg.Error as err:
+                why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            if self._closed.is_set():
+                return
+            log.warning("dataflow lock lost (%s): taking it again", why)
+            self._retake()
+
+    def _retake(self) -> None:
+        old, self._session = self._session, None
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()
+        warned = 0.0
+        while not self._closed.is_set():
+            try:
+                conn = _lock_connection(self._url)
+            except psycopg.Error as err:
+                if time.monotonic() - warned > 30:
+                    log.warning("dataflow lock: database unreachable (%s); retrying", err)
+                    warned = time.monotonic()
+                self._closed.wait(self.check_s)
+                continue
+            try:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (DATAFLOW_LOCK,)).fetchone()
+                if row and row[0]:
+                    session = _this_session(conn)
+                    with self._swap:  # close() must not miss the new connection
+                        if self._closed.is_set():
+                            conn.close()
+                            return
+                        self._conn, self._session = conn, session
+                    log.warning("dataflow lock taken again")
+                    return
+                holder = _lock_holder(conn)
+            except psycopg.Error:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+                self._closed.wait(self.check_s)
+                continue
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+            if after_lost_lock(holder, old) == "busy":
+                assert holder is not None
+                msg = (
+                    "dataflow: stopping at once: while the database was away another mesflow "
+                    f"dataflow took the one-dataflow lock (PostgreSQL pid {holder.pid}); "
+                    "only one may write the results. This one resumes from its last snapshot "
+                    "once the other stops."
+                )
+                print(msg, file=sys.stderr, flush=True)
+                logging.shutdown()
+                os._exit(1)
+            self._closed.wait(self.check_s)
+
+    def close(self) -> None:
+        with self._swap:
+            self._closed.set()
+        self._thread.join(timeout=10)
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()
+
+
 def run_flow(
     plant: PlantConfig,
     database_url: str,
@@ -114,7 +290,7 @@ def _run_flow(
     batch_size: int,
     stop: threading.Event | None,
 ) -> None:
-    lock = hold_dataflow_lock(database_url)
+    lock = DataflowLock(database_url)
     # The trackers hold many long-lived objects, and the default collector thresholds
     # make CPython re-scan them every few hundred allocations: measured 1.5x more CPU per
     # event. Freeze what exists at start and collect young objects less often.
