@@ -74,10 +74,11 @@ def hold_dataflow_lock(database_url: str) -> psycopg.Connection:
 
 @dataclass(frozen=True)
 class Session:
-    """A PostgreSQL session: its backend pid and start (a pid alone is reused)."""
+    """A PostgreSQL session: its backend pid and start (a pid alone is reused; the start is
+    None for another role's session, which pg_stat_activity does not show in full)."""
 
     pid: int
-    started: datetime
+    started: datetime | None
 
 
 def after_lost_lock(holder: Session | None, ours: Session | None) -> str:
@@ -132,7 +133,7 @@ def _lock_holder(conn: psycopg.Connection) -> Session | None:
     # A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low 32 bits)
     # and objsubid 1.
     row = conn.execute(
-        "SELECT a.pid, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+        "SELECT l.pid, a.backend_start FROM pg_locks l LEFT JOIN pg_stat_activity a USING (pid) "
         "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
         "AND l.classid = %s AND l.objid = %s AND l.database = "
         "(SELECT oid FROM pg_database WHERE datname = current_database())",
@@ -183,6 +184,10 @@ class DataflowLock:
                     continue
                 why = "it is no longer held"
             except psycopg.Error as err:
+                if not (isinstance(err, psycopg.OperationalError) or self._conn.closed):
+                    # The check failed, not the connection: the lock is still ours.
+                    log.warning("dataflow lock: cannot check it (%s)", err)
+                    continue
                 why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             if self._closed.is_set():
                 return

@@ -136,3 +136,4 @@ def test_after_lost_lock_waits_for_its_own_old_session_only() -> None:
     assert after_lost_lock(Session(100, t), ours) == "wait"  # the server has not noticed yet
     assert after_lost_lock(Session(100, t.replace(hour=1)), ours) == "busy"  # a reused pid
     assert after_lost_lock(Session(101, t), ours) == "busy"
+    assert after_lost_lock(Session(100, None), ours) == "busy"  # another role's session
