@@ -129,9 +129,8 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
             # Someone else's broker: the simulator publishes with its own URL if one is given
             # (as in docker-compose.yml), else with the same one.
             sim_mqtt_url = os.environ.get("MESFLOW_SIMULATOR_MQTT_URL") or mqtt_url
-            _say(f"broker: using {redact_mqtt_url(mqtt_url)}")
-            if sim_mqtt_url != mqtt_url:
-                _say(f"broker: the simulator publishes with {redact_mqtt_url(sim_mqtt_url)}")
+            for line in external_broker_lines(mqtt_url, sim_mqtt_url):
+                _say(line)
         else:
             broker = _start_closed_broker(data, kept["mqtt"])
             mqtt_url, sim_mqtt_url = broker.url, broker.url
@@ -286,6 +285,14 @@ def _mqtt_passwords(data: Path) -> dict[str, str]:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(fresh, f, indent=2)
     return fresh
+
+
+def external_broker_lines(mqtt_url: str, sim_mqtt_url: str) -> list[str]:
+    """What the demo says about a broker it was given: the URLs, never a password."""
+    lines = [f"broker: using {redact_mqtt_url(mqtt_url)}"]
+    if sim_mqtt_url != mqtt_url:
+        lines.append(f"broker: the simulator publishes with {redact_mqtt_url(sim_mqtt_url)}")
+    return lines
 
 
 def _mosquitto_installed() -> bool:

@@ -452,3 +452,19 @@ def test_demo_without_mosquitto_falls_back_to_an_open_broker_and_says_so(
     assert "WARNING" in out and "OPEN" in out and "apt-get install mosquitto" in out
     # No password was made for a broker that cannot check it.
     assert not (tmp_path / "demo-mqtt.json").exists()
+
+
+def test_demo_never_prints_a_given_broker_password() -> None:
+    from mesflow.demo import external_broker_lines
+
+    lines = external_broker_lines(
+        "mqtt://mesflow-collector:c%40secret@broker.plant:1883",
+        "mqtts://mesflow-gateway:gw-secret@broker.plant:8883",
+    )
+    assert lines == [
+        "broker: using mqtt://mesflow-collector:***@broker.plant:1883",
+        "broker: the simulator publishes with mqtts://mesflow-gateway:***@broker.plant:8883",
+    ]
+    assert external_broker_lines("mqtt://b:1883", "mqtt://b:1883") == [
+        "broker: using mqtt://b:1883"
+    ]
