@@ -20,7 +20,7 @@ from mesflow.db import migrate, sync_plant
 from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.services import EmbeddedPostgres
 from mesflow.settings import REPO_ROOT
-from tests.helpers import OwnPostgres, RestartableBroker
+from tests.helpers import PLANT_ENV, OwnPostgres, RestartableBroker, wide_horizon_plant_text
 
 EXAMPLE_CONFIG = REPO_ROOT / "config" / "plant.example.yaml"
 SKIP_MISSING = "MESFLOW_SKIP_MISSING_SERVICES"
@@ -38,15 +38,30 @@ def require(condition: bool, what: str) -> None:
     pytest.fail(f"required service missing: {what} (set {SKIP_MISSING}=1 to skip its tests)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def plant_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The example plant with a 20,000-day (54-year) event-age horizon, as a file that every
+    child process and CLI run of the suite reads (MESFLOW_PLANT_CONFIG, set for the whole
+    session): the tests' fixed 2026 dates must not turn `too_old` as the calendar moves on,
+    while 1970 still is (tests/poison.py). Tests of the shipped default policy name
+    EXAMPLE_CONFIG themselves (tests/test_clock_policy.py, tests/test_poison_replay.py)."""
+    path = tmp_path_factory.mktemp("plant") / "plant.yaml"
+    path.write_text(wide_horizon_plant_text(EXAMPLE_CONFIG), encoding="utf-8")
+    before = os.environ.get(PLANT_ENV)
+    os.environ[PLANT_ENV] = str(path)
+    try:
+        yield path
+    finally:
+        if before is None:
+            os.environ.pop(PLANT_ENV, None)
+        else:
+            os.environ[PLANT_ENV] = before
+
+
 @pytest.fixture(scope="session")
-def plant() -> PlantConfig:
-    """The example plant with a 20,000-day (54-year) event-age horizon: the tests' fixed
-    2026 dates must not turn `too_old` as the calendar moves on, while 1970 still is
-    (tests/poison.py). tests/test_clock_policy.py checks the default policy."""
-    example = load_plant_config(EXAMPLE_CONFIG)
-    return example.model_copy(
-        update={"plant": example.plant.model_copy(update={"max_event_age_days": 20000})}
-    )
+def plant(plant_file: Path) -> PlantConfig:
+    """The plant the child processes read (plant_file): the example with a wide horizon."""
+    return load_plant_config(plant_file)
 
 
 @pytest.fixture(scope="session")

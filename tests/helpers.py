@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -144,6 +145,24 @@ def wait_until(cond: Callable[[], bool], timeout: float = 20.0, what: str = "con
 
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+PLANT_ENV = "MESFLOW_PLANT_CONFIG"
+# The tests' event-age horizon (tests/conftest.py plant_file): 20,000 days reach back to 1972.
+TEST_MAX_EVENT_AGE_DAYS = 20000
+
+
+def wide_horizon_plant_text(example: Path) -> str:
+    """The plant file `example` with max_event_age_days set to TEST_MAX_EVENT_AGE_DAYS (the
+    rest, comments too, unchanged): fixed dates in tests stay inside the horizon for decades."""
+    text, n = re.subn(
+        r"^([ \t]+max_event_age_days:[ \t]*)[^\s#]+",
+        rf"\g<1>{TEST_MAX_EVENT_AGE_DAYS}",
+        example.read_text(encoding="utf-8"),
+        flags=re.M,
+    )
+    if n != 1:  # a plant file that no longer sets it would silently keep the short default
+        raise AssertionError(f"{example}: expected one max_event_age_days line, found {n}")
+    return text
 
 
 @dataclass
@@ -327,10 +346,11 @@ def clean_replay(
 ) -> dict[str, list[tuple[Any, ...]]]:
     """The result tables of one uninterrupted run over a copy of `src_url`'s ingest log."""
     from mesflow.plant import load_plant_config
-    from mesflow.settings import REPO_ROOT
+    from mesflow.settings import get_settings
     from streams.runner import run_flow
 
-    plant = load_plant_config(REPO_ROOT / "config" / "plant.example.yaml")
+    # The plant the runs under test read (tests/conftest.py sets it for the session).
+    plant = load_plant_config(get_settings().plant_config)
     upto = copy_log(src_url, ref_url)
     run_flow(plant, ref_url, recovery_dir, 10.0, upto_seq=upto)
     return table_snapshot(ref_url)

@@ -152,7 +152,9 @@ def test_installed_wheel_migrates_from_its_own_files(installed: Path, empty_db_u
         [sys.executable, "-c", "import mesflow.db, mesflow.settings as s; "
          "print(mesflow.db.SQL_DIR); print(s.get_settings().plant_config)"],
         cwd=installed.parent,
-        env={**os.environ, "PYTHONPATH": str(installed)},
+        # Without the suite's MESFLOW_PLANT_CONFIG (tests/conftest.py): the default is probed.
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("MESFLOW_")},
+             "PYTHONPATH": str(installed)},
         capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
     assert probe == [
