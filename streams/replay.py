@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -41,6 +43,12 @@ from streams.rebuild import merged_between, wait_for_merges
 from streams.runner import DataflowBusy, hold_dataflow_lock, run_flow
 
 CHUNK_LINES = 20_000
+
+
+class ReplayIncomplete(click.ClickException):
+    """The file was not stored whole: its storing process failed or died (killed, out of
+    memory). What it stored stays in the log, and a re-run of the same file skips those
+    lines (their dedupe keys) and goes on, so nothing is counted twice."""
 
 
 @dataclass
@@ -201,27 +209,71 @@ def _store_file(path: Path, database_url: str, results: mp.Queue[object], lines:
             stored.log_end = last_seq(conn)
         results.put(stored)
     except BaseException as err:
-        results.put(f"storing {path} failed: {err!r}")
+        # One line: it ends up in the replay's error message.
+        results.put(f"storing failed: {type(err).__name__}: {' '.join(str(err).split())}")
+
+
+# The `upto` a failed store turns into: the dataflow's input ends at its next read (a
+# position at or past `upto` ends it, streams/log_source.py), and the dataflow writes its
+# work in hand and stops as cleanly as at the end of a file. An exception raised inside
+# Bytewax instead would abort the process with a Rust backtrace.
+_END_NOW = 0
 
 
 class _Target:
-    """The last log seq of the file: unknown until the storing process reports it."""
+    """The last log seq of the file: unknown until the storing process reports it, or
+    `_END_NOW` once that process failed or died without a report (then `failure` says how):
+    a dead storer must not leave the replay waiting for ever."""
 
-    def __init__(self, results: mp.Queue[object]) -> None:
+    def __init__(self, results: mp.Queue[object], storer: BaseProcess) -> None:
         self.results = results
+        self.storer = storer
         self.stored: _Stored | None = None
+        self.failure: str | None = None
 
     def __call__(self) -> int | None:
-        if self.stored is None:
-            try:
-                msg = self.results.get_nowait()
+        if self.stored is None and self.failure is None:
+            self._poll()
+        if self.failure is not None:
+            return _END_NOW
+        return None if self.stored is None else self.stored.log_end
+
+    def _poll(self) -> None:
+        try:
+            msg = self.results.get_nowait()
+        except queue.Empty:
+            if self.storer.exitcode is None:  # still storing (or not started yet)
+                return
+            try:  # a report sent just before it exited may still be in the pipe
+                msg = self.results.get(timeout=1.0)
             except queue.Empty:
-                return None
-            if isinstance(msg, str):
-                raise RuntimeError(msg)
+                self.failure = (
+                    f"the storing process {_ended(self.storer.exitcode)} without a report"
+                )
+                return
+        if isinstance(msg, str):
+            self.failure = msg
+        else:
             assert isinstance(msg, _Stored)
             self.stored = msg
-        return self.stored.log_end
+
+
+def _ended(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def incomplete_message(path: Path, failure: str, lines_stored: int) -> str:
+    """The one line a replay whose file was not stored whole ends with."""
+    return (
+        f"replay of {safe_text(path.name, 200)} stopped: {failure}; the first "
+        f"{lines_stored} lines of the file are in the ingest log. Run the same replay "
+        "again: lines already stored are skipped (deduplicated), so it continues safely"
+    )
 
 
 def replay_file(
@@ -244,7 +296,6 @@ def replay_file(
     ctx = mp.get_context("spawn")
     results: mp.Queue[object] = ctx.Queue()
     lines_stored = ctx.Value("q", 0)
-    target = _Target(results)
     with connect(database_url, autocommit=True) as conn:
         start_pos = _flow_position(conn)
 
@@ -252,6 +303,7 @@ def replay_file(
     storer = ctx.Process(
         target=_store_file, args=(path, database_url, results, lines_stored), daemon=True
     )
+    target = _Target(results, storer)
     with click.progressbar(
         length=max(total, 1), label="replaying", hidden=not progress, show_pos=True
     ) as bar:
@@ -281,13 +333,16 @@ def replay_file(
                 live_flow = True
                 while (end := target()) is None:
                     time.sleep(0.1)
-                _wait_for_live_flow(database_url, end)
+                if target.failure is None:
+                    _wait_for_live_flow(database_url, end)
         finally:
             watcher_done.set()
             watcher.join()
             storer.join()
         while target() is None:  # the flow had nothing to do: the result may still be queued
             time.sleep(0.05)
+        if target.failure is not None:
+            raise ReplayIncomplete(incomplete_message(path, target.failure, lines_stored.value))
         bar.update(max(total, 1) - bar.pos)
     stored = target.stored
     assert stored is not None
