@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import shutil
 import sys
 import tempfile
 import time
@@ -49,22 +50,27 @@ def main() -> None:
     parser.add_argument("--machines", type=int, default=200)
     args = parser.parse_args()
 
+    # The file (~120 MiB for a million events) and the recovery store go with the run,
+    # whatever ends it (an error, Ctrl-C).
     work = Path(tempfile.mkdtemp(prefix="mesflow-replay-bench-"))
-    plant = big_plant(args.machines, work)
-    t = time.perf_counter()
-    path = make_file(plant, args.events, work)
-    print(
-        f"generated {args.events:,} events for {len(plant.machines)} machines "
-        f"({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s"
-    )
-
-    pg, url = fresh_database(plant)
     try:
+        plant = big_plant(args.machines, work)
         t = time.perf_counter()
-        summary = replay_file(path, plant, url, work / "recovery", progress=False)
-        elapsed = time.perf_counter() - t
+        path = make_file(plant, args.events, work)
+        print(
+            f"generated {args.events:,} events for {len(plant.machines)} machines "
+            f"({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s"
+        )
+
+        pg, url = fresh_database(plant)
+        try:
+            t = time.perf_counter()
+            summary = replay_file(path, plant, url, work / "recovery", progress=False)
+            elapsed = time.perf_counter() - t
+        finally:
+            pg.stop()  # type: ignore[attr-defined]
     finally:
-        pg.stop()  # type: ignore[attr-defined]
+        shutil.rmtree(work, ignore_errors=True)
     print(summary.describe())
     print(
         f"replay: {summary.read:,} events in {elapsed:.1f} s = {summary.read / elapsed:,.0f} events/s"
