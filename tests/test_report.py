@@ -360,4 +360,5 @@ def test_reads_only_the_public_views(kpi_db: str) -> None:
 def test_unreachable_database_is_one_line(tmp_path: Path) -> None:
     result = run(f"postgresql://nobody@/mesflow?host={tmp_path}", "--date", "2026-11-20")
     assert result.exit_code == 1
-    assert "database: " in result.output and "Traceback" not in result.output
+    assert "cannot reach the database at postgresql://nobody@" in result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
