@@ -132,3 +132,67 @@ def machine_status(db: Database) -> list[MachineStatus]:
             return cur.execute(_MACHINE_STATUS_SQL).fetchall()
 
     return db.run(query)
+
+
+@dataclass(frozen=True, slots=True)
+class AndonTile:
+    """One row of `v_andon_tile` (sql/015_andon.sql): what a machine's andon tile shows."""
+
+    machine: str
+    line: str
+    name_en: str
+    name_zh: str
+    state: str
+    since: datetime | None
+    reason: str | None
+    reason_en: str | None
+    reason_zh: str | None
+    work_order: str | None
+    product: str | None
+    wo_qty: int | None
+    wo_good: int | None
+    last_event_ts: datetime | None
+    db_now: datetime
+    ref_ts: datetime
+    state_seconds: float | None
+    silent_seconds: float | None
+    shift_start: datetime | None
+    shift_end: datetime | None
+    shift_name: str | None
+    shift_good: int | None
+    shift_scrap: int | None
+    shift_planned_s: float | None
+    shift_apt_s: float | None
+    shift_ideal_s: float | None
+    shift_oee: float | None
+    machine_position: int
+    line_position: int
+
+    def name(self, lang: str) -> str:
+        return self.name_zh if lang == "zh" else self.name_en
+
+    def reason_text(self, lang: str) -> str | None:
+        if self.reason is None:
+            return None
+        named = self.reason_zh if lang == "zh" else self.reason_en
+        return named or self.reason
+
+
+_ANDON_TILE_SQL = """
+SELECT machine, line, name_en, name_zh, state, since, reason, reason_en, reason_zh,
+       work_order, product, wo_qty, wo_good, last_event_ts, db_now, ref_ts, state_seconds,
+       silent_seconds, shift_start, shift_end, shift_name, shift_good, shift_scrap,
+       shift_planned_s, shift_apt_s, shift_ideal_s, shift_oee, machine_position, line_position
+FROM v_andon_tile
+ORDER BY line_position, machine_position, machine
+"""
+
+
+def andon_tiles(db: Database) -> list[AndonTile]:
+    """Every machine's andon tile figures, in plant order (one query, one round trip)."""
+
+    def query(conn: psycopg.Connection) -> list[AndonTile]:
+        with conn.cursor(row_factory=class_row(AndonTile)) as cur:
+            return cur.execute(_ANDON_TILE_SQL).fetchall()
+
+    return db.run(query)

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     dashboard_db_pool_max: int = Field(
         default=8, ge=1, description="dashboard DB connections at most"
     )
+    # Andon wall screen (docs/dashboards.md): a stop without a reason after this long shows
+    # "reason missing"; a machine silent this long shows grey "no data since".
+    andon_reason_missing_s: float = Field(default=120.0, ge=0, description="andon: reason missing")
+    andon_silent_s: float = Field(default=600.0, gt=0, description="andon: silent machine")
     # Bytewax snapshot interval: bounds the work replayed after a crash, not output latency.
     snapshot_seconds: float = 2.0
     # CRM order intake (`mesflow run api`, docs/crm.md). Clients authenticate with a bearer

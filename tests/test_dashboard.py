@@ -35,7 +35,7 @@ from dashboards import context
 from dashboards.app import create_app
 from dashboards.i18n import format_duration, normalize_lang, state_label
 from dashboards.pages.andon import format_clock, render_board, render_tile, state_class
-from dashboards.queries import Database, MachineStatus, machine_status
+from dashboards.queries import AndonTile, Database, machine_status
 from mesflow import users
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
@@ -63,11 +63,11 @@ def _by_class(node: Any, css: str) -> list[Any]:
     return [n for n in _walk(node) if css in (getattr(n, "className", None) or "").split()]
 
 
-def _row(**kw: Any) -> MachineStatus:
+def _row(**kw: Any) -> AndonTile:
+    now = datetime(2024, 5, 6, 9, 23, 45, tzinfo=UTC)
     base: dict[str, Any] = dict(
         machine="IM-01",
         line="IM",
-        area="molding",
         name_en="Press 1",
         name_zh="1号注塑机",
         state="running",
@@ -76,16 +76,42 @@ def _row(**kw: Any) -> MachineStatus:
         reason_en=None,
         reason_zh=None,
         work_order=None,
-        last_event_ts=datetime(2024, 5, 6, 8, 0, tzinfo=UTC),
+        product=None,
+        wo_qty=None,
+        wo_good=None,
+        last_event_ts=now,
+        db_now=now,
+        ref_ts=now,
         state_seconds=5025.0,
-        good_total=0,
-        scrap_total=0,
-        updated_at=None,
+        silent_seconds=0.0,
+        shift_start=None,
+        shift_end=None,
+        shift_name=None,
+        shift_good=None,
+        shift_scrap=None,
+        shift_planned_s=None,
+        shift_apt_s=None,
+        shift_ideal_s=None,
+        shift_oee=None,
         machine_position=0,
         line_position=0,
     )
     base.update(kw)
-    return MachineStatus(**base)
+    return AndonTile(**base)
+
+
+_PLANT: PlantConfig | None = None
+
+
+@pytest.fixture(autouse=True)
+def _plant_for_tiles(plant: PlantConfig) -> None:
+    global _PLANT
+    _PLANT = plant
+
+
+def _tile(row: AndonTile, lang: str) -> Any:
+    assert _PLANT is not None
+    return render_tile(row, lang, _PLANT)
 
 
 # -- pure rendering ---------------------------------------------------------------------------
@@ -105,7 +131,7 @@ def _row(**kw: Any) -> MachineStatus:
 )
 def test_state_colour_class(state: str, css: str) -> None:
     assert state_class(state) == css
-    tile = render_tile(_row(state=state), "zh")
+    tile = _tile(_row(state=state, state_seconds=60.0), "zh")
     assert tile.to_plotly_json()["props"]["className"].split() == ["tile", css]
 
 
@@ -134,24 +160,24 @@ def test_tile_language_switch() -> None:
         reason_zh="液压故障",
         work_order="WO-2024-0042",
     )
-    zh, en = _text(render_tile(row, "zh")), _text(render_tile(row, "en"))
-    for part in ("1号注塑机", "故障停机", "1:23:45", "液压故障", "工单", "WO-2024-0042"):
+    zh, en = _text(_tile(row, "zh")), _text(_tile(row, "en"))
+    for part in ("1号注塑机", "故障停机", "1:23:45", "液压故障", "WO-2024-0042"):
         assert part in zh
-    for part in ("Press 1", "Down", "1:23:45", "Hydraulic fault", "WO", "WO-2024-0042"):
+    for part in ("Press 1", "Down", "1:23:45", "Hydraulic fault", "WO-2024-0042"):
         assert part in en
     assert "液压故障" not in en and "Hydraulic fault" not in zh
 
 
 def test_reason_without_name_shows_code_and_no_reason_shows_nothing() -> None:
-    unnamed = render_tile(_row(state="down", reason="E-4711"), "zh")
+    unnamed = _tile(_row(state="down", reason="E-4711"), "zh")
     assert [_text(n) for n in _by_class(unnamed, "tile-reason")] == ["E-4711"]
-    running = render_tile(_row(), "en")
+    running = _tile(_row(), "en")
     assert _by_class(running, "tile-reason") == []
     assert _text(_by_class(running, "tile-wo")) == ""
 
 
 def test_offline_machine_never_seen_has_no_duration() -> None:
-    tile = render_tile(_row(state="offline", since=None, state_seconds=None), "en")
+    tile = _tile(_row(state="offline", since=None, state_seconds=None), "en")
     assert "Offline" in _text(tile)
     assert _text(_by_class(tile, "tile-duration")) == "—"
 

@@ -9,7 +9,9 @@ tested without a browser or a database.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -20,7 +22,7 @@ from dash import Input, Output, State, dcc, html
 from dashboards import auth, context
 from dashboards.i18n import STATE_LABELS, STATE_ORDER, format_duration, state_label, t
 from dashboards.nav import account_links, nav_links
-from dashboards.queries import MachineStatus, machine_status
+from dashboards.queries import AndonTile, andon_tiles
 from mesflow.plant import PlantConfig
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,27 @@ _LANG = "andon-lang"
 _BOARD = "andon-board"
 _CLOCK = "andon-clock"
 _BANNER = "andon-banner"
+_VIEW = "andon-view"
+
+# Down longer than these (seconds): the tile escalates (thicker ring, then faster pulse and a
+# darker red), so a stop nobody answered stands out from one that just began.
+ESCALATE_AFTER_S = (15 * 60, 30 * 60)
+
+# The andon's own words (same zh/en lookup as dashboards/i18n.py).
+STRINGS: dict[str, dict[str, str]] = {
+    "reason_missing": {"zh": "未填原因", "en": "reason missing"},
+    "no_data_since": {"zh": "{time} 起无数据", "en": "no data since {time}"},
+    "never_seen": {"zh": "从未收到数据", "en": "never reported"},
+    "oee_shift": {"zh": "本班OEE", "en": "Shift OEE"},
+    "output": {"zh": "产量", "en": "Output"},
+    "product": {"zh": "产品", "en": "Product"},
+    "silent": {"zh": "无数据", "en": "Silent"},
+}
+
+
+def s_(key: str, lang: str, **fmt: str) -> str:
+    text = STRINGS[key]["zh" if lang == "zh" else "en"]
+    return text.format(**fmt) if fmt else text
 
 
 def register(app: dash.Dash) -> None:
@@ -70,26 +93,56 @@ def register(app: dash.Dash) -> None:
         Output(_BANNER, "className"),
         Input(_TICK, "n_intervals"),
         State(_LANG, "data"),
+        State(_VIEW, "data"),
     )(_refresh)
 
 
 # -- layout and callback ------------------------------------------------------------------
 
 
-def layout(lang: str | None = None, **_query: str) -> html.Div:
+def layout(
+    lang: str | None = None,
+    line: str | None = None,
+    rotate: str | None = None,
+    kiosk: str | None = None,
+    **_query: str,
+) -> html.Div:
     """The page skeleton; the board fills in on the first tick (fired when it mounts).
 
     Kept free of database reads: Dash also calls it without a request's query to validate
     callbacks, and a layout that failed with the database would blank the whole screen.
+    `?line=IM,CNC` shows only those lines, `?rotate=20` one line at a time for 20 s each,
+    `?kiosk=1` drops the links (a wall screen has no mouse).
     """
     ctx = context.current()
     lang = ctx.lang(lang)
     plant = ctx.plant
+    view = parse_view(line, rotate, kiosk)
+    links: list[Any] = (
+        []
+        if view.kiosk
+        else [
+            html.Nav(
+                className="andon-links",
+                children=[
+                    *nav_links(lang, PATH),
+                    *account_links(lang),
+                    # Full reload on purpose: the whole board, not only the tiles, switches.
+                    html.A(
+                        t("language", lang),
+                        href=f"?lang={'en' if lang == 'zh' else 'zh'}",
+                        className="lang-switch",
+                    ),
+                ],
+            )
+        ]
+    )
     return html.Div(
-        className=f"andon lang-{lang}",
+        className=f"andon lang-{lang}" + (" kiosk" if view.kiosk else ""),
         lang="zh-CN" if lang == "zh" else "en",
         children=[
             dcc.Store(id=_LANG, data=lang),
+            dcc.Store(id=_VIEW, data=view.as_data()),
             dcc.Interval(id=_TICK, interval=REFRESH_MS),
             html.Header(
                 className="andon-header",
@@ -110,20 +163,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
                                 id=_CLOCK,
                                 className="andon-clock",
                             ),
-                            html.Nav(
-                                className="andon-links",
-                                children=[
-                                    *nav_links(lang, PATH),
-                                    *account_links(lang),
-                                    # Full reload on purpose: the whole board, not only the
-                                    # tiles, switches language.
-                                    html.A(
-                                        t("language", lang),
-                                        href=f"?lang={'en' if lang == 'zh' else 'zh'}",
-                                        className="lang-switch",
-                                    ),
-                                ],
-                            ),
+                            *links,
                         ],
                     ),
                 ],
@@ -134,21 +174,85 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
     )
 
 
-def _refresh(_n: int | None, lang: str | None) -> tuple[Any, str, str, str]:
+@dataclass(frozen=True)
+class View:
+    """What part of the plant a screen shows, from its URL."""
+
+    lines: tuple[str, ...] = ()
+    rotate_s: int = 0
+    kiosk: bool = False
+
+    def as_data(self) -> dict[str, Any]:
+        return {"lines": list(self.lines), "rotate_s": self.rotate_s, "kiosk": self.kiosk}
+
+    @classmethod
+    def from_data(cls, data: Any) -> View:
+        # Browser state: hostile or broken values fall back to the whole plant.
+        if not isinstance(data, dict):
+            return cls()
+        lines = data.get("lines")
+        rotate = data.get("rotate_s")
+        return cls(
+            lines=tuple(x for x in lines if isinstance(x, str)) if isinstance(lines, list) else (),
+            rotate_s=rotate if isinstance(rotate, int) and 0 < rotate <= 3600 else 0,
+            kiosk=data.get("kiosk") is True,
+        )
+
+
+def parse_view(line: str | None, rotate: str | None, kiosk: str | None) -> View:
+    lines = tuple(x.strip() for x in (line or "").split(",") if x.strip())
+    try:
+        rotate_s = int(rotate) if rotate else 0
+    except ValueError:
+        rotate_s = 0
+    rotate_s = rotate_s if 0 < rotate_s <= 3600 else 0
+    is_kiosk = (kiosk or "").lower() in ("1", "true", "yes", "on")
+    return View(lines=lines, rotate_s=rotate_s, kiosk=is_kiosk)
+
+
+def _refresh(_n: int | None, lang: str | None, view_data: Any) -> tuple[Any, str, str, str]:
     ctx = context.current()
     lang = ctx.lang(lang)
     clock = format_clock(datetime.now(ctx.plant.tz), ctx.plant.tz)
     try:
-        rows = machine_status(ctx.db)
+        rows = andon_tiles(ctx.db)
     except psycopg.Error as err:
         # Keep the last tiles on screen but say so loudly: a frozen board that looks live
         # is worse than a visible fault.
-        log.warning("andon: cannot read v_machine_status: %s", err)
+        log.warning("andon: cannot read v_andon_tile: %s", err)
         return dash.no_update, clock, t("db_unreachable", lang), "andon-banner"
-    return render_board(rows, ctx.plant, lang), clock, "", "andon-banner hidden"
+    view = View.from_data(view_data)
+    rows = select_lines(rows, view, _n or 0)
+    opts = BoardOptions(
+        reason_missing_s=ctx.settings.andon_reason_missing_s,
+        silent_s=ctx.settings.andon_silent_s,
+    )
+    return render_board(rows, ctx.plant, lang, opts), clock, "", "andon-banner hidden"
 
 
 # -- pure rendering -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BoardOptions:
+    reason_missing_s: float = 120.0
+    silent_s: float = 600.0
+
+
+def select_lines(rows: Sequence[AndonTile], view: View, tick: int) -> list[AndonTile]:
+    """The rows of the lines this screen shows now (`?line=`, then `?rotate=` picks one)."""
+    chosen = [r for r in rows if not view.lines or r.line in view.lines]
+    if view.rotate_s <= 0:
+        return chosen
+    order: list[str] = []
+    for r in chosen:
+        if r.line not in order:
+            order.append(r.line)
+    if not order:
+        return chosen
+    # The tick counts refreshes since the page loaded; each line stays rotate_s seconds.
+    current = order[(tick * REFRESH_MS // 1000 // view.rotate_s) % len(order)]
+    return [r for r in chosen if r.line == current]
 
 
 def state_class(state: str) -> str:
@@ -161,56 +265,191 @@ def format_clock(now: datetime, tz: tzinfo) -> str:
     return now.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def render_tile(row: MachineStatus, lang: str) -> html.Div:
+def is_silent(row: AndonTile, opts: BoardOptions) -> bool:
+    """No event for `silent_s`: the stored state is stale, whatever it says."""
+    if row.last_event_ts is None:
+        return False  # never seen: already "offline"
+    return (row.silent_seconds or 0.0) >= opts.silent_s
+
+
+def shift_target(row: AndonTile, plant: PlantConfig) -> tuple[int, int] | None:
+    """(parts by the end of the shift, parts expected by now) at the ideal cycle time of the
+    machine's current product; None outside a shift or for a machine the config lacks."""
+    if row.shift_start is None or row.shift_end is None or row.machine not in plant.machines:
+        return None
+    cycle = plant.ideal_cycle_seconds(row.machine, row.product)
+    length = (row.shift_end - row.shift_start).total_seconds()
+    elapsed = (min(row.ref_ts, row.shift_end) - row.shift_start).total_seconds()
+    if cycle <= 0 or length <= 0:
+        return None
+    return int(length / cycle), int(max(0.0, elapsed) / cycle)
+
+
+def escalation(row: AndonTile) -> int:
+    """0, 1 or 2: how long a down machine has been waiting for someone."""
+    if row.state != "down" or row.state_seconds is None:
+        return 0
+    return sum(1 for limit in ESCALATE_AFTER_S if row.state_seconds >= limit)
+
+
+def format_pct(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value * 100:.0f}%"
+
+
+def render_tile(
+    row: AndonTile, lang: str, plant: PlantConfig, opts: BoardOptions | None = None
+) -> html.Div:
+    opts = opts or BoardOptions()
+    silent = is_silent(row, opts)
+    css = ["tile", "state-silent" if silent else state_class(row.state)]
+    level = 0 if silent else escalation(row)
+    if level:
+        css.append(f"escalate-{level}")
+    if silent and row.last_event_ts is not None:
+        when = row.last_event_ts.astimezone(plant.tz).strftime("%H:%M")
+        if (row.db_now - row.last_event_ts).total_seconds() >= 86_400:
+            when = row.last_event_ts.astimezone(plant.tz).strftime("%m-%d %H:%M")
+        status = s_("silent", lang)
+        duration = s_("no_data_since", lang, time=when)
+    else:
+        status = state_label(row.state, lang)
+        duration = format_duration(row.state_seconds if row.since else None, lang)
+
+    reason_line: list[Any] = []
     reason = row.reason_text(lang)
-    foot: list[Any] = []
-    if reason is not None:
-        foot.append(html.Div(reason, className="tile-reason", title=row.reason or ""))
-    wo: list[Any] = (
-        [html.Span(t("work_order", lang), className="tile-wo-label"), row.work_order]
-        if row.work_order
-        else []
-    )
-    foot.append(
-        html.Div(
-            className="tile-bottom",
-            children=[
-                html.Span(wo, className="tile-wo"),
-                # The id is what maintenance and the PLC use; small, but always there.
-                html.Span(row.machine, className="tile-id"),
-            ],
+    if not silent and reason is not None:
+        reason_line.append(html.Div(reason, className="tile-reason", title=row.reason or ""))
+    elif (
+        not silent
+        and row.state in ("down", "idle", "setup")
+        and (row.state_seconds or 0.0) >= opts.reason_missing_s
+    ):
+        reason_line.append(
+            html.Div(s_("reason_missing", lang), className="tile-reason reason-missing")
         )
-    )
-    return html.Div(
-        className=f"tile {state_class(row.state)}",
-        # data-* attributes let the browser test (and anyone debugging) find a machine's tile.
-        **_data(machine=row.machine, state=row.state),
-        children=[
-            html.Div(row.name(lang), className="tile-name"),
-            html.Div(state_label(row.state, lang), className="tile-state"),
+
+    order_bits = [x for x in (row.work_order, row.product) if x]
+    progress: list[Any] = []
+    target = shift_target(row, plant)
+    good = row.shift_good or 0
+    if target is not None and target[0] > 0:
+        full, by_now = target
+        progress = [
             html.Div(
-                format_duration(row.state_seconds if row.since else None, lang),
-                className="tile-duration",
+                className="tile-progress",
+                children=[
+                    html.Div(
+                        className="bar",
+                        children=[
+                            html.Div(
+                                className="bar-fill" + (" behind" if good < by_now * 0.9 else ""),
+                                style={"width": f"{min(100.0, 100.0 * good / full):.1f}%"},
+                            ),
+                            html.Div(
+                                className="bar-marker",
+                                style={"left": f"{min(100.0, 100.0 * by_now / full):.1f}%"},
+                            ),
+                        ],
+                    ),
+                    html.Div(
+                        className="tile-figures",
+                        children=[
+                            html.Span(f"{good}/{full}", className="tile-count"),
+                            html.Span(f"OEE {format_pct(row.shift_oee)}", className="tile-oee"),
+                        ],
+                    ),
+                ],
+            )
+        ]
+    return html.Div(
+        className=" ".join(css),
+        # data-* attributes let the browser test (and anyone debugging) find a machine's tile.
+        **_data(machine=row.machine, state="silent" if silent else row.state),
+        children=[
+            html.Div(row.name(lang), className="tile-name", title=row.machine),
+            html.Div(
+                className="tile-status",
+                children=[
+                    html.Span(status, className="tile-state"),
+                    html.Span(duration, className="tile-duration"),
+                ],
             ),
-            html.Div(foot, className="tile-foot"),
+            *reason_line,
+            html.Div(" · ".join(order_bits), className="tile-wo") if order_bits else None,
+            *progress,
         ],
     )
 
 
-def render_board(rows: Sequence[MachineStatus], plant: PlantConfig, lang: str) -> list[Any]:
-    """One section per line (plant-model order), each a grid of machine tiles."""
+@dataclass(frozen=True)
+class LineSummary:
+    counts: dict[str, int]
+    oee: float | None
+    good: int
+    target_by_now: int
+    target_full: int
+
+
+def line_summary(
+    machines: Sequence[AndonTile], plant: PlantConfig, opts: BoardOptions
+) -> LineSummary:
+    """Machines per state (silent ones apart), OEE over the stored shift figures added up
+    (the formula of sql/005_metrics.sql), output against the by-now and full-shift targets."""
+    counts: dict[str, int] = {}
+    planned = apt = ideal = 0.0
+    good = scrap = by_now = full = 0
+    for m in machines:
+        key = "silent" if is_silent(m, opts) else m.state
+        counts[key] = counts.get(key, 0) + 1
+        planned += m.shift_planned_s or 0.0
+        apt += m.shift_apt_s or 0.0
+        ideal += m.shift_ideal_s or 0.0
+        good += m.shift_good or 0
+        scrap += m.shift_scrap or 0
+        target = shift_target(m, plant)
+        if target is not None:
+            full += target[0]
+            by_now += target[1]
+    oee: float | None = None
+    if planned > 0:
+        oee = (ideal / planned) * (good / (good + scrap)) if apt > 0 and good + scrap else 0.0
+    return LineSummary(counts, oee, good, by_now, full)
+
+
+def columns_for(total: int) -> int:
+    """Tiles per row for `total` machines on a 16:9-ish screen: near-square tiles."""
+    return max(1, min(total, max(4, math.ceil(math.sqrt(total * 1.8)))))
+
+
+def render_board(
+    rows: Sequence[AndonTile], plant: PlantConfig, lang: str, opts: BoardOptions | None = None
+) -> list[Any]:
+    """One section per line (plant-model order): its header, then a grid of machine tiles."""
+    opts = opts or BoardOptions()
     if not rows:
         return [html.Div(t("no_data", lang), className="andon-empty")]
     line_names = {line.id: line.name.get(lang) for line in plant.lines}
-    by_line: dict[str, list[MachineStatus]] = {}
+    by_line: dict[str, list[AndonTile]] = {}
     for row in rows:  # rows arrive in plant order (line_position, machine_position)
         by_line.setdefault(row.line, []).append(row)
+    cols = columns_for(len(rows))
     sections: list[Any] = []
     for line_id, machines in by_line.items():
-        running = sum(1 for m in machines if m.state == "running")
+        summary = line_summary(machines, plant, opts)
+        chips = [
+            html.Span(
+                [html.Span(className="legend-swatch"), str(summary.counts[state])],
+                className=f"line-count {'state-silent' if state == 'silent' else state_class(state)}",
+                title=s_("silent", lang) if state == "silent" else state_label(state, lang),
+            )
+            for state in (*STATE_ORDER, "silent")
+            if summary.counts.get(state)
+        ]
+        rows_needed = math.ceil(len(machines) / cols)
         sections.append(
             html.Section(
                 className="line",
+                style={"flexGrow": str(rows_needed)},
                 **_data(line=line_id),
                 children=[
                     html.H2(
@@ -219,15 +458,30 @@ def render_board(rows: Sequence[MachineStatus], plant: PlantConfig, lang: str) -
                             # A line missing from this config (stale database) still shows.
                             html.Span(line_names.get(line_id, line_id), className="line-name"),
                             html.Span(
-                                f"{state_label('running', lang)} {running}/{len(machines)}",
+                                f"{state_label('running', lang)} "
+                                f"{summary.counts.get('running', 0)}/{len(machines)}",
                                 className="line-summary",
+                            ),
+                            html.Span(chips, className="line-counts"),
+                            html.Span(
+                                f"{s_('oee_shift', lang)} {format_pct(summary.oee)}",
+                                className="line-oee",
+                            ),
+                            html.Span(
+                                f"{s_('output', lang)} {summary.good}"
+                                f" / {summary.target_by_now} / {summary.target_full}",
+                                className="line-output",
+                                title="good / target by now / shift target",
                             ),
                         ],
                     ),
                     html.Div(
-                        [render_tile(m, lang) for m in machines],
+                        [render_tile(m, lang, plant, opts) for m in machines],
                         className="tiles",
-                        style={"--tiles": str(len(machines))},
+                        style={
+                            "gridTemplateColumns": f"repeat({cols}, minmax(0, 1fr))",
+                            "gridTemplateRows": f"repeat({rows_needed}, minmax(0, 1fr))",
+                        },
                     ),
                 ],
             )
