@@ -250,6 +250,7 @@ def simulate(
         start=tz_start,
         duration_s=duration,
         state_file=None if tz_start else state,
+        database_url=settings.database_url or None,
     )
 
 

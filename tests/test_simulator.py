@@ -121,10 +121,12 @@ def test_every_machine_starts_with_its_state_and_work_order() -> None:
         for mid, events in first.items():
             expected = "planned_stop" if sunday and mid.startswith("CNC") else "running"
             assert events[0]["type"] == "state" and events[0]["state"] == expected, mid
-            assert events[0]["ts"] == events[1]["ts"]
-            assert events[1]["kind"] == "wo_start" and events[1]["work_order"].startswith(
-                f"WO-{mid}-"
-            )
+            assert events[0]["ts"] == events[1]["ts"] == events[2]["ts"]
+            # The work order's product comes first, then its start.
+            wo, started = events[1], events[2]
+            assert wo["type"] == "work_order" and wo["work_order"].startswith(f"WO-{mid}-")
+            assert wo["machine"] == mid and wo["product"] in {p.id for p in PLANT.products}
+            assert started["kind"] == "wo_start" and started["work_order"] == wo["work_order"]
 
 
 def test_parts_match_running_time_and_ideal_cycle_times() -> None:
@@ -287,6 +289,7 @@ def test_run_simulator_publishes_the_stream_over_mqtt(
     expected = {
         e["id"]: e
         for e in generate(plant, seed=3, start=start, end=start + timedelta(seconds=duration))
+        if e["type"] != "work_order"  # no MQTT topic: they go to the ingest log
     }
     got: list[tuple[str, dict[str, Any]]] = []
     subscribed = threading.Event()

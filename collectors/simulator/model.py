@@ -47,6 +47,9 @@ _MACHINING = {
 }
 _IDLE_REASONS = ("material_shortage", "no_operator")
 _OFF_REASON = "no_order"
+# The simulator's work orders make for stock: order numbers STOCK-<product>, which no CRM
+# order carries, so they never touch a customer's order.
+STOCK_ORDER_PREFIX = "STOCK-"
 _NO_OPERATOR = "no_operator"
 
 
@@ -237,14 +240,27 @@ def _machine_events(
     ideal_ms = 0
     wo_left = 0
 
+    wo_product: str | None = None
+    wo_qty = 0
+
     def next_work_order(first: bool) -> None:
-        nonlocal wo_no, wo_id, ideal_ms, wo_left
+        nonlocal wo_no, wo_id, ideal_ms, wo_left, wo_product, wo_qty
         wo_no += 1
         wo_id = f"WO-{mid}-{wo_no:04d}"
         product = rng.choice(spec.products)
         ideal_ms = spec.cycle_ms[product]
         qty = max(20, 10 * round(uniform(2, 5) * HOUR / ideal_ms / 10))  # a few hours of work
         wo_left = rng.randint(max(1, qty // 10), qty) if first else qty
+        wo_product, wo_qty = product, qty
+
+    def start_work_order(t: int) -> None:
+        # The `work_order` event names the product, so the pipeline judges the parts
+        # against that product's ideal cycle time (without it, the machine's default one).
+        if wo_product is not None:
+            add(t, {"type": "work_order", "machine": mid, "ts": fmt(t), "work_order": wo_id,
+                    "order_no": f"{STOCK_ORDER_PREFIX}{wo_product}", "product": wo_product,
+                    "qty": wo_qty})  # fmt: skip
+        add(t, report(t, "wo_start", work_order=wo_id))
 
     # Cumulative counter (lathes): a large baseline, sent every ~10 parts and at stops.
     total = rng.randint(10_000, 900_000)
@@ -326,7 +342,7 @@ def _machine_events(
         set_state(start_ms, "running")
     else:
         set_state(start_ms, "planned_stop", rs.off_shift if first_piece[2] == OFF else None)
-    add(start_ms, report(start_ms, "wo_start", work_order=wo_id))
+    start_work_order(start_ms)
     if spec.counter:
         add(start_ms, {"type": "counter", "machine": mid, "ts": fmt(start_ms), "name": "total",
                        "value": total})  # fmt: skip
@@ -353,7 +369,7 @@ def _machine_events(
                 t += step
                 setup_left -= step
                 if not setup_left:
-                    add(t, report(t, "wo_start", work_order=wo_id))
+                    start_work_order(t)
             else:
                 if cur_state != "running":
                     set_state(t, "running")

@@ -201,6 +201,39 @@ def resume_start(
     return min(max(previous, earliest), now)
 
 
+class WorkOrderSink:
+    """`work_order` events (which work order makes which product) have no MQTT topic: the
+    MES itself creates them. The simulator, standing in for the MES's planner, appends them
+    to the ingest log, the path every source's events take. A work order the CRM already
+    created (the CRM stand-in names its work orders like the simulator's) keeps the CRM's
+    order and product: the simulator's event for it is not sent."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self._url = database_url
+        self._conn: Any = None
+        self.sent = 0
+
+    def send(self, ev: dict[str, Any]) -> None:
+        if self._url is None:
+            return
+        from mesflow.db import connect
+        from mesflow.ingest_log import append, record_for
+
+        if self._conn is None:
+            self._conn = connect(self._url, autocommit=True)
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM work_order WHERE work_order = %s", (ev["work_order"],))
+            if cur.fetchone() is not None:
+                return
+        append(self._conn, [record_for("simulator", ev)])
+        self.sent += 1
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 def run_simulator(
     plant: PlantConfig,
     mqtt_url: str,
@@ -210,13 +243,15 @@ def run_simulator(
     start: datetime | None,
     duration_s: float | None,
     state_file: Path | None = None,
+    database_url: str | None = None,
 ) -> None:
     """Publish the simulated plant over MQTT, paced at `speed` simulated seconds per second
     but never ahead of the wall clock.
 
     Runs until `duration_s` simulated seconds are published (None: until Ctrl-C/SIGTERM).
     Without `start`, resumes from `state_file` (see `resume_start`); the file is kept up
-    to date while publishing.
+    to date while publishing. `work_order` events go to the ingest log at `database_url`
+    (see `WorkOrderSink`); without one they are left out.
     """
     if speed <= 0:
         raise ValueError("speed must be positive")
@@ -234,6 +269,7 @@ def run_simulator(
     topic = topics(plant)
     native = native_codes(plant)
     client = _Client(mqtt_url, f"mesflow-sim-{seed}")
+    sink = WorkOrderSink(database_url)
     where = f"{client.host}:{client.port}"
     n_machines = len(plant.machines)
     interrupted = False
@@ -248,10 +284,11 @@ def run_simulator(
                 f"speed {speed:g}x, simulated start {start.isoformat()}",
                 flush=True,
             )
-            _publish_paced(plant, client, topic, native, seed, speed, start, end, state_file)
+            _publish_paced(plant, client, topic, native, seed, speed, start, end, state_file, sink)
         except KeyboardInterrupt:
             interrupted = True
         finally:
+            sink.close()
             # Let queued QoS 1 messages reach the broker, but do not hang on Ctrl-C.
             client.finish(timeout_s=2 if interrupted else 30)
     what = "stopped" if interrupted else "done"
@@ -268,6 +305,7 @@ def _publish_paced(
     start: datetime,
     end: datetime | None,
     state_file: Path | None = None,
+    sink: WorkOrderSink | None = None,
 ) -> None:
     start_ms = start.timestamp() * 1000
     wall0 = time.monotonic()
@@ -300,6 +338,10 @@ def _publish_paced(
             write_state(state_file, datetime.fromtimestamp(state_ms / 1000, UTC))
         while client.unacked > _MAX_UNACKED:  # the broker is slower than the simulated plant
             time.sleep(0.01)
+        if ev["type"] == "work_order":
+            if sink is not None:
+                sink.send(ev)
+            continue
         client.publish(topic[ev["machine"]][ev["type"]], payload(ev, native.get(ev["machine"])))
         progress()
 
