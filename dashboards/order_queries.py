@@ -1,0 +1,192 @@
+"""SQL for the order board and an order's page, on the public views only.
+
+`v_order_board` and `v_work_order_progress` (sql/009), `v_order_history` (sql/007),
+`v_outbox_status` (sql/008) and `v_order_losses` (sql/017: why an order is late).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+
+from dashboards.queries import Database
+
+
+@dataclass(frozen=True, slots=True)
+class BoardRow:
+    """One row of `v_order_board`."""
+
+    rank: int
+    order_no: str
+    customer: str | None
+    priority: int | None
+    product: str | None
+    qty: int | None
+    good: int
+    scrap: int
+    remaining: int | None
+    progress: float | None
+    eta: datetime | None
+    due: datetime | None
+    late_by_s: float | None
+    at_risk: bool
+    status: str | None
+    version: int | None
+    work_orders: int
+    last_event_ts: datetime
+
+    @property
+    def slack_s(self) -> float | None:
+        """Due minus ETA in seconds: negative when the order will be late."""
+        if self.eta is None or self.due is None:
+            return None
+        return (self.due - self.eta).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkOrderRow:
+    work_order: str
+    product: str | None
+    qty: int | None
+    machine: str | None
+    good: int
+    scrap: int
+    progress: float | None
+    rate_per_h: float
+    eta: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    work_order: str | None
+    version: int
+    changed_by: str
+    accepted_at: datetime
+    event_ts: datetime
+    change: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRow:
+    id: int
+    event_type: str
+    status: str
+    attempts: int
+    created_at: datetime
+    delivered_at: datetime | None
+    last_http_status: int | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LossRow:
+    """One row of `v_order_losses` with the reason's names from the reason tree."""
+
+    machine: str
+    kind: str  # stop | speed | scrap
+    state: str | None
+    reason: str | None
+    category: str | None
+    seconds: float
+    stops: int
+    reason_en: str | None
+    reason_zh: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderDetail:
+    order: BoardRow
+    work_orders: list[WorkOrderRow]
+    history: list[HistoryRow]
+    callbacks: list[CallbackRow]
+    losses: list[LossRow]
+
+
+_BOARD_COLUMNS = (
+    "rank, order_no, customer, priority, product, qty, good, scrap, remaining, progress, eta,"
+    " due, late_by_s, at_risk, status, version, work_orders, last_event_ts"
+)
+
+
+def order_board(
+    db: Database, *, status: str | None = None, customer: str | None = None
+) -> list[BoardRow]:
+    """The board in rank order (at risk, priority, due), optionally filtered."""
+    sql = f"SELECT {_BOARD_COLUMNS} FROM v_order_board WHERE true"
+    params: list[Any] = []
+    if status:
+        sql += " AND status = %s"
+        params.append(status)
+    if customer:
+        sql += " AND customer = %s"
+        params.append(customer)
+    sql += " ORDER BY rank"
+
+    def query(conn: psycopg.Connection) -> list[BoardRow]:
+        with conn.cursor(row_factory=class_row(BoardRow)) as cur:
+            return cur.execute(sql, params).fetchall()
+
+    return db.run(query)
+
+
+def customers(db: Database) -> list[str]:
+    def query(conn: psycopg.Connection) -> list[str]:
+        rows = conn.execute(
+            "SELECT DISTINCT customer FROM v_order_board WHERE customer IS NOT NULL ORDER BY 1"
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    return db.run(query)
+
+
+def order_detail(db: Database, order_no: str) -> OrderDetail | None:
+    """Everything the order's page shows; None for an order the board does not know."""
+
+    def query(conn: psycopg.Connection) -> OrderDetail | None:
+        with conn.cursor(row_factory=class_row(BoardRow)) as cur:
+            order = cur.execute(
+                f"SELECT {_BOARD_COLUMNS} FROM v_order_board WHERE order_no = %s", (order_no,)
+            ).fetchone()
+        if order is None:
+            return None
+        with conn.cursor(row_factory=class_row(WorkOrderRow)) as cur:
+            wos = cur.execute(
+                "SELECT work_order, product, qty, machine, good, scrap, progress, rate_per_h,"
+                " eta, started_at, completed_at FROM v_work_order_progress"
+                " WHERE order_no = %s ORDER BY started_at NULLS LAST, work_order",
+                (order_no,),
+            ).fetchall()
+        with conn.cursor(row_factory=class_row(HistoryRow)) as cur:
+            history = cur.execute(
+                "SELECT work_order, version, changed_by, accepted_at, event_ts, change"
+                " FROM v_order_history WHERE order_no = %s"
+                " ORDER BY accepted_at DESC, version DESC",
+                (order_no,),
+            ).fetchall()
+        with conn.cursor(row_factory=class_row(CallbackRow)) as cur:
+            callbacks = cur.execute(
+                "SELECT id, event_type, status, attempts, created_at, delivered_at,"
+                " last_http_status, last_error FROM v_outbox_status"
+                " WHERE order_no = %s ORDER BY id DESC",
+                (order_no,),
+            ).fetchall()
+        return OrderDetail(order, wos, history, callbacks, order_losses(conn, order_no))
+
+    return db.run(query)
+
+
+def order_losses(conn: psycopg.Connection, order_no: str) -> list[LossRow]:
+    """Why the order is late: its losses, largest first."""
+    with conn.cursor(row_factory=class_row(LossRow)) as cur:
+        return cur.execute(
+            "SELECT machine, kind, state, reason, category, seconds, stops, reason_en, reason_zh"
+            " FROM v_order_losses WHERE order_no = %s"
+            " ORDER BY seconds DESC, machine, kind, reason",
+            (order_no,),
+        ).fetchall()
