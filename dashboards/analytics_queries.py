@@ -1,0 +1,334 @@
+"""Queries of the manager analytics page, on the public KPI views only.
+
+The KPI rows come from `mesflow.report`'s own SQL (`kpi_query`), and every total is
+`report.total_row` (times and parts summed, then divided): the page and `mesflow report` cannot
+disagree. Aggregation into trends, Paretos and the loss waterfall is pure Python on those rows,
+so it is tested without a browser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+from dashboards.queries import Database
+from mesflow.report import (
+    KpiRow,
+    Period,
+    ReasonRow,
+    Scope,
+    _scope_filter,
+    kpi_query,
+    total_row,
+)
+
+# At most this many stops in the drill-down table (a month of a noisy plant is tens of
+# thousands; nobody reads those in a browser, the CSV of a narrower filter is the way).
+STOPS_LIMIT = 2_000
+# The timeline draws at most this many days (the last ones of the range): 50 lanes of a
+# month would be tens of thousands of rectangles, unreadable and slow to send.
+TIMELINE_DAYS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """What the page's filters select: plant-local dates [start, end), scope, shift name."""
+
+    start: date
+    end: date
+    scope: Scope
+    shift: str | None = None  # a shift name ("day"), every instance of it in the range
+
+    def period(self) -> Period:
+        return Period(self.start, self.end)
+
+    def bounds(self, tz: ZoneInfo) -> tuple[datetime, datetime]:
+        return datetime.combine(self.start, time(), tz), datetime.combine(self.end, time(), tz)
+
+
+@dataclass(frozen=True, slots=True)
+class StopRow:
+    machine: str
+    line: str | None
+    start_ts: datetime
+    end_ts: datetime | None
+    state: str
+    duration_s: float
+    reason: str
+    category: str
+    work_order: str | None
+    is_open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalRow:
+    machine: str
+    start_ts: datetime
+    end_ts: datetime | None
+    state: str
+    reason: str | None
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShiftSpan:
+    shift_name: str
+    bucket_start: datetime
+    bucket_end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MachineReliability:
+    machine: str
+    failures: int
+    failure_s: float
+    apt_s: float
+    mttr_s: float | None
+    mtbf_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryRow:
+    category: str
+    seconds: float
+    stops: int
+    share: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LossStep:
+    """One bar of the loss waterfall: `kind` is total, loss or result."""
+
+    key: str
+    label_key: str  # category code for availability losses, else a UI string key
+    seconds: float
+    kind: str
+
+
+# -- queries ----------------------------------------------------------------------------------
+
+
+def kpis(db: Database, f: Filters, tz: ZoneInfo) -> list[KpiRow]:
+    """Shift rows of the scope in the range (report's query), only the chosen shift's."""
+    query, params = kpi_query(f.scope, f.period(), "shift", tz)
+
+    def run(conn: psycopg.Connection) -> list[KpiRow]:
+        with conn.cursor(row_factory=class_row(KpiRow)) as cur:
+            return cur.execute(query, params).fetchall()
+
+    rows = db.run(run)
+    return [r for r in rows if f.shift is None or r.shift_name == f.shift]
+
+
+def _params(f: Filters, tz: ZoneInfo, **extra: Any) -> dict[str, Any]:
+    start_ts, end_ts = f.bounds(tz)
+    return {
+        "scope_id": f.scope.id,
+        "start": f.start,
+        "end": f.end,
+        "shift": f.shift,
+        "start_ts": start_ts,
+        "end_ts": end_ts,
+        **extra,
+    }
+
+
+def reasons(db: Database, f: Filters, tz: ZoneInfo) -> list[ReasonRow]:
+    """Downtime by reason over the shifts of the range, longest first (report's columns)."""
+    query = sql.SQL(
+        "SELECT r.reason, max(r.category) AS category, max(r.reason_en) AS reason_en, "
+        "max(r.reason_zh) AS reason_zh, sum(r.seconds) AS seconds, "
+        "sum(r.stops)::bigint AS stops, "
+        "sum(r.seconds) / NULLIF(sum(sum(r.seconds)) OVER (), 0) AS share "
+        "FROM v_downtime_by_reason r WHERE r.bucket = 'shift' AND {scope} "
+        "AND r.shift_date >= %(start)s AND r.shift_date < %(end)s "
+        "AND (%(shift)s::text IS NULL OR r.shift_name = %(shift)s) "
+        "GROUP BY r.reason ORDER BY seconds DESC, r.reason"
+    ).format(scope=_scope_filter(f.scope, "r"))
+    params = _params(f, tz)
+
+    def run(conn: psycopg.Connection) -> list[ReasonRow]:
+        with conn.cursor(row_factory=class_row(ReasonRow)) as cur:
+            return cur.execute(query, params).fetchall()
+
+    return db.run(run)
+
+
+# A stop belongs to a shift when it starts inside one of the machine's shift instances.
+_IN_SHIFT = (
+    "(%(shift)s::text IS NULL OR EXISTS (SELECT 1 FROM v_kpi_machine_shift k "
+    "WHERE k.machine = s.machine AND k.shift_name = %(shift)s "
+    "AND s.start_ts >= k.bucket_start AND s.start_ts < k.bucket_end))"
+)
+
+
+def stops(
+    db: Database,
+    f: Filters,
+    tz: ZoneInfo,
+    *,
+    reason: str | None = None,
+    category: str | None = None,
+    limit: int = STOPS_LIMIT,
+) -> list[StopRow]:
+    """The stops themselves (micro-stops left out), longest first: the Pareto's drill-down."""
+    query = sql.SQL(
+        "SELECT s.machine, s.line, s.start_ts, s.end_ts, s.state, s.duration_s, s.reason, "
+        "s.category, s.work_order, s.is_open FROM v_stops s "
+        "WHERE {scope} AND NOT s.is_microstop "
+        "AND s.start_ts >= %(start_ts)s AND s.start_ts < %(end_ts)s "
+        "AND (%(reason)s::text IS NULL OR s.reason = %(reason)s) "
+        "AND (%(category)s::text IS NULL OR s.category = %(category)s) "
+        "AND " + _IN_SHIFT + " ORDER BY s.duration_s DESC, s.start_ts LIMIT %(limit)s"
+    ).format(scope=_scope_filter(f.scope, "s"))
+    params = _params(f, tz, reason=reason, category=category, limit=limit)
+
+    def run(conn: psycopg.Connection) -> list[StopRow]:
+        with conn.cursor(row_factory=class_row(StopRow)) as cur:
+            return cur.execute(query, params).fetchall()
+
+    return db.run(run)
+
+
+def timeline(
+    db: Database, f: Filters, tz: ZoneInfo
+) -> tuple[list[IntervalRow], list[ShiftSpan], datetime, datetime]:
+    """State intervals of the last TIMELINE_DAYS of the range, and the shift instances there."""
+    start_ts, end_ts = f.bounds(tz)
+    start_ts = max(start_ts, datetime.combine(f.end - timedelta(days=TIMELINE_DAYS), time(), tz))
+    intervals = sql.SQL(
+        "SELECT s.machine, s.start_ts, s.end_ts, s.state, s.reason, s.duration_s "
+        "FROM v_state_intervals s WHERE {scope} "
+        "AND s.start_ts < %(to)s "
+        "AND s.start_ts + make_interval(secs => s.duration_s) > %(from)s "
+        "ORDER BY s.machine, s.start_ts"
+    ).format(scope=_scope_filter(f.scope, "s"))
+    spans = sql.SQL(
+        "SELECT DISTINCT k.shift_name, k.bucket_start, k.bucket_end FROM v_kpi_machine_shift k "
+        "WHERE {scope} AND k.bucket_start < %(to)s AND k.bucket_end > %(from)s "
+        "ORDER BY k.bucket_start"
+    ).format(scope=_scope_filter(f.scope, "k"))
+    params = {"scope_id": f.scope.id, "from": start_ts, "to": end_ts}
+
+    def run(conn: psycopg.Connection) -> tuple[list[IntervalRow], list[ShiftSpan]]:
+        with conn.cursor(row_factory=class_row(IntervalRow)) as cur:
+            rows = cur.execute(intervals, params).fetchall()
+        with conn.cursor(row_factory=class_row(ShiftSpan)) as cur:
+            return rows, cur.execute(spans, params).fetchall()
+
+    rows, shift_spans = db.run(run)
+    return rows, shift_spans, start_ts, end_ts
+
+
+def reliability(db: Database, f: Filters, tz: ZoneInfo) -> list[MachineReliability]:
+    """MTTR and MTBF per machine over the range: sums first, then the ratios (report's rule)."""
+    query = sql.SQL(
+        "SELECT v.machine, sum(v.failures)::int AS failures, sum(v.failure_s) AS failure_s, "
+        "sum(v.apt_s) AS apt_s FROM v_kpi_machine_shift v WHERE {scope} "
+        "AND v.shift_date >= %(start)s AND v.shift_date < %(end)s "
+        "AND (%(shift)s::text IS NULL OR v.shift_name = %(shift)s) "
+        "GROUP BY v.machine ORDER BY v.machine"
+    ).format(scope=_scope_filter(f.scope, "v"))
+    params = _params(f, tz)
+
+    def run(conn: psycopg.Connection) -> list[tuple[str, int, float, float]]:
+        return conn.execute(query, params).fetchall()
+
+    return [
+        MachineReliability(
+            machine=m,
+            failures=n,
+            failure_s=fs,
+            apt_s=apt,
+            mttr_s=fs / n if n > 0 else None,
+            mtbf_s=apt / n if n > 0 else None,
+        )
+        for m, n, fs, apt in db.run(run)
+    ]
+
+
+# -- pure aggregation -------------------------------------------------------------------------
+
+
+def by_day(rows: Sequence[KpiRow]) -> list[tuple[date, KpiRow]]:
+    """One time-weighted total per shift date (the plant-local date a shift starts on)."""
+    days: dict[date, list[KpiRow]] = {}
+    for r in rows:
+        if r.shift_date is not None:
+            days.setdefault(r.shift_date, []).append(r)
+    return [(d, total_row(rs)) for d, rs in sorted(days.items())]
+
+
+def by_shift_name(rows: Sequence[KpiRow]) -> list[tuple[str, KpiRow]]:
+    """Shift comparison: every instance of a shift name added up, in first-seen order."""
+    names: dict[str, list[KpiRow]] = {}
+    for r in rows:
+        names.setdefault(r.shift_name or "", []).append(r)
+    return [(n, total_row(rs)) for n, rs in names.items()]
+
+
+def by_category(rows: Iterable[ReasonRow]) -> list[CategoryRow]:
+    """The reason Pareto folded into the reason tree's categories, longest first."""
+    seconds: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for r in rows:
+        seconds[r.category] = seconds.get(r.category, 0.0) + r.seconds
+        count[r.category] = count.get(r.category, 0) + r.stops
+    total = sum(seconds.values())
+    return sorted(
+        (CategoryRow(c, s, count[c], s / total if total > 0 else None) for c, s in seconds.items()),
+        key=lambda c: (-c.seconds, c.category),
+    )
+
+
+def waterfall(
+    total: KpiRow, categories: Sequence[CategoryRow], microstop_s: float
+) -> list[LossStep]:
+    """Planned time down to fully productive time, the six big losses in between.
+
+    Availability loss is planned - APT, split by the categories of the reason Pareto; what
+    the categories do not explain (rounding, a stop without a reason row) is its own bar so the
+    bars always add up. Performance loss is APT - ideal time: micro-stops, then speed. Quality
+    loss is the ideal time of the scrapped parts. What is left is OEE x planned time.
+    """
+    planned, apt, ideal = total.planned_s, total.apt_s, total.ideal_s
+    parts = total.good + total.scrap
+    steps = [LossStep("planned", "wf_planned", planned, "total")]
+    availability_loss = planned - apt
+    explained = 0.0
+    for c in categories:
+        steps.append(LossStep(f"cat:{c.category}", c.category, -c.seconds, "loss"))
+        explained += c.seconds
+    rest = availability_loss - explained
+    if abs(rest) >= 1.0:
+        steps.append(LossStep("cat:other_loss", "wf_unexplained", -rest, "loss"))
+    micro = min(microstop_s, max(apt - ideal, 0.0))
+    steps.append(LossStep("microstops", "wf_microstops", -micro, "loss"))
+    steps.append(LossStep("speed", "wf_speed", -(apt - ideal - micro), "loss"))
+    scrap_s = ideal * total.scrap / parts if parts else 0.0
+    steps.append(LossStep("scrap", "wf_scrap", -scrap_s, "loss"))
+    steps.append(LossStep("productive", "wf_productive", ideal - scrap_s, "result"))
+    return steps
+
+
+def microstop_seconds(db: Database, f: Filters, tz: ZoneInfo) -> float:
+    """Micro-stop time in the scope's shifts of the range (a column of the machine view)."""
+    query = sql.SQL(
+        "SELECT COALESCE(sum(v.microstop_s), 0) FROM v_kpi_machine_shift v WHERE {scope} "
+        "AND v.shift_date >= %(start)s AND v.shift_date < %(end)s "
+        "AND (%(shift)s::text IS NULL OR v.shift_name = %(shift)s)"
+    ).format(scope=_scope_filter(f.scope, "v"))
+    params = _params(f, tz)
+
+    def run(conn: psycopg.Connection) -> float:
+        row = conn.execute(query, params).fetchone()
+        return float(row[0]) if row else 0.0
+
+    return db.run(run)

@@ -1,0 +1,877 @@
+"""Manager analytics: OEE trends, shift comparison, loss waterfall, stop Pareto with drill-down,
+state timeline and MTBF/MTTR, for a date range, a plant / line / machine and a shift.
+
+Every figure is built by a pure function of query rows (`render`), and every number is the
+`mesflow report` one (dashboards/analytics_queries.py reuses its SQL and its totals). Each table
+exports its rows as CSV with the report's columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import dash
+import plotly.graph_objects as go
+import psycopg
+from dash import Input, Output, State, dcc, html
+from psycopg_pool import PoolTimeout
+
+from dashboards import analytics_queries as aq
+from dashboards import auth, context
+from dashboards.i18n import state_label, t
+from dashboards.nav import account_links, nav_links
+from mesflow.plant import PlantConfig
+from mesflow.report import KpiRow, ReasonRow, Scope, fmt_hm, fmt_pct, to_csv, total_row
+
+log = logging.getLogger(__name__)
+
+PATH = "/analytics"
+MIN_ROLE = "manager"
+DEFAULT_DAYS = 7
+MAX_DAYS = 92  # a quarter: beyond that the shift rows are too many for one screen
+
+STRINGS: dict[str, dict[str, str]] = {
+    "title": {"zh": "生产分析", "en": "Production analytics"},
+    "range": {"zh": "日期", "en": "Dates"},
+    "scope": {"zh": "范围", "en": "Scope"},
+    "shift": {"zh": "班次", "en": "Shift"},
+    "all_shifts": {"zh": "全部班次", "en": "All shifts"},
+    "plant": {"zh": "全厂", "en": "Plant"},
+    "line": {"zh": "产线", "en": "Line"},
+    "machine": {"zh": "设备", "en": "Machine"},
+    "oee": {"zh": "OEE", "en": "OEE"},
+    "availability": {"zh": "可用率", "en": "Availability"},
+    "performance": {"zh": "性能", "en": "Performance"},
+    "quality": {"zh": "质量", "en": "Quality"},
+    "good": {"zh": "良品", "en": "Good"},
+    "scrap": {"zh": "废品", "en": "Scrap"},
+    "mttr": {"zh": "平均修复时间", "en": "MTTR"},
+    "mtbf": {"zh": "平均故障间隔", "en": "MTBF"},
+    "failures": {"zh": "故障次数", "en": "Failures"},
+    "trend": {"zh": "每日 OEE 趋势", "en": "OEE trend by day"},
+    "shift_cmp": {"zh": "班次对比", "en": "Shift comparison"},
+    "waterfall": {"zh": "损失瀑布图（六大损失）", "en": "Loss waterfall (six big losses)"},
+    "pareto_reason": {"zh": "停机原因柏拉图", "en": "Stop Pareto by reason"},
+    "pareto_category": {"zh": "停机类别柏拉图", "en": "Stop Pareto by category"},
+    "stops": {"zh": "停机明细", "en": "Stops"},
+    "stops_hint": {
+        "zh": "点击柏拉图中的柱子查看对应停机",
+        "en": "Click a Pareto bar to see its stops",
+    },
+    "timeline": {"zh": "状态时间线", "en": "State timeline"},
+    "reliability": {"zh": "设备可靠性", "en": "Reliability by machine"},
+    "shift_table": {"zh": "班次明细", "en": "Shifts"},
+    "csv": {"zh": "导出 CSV", "en": "Export CSV"},
+    "hours": {"zh": "小时", "en": "hours"},
+    "cumulative": {"zh": "累计", "en": "Cumulative"},
+    "no_figures": {"zh": "所选范围内没有数据", "en": "No figures for this selection"},
+    "db_error": {"zh": "数据库暂时无法连接", "en": "The database cannot be reached"},
+    "wf_planned": {"zh": "计划时间", "en": "Planned time"},
+    "wf_unexplained": {"zh": "其他停机", "en": "Other downtime"},
+    "wf_microstops": {"zh": "小停机", "en": "Micro-stops"},
+    "wf_speed": {"zh": "速度损失", "en": "Speed loss"},
+    "wf_scrap": {"zh": "废品损失", "en": "Scrap"},
+    "wf_productive": {"zh": "完全有效生产时间", "en": "Fully productive time"},
+    "start": {"zh": "开始", "en": "Start"},
+    "end": {"zh": "结束", "en": "End"},
+    "state": {"zh": "状态", "en": "State"},
+    "duration": {"zh": "时长", "en": "Duration"},
+    "reason": {"zh": "原因", "en": "Reason"},
+    "category": {"zh": "类别", "en": "Category"},
+    "work_order": {"zh": "工单", "en": "Work order"},
+    "stops_count": {"zh": "次数", "en": "Stops"},
+    "share": {"zh": "占比", "en": "Share"},
+    "date": {"zh": "日期", "en": "Date"},
+    "planned_h": {"zh": "计划 h", "en": "Planned h"},
+}
+
+CATEGORY_LABELS: dict[str, dict[str, str]] = {
+    "technical": {"zh": "技术故障", "en": "Technical"},
+    "material": {"zh": "物料", "en": "Material"},
+    "process": {"zh": "工艺", "en": "Process"},
+    "operator": {"zh": "人员", "en": "Operator"},
+    "quality": {"zh": "质量", "en": "Quality"},
+    "organisational": {"zh": "组织管理", "en": "Organisational"},
+    "planned": {"zh": "计划", "en": "Planned"},
+    "unassigned": {"zh": "未填原因", "en": "Unassigned"},
+    "no_data": {"zh": "无数据", "en": "No data"},
+    "other": {"zh": "其他", "en": "Other"},
+}
+
+STATE_COLOURS = {
+    "running": "#2e9d44",
+    "idle": "#e0b000",
+    "down": "#d62728",
+    "setup": "#1f77b4",
+    "planned_stop": "#8c8c8c",
+    "offline": "#4d4d4d",
+}
+
+_P = "an-"  # component id prefix
+_LANG, _START, _END, _SCOPE, _SHIFT = (
+    f"{_P}{x}" for x in ("lang", "start", "end", "scope", "shift")
+)
+_RANGE = f"{_P}range"
+_BANNER = f"{_P}banner"
+_SUMMARY = f"{_P}summary"
+_TREND, _SHIFTS, _WATERFALL = f"{_P}trend", f"{_P}shifts", f"{_P}waterfall"
+_PARETO_R, _PARETO_C, _TIMELINE = f"{_P}pareto-reason", f"{_P}pareto-category", f"{_P}timeline"
+_STOPS, _RELIABILITY, _SHIFT_TABLE = f"{_P}stops", f"{_P}reliability", f"{_P}shift-table"
+_PICK = f"{_P}pick"  # the Pareto bar clicked: {"reason": ...} or {"category": ...}
+TABLES = ("shifts", "reasons", "stops", "reliability")
+
+
+def s(key: str, lang: str) -> str:
+    entry = STRINGS.get(key)
+    if entry is None:
+        return t(key, lang)
+    return entry.get(lang, entry["en"])
+
+
+def category_label(code: str, lang: str) -> str:
+    entry = CATEGORY_LABELS.get(code)
+    return entry[lang] if entry else code
+
+
+def register(app: dash.Dash) -> None:
+    dash.register_page(
+        __name__,
+        path=PATH,
+        name="Analytics",
+        order=10,
+        nav=True,
+        nav_label={"zh": "生产分析", "en": "Analytics"},
+        layout=layout,
+        title="Analytics · mesflow",
+        min_role=MIN_ROLE,
+    )
+    auth.callback(
+        app,
+        MIN_ROLE,
+        Output(_BANNER, "children"),
+        Output(_SUMMARY, "children"),
+        Output(_TREND, "figure"),
+        Output(_SHIFTS, "figure"),
+        Output(_WATERFALL, "figure"),
+        Output(_PARETO_R, "figure"),
+        Output(_PARETO_C, "figure"),
+        Output(_TIMELINE, "figure"),
+        Output(_RELIABILITY, "children"),
+        Output(_SHIFT_TABLE, "children"),
+        Input(_RANGE, "start_date"),
+        Input(_RANGE, "end_date"),
+        Input(_SCOPE, "value"),
+        Input(_SHIFT, "value"),
+        State(_LANG, "data"),
+    )(_refresh)
+    auth.callback(
+        app,
+        MIN_ROLE,
+        Output(_PICK, "data"),
+        Input(_PARETO_R, "clickData"),
+        Input(_PARETO_C, "clickData"),
+        prevent_initial_call=True,
+    )(_pick)
+    auth.callback(
+        app,
+        MIN_ROLE,
+        Output(_STOPS, "children"),
+        Input(_PICK, "data"),
+        Input(_RANGE, "start_date"),
+        Input(_RANGE, "end_date"),
+        Input(_SCOPE, "value"),
+        Input(_SHIFT, "value"),
+        State(_LANG, "data"),
+    )(_stops)
+    for table in TABLES:
+        auth.callback(
+            app,
+            MIN_ROLE,
+            Output(f"{_P}dl-{table}", "data"),
+            Input(f"{_P}csv-{table}", "n_clicks"),
+            State(_RANGE, "start_date"),
+            State(_RANGE, "end_date"),
+            State(_SCOPE, "value"),
+            State(_SHIFT, "value"),
+            State(_PICK, "data"),
+            prevent_initial_call=True,
+        )(_csv_callback(table))
+
+
+# -- filters ----------------------------------------------------------------------------------
+
+
+def scope_options(plant: PlantConfig, lang: str) -> list[dict[str, str]]:
+    opts = [{"label": f"{s('plant', lang)}: {plant.plant.name.get(lang)}", "value": "plant"}]
+    for line in plant.lines:
+        opts.append(
+            {"label": f"{s('line', lang)}: {line.name.get(lang)}", "value": f"line:{line.id}"}
+        )
+        for m in line.machines:
+            opts.append({"label": f"  {m.id} {m.name.get(lang)}", "value": f"machine:{m.id}"})
+    return opts
+
+
+def shift_options(plant: PlantConfig, lang: str) -> list[dict[str, str]]:
+    names: list[str] = []
+    for cal in [
+        plant.shift_calendar,
+        *(ln.shift_calendar for ln in plant.lines if ln.shift_calendar),
+    ]:
+        names += [sh.name for sh in cal.shifts if sh.name not in names]
+    return [{"label": s("all_shifts", lang), "value": ""}] + [
+        {"label": n, "value": n} for n in names
+    ]
+
+
+def parse_filters(plant: PlantConfig, start: Any, end: Any, scope: Any, shift: Any) -> aq.Filters:
+    """The filter values from the browser (hostile or broken) as Filters; bad ones -> defaults.
+
+    The date picker's end is inclusive for a person; Filters' end is exclusive.
+    """
+    today = datetime.now(plant.tz).date()
+    try:
+        first = date.fromisoformat(str(start)[:10])
+    except ValueError:
+        first = today - timedelta(days=DEFAULT_DAYS - 1)
+    try:
+        last = date.fromisoformat(str(end)[:10])
+    except ValueError:
+        last = today
+    if last < first:
+        first, last = last, first
+    first = max(first, last - timedelta(days=MAX_DAYS - 1))
+    kind, _, ident = str(scope or "plant").partition(":")
+    sc = Scope("plant")
+    if kind == "line" and any(ln.id == ident for ln in plant.lines):
+        sc = Scope("line", ident)
+    elif kind == "machine" and ident in plant.machines:
+        sc = Scope("machine", ident)
+    names = {o["value"] for o in shift_options(plant, "en")} - {""}
+    return aq.Filters(first, last + timedelta(days=1), sc, shift if shift in names else None)
+
+
+# -- layout -----------------------------------------------------------------------------------
+
+
+def layout(
+    lang: str | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    scope: str | None = None,
+    shift: str | None = None,
+    **_query: str,
+) -> html.Div:
+    """Skeleton and filters; the figures come with the first callback. `?start=&end=&scope=&
+    shift=` preset the filters (a link to a given view)."""
+    ctx = context.current()
+    lang = ctx.lang(lang)
+    plant = ctx.plant
+    f = parse_filters(plant, start, end, scope, shift)
+    scope_value = "plant" if f.scope.kind == "plant" else f"{f.scope.kind}:{f.scope.id}"
+
+    def card(title_key: str, body_id: str, table: str | None = None, graph: bool = True) -> Any:
+        head: list[Any] = [html.H2(s(title_key, lang))]
+        if table:
+            head.append(html.Button(s("csv", lang), id=f"{_P}csv-{table}", className="an-csv"))
+            head.append(dcc.Download(id=f"{_P}dl-{table}"))
+        body: Any = (
+            dcc.Graph(id=body_id, config={"displaylogo": False}, className="an-graph")
+            if graph
+            else html.Div(id=body_id, className="an-table-wrap")
+        )
+        return html.Section(
+            className="an-card", children=[html.Div(head, className="an-card-head"), body]
+        )
+
+    return html.Div(
+        className=f"analytics lang-{lang}",
+        lang="zh-CN" if lang == "zh" else "en",
+        children=[
+            dcc.Store(id=_LANG, data=lang),
+            dcc.Store(id=_PICK, data=None),
+            html.Header(
+                className="an-header",
+                children=[
+                    html.Div(
+                        [
+                            html.Span(plant.plant.name.get(lang), className="plant-name"),
+                            html.H1(s("title", lang)),
+                        ],
+                        className="an-title",
+                    ),
+                    html.Nav(
+                        className="an-links",
+                        children=[
+                            *nav_links(lang, PATH),
+                            *account_links(lang),
+                            html.A(
+                                t("language", lang),
+                                href=f"?lang={'en' if lang == 'zh' else 'zh'}",
+                                className="lang-switch",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+            html.Div(
+                className="an-filters",
+                children=[
+                    html.Label([s("range", lang)], className="an-label"),
+                    dcc.DatePickerRange(
+                        id=_RANGE,
+                        start_date=f.start.isoformat(),
+                        end_date=(f.end - timedelta(days=1)).isoformat(),
+                        display_format="YYYY-MM-DD",
+                        first_day_of_week=1,
+                    ),
+                    html.Label([s("scope", lang)], className="an-label"),
+                    dcc.Dropdown(
+                        id=_SCOPE,
+                        options=scope_options(plant, lang),
+                        value=scope_value,
+                        clearable=False,
+                        className="an-dropdown an-scope",
+                    ),
+                    html.Label([s("shift", lang)], className="an-label"),
+                    dcc.Dropdown(
+                        id=_SHIFT,
+                        options=shift_options(plant, lang),
+                        value=f.shift or "",
+                        clearable=False,
+                        className="an-dropdown an-shift",
+                    ),
+                ],
+            ),
+            html.Div(id=_BANNER, className="an-banner"),
+            html.Div(id=_SUMMARY, className="an-summary"),
+            html.Div(
+                className="an-grid",
+                children=[
+                    card("trend", _TREND),
+                    card("shift_cmp", _SHIFTS),
+                    card("waterfall", _WATERFALL),
+                    card("pareto_reason", _PARETO_R, "reasons"),
+                    card("pareto_category", _PARETO_C),
+                    card("stops", _STOPS, "stops", graph=False),
+                    card("timeline", _TIMELINE),
+                    card("reliability", _RELIABILITY, "reliability", graph=False),
+                    card("shift_table", _SHIFT_TABLE, "shifts", graph=False),
+                ],
+            ),
+        ],
+    )
+
+
+# -- data and figures (pure given the rows) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Analytics:
+    """Everything the page shows for one filter, read in one go."""
+
+    shifts: list[KpiRow]
+    total: KpiRow
+    reasons: list[ReasonRow]
+    categories: list[aq.CategoryRow]
+    waterfall: list[aq.LossStep]
+    reliability: list[aq.MachineReliability]
+    intervals: list[aq.IntervalRow]
+    spans: list[aq.ShiftSpan]
+    window: tuple[datetime, datetime]
+
+
+def load(db: Any, f: aq.Filters, tz: ZoneInfo) -> Analytics:
+    shifts = aq.kpis(db, f, tz)
+    total = total_row(shifts)
+    reasons = aq.reasons(db, f, tz)
+    categories = aq.by_category(reasons)
+    micro = aq.microstop_seconds(db, f, tz)
+    intervals, spans, lo, hi = aq.timeline(db, f, tz)
+    return Analytics(
+        shifts=shifts,
+        total=total,
+        reasons=reasons,
+        categories=categories,
+        waterfall=aq.waterfall(total, categories, micro),
+        reliability=aq.reliability(db, f, tz),
+        intervals=intervals,
+        spans=spans,
+        window=(lo, hi),
+    )
+
+
+def _fig(title: str | None = None) -> go.Figure:
+    fig = go.Figure()
+    fig.update_layout(
+        margin={"l": 50, "r": 20, "t": 30 if title else 10, "b": 40},
+        height=320,
+        legend={"orientation": "h", "y": -0.2},
+        font={"family": "Noto Sans CJK SC, Noto Sans SC, WenQuanYi Micro Hei, sans-serif"},
+        title=title,
+        plot_bgcolor="white",
+    )
+    fig.update_yaxes(gridcolor="#e5e5e5")
+    return fig
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else round(v * 100, 1)
+
+
+def trend_figure(shifts: Sequence[KpiRow], lang: str) -> go.Figure:
+    fig = _fig()
+    days = aq.by_day(shifts)
+    x = [d.isoformat() for d, _ in days]
+    for key in ("oee", "availability", "performance", "quality"):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=[_pct(getattr(r, key)) for _, r in days],
+                name=s(key, lang),
+                mode="lines+markers",
+                line={"width": 4 if key == "oee" else 2},
+            )
+        )
+    fig.update_yaxes(ticksuffix=" %", rangemode="tozero")
+    fig.update_xaxes(type="category")
+    return fig
+
+
+def shift_figure(shifts: Sequence[KpiRow], lang: str) -> go.Figure:
+    fig = _fig()
+    groups = aq.by_shift_name(shifts)
+    for key in ("oee", "availability", "performance", "quality"):
+        fig.add_trace(
+            go.Bar(
+                x=[n for n, _ in groups],
+                y=[_pct(getattr(r, key)) for _, r in groups],
+                name=s(key, lang),
+                text=[fmt_pct(getattr(r, key)) for _, r in groups],
+            )
+        )
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(ticksuffix=" %")
+    return fig
+
+
+def waterfall_figure(steps: Sequence[aq.LossStep], lang: str) -> go.Figure:
+    fig = _fig()
+
+    def label(st: aq.LossStep) -> str:
+        return (
+            category_label(st.label_key, lang)
+            if st.key.startswith("cat:") and st.label_key in CATEGORY_LABELS
+            else s(st.label_key, lang)
+        )
+
+    hours = [st.seconds / 3600 for st in steps]
+    fig.add_trace(
+        go.Waterfall(
+            x=[label(st) for st in steps],
+            y=[round(h, 2) for h in hours],
+            measure=[
+                "absolute" if st.kind == "total" else "total" if st.kind == "result" else "relative"
+                for st in steps
+            ],
+            text=[f"{abs(h):.1f} h" for h in hours],
+            textposition="outside",
+            decreasing={"marker": {"color": "#d62728"}},
+            totals={"marker": {"color": "#2e9d44"}},
+            increasing={"marker": {"color": "#1f77b4"}},
+            connector={"line": {"color": "#999"}},
+        )
+    )
+    fig.update_yaxes(title=s("hours", lang))
+    return fig
+
+
+def pareto_figure(
+    names: Sequence[str], codes: Sequence[str], seconds: Sequence[float], lang: str
+) -> go.Figure:
+    """Bars (hours, longest first) and the cumulative share line: the classic Pareto."""
+    fig = _fig()
+    total = sum(seconds) or 1.0
+    cumulative: list[float] = []
+    acc = 0.0
+    for v in seconds:
+        acc += v
+        cumulative.append(round(acc / total * 100, 1))
+    fig.add_trace(
+        go.Bar(
+            x=list(names),
+            y=[round(v / 3600, 2) for v in seconds],
+            customdata=list(codes),
+            name=s("hours", lang),
+            marker={"color": "#d62728"},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=list(names),
+            y=cumulative,
+            yaxis="y2",
+            name=s("cumulative", lang),
+            mode="lines+markers",
+        )
+    )
+    fig.update_layout(
+        yaxis={"title": s("hours", lang)},
+        yaxis2={"overlaying": "y", "side": "right", "range": [0, 105], "ticksuffix": " %"},
+    )
+    return fig
+
+
+def timeline_figure(
+    intervals: Sequence[aq.IntervalRow],
+    spans: Sequence[aq.ShiftSpan],
+    window: tuple[datetime, datetime],
+    plant: PlantConfig,
+    lang: str,
+) -> go.Figure:
+    """One lane per machine, one bar trace per state; shift starts as lines, breaks shaded."""
+    tz = plant.tz
+    lo, hi = window
+    fig = _fig()
+    machines = [m for m in plant.machines if any(i.machine == m for i in intervals)]
+    for state, colour in STATE_COLOURS.items():
+        rows = [i for i in intervals if i.state == state]
+        if not rows:
+            continue
+        starts = [max(i.start_ts, lo) for i in rows]
+        ends = [min(i.end_ts or i.start_ts + timedelta(seconds=i.duration_s), hi) for i in rows]
+        fig.add_trace(
+            go.Bar(
+                y=[i.machine for i in rows],
+                x=[(e - b).total_seconds() * 1000 for b, e in zip(starts, ends, strict=True)],
+                base=[b.astimezone(tz).isoformat() for b in starts],
+                orientation="h",
+                name=state_label(state, lang),
+                marker={"color": colour},
+                customdata=[i.reason or "" for i in rows],
+                hovertemplate="%{y} %{base|%H:%M}: %{customdata}<extra>"
+                + state_label(state, lang)
+                + "</extra>",
+            )
+        )
+    for span in spans:
+        fig.add_vline(
+            x=span.bucket_start.astimezone(tz).isoformat(),
+            line={"color": "#333", "dash": "dash", "width": 1},
+        )
+    for b_start, b_end in breaks(plant, lo, hi):
+        fig.add_vrect(
+            x0=b_start.isoformat(),
+            x1=b_end.isoformat(),
+            fillcolor="#999",
+            opacity=0.25,
+            line_width=0,
+        )
+    fig.update_layout(
+        barmode="overlay",
+        height=max(240, 28 * len(machines) + 90),
+        yaxis={"categoryorder": "array", "categoryarray": list(reversed(machines))},
+    )
+    fig.update_xaxes(
+        type="date", range=[lo.astimezone(tz).isoformat(), hi.astimezone(tz).isoformat()]
+    )
+    return fig
+
+
+def breaks(plant: PlantConfig, lo: datetime, hi: datetime) -> list[tuple[datetime, datetime]]:
+    """The scheduled breaks of the plant's calendars between lo and hi, plant-local."""
+    tz = plant.tz
+    out: set[tuple[datetime, datetime]] = set()
+    cals = [plant.shift_calendar, *(ln.shift_calendar for ln in plant.lines if ln.shift_calendar)]
+    day = lo.astimezone(tz).date() - timedelta(days=1)
+    while day <= hi.astimezone(tz).date():
+        for cal in cals:
+            for shift in cal.shifts:
+                for br in shift.breaks:
+                    b0 = datetime.combine(day, br.start, tz)
+                    if br.start < shift.start:  # a night shift's break after midnight
+                        b0 += timedelta(days=1)
+                    b1 = datetime.combine(b0.date(), br.end, tz)
+                    if b1 <= b0:
+                        b1 += timedelta(days=1)
+                    if b0 < hi and b1 > lo:
+                        out.add((b0, b1))
+        day += timedelta(days=1)
+    return sorted(out)
+
+
+def summary(total: KpiRow, lang: str) -> list[Any]:
+    items = [
+        ("oee", fmt_pct(total.oee)),
+        ("availability", fmt_pct(total.availability)),
+        ("performance", fmt_pct(total.performance)),
+        ("quality", fmt_pct(total.quality)),
+        ("good", str(total.good)),
+        ("scrap", str(total.scrap)),
+        ("mttr", fmt_hm(total.mttr_s)),
+        ("mtbf", fmt_hm(total.mtbf_s)),
+    ]
+    return [
+        html.Div(
+            [
+                html.Div(s(k, lang), className="an-kpi-label"),
+                html.Div(v or "—", className="an-kpi-value"),
+            ],
+            className=f"an-kpi an-kpi-{k}",
+            **_data_kpi(k),
+        )
+        for k, v in items
+    ]
+
+
+def _data_kpi(key: str) -> dict[str, Any]:
+    """`data-kpi` attribute (Dash's typed signature cannot name data-* attributes)."""
+    return {"data-kpi": key}
+
+
+def table(headers: Sequence[str], body: Sequence[Sequence[Any]], css: str = "") -> html.Table:
+    return html.Table(
+        className=f"an-table {css}".strip(),
+        children=[
+            html.Thead(html.Tr([html.Th(h) for h in headers])),
+            html.Tbody([html.Tr([html.Td(c) for c in row]) for row in body]),
+        ],
+    )
+
+
+def _local(ts: datetime | None, tz: ZoneInfo) -> str:
+    return "" if ts is None else ts.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+
+def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> html.Table:
+    heads = [
+        s(k, lang)
+        for k in (
+            "date",
+            "shift",
+            "planned_h",
+            "availability",
+            "performance",
+            "quality",
+            "oee",
+            "good",
+            "scrap",
+        )
+    ]
+    body = [
+        [
+            r.shift_date.isoformat() if r.shift_date else "",
+            r.shift_name or "",
+            fmt_hm(r.planned_s),
+            fmt_pct(r.availability),
+            fmt_pct(r.performance),
+            fmt_pct(r.quality),
+            fmt_pct(r.oee),
+            r.good,
+            r.scrap,
+        ]
+        for r in rows
+    ]
+    return table(heads, body)
+
+
+def reliability_table(
+    rows: Sequence[aq.MachineReliability], plant: PlantConfig, lang: str
+) -> html.Table:
+    heads = [s(k, lang) for k in ("machine", "failures", "mttr", "mtbf")]
+    body = [
+        [
+            f"{r.machine} {plant.machines[r.machine].name.get(lang) if r.machine in plant.machines else ''}",
+            r.failures,
+            fmt_hm(r.mttr_s),
+            fmt_hm(r.mtbf_s),
+        ]
+        for r in rows
+    ]
+    return table(heads, body)
+
+
+def stops_table(
+    rows: Sequence[aq.StopRow], tz: ZoneInfo, names: dict[str, str], lang: str
+) -> html.Table:
+    heads = [
+        s(k, lang)
+        for k in (
+            "machine",
+            "start",
+            "end",
+            "state",
+            "duration",
+            "reason",
+            "category",
+            "work_order",
+        )
+    ]
+    body = [
+        [
+            r.machine,
+            _local(r.start_ts, tz),
+            _local(r.end_ts, tz),
+            state_label(r.state, lang),
+            fmt_hm(r.duration_s),
+            names.get(r.reason, r.reason),
+            category_label(r.category, lang),
+            r.work_order or "",
+        ]
+        for r in rows
+    ]
+    return table(heads, body, "an-stops-table")
+
+
+def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:
+    """Every output of the main callback for the loaded figures."""
+    tz = plant.tz
+    return {
+        "summary": summary(a.total, lang),
+        "trend": trend_figure(a.shifts, lang),
+        "shifts": shift_figure(a.shifts, lang),
+        "waterfall": waterfall_figure(a.waterfall, lang),
+        "pareto_reason": pareto_figure(
+            [r.name(lang) for r in a.reasons],
+            [r.reason for r in a.reasons],
+            [r.seconds for r in a.reasons],
+            lang,
+        ),
+        "pareto_category": pareto_figure(
+            [category_label(c.category, lang) for c in a.categories],
+            [c.category for c in a.categories],
+            [c.seconds for c in a.categories],
+            lang,
+        ),
+        "timeline": timeline_figure(a.intervals, a.spans, a.window, plant, lang),
+        "reliability": reliability_table(a.reliability, plant, lang),
+        "shift_table": shift_table(a.shifts, tz, lang),
+    }
+
+
+# -- callbacks --------------------------------------------------------------------------------
+
+
+_DB_ERRORS = (psycopg.Error, PoolTimeout)
+
+
+def _refresh(start: Any, end: Any, scope: Any, shift: Any, lang: Any) -> tuple[Any, ...]:
+    ctx = context.current()
+    lang = ctx.lang(lang)
+    f = parse_filters(ctx.plant, start, end, scope, shift)
+    try:
+        a = load(ctx.db, f, ctx.plant.tz)
+    except _DB_ERRORS as err:
+        log.warning("analytics: cannot read the KPI views: %s", err)
+        return (html.Div(s("db_error", lang), className="an-error"), *([dash.no_update] * 9))
+    out = render(a, ctx.plant, lang)
+    banner = "" if a.shifts else html.Div(s("no_figures", lang), className="an-empty")
+    return (
+        banner,
+        out["summary"],
+        out["trend"],
+        out["shifts"],
+        out["waterfall"],
+        out["pareto_reason"],
+        out["pareto_category"],
+        out["timeline"],
+        out["reliability"],
+        out["shift_table"],
+    )
+
+
+def _pick(reason_click: Any, category_click: Any) -> Any:
+    """The clicked Pareto bar as a stops filter (the figure's customdata is the code)."""
+    trigger = dash.ctx.triggered_id
+    click = reason_click if trigger == _PARETO_R else category_click
+    try:
+        code = click["points"][0]["customdata"]
+    except (TypeError, KeyError, IndexError):
+        return None
+    if not isinstance(code, str):
+        return None
+    return {"reason": code} if trigger == _PARETO_R else {"category": code}
+
+
+def _pick_args(pick: Any) -> tuple[str | None, str | None]:
+    """(reason, category) of the clicked bar; anything else from the browser is no filter."""
+    pick = pick if isinstance(pick, dict) else {}
+    reason, category = pick.get("reason"), pick.get("category")
+    return (
+        reason if isinstance(reason, str) else None,
+        category if isinstance(category, str) else None,
+    )
+
+
+def _stops(pick: Any, start: Any, end: Any, scope: Any, shift: Any, lang: Any) -> Any:
+    ctx = context.current()
+    lang = ctx.lang(lang)
+    f = parse_filters(ctx.plant, start, end, scope, shift)
+    reason, category = _pick_args(pick)
+    try:
+        rows = aq.stops(ctx.db, f, ctx.plant.tz, reason=reason, category=category)
+    except _DB_ERRORS as err:
+        log.warning("analytics: cannot read v_stops: %s", err)
+        return html.Div(s("db_error", lang), className="an-error")
+    names = {code: r.name.get(lang) for code, r in ctx.plant.reasons_by_code.items()}
+    chosen = reason or (category_label(category, lang) if category else None)
+    head = html.Div(
+        f"{s('reason', lang)}/{s('category', lang)}: {names.get(chosen, chosen)}"
+        if chosen
+        else s("stops_hint", lang),
+        className="an-stops-filter",
+    )
+    return [head, stops_table(rows, ctx.plant.tz, names, lang)]
+
+
+def csv_text(rows: Sequence[Any], cls: type, tz: ZoneInfo) -> str:
+    """The report's CSV (same columns and formats as `mesflow report --format csv`)."""
+    return to_csv(rows, cls, tz)
+
+
+def export(
+    table_name: str, db: Any, f: aq.Filters, tz: ZoneInfo, pick: Any = None
+) -> tuple[str, str]:
+    """(file name, CSV text) of one of the page's tables for these filters."""
+    scope = f.scope.id or "plant"
+    stem = f"{table_name}_{scope}_{f.start.isoformat()}_{(f.end - timedelta(days=1)).isoformat()}"
+    if f.shift:
+        stem += f"_{f.shift}"
+    if table_name == "shifts":
+        return f"{stem}.csv", csv_text(aq.kpis(db, f, tz), KpiRow, tz)
+    if table_name == "reasons":
+        return f"{stem}.csv", csv_text(aq.reasons(db, f, tz), ReasonRow, tz)
+    if table_name == "stops":
+        return f"{stem}.csv", csv_text(
+            aq.stops(db, f, tz, reason=_pick_args(pick)[0], category=_pick_args(pick)[1]),
+            aq.StopRow,
+            tz,
+        )
+    rows = aq.reliability(db, f, tz)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(fl.name for fl in fields(aq.MachineReliability))
+    for r in rows:
+        writer.writerow("" if v is None else v for v in asdict(r).values())
+    return f"{stem}.csv", out.getvalue()
+
+
+def _csv_callback(table_name: str) -> Any:
+    def download(_n: Any, start: Any, end: Any, scope: Any, shift: Any, pick: Any) -> Any:
+        ctx = context.current()
+        f = parse_filters(ctx.plant, start, end, scope, shift)
+        name, text = export(table_name, ctx.db, f, ctx.plant.tz, pick)
+        return {"content": text, "filename": name, "type": "text/csv"}
+
+    download.__name__ = f"download_{table_name}"
+    return download
+
+
+__all__ = ["register"]
