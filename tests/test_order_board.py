@@ -11,11 +11,17 @@ from typing import Any
 import psycopg
 import pytest
 
+from dashboards import context
+from dashboards.app import create_app
 from dashboards.order_queries import order_board, order_detail
+from dashboards.pages.orders import board_csv, fmt_slack, render_board, render_order
 from dashboards.queries import Database
+from mesflow import users
 from mesflow.plant import PlantConfig
+from mesflow.settings import Settings
 from streams.replay import replay_file
 from tests.helpers import write_jsonl
+from tests.test_dashboard import sign_in
 
 # A Friday morning inside the day shift (08:00-20:00, no break before 12:00).
 T0 = datetime.fromisoformat("2026-11-20T09:00:00+08:00")
@@ -201,3 +207,75 @@ def test_order_page_data_work_orders_history_callbacks(replayed: Database, db_ur
     ]  # newest first
     kinds = [c.event_type for c in detail.callbacks]
     assert "order.at_risk" in kinds and "order.work_started" in kinds
+
+
+# -- the pages: pure rendering, roles ------------------------------------------------------
+
+
+def _text_of(node: Any) -> str:
+    """All the text of a Dash component tree."""
+    if isinstance(node, str | int | float):
+        return str(node)
+    if isinstance(node, list | tuple):
+        return " ".join(_text_of(n) for n in node)
+    children = getattr(node, "children", None)
+    return "" if children is None else _text_of(children)
+
+
+def test_order_page_says_why_late_in_both_languages(replayed: Database, plant: PlantConfig) -> None:
+    detail = order_detail(replayed, "SO-LATE")
+    assert detail is not None
+    en = _text_of(render_order(detail, plant.tz, "en"))
+    zh = _text_of(render_order(detail, plant.tz, "zh"))
+    assert "18 min Hydraulic fault on IM-01" in en
+    assert "IM-01 液压故障 18 分钟" in zh
+    assert "4 min speed loss on IM-01" in en  # 270 s
+    assert "1 min scrap (2 parts) on IM-01" in en
+    assert "WO-L1" in en and "At risk" in en and "有延期风险" in zh
+    assert "work_started" in en  # the callbacks sent to the CRM
+    # Plant-local times (Asia/Shanghai): the due date 11:00.
+    assert "11-20 11:00" in en
+
+
+def test_board_render_and_csv(replayed: Database, plant: PlantConfig) -> None:
+    rows = order_board(replayed)
+    table = render_board(rows, plant.tz, "en")
+    trs = [tr for tr in table.children[1].children]
+    assert [tr.className for tr in trs] == ["order-row at-risk", "order-row", "order-row"]
+    assert "SO-LATE" in _text_of(trs[0]) and "78/400" in _text_of(trs[0])
+    text = board_csv(rows, plant.tz)
+    lines = text.splitlines()
+    assert lines[0].startswith("rank,order_no,customer")
+    assert lines[1].startswith("1,SO-LATE,ACME,2,P-100,400,78,2,19.5,")
+    assert ",2026-11-20T11:00+08:00," in lines[1] and lines[1].endswith(",true,open")
+    assert fmt_slack(-4_680, "en") == "-1.3 h" and fmt_slack(600, "zh") == "+10 分钟"
+
+
+def _settings() -> Settings:
+    return Settings(auth_session_secret="test-secret-" + "x" * 32)
+
+
+def test_pages_refused_without_credentials_and_order_page_needs_manager(
+    db_url: str, plant: PlantConfig
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "viewer1", "viewer", "viewer-password")
+        users.add_user(conn, "boss", "manager", "manager-password")
+    app = create_app(_settings(), plant, db_url)
+    try:
+        client = app.server.test_client()
+        for path in ("/orders", "/orders/SO-1", "/orders?lang=en"):
+            response = client.get(path)
+            assert response.status_code == 302 and "/login" in response.location, path
+        callback = {"output": "orders-table.children", "outputs": [], "inputs": []}
+        assert client.post("/_dash-update-component", json=callback).status_code == 401
+
+        sign_in(client, "viewer1", "viewer-password")
+        assert client.get("/orders").status_code == 200
+        assert client.get("/orders/SO-1").status_code == 403  # history and CRM log: manager
+
+        manager = app.server.test_client()
+        sign_in(manager, "boss", "manager-password", "/orders/SO-1")
+        assert manager.get("/orders/SO-1").status_code == 200
+    finally:
+        context.of(app.server).db.close()

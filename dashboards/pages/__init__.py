@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from dashboards.pages import analytics, andon, operator
+from dashboards.pages import analytics, andon, operator, orders
 
 # Registration order; the navigation follows each page's `order`.
-PAGES: tuple[ModuleType, ...] = (andon, analytics, operator)
+PAGES: tuple[ModuleType, ...] = (andon, analytics, operator, orders)
