@@ -83,7 +83,14 @@ def main(verbose: bool) -> None:
 @click.option("--speed", default=1.0, show_default=True, help="Simulated seconds per real second.")
 @click.option("--seed", default=42, show_default=True, help="Seed of the plant simulator.")
 @click.option("--port", default=8050, show_default=True, help="Port of the dashboard.")
-def demo(speed: float, seed: int, port: int) -> None:
+@click.option(
+    "--history-days",
+    default=7.0,
+    show_default=True,
+    type=click.FloatRange(0, 29),
+    help="Days of plant history simulated on the first start (0: none).",
+)
+def demo(speed: float, seed: int, port: int, history_days: float) -> None:
     """Start the live demo plant: database, broker, simulator, collector, dataflow, dashboard.
 
     Uses an embedded PostgreSQL and a local MQTT broker unless MESFLOW_DATABASE_URL /
@@ -93,7 +100,9 @@ def demo(speed: float, seed: int, port: int) -> None:
 
     settings = get_settings()
     plant = _plant(settings)
-    sys.exit(run_demo(settings, plant, speed=speed, seed=seed, port=port))
+    sys.exit(
+        run_demo(settings, plant, speed=speed, seed=seed, port=port, history_days=history_days)
+    )
 
 
 @main.group()

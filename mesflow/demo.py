@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -57,6 +58,7 @@ class Component:
     ready: threading.Event = field(default_factory=threading.Event)
 
 
+HISTORY = timedelta(days=7)  # well inside the plant's max_event_age_days (30 in the example)
 _PRINT = threading.Lock()  # component output and demo lines must not interleave
 
 
@@ -84,7 +86,15 @@ def _pump(comp: Component, stream: IO[bytes], logfile: Path) -> None:
                     print(f"  {comp.name:>15} | {line}", flush=True)
 
 
-def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int, port: int) -> int:
+def run_demo(
+    settings: Settings,
+    plant: PlantConfig,
+    *,
+    speed: float,
+    seed: int,
+    port: int,
+    history_days: float = HISTORY.days,
+) -> int:
     data = settings.data_dir
     (data / "logs").mkdir(parents=True, exist_ok=True)
     _say(f"plant '{plant.plant.name.en}' ({len(plant.machines)} machines, {plant.plant.timezone})")
@@ -121,6 +131,8 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
         applied = migrate(db_url, log=lambda _m: None)
         sync_plant(db_url, plant)
         _say(f"database: schema up to date ({len(applied)} migration(s) applied now)")
+        if history_days > 0:
+            backfill_history(plant, db_url, data, seed=seed, history=timedelta(days=history_days))
         # For `mesflow report`, psql and BI tools in another shell (a password is not shown).
         _say(f"database: export MESFLOW_DATABASE_URL='{redact_url(db_url)}'")
 
@@ -217,6 +229,68 @@ def run_demo(settings: Settings, plant: PlantConfig, *, speed: float, seed: int,
             pg.stop()
             _say("database: stopped")
         _say("stopped; run `mesflow demo` again to resume")
+
+
+def simulator_state_file(data: Path, plant: PlantConfig, seed: int) -> Path:
+    """Where `mesflow simulate` keeps the simulated time it reached (see mesflow/cli.py)."""
+    return data / "simulator" / f"{plant.plant.id}-seed{seed}.json"
+
+
+def backfill_history(
+    plant: PlantConfig,
+    db_url: str,
+    data: Path,
+    *,
+    seed: int,
+    history: timedelta = HISTORY,
+    now: datetime | None = None,
+) -> bool:
+    """On the demo's first start: the last `history` of the plant into the ingest log (the
+    dataflow processes it like any source), so the boards open on a week of figures. The
+    live simulator then continues right after it (its state file says where).
+
+    A restart does not backfill again: the simulator resumes from its state file. The plan
+    (start, end) is written before anything is stored, so an interrupted backfill is
+    finished by the next start with the same events (same ids: nothing is stored twice).
+    Returns whether anything was backfilled now."""
+    from collectors.simulator.history import backfill_log
+    from collectors.simulator.publisher import read_state, write_state
+
+    state_file = simulator_state_file(data, plant, seed)
+    plan_file = state_file.with_name(f"{state_file.stem}-backfill.json")
+    try:
+        plan = json.loads(plan_file.read_text("utf-8"))
+        start = datetime.fromisoformat(plan["start"])
+        end = datetime.fromisoformat(plan["end"])
+        done = bool(plan["done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        if read_state(state_file) is not None:
+            return False  # a demo from before backfills existed: it resumes
+        # Dated before now: the live part starts where it ends, never ahead of the clock.
+        end = (now or datetime.now(plant.tz)).astimezone(plant.tz).replace(second=0, microsecond=0)  # fmt: skip
+        start = end - history
+        done = False
+        _write_plan(plan_file, start, end, done=False)
+        write_state(state_file, end)
+    if done:
+        return False
+    _say(f"history: simulating {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} (first start only)")
+    t0 = time.monotonic()
+    events, new = backfill_log(plant, db_url, seed=seed, start=start, end=end, progress=_say)
+    _write_plan(plan_file, start, end, done=True)
+    _say(
+        f"history: {events:,} events into the ingest log in {time.monotonic() - t0:.1f} s "
+        f"({new:,} new); the dataflow works through them while the demo starts"
+    )
+    return True
+
+
+def _write_plan(path: Path, start: datetime, end: datetime, *, done: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    body = {"start": start.isoformat(), "end": end.isoformat(), "done": done}
+    tmp.write_text(json.dumps(body) + "\n", encoding="utf-8")
+    os.replace(tmp, path)  # atomic: a crash leaves the old plan or the new one
 
 
 # Producers first, so nothing new arrives; then the collector, which stores and acknowledges

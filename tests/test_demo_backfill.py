@@ -87,3 +87,76 @@ def test_live_work_orders_go_to_the_ingest_log_unless_the_crm_made_them(db_url: 
         rows = conn.execute("SELECT source, payload FROM ingest_log ORDER BY seq").fetchall()
     assert [(src, bytes(p).count(b"WO-IM-01-0001")) for src, p in rows] == [("simulator", 1)]
     assert sink.sent == 1
+
+
+def _log_rows(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM ingest_log WHERE source = 'simulator:backfill'"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_the_demo_backfills_a_week_once_then_resumes(
+    plant: PlantConfig, db_url: str, tmp_path: Path
+) -> None:
+    import time
+    from datetime import timedelta
+
+    from collectors.simulator.publisher import read_state
+    from mesflow.demo import backfill_history, simulator_state_file
+    from streams.runner import run_flow
+
+    now = datetime.now(plant.tz)
+    t0 = time.monotonic()
+    assert backfill_history(plant, db_url, tmp_path, seed=7, now=now)
+    stored_in = time.monotonic() - t0
+    rows = _log_rows(db_url)
+    assert rows > 50_000  # a week of 12 machines
+    assert stored_in < 30, stored_in
+    # The live simulator continues where the history ends: at now, not ahead of it.
+    state = simulator_state_file(tmp_path, plant, 7)
+    resume_at = read_state(state)
+    assert resume_at is not None
+    assert now - timedelta(minutes=1) < resume_at <= now
+
+    # The dataflow processes it like any source: a week of figures, none dead-lettered.
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT max(seq) FROM ingest_log").fetchone()
+        assert row is not None
+        t1 = time.monotonic()
+        run_flow(plant, db_url, tmp_path / "rec", 10.0, upto_seq=int(row[0]))
+        processed_in = time.monotonic() - t1
+        days = conn.execute(
+            "SELECT count(DISTINCT shift_date) FROM v_kpi_plant_shift WHERE planned_s > 0"
+        ).fetchone()
+        dead = conn.execute("SELECT count(*) FROM dead_letter").fetchone()
+    assert days is not None and days[0] >= 7
+    assert dead is not None and dead[0] == 0
+    print(f"backfill: {rows} events stored in {stored_in:.1f} s, processed in {processed_in:.1f} s")
+
+    # A restart does not backfill again (the simulator resumes from its state file).
+    assert not backfill_history(plant, db_url, tmp_path, seed=7)
+    assert _log_rows(db_url) == rows
+
+
+def test_an_interrupted_backfill_is_finished_with_the_same_events(
+    plant: PlantConfig, db_url: str, tmp_path: Path
+) -> None:
+    import json
+    from datetime import timedelta
+
+    from mesflow.demo import backfill_history, simulator_state_file
+
+    now = datetime.now(plant.tz)
+    assert backfill_history(plant, db_url, tmp_path, seed=7, history=timedelta(hours=6), now=now)
+    rows = _log_rows(db_url)
+    # As if the demo had been killed before the backfill finished.
+    state = simulator_state_file(tmp_path, plant, 7)
+    plan_file = state.with_name(f"{state.stem}-backfill.json")
+    plan = json.loads(plan_file.read_text("utf-8"))
+    plan_file.write_text(json.dumps({**plan, "done": False}), encoding="utf-8")
+    later = now + timedelta(minutes=5)
+    assert backfill_history(plant, db_url, tmp_path, seed=7, history=timedelta(hours=6), now=later)
+    assert _log_rows(db_url) == rows  # the same plan, the same ids: nothing stored twice
