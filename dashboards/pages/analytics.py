@@ -283,7 +283,8 @@ def layout(
             head.append(html.Button(s("csv", lang), id=f"{_P}csv-{table}", className="an-csv"))
             head.append(dcc.Download(id=f"{_P}dl-{table}"))
         body: Any = (
-            dcc.Graph(id=body_id, config={"displaylogo": False}, className="an-graph")
+            # No mode bar: it covered titles and export buttons; drag still zooms.
+            dcc.Graph(id=body_id, config={"displayModeBar": False}, className="an-graph")
             if graph
             else html.Div(id=body_id, className="an-table-wrap")
         )
@@ -357,12 +358,12 @@ def layout(
                 children=[
                     card("trend", _TREND),
                     card("shift_cmp", _SHIFTS),
-                    card("waterfall", _WATERFALL),
                     card("pareto_reason", _PARETO_R, "reasons"),
                     card("pareto_category", _PARETO_C),
                     card("stops", _STOPS, "stops", graph=False),
-                    card("timeline", _TIMELINE),
+                    card("waterfall", _WATERFALL),
                     card("reliability", _RELIABILITY, "reliability", graph=False),
+                    card("timeline", _TIMELINE),
                     card("shift_table", _SHIFT_TABLE, "shifts", graph=False),
                 ],
             ),
@@ -524,7 +525,14 @@ def pareto_figure(
     )
     fig.update_layout(
         yaxis={"title": s("hours", lang)},
-        yaxis2={"overlaying": "y", "side": "right", "range": [0, 105], "ticksuffix": " %"},
+        yaxis2={
+            "overlaying": "y",
+            "side": "right",
+            "range": [0, 105],
+            "tickvals": [0, 25, 50, 75, 100],
+            "ticksuffix": " %",
+            "showgrid": False,
+        },
     )
     return fig
 
