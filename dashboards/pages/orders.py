@@ -606,7 +606,8 @@ def render_order(detail: OrderDetail, tz: tzinfo, lang: str) -> list[Any]:
         html.Section(
             className="order-summary at-risk" if o.at_risk else "order-summary",
             children=[
-                html.Dl([x for k, v in facts for x in (html.Dt(s(k, lang)), html.Dd(v))]),
+                # A div per pair (valid in a dl): label above value, whatever the grid wraps.
+                html.Dl([html.Div([html.Dt(s(k, lang)), html.Dd(v)]) for k, v in facts]),
                 progress_bar(o.progress),
             ],
         ),
