@@ -320,8 +320,13 @@ def schema(out: Path | None) -> None:
 @main.command()
 @click.option("--machine", metavar="M", help="One machine (default: the whole plant).")
 @click.option("--line", metavar="L", help="One line (default: the whole plant).")
-@click.option("--shift", metavar="DATE/NAME", help="One shift instance, e.g. 2026-11-20/day.")
-@click.option("--date", "day", metavar="DATE", help="A plant-local day, e.g. 2026-11-20.")
+@click.option(
+    "--shift", metavar="DATE/NAME",
+    help="One shift instance, e.g. 2026-11-20/day, yesterday/night, or current.",
+)  # fmt: skip
+@click.option(
+    "--date", "day", metavar="DATE", help="A plant-local day, e.g. 2026-11-20, today, yesterday."
+)
 @click.option("--from", "date_from", metavar="DATE", help="First plant-local day (inclusive).")
 @click.option("--to", "date_to", metavar="DATE", help="Day after the last one (exclusive).")
 @click.option(
@@ -354,6 +359,8 @@ def report(
 
     \b
     mesflow report --line IM --date 2026-11-20
+    mesflow report --date today
+    mesflow report --line IM --shift current --by hour
     mesflow report --machine IM-01 --shift 2026-11-20/night --by hour
     mesflow report --from 2026-11-16 --to 2026-11-23 --format csv > week.csv
     mesflow report --line CNC --date 2026-11-20 --reasons --lang en

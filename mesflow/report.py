@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
 
-from mesflow.plant import PlantConfig
+from mesflow.plant import PlantConfig, ShiftCalendar
 
 Bucket = Literal["hour", "shift"]
 Format = Literal["table", "csv", "json"]
@@ -83,25 +83,56 @@ def resolve_scope(plant: PlantConfig, machine: str | None, line: str | None) -> 
     return Scope("plant")
 
 
-def _parse_date(text: str, option: str) -> date:
+# Words for a day, relative to the plant-local date of now.
+DAY_WORDS = {"today": 0, "yesterday": -1}
+CURRENT_SHIFT = "current"
+
+
+def _parse_date(text: str, option: str, today: date | None = None) -> date:
+    word = text.strip().lower()
+    if word in DAY_WORDS:
+        assert today is not None
+        return today + timedelta(days=DAY_WORDS[word])
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise ReportError(f"{option}: {text!r} is not a date like 2026-11-20") from None
+        raise ReportError(
+            f"{option}: {text!r} is not a date like 2026-11-20 (or today, yesterday)"
+        ) from None
+
+
+def _calendars(plant: PlantConfig, scope: Scope) -> list[ShiftCalendar]:
+    if scope.kind == "machine" and scope.id:
+        return [plant.calendar_for(scope.id)]
+    if scope.kind == "line" and scope.id:
+        line = next(ln for ln in plant.lines if ln.id == scope.id)
+        return [line.shift_calendar or plant.shift_calendar]
+    # The plant's own calendar first: it names the shift most lines work.
+    return [plant.shift_calendar, *(ln.shift_calendar or plant.shift_calendar for ln in plant.lines)]  # fmt: skip
 
 
 def _shift_names(plant: PlantConfig, scope: Scope) -> list[str]:
-    if scope.kind == "machine" and scope.id:
-        calendars = [plant.calendar_for(scope.id)]
-    elif scope.kind == "line" and scope.id:
-        line = next(ln for ln in plant.lines if ln.id == scope.id)
-        calendars = [line.shift_calendar or plant.shift_calendar]
-    else:
-        calendars = [ln.shift_calendar or plant.shift_calendar for ln in plant.lines]
     names: list[str] = []
-    for cal in calendars:
+    for cal in _calendars(plant, scope):
         names += [s.name for s in cal.shifts if s.name not in names]
     return names
+
+
+def current_shift(plant: PlantConfig, scope: Scope, now: datetime) -> tuple[date, str]:
+    """The shift instance running at `now` (breaks included) in the scope's calendar: the
+    date it started on (plant-local) and its name."""
+    from streams.shift_calendar import CalendarIndex
+
+    t = int(now.timestamp() * 1_000_000)
+    for cal in _calendars(plant, scope):
+        inst = CalendarIndex(cal, plant.plant.timezone).shift_at(t)
+        if inst is not None:
+            return inst.date, inst.name
+    local = now.astimezone(plant.tz).strftime("%Y-%m-%d %H:%M")
+    raise ReportError(
+        f"--shift current: no shift is running now ({local}, plant time); "
+        "give one as DATE/NAME, e.g. today/day"
+    )
 
 
 def resolve_period(
@@ -112,7 +143,12 @@ def resolve_period(
     day: str | None = None,
     date_from: str | None = None,
     date_to: str | None = None,
+    now: datetime | None = None,
 ) -> Period:
+    """The period asked for. Dates may be `today` or `yesterday` and `--shift` may be
+    `current`, all in the plant's time zone at `now` (default: the wall clock)."""
+    now = now or datetime.now(plant.tz)
+    today = now.astimezone(plant.tz).date()
     given = [o for o, v in (("--shift", shift), ("--date", day), ("--from", date_from)) if v]
     if date_to and not date_from:
         given.append("--to")
@@ -121,6 +157,9 @@ def resolve_period(
             "give one period: --shift DATE/NAME, --date DATE or --from DATE --to DATE"
             + (f" (got {', '.join(given)})" if given else "")
         )
+    if shift and shift.strip().lower() == CURRENT_SHIFT:
+        start, name = current_shift(plant, scope, now)
+        return Period(start, start + timedelta(days=1), name)
     if shift:
         text, sep, name = shift.partition("/")
         if not sep or not name:
@@ -128,17 +167,17 @@ def resolve_period(
         valid = _shift_names(plant, scope)
         if name not in valid:
             raise ReportError(f"--shift: unknown shift {name!r}; valid shifts: {', '.join(valid)}")
-        start = _parse_date(text, "--shift")
+        start = _parse_date(text, "--shift", today)
         return Period(start, start + timedelta(days=1), name)
     if day:
-        start = _parse_date(day, "--date")
+        start = _parse_date(day, "--date", today)
         return Period(start, start + timedelta(days=1))
     assert date_from is not None
     if not date_to:
         raise ReportError(
             "--from needs --to (exclusive: --from 2026-11-20 --to 2026-11-21 is one day)"
         )
-    start, end = _parse_date(date_from, "--from"), _parse_date(date_to, "--to")
+    start, end = _parse_date(date_from, "--from", today), _parse_date(date_to, "--to", today)
     if end <= start:
         raise ReportError(f"--to {end} must be after --from {start} (--to is exclusive)")
     return Period(start, end)
@@ -409,16 +448,30 @@ def _iso(value: datetime | date | None, tz: ZoneInfo) -> str | None:
     return value.isoformat()
 
 
-def _raw(value: Any, tz: ZoneInfo) -> Any:
+# CSV and JSON carry numbers a spreadsheet shows as they are, without float noise
+# (13895.642999999998): durations (`*_s`, `seconds`) to 0.1 s, ratios to 4 decimals
+# (0.1 percentage point). Totals are added up before rounding, so they stay exact.
+SECONDS_DECIMALS = 1
+RATIO_DECIMALS = 4
+
+
+def _raw(value: Any, tz: ZoneInfo, decimals: int | None = None) -> Any:
     if isinstance(value, datetime | date):
         return _iso(value, tz)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN/Infinity
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None  # JSON has no NaN/Infinity
+        if decimals is not None:
+            return round(value, decimals) + 0.0  # + 0.0: no "-0.0"
     return value
 
 
+def _decimals(name: str) -> int:
+    return SECONDS_DECIMALS if name.endswith("_s") or name == "seconds" else RATIO_DECIMALS
+
+
 def _records(rows: Sequence[Any], tz: ZoneInfo) -> list[dict[str, Any]]:
-    return [{k: _raw(v, tz) for k, v in asdict(r).items()} for r in rows]
+    return [{k: _raw(v, tz, _decimals(k)) for k, v in asdict(r).items()} for r in rows]
 
 
 def to_json(rows: Sequence[Any], tz: ZoneInfo) -> str:
