@@ -165,6 +165,7 @@ class AndonTile:
     shift_apt_s: float | None
     shift_ideal_s: float | None
     shift_oee: float | None
+    ideal_cycle_s: float
     machine_position: int
     line_position: int
 
@@ -182,7 +183,8 @@ _ANDON_TILE_SQL = """
 SELECT machine, line, name_en, name_zh, state, since, reason, reason_en, reason_zh,
        work_order, product, wo_qty, wo_good, last_event_ts, db_now, ref_ts, state_seconds,
        silent_seconds, shift_start, shift_end, shift_name, shift_good, shift_scrap,
-       shift_planned_s, shift_apt_s, shift_ideal_s, shift_oee, machine_position, line_position
+       shift_planned_s, shift_apt_s, shift_ideal_s, shift_oee, ideal_cycle_s, machine_position,
+       line_position
 FROM v_andon_tile
 ORDER BY line_position, machine_position, machine
 """

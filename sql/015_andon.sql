@@ -39,6 +39,7 @@ SELECT m.machine,
        k.ideal_s                                                      AS shift_ideal_s,
        kpi_oee(k.planned_s, k.running_s + k.microstop_s, k.ideal_s, k.good, k.scrap)
                                                                       AS shift_oee,
+       m.ideal_cycle_seconds                                          AS ideal_cycle_s,
        m.position                                                     AS machine_position,
        l.position                                                     AS line_position
 FROM plant_machine m

@@ -93,6 +93,7 @@ def _row(**kw: Any) -> AndonTile:
         shift_apt_s=None,
         shift_ideal_s=None,
         shift_oee=None,
+        ideal_cycle_s=30.0,
         machine_position=0,
         line_position=0,
     )

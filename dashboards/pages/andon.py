@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 PATH = "/"
 ALIASES = ("/andon",)
-REFRESH_MS = 2_000
+REFRESH_MS = 1_000  # a change shows within 2 s: one tick plus the query and the render
 MIN_ROLE = "viewer"  # a wall screen: every signed-in user and every screen token
 
 # Component ids, prefixed so that later pages cannot collide with them.
@@ -274,10 +274,16 @@ def is_silent(row: AndonTile, opts: BoardOptions) -> bool:
 
 def shift_target(row: AndonTile, plant: PlantConfig) -> tuple[int, int] | None:
     """(parts by the end of the shift, parts expected by now) at the ideal cycle time of the
-    machine's current product; None outside a shift or for a machine the config lacks."""
-    if row.shift_start is None or row.shift_end is None or row.machine not in plant.machines:
+    machine's current product; None outside a shift."""
+    if row.shift_start is None or row.shift_end is None:
         return None
-    cycle = plant.ideal_cycle_seconds(row.machine, row.product)
+    # The product's cycle time from the plant file; the database's copy of the machine's
+    # own when this config does not know the machine.
+    cycle = (
+        plant.ideal_cycle_seconds(row.machine, row.product)
+        if row.machine in plant.machines
+        else row.ideal_cycle_s
+    )
     length = (row.shift_end - row.shift_start).total_seconds()
     elapsed = (min(row.ref_ts, row.shift_end) - row.shift_start).total_seconds()
     if cycle <= 0 or length <= 0:
@@ -416,9 +422,20 @@ def line_summary(
     return LineSummary(counts, oee, good, by_now, full)
 
 
-def columns_for(total: int) -> int:
-    """Tiles per row for `total` machines on a 16:9-ish screen: near-square tiles."""
-    return max(1, min(total, max(4, math.ceil(math.sqrt(total * 1.8)))))
+def columns_for(line_sizes: Sequence[int], aspect: float = 16 / 9) -> int:
+    """Tiles per row, the same for every line so all tiles are alike: the count that gives
+    the largest tile of about 1.2:1 when the lines share a screen of `aspect` (each line's
+    header costs about a third of a tile row)."""
+    if not line_sizes:
+        return 1
+    best, best_size = 1, -1.0
+    for cols in range(1, max(line_sizes) + 1):
+        rows = sum(math.ceil(n / cols) for n in line_sizes) + len(line_sizes) / 3
+        width, height = aspect / cols, 1.0 / rows
+        size = min(width / 1.2, height)
+        if size > best_size + 1e-9:
+            best, best_size = cols, size
+    return best
 
 
 def render_board(
@@ -432,7 +449,7 @@ def render_board(
     by_line: dict[str, list[AndonTile]] = {}
     for row in rows:  # rows arrive in plant order (line_position, machine_position)
         by_line.setdefault(row.line, []).append(row)
-    cols = columns_for(len(rows))
+    cols = columns_for([len(m) for m in by_line.values()])
     sections: list[Any] = []
     for line_id, machines in by_line.items():
         summary = line_summary(machines, plant, opts)
