@@ -14,11 +14,13 @@ from pathlib import Path
 from types import FrameType
 
 import dash
+import flask
 import psycopg
 import waitress
 from dash import html
 
 from dashboards import auth, context
+from dashboards.i18n import t
 from dashboards.pages import PAGES
 from dashboards.queries import Database
 from mesflow.plant import PlantConfig
@@ -47,9 +49,54 @@ def create_app(settings: Settings, plant: PlantConfig, database_url: str) -> das
     auth.install(app, settings, db)
     for page in PAGES:
         page.register(app)
+    _register_not_found()
     app.layout = html.Div(dash.page_container, className="app-root")
     auth.check_declarations(app)
     return app
+
+
+def _register_not_found() -> None:
+    """The app's own 404 page instead of Dash's bare "404 - Page not found".
+
+    Dash's router shows the layout of the page whose module ends in `not_found_404` for any
+    path no page has; it needs only the viewer role (the gate's role for unknown paths).
+    """
+    dash.register_page(
+        "dashboards.not_found_404",
+        path="/404",
+        name="Not found",
+        title="404 · mesflow",
+        layout=not_found_layout,
+        nav=False,
+        min_role="viewer",
+    )
+
+
+def not_found_layout(lang: str | None = None, **_query: str) -> html.Main:
+    ctx = context.current()
+    lang = ctx.lang(lang)
+    return html.Main(
+        className=f"not-found lang-{lang}",
+        lang="zh-CN" if lang == "zh" else "en",
+        children=[
+            html.Div("404", className="not-found-code"),
+            html.H1(t("not_found_title", lang)),
+            html.P(t("not_found_text", lang).format(path=_requested_path()[:200] or "/")),
+            html.A(t("go_home", lang), href=f"/?lang={lang}", className="not-found-home"),
+        ],
+    )
+
+
+def _requested_path() -> str:
+    """The address the browser asked for: Dash's router sends it in the callback's body."""
+    if not flask.has_request_context():
+        return ""
+    body = flask.request.get_json(silent=True, cache=True)
+    for item in body.get("inputs", []) if isinstance(body, dict) else []:
+        if isinstance(item, dict) and item.get("property") == "pathname":
+            value = item.get("value")
+            return value if isinstance(value, str) else ""
+    return flask.request.path
 
 
 def serve(settings: Settings, plant: PlantConfig, database_url: str) -> None:

@@ -62,6 +62,13 @@ _STRINGS: Final[dict[str, dict[str, str]]] = {
         "en": "Your role ({role}) may not open this page; it needs: {required}",
     },
     "switch_user": {"zh": "切换用户", "en": "Sign in as someone else"},
+    # The app's own 404 page (dashboards/app.py).
+    "not_found_title": {"zh": "找不到此页面", "en": "Page not found"},
+    "not_found_text": {
+        "zh": "地址 {path} 不存在，可能已被移动或输入有误。",
+        "en": "There is no page at {path}: it may have moved, or the address has a typo.",
+    },
+    "go_home": {"zh": "返回安灯看板", "en": "Back to the andon board"},
     "logout": {"zh": "退出", "en": "Sign out"},
 }
 

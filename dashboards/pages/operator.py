@@ -1,0 +1,526 @@
+"""Operator tablet: one station's stops, scrap and work orders, for a 1280x800 touch screen.
+
+The station is chosen once and kept in the tablet's localStorage. Every tap is at most two
+taps from the answer (a stop's reason is one tap on the stop's card), every target is at
+least 56 px high, and the reasons this machine gets most often come first. Taps become
+canonical report events in the ingest log (dashboards/operator_reports.py), the same path as
+MQTT reports; the andon shows them once the live dataflow has processed them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import dash
+import psycopg
+from dash import Input, Output, State, dcc, html
+
+from dashboards import auth, context
+from dashboards import operator_reports as reports
+from dashboards.i18n import format_duration, state_label, t
+from dashboards.nav import account_links, nav_links
+from dashboards.operator_reports import Refused, Ticket
+from mesflow.plant import PlantConfig, Reason
+
+log = logging.getLogger(__name__)
+
+PATH = "/operator"
+REFRESH_MS = 2_000
+MIN_ROLE = "operator"
+RECENT_STOPS = 5
+QTY_STEPS: Final = (1, 2, 5, 10)
+
+_STATION = "op-station"
+_TICKET = "op-ticket"
+_QTY = "op-qty"
+_LANG = "op-lang"
+_TICK = "op-tick"
+_BODY = "op-body"
+_SIG = "op-sig"
+_FEEDBACK = "op-feedback"
+_CHANGE = "op-change"
+_TAP = "op-tap"
+
+STRINGS: Final[dict[str, dict[str, str]]] = {
+    "operator": {"zh": "操作员终端", "en": "Operator tablet"},
+    "choose_station": {"zh": "请选择本终端的设备", "en": "Choose this tablet's machine"},
+    "change_station": {"zh": "更换设备", "en": "Change machine"},
+    "stops": {"zh": "停机记录（点按原因）", "en": "Stops (tap a reason)"},
+    "no_stops": {"zh": "暂无停机", "en": "No stops"},
+    "now": {"zh": "进行中", "en": "now"},
+    "scrap": {"zh": "报废", "en": "Scrap"},
+    "scrap_hint": {"zh": "先选数量，再点原因", "en": "Pick a quantity, then tap a reason"},
+    "work_orders": {"zh": "工单", "en": "Work orders"},
+    "no_work_orders": {"zh": "无已下达工单", "en": "No released work orders"},
+    "start": {"zh": "开工", "en": "Start"},
+    "finish": {"zh": "完工", "en": "Finish"},
+    "active": {"zh": "生产中", "en": "Running"},
+    "ok_downtime_reason": {"zh": "已记录停机原因：{what}", "en": "Stop reason recorded: {what}"},
+    "ok_scrap": {"zh": "已记录报废：{what}", "en": "Scrap recorded: {what}"},
+    "ok_wo_start": {"zh": "已开工：{what}", "en": "Started: {what}"},
+    "ok_wo_end": {"zh": "已完工：{what}", "en": "Finished: {what}"},
+    "duplicate": {"zh": "已记录（重复点按已忽略）", "en": "Already recorded (double tap ignored)"},
+    "unknown_machine": {"zh": "设备不在工厂模型中", "en": "Machine not in the plant model"},
+    "unknown_reason": {"zh": "未知原因", "en": "Unknown reason"},
+    "unknown_stop": {"zh": "找不到该停机", "en": "Stop not found"},
+    "unknown_work_order": {
+        "zh": "该工单未下达到本设备",
+        "en": "Work order not released to this machine",
+    },
+    "bad_qty": {
+        "zh": f"数量须在 1 到 {reports.MAX_SCRAP_QTY} 之间",
+        "en": f"Quantity must be 1 to {reports.MAX_SCRAP_QTY}",
+    },
+    "bad_action": {"zh": "无效操作", "en": "Invalid action"},
+    "stale_form": {"zh": "页面已过期，请重试", "en": "The page was out of date: tap again"},
+    "db_error": {"zh": "数据库不可用，未记录", "en": "Database unreachable: not recorded"},
+}
+
+
+def s(key: str, lang: str, **kw: Any) -> str:
+    """This page's string `key` in `lang` (the shared ones come from i18n.t)."""
+    entry = STRINGS.get(key)
+    text = t(key, lang) if entry is None else entry.get(lang, entry["en"])
+    return text.format(**kw) if kw else text
+
+
+def register(app: dash.Dash) -> None:
+    dash.register_page(
+        __name__,
+        path=PATH,
+        name="Operator",
+        order=30,
+        nav=True,
+        nav_label={"zh": "操作员", "en": "Operator"},
+        layout=layout,
+        title="Operator · mesflow",
+        min_role=MIN_ROLE,
+    )
+    auth.callback(
+        app,
+        MIN_ROLE,
+        Output(_BODY, "children"),
+        Output(_SIG, "data"),
+        Input(_TICK, "n_intervals"),
+        Input(_STATION, "data"),
+        Input(_QTY, "data"),
+        State(_LANG, "data"),
+        State(_SIG, "data"),
+    )(_refresh)
+    auth.callback(
+        app,
+        MIN_ROLE,
+        Output(_FEEDBACK, "children"),
+        Output(_FEEDBACK, "className"),
+        Output(_TICKET, "data"),
+        Output(_QTY, "data"),
+        Output(_STATION, "data"),
+        Input(_TAP, "data"),
+        State(_STATION, "data"),
+        State(_TICKET, "data"),
+        State(_QTY, "data"),
+        State(_LANG, "data"),
+        prevent_initial_call=True,
+    )(_act)
+
+
+# -- layout --------------------------------------------------------------------------------------
+
+
+def layout(lang: str | None = None, **_query: str) -> html.Div:
+    bctx = context.current()
+    lang = bctx.lang(lang)
+    return html.Div(
+        className=f"op lang-{lang}",
+        lang="zh-CN" if lang == "zh" else "en",
+        children=[
+            dcc.Store(id=_LANG, data=lang),
+            # localStorage: the tablet stays on its machine across reloads and restarts.
+            dcc.Store(id=_STATION, storage_type="local"),
+            dcc.Store(id=_TICKET, data=Ticket.new().to_data()),
+            dcc.Store(id=_QTY, data=None),
+            dcc.Store(id=_SIG),
+            # Written by assets/operator.js on every tap on a [data-tap] button: one static
+            # input instead of pattern-matching ids, which the role gate does not accept.
+            dcc.Store(id=_TAP),
+            dcc.Interval(id=_TICK, interval=REFRESH_MS),
+            html.Header(
+                className="op-header",
+                children=[
+                    html.Div(bctx.plant.plant.name.get(lang), className="op-plant"),
+                    html.Div(s("operator", lang), className="op-title"),
+                    html.Nav(
+                        className="op-links",
+                        children=[
+                            html.Button(
+                                s("change_station", lang),
+                                id=_CHANGE,
+                                className="op-btn op-small",
+                                **_tap(a="change"),
+                            ),
+                            *nav_links(lang, PATH),
+                            *account_links(lang),
+                            html.A(
+                                t("language", lang),
+                                href=f"?lang={'en' if lang == 'zh' else 'zh'}",
+                                className="lang-switch",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+            html.Div(id=_FEEDBACK, className="op-feedback"),
+            html.Main(id=_BODY, className="op-body"),
+        ],
+    )
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    start_ts: datetime
+    end_ts: datetime | None
+    state: str
+    duration_s: float
+    reason: str
+    is_open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StationView:
+    stops: list[Stop]
+    reason_counts: dict[str, int]
+    work_orders: list[tuple[str, str | None, int | None, int]]  # wo, product, qty, good
+    active_wo: str | None
+
+
+def read_station(conn: psycopg.Connection, machine: str) -> StationView:
+    stops = [
+        Stop(*row)
+        for row in conn.execute(
+            # An open stop counts on the wall clock: the machine's own last event may be its
+            # stop, so in event time it has lasted 0 s (and is a micro-stop) so far.
+            "SELECT start_ts, end_ts, state,"
+            " CASE WHEN is_open THEN GREATEST(EXTRACT(EPOCH FROM now() - start_ts)::float8,"
+            " duration_s) ELSE duration_s END, reason, is_open FROM v_stops"
+            " WHERE machine = %s AND state <> 'offline' AND (is_open OR NOT is_microstop)"
+            " ORDER BY start_ts DESC LIMIT %s",
+            (machine, RECENT_STOPS),
+        )
+    ]
+    counts = {
+        str(r): int(n)
+        for r, n in conn.execute(
+            "SELECT reason, count(*) FROM v_stops WHERE machine = %s"
+            " AND start_ts > now() - interval '30 days'"
+            " AND reason NOT IN ('unassigned', 'no_data') GROUP BY reason",
+            (machine,),
+        )
+    }
+    wos = [
+        (str(w), p, q, int(g or 0))
+        for w, p, q, g in conn.execute(
+            "SELECT work_order, product, qty, good FROM v_work_order_progress"
+            " WHERE machine = %s AND completed_at IS NULL"
+            " ORDER BY order_due NULLS LAST, work_order LIMIT 8",
+            (machine,),
+        )
+    ]
+    row = conn.execute(
+        "SELECT work_order FROM v_machine_status WHERE machine = %s", (machine,)
+    ).fetchone()
+    return StationView(stops, counts, wos, row[0] if row else None)
+
+
+# -- rendering (pure) ----------------------------------------------------------------------------
+
+
+def _name(reason: Reason, lang: str) -> str:
+    return reason.name.get(lang)
+
+
+def reason_label(plant: PlantConfig, code: str, lang: str) -> str:
+    r = plant.reasons_by_code.get(code)
+    return r.name.get(lang) if r else code
+
+
+def _data(**attrs: str) -> dict[str, Any]:
+    """`data-*` attributes (the test and anyone debugging find a stop by its start)."""
+    return {f"data-{name}": value for name, value in attrs.items()}
+
+
+def _tap(**payload: Any) -> dict[str, Any]:
+    """What a tap on this button reports to the server (assets/operator.js sends it)."""
+    return {"data-tap": json.dumps(payload, separators=(",", ":"))}
+
+
+def render_chooser(plant: PlantConfig, lang: str) -> list[Any]:
+    return [
+        html.H2(s("choose_station", lang), className="op-h"),
+        *[
+            html.Section(
+                className="op-line",
+                children=[
+                    html.H3(line.name.get(lang), className="op-line-name"),
+                    html.Div(
+                        className="op-grid",
+                        children=[
+                            html.Button(
+                                [html.Span(m.name.get(lang)), html.Small(m.id)],
+                                **_tap(a="pick", machine=m.id),
+                                className="op-btn op-pick",
+                            )
+                            for m in line.machines
+                        ],
+                    ),
+                ],
+            )
+            for line in plant.lines
+        ],
+    ]
+
+
+def render_station(
+    plant: PlantConfig, machine: str, view: StationView, qty: int | None, lang: str
+) -> list[Any]:
+    tz = plant.tz
+    reasons = reports.most_used_first(reports.stop_reasons(plant), view.reason_counts)
+    stop_cards: list[Any] = []
+    for stop in view.stops:
+        start = stop.start_ts.astimezone(tz).strftime("%H:%M")
+        end = (
+            stop.end_ts.astimezone(tz).strftime("%H:%M")
+            if stop.end_ts is not None and not stop.is_open
+            else s("now", lang)
+        )
+        assigned = stop.reason not in ("unassigned", "no_data")
+        stop_cards.append(
+            html.Div(
+                className=f"op-stop state-{stop.state.replace('_', '-')}"
+                + (" open" if stop.is_open else ""),
+                **_data(start=stop.start_ts.isoformat(), reason=stop.reason),
+                children=[
+                    html.Div(
+                        className="op-stop-head",
+                        children=[
+                            html.Span(state_label(stop.state, lang), className="op-stop-state"),
+                            html.Span(f"{start}–{end}", className="op-stop-time"),
+                            html.Span(format_duration(stop.duration_s, lang)),
+                            html.Span(
+                                reason_label(plant, stop.reason, lang) if assigned else "?",
+                                className="op-stop-reason" + ("" if assigned else " missing"),
+                            ),
+                        ],
+                    ),
+                    html.Div(
+                        className="op-reasons",
+                        children=[
+                            html.Button(
+                                _name(r, lang),
+                                **_tap(a="reason", start=stop.start_ts.isoformat(), reason=r.code),
+                                className="op-btn op-reason"
+                                + (" chosen" if r.code == stop.reason else ""),
+                            )
+                            for r in reasons
+                        ],
+                    ),
+                ],
+            )
+        )
+    m = plant.machines[machine]
+    wo_rows: list[Any] = []
+    for wo, product, wqty, good in view.work_orders:
+        active = wo == view.active_wo
+        wo_rows.append(
+            html.Div(
+                className="op-wo" + (" active" if active else ""),
+                children=[
+                    html.Span(wo, className="op-wo-id"),
+                    html.Span(f"{product or ''} {good}/{wqty or '?'}", className="op-wo-fig"),
+                    html.Button(
+                        s("finish" if active else "start", lang),
+                        **_tap(a="wo", kind="wo_end" if active else "wo_start", wo=wo),
+                        className="op-btn op-wo-btn" + (" finish" if active else ""),
+                    ),
+                ],
+            )
+        )
+    return [
+        html.Div(
+            className="op-station",
+            children=[
+                html.Span(m.name.get(lang), className="op-station-name"),
+                html.Span(machine, className="op-station-id"),
+            ],
+        ),
+        html.Div(
+            className="op-cols",
+            children=[
+                html.Section(
+                    className="op-col op-stops",
+                    children=[
+                        html.H2(s("stops", lang), className="op-h"),
+                        *(stop_cards or [html.Div(s("no_stops", lang), className="op-empty")]),
+                    ],
+                ),
+                html.Div(
+                    className="op-col",
+                    children=[
+                        html.Section(
+                            className="op-scrap",
+                            children=[
+                                html.H2(s("scrap", lang), className="op-h"),
+                                html.Div(s("scrap_hint", lang), className="op-hint"),
+                                html.Div(
+                                    className="op-qtys",
+                                    children=[
+                                        html.Button(
+                                            str(n),
+                                            **_tap(a="qty", n=n),
+                                            className="op-btn op-qty"
+                                            + (" chosen" if qty == n else ""),
+                                        )
+                                        for n in QTY_STEPS
+                                    ],
+                                ),
+                                html.Div(
+                                    className="op-reasons",
+                                    children=[
+                                        html.Button(
+                                            _name(r, lang),
+                                            **_tap(a="scrap", reason=r.code),
+                                            className="op-btn op-reason",
+                                            disabled=qty is None,
+                                        )
+                                        for r in reports.scrap_reasons(plant)
+                                    ],
+                                ),
+                            ],
+                        ),
+                        html.Section(
+                            className="op-wos",
+                            children=[
+                                html.H2(s("work_orders", lang), className="op-h"),
+                                *(
+                                    wo_rows
+                                    or [html.Div(s("no_work_orders", lang), className="op-empty")]
+                                ),
+                            ],
+                        ),
+                    ],
+                ),
+            ],
+        ),
+    ]
+
+
+# -- callbacks -----------------------------------------------------------------------------------
+
+
+def _refresh(_n: int | None, station: Any, qty: Any, lang: Any, sig: Any) -> tuple[Any, Any]:
+    bctx = context.current()
+    lang = bctx.lang(lang)
+    plant = bctx.plant
+    if not isinstance(station, str) or station not in plant.machines:
+        new_sig = f"chooser:{lang}"
+        return (
+            (render_chooser(plant, lang), new_sig)
+            if new_sig != sig
+            else (
+                dash.no_update,
+                dash.no_update,
+            )
+        )
+    qty = qty if isinstance(qty, int) and qty in QTY_STEPS else None
+    try:
+        view = bctx.db.run(lambda conn: read_station(conn, station))
+    except psycopg.Error as err:
+        log.warning("operator: cannot read station %s: %s", station, err)
+        return dash.no_update, dash.no_update
+    # Re-render only on a change: replacing the buttons under a finger can lose a tap.
+    minute = datetime.now(UTC).strftime("%H:%M")
+    new_sig = repr((station, lang, qty, view, minute))
+    if new_sig == sig:
+        return dash.no_update, dash.no_update
+    return render_station(plant, station, view, qty, lang), new_sig
+
+
+_NOTHING: Final = (dash.no_update,) * 5
+
+
+def _act(tap: Any, station: Any, ticket_data: Any, qty: Any, lang: Any) -> tuple[Any, ...]:
+    """One tap (from assets/operator.js): choose a station, a quantity, or report."""
+    bctx = context.current()
+    lang = bctx.lang(lang)
+    plant = bctx.plant
+    if not isinstance(tap, dict):
+        return _NOTHING
+    action = tap.get("a")
+    keep = dash.no_update
+    if action == "change":
+        return "", "op-feedback", keep, None, None
+    if action == "pick":
+        machine = tap.get("machine")
+        if isinstance(machine, str) and machine in plant.machines:
+            return "", "op-feedback", keep, None, machine
+        return _NOTHING
+    if action == "qty":
+        n = tap.get("n")
+        # A new quantity is a new scrap entry: a new ticket, so its scrap is a new event.
+        new_qty = n if isinstance(n, int) and n in QTY_STEPS else None
+        return "", "op-feedback", Ticket.new().to_data(), new_qty, keep
+    principal = auth.require(MIN_ROLE)
+    try:
+        ticket = Ticket.from_data(ticket_data)
+        if action == "reason":
+            event = reports.downtime_reason(
+                plant, ticket, station, tap.get("start"), tap.get("reason"), principal.name
+            )
+            what = reason_label(plant, event["reason"], lang)
+        elif action == "scrap":
+            if qty is None:  # the second tap of a double tap, after the first cleared it
+                return _NOTHING
+            event = reports.scrap(plant, ticket, station, qty, tap.get("reason"), principal.name)
+            what = f"{event['qty']} × {reason_label(plant, event['reason'], lang)}"
+        elif action == "wo":
+            event = reports.work_order(
+                plant, ticket, station, tap.get("kind"), tap.get("wo"), principal.name
+            )
+            what = event["work_order"]
+        else:
+            raise Refused("bad_action")
+        stored = bctx.db.run(lambda conn: _check_and_submit(conn, principal.name, event))
+    except Refused as err:
+        return s(err.code, lang), "op-feedback error", Ticket.new().to_data(), keep, keep
+    except psycopg.Error as err:
+        log.warning("operator: cannot store a report: %s", err)
+        return s("db_error", lang), "op-feedback error", keep, keep, keep
+    text = s(f"ok_{event['kind']}", lang, what=what) if stored else s("duplicate", lang)
+    # Scrap: the quantity is cleared, so the next scrap is a deliberate new entry.
+    return text, "op-feedback ok", keep, None if event["kind"] == "scrap" else keep, keep
+
+
+def _check_and_submit(conn: psycopg.Connection, user: str, event: dict[str, Any]) -> bool:
+    """Store `event` if it names a stop / work order of its machine; True if it was new."""
+    machine = event["machine"]
+    if event["kind"] == "downtime_reason":
+        row = conn.execute(
+            "SELECT 1 FROM v_stops WHERE machine = %s AND start_ts = %s",
+            (machine, datetime.fromisoformat(event["at"])),
+        ).fetchone()
+        if row is None:
+            raise Refused("unknown_stop")
+    elif event["kind"] in ("wo_start", "wo_end"):
+        row = conn.execute(
+            "SELECT 1 FROM v_work_order_progress WHERE machine = %s AND work_order = %s",
+            (machine, event["work_order"]),
+        ).fetchone()
+        if row is None:
+            raise Refused("unknown_work_order")
+    return reports.submit(conn, user, event).new > 0
