@@ -48,6 +48,9 @@ def write_history(
 
 
 BACKFILL_SOURCE = "simulator:backfill"
+# History work orders are WO-<machine>-H0001, ...: the live run numbers its own from 0001
+# again, and the CRM stand-in's orders name those.
+HISTORY_WORK_ORDER_TAG = "H"
 
 
 def backfill_log(
@@ -74,7 +77,10 @@ def backfill_log(
     batch: list[LogRecord] = []
     next_report = time.monotonic() + every_s
     with connect(database_url, autocommit=True) as conn:
-        for ts_ms, ev in generate_timed(plant, seed=seed, start=start, end=end):
+        events = generate_timed(
+            plant, seed=seed, start=start, end=end, work_order_tag=HISTORY_WORK_ORDER_TAG
+        )
+        for ts_ms, ev in events:
             batch.append(record_for(BACKFILL_SOURCE, ev))
             if len(batch) >= _CHUNK:
                 new += append(conn, batch).new

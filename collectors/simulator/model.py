@@ -177,6 +177,7 @@ def _machine_events(
     tz: ZoneInfo,
     fmt: TsFormat,
     id_prefix: str,
+    wo_tag: str = "",
 ) -> Iterator[Timed]:
     """One machine's events in time order (ts may run past end_ms; the caller cuts)."""
     rng = random.Random(f"{seed}:{spec.id}")
@@ -246,7 +247,7 @@ def _machine_events(
     def next_work_order(first: bool) -> None:
         nonlocal wo_no, wo_id, ideal_ms, wo_left, wo_product, wo_qty
         wo_no += 1
-        wo_id = f"WO-{mid}-{wo_no:04d}"
+        wo_id = f"WO-{mid}-{wo_tag}{wo_no:04d}"
         product = rng.choice(spec.products)
         ideal_ms = spec.cycle_ms[product]
         qty = max(20, 10 * round(uniform(2, 5) * HOUR / ideal_ms / 10))  # a few hours of work
@@ -413,9 +414,18 @@ def _machine_events(
 
 
 def generate_timed(
-    plant: PlantConfig, *, seed: int, start: datetime, end: datetime | None
+    plant: PlantConfig,
+    *,
+    seed: int,
+    start: datetime,
+    end: datetime | None,
+    work_order_tag: str = "",
 ) -> Iterator[Timed]:
-    """(epoch ms, event) pairs for [start, end) in time order; forever when end is None."""
+    """(epoch ms, event) pairs for [start, end) in time order; forever when end is None.
+
+    Work orders are numbered `WO-<machine>-<tag><n>` from 1 in every run; the demo's
+    history uses the tag "H", so its work orders never share an id with the live run's
+    (which the CRM stand-in's orders name)."""
     if start.tzinfo is None or (end is not None and end.tzinfo is None):
         raise ValueError("start and end must be time-zone aware")
     tz = plant.tz
@@ -424,7 +434,9 @@ def generate_timed(
     fmt = TsFormat(tz)
     tag = run_tag(start, tz)
     streams = [
-        _machine_events(spec, seed, start_ms, end_ms, tz, fmt, f"sim{seed}-{tag}-{spec.id}-")
+        _machine_events(
+            spec, seed, start_ms, end_ms, tz, fmt, f"sim{seed}-{tag}-{spec.id}-", work_order_tag
+        )
         for spec in machine_specs(plant)
     ]
     heads: list[Timed | None] = [None] * len(streams)
