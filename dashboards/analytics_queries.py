@@ -206,8 +206,7 @@ def timeline(
     intervals = sql.SQL(
         "SELECT s.machine, s.start_ts, s.end_ts, s.state, s.reason, s.duration_s "
         "FROM v_state_intervals s WHERE {scope} "
-        "AND s.start_ts < %(to)s "
-        "AND s.start_ts + make_interval(secs => s.duration_s) > %(from)s "
+        "AND s.start_ts < %(to)s AND (s.end_ts > %(from)s OR s.end_ts IS NULL) "
         "ORDER BY s.machine, s.start_ts"
     ).format(scope=_scope_filter(f.scope, "s"))
     spans = sql.SQL(

@@ -543,54 +543,92 @@ def timeline_figure(
     window: tuple[datetime, datetime],
     plant: PlantConfig,
     lang: str,
-) -> go.Figure:
-    """One lane per machine, one bar trace per state; shift starts as lines, breaks shaded."""
+) -> dict[str, Any]:
+    """One lane per machine, one bar trace per state; shift starts as lines, breaks shaded.
+
+    A plain figure dict, not a plotly Figure: 50 machines over two days are ~15,000 bars, and
+    plotly's validation of them took over a second (bench/analytics_bench.py).
+    """
     tz = plant.tz
     lo, hi = window
-    fig = _fig()
-    machines = [m for m in plant.machines if any(i.machine == m for i in intervals)]
+    seen = {i.machine for i in intervals}
+    machines = [m for m in plant.machines if m in seen]
+    traces: list[dict[str, Any]] = []
     for state, colour in STATE_COLOURS.items():
-        rows = [i for i in intervals if i.state == state]
-        if not rows:
-            continue
-        starts = [max(i.start_ts, lo) for i in rows]
-        ends = [min(i.end_ts or i.start_ts + timedelta(seconds=i.duration_s), hi) for i in rows]
-        fig.add_trace(
-            go.Bar(
-                y=[i.machine for i in rows],
-                x=[(e - b).total_seconds() * 1000 for b, e in zip(starts, ends, strict=True)],
-                base=[b.astimezone(tz).isoformat() for b in starts],
-                orientation="h",
-                name=state_label(state, lang),
-                marker={"color": colour},
-                customdata=[i.reason or "" for i in rows],
-                hovertemplate="%{y} %{base|%H:%M}: %{customdata}<extra>"
-                + state_label(state, lang)
-                + "</extra>",
+        ys: list[str] = []
+        xs: list[float] = []
+        bases: list[str] = []
+        reasons: list[str] = []
+        for i in intervals:
+            if i.state != state:
+                continue
+            b = max(i.start_ts, lo)
+            e = min(i.end_ts or i.start_ts + timedelta(seconds=i.duration_s), hi)
+            if e <= b:  # an open interval whose machine fell silent before the window
+                continue
+            ys.append(i.machine)
+            xs.append((e - b).total_seconds() * 1000)
+            bases.append(b.astimezone(tz).isoformat())
+            reasons.append(i.reason or "")
+        if ys:
+            label = state_label(state, lang)
+            traces.append(
+                {
+                    "type": "bar",
+                    "orientation": "h",
+                    "y": ys,
+                    "x": xs,
+                    "base": bases,
+                    "name": label,
+                    "marker": {"color": colour},
+                    "customdata": reasons,
+                    "hovertemplate": "%{y} %{base|%H:%M}: %{customdata}<extra>"
+                    + label
+                    + "</extra>",
+                }
             )
-        )
-    for span in spans:
-        fig.add_vline(
-            x=span.bucket_start.astimezone(tz).isoformat(),
-            line={"color": "#333", "dash": "dash", "width": 1},
-        )
-    for b_start, b_end in breaks(plant, lo, hi):
-        fig.add_vrect(
-            x0=b_start.isoformat(),
-            x1=b_end.isoformat(),
-            fillcolor="#999",
-            opacity=0.25,
-            line_width=0,
-        )
-    fig.update_layout(
-        barmode="overlay",
-        height=max(240, 28 * len(machines) + 90),
-        yaxis={"categoryorder": "array", "categoryarray": list(reversed(machines))},
-    )
-    fig.update_xaxes(
-        type="date", range=[lo.astimezone(tz).isoformat(), hi.astimezone(tz).isoformat()]
-    )
-    return fig
+    shapes: list[dict[str, Any]] = [
+        {
+            "type": "line",
+            "xref": "x",
+            "yref": "paper",
+            "x0": span.bucket_start.astimezone(tz).isoformat(),
+            "x1": span.bucket_start.astimezone(tz).isoformat(),
+            "y0": 0,
+            "y1": 1,
+            "line": {"color": "#333", "dash": "dash", "width": 1},
+        }
+        for span in spans
+    ]
+    shapes += [
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": b0.isoformat(),
+            "x1": b1.isoformat(),
+            "y0": 0,
+            "y1": 1,
+            "fillcolor": "#999",
+            "opacity": 0.25,
+            "line": {"width": 0},
+            "layer": "above",
+        }
+        for b0, b1 in breaks(plant, lo, hi)
+    ]
+    base = _fig().to_plotly_json()["layout"]
+    layout = {
+        **base,
+        "barmode": "overlay",
+        "height": max(240, 28 * len(machines) + 90),
+        "yaxis": {"categoryorder": "array", "categoryarray": list(reversed(machines))},
+        "xaxis": {
+            "type": "date",
+            "range": [lo.astimezone(tz).isoformat(), hi.astimezone(tz).isoformat()],
+        },
+        "shapes": shapes,
+    }
+    return {"data": traces, "layout": layout}
 
 
 def breaks(plant: PlantConfig, lo: datetime, hi: datetime) -> list[tuple[datetime, datetime]]:
