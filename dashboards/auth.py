@@ -386,6 +386,10 @@ def well_formed_callback(body: Any, spec: dict[str, Any] | None) -> bool:
         return False
     if output == ROUTER_OUTPUT:  # Dash's router takes strings only
         values = [i.get("value") for i in body["inputs"]]
+        # A browser always sends its pathname; a missing one crashes Dash's matching of
+        # path_template pages (fnmatch on None, e.g. /orders/<order_no>).
+        if _router_pathname(body).startswith("/\x00"):
+            return False
         return all(v is None or isinstance(v, str) for v in values)
     return True
 

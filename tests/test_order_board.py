@@ -3,6 +3,8 @@ database fed by the real dataflow (a replayed file)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -277,5 +279,70 @@ def test_pages_refused_without_credentials_and_order_page_needs_manager(
         manager = app.server.test_client()
         sign_in(manager, "boss", "manager-password", "/orders/SO-1")
         assert manager.get("/orders/SO-1").status_code == 200
+    finally:
+        context.of(app.server).db.close()
+
+
+def _call(client: Any, output: str, inputs: list[tuple[str, str, Any]], state: list[Any]) -> Any:
+    """One callback request as dash-renderer sends it."""
+    outs = [
+        dict(zip(("id", "property"), p.rsplit(".", 1), strict=True))
+        for p in (output[2:-2].split("...") if output.startswith("..") else [output])
+    ]
+    body = {
+        "output": output,
+        "outputs": outs if output.startswith("..") else outs[0],
+        "inputs": [{"id": i, "property": p, "value": v} for i, p, v in inputs],
+        "state": [{"id": i, "property": p, "value": v} for i, p, v in state],
+        "changedPropIds": [f"{inputs[0][0]}.{inputs[0][1]}"],
+    }
+    answer = client.post("/_dash-update-component", json=body)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    return answer.get_json()["response"]
+
+
+def test_filters_and_csv_export_through_the_callbacks(
+    replayed: Database, db_url: str, plant: PlantConfig
+) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "viewer1", "viewer", "viewer-password")
+    app = create_app(_settings(), plant, db_url)
+    try:
+        client = app.server.test_client()
+        sign_in(client, "viewer1", "viewer-password", "/orders")
+        table = "..orders-table.children...orders-customer.options...orders-banner.children.."
+
+        def board(status: Any, customer: Any) -> list[str]:
+            response = _call(
+                client,
+                table,
+                [
+                    ("orders-tick", "n_intervals", 1),
+                    ("orders-status", "value", status),
+                    ("orders-customer", "value", customer),
+                ],
+                [("orders-lang", "data", "en")],
+            )
+            assert [o["value"] for o in response["orders-customer"]["options"]] == [
+                "ACME",
+                "Globex",
+            ]
+            return re.findall(r'"data-order": "([^"]+)"', json.dumps(response["orders-table"]))
+
+        assert board("open", None) == ["SO-LATE", "SO-EASY", "SO-LOW"]
+        assert board("open", "ACME") == ["SO-LATE", "SO-LOW"]
+        assert board("closed", None) == []
+        assert board(["not", "a", "string"], 7) == ["SO-LATE", "SO-EASY", "SO-LOW"]
+
+        download = _call(
+            client,
+            "orders-download.data",
+            [("orders-csv", "n_clicks", 1)],
+            [("orders-status", "value", "open"), ("orders-customer", "value", "Globex")],
+        )["orders-download"]["data"]
+        assert download["filename"] == "orders.csv"
+        assert (
+            download["content"].splitlines()[1].startswith("2,SO-EASY,Globex,1,P-100,10,5,0,50.0,")
+        )  # the rank on the whole board
     finally:
         context.of(app.server).db.close()
