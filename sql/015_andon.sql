@@ -24,11 +24,14 @@ SELECT m.machine,
        s.last_event_ts,
        now()                                                          AS db_now,
        GREATEST(now(), s.last_event_ts)                               AS ref_ts,
-       GREATEST(EXTRACT(EPOCH FROM (GREATEST(now(), s.last_event_ts) - s.since)), 0)::double precision
-                                                                      AS state_seconds,
+       -- GREATEST skips NULLs: the CASE keeps a never-seen machine's figures NULL.
+       CASE WHEN s.since IS NOT NULL THEN GREATEST(
+           EXTRACT(EPOCH FROM (GREATEST(now(), s.last_event_ts) - s.since)), 0)::double precision
+       END                                                            AS state_seconds,
        -- Seconds since the machine last said anything (0 when its clock is ahead).
-       GREATEST(EXTRACT(EPOCH FROM (now() - s.last_event_ts)), 0)::double precision
-                                                                      AS silent_seconds,
+       CASE WHEN s.last_event_ts IS NOT NULL THEN GREATEST(
+           EXTRACT(EPOCH FROM (now() - s.last_event_ts)), 0)::double precision
+       END                                                            AS silent_seconds,
        k.bucket_start                                                 AS shift_start,
        k.bucket_end                                                   AS shift_end,
        k.shift_name,

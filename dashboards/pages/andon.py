@@ -51,6 +51,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "never_seen": {"zh": "从未收到数据", "en": "never reported"},
     "oee_shift": {"zh": "本班OEE", "en": "Shift OEE"},
     "output": {"zh": "产量", "en": "Output"},
+    "due_now": {"zh": "应达", "en": "due now"},
+    "shift_target": {"zh": "班目标", "en": "shift target"},
     "product": {"zh": "产品", "en": "Product"},
     "silent": {"zh": "无数据", "en": "Silent"},
 }
@@ -485,10 +487,10 @@ def render_board(
                                 className="line-oee",
                             ),
                             html.Span(
-                                f"{s_('output', lang)} {summary.good}"
-                                f" / {summary.target_by_now} / {summary.target_full}",
+                                f"{s_('output', lang)} {summary.good} · "
+                                f"{s_('due_now', lang)} {summary.target_by_now} · "
+                                f"{s_('shift_target', lang)} {summary.target_full}",
                                 className="line-output",
-                                title="good / target by now / shift target",
                             ),
                         ],
                     ),
