@@ -161,14 +161,6 @@ def reasons(db: Database, f: Filters, tz: ZoneInfo) -> list[ReasonRow]:
     return db.run(run)
 
 
-# A stop belongs to a shift when it starts inside one of the machine's shift instances.
-_IN_SHIFT = (
-    "(%(shift)s::text IS NULL OR EXISTS (SELECT 1 FROM v_kpi_machine_shift k "
-    "WHERE k.machine = s.machine AND k.shift_name = %(shift)s "
-    "AND s.start_ts >= k.bucket_start AND s.start_ts < k.bucket_end))"
-)
-
-
 def stops(
     db: Database,
     f: Filters,
@@ -178,16 +170,30 @@ def stops(
     category: str | None = None,
     limit: int = STOPS_LIMIT,
 ) -> list[StopRow]:
-    """The stops themselves (micro-stops left out), longest first: the Pareto's drill-down."""
+    """The stops themselves (micro-stops left out), longest first: the Pareto's drill-down.
+
+    With a shift filter, a stop belongs to the shift instance of its machine it starts in:
+    the instances are listed first and each one's stops found by the primary key (machine,
+    start_ts), instead of testing every stop of the range against every instance.
+    """
+    if f.shift is None:
+        source = sql.SQL("v_stops s WHERE {scope}").format(scope=_scope_filter(f.scope, "s"))
+    else:
+        source = sql.SQL(
+            "(SELECT k.machine, k.bucket_start, k.bucket_end FROM v_kpi_machine_shift k "
+            "WHERE {scope} AND k.shift_name = %(shift)s "
+            "AND k.bucket_start < %(end_ts)s AND k.bucket_end > %(start_ts)s) k "
+            "JOIN v_stops s ON s.machine = k.machine "
+            "AND s.start_ts >= k.bucket_start AND s.start_ts < k.bucket_end WHERE true"
+        ).format(scope=_scope_filter(f.scope, "k"))
     query = sql.SQL(
         "SELECT s.machine, s.line, s.start_ts, s.end_ts, s.state, s.duration_s, s.reason, "
-        "s.category, s.work_order, s.is_open FROM v_stops s "
-        "WHERE {scope} AND NOT s.is_microstop "
+        "s.category, s.work_order, s.is_open FROM {source} AND NOT s.is_microstop "
         "AND s.start_ts >= %(start_ts)s AND s.start_ts < %(end_ts)s "
         "AND (%(reason)s::text IS NULL OR s.reason = %(reason)s) "
         "AND (%(category)s::text IS NULL OR s.category = %(category)s) "
-        "AND " + _IN_SHIFT + " ORDER BY s.duration_s DESC, s.start_ts LIMIT %(limit)s"
-    ).format(scope=_scope_filter(f.scope, "s"))
+        "ORDER BY s.duration_s DESC, s.start_ts, s.machine LIMIT %(limit)s"
+    ).format(source=source)
     params = _params(f, tz, reason=reason, category=category, limit=limit)
 
     def run(conn: psycopg.Connection) -> list[StopRow]:

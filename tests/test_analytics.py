@@ -109,6 +109,14 @@ def test_shift_filter_and_shift_comparison(replayed: Database, plant: PlantConfi
     reasons_day = aq.reasons(replayed, _filters(Scope("line", "IM"), "day"), tz)
     reasons_all = aq.reasons(replayed, _filters(Scope("line", "IM")), tz)
     assert sum(r.seconds for r in reasons_day) < sum(r.seconds for r in reasons_all)
+    # Stops of the day shifts start inside them (IM works 08:00-20:00), the others outside.
+    day_stops = aq.stops(replayed, _filters(Scope("line", "IM"), "day"), tz)
+    night_stops = aq.stops(replayed, _filters(Scope("line", "IM"), "night"), tz)
+    assert day_stops and night_stops
+    assert all(8 <= r.start_ts.astimezone(tz).hour < 20 for r in day_stops)
+    assert not any(8 <= r.start_ts.astimezone(tz).hour < 20 for r in night_stops)
+    every_stop = aq.stops(replayed, _filters(Scope("line", "IM")), tz)
+    assert len(day_stops) + len(night_stops) == len(every_stop)
 
 
 def test_pareto_drills_down_to_its_stops(replayed: Database, plant: PlantConfig) -> None:
