@@ -79,7 +79,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "eta": {"zh": "预计完成", "en": "ETA"},
     "due": {"zh": "交期", "en": "Due"},
     "slack": {"zh": "余量", "en": "Slack"},
-    "priority": {"zh": "优先级", "en": "Priority"},
+    "priority": {"zh": "优先级", "en": "Prio."},
     "status": {"zh": "状态", "en": "Status"},
     "all": {"zh": "全部", "en": "All"},
     "all_customers": {"zh": "全部客户", "en": "All customers"},
@@ -375,7 +375,18 @@ def _status_text(row: BoardRow, lang: str) -> str:
 def render_board(rows: Sequence[BoardRow], tz: tzinfo, lang: str) -> Any:
     if not rows:
         return html.Div(s("no_orders", lang), className="orders-empty")
-    cols = ("rank", "order", "customer", "product", "qty", "progress", "eta", "due", "slack")
+    cols = (
+        "rank",
+        "order",
+        "priority",
+        "customer",
+        "product",
+        "qty",
+        "progress",
+        "eta",
+        "due",
+        "slack",
+    )
     head = html.Tr([html.Th(s(c, lang)) for c in cols] + [html.Th(s("status", lang))])
     body = []
     for r in rows:
@@ -389,6 +400,7 @@ def render_board(rows: Sequence[BoardRow], tz: tzinfo, lang: str) -> Any:
                         html.A(r.order_no, href=f"{PATH}/{quote(r.order_no)}?lang={lang}"),
                         className="order-no",
                     ),
+                    html.Td("—" if r.priority is None else str(r.priority), className="num"),
                     html.Td(r.customer or "—"),
                     html.Td(r.product or "—"),
                     html.Td(f"{r.good}/{r.qty}" if r.qty else str(r.good), className="num"),
