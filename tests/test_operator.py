@@ -449,3 +449,41 @@ def test_tap_a_reason_in_the_browser_reaches_v_stops(
         browser.screenshot(SCREENSHOTS / "operator-zh-1280x800.png")
     finally:
         browser.close()
+
+
+def test_a_tap_reaches_the_andon_status_within_2_s_with_the_live_dataflow(
+    app: dash.Dash, db_url: str, plant: PlantConfig, station: datetime, tmp_path: Path
+) -> None:
+    """The live dataflow (run_flow without an end) applies a tap; v_machine_status, which
+    the andon reads, shows the reason within 2 s of the tap's response."""
+    stop = threading.Event()
+    flow = threading.Thread(
+        target=run_flow,
+        args=(plant, db_url, tmp_path / "recovery", 1.0),
+        kwargs={"stop": stop},
+        daemon=True,
+    )
+    flow.start()
+    try:
+        time.sleep(3)  # the dataflow is up and idle at the end of the log
+        client = _client(app, "operator")
+        tap = {"a": "reason", "start": station.isoformat(), "reason": "no_operator"}
+        _wait_minute_start()
+        assert _tap(client, app, tap, ticket=Ticket.new().key).status_code == 200
+        tapped = time.monotonic()
+        reason = None
+        while time.monotonic() - tapped < 10:
+            with psycopg.connect(db_url) as conn:
+                row = conn.execute(
+                    "SELECT reason FROM v_machine_status WHERE machine = %s", (MACHINE,)
+                ).fetchone()
+            reason = row[0] if row else None
+            if reason == "no_operator":
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - tapped
+        print(f"tap to v_machine_status: {elapsed:.2f} s")
+        assert reason == "no_operator" and elapsed < 2.0, (reason, elapsed)
+    finally:
+        stop.set()
+        flow.join(timeout=30)
