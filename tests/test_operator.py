@@ -35,6 +35,7 @@ from tests.test_dashboard import Chromium, sign_in
 
 PASSWORD = "pw-for-tests-123"
 MACHINE = "IM-01"
+EARLIER_STOP = timedelta(minutes=8)
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 
@@ -135,7 +136,8 @@ def test_forged_tickets_are_refused(data: Any) -> None:
 
 
 def _history(now: datetime) -> tuple[list[dict[str, Any]], datetime]:
-    """IM-01 ran, then went down 10 minutes ago (open stop); WO-OP-1 is released to it."""
+    """IM-01 ran, was idle for 6 minutes (EARLIER_STOP after the start), ran again, then went
+    down 10 minutes ago (open stop); WO-OP-1 is released to it."""
     run_at = (now - timedelta(minutes=30)).replace(microsecond=0)
     down_at = (now - timedelta(minutes=10)).replace(microsecond=0)
     events: list[dict[str, Any]] = [
@@ -145,6 +147,18 @@ def _history(now: datetime) -> tuple[list[dict[str, Any]], datetime]:
             "machine": MACHINE,
             "ts": (run_at + timedelta(minutes=5)).isoformat(),
             "good": 10,
+        },
+        {
+            "type": "state",
+            "machine": MACHINE,
+            "ts": (run_at + EARLIER_STOP).isoformat(),
+            "state": "idle",
+        },
+        {
+            "type": "state",
+            "machine": MACHINE,
+            "ts": (run_at + EARLIER_STOP + timedelta(minutes=6)).isoformat(),
+            "state": "running",
         },
         {"type": "state", "machine": MACHINE, "ts": down_at.isoformat(), "state": "down"},
         {
@@ -428,6 +442,26 @@ def test_tap_a_reason_in_the_browser_reaches_v_stops(
                 (MACHINE, station),
             ).fetchone()
         assert row == ("material_shortage",)
+        # An earlier stop: one tap shows its buttons, the second gives the reason.
+        earlier = (station - timedelta(minutes=20) + EARLIER_STOP).isoformat()
+        card = f"document.querySelector('.op-stop[data-start=\"{earlier}\"]')"
+        assert browser.eval(f"{card}.querySelectorAll('.op-reason').length") == 0
+        browser.eval(f"{card}.querySelector('button.op-stop-head').click()")
+        browser.wait_for(f"{card}?.querySelectorAll('.op-reason').length > 0")
+        browser.eval(
+            f"[...{card}.querySelectorAll('.op-reason')]"
+            ".find(b => b.textContent === 'No operator').click()"
+        )
+        browser.wait_for(
+            "document.querySelector('#op-feedback').textContent.includes('No operator')"
+        )
+        _process(plant, db_url, tmp_path / "recovery")
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                "SELECT reason FROM v_stops WHERE machine = %s AND start_ts = %s",
+                (MACHINE, datetime.fromisoformat(earlier)),
+            ).fetchone()
+        assert row == ("no_operator",)
         # The stop's card shows it on the next refresh; the station is remembered on reload.
         browser.goto(f"{served}/operator?lang=en")
         browser.wait_for(

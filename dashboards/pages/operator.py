@@ -44,6 +44,7 @@ _SIG = "op-sig"
 _FEEDBACK = "op-feedback"
 _CHANGE = "op-change"
 _TAP = "op-tap"
+_OPEN = "op-open"  # the stop whose reason buttons show (the newest one by default)
 
 STRINGS: Final[dict[str, dict[str, str]]] = {
     "operator": {"zh": "操作员终端", "en": "Operator tablet"},
@@ -108,6 +109,7 @@ def register(app: dash.Dash) -> None:
         Input(_TICK, "n_intervals"),
         Input(_STATION, "data"),
         Input(_QTY, "data"),
+        Input(_OPEN, "data"),
         State(_LANG, "data"),
         State(_SIG, "data"),
     )(_refresh)
@@ -119,6 +121,7 @@ def register(app: dash.Dash) -> None:
         Output(_TICKET, "data"),
         Output(_QTY, "data"),
         Output(_STATION, "data"),
+        Output(_OPEN, "data"),
         Input(_TAP, "data"),
         State(_STATION, "data"),
         State(_TICKET, "data"),
@@ -143,6 +146,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
             dcc.Store(id=_STATION, storage_type="local"),
             dcc.Store(id=_TICKET, data=Ticket.new().to_data()),
             dcc.Store(id=_QTY, data=None),
+            dcc.Store(id=_OPEN, data=None),
             dcc.Store(id=_SIG),
             # Written by assets/operator.js on every tap on a [data-tap] button: one static
             # input instead of pattern-matching ids, which the role gate does not accept.
@@ -287,9 +291,19 @@ def render_chooser(plant: PlantConfig, lang: str) -> list[Any]:
 
 
 def render_station(
-    plant: PlantConfig, machine: str, view: StationView, qty: int | None, lang: str
+    plant: PlantConfig,
+    machine: str,
+    view: StationView,
+    qty: int | None,
+    lang: str,
+    expanded: str | None = None,
 ) -> list[Any]:
+    """The station's page. One stop at a time shows its reason buttons (`expanded`, else the
+    newest): the others are one tap away, so a reason is never more than two taps."""
     tz = plant.tz
+    starts = [stop.start_ts.isoformat() for stop in view.stops]
+    if expanded not in starts:
+        expanded = starts[0] if starts else None
     reasons = reports.most_used_first(reports.stop_reasons(plant), view.reason_counts)
     stop_cards: list[Any] = []
     for stop in view.stops:
@@ -300,37 +314,44 @@ def render_station(
             else s("now", lang)
         )
         assigned = stop.reason not in ("unassigned", "no_data")
+        iso = stop.start_ts.isoformat()
+        head = [
+            html.Span(state_label(stop.state, lang), className="op-stop-state"),
+            html.Span(f"{start}–{end}", className="op-stop-time"),
+            html.Span(format_duration(stop.duration_s, lang)),
+            html.Span(
+                reason_label(plant, stop.reason, lang) if assigned else "?",
+                className="op-stop-reason" + ("" if assigned else " missing"),
+            ),
+        ]
+        body: list[Any]
+        if iso == expanded:
+            body = [
+                html.Div(head, className="op-stop-head"),
+                html.Div(
+                    className="op-reasons",
+                    children=[
+                        html.Button(
+                            _name(r, lang),
+                            **_tap(a="reason", start=iso, reason=r.code),
+                            className="op-btn op-reason"
+                            + (" chosen" if r.code == stop.reason else ""),
+                        )
+                        for r in reasons
+                    ],
+                ),
+            ]
+        else:
+            body = [
+                html.Button(head, className="op-btn op-stop-head", **_tap(a="expand", start=iso))
+            ]
         stop_cards.append(
             html.Div(
                 className=f"op-stop state-{stop.state.replace('_', '-')}"
-                + (" open" if stop.is_open else ""),
-                **_data(start=stop.start_ts.isoformat(), reason=stop.reason),
-                children=[
-                    html.Div(
-                        className="op-stop-head",
-                        children=[
-                            html.Span(state_label(stop.state, lang), className="op-stop-state"),
-                            html.Span(f"{start}–{end}", className="op-stop-time"),
-                            html.Span(format_duration(stop.duration_s, lang)),
-                            html.Span(
-                                reason_label(plant, stop.reason, lang) if assigned else "?",
-                                className="op-stop-reason" + ("" if assigned else " missing"),
-                            ),
-                        ],
-                    ),
-                    html.Div(
-                        className="op-reasons",
-                        children=[
-                            html.Button(
-                                _name(r, lang),
-                                **_tap(a="reason", start=stop.start_ts.isoformat(), reason=r.code),
-                                className="op-btn op-reason"
-                                + (" chosen" if r.code == stop.reason else ""),
-                            )
-                            for r in reasons
-                        ],
-                    ),
-                ],
+                + (" open" if stop.is_open else "")
+                + (" expanded" if iso == expanded else ""),
+                **_data(start=iso, reason=stop.reason),
+                children=body,
             )
         )
     m = plant.machines[machine]
@@ -423,7 +444,9 @@ def render_station(
 # -- callbacks -----------------------------------------------------------------------------------
 
 
-def _refresh(_n: int | None, station: Any, qty: Any, lang: Any, sig: Any) -> tuple[Any, Any]:
+def _refresh(
+    _n: int | None, station: Any, qty: Any, expanded: Any, lang: Any, sig: Any
+) -> tuple[Any, Any]:
     bctx = context.current()
     lang = bctx.lang(lang)
     plant = bctx.plant
@@ -445,13 +468,14 @@ def _refresh(_n: int | None, station: Any, qty: Any, lang: Any, sig: Any) -> tup
         return dash.no_update, dash.no_update
     # Re-render only on a change: replacing the buttons under a finger can lose a tap.
     minute = datetime.now(UTC).strftime("%H:%M")
-    new_sig = repr((station, lang, qty, view, minute))
+    expanded = expanded if isinstance(expanded, str) else None
+    new_sig = repr((station, lang, qty, expanded, view, minute))
     if new_sig == sig:
         return dash.no_update, dash.no_update
-    return render_station(plant, station, view, qty, lang), new_sig
+    return render_station(plant, station, view, qty, lang, expanded), new_sig
 
 
-_NOTHING: Final = (dash.no_update,) * 5
+_NOTHING: Final = (dash.no_update,) * 6
 
 
 def _act(tap: Any, station: Any, ticket_data: Any, qty: Any, lang: Any) -> tuple[Any, ...]:
@@ -464,17 +488,20 @@ def _act(tap: Any, station: Any, ticket_data: Any, qty: Any, lang: Any) -> tuple
     action = tap.get("a")
     keep = dash.no_update
     if action == "change":
-        return "", "op-feedback", keep, None, None
+        return "", "op-feedback", keep, None, None, None
+    if action == "expand":
+        start = tap.get("start")
+        return (keep,) * 5 + (start if isinstance(start, str) and len(start) <= 64 else None,)
     if action == "pick":
         machine = tap.get("machine")
         if isinstance(machine, str) and machine in plant.machines:
-            return "", "op-feedback", keep, None, machine
+            return "", "op-feedback", keep, None, machine, None
         return _NOTHING
     if action == "qty":
         n = tap.get("n")
         # A new quantity is a new scrap entry: a new ticket, so its scrap is a new event.
         new_qty = n if isinstance(n, int) and n in QTY_STEPS else None
-        return "", "op-feedback", Ticket.new().to_data(), new_qty, keep
+        return "", "op-feedback", Ticket.new().to_data(), new_qty, keep, keep
     principal = auth.require(MIN_ROLE)
     try:
         ticket = Ticket.from_data(ticket_data)
@@ -497,13 +524,13 @@ def _act(tap: Any, station: Any, ticket_data: Any, qty: Any, lang: Any) -> tuple
             raise Refused("bad_action")
         stored = bctx.db.run(lambda conn: _check_and_submit(conn, principal.name, event))
     except Refused as err:
-        return s(err.code, lang), "op-feedback error", Ticket.new().to_data(), keep, keep
+        return s(err.code, lang), "op-feedback error", Ticket.new().to_data(), keep, keep, keep
     except psycopg.Error as err:
         log.warning("operator: cannot store a report: %s", err)
-        return s("db_error", lang), "op-feedback error", keep, keep, keep
+        return s("db_error", lang), "op-feedback error", keep, keep, keep, keep
     text = s(f"ok_{event['kind']}", lang, what=what) if stored else s("duplicate", lang)
     # Scrap: the quantity is cleared, so the next scrap is a deliberate new entry.
-    return text, "op-feedback ok", keep, None if event["kind"] == "scrap" else keep, keep
+    return text, "op-feedback ok", keep, None if event["kind"] == "scrap" else keep, keep, keep
 
 
 def _check_and_submit(conn: psycopg.Connection, user: str, event: dict[str, Any]) -> bool:
