@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from mesflow import users
 from mesflow.plant import PlantConfig
 from tests import test_dashboard
 from tests.conftest import require
@@ -208,17 +209,23 @@ def test_andon_follows_a_machine_going_down_within_2_s(
 
 
 @pytest.mark.browser
-def test_andon_line_filter_and_rotation(
+def test_andon_token_kiosk_line_filter_and_rotation(
     db_url: str, andon_url: str, plant: PlantConfig, tmp_path: Path
 ) -> None:
     require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
     seed(db_url, plant, 12)
     shown = "[...new Set([...document.querySelectorAll('[data-line]')].map(e => e.dataset.line))].join(',')"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _token, secret = users.create_token(conn, "hall-tv")
     browser = Chromium(tmp_path)
     try:
-        _sign_in_in_browser(browser, f"{andon_url}/andon?line=CNC")
+        # A TV's bookmark: the viewer token signs in and the rest of the URL is kept.
+        browser.goto(f"{andon_url}/andon?token={secret}&kiosk=1&line=CNC&lang=en")
         browser.wait_for("document.querySelectorAll('[data-machine]').length === 6")
         assert browser.eval(shown) == "CNC"
+        assert browser.eval("document.querySelector('.andon.kiosk.lang-en') !== null")
+        assert browser.eval("document.querySelector('.andon-links') === null")
+        assert "token" not in browser.eval("location.search")
         browser.goto(f"{andon_url}/andon?rotate=2")
         browser.wait_for(f"{shown} === 'IM'")
         browser.wait_for(f"{shown} === 'CNC'", timeout=6)
