@@ -481,6 +481,13 @@ def test_tap_a_reason_in_the_browser_reaches_v_stops(
         browser.goto(f"{served}/operator?lang=zh")
         browser.wait_for("document.querySelector('.op-stop-reason')?.textContent === '缺料'")
         browser.screenshot(SCREENSHOTS / "operator-zh-1280x800.png")
+        # An unknown address: the app's own 404 page, with a way home.
+        browser.goto(f"{served}/no-such-board?lang=en")
+        browser.wait_for("!!document.querySelector('.not-found')")
+        home = browser.eval("document.querySelector('.not-found-home').getAttribute('href')")
+        assert home == "/?lang=en"
+        assert "Page not found" in browser.eval("document.querySelector('.not-found').textContent")
+        browser.screenshot(tmp_path / "404-en.png")
     finally:
         browser.close()
 
