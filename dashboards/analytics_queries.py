@@ -337,3 +337,58 @@ def microstop_seconds(db: Database, f: Filters, tz: ZoneInfo) -> float:
         return float(row[0]) if row else 0.0
 
     return db.run(run)
+
+
+# -- one machine's day (the machine page) -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HourParts:
+    bucket_start: datetime
+    good: int
+    scrap: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkOrderSpan:
+    work_order: str
+    first_ts: datetime
+    last_ts: datetime
+    running_s: float
+
+
+def parts_per_hour(db: Database, machine: str, day: date, tz: ZoneInfo) -> list[HourParts]:
+    """Every part the machine made in each hour of the plant-local day (planned time or not)."""
+    lo = datetime.combine(day, time(), tz)
+    query = (
+        "SELECT bucket_start, all_good::bigint AS good, all_scrap::bigint AS scrap "
+        "FROM v_kpi_machine_hour WHERE machine = %(m)s "
+        "AND bucket_start >= %(lo)s AND bucket_start < %(hi)s ORDER BY bucket_start"
+    )
+    params = {"m": machine, "lo": lo, "hi": lo + timedelta(days=1)}
+
+    def run(conn: psycopg.Connection) -> list[HourParts]:
+        with conn.cursor(row_factory=class_row(HourParts)) as cur:
+            return cur.execute(query, params).fetchall()
+
+    return db.run(run)
+
+
+def work_orders(db: Database, machine: str, day: date, tz: ZoneInfo) -> list[WorkOrderSpan]:
+    """The work orders active on the machine that day: first and last seen, time running."""
+    lo = datetime.combine(day, time(), tz)
+    query = (
+        "SELECT work_order, min(start_ts) AS first_ts, "
+        "max(COALESCE(end_ts, start_ts + make_interval(secs => duration_s))) AS last_ts, "
+        "COALESCE(sum(duration_s) FILTER (WHERE state = 'running'), 0) AS running_s "
+        "FROM v_state_intervals WHERE machine = %(m)s AND work_order IS NOT NULL "
+        "AND start_ts >= %(lo)s AND start_ts < %(hi)s "
+        "GROUP BY work_order ORDER BY first_ts"
+    )
+    params = {"m": machine, "lo": lo, "hi": lo + timedelta(days=1)}
+
+    def run(conn: psycopg.Connection) -> list[WorkOrderSpan]:
+        with conn.cursor(row_factory=class_row(WorkOrderSpan)) as cur:
+            return cur.execute(query, params).fetchall()
+
+    return db.run(run)

@@ -19,7 +19,7 @@ from collectors.simulator import write_history
 from dashboards import analytics_queries as aq
 from dashboards import context
 from dashboards.app import create_app
-from dashboards.pages import analytics
+from dashboards.pages import analytics, machine
 from dashboards.queries import Database
 from mesflow import users
 from mesflow.plant import PlantConfig
@@ -185,6 +185,28 @@ def test_timeline_lanes_and_breaks(replayed: Database, plant: PlantConfig) -> No
     go.Figure(fig)
 
 
+def test_machine_day(replayed: Database, db_url: str, plant: PlantConfig) -> None:
+    tz = plant.tz
+    out = machine.build(replayed, plant, "IM-01", FIRST, "en")
+    # Parts per hour add up to every part of the machine's shifts that day (the view's own).
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT sum(all_good), sum(all_scrap) FROM v_kpi_machine_hour WHERE machine = "
+            "'IM-01' AND bucket_start >= %s AND bucket_start < %s",
+            (START, START + timedelta(days=1)),
+        ).fetchone()
+    assert row is not None
+    bars = out["parts"].data
+    assert (sum(bars[0].y), sum(bars[1].y)) == (row[0], row[1]) and row[0] > 0
+    assert len(bars[0].x) == 24
+    lanes = {y for trace in out["timeline"]["data"] for y in trace["y"]}
+    assert lanes == {"IM-01"}
+    wos = aq.work_orders(replayed, "IM-01", FIRST, tz)
+    assert wos and all(w.work_order.startswith("WO-IM-01-") for w in wos)
+    assert sum(w.running_s for w in wos) > 3600
+    assert machine.parse(plant, "nope", "bad")[0] == next(iter(plant.machines))
+
+
 def _json_rows(text: str) -> list[dict[str, Any]]:
     data = json.loads(text)
     assert isinstance(data, list)
@@ -226,6 +248,8 @@ def test_only_managers_may_open_the_page(db_url: str, plant: PlantConfig) -> Non
             client = app.server.test_client()
             _sign_in(client, role + "1", f"{role}-password-123")
             page = client.get("/analytics?lang=en")
+            assert page.status_code == (200 if allowed else 403), role
+            page = client.get("/machine?machine=IM-01&date=2026-11-16")
             assert page.status_code == (200 if allowed else 403), role
             deps = client.get("/_dash-dependencies")
             outputs = (

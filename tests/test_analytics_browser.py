@@ -132,6 +132,17 @@ def test_analytics_in_browser(
                 png = SCREENSHOTS / f"analytics-{lang}-{w}x{h}.png"
                 b.screenshot(png)
                 assert png.stat().st_size > 10_000
+        # The machine page: one machine's day, in both languages.
+        for lang, title in (("en", "Machine day"), ("zh", "设备日报")):
+            b.goto(f"{app_url}/machine?lang={lang}&machine=IM-01&date=2026-11-16")
+            b.wait_for(
+                f"document.querySelector('.machine-page.lang-{lang}') && "
+                "document.querySelectorAll('#mc-timeline .main-svg, #mc-parts .main-svg').length"
+                " >= 2 && document.querySelectorAll('#mc-wos tbody tr').length > 0"
+            )
+            assert b.eval("document.querySelector('.an-title h1').textContent") == title
+            assert _clipped(b) == [], lang
+            b.screenshot(SCREENSHOTS / f"machine-{lang}-1920x1080.png")
         # The whole page, for a person checking the lower cards (not kept in docs/).
         full = b.page("Page.getLayoutMetrics")["cssContentSize"]
         data = b.page(
