@@ -183,6 +183,12 @@ def test_timeline_lanes_and_breaks(replayed: Database, plant: PlantConfig) -> No
 
     assert all(x > 0 for trace in fig["data"] for x in trace["x"])
     go.Figure(fig)
+    # Each machine of the reliability table leads to its day on the machine page.
+    links = [
+        row.children[0].children.href
+        for row in analytics.render(a, plant, "en")["reliability"].children[1].children
+    ]
+    assert "/machine?machine=IM-01&lang=en&date=2026-11-17" in links
 
 
 def test_machine_day(replayed: Database, db_url: str, plant: PlantConfig) -> None:

@@ -729,12 +729,20 @@ def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> html.Table:
 
 
 def reliability_table(
-    rows: Sequence[aq.MachineReliability], plant: PlantConfig, lang: str
+    rows: Sequence[aq.MachineReliability],
+    plant: PlantConfig,
+    lang: str,
+    day: date | None = None,
 ) -> html.Table:
+    """Failures, MTTR and MTBF per machine; each machine links to its day (machine page)."""
     heads = [s(k, lang) for k in ("machine", "failures", "mttr", "mtbf")]
+    when = f"&date={day.isoformat()}" if day else ""
     body = [
         [
-            f"{r.machine} {plant.machines[r.machine].name.get(lang) if r.machine in plant.machines else ''}",
+            html.A(
+                f"{r.machine} {plant.machines[r.machine].name.get(lang) if r.machine in plant.machines else ''}",
+                href=f"/machine?machine={r.machine}&lang={lang}{when}",
+            ),
             r.failures,
             fmt_hm(r.mttr_s),
             fmt_hm(r.mtbf_s),
@@ -797,7 +805,13 @@ def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:
             lang,
         ),
         "timeline": timeline_figure(a.intervals, a.spans, a.window, plant, lang),
-        "reliability": reliability_table(a.reliability, plant, lang),
+        "reliability": reliability_table(
+            # The range's last day (the window ends at the midnight after it).
+            a.reliability,
+            plant,
+            lang,
+            (a.window[1] - timedelta(seconds=1)).astimezone(tz).date(),
+        ),
         "shift_table": shift_table(a.shifts, tz, lang),
     }
 
