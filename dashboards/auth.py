@@ -351,38 +351,112 @@ def _required_role(state: AuthState, is_page: bool) -> str | None:
     return DEFAULT_ROLE
 
 
-def _pairs(items: Any) -> list[tuple[Any, Any]] | None:
-    """[(id, property), ...] of a request's inputs/state/outputs; None if not that shape."""
-    if not isinstance(items, list):
-        return None
-    pairs = []
-    for item in items:
-        if not isinstance(item, dict):
-            return None
-        pairs.append((item.get("id"), item.get("property")))
-    return pairs
+_WILDCARDS: Final = frozenset({"MATCH", "ALL", "ALLSMALLER"})
+_MULTI: Final = frozenset({"ALL", "ALLSMALLER"})  # the browser sends a list for these
+DeclaredId = str | dict[str, Any]
+
+
+def _declared_id(raw: str) -> DeclaredId:
+    """An id as Dash keeps it in callback_map: dict ids (pattern-matching) are JSON strings."""
+    if raw.startswith("{"):
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            return raw
+        if isinstance(parsed, dict):
+            return parsed
+    return raw
+
+
+def _wildcard(value: Any) -> str | None:
+    """ "MATCH", "ALL" or "ALLSMALLER" for a wildcard in a declared dict id (Dash: ["ALL"])."""
+    if isinstance(value, list) and len(value) == 1 and value[0] in _WILDCARDS:
+        return str(value[0])
+    return None
+
+
+def _id_matches(sent: Any, declared: DeclaredId, matched: dict[str, Any]) -> bool:
+    """Is `sent` a concrete id the declared one (string, or dict with wildcards) stands for?
+
+    `matched` collects the values sent for MATCH keys: one request is about one MATCH value.
+    """
+    if isinstance(declared, str):
+        return isinstance(sent, str) and sent == declared
+    if not isinstance(sent, dict) or sent.keys() != declared.keys():
+        return False
+    for key, want in declared.items():
+        got = sent[key]
+        wild = _wildcard(want)
+        if wild is None:
+            ok = type(got) is type(want) and got == want
+        else:  # a wildcard stands for a string or number (what Dash allows in ids)
+            ok = isinstance(got, str | int | float)
+            ok = ok and (wild != "MATCH" or matched.setdefault(key, got) == got)
+        if not ok:
+            return False
+    return True
+
+
+def _dep_matches(sent: Any, declared: DeclaredId, prop: str, matched: dict[str, Any]) -> bool:
+    """One entry of a request's outputs/inputs/state against one declared dependency."""
+
+    def one(item: Any) -> bool:
+        return (
+            isinstance(item, dict)
+            and item.get("property") == prop
+            and _id_matches(item.get("id"), declared, matched)
+        )
+
+    if isinstance(declared, dict) and any(_wildcard(v) in _MULTI for v in declared.values()):
+        return isinstance(sent, list) and all(one(item) for item in sent)
+    return one(sent)
+
+
+def _deps_match(sent: Any, declared: list[tuple[DeclaredId, str]], matched: dict[str, Any]) -> bool:
+    return (
+        isinstance(sent, list)
+        and len(sent) == len(declared)
+        and all(_dep_matches(s, d, p, matched) for s, (d, p) in zip(sent, declared, strict=True))
+    )
+
+
+def _declared_outputs(output: str) -> list[tuple[DeclaredId, str]]:
+    """The outputs named by a callback_map key ("id.prop" or "..id.prop...id.prop..")."""
+    parts = output[2:-2].split("...") if output.startswith("..") else [output]
+    declared: list[tuple[DeclaredId, str]] = []
+    for part in parts:
+        id_, _, prop = part.rpartition(".")
+        # Dash escapes dots inside ids in the key (dash._utils.create_callback_id).
+        declared.append((_declared_id(id_.replace("\\.", ".")), prop))
+    return declared
 
 
 def well_formed_callback(body: Any, spec: dict[str, Any] | None) -> bool:
     """Does a callback request name exactly the callback's own outputs, inputs and state?
 
     Dash's dispatcher answers 500 on a request of another shape; a hostile or broken client
-    gets 400 here instead. Pattern-matching ids (dicts) are left to Dash.
+    gets 400 here instead. Pattern-matching ids (dict ids with MATCH/ALL/ALLSMALLER) must be
+    concrete ids of the declared pattern, in a list where the wildcard is ALL or ALLSMALLER
+    (as dash-renderer sends them), with one value per MATCH key.
     """
     if not isinstance(body, dict) or spec is None:
         return False
     output = body["output"]
-    declared_in = [(d["id"], d["property"]) for d in spec.get("inputs", [])]
-    declared_state = [(d["id"], d["property"]) for d in spec.get("state", [])]
-    if any(not isinstance(i, str) for i, _p in declared_in + declared_state):
-        return True
-    parts = output[2:-2].split("...") if output.startswith("..") else [output]
-    declared_out = [tuple(part.rsplit(".", 1)) for part in parts]
-    outputs = body.get("outputs")
-    sent_out = _pairs([outputs] if isinstance(outputs, dict) else outputs)
-    if sent_out != declared_out or _pairs(body.get("inputs")) != declared_in:
-        return False
-    if _pairs(body.get("state", [])) != declared_state:
+    matched: dict[str, Any] = {}
+    if spec.get("no_output"):
+        if body.get("outputs") not in (None, []):
+            return False
+    else:
+        outputs = body.get("outputs")
+        sent_out = outputs if output.startswith("..") else [outputs]
+        if not _deps_match(sent_out, _declared_outputs(output), matched):
+            return False
+    for kind in ("inputs", "state"):
+        declared = [(_declared_id(d["id"]), d["property"]) for d in spec.get(kind, [])]
+        if not _deps_match(body.get(kind, []), declared, matched):
+            return False
+    changed = body.get("changedPropIds", [])  # Dash tests `in` and indexes a dict with these
+    if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):
         return False
     if output == ROUTER_OUTPUT:  # Dash's router takes strings only
         values = [i.get("value") for i in body["inputs"]]

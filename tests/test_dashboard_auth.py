@@ -8,6 +8,7 @@ header, the user commands, the production server's port handling and the bounded
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -24,7 +25,7 @@ import psycopg_pool
 import pytest
 import waitress
 from click.testing import CliRunner
-from dash import Input, Output, html
+from dash import ALL, ALLSMALLER, MATCH, Input, Output, State, html
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,6 +43,11 @@ PASSWORD = "pw-for-tests-123"
 SECRET = "test-secret-" + "y" * 32
 MANAGER_PATH = "/manager-test"
 MANAGER_MODULE = "tests.manager_test_page"
+# A page whose buttons come and go: pattern-matching callbacks, role operator.
+PATTERN_PATH = "/pattern-test"
+PATTERN_MODULE = "tests.pattern_test_page"
+PM_MATCH = '{"index":["MATCH"],"type":"pm-out"}.children'
+PM_ALL = '..pm-total.children...{"index":["ALL"],"type":"pm-out"}.title..'
 
 
 def _settings(**kw: Any) -> Settings:
@@ -68,12 +74,53 @@ def app(db_url: str, plant: PlantConfig) -> Iterator[dash.Dash]:
     auth.callback(built, "manager", Output("mgr-secret", "children"), Input("mgr-in", "n_clicks"))(
         lambda n: f"clicked {n}"
     )
+    _add_pattern_page(built)
     auth.check_declarations(built)
     try:
         yield built
     finally:
         dash.page_registry.pop(MANAGER_MODULE, None)
+        dash.page_registry.pop(PATTERN_MODULE, None)
         context.of(built.server).db.close()
+
+
+def _add_pattern_page(app: dash.Dash) -> None:
+    """Buttons {"type": "pm-btn", "index": i}, each with its own output, and a total."""
+    dash.register_page(
+        PATTERN_MODULE,
+        path=PATTERN_PATH,
+        name="Pattern test",
+        nav=False,
+        min_role="operator",
+        layout=lambda **_kw: html.Div(
+            [
+                html.H1("Buttons", id="pm-title"),
+                html.Div(id="pm-total"),
+                *[html.Button(id={"type": "pm-btn", "index": i}) for i in range(3)],
+                *[html.Div(id={"type": "pm-out", "index": i}) for i in range(3)],
+            ]
+        ),
+    )
+    auth.callback(
+        app,
+        "operator",
+        Output({"type": "pm-out", "index": MATCH}, "children"),
+        Input({"type": "pm-btn", "index": MATCH}, "n_clicks"),
+        Input({"type": "pm-btn", "index": ALLSMALLER}, "n_clicks"),
+        State("pm-title", "children"),
+    )(lambda n, smaller, title: f"{title}: clicked {n} after {len(smaller)}")
+
+    def total(clicks: list[Any]) -> tuple[str, list[str]]:
+        outs = dash.ctx.outputs_list[1]  # as many as the browser has, not as inputs
+        return f"{len(clicks)} buttons", [f"of {len(clicks)}"] * len(outs)
+
+    auth.callback(
+        app,
+        "operator",
+        Output("pm-total", "children"),
+        Output({"type": "pm-out", "index": ALL}, "title"),
+        Input({"type": "pm-btn", "index": ALL}, "n_clicks"),
+    )(total)
 
 
 def _from_addr(app: dash.Dash, addr: str) -> Any:
@@ -93,21 +140,46 @@ def _client(app: dash.Dash, role: str | None) -> Any:
 # -- the route and callback matrix ------------------------------------------------------------
 
 
+def _concrete(dep: dict[str, str], **extra: Any) -> Any:
+    """What dash-renderer sends for a declared dependency: a pattern-matching id (a JSON
+    string in /_dash-dependencies) becomes concrete ids, MATCH as index 1, ALL and
+    ALLSMALLER as a list (ids 0 and 1)."""
+    if not dep["id"].startswith("{"):
+        return {**dep, **extra}
+    pattern = json.loads(dep["id"])
+
+    def with_index(i: int) -> dict[str, Any]:
+        return {k: (i if isinstance(v, list) else v) for k, v in pattern.items()}
+
+    if ["ALL"] in pattern.values() or ["ALLSMALLER"] in pattern.values():
+        return [{"id": with_index(i), "property": dep["property"], **extra} for i in (0, 1)]
+    return {"id": with_index(1), "property": dep["property"], **extra}
+
+
+def _prop_id(item: dict[str, Any]) -> str:
+    id_ = item["id"]
+    text = id_ if isinstance(id_, str) else json.dumps(id_, sort_keys=True, separators=(",", ":"))
+    return f"{text}.{item['property']}"
+
+
 def _callback_body(dep: dict[str, Any], pathname: str = "/") -> dict[str, Any]:
     """A request like dash-renderer's for one callback from /_dash-dependencies."""
     output = dep["output"]
     parts = output[2:-2].split("...") if output.startswith("..") else [output]
-    outputs = [dict(zip(("id", "property"), p.rsplit(".", 1), strict=True)) for p in parts]
+    outputs = [
+        _concrete(dict(zip(("id", "property"), p.rsplit(".", 1), strict=True))) for p in parts
+    ]
 
     def value(item: dict[str, str]) -> Any:
         return {"pathname": pathname, "search": ""}.get(item["property"])
 
+    inputs = [_concrete(i, value=value(i)) for i in dep["inputs"]]
     return {
         "output": output,
         "outputs": outputs if len(outputs) > 1 or output.startswith("..") else outputs[0],
-        "inputs": [{**i, "value": value(i)} for i in dep["inputs"]],
-        "state": [{**s, "value": None} for s in dep["state"]],
-        "changedPropIds": [f"{i['id']}.{i['property']}" for i in dep["inputs"]],
+        "inputs": inputs,
+        "state": [_concrete(s, value=None) for s in dep["state"]],
+        "changedPropIds": [_prop_id(i) for i in inputs if isinstance(i, dict)],
     }
 
 
@@ -217,6 +289,108 @@ def test_undeclared_roles_are_refused_at_start(app: dash.Dash) -> None:
             auth.check_declarations(app)
     finally:
         dash.page_registry.pop("tests.no_role_page", None)
+
+
+# -- pattern-matching callbacks ----------------------------------------------------------------
+
+
+def _btn(index: int, clicks: Any = None) -> dict[str, Any]:
+    return {"id": {"index": index, "type": "pm-btn"}, "property": "n_clicks", "value": clicks}
+
+
+def _match_body() -> dict[str, Any]:
+    """Literally what dash-renderer 4.4 posts when button 2 is clicked (ids are objects, an
+    ALLSMALLER input is a list; see fillVals/unwrapIfNotMulti and the payload in
+    dash-renderer's callbacks code)."""
+    return {
+        "output": PM_MATCH,
+        "outputs": {"id": {"index": 2, "type": "pm-out"}, "property": "children"},
+        "inputs": [_btn(2, 3), [_btn(0, 1), _btn(1)]],
+        "changedPropIds": ['{"index":2,"type":"pm-btn"}.n_clicks'],
+        "parsedChangedPropsIds": [{"index": 2, "type": "pm-btn"}],
+        "state": [{"id": "pm-title", "property": "children", "value": "Buttons"}],
+    }
+
+
+def _all_body() -> dict[str, Any]:
+    """Multi-output with an ALL output: `outputs` holds a dict and a list; no state key."""
+    return {
+        "output": PM_ALL,
+        "outputs": [
+            {"id": "pm-total", "property": "children"},
+            [{"id": {"index": i, "type": "pm-out"}, "property": "title"} for i in range(3)],
+        ],
+        "inputs": [[_btn(0, 1), _btn(1), _btn(2, 3)]],
+        "changedPropIds": ['{"index":0,"type":"pm-btn"}.n_clicks'],
+        "parsedChangedPropsIds": [{"index": 0, "type": "pm-btn"}],
+    }
+
+
+def test_pattern_matching_callbacks_pass_the_gate_with_the_role(app: dash.Dash) -> None:
+    """MATCH/ALLSMALLER and ALL callbacks through Dash's real endpoint: run for the page's
+    role and above, 403 below it, 401 without a session."""
+    url = "/_dash-update-component"
+    for role in ("operator", "admin"):
+        client = _client(app, role)
+        assert client.get(PATTERN_PATH).status_code == 200
+        match = client.post(url, json=_match_body())
+        assert match.status_code == 200, match.get_data(as_text=True)
+        assert match.get_json()["response"] == {
+            '{"index":2,"type":"pm-out"}': {"children": "Buttons: clicked 3 after 2"}
+        }
+        total = client.post(url, json=_all_body())
+        assert total.status_code == 200, total.get_data(as_text=True)
+        response = total.get_json()["response"]
+        assert response["pm-total"] == {"children": "3 buttons"}
+        assert response['{"index":1,"type":"pm-out"}'] == {"title": "of 3"}
+    viewer = _client(app, "viewer")
+    assert viewer.get(PATTERN_PATH).status_code == 403
+    anonymous = app.server.test_client()
+    for body in (_match_body(), _all_body()):
+        assert viewer.post(url, json=body).status_code == 403
+        assert anonymous.post(url, json=body).status_code == 401
+    # The gate is what refuses them, not only the callback: its own check comes second.
+    assert viewer.post(url, json=_match_body()).get_json() == {"error": "needs role operator"}
+
+
+def _malformed() -> list[tuple[str, dict[str, Any]]]:
+    cases: list[tuple[str, dict[str, Any]]] = []
+
+    def case(label: str, base: dict[str, Any], change: Any) -> None:
+        body = json.loads(json.dumps(base))
+        change(body)
+        cases.append((label, body))
+
+    m, a = _match_body(), _all_body()
+    case("MATCH input as a list", m, lambda b: b["inputs"].__setitem__(0, [_btn(2)]))
+    case("ALLSMALLER input as one", m, lambda b: b["inputs"].__setitem__(1, _btn(0)))
+    case("ALL input as one", a, lambda b: b["inputs"].__setitem__(0, _btn(0)))
+    case("ALL list holding a string", a, lambda b: b["inputs"][0].append("x"))
+    case("ALL output as one", a, lambda b: b["outputs"].__setitem__(1, b["outputs"][1][0]))
+    case("two MATCH values", m, lambda b: b["inputs"][0]["id"].__setitem__("index", 1))
+    case("pattern sent as id", m, lambda b: b["inputs"][0]["id"].__setitem__("index", ["MATCH"]))
+    case("wildcard value a dict", m, lambda b: b["outputs"]["id"].__setitem__("index", {}))
+    case("other id type", m, lambda b: b["inputs"][0]["id"].__setitem__("type", "other"))
+    case("extra id key", m, lambda b: b["inputs"][0]["id"].__setitem__("x", 1))
+    case("id a string", m, lambda b: b["inputs"][0].__setitem__("id", "pm-btn"))
+    case("other property", m, lambda b: b["inputs"][0].__setitem__("property", "value"))
+    case("input missing", m, lambda b: b["inputs"].pop())
+    case("other state id", m, lambda b: b["state"][0].__setitem__("id", "mgr-secret"))
+    case("state missing", m, lambda b: b.pop("state"))
+    case("outputs missing", a, lambda b: b.pop("outputs"))
+    case("changedPropIds a number", m, lambda b: b.__setitem__("changedPropIds", 7))
+    case("changedPropIds holding a list", a, lambda b: b["changedPropIds"].append([1]))
+    return cases
+
+
+def test_malformed_pattern_matching_requests_are_400(app: dash.Dash) -> None:
+    client = _client(app, "operator")
+    failures = []
+    for label, body in _malformed():
+        response = client.post("/_dash-update-component", json=body)
+        if response.status_code != 400:
+            failures.append((label, response.status_code))
+    assert not failures, failures
 
 
 # -- sign-in ----------------------------------------------------------------------------------
@@ -699,8 +873,9 @@ def test_hostile_callback_requests_never_fail(app: dash.Dash, data: st.DataObjec
     body = _callback_body(dep, "/andon")
     mutation = data.draw(st.sampled_from(["values", "inputs", "outputs", "state", "body"]))
     if mutation == "values":
-        for item in body["inputs"] + body["state"]:
-            item["value"] = data.draw(_json)
+        for entry in body["inputs"] + body["state"]:
+            for item in entry if isinstance(entry, list) else [entry]:  # ALL: a list
+                item["value"] = data.draw(_json)
     elif mutation == "body":
         body = data.draw(_json)
     else:
