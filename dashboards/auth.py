@@ -8,7 +8,9 @@ and each of its callbacks is registered through `callback(app, role, ...)`. One 
 - the page routes (`/`, `/<path>`): the role of the page at that path (unknown paths: viewer);
 - `/_dash-update-component`: the role declared for that callback; for Dash's page router, the
   role of the page whose layout it would render (otherwise a viewer could fetch a manager
-  page's layout through it); a callback with no declared role is refused;
+  page's layout through it); a callback with no declared role is refused; the request must
+  name exactly that callback's outputs, inputs and state (pattern-matching ones as the
+  browser sends them: concrete dict ids, lists for ALL/ALLSMALLER), else 400;
 - everything else (`/_dash-layout`, `/_dash-dependencies`, assets, scripts): any signed-in user;
 - only `/login` and `/logout` are open.
 

@@ -267,7 +267,11 @@ def test_callbacks_check_the_role_themselves(app: dash.Dash) -> None:
     """With the route gate removed, a callback still refuses a lower role."""
     funcs = app.server.before_request_funcs[None]
     funcs.remove(auth._gate)
-    funcs.append(lambda: setattr(__import__("flask").g, "mesflow_principal", None) or None)
+
+    def no_principal() -> None:
+        __import__("flask").g.mesflow_principal = None
+
+    funcs.append(no_principal)
     dep = next(
         d for d in _deps(app) if d["output"] == "mgr-secret.children"
     )  # the manager callback
@@ -870,7 +874,7 @@ def test_hostile_callback_requests_never_fail(app: dash.Dash, data: st.DataObjec
     client = _signed_in_viewer(app)
     deps = [d for d in _deps_cached(app) if not d.get("clientside_function")]
     dep = data.draw(st.sampled_from(deps))
-    body = _callback_body(dep, "/andon")
+    body: Any = _callback_body(dep, "/andon")  # any JSON after a mutation
     mutation = data.draw(st.sampled_from(["values", "inputs", "outputs", "state", "body"]))
     if mutation == "values":
         for entry in body["inputs"] + body["state"]:
