@@ -149,7 +149,8 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
             dcc.Store(id=_OPEN, data=None),
             dcc.Store(id=_SIG),
             # Written by assets/operator.js on every tap on a [data-tap] button: one static
-            # input instead of pattern-matching ids, which the role gate does not accept.
+            # input for every button. (The role gate accepts pattern-matching ids since
+            # 3489b0c; this page predates that and works as it is.)
             dcc.Store(id=_TAP),
             dcc.Interval(id=_TICK, interval=REFRESH_MS),
             html.Header(
