@@ -53,8 +53,10 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)
-        if ":" in userinfo:
-            userinfo = userinfo.split(":", 1)[0] + ":***"
+        user, _, password = userinfo.partition(":")
+        # An empty password (the embedded server's trust login) is shown as none: a URL
+        # with "***" in it could not be pasted into `export MESFLOW_DATABASE_URL=...`.
+        userinfo = f"{user}:***" if password else user
         netloc = f"{userinfo}@{host}"
     query = "&".join(
         f"{k}=***" if k.lower() == "password" else f"{k}={v}"

@@ -468,3 +468,16 @@ def test_demo_never_prints_a_given_broker_password() -> None:
     assert external_broker_lines("mqtt://b:1883", "mqtt://b:1883") == [
         "broker: using mqtt://b:1883"
     ]
+
+
+def test_database_urls_are_redacted_only_where_they_hold_a_password() -> None:
+    from mesflow.db import redact_url
+
+    assert redact_url("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    # The embedded server's trust login: the printed export must be usable as it is.
+    assert redact_url("postgresql://postgres:@/mesflow?host=/v/pg") == (
+        "postgresql://postgres@/mesflow?host=/v/pg"
+    )
+    assert redact_url("postgresql://h/db?password=x&sslmode=require") == (
+        "postgresql://h/db?password=***&sslmode=require"
+    )
