@@ -121,6 +121,13 @@ class _Builder:
             raise YamlError(self.file, _line(mark), f"not valid YAML: {err.problem}") from None
         except (ValueError, OverflowError) as err:  # e.g. !!timestamp 2024-13-45
             raise YamlError(self.file, _line(node.start_mark), f"not valid YAML: {err}") from None
+        except (IndexError, KeyError, AttributeError, TypeError):
+            # PyYAML's constructors crash on an explicitly tagged value they cannot read
+            # (`!!int ""`, `!!bool ""`, `!!timestamp x`): the same error, not a traceback.
+            tag = node.tag.rsplit(":", 1)[-1]
+            raise YamlError(
+                self.file, _line(node.start_mark), f"not valid YAML: {node.value!r} is not a {tag}"
+            ) from None
 
 
 def line_of(lines: dict[Path_, int], loc: Path_) -> int | None:

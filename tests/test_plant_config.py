@@ -238,3 +238,15 @@ def test_merge_key_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     assert err.line == _line_of(text, "<<: *common")
     assert "merge keys (<<) are not supported" in str(err)
     assert str(err).startswith(f"{path}:{err.line}: ")
+
+
+@pytest.mark.parametrize("value", ['!!int ""', "!!float ''", "!!timestamp x", "!!bool ''"])
+def test_a_tagged_value_pyyaml_cannot_read_is_an_error_with_the_line(
+    tmp_path: Path, value: str
+) -> None:
+    # Found by the fuzz test: PyYAML's own constructors raise IndexError/AttributeError here.
+    path = tmp_path / "plant.yaml"
+    path.write_text(f"plant:\n  name: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_plant_config(path)
+    assert "plant.yaml:2" in str(err.value) and "not valid YAML" in str(err.value)
