@@ -19,42 +19,6 @@ from psycopg_pool import ConnectionPool
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class MachineStatus:
-    """One row of `v_machine_status`: a machine's current state (offline when never seen)."""
-
-    machine: str
-    line: str
-    area: str
-    name_en: str
-    name_zh: str
-    state: str
-    since: datetime | None
-    reason: str | None
-    reason_en: str | None
-    reason_zh: str | None
-    work_order: str | None
-    last_event_ts: datetime | None
-    # Computed by the database from its own clock, so a dashboard host with a wrong clock
-    # still shows the right duration.
-    state_seconds: float | None
-    good_total: int | None
-    scrap_total: int | None
-    updated_at: datetime | None
-    machine_position: int
-    line_position: int
-
-    def name(self, lang: str) -> str:
-        return self.name_zh if lang == "zh" else self.name_en
-
-    def reason_text(self, lang: str) -> str | None:
-        """The reason's name in `lang`, else its code (a code unknown to the reason tree)."""
-        if self.reason is None:
-            return None
-        named = self.reason_zh if lang == "zh" else self.reason_en
-        return named or self.reason
-
-
 class Database:
     """A bounded pool of connections to one database (psycopg-pool), safe from many threads.
 
@@ -113,25 +77,6 @@ class Database:
         with self._lock:
             if self._opened:
                 self.pool.close()  # for good: a closed pool is not reopened
-
-
-_MACHINE_STATUS_SQL = """
-SELECT machine, line, area, name_en, name_zh, state, since, reason, reason_en, reason_zh,
-       work_order, last_event_ts, state_seconds, good_total, scrap_total, updated_at,
-       machine_position, line_position
-FROM v_machine_status
-ORDER BY line_position, machine_position, machine
-"""
-
-
-def machine_status(db: Database) -> list[MachineStatus]:
-    """Every machine of the plant model with its current state, in plant order."""
-
-    def query(conn: psycopg.Connection) -> list[MachineStatus]:
-        with conn.cursor(row_factory=class_row(MachineStatus)) as cur:
-            return cur.execute(_MACHINE_STATUS_SQL).fetchall()
-
-    return db.run(query)
 
 
 @dataclass(frozen=True, slots=True)

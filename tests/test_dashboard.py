@@ -35,7 +35,7 @@ from dashboards import context
 from dashboards.app import create_app
 from dashboards.i18n import format_duration, normalize_lang, state_label
 from dashboards.pages.andon import format_clock, render_board, render_tile, state_class
-from dashboards.queries import AndonTile, Database, machine_status
+from dashboards.queries import AndonTile, Database, andon_tiles
 from mesflow import users
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
@@ -541,7 +541,7 @@ def test_andon_board_in_browser(
 def test_queries_read_the_view_and_survive_a_dropped_connection(db_url: str) -> None:
     db = Database(db_url)
     try:
-        rows = machine_status(db)
+        rows = andon_tiles(db)
         assert len(rows) == 12
         assert all(r.state == "offline" and r.since is None for r in rows)
         assert [r.machine for r in rows][:2] == ["IM-01", "IM-02"]
@@ -551,6 +551,6 @@ def test_queries_read_the_view_and_survive_a_dropped_connection(db_url: str) -> 
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE application_name = 'mesflow-dashboard'"
             )
-        assert len(machine_status(db)) == 12
+        assert len(andon_tiles(db)) == 12
     finally:
         db.close()
