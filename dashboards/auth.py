@@ -462,8 +462,8 @@ def well_formed_callback(body: Any, spec: dict[str, Any] | None) -> bool:
         return False
     if output == ROUTER_OUTPUT:  # Dash's router takes strings only
         values = [i.get("value") for i in body["inputs"]]
-        # A browser always sends its pathname; a missing one crashes Dash's matching of
-        # path_template pages (fnmatch on None, e.g. /orders/<order_no>).
+        # A browser always sends its pathname, and it starts with "/"; a missing or empty
+        # one crashes Dash's matching of path_template pages (e.g. /orders/<order_no>).
         if _router_pathname(body).startswith("/\x00"):
             return False
         return all(v is None or isinstance(v, str) for v in values)
@@ -480,6 +480,7 @@ def _router_pathname(body: dict[str, Any]) -> str:
                 and item.get("id") == _ROUTER_LOCATION
                 and item.get("property") == "pathname"
                 and isinstance(item.get("value"), str)
+                and item["value"].startswith("/")  # a browser's pathname always does
             ):
                 return str(item["value"])
     return "/\x00not-a-page"

@@ -888,6 +888,21 @@ def test_hostile_callback_requests_never_fail(app: dash.Dash, data: st.DataObjec
     assert response.status_code in (200, 204, 400, 403), (body, response.status_code)
 
 
+@pytest.mark.parametrize("pathname", ["", "andon", "orders/SO-1", None])
+def test_router_requests_without_a_browser_pathname_are_400(app: dash.Dash, pathname: Any) -> None:
+    # Found by the fuzz test above: an empty pathname made Dash's path_template matching
+    # (used by /orders/<order_no>) answer 500. A browser's pathname always starts with "/".
+    client = _signed_in_viewer(app)
+    router = next(d for d in _deps_cached(app) if "_pages_content" in d["output"])
+    body = _callback_body(router, "/andon")
+    for item in body["inputs"]:
+        if item["property"] == "pathname":
+            item["value"] = pathname
+    assert client.post("/_dash-update-component", json=body).status_code == 400
+    body = _callback_body(router, "/andon")
+    assert client.post("/_dash-update-component", json=body).status_code == 200
+
+
 _CACHE: dict[int, Any] = {}  # id(app) -> signed-in viewer client: one sign-in per app
 
 
