@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     # "reason missing"; a machine silent this long shows grey "no data since".
     andon_reason_missing_s: float = Field(default=120.0, ge=0, description="andon: reason missing")
     andon_silent_s: float = Field(default=600.0, gt=0, description="andon: silent machine")
+    # Alerts (docs/alerts.md): rules, people and channels; unset = the example file's rules
+    # apply only in the demo, elsewhere no alert rules.
+    alerts_config: Path | None = Field(default=None, description="alerts YAML file")
+    public_url: str = Field(
+        default="http://127.0.0.1:8050",
+        description="the boards' address as people reach it: links in alert messages",
+    )
     # Bytewax snapshot interval: bounds the work replayed after a crash, not output latency.
     snapshot_seconds: float = 2.0
     # CRM order intake (`mesflow run api`, docs/crm.md). Clients authenticate with a bearer

@@ -134,3 +134,30 @@ MachineRow = (
     | WorkOrderStarted
 )
 ResultRow = MachineRow | Rejection | Progress
+
+
+class AlertRow(NamedTuple):
+    """One step in an alert's life (streams/alert_engine.py), in event time.
+
+    Stored by the results sink in `alert` / `alert_step`, and handed to the alert outbox
+    (notify/alert_outbox.py), which turns it into one delivery per person and channel.
+    `alert_id` is a function of the rule, the scope and the event time the condition began,
+    so a replay or a restart from a snapshot names the same alert and sends nothing twice.
+    """
+
+    alert_id: str  # "<rule>:<scope>:<condition start, us since epoch>"
+    rule: str  # rule name from the alerts file
+    kind: str  # machine_down | no_reason | kpi_below | scrap_rate | silent | order_at_risk
+    scope: str  # "machine:IM-03" | "line:L1" | "plant" | "order:SO-1001"
+    machine: str | None
+    line: str | None
+    order_no: str | None
+    severity: str  # info | warning | critical
+    step: str  # opened | escalated | resolved | acknowledged
+    level: int  # escalation level reached, 0 = first
+    at: datetime  # event time of this step
+    opened_at: datetime  # event time the alert opened
+    facts: dict[str, object]  # what the message says (JSON-serialisable): reason, minutes, oee...
+    people: tuple[str, ...]  # who this step goes to: person names from the alerts file
+    channels: tuple[str, ...]  # and which robot/webhook channels (names from the alerts file)
+    quiet_until: datetime | None  # inside the rule's quiet hours: deliver at this time, not now
