@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from mesflow.db import migrate, sync_plant
 from mesflow.plant import PlantConfig, load_plant_config
@@ -24,6 +25,16 @@ from tests.helpers import PLANT_ENV, OwnPostgres, RestartableBroker, wide_horizo
 
 EXAMPLE_CONFIG = REPO_ROOT / "config" / "plant.example.yaml"
 SKIP_MISSING = "MESFLOW_SKIP_MISSING_SERVICES"
+
+# Property tests: CI runs a fixed set of examples (a red build is then reproducible and not
+# a lottery); `HYPOTHESIS_PROFILE=fuzz` explores with random seeds and more examples, which
+# is how the fuzz tests found their bugs (docs/operations.md, "Fuzzing").
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("fuzz", max_examples=500, deadline=None, print_blob=True)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE")
+    or ("ci" if os.environ.get("CI", "").lower() in ("1", "true", "yes") else "default")
+)
 
 
 def require(condition: bool, what: str) -> None:
