@@ -147,6 +147,31 @@ class WorkOrderEndReport(_Report):
     work_order: Id
 
 
+# Process values: a handful of named measurements per message (cycle time, cushion,
+# pressures, temperatures). Names are short lowercase keys so they fit a column and a URL
+# unchanged; numbers must be finite (PostgreSQL would store NaN, but it poisons every
+# min/avg/max it touches); bool is not a number here, unlike in Python.
+MAX_PROCESS_VALUES = 64
+PROCESS_VALUE_NAME = r"^[a-z][a-z0-9_.]{0,63}$"
+ProcessValueName = Annotated[str, Field(pattern=PROCESS_VALUE_NAME)]
+ProcessValueNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class ProcessValueEvent(_MachineEvent):
+    """Measured process values of the machine at `ts` (1 to 64 named finite numbers)."""
+
+    type: Literal["process_value"]
+    values: Annotated[
+        dict[ProcessValueName, ProcessValueNumber],
+        Field(
+            min_length=1,
+            max_length=MAX_PROCESS_VALUES,
+            # patternProperties alone would let a schema reader accept any other name.
+            json_schema_extra={"additionalProperties": False},
+        ),
+    ]
+
+
 Report = Annotated[
     DowntimeReasonReport | ScrapReport | WorkOrderStartReport | WorkOrderEndReport,
     Field(discriminator="kind"),
@@ -179,7 +204,13 @@ class WorkOrderEvent(_Event):
 
 
 Event = Annotated[
-    StateEvent | CountEvent | CounterEvent | Report | OrderEvent | WorkOrderEvent,
+    StateEvent
+    | CountEvent
+    | CounterEvent
+    | Report
+    | OrderEvent
+    | WorkOrderEvent
+    | ProcessValueEvent,
     Field(discriminator="type"),
 ]
 MachineEvent = (
@@ -215,7 +246,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in parts)
 
 
-_TYPE_TAGS = {"state", "count", "counter", "report", "order", "work_order"}
+_TYPE_TAGS = {"state", "count", "counter", "report", "order", "work_order", "process_value"}
 _KIND_TAGS = {"downtime_reason", "scrap", "wo_start", "wo_end"}
 
 
@@ -239,7 +270,13 @@ def _describe(err: ValidationError) -> ContractError:
         )
     if kind == "greater_than_equal" and where in ("good", "scrap", "value"):
         return ContractError("negative_count", f"field '{where}': {first['msg']}")
-    if kind == "string_pattern_mismatch":  # the only pattern: no NUL
+    if kind == "string_pattern_mismatch" and first["loc"][-1:] == ("[key]",):
+        # A process value name (the only pattern on a key); repr shows a stray newline.
+        name = repr(first["loc"][-2])[:80]
+        return ContractError(
+            "invalid_field", f"process value name {name} must match {PROCESS_VALUE_NAME}"
+        )
+    if kind == "string_pattern_mismatch":  # the other pattern: no NUL
         return ContractError("invalid_field", f"field '{where}' may not contain a NUL character")
     return ContractError("invalid_field", f"field '{where}': {first['msg']}")
 
