@@ -119,6 +119,8 @@ class Channel(_Model):
     url: str | None = None
     url_env: str | None = None
     secret_env: str | None = None
+    # A group has no one language: the robot's messages are written in this one.
+    language: Language = "zh"
 
     _url: str = PrivateAttr(default="")
     _secret: str | None = PrivateAttr(default=None)
