@@ -12,7 +12,7 @@ import click
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
 
-COMPONENTS = ("collector-mqtt", "dataflow", "dashboard", "api", "notify")
+COMPONENTS = ("collector-mqtt", "dataflow", "dashboard", "api", "notify", "sparkplug")
 
 
 def _plant(settings: Settings) -> PlantConfig:
@@ -134,6 +134,7 @@ def run_component(component: str) -> None:
     dashboard       the Dash boards on MESFLOW_HTTP_HOST:MESFLOW_HTTP_PORT
     api             CRM order intake (HTTP) on MESFLOW_API_HOST:MESFLOW_API_PORT
     notify          outbox -> signed CRM callbacks (MESFLOW_CRM_CALLBACK_URL)
+    sparkplug       Sparkplug B host application: edge nodes -> ingest log
     """
     settings = get_settings()
     plant = _plant(settings)
@@ -144,6 +145,10 @@ def run_component(component: str) -> None:
         from collectors.mqtt_json import run_collector
 
         run_collector(plant, _mqtt_url(settings), _database_url(settings))
+    elif component == "sparkplug":
+        from collectors.sparkplug.collector import run_sparkplug
+
+        run_sparkplug(plant, _mqtt_url(settings), _database_url(settings))
     elif component == "dataflow":
         from streams.runner import run_live
 

@@ -26,6 +26,8 @@ from pydantic import (
 )
 
 from mesflow.events import CANONICAL_STATES, MachineState
+from mesflow.source_opcua import OpcUaSource
+from mesflow.source_sparkplug import SparkplugSource
 from mesflow.yaml_lines import YamlError, line_of, load_with_lines
 
 Code = str  # machine ids, line ids, reason codes: [A-Za-z0-9_.-]
@@ -117,6 +119,10 @@ class Machine(_Model):
     microstop_seconds: NonNegativeFloat | None = None
     # Name of an entry in `state_mappings` used by collectors for this machine's native codes.
     state_mapping: str | None = None
+    # How the OPC UA collector reads this machine (mesflow/source_opcua.py).
+    opcua: OpcUaSource | None = None
+    # Where its state, counters and process values are in Sparkplug B (collectors-sparkplug.md).
+    sparkplug: SparkplugSource | None = None
 
 
 class Line(_Model):

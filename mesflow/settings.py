@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         le=64 * 1024,
         description="larger MQTT messages are dead-lettered too_large",
     )
+    # Sparkplug B host application (`mesflow run sparkplug`, docs/collectors-sparkplug.md).
+    sparkplug_host_id: str = Field(
+        default="mesflow",
+        pattern=r"^[^+/#\x00]+$",
+        description="Sparkplug host id: STATE topic spBv1.0/STATE/<id>, client id",
+    )
     plant_config: Path = Field(default_factory=example_plant)
     data_dir: Path = Field(default_factory=_default_data_dir, description="state kept between runs")
     http_host: str = "127.0.0.1"
@@ -111,6 +117,10 @@ class Settings(BaseSettings):
     retention_intake_days: int = Field(default=30, ge=0, description="intake_delivery")
     retention_order_history_days: int = Field(default=365, ge=0, description="closed orders")
     retention_late_merge_days: int = Field(default=30, ge=0, description="late events merged")
+    retention_process_value_days: int = Field(default=7, ge=0, description="raw process values")
+    retention_process_minute_days: int = Field(
+        default=180, ge=0, description="per-minute process value rollup"
+    )
     retention_batch_rows: int = Field(default=2000, ge=1)
     retention_resume_margin_s: float = Field(default=600.0, ge=0)
     retention_interval_s: float = Field(
