@@ -58,6 +58,7 @@ from streams.records import (
     MachineRow,
     ReasonSetRow,
     Rejection,
+    ScrapSetRow,
     StatusRow,
     WorkOrderParts,
     WorkOrderStarted,
@@ -76,6 +77,11 @@ _CLASS_OF_STATE = {
     "planned_stop": PLANNED_STOP,
 }
 HISTORY_US = 48 * HOUR_US
+# Scrap by reason and product: scrap the machine counted itself (count events, the scrap
+# counter) and scrap reports without a reason have no reason; parts made while no work
+# order with a known product was active have no product.
+UNSPECIFIED = "unspecified"
+UNKNOWN_PRODUCT = "unknown"
 
 Row = MachineRow
 # (start, end, shift instance containing it, shift instance if it is planned time)
@@ -132,14 +138,16 @@ class Interval:
         self.checked_to = self.start
 
 
-# (hour start, shift instance containing t, planned?, ideal cycle us, work order)
-PartClass = tuple[int, "ShiftInstance | None", bool, int, "str | None"]
+# (hour start, shift instance containing t, planned?, ideal cycle us, work order, product)
+PartClass = tuple[int, "ShiftInstance | None", bool, int, "str | None", "str | None"]
 # (from, to, open interval, its state, work-order version, class, hour bucket, shift bucket)
 CountContext = tuple[int, int, "Interval", str, int, PartClass, "Bucket", "Bucket | None"]
 
 
 # A part movement kept for the allowed lateness, with the classification applied:
-# (t, arrival order, kind 0 add / 1 move good to scrap, good, scrap, counter name, class).
+# (t, arrival order, kind, good, scrap, source, class). Kind 0 adds parts, 1 moves good to
+# scrap for a `scrap` counter (source: the counter's name), 2 moves them for a `scrap`
+# report (source: its reason, or None).
 # A plain tuple, not a dataclass: thousands are kept per busy machine and snapshotted every
 # few seconds, and tuples pickle about ten times faster.
 Part = tuple[int, int, int, int, int, "str | None", PartClass]
@@ -202,6 +210,8 @@ class MachineTracker:
         self.shifts: dict[ShiftInstance, Bucket] = {}
         self.good_total = 0
         self.scrap_total = 0
+        # Scrap per hour by (reason, product or None); kept and forgotten with the hours.
+        self.scrap: dict[int, dict[tuple[str, str | None], int]] = {}
         self.dirty = _Dirty()
         # Late data (streams/rebuild.py): the log seq of the last event consumed, and the
         # earliest time of events that came later than the allowed lateness and wait for
@@ -229,6 +239,30 @@ class MachineTracker:
         self._hour_segs = None
         self._segs_by_hour = {}
         self._count_cache = None
+        if "scrap" not in state:
+            self._upgrade_scrap()
+
+    def _upgrade_scrap(self) -> None:
+        """A snapshot from before scrap by reason: its part classes gain their product,
+        and the scrap of the parts it still keeps seeds the hours' scrap sets, so that
+        revising those parts later subtracts only what was added (no negative figures).
+        Scrap settled before the upgrade is not in those sets (the table is new)."""
+        self.scrap = {}
+
+        def cls6(cls: tuple[object, ...], t: int) -> PartClass:
+            if len(cls) == 6:
+                return cls  # type: ignore[return-value]
+            wo = cls[4]
+            return (*cls, self._ideal_product(wo, t)[1])  # type: ignore[arg-type, return-value]
+
+        self.parts = [(*p[:6], cls6(p[6], p[0])) for p in self.parts]
+        self.runs = [((g, sc, cls6(cls, ts[-1])), ts) for (g, sc, cls), ts in self.runs if ts]
+        for p in self.parts:
+            if p[4]:
+                self._scrap_add(p[6][0], _scrap_reason(p[2], p[5]), p[6][5], p[4])
+        for (_, sc, cls), ts in self.runs:
+            if sc:
+                self._scrap_add(cls[0], UNSPECIFIED, cls[5], sc * len(ts))
 
     # ---------------------------------------------------------------------------------------
     # applying events
@@ -283,7 +317,7 @@ class MachineTracker:
         elif isinstance(ev, CounterEvent):
             self._counter(t, order, ev)
         elif isinstance(ev, ScrapReport):
-            self._add_part(t, order, 1, 0, ev.qty, None)
+            self._add_part(t, order, 2, 0, ev.qty, ev.reason)
         elif isinstance(ev, WorkOrderStartReport | WorkOrderEndReport):
             self._work_order(t, order, ev)
         return None
@@ -573,12 +607,12 @@ class MachineTracker:
                 planned = i >= 0 and ivs[i].state != "planned_stop"
         changes = self.wo_changes
         wo = changes[-1][2] if changes and t >= changes[-1][0] else self._wo_at(t)
-        ideal = self._ideal(wo, t)
+        ideal, product = self._ideal_product(wo, t)
         segs = self._hour_segs
         hour = segs[0] if segs is not None and segs[0] <= t < segs[0] + HOUR_US else None
         if hour is None:
             hour = self.clock.bucket(t)[0]
-        return hour, seg[2], planned, ideal, wo
+        return hour, seg[2], planned, ideal, wo, product
 
     def _count_now(self, t: int, good: int, scrap: int) -> None:
         """The hot path: parts counted at or after the machine's latest event.
@@ -625,6 +659,8 @@ class MachineTracker:
                 sb.ideal_us += di
         self.good_total += good
         self.scrap_total += scrap
+        if scrap:  # counted by the machine: no reason
+            self._scrap_add(c[5][0], UNSPECIFIED, c[5][5], scrap)
         wo = c[5][4]
         if wo is not None:
             self._wo_add(wo, good, scrap, t)
@@ -640,18 +676,31 @@ class MachineTracker:
             # A product taking effect later in this stretch ends the cached context there.
             end = min([end, *(s for s, _, _ in self.wo_product.get(wo, ()) if s > t)])
         planned = seg[3] is not None and cur.state != "planned_stop"
-        cls: PartClass = (segs[0], seg[2], planned, self._ideal(wo, t), wo)
+        ideal, product = self._ideal_product(wo, t)
+        cls: PartClass = (segs[0], seg[2], planned, ideal, wo, product)
         hb = self._hour(segs[0])
         sb = self._shift(seg[2]) if seg[2] is not None else None
         return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb)
 
-    def _ideal(self, wo: str | None, t: int) -> int:
+    def _ideal_product(self, wo: str | None, t: int) -> tuple[int, str | None]:
+        """The ideal cycle time and the product of the work order at t (None: unknown)."""
         ideal = self.spec.default_ideal_us
         if wo is not None and wo in self.wo_product:
             for since, _, product in reversed(self.wo_product[wo]):
                 if since <= t:
-                    return self.spec.ideal_us_by_product.get(product, ideal)
-        return ideal
+                    return self.spec.ideal_us_by_product.get(product, ideal), product
+        return ideal, None
+
+    def _scrap_add(self, hour: int, reason: str, product: str | None, qty: int) -> None:
+        by = self.scrap.get(hour)
+        if by is None:
+            by = self.scrap[hour] = {}
+        key = (reason, product)
+        v = by.get(key, 0) + qty
+        if v:
+            by[key] = v
+        else:  # revised away: the item disappears from the hour's set
+            del by[key]
 
     def _add_part(
         self, t: int, order: int, kind: int, good: int, scrap: int, source: str | None
@@ -666,8 +715,8 @@ class MachineTracker:
             insort(parts, p, key=lambda q: (q[0], q[1]))
 
     def _apply_part(self, p: Part, sign: int) -> None:
-        t, _, kind, good, scrap, _, cls = p
-        hour_key, shift, planned, ideal, wo = cls
+        t, _, kind, good, scrap, source, cls = p
+        hour_key, shift, planned, ideal, wo, product = cls
         if kind == 0:
             dg, ds = good * sign, scrap * sign
         else:
@@ -690,6 +739,8 @@ class MachineTracker:
                 sb.ideal_us += di
         self.good_total += dg
         self.scrap_total += ds
+        if ds:
+            self._scrap_add(hour_key, _scrap_reason(kind, source), product, ds)
         self.dirty.status = True
         if wo is not None:
             self._wo_add(wo, dg, ds, t)
@@ -745,7 +796,7 @@ class MachineTracker:
             return
         # A reading arrived late: the parts of every later reading of this counter change.
         insort(readings, (t, order, ev.value), key=lambda r: (r[0], r[1]))
-        stale = [p for p in self.parts if p[5] == ev.name and (p[0], p[1]) >= key]
+        stale = [p for p in self.parts if p[2] != 2 and p[5] == ev.name and (p[0], p[1]) >= key]
         for p in stale:
             self._apply_part(p, -1)
             self.parts.remove(p)
@@ -1019,6 +1070,7 @@ class MachineTracker:
             if b is not None:
                 rows.append(_hour_row(m, b))
                 rows.extend(_kpi_rows(m, "hour", b, None))
+                rows.append(_scrap_row(m, h, self.scrap.get(h)))
         for inst in sorted(d.shifts, key=lambda s: s.start):
             b = self.shifts.get(inst)
             if b is not None:
@@ -1087,6 +1139,7 @@ class MachineTracker:
             del ivs[:k]
         if self.hours and min(self.hours) < horizon - HOUR_US:
             self.hours = {h: b for h, b in self.hours.items() if h >= horizon - HOUR_US}
+            self.scrap = {h: s for h, s in self.scrap.items() if h >= horizon - HOUR_US}
             self.shifts = {s: b for s, b in self.shifts.items() if s.end >= horizon - HOUR_US}
             self.reports = [r for r in self.reports if r.at >= horizon - HOUR_US]
             for wo in [w for w, seen in self.wo_seen.items() if seen < horizon]:
@@ -1100,6 +1153,23 @@ class MachineTracker:
 
 def _start(iv: Interval) -> int:
     return iv.start
+
+
+def _scrap_reason(kind: int, source: str | None) -> str:
+    # Only a scrap report (kind 2) names a reason; its source slot holds it.
+    return (source or UNSPECIFIED) if kind == 2 else UNSPECIFIED
+
+
+def _scrap_row(
+    machine: str, hour: int, by: dict[tuple[str, str | None], int] | None
+) -> ScrapSetRow:
+    items: dict[tuple[str, str], int] = {}
+    for (reason, product), qty in (by or {}).items():
+        # No product and a product literally named "unknown" are one item (one key).
+        key = (reason, product if product is not None else UNKNOWN_PRODUCT)
+        items[key] = items.get(key, 0) + qty
+    rows = tuple(sorted((r, p, q) for (r, p), q in items.items() if q))
+    return ScrapSetRow(machine, from_us(hour), rows)
 
 
 def _delta(previous: int, value: int) -> int:

@@ -42,6 +42,7 @@ from streams.records import (
     Progress,
     ReasonSetRow,
     Rejection,
+    ScrapSetRow,
     StatusRow,
 )
 
@@ -165,6 +166,8 @@ _STAGING = "\n".join(
         " (machine text, bucket text, bucket_start timestamptz) ON COMMIT DELETE ROWS;",
         "CREATE TEMP TABLE IF NOT EXISTS stage_gone"
         " (machine text, start_ts timestamptz) ON COMMIT DELETE ROWS;",
+        "CREATE TEMP TABLE IF NOT EXISTS stage_scrap_hour"
+        " (machine text, hour_start timestamptz) ON COMMIT DELETE ROWS;",
     ]
 )
 
@@ -177,6 +180,11 @@ WHERE i.machine = g.machine AND i.start_ts = g.start_ts"""
 DELETE_REASONS = """
 DELETE FROM machine_kpi_reason r USING stage_bucket b
 WHERE r.machine = b.machine AND r.bucket = b.bucket AND r.bucket_start = b.bucket_start"""
+
+# Scrap by reason and product: the same, per machine-hour (sql/020_scrap_by_reason.sql).
+DELETE_SCRAP = """
+DELETE FROM machine_scrap s USING stage_scrap_hour b
+WHERE s.machine = b.machine AND s.hour_start = b.hour_start"""
 
 # The raw payload stays in the log (one copy: NULL here, see sql/014); retention copies
 # it into the dead letter before it prunes the log row.
@@ -207,6 +215,7 @@ class _Batch:
         self.hours: dict[tuple[str, Any], HourRow] = {}
         self.kpis: dict[tuple[str, str, Any], KpiRow] = {}
         self.reasons: dict[tuple[str, str, Any], tuple[tuple[str, float, int], ...]] = {}
+        self.scrap: dict[tuple[str, Any], tuple[tuple[str, str, int], ...]] = {}
         self.status: dict[str, StatusRow] = {}
         self.dead: list[tuple[str, str, int]] = []
         self.last_seq = 0
@@ -223,6 +232,8 @@ class _Batch:
             self.kpis[(item.machine, item.bucket, item.bucket_start)] = item
         elif t is ReasonSetRow:
             self.reasons[(item.machine, item.bucket, item.bucket_start)] = item.items
+        elif t is ScrapSetRow:
+            self.scrap[(item.machine, item.hour_start)] = item.items
         elif t is IntervalRow:
             self.intervals[(item.machine, item.start_ts)] = item
         elif t is IntervalDelete:
@@ -384,6 +395,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                     _upsert(cur, upsert, rows)
             if batch.reasons:
                 _replace_reasons(cur, list(batch.reasons.items()))
+            if batch.scrap:
+                _replace_scrap(cur, list(batch.scrap.items()))
             # Callbacks commit with the figures that caused them (transactional outbox).
             for cb in batch.callbacks:
                 _enqueue(cur, cb)
@@ -416,6 +429,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                     attempt(upsert.table, row, _upsert, upsert, [row])
             for bucket, items in batch.reasons.items():
                 attempt("machine_kpi_reason", bucket, _replace_reasons, [(bucket, items)])
+            for hour, scrap in batch.scrap.items():
+                attempt("machine_scrap", hour, _replace_scrap, [(hour, scrap)])
             for cb in batch.callbacks:
                 attempt("outbox", cb, _enqueue, cb)
             for dead in batch.dead:
@@ -463,6 +478,7 @@ _CLEAR_STAGING = "; ".join(
         *(u.stage for u in (INTERVALS, STATUS, HOURS, KPIS, ORDERS, WORK_ORDERS)),
         "stage_bucket",
         "stage_gone",
+        "stage_scrap_hour",
     )
 )
 
@@ -499,6 +515,20 @@ def _replace_reasons(
               "machine, bucket, bucket_start, reason, seconds, stops",
               ["text", "text", "timestamptz", "text", "float8", "int4"],
               reason_rows)  # fmt: skip
+
+
+def _replace_scrap(
+    cur: psycopg.Cursor[Any],
+    sets: list[tuple[tuple[str, Any], tuple[tuple[str, str, int], ...]]],
+) -> None:
+    """Each machine-hour's scrap set replaced whole: one DELETE, one COPY for the batch."""
+    _copy(cur, "stage_scrap_hour", "machine, hour_start", ["text", "timestamptz"],
+          [key for key, _ in sets])  # fmt: skip
+    cur.execute(DELETE_SCRAP.encode())
+    rows = [(m, h, reason, product, qty) for (m, h), items in sets for reason, product, qty in items]
+    if rows:
+        _copy(cur, "machine_scrap", "machine, hour_start, reason, product, qty",
+              ["text", "timestamptz", "text", "text", "int8"], rows)  # fmt: skip
 
 
 def _enqueue(cur: psycopg.Cursor[Any], cb: Callback) -> None:

@@ -48,6 +48,7 @@ from streams.records import (
     KpiRow,
     ReasonSetRow,
     Rejection,
+    ScrapSetRow,
     StatusRow,
     WorkOrderParts,
     WorkOrderStarted,
@@ -114,6 +115,8 @@ def row_key(row: Row | Rejection) -> tuple[Any, ...]:
         return ("interval", row.start_ts)  # type: ignore[union-attr]
     if t is HourRow:
         return ("hour", row.hour_start)  # type: ignore[union-attr]
+    if t is ScrapSetRow:
+        return ("scrap", row.hour_start)  # type: ignore[union-attr]
     if t is KpiRow or t is ReasonSetRow:
         return (t.__name__, row.bucket, row.bucket_start)  # type: ignore[union-attr]
     if t is StatusRow:

@@ -88,6 +88,17 @@ class ReasonSetRow(NamedTuple):
     items: tuple[tuple[str, float, int], ...]
 
 
+class ScrapSetRow(NamedTuple):
+    """The whole scrap-by-reason set of one machine-hour: (reason, product, qty) items.
+
+    Replaced whole when written: a late work-order product or a rebuild moves scrap away
+    from a (reason, product), which must then disappear from that hour."""
+
+    machine: str
+    hour_start: datetime
+    items: tuple[tuple[str, str, int], ...]
+
+
 class WorkOrderParts(NamedTuple):
     """Parts counted on one machine while a work order was active there (absolute, as of t)."""
 
@@ -130,6 +141,7 @@ MachineRow = (
     | HourRow
     | KpiRow
     | ReasonSetRow
+    | ScrapSetRow
     | WorkOrderParts
     | WorkOrderStarted
 )

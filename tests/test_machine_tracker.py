@@ -19,6 +19,7 @@ from streams.records import (
     IntervalDelete,
     IntervalRow,
     Rejection,
+    ScrapSetRow,
     StatusRow,
     WorkOrderParts,
     WorkOrderStarted,
@@ -63,8 +64,8 @@ def _key(row: Any) -> tuple[Any, ...]:
         return ("interval", row.start_ts)
     if isinstance(row, StatusRow):
         return ("StatusRow",)
-    if isinstance(row, HourRow):
-        return ("HourRow", row.hour_start)
+    if isinstance(row, HourRow | ScrapSetRow):
+        return (type(row).__name__, row.hour_start)
     if isinstance(row, WorkOrderParts | WorkOrderStarted):
         return (type(row).__name__, row.work_order, row.machine)
     return (type(row).__name__, *row[1:3])
