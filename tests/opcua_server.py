@@ -248,8 +248,9 @@ class MachineServer:
         await node.write_value(
             ua.DataValue(
                 ua.Variant(value, vtype),
-                SourceTimestamp=ua.DateTime(source_ts or now),
-                ServerTimestamp=ua.DateTime(now),
+                # asyncua's stubs want its DateTime subclass; a datetime is what it sends.
+                SourceTimestamp=source_ts or now,  # type: ignore[arg-type]
+                ServerTimestamp=now,  # type: ignore[arg-type]
             )
         )
 
