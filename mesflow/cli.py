@@ -12,7 +12,7 @@ import click
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
 
-COMPONENTS = ("collector-mqtt", "dataflow", "dashboard", "api", "notify", "sparkplug")
+COMPONENTS = ("collector-mqtt", "dataflow", "dashboard", "api", "notify", "sparkplug", "opcua")
 
 
 def _plant(settings: Settings) -> PlantConfig:
@@ -135,6 +135,7 @@ def run_component(component: str) -> None:
     api             CRM order intake (HTTP) on MESFLOW_API_HOST:MESFLOW_API_PORT
     notify          outbox -> signed CRM callbacks (MESFLOW_CRM_CALLBACK_URL)
     sparkplug       Sparkplug B host application: edge nodes -> ingest log
+    opcua           OPC UA machines (plant file 'opcua:' sections) -> ingest log
     """
     settings = get_settings()
     plant = _plant(settings)
@@ -145,6 +146,10 @@ def run_component(component: str) -> None:
         from collectors.mqtt_json import run_collector
 
         run_collector(plant, _mqtt_url(settings), _database_url(settings))
+    elif component == "opcua":
+        from collectors.opcua import run_opcua
+
+        run_opcua(plant, _database_url(settings))
     elif component == "sparkplug":
         from collectors.sparkplug.collector import run_sparkplug
 
