@@ -61,6 +61,8 @@ class RetentionPolicy:
     intake_days: int = 30
     order_history_days: int = 365  # closed or cancelled orders
     late_merge_days: int = 30  # late events merged (or never mergeable)
+    process_value_days: int = 7  # raw process values
+    process_minute_days: int = 180  # their per-minute rollup
     batch_rows: int = 2000
     # The log is the dedupe index: a row stays at least as long as a resent copy of its
     # input could still be accepted (the plant's max_event_age_days + max_clock_skew).
@@ -82,6 +84,8 @@ class RetentionPolicy:
             intake_days=s.retention_intake_days,
             order_history_days=s.retention_order_history_days,
             late_merge_days=s.retention_late_merge_days,
+            process_value_days=s.retention_process_value_days,
+            process_minute_days=s.retention_process_minute_days,
             batch_rows=s.retention_batch_rows,
             resume_margin=timedelta(seconds=s.retention_resume_margin_s),
         )
@@ -193,6 +197,10 @@ class _Target:
     age: str  # SQL expression: the time a row's age counts from
     where: str  # SQL predicate with %(cutoff)s: old enough to go
     note: str
+    # Batches by this key: ctid is cheapest, but a TimescaleDB hypertable repeats ctids
+    # across its chunks, so a hypertable names its primary key.
+    key: str = "ctid"
+    before: str | None = None  # SQL with %(cutoff)s run in each batch's transaction first
 
 
 # A `mesflow replay` waits while a late event of its lines is pending, or merged but its
@@ -266,6 +274,30 @@ def _targets(policy: RetentionPolicy) -> list[_Target]:
             "seen_at",
             LATE_MERGE_WHERE,
             "late events merged and stored (pending ones stay)",
+        ),
+        # Raw process values: the horizon goes up with each batch, so the sink never
+        # stores a pruned value again (it would count twice in the rollup, sql/021).
+        _Target(
+            "process_value",
+            "process_value",
+            policy.process_value_days,
+            "true",
+            "ts",
+            "ts < %(cutoff)s",
+            "raw process values (the per-minute rollup stays)",
+            key="machine, name, ts",
+            before="UPDATE process_value_horizon "
+            "SET pruned_before = GREATEST(pruned_before, %(cutoff)s)",
+        ),
+        _Target(
+            "process_value_minute",
+            "process_value_minute",
+            policy.process_minute_days,
+            "true",
+            "minute",
+            "minute < %(cutoff)s",
+            "per-minute process value rollup",
+            key="machine, name, minute",
         ),
     ]
 
@@ -478,15 +510,18 @@ def _prune_table(
     stop: Callable[[], bool],
 ) -> int:
     # ctid batches: one short transaction per batch whatever the table's key.
+    batch = f"SELECT {target.key} FROM {{t}} WHERE {target.where} LIMIT %(n)s"
     statement = sql.SQL(
-        "DELETE FROM {t} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {t} WHERE "
-        + target.where
-        + " LIMIT %(n)s))"
+        f"DELETE FROM {{t}} WHERE ctid = ANY(ARRAY({batch}))"
+        if target.key == "ctid"
+        else f"DELETE FROM {{t}} WHERE ({target.key}) IN ({batch})"
     ).format(t=sql.Identifier(target.table))
     removed = 0
     last_note = time.monotonic()
     while not stop():
         with conn.transaction():
+            if target.before:
+                conn.execute(target.before, {"cutoff": cutoff})
             cur = conn.execute(statement, {"cutoff": cutoff, "n": batch_rows})
         removed += cur.rowcount
         if cur.rowcount < batch_rows:

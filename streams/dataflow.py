@@ -7,7 +7,10 @@ streams/validate.py and streams/machine_tracker.py. Reads top to bottom:
                             ├─► orders, work orders ─┐           └─► work-order parts ─┐ │
                             │                        └─► by order ─► order progress ◄──┘ │
                             │                                           └─► rows, callbacks ┤
-                            └─► rejections, progress ──────────────────────────────────────┴─► results sink
+                            └─► process values, rejections, progress ──────────────────────┴─► results sink
+
+Process values (streams/process_values.py) change no machine figure: they bypass the
+trackers and the order step (neither branch below takes them) and go straight to the sink.
 """
 
 from __future__ import annotations

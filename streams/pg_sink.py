@@ -33,6 +33,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from mesflow.db import connect
 from mesflow.ingest_log import safe_text
 from notify.outbox import enqueue
+from streams import process_values
 from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
 from streams.records import (
     HourRow,
@@ -162,6 +163,7 @@ WORK_ORDERS = Upsert(
 _STAGING = "\n".join(
     [
         *(u.create_stage for u in (INTERVALS, STATUS, HOURS, KPIS, ORDERS, WORK_ORDERS)),
+        process_values.CREATE_STAGE,
         "CREATE TEMP TABLE IF NOT EXISTS stage_bucket"
         " (machine text, bucket text, bucket_start timestamptz) ON COMMIT DELETE ROWS;",
         "CREATE TEMP TABLE IF NOT EXISTS stage_gone"
@@ -223,6 +225,7 @@ class _Batch:
         self.orders: dict[str, OrderProgressRow] = {}
         self.work_orders: dict[str, WorkOrderProgressRow] = {}
         self.callbacks: list[Callback] = []  # in order: delivered in this order per order
+        self.values: list[process_values.ValueRow] = []  # raw process values: every one
 
     def add(self, item: Any) -> None:
         t = type(item)
@@ -252,6 +255,8 @@ class _Batch:
             self.work_orders[item.work_order] = item
         elif t is Callback:
             self.callbacks.append(item)
+        elif t is process_values.ProcessValues:
+            self.values.extend(item.rows)
 
 
 def _copy(
@@ -397,6 +402,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 _replace_reasons(cur, list(batch.reasons.items()))
             if batch.scrap:
                 _replace_scrap(cur, list(batch.scrap.items()))
+            if batch.values:
+                process_values.store(cur, batch.values)
             # Callbacks commit with the figures that caused them (transactional outbox).
             for cb in batch.callbacks:
                 _enqueue(cur, cb)
@@ -431,6 +438,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 attempt("machine_kpi_reason", bucket, _replace_reasons, [(bucket, items)])
             for hour, scrap in batch.scrap.items():
                 attempt("machine_scrap", hour, _replace_scrap, [(hour, scrap)])
+            for value in batch.values:
+                attempt("process_value", value, process_values.store, [value])
             for cb in batch.callbacks:
                 attempt("outbox", cb, _enqueue, cb)
             for dead in batch.dead:
@@ -479,6 +488,7 @@ _CLEAR_STAGING = "; ".join(
         "stage_bucket",
         "stage_gone",
         "stage_scrap_hour",
+        process_values.STAGE,
     )
 )
 

@@ -13,16 +13,21 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 from mesflow.events import (
+    AlertAck,
     ContractError,
     DowntimeReasonReport,
     Event,
     OrderEvent,
+    ProcessValueEvent,
     StateEvent,
     WorkOrderEvent,
     parse_event,
 )
 from mesflow.ingest_log import LogEntry, safe_text
 from mesflow.plant import PlantConfig
+from streams.alert_engine import AckInput
+from streams.hour_clock import to_us
+from streams.process_values import from_event
 from streams.records import Progress, Rejection
 
 
@@ -93,7 +98,8 @@ class Validator:
     """Parses log rows against the contract, the plant model and the clock policy.
 
     Output items are `(machine, (seq, event))` pairs for the per-machine step, OrderInput
-    for the per-order step, or Rejection / Progress records for the sink. Work-order
+    for the per-order step, AckInput for the alert step, or ProcessValues / Rejection / Progress records for the sink
+    (process values change no machine figure: they skip the trackers). Work-order
     events go to their order and to the machine they name (or to every machine).
     """
 
@@ -131,6 +137,10 @@ class Validator:
                     out.extend(
                         (m, (entry.seq, ev.model_copy(update={"machine": m}))) for m in self._all
                     )
+            elif cls is ProcessValueEvent:
+                out.append(from_event(entry.seq, ev))
+            elif cls is AlertAck:  # for the alert step (streams/alert_engine.py)
+                out.append(AckInput(ev.alert_id, ev.by, ev.via, to_us(ev.ts)))
             else:
                 out.append((ev.machine, (entry.seq, ev)))
         if batch:
@@ -149,7 +159,7 @@ class Validator:
             if late is not None:
                 return Rejection(entry.seq, *late)
         cls = type(ev)
-        if cls in _ORDER_TYPES:
+        if cls in _ORDER_TYPES or cls is AlertAck:
             return ev
         known: Any = ev  # a machine event (not an order type): it has `machine`
         machine: str = known.machine
