@@ -203,6 +203,21 @@ class WorkOrderEvent(_Event):
     machine: Id | None = None
 
 
+# An alert id: "<rule>:<scope>:<condition start, us>" (streams/alert_engine.py); a scope
+# holds a machine or order id, so it is longer than an Id.
+MAX_ALERT_ID_LENGTH = 500
+
+
+class AlertAck(_Event):
+    """Someone acknowledged an alert (the boards, or the signed link in a message): its
+    escalation stops; it still resolves when its condition ends (docs/alerts.md)."""
+
+    type: Literal["alert_ack"]
+    alert_id: Annotated[str, Field(min_length=1, max_length=MAX_ALERT_ID_LENGTH, pattern=_NO_NUL)]
+    by: Id
+    via: Literal["board", "link"]
+
+
 Event = Annotated[
     StateEvent
     | CountEvent
@@ -210,7 +225,8 @@ Event = Annotated[
     | Report
     | OrderEvent
     | WorkOrderEvent
-    | ProcessValueEvent,
+    | ProcessValueEvent
+    | AlertAck,
     Field(discriminator="type"),
 ]
 MachineEvent = (
@@ -246,7 +262,16 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return ".".join(str(p) for p in parts)
 
 
-_TYPE_TAGS = {"state", "count", "counter", "report", "order", "work_order", "process_value"}
+_TYPE_TAGS = {
+    "state",
+    "count",
+    "counter",
+    "report",
+    "order",
+    "work_order",
+    "process_value",
+    "alert_ack",
+}
 _KIND_TAGS = {"downtime_reason", "scrap", "wo_start", "wo_end"}
 
 
