@@ -11,16 +11,25 @@ huge quantity and a reason code outside the reason tree.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import pickle
-from datetime import datetime
+from dataclasses import fields
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
+from dashboards import scrap_queries as sq
+from dashboards.analytics_queries import Filters
+from dashboards.pages import analytics_scrap
+from dashboards.queries import Database
 from mesflow.events import MAX_COUNT, parse_event
 from mesflow.plant import PlantConfig
+from mesflow.report import Scope
 from streams.hour_clock import to_us
 from streams.machine_tracker import UNSPECIFIED, MachineSpec, MachineTracker
 from streams.records import ScrapSetRow
@@ -270,3 +279,58 @@ def test_view_through_the_dataflow(db_url: str, plant: PlantConfig, tmp_path: Pa
     }
     # Every hour's sets add up to the hour's scrap.
     assert {h: s for h, s in hours.items() if s} == by_hour
+    _check_panel(db_url, plant)
+
+
+def _check_panel(db_url: str, plant: PlantConfig) -> None:
+    """The analytics panel's query, chart, table and CSV over the replayed figures."""
+    tz = plant.tz
+    db = Database(db_url)
+    try:
+
+        def filters(scope: Scope, shift: str | None = None, day: int = 20) -> Filters:
+            return Filters(date(2026, 11, day), date(2026, 11, day + 1), scope, shift)
+
+        rows = sq.scrap_by_reason(db, filters(Scope("plant")), tz)
+        want = {
+            ("short_shot", "unknown"): 2 * MAX_COUNT,
+            ("no_such_reason", "unknown"): 7,
+            ("unspecified", "unknown"): 5,
+            ("short_shot", "P-100"): 5,
+            ("unspecified", "P-100"): 3,
+            ("flash", "unknown"): 2,
+        }
+        assert {(r.reason, r.product): r.qty for r in rows} == want
+        assert [r.qty for r in rows] == sorted(want.values(), reverse=True)
+        assert sum(r.share or 0 for r in rows) == pytest.approx(1.0)
+        assert sq.scrap_by_reason(db, filters(Scope("machine", "IM-02")), tz) == rows
+        assert sq.scrap_by_reason(db, filters(Scope("line", "CNC")), tz) == []
+        # The night shift of the 20th ends on the 21st: it stays on the 20th.
+        assert sq.scrap_by_reason(db, filters(Scope("plant"), day=21), tz) == []
+        day = sq.scrap_by_reason(db, filters(Scope("line", "IM"), "day"), tz)
+        assert {(r.reason, r.product): r.qty for r in day} == {
+            k: v for k, v in want.items() if k[1] == "P-100" or k[0] in ("flash", "unspecified")
+        }
+        night = sq.scrap_by_reason(db, filters(Scope("plant"), "night"), tz)
+        assert sum(r.qty for r in night) == 2 * MAX_COUNT + 7
+
+        # The chart: one bar per reason (most first), stacked by product; the table; the CSV.
+        fig = analytics_scrap.figure(rows, plant, "en")
+        assert fig.layout.barmode == "stack"
+        order = ["short_shot", "unspecified", "no_such_reason", "flash"]
+        assert list(fig.data[0].customdata) == order
+        totals = [sum(tr.y[i] for tr in fig.data) for i in range(4)]
+        assert totals == [2 * MAX_COUNT + 5, 8, 7, 2]
+        assert {tr.name for tr in fig.data} == {"P-100 Housing top", "Unknown product"}
+        zh = analytics_scrap.figure(rows, plant, "zh")
+        assert "缺胶" in zh.data[0].x and "未注明原因" in zh.data[0].x
+        table = analytics_scrap.scrap_table(rows, plant, "zh")
+        assert len(table.children[1].children) == len(rows)
+        name, text = analytics_scrap.export(db, filters(Scope("plant")), tz)
+        assert name == "scrap_plant_2026-11-20_2026-11-20.csv"
+        got = list(csv.DictReader(io.StringIO(text)))
+        assert list(got[0]) == [fl.name for fl in fields(sq.ScrapRow)]
+        assert {(r["reason"], r["product"]): int(r["qty"]) for r in got} == want
+        assert {r["reason"]: r["category"] for r in got}["no_such_reason"] == "other"
+    finally:
+        db.close()

@@ -27,6 +27,7 @@ from dashboards import analytics_queries as aq
 from dashboards import auth, context
 from dashboards.i18n import state_label, t
 from dashboards.nav import account_links, nav_links
+from dashboards.pages import analytics_scrap
 from mesflow.plant import PlantConfig
 from mesflow.report import KpiRow, ReasonRow, Scope, fmt_hm, fmt_pct, to_csv, total_row
 
@@ -203,6 +204,7 @@ def register(app: dash.Dash) -> None:
             State(_PICK, "data"),
             prevent_initial_call=True,
         )(_csv_callback(table))
+    analytics_scrap.register(app)
 
 
 # -- filters ----------------------------------------------------------------------------------
@@ -365,6 +367,7 @@ def layout(
                     card("reliability", _RELIABILITY, "reliability", graph=False),
                     card("timeline", _TIMELINE),
                     card("shift_table", _SHIFT_TABLE, "shifts", graph=False),
+                    analytics_scrap.panel(lang),
                 ],
             ),
         ],
