@@ -52,6 +52,34 @@ def dumps(value: object) -> str:
     return json.dumps(value, default=_json_default, ensure_ascii=False, separators=(",", ":"))
 
 
+MAX_TEXT: Final = 2000  # characters of one stored fact value (the message shows fewer)
+MAX_ITEMS: Final = 50  # keys or items of one fact value
+
+
+def bounded(value: object, depth: int = 0) -> object:
+    """Facts as stored with a delivery: JSON-safe, bounded in size, and without NUL (which
+    PostgreSQL text and jsonb refuse). A fact is for a person to read, so cutting a huge one
+    loses nothing a message could show."""
+    if isinstance(value, str):
+        text = value.replace("\x00", "\ufffd")
+        return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= 4:
+        return bounded(str(value), depth)
+    if isinstance(value, Mapping):
+        items = list(value.items())[:MAX_ITEMS]
+        return {str(bounded(str(k), depth + 1)): bounded(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [bounded(v, depth + 1) for v in list(value)[:MAX_ITEMS]]
+    return bounded(_json_default(value), depth + 1)
+
+
+def _nul_free(text: str | None) -> str | None:
+    # PostgreSQL text refuses NUL; the sink's own columns are ENGINE's to guard.
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
 def _mention(name: str, person: Person) -> dict[str, Any]:
     return {
         "name": name,
@@ -63,7 +91,7 @@ def _mention(name: str, person: Person) -> dict[str, Any]:
 
 def step_payload(row: AlertRow) -> dict[str, Any]:
     """The step as the message renderer reads it (notify/channels/render.py)."""
-    return {
+    payload = {
         "alert_id": row.alert_id,
         "rule": row.rule,
         "kind": row.kind,
@@ -76,8 +104,10 @@ def step_payload(row: AlertRow) -> dict[str, Any]:
         "level": row.level,
         "at": row.at.isoformat(),
         "opened_at": row.opened_at.isoformat(),
-        "facts": dict(row.facts),
+        "facts": bounded(dict(row.facts)),
     }
+    # Names from the event stream (machine ids) are bounded and NUL-free as well.
+    return {k: bounded(v) if k != "facts" else v for k, v in payload.items()}
 
 
 def dedupe_key(row: AlertRow, target: str) -> str:
@@ -121,14 +151,14 @@ def enqueue_alert(
         status = "failed" if error else ("stale" if stale else "pending")
         rows.append(
             (
-                dedupe_key(row, target),
-                row.alert_id,
-                row.step,
+                _nul_free(dedupe_key(row, target)),
+                _nul_free(row.alert_id),
+                _nul_free(row.step),
                 row.level,
-                row.severity,
-                target,
-                person,
-                channel,
+                _nul_free(row.severity),
+                _nul_free(target),
+                _nul_free(person),
+                _nul_free(channel),
                 ctype,
                 address,
                 language,
