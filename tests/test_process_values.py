@@ -7,25 +7,33 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dashboards import context
+from dashboards.app import create_app
+from dashboards.pages import machine_values as mv
+from dashboards.queries import Database
+from mesflow import users
 from mesflow.events import MAX_PROCESS_VALUES, ContractError, ProcessValueEvent, parse_event
 from mesflow.ingest_log import LogEntry
 from mesflow.plant import PlantConfig
 from mesflow.retention import RetentionPolicy, retention_status, run_retention
+from mesflow.settings import Settings
 from streams.process_values import ProcessValues
 from streams.records import Rejection
 from streams.replay import replay_file
 from streams.runner import run_flow
 from streams.validate import Validator
 from tests.helpers import count, feed, log_position, write_jsonl
+from tests.test_analytics import _sign_in
 
 M = "IM-03"
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -324,3 +332,91 @@ def test_retention_deletes_raw_values_and_keeps_the_rollup(
     # 0 days keeps everything.
     forever = RetentionPolicy(process_value_days=0, process_minute_days=0)
     assert {r.table: r.rows for r in run_retention(db_url, forever)}["process_value"] == 0
+
+
+# --- the machine page's panel -------------------------------------------------------------
+
+
+def test_band_breaks_at_gaps() -> None:
+    tz = ZoneInfo("Asia/Shanghai")
+    rows = [
+        mv.MinuteRow(T0, 1, 1.0, 1.0, 1.0),
+        mv.MinuteRow(T0 + timedelta(minutes=1), 2, 1.0, 2.0, 3.0),
+        mv.MinuteRow(T0 + timedelta(minutes=20), 1, 5.0, 5.0, 5.0),
+    ]
+    xs, lo, avg, hi = mv.band(rows, tz)
+    assert xs[:2] == [datetime(2026, 11, 20, 16, 0), datetime(2026, 11, 20, 16, 1)]
+    assert xs[2] is None and lo[2] is None and avg[2] is None and hi[2] is None
+    assert (lo, avg, hi) == ([1.0, 1.0, None, 5.0], [1.0, 2.0, None, 5.0], [1.0, 3.0, None, 5.0])
+
+
+def test_machine_page_shows_a_value_band_to_managers_only(
+    db_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    events = sample_day()  # 08:00Z = 16:00 in the plant's zone (Asia/Shanghai)
+    feed(db_url, events)
+    run(db_url, plant, tmp_path / "rec")
+    day = date(2026, 11, 20)
+    db = Database(db_url)
+    try:
+        assert mv.value_names(db, M, day, plant.tz) == ["cushion_mm", "cycle_time_s"]
+        assert mv.value_names(db, M, day + timedelta(days=1), plant.tz) == []
+        rows = mv.minutes(db, M, "cycle_time_s", day, plant.tz)
+    finally:
+        db.close()
+    expected = hand_rollup(events)
+    assert {(M, "cycle_time_s", r.minute): (r.n, r.min, r.avg, r.max) for r in rows} == {
+        k: v for k, v in expected.items() if k[:2] == (M, "cycle_time_s")
+    }
+    assert len(rows) == 5
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "boss", "manager", "manager-password-123")
+        users.add_user(conn, "eye", "viewer", "viewer-password-123")
+    app = create_app(Settings(auth_session_secret="s" * 40), plant, db_url)
+    body = {
+        "output": "mv-graph.figure",
+        "outputs": {"id": "mv-graph", "property": "figure"},
+        "inputs": [
+            {"id": "mc-machine", "property": "value", "value": M},
+            {"id": "mc-date", "property": "date", "value": "2026-11-20"},
+            {"id": "mv-name", "property": "value", "value": "cycle_time_s"},
+        ],
+        "state": [{"id": "mc-lang", "property": "data", "value": "en"}],
+        "changedPropIds": ["mv-name.value"],
+    }
+    try:
+        manager = app.server.test_client()
+        _sign_in(manager, "boss", "manager-password-123")
+        page = manager.get(f"/machine?machine={M}&date=2026-11-20&lang=en")
+        assert page.status_code == 200
+        got = manager.post("/_dash-update-component", json=body)
+        assert got.status_code == 200, got.get_data(as_text=True)
+        traces = got.get_json()["response"]["mv-graph"]["figure"]["data"]
+        assert [t["y"] for t in traces] == [
+            [r.max for r in rows],
+            [r.min for r in rows],
+            [r.avg for r in rows],
+        ]
+        names_body = {
+            "output": "..mv-name.options...mv-name.value...mv-empty.children..",
+            "outputs": [
+                {"id": "mv-name", "property": "options"},
+                {"id": "mv-name", "property": "value"},
+                {"id": "mv-empty", "property": "children"},
+            ],
+            "inputs": body["inputs"][:2],
+            "state": [
+                {"id": "mv-name", "property": "value", "value": None},
+                {"id": "mc-lang", "property": "data", "value": "en"},
+            ],
+            "changedPropIds": ["mc-machine.value"],
+        }
+        got = manager.post("/_dash-update-component", json=names_body)
+        assert got.status_code == 200, got.get_data(as_text=True)
+        assert got.get_json()["response"]["mv-name"]["value"] == "cushion_mm"
+        viewer = app.server.test_client()
+        _sign_in(viewer, "eye", "viewer-password-123")
+        assert viewer.post("/_dash-update-component", json=body).status_code == 403
+    finally:
+        context.of(app.server).db.close()

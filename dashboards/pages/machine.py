@@ -19,6 +19,7 @@ from dashboards import analytics_queries as aq
 from dashboards import auth, context
 from dashboards.i18n import t
 from dashboards.nav import account_links, nav_links
+from dashboards.pages import machine_values
 from dashboards.pages.analytics import (
     _DB_ERRORS,
     _fig,
@@ -81,6 +82,7 @@ def register(app: dash.Dash) -> None:
         Input(_DATE, "date"),
         State(_LANG, "data"),
     )(_refresh)
+    machine_values.register(app, MIN_ROLE, _MACHINE, _DATE, _LANG)
 
 
 def parse(plant: PlantConfig, machine: Any, day: Any) -> tuple[str, date]:
@@ -164,6 +166,7 @@ def layout(
                     card("parts_per_hour", graph(_PARTS)),
                     card("work_orders", html.Div(id=_WOS, className="an-table-wrap")),
                     card("stops", html.Div(id=_STOPS, className="an-table-wrap")),
+                    machine_values.card(lang),
                 ],
             ),
         ],
