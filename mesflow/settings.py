@@ -108,6 +108,18 @@ class Settings(BaseSettings):
     notify_backoff_base_s: float = Field(default=2.0, gt=0)
     notify_backoff_cap_s: float = Field(default=3600.0, gt=0)
     notify_timeout_s: float = Field(default=15.0, gt=0)
+    # Alert e-mail (`mesflow run notify`, docs/alerts.md "Delivery"); unset host = no e-mail.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_user: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "mesflow@localhost"
+    smtp_starttls: bool = Field(default=True, description="STARTTLS (verified) before login")
+    smtp_ca_file: Path | None = Field(default=None, description="CA for the SMTP server")
+    # Chat robots' budget, per robot, shared by all dispatchers (WeCom/DingTalk: 20 a minute).
+    alert_robot_limit: int = Field(default=20, ge=1)
+    alert_robot_window_s: float = Field(default=60.0, gt=0)
+    alert_rate_limited_retry_s: float = Field(default=60.0, ge=0)
     # Retention (`mesflow retention`, docs/operations.md): days to keep; 0 = keep forever.
     # What the dataflow or a resume still needs is always kept, whatever the days.
     retention_ingest_log_days: int = Field(default=30, ge=0)
