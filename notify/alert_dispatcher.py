@@ -433,3 +433,80 @@ class AlertDispatcher:
                 stop.wait(2.0)
         if listener is not None:
             listener.close()
+
+
+def from_settings(database_url: str) -> AlertDispatcher | None:
+    """The alert dispatcher `mesflow run notify` runs: channels from the alerts file
+    (MESFLOW_ALERTS_CONFIG), e-mail from MESFLOW_SMTP_*. None without an alerts file.
+    A bad alerts file or plant file raises (the component does not start half-configured).
+    """
+    from dashboards.auth import session_secret
+    from mesflow.alert_rules import load_alerts_config
+    from mesflow.plant import load_plant_config
+    from mesflow.settings import get_settings
+
+    settings = get_settings()
+    if settings.alerts_config is None:
+        return None
+    plant = load_plant_config(settings.plant_config)
+    alerts = load_alerts_config(settings.alerts_config, plant)
+    smtp = None
+    if settings.smtp_host:
+        smtp = mail.SmtpConfig(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            user=settings.smtp_user,
+            password=settings.smtp_password,
+            sender=settings.smtp_from,
+            starttls=settings.smtp_starttls,
+            ca_file=settings.smtp_ca_file,
+            timeout_s=settings.notify_timeout_s,
+        )
+    for name, ch in alerts.channels.items():
+        if ch.type == "webhook" and ch.secret:
+            from notify.webhooks import secret_key
+
+            try:
+                secret_key(ch.secret)
+            except ValueError as err:
+                raise ValueError(f"alert channel {name}: secret_env: {err}") from None
+    config = AlertDispatchConfig(
+        robot_limit=settings.alert_robot_limit,
+        robot_window_s=settings.alert_robot_window_s,
+        rate_limited_retry_s=settings.alert_rate_limited_retry_s,
+        max_attempts=settings.notify_max_attempts,
+        backoff_base_s=settings.notify_backoff_base_s,
+        backoff_cap_s=settings.notify_backoff_cap_s,
+        timeout_s=settings.notify_timeout_s,
+    )
+    return AlertDispatcher(
+        database_url,
+        alerts.channels,
+        public_url=settings.public_url,
+        ack_secret=session_secret(settings),
+        tz=plant.tz,
+        smtp=smtp,
+        config=config,
+    )
+
+
+def start(database_url: str, stop: threading.Event) -> threading.Thread | None:
+    """Run the alert dispatcher in a thread until `stop` is set (None: no alerts file)."""
+    dispatcher = from_settings(database_url)
+    if dispatcher is None:
+        log.warning(
+            "MESFLOW_ALERTS_CONFIG is not set: alert deliveries stay pending (nothing is lost)"
+        )
+        return None
+    names = sorted(dispatcher.channels) + (["e-mail"] if dispatcher.smtp else [])
+    print(f"notify: alerts to {', '.join(names) or 'nothing'}", flush=True)
+
+    def work() -> None:
+        try:
+            dispatcher.run(stop)
+        finally:
+            dispatcher.close()
+
+    thread = threading.Thread(target=work, name="alert-dispatcher", daemon=True)
+    thread.start()
+    return thread

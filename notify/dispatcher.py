@@ -347,10 +347,17 @@ def run_notify(
         f"notify: delivering to {', '.join(ep.shown for ep in endpoints.values()) or 'nothing'}",
         flush=True,
     )
+    # Alerts (e-mail, chat robots) go out from the same component (notify/alert_dispatcher.py).
+    from notify import alert_dispatcher
+
+    alerts = alert_dispatcher.start(database_url, stop)
     started = time.monotonic()
     try:
         dispatcher.run(stop)
     finally:
+        stop.set()
+        if alerts is not None:
+            alerts.join(30)
         dispatcher.close()
         print(
             f"notify: stopped after {time.monotonic() - started:.0f} s, "

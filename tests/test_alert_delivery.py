@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +28,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from mesflow.alert_channels import Channel, Person
+from mesflow.settings import REPO_ROOT
 from notify.ack_links import verify_ack_token
 from notify.alert_dispatcher import AlertDispatchConfig, AlertDispatcher
 from notify.alert_outbox import enqueue_alert
@@ -546,3 +550,51 @@ def test_hostile_values_are_shown_safely(
     assert plain is not None and "\x00" not in plain.get_content()
     html = m.get_body(("html",))
     assert html is not None and "<@all>" not in html.get_content()
+
+
+def test_mesflow_run_notify_delivers_alerts(
+    db_url: str, robots: RobotServer, tmp_path: Path
+) -> None:
+    """The wiring: `mesflow run notify` reads the alerts file and sends to its robot."""
+    alerts_file = tmp_path / "alerts.yaml"
+    alerts_file.write_text(
+        "people:\n"
+        "  zhang: {display: 张伟, mobile: '13800000001', wecom_userid: zhangwei}\n"
+        "channels:\n"
+        "  line1: {type: wecom, url_env: TEST_WECOM_URL}\n",
+        encoding="utf-8",
+    )
+    env = {
+        **os.environ,
+        "MESFLOW_DATABASE_URL": db_url,
+        "MESFLOW_ALERTS_CONFIG": str(alerts_file),
+        "MESFLOW_DATA_DIR": str(tmp_path / "data"),
+        "TEST_WECOM_URL": robots.wecom_url("good-key"),
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    out = tmp_path / "notify.log"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mesflow.cli", "run", "notify"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "notify: alerts to line1" not in out.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        now = datetime.now(UTC)
+        chans = {"line1": channel("line1", "wecom", robots.wecom_url("good-key"))}
+        enqueue(db_url, Config(people(), chans), [alert(channels=("line1",), at=now)], now=now)
+        while not robots.of("wecom:good-key"):
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0, out.read_text()
+    assert "good-key" not in out.read_text()  # the robot's key never reaches the log
+    assert count(db_url, "channel = 'line1' AND status = 'sent'") == 1
