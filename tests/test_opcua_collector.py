@@ -283,24 +283,27 @@ def test_offline_marker_and_its_reason() -> None:
 
 
 def test_source_config_is_checked() -> None:
-    ok = OpcUaSource(endpoint="opc.tcp://press:4840", state={"node": "ns=2;s=X"})
+    def src(**kw: Any) -> OpcUaSource:
+        return OpcUaSource.model_validate({"endpoint": "opc.tcp://press:4840", **kw})
+
+    ok = src(state={"node": "ns=2;s=X"})
     assert ok.sampling_interval_ms == 500 and ok.queue_size == 10
     with pytest.raises(ValidationError, match="password"):  # never in the plant file
-        OpcUaSource(endpoint="opc.tcp://p:4840", user="u", password="x", total={"node": "i=1"})  # type: ignore[call-arg]
+        src(user="u", password="x", total={"node": "i=1"})
     with pytest.raises(ValidationError, match="certificate"):
-        OpcUaSource(
-            endpoint="opc.tcp://p:4840",
-            security={"policy": "Basic256Sha256", "mode": "SignAndEncrypt"},
-            total={"node": "i=1"},
-        )
+        src(security={"policy": "Basic256Sha256", "mode": "SignAndEncrypt"}, total={"node": "i=1"})
     with pytest.raises(ValidationError, match="policy None"):
-        OpcUaSource(endpoint="opc.tcp://p:4840", security={"mode": "Sign"}, total={"node": "i=1"})
+        src(security={"mode": "Sign"}, total={"node": "i=1"})
     with pytest.raises(ValidationError, match="not an OPC UA node id"):
-        OpcUaSource(endpoint="opc.tcp://p:4840", total={"node": "Press.Total"})
+        src(total={"node": "Press.Total"})
+    with pytest.raises(ValidationError, match="either 'node'"):
+        src(total={"node": "i=1", "path": "2:A/2:B"})
     with pytest.raises(ValidationError, match="process value name"):
-        OpcUaSource(endpoint="opc.tcp://p:4840", process_values={"Cycle Time": {"node": "i=1"}})
+        src(process_values={"Cycle Time": {"node": "i=1"}})
     with pytest.raises(ValidationError, match="at least one node"):
-        OpcUaSource(endpoint="opc.tcp://p:4840")
+        src()
+    with pytest.raises(ValidationError, match="lifetime_count"):
+        src(total={"node": "i=1"}, keep_alive_count=30, lifetime_count=60)
 
 
 def test_unknown_mapping_and_unset_password_name_the_machine() -> None:
