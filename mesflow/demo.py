@@ -36,6 +36,7 @@ from typing import IO
 from collectors.mqtt_conn import redact_url as redact_mqtt_url
 from mesflow.db import migrate, redact_url, sync_plant
 from mesflow.plant import PlantConfig
+from mesflow.resources import resource_dir
 from mesflow.services import (
     Broker,
     EmbeddedPostgres,
@@ -166,6 +167,10 @@ def run_demo(
             "MESFLOW_MQTT_URL": mqtt_url,
             "MESFLOW_HTTP_PORT": str(http_port),
             "MESFLOW_PLANT_CONFIG": str(settings.plant_config),
+            # The demo's alert rules: the example file, unless another one is configured.
+            "MESFLOW_ALERTS_CONFIG": str(
+                settings.alerts_config or resource_dir("config") / "alerts.example.yaml"
+            ),
             "MESFLOW_DATA_DIR": str(data),
             "PYTHONUNBUFFERED": "1",
         }

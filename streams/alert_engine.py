@@ -47,6 +47,7 @@ from streams.order_progress import Callback, OrderProgressRow
 from streams.records import AlertRow, HourRow, IntervalRow, KpiRow, StatusRow
 
 MIN_US = 60_000_000
+MAX_PENDING_ACKS = 1000
 S_US = 1_000_000
 
 
@@ -68,6 +69,7 @@ class Track:
     level: int = -1  # highest level sent; -1: no alert open
     acked_at: int | None = None
     acked_by: str | None = None
+    ack_sent: bool = False
     tag: tuple[int, int] | None = None  # kpi_below: the shift (start, end) it is about
     facts: dict[str, Any] = field(default_factory=dict)
 
@@ -91,6 +93,9 @@ class EngineState:
     plant_now: int = 0  # latest event time seen anywhere
     machines: dict[str, _Machine] = field(default_factory=dict)
     tracks: dict[tuple[str, str], Track] = field(default_factory=dict)  # (rule, scope)
+    # Acknowledgements of alerts this engine has not opened yet (its clock is behind the
+    # boards', or the ack came in the same batch): alert_id -> (t, by, via). Bounded.
+    acks: dict[str, tuple[int, str, str]] = field(default_factory=dict)
 
 
 class AlertEngine:
@@ -175,7 +180,7 @@ class AlertEngine:
         self._orders.clear()
         if wall_us is not None:
             self._wall_base = (wall_us, self.state.plant_now)
-            self._wall_clock = self.state.plant_now - self.lag_us
+            self._wall_clock = max(self._wall_clock, self.state.plant_now - self.lag_us)
         self._advance()
         out, self.out = self.out, []
         return out
@@ -344,29 +349,36 @@ class AlertEngine:
                 self._clear(rule, scope, t)
 
     def _ack(self, ack: AckInput) -> None:
+        """An acknowledgement moves no clock (it is "now" while the alert may be history
+        being replayed); it takes effect in the alert's own timeline (see `_run`)."""
         rule_name, _, rest = ack.alert_id.partition(":")
         scope, _, start = rest.rpartition(":")
+        if rule_name not in self.rules:
+            return
         track = self.state.tracks.get((rule_name, scope))
-        if track is None or track.start is None or track.level < 0 or str(track.start) != start:
-            return  # not an open alert (already resolved, or never opened): nothing to stop
+        if track is not None and str(track.start) == start:
+            self._acknowledge(track, ack.t, ack.by, ack.via)
+            return
+        # Not (yet) known here: its condition may come later in this batch. Kept a while;
+        # an ack of an alert that was resolved long ago simply expires.
+        acks = self.state.acks
+        if ack.alert_id not in acks:
+            acks[ack.alert_id] = (ack.t, ack.by, ack.via)
+            while len(acks) > MAX_PENDING_ACKS:
+                del acks[next(iter(acks))]
+
+    @staticmethod
+    def _acknowledge(track: Track, t: int, by: str, via: str) -> None:
         if track.acked_at is None:
-            # Not before the step it acknowledges; and it moves no clock (an ack is "now"
-            # while the alert may be from history being replayed).
-            track.acked_at = max(ack.t, track.start + self._after(rule_name, track.level))
-            track.acked_by = ack.by
-            track.facts["acknowledged_via"] = ack.via
-            # At once, whatever the clock: the acknowledgement is a fact of its own time.
-            rule = self.rules[rule_name]
-            self._emit(rule, (rule_name, scope), track, "acknowledged", track.level, track.acked_at)
+            track.acked_at = t
+            track.acked_by = by
+            track.facts["acknowledged_via"] = via
 
     # -- conditions --------------------------------------------------------------------------
 
     def _rules(self, machine: str, kind: str) -> list[Any]:
         kinds = self._by_machine.get(machine)
         return kinds.get(kind, []) if kinds else []
-
-    def _after(self, rule_name: str, level: int) -> int:
-        return round(self.rules[rule_name].levels[level].after_min * MIN_US)
 
     def _begin(
         self,
@@ -389,6 +401,10 @@ class AlertEngine:
         if track is None or track.start is None:
             track = self.state.tracks[key] = Track(start=t)
             track.facts = {"machine": machine, "order_no": order_no}
+            if self.state.acks:
+                early = self.state.acks.pop(f"{rule.name}:{scope}:{t}", None)
+                if early is not None:
+                    self._acknowledge(track, *early)
         track.facts.update(facts)
         return track
 
@@ -443,6 +459,16 @@ class AlertEngine:
                 break  # acknowledged: no further escalation
             self._emit(rule, key, track, "opened" if k == 0 else "escalated", k, due)
             track.level = k
+        acked = track.acked_at
+        if acked is not None and not track.ack_sent and track.level >= 0:
+            # Once every step before it is out, whatever the clock: an acknowledgement is
+            # shown at once, and it never comes before a step it acknowledges.
+            nxt = track.level + 1
+            then = start + round(levels[nxt].after_min * MIN_US) if nxt < len(levels) else None
+            if then is None or then >= acked or (end is not None and then >= end):
+                track.ack_sent = True
+                shown = start + round(levels[track.level].after_min * MIN_US)
+                self._emit(rule, key, track, "acknowledged", track.level, max(acked, shown))
         if end is None:
             return False
         if track.level < 0:

@@ -11,6 +11,10 @@ streams/validate.py and streams/machine_tracker.py. Reads top to bottom:
 
 Process values (streams/process_values.py) change no machine figure: they bypass the
 trackers and the order step (neither branch below takes them) and go straight to the sink.
+
+With alert rules (streams/alert_engine.py), the rows the rules read (states, status, hour
+and shift figures, order rows and risk callbacks) and `alert_ack` events also go to one
+alert step, whose AlertRow steps join the results for the sink.
 """
 
 from __future__ import annotations
@@ -27,13 +31,30 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from mesflow.alert_rules import AlertsConfig
 from mesflow.events import MachineEvent, OrderEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
+from streams.alert_engine import AckInput, AlertEngine
 from streams.hour_clock import HOUR_US
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
-from streams.order_progress import IdealCycles, OrderProgress, OrderRow
+from streams.order_progress import (
+    Callback,
+    IdealCycles,
+    OrderProgress,
+    OrderProgressRow,
+    OrderRow,
+)
 from streams.rebuild import LateStore
-from streams.records import Rejection, WorkOrderParts, WorkOrderStarted
+from streams.records import (
+    AlertRow,
+    HourRow,
+    IntervalRow,
+    KpiRow,
+    Rejection,
+    StatusRow,
+    WorkOrderParts,
+    WorkOrderStarted,
+)
 from streams.validate import OrderInput, Validator
 
 Keyed = tuple[int, MachineEvent | WorkOrderEvent]
@@ -206,6 +227,53 @@ class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
         return pickle.dumps(self.progress, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class AlertLogic(StatefulBatchLogic[Any, list[AlertRow], bytes]):
+    """Bytewax adapter around the plant's one AlertEngine (all rows under one key).
+
+    Live, a timer moves event time on with the wall clock while nothing arrives, so a
+    machine that is down and silent still escalates."""
+
+    TICK = timedelta(seconds=5)
+
+    def __init__(
+        self, resume: bytes | None, config: AlertsConfig, plant: PlantConfig, live: bool
+    ) -> None:
+        state = pickle.loads(resume) if resume else None
+        self.engine = AlertEngine(config, plant, state)
+        self.live = live
+
+    def on_batch(self, values: list[Any]) -> tuple[list[list[AlertRow]], bool]:
+        return [self.engine.feed(values, _wall_us() if self.live else None)], self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(UTC) + self.TICK if self.live else None
+
+    def on_notify(self) -> tuple[list[list[AlertRow]], bool]:
+        return [self.engine.tick(_wall_us())], self.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.engine.state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _wall_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _alert_inputs(config: AlertsConfig) -> frozenset[type]:
+    """The row types the configured rules read (fewer rows to the alert step)."""
+    kinds = {r.kind for r in config.rules}
+    types: set[type] = {AckInput}
+    if kinds - {"order_at_risk"}:
+        types |= {IntervalRow, StatusRow}
+    if "kpi_below" in kinds:
+        types.add(KpiRow)
+    if "scrap_rate" in kinds:
+        types.add(HourRow)
+    if "order_at_risk" in kinds:
+        types |= {OrderProgressRow, Callback}
+    return frozenset(types)
+
+
 _TO_ORDERS = (OrderInput, WorkOrderParts, WorkOrderStarted)
 
 
@@ -220,10 +288,12 @@ def build_flow(
     sink: Sink[Any],
     figures_every: timedelta | None = None,
     late: LateStore | None = None,
+    alerts: AlertsConfig | None = None,
 ) -> Dataflow:
     """The dataflow. `figures_every` (live) limits how often a machine's figures are
     rewritten; None (replay) writes them after every batch. `late`: checkpoints and
-    rebuilds from the log, so that late data is merged (without it, late data fails)."""
+    rebuilds from the log, so that late data is merged (without it, late data fails).
+    `alerts`: the alerts file's rules (None or no rules: no alert step)."""
     ideal = IdealCycles.from_plant(plant)
     flow = Dataflow("mesflow")
     entries = op.input("ingest_log", flow, source)
@@ -243,6 +313,18 @@ def build_flow(
     )
     order_rows = op.flat_map("order_rows", orders, lambda kv: kv[1])
     results = op.merge("all_results", order_rows, to_orders.falses)
+    if alerts is not None and alerts.rules:
+        wanted = _alert_inputs(alerts)
+        live = figures_every is not None
+        # One call per batch, not per row: the rows stream is nearly as long as the events.
+        to_alerts = op.flat_map_batch(
+            "alert_inputs", results, lambda rows: [("plant", x) for x in rows if type(x) in wanted]
+        )
+        engine = op.stateful_batch(
+            "alerts", to_alerts, lambda resume: AlertLogic(resume, alerts, plant, live)
+        )
+        alert_rows = op.flat_map("alert_rows", engine, lambda kv: kv[1])
+        results = op.merge("results_and_alerts", results, alert_rows)
     # One sink partition: every row goes to it, in order.
     op.output("results", op.map("to_sink", results, lambda row: ("results", row)), sink)
     return flow

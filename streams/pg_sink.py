@@ -29,13 +29,19 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+from psycopg.types.json import Jsonb
 
+from mesflow.alert_rules import AlertsConfig
 from mesflow.db import connect
 from mesflow.ingest_log import safe_text
+from notify.alert_outbox import dumps as alert_dumps
+from notify.alert_outbox import enqueue_alert
 from notify.outbox import enqueue
 from streams import process_values
+from streams.hour_clock import from_us
 from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
 from streams.records import (
+    AlertRow,
     HourRow,
     IntervalDelete,
     IntervalRow,
@@ -225,6 +231,7 @@ class _Batch:
         self.orders: dict[str, OrderProgressRow] = {}
         self.work_orders: dict[str, WorkOrderProgressRow] = {}
         self.callbacks: list[Callback] = []  # in order: delivered in this order per order
+        self.alerts: list[AlertRow] = []  # every step, in order
         self.values: list[process_values.ValueRow] = []  # raw process values: every one
 
     def add(self, item: Any) -> None:
@@ -255,6 +262,8 @@ class _Batch:
             self.work_orders[item.work_order] = item
         elif t is Callback:
             self.callbacks.append(item)
+        elif t is AlertRow:
+            self.alerts.append(item)
         elif t is process_values.ProcessValues:
             self.values.extend(item.rows)
 
@@ -276,9 +285,12 @@ class ResultsSink(FixedPartitionedSink[Any, None]):
     recovery snapshot never gets ahead of the stored results.
     """
 
-    def __init__(self, database_url: str, flow_name: str = "machines") -> None:
+    def __init__(
+        self, database_url: str, flow_name: str = "machines", alerts: AlertsConfig | None = None
+    ) -> None:
         self.database_url = database_url
         self.flow_name = flow_name
+        self.alerts = alerts  # the alerts file: who each alert step is delivered to
 
     def list_parts(self) -> list[str]:
         return ["results"]
@@ -287,13 +299,16 @@ class ResultsSink(FixedPartitionedSink[Any, None]):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ResultsPartition:
-        return _ResultsPartition(self.database_url, self.flow_name)
+        return _ResultsPartition(self.database_url, self.flow_name, self.alerts)
 
 
 class _ResultsPartition(StatefulSinkPartition[Any, None]):
-    def __init__(self, database_url: str, flow_name: str) -> None:
+    def __init__(
+        self, database_url: str, flow_name: str, alerts: AlertsConfig | None = None
+    ) -> None:
         self.database_url = database_url
         self.flow_name = flow_name
+        self.alerts = alerts
         self.conn: psycopg.Connection | None = None
         # Bounded: when PostgreSQL falls behind, the dataflow waits here.
         self.queue: queue.Queue[list[Any] | None] = queue.Queue(maxsize=8)
@@ -407,6 +422,9 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
             # Callbacks commit with the figures that caused them (transactional outbox).
             for cb in batch.callbacks:
                 _enqueue(cur, cb)
+            # Alert steps, and their deliveries, commit with the figures that caused them.
+            for alert in batch.alerts:
+                _store_alert(cur, alert, self.alerts)
             if batch.dead:
                 cur.executemany(INSERT_DEAD, batch.dead)
             if batch.last_seq:
@@ -442,6 +460,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 attempt("process_value", value, process_values.store, [value])
             for cb in batch.callbacks:
                 attempt("outbox", cb, _enqueue, cb)
+            for alert in batch.alerts:
+                attempt("alert", alert, _store_alert, alert, self.alerts)
             for dead in batch.dead:
                 attempt("dead_letter", dead[2], _insert_dead, *dead)
             for table, row, err in refused:
@@ -546,6 +566,51 @@ def _enqueue(cur: psycopg.Cursor[Any], cb: Callback) -> None:
             payload=cb.payload, dedupe=cb.dedupe)  # fmt: skip
 
 
+# The alert row only moves forward (highest level, first acknowledgement, the resolve):
+# a replayed or re-sent older step changes nothing.
+UPSERT_ALERT = """
+INSERT INTO alert AS a (alert_id, rule, kind, scope, machine, line, order_no, severity, level,
+    started_at, opened_at, escalated_at, acknowledged_at, acknowledged_by, resolved_at, facts)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (alert_id) DO UPDATE SET
+    level = GREATEST(a.level, EXCLUDED.level),
+    escalated_at = CASE WHEN EXCLUDED.level > a.level THEN EXCLUDED.escalated_at
+                        ELSE a.escalated_at END,
+    acknowledged_by = CASE WHEN a.acknowledged_at IS NULL THEN EXCLUDED.acknowledged_by
+                           ELSE a.acknowledged_by END,
+    acknowledged_at = COALESCE(a.acknowledged_at, EXCLUDED.acknowledged_at),
+    resolved_at = COALESCE(a.resolved_at, EXCLUDED.resolved_at),
+    facts = a.facts || EXCLUDED.facts,
+    updated_at = now()"""
+INSERT_ALERT_STEP = """
+INSERT INTO alert_step (alert_id, step, level, at, facts, people, channels, quiet_until)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (alert_id, step, level) DO NOTHING"""
+
+
+def _store_alert(cur: psycopg.Cursor[Any], row: AlertRow, config: AlertsConfig | None) -> None:
+    """One alert step: the alert row, the step, and (if the step is new) its deliveries."""
+    started = from_us(int(row.alert_id.rsplit(":", 1)[1]))
+    facts = Jsonb(row.facts, dumps=alert_dumps)
+    acked = row.step == "acknowledged"
+    by = row.facts.get("by") if acked else None
+    cur.execute(
+        UPSERT_ALERT,
+        (row.alert_id, row.rule, row.kind, row.scope, row.machine, row.line, row.order_no,
+         row.severity, row.level, started, row.opened_at,
+         row.at if row.step == "escalated" else None,
+         row.at if acked else None, None if by is None else str(by),
+         row.at if row.step == "resolved" else None, facts),
+    )  # fmt: skip
+    cur.execute(
+        INSERT_ALERT_STEP,
+        (row.alert_id, row.step, row.level, row.at, facts, list(row.people),
+         list(row.channels), row.quiet_until),
+    )  # fmt: skip
+    if cur.rowcount == 1 and config is not None:  # a new step: deliver it (once)
+        enqueue_alert(cur, row, config)
+
+
 def _insert_dead(cur: psycopg.Cursor[Any], reason: str, detail: str, seq: int) -> None:
     cur.execute(INSERT_DEAD, (reason, detail, seq))
 
@@ -556,6 +621,8 @@ def _row_owner(table: str, row: Any) -> tuple[str, Any]:
         return "seq", row
     if table == "outbox" or isinstance(row, OrderProgressRow):
         return "order_no", row.order_no
+    if isinstance(row, AlertRow):
+        return ("machine", row.machine) if row.machine else ("order_no", row.order_no)
     if isinstance(row, WorkOrderProgressRow):
         return "work_order", row.work_order
     if isinstance(row, tuple) and not hasattr(row, "_fields"):  # a (machine, ...) key

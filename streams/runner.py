@@ -27,6 +27,7 @@ import psycopg
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from mesflow.alert_rules import AlertsConfig
 from mesflow.db import connect
 from mesflow.plant import PlantConfig
 from streams.dataflow import build_flow
@@ -257,9 +258,11 @@ def run_flow(
     upto_seq: int | Callable[[], int | None] | None = None,
     batch_size: int = 2000,
     stop: threading.Event | None = None,
+    alerts: AlertsConfig | None = None,
 ) -> None:
     """Run the dataflow in this process until the log reaches `upto_seq` (None: forever)
-    or `stop` is set.
+    or `stop` is set. `alerts`: the alert rules (None: those of MESFLOW_ALERTS_CONFIG, if
+    it is set; see `configured_alerts`).
 
     Without `stop` (a replay), Ctrl-C or SIGTERM in the main thread ends the input the same
     clean way, then raises KeyboardInterrupt here, outside Bytewax: an exception raised
@@ -278,7 +281,9 @@ def run_flow(
         for sig in (signal.SIGINT, signal.SIGTERM):
             restore.append((sig, signal.signal(sig, on_signal)))
     try:
-        _run_flow(plant, database_url, recovery_dir, snapshot_seconds, upto_seq, batch_size, stop)
+        _run_flow(
+            plant, database_url, recovery_dir, snapshot_seconds, upto_seq, batch_size, stop, alerts
+        )
     finally:
         for signum, previous in restore:
             signal.signal(signum, previous)
@@ -294,7 +299,10 @@ def _run_flow(
     upto_seq: int | Callable[[], int | None] | None,
     batch_size: int,
     stop: threading.Event | None,
+    alerts: AlertsConfig | None = None,
 ) -> None:
+    if alerts is None:
+        alerts = configured_alerts(plant)
     lock = DataflowLock(database_url)
     # The trackers hold many long-lived objects, and the default collector thresholds
     # make CPython re-scan them every few hundred allocations: measured 1.5x more CPU per
@@ -308,9 +316,10 @@ def _run_flow(
         flow = build_flow(
             plant,
             source,
-            ResultsSink(database_url),
+            ResultsSink(database_url, alerts=alerts),
             figures_every=timedelta(seconds=1) if live else None,
             late=LateStore(database_url, plant),  # late data: checkpoints and rebuilds
+            alerts=alerts,
         )
         cli_main(
             flow,
@@ -323,8 +332,27 @@ def _run_flow(
         lock.close()
 
 
+def configured_alerts(plant: PlantConfig) -> AlertsConfig | None:
+    """The alerts file named by MESFLOW_ALERTS_CONFIG, validated (AlertsConfigError names the
+    file and line); None when it is not set (no alert rules)."""
+    from mesflow.alert_rules import load_alerts_config
+    from mesflow.settings import get_settings
+
+    path = get_settings().alerts_config
+    if path is None:
+        return None
+    config = load_alerts_config(path, plant)
+    for name, why in config.disabled.items():
+        log.warning("alerts: channel %s left out (channels_optional): %s", name, why)
+    return config
+
+
 def run_live(
-    plant: PlantConfig, database_url: str, recovery_dir: Path, snapshot_seconds: float
+    plant: PlantConfig,
+    database_url: str,
+    recovery_dir: Path,
+    snapshot_seconds: float,
+    alerts: AlertsConfig | None = None,
 ) -> None:
     """`mesflow run dataflow`: follow the ingest log until SIGINT/SIGTERM."""
 
@@ -338,5 +366,5 @@ def run_live(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print("dataflow: following the ingest log", flush=True)
-    run_flow(plant, database_url, recovery_dir, snapshot_seconds, stop=stopping)
+    run_flow(plant, database_url, recovery_dir, snapshot_seconds, stop=stopping, alerts=alerts)
     print("dataflow: stopped", flush=True)
