@@ -6,11 +6,15 @@ import logging
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from mesflow.alert_rules import AlertsConfig
 
 COMPONENTS = ("collector-mqtt", "dataflow", "dashboard", "api", "notify", "sparkplug", "opcua")
 
@@ -22,6 +26,26 @@ def _plant(settings: Settings) -> PlantConfig:
         return load_plant_config(settings.plant_config)
     except ConfigError as err:
         raise click.ClickException(f"plant configuration: {err}") from None
+
+
+def _alerts(settings: Settings, plant: PlantConfig, *, demo: bool = False) -> AlertsConfig | None:
+    """The alerts file (MESFLOW_ALERTS_CONFIG; the demo's default: the example), validated
+    at start: a bad file is one line naming the file and the line (docs/alerts.md)."""
+    from mesflow.alert_rules import AlertsConfigError, load_alerts_config
+    from mesflow.resources import resource_dir
+
+    path = settings.alerts_config
+    if path is None and demo:
+        path = resource_dir("config") / "alerts.example.yaml"
+    if path is None:
+        return None
+    try:
+        config = load_alerts_config(path, plant)
+    except AlertsConfigError as err:
+        raise click.ClickException(f"alerts configuration: {err}") from None
+    for name, why in config.disabled.items():
+        click.echo(f"alerts: channel {name} left out (channels_optional): {why}", err=True)
+    return config
 
 
 def _database_url(settings: Settings) -> str:
@@ -100,6 +124,7 @@ def demo(speed: float, seed: int, port: int, history_days: float) -> None:
 
     settings = get_settings()
     plant = _plant(settings)
+    _alerts(settings, plant, demo=True)  # a bad alerts file: one line now, not in a log
     sys.exit(
         run_demo(settings, plant, speed=speed, seed=seed, port=port, history_days=history_days)
     )
@@ -157,7 +182,14 @@ def run_component(component: str) -> None:
     elif component == "dataflow":
         from streams.runner import run_live
 
-        run_live(plant, _database_url(settings), settings.recovery_dir, settings.snapshot_seconds)
+        alerts = _alerts(settings, plant)
+        run_live(
+            plant,
+            _database_url(settings),
+            settings.recovery_dir,
+            settings.snapshot_seconds,
+            alerts=alerts,
+        )
     elif component == "dashboard":
         from dashboards.app import serve
 
@@ -207,6 +239,7 @@ def replay(file: Path, quiet: bool, snapshot_seconds: float) -> None:
 
     settings = get_settings()
     plant = _plant(settings)
+    _alerts(settings, plant)  # the dataflow applies its rules (streams/runner.py)
     summary = replay_file(
         file,
         plant,
