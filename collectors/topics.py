@@ -2,9 +2,10 @@
 
     mesflow/v1/<site>/<area>/<line>/<machine>/<type>
 
-`type` is the event type of the contract: `state`, `count`, `counter` or `report`. The
-payload is a JSON object with the event's other fields; `type` and `machine` may be left
-out (the topic says them) and must agree with the topic when present. Example:
+`type` is the event type of the contract: `state`, `count`, `counter`, `report` or
+`process_value`. The payload is a JSON object with the event's other fields; `type` and
+`machine` may be left out (the topic says them) and must agree with the topic when present.
+Example:
 
     mesflow/v1/suzhou/molding/IM/IM-01/state   {"ts": "2026-11-20T08:00:00+08:00", "state": "running"}
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 PREFIX = "mesflow/v1"
-MACHINE_TYPES = ("state", "count", "counter", "report")
+MACHINE_TYPES = ("state", "count", "counter", "report", "process_value")
 SUBSCRIPTION = f"{PREFIX}/#"
 
 

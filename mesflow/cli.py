@@ -277,8 +277,22 @@ def replay(file: Path, quiet: bool, snapshot_seconds: float) -> None:
     default=None,
     help="Write canonical events to this JSONL file instead of publishing (as fast as possible).",
 )
+@click.option(
+    "--process-values",
+    "process_values_s",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Moulding machines send process values after the first cycle this many seconds after"
+    " their last (0: none).",
+)
 def simulate(
-    seed: int, speed: float, start: datetime | None, duration: float | None, to_file: Path | None
+    seed: int,
+    speed: float,
+    start: datetime | None,
+    duration: float | None,
+    to_file: Path | None,
+    process_values_s: float,
 ) -> None:
     """A believable plant: publishes machine signals and operator reports over MQTT."""
     from collectors.simulator import run_simulator, write_history
@@ -289,7 +303,10 @@ def simulate(
     if to_file is not None:
         if duration is None:
             raise click.ClickException("--to-file needs --duration (simulated seconds)")
-        n = write_history(plant, to_file, seed=seed, start=tz_start, duration_s=duration)
+        n = write_history(
+            plant, to_file, seed=seed, start=tz_start, duration_s=duration,
+            process_values_s=process_values_s,
+        )  # fmt: skip
         click.echo(f"wrote {n} events to {to_file}")
         return
     # Without --start a run resumes where the previous one (same plant and seed) stopped.
@@ -303,6 +320,7 @@ def simulate(
         duration_s=duration,
         state_file=None if tz_start else state,
         database_url=settings.database_url or None,
+        process_values_s=process_values_s,
     )
 
 

@@ -17,6 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collectors.mqtt_json import map_message
+from collectors.simulator import generate, machine_specs
+from collectors.simulator.publisher import payload, topics
 from dashboards import context
 from dashboards.app import create_app
 from dashboards.pages import machine_values as mv
@@ -420,3 +423,51 @@ def test_machine_page_shows_a_value_band_to_managers_only(
         assert viewer.post("/_dash-update-component", json=body).status_code == 403
     finally:
         context.of(app.server).db.close()
+
+
+# --- the simulator ------------------------------------------------------------------------
+
+
+def test_simulator_sends_believable_process_values_for_moulding_machines(
+    plant: PlantConfig,
+) -> None:
+    start = datetime(2026, 11, 16, 9, 0, tzinfo=plant.tz)  # a Monday
+    end = start + timedelta(hours=3)
+    plain = list(generate(plant, seed=7, start=start, end=end))
+    with_pv = list(generate(plant, seed=7, start=start, end=end, process_values_s=60))
+    values = [e for e in with_pv if e["type"] == "process_value"]
+    # The rest of the stream is the same event for event: its own rng and ids.
+    assert [e for e in with_pv if e["type"] != "process_value"] == plain
+    assert {e["machine"] for e in values} == {f"IM-0{i}" for i in range(1, 7)}
+    assert len({e["id"] for e in values}) == len(values)
+    cycles = {spec.id: spec.cycle_ms for spec in machine_specs(plant)}
+    last: dict[str, datetime] = {}
+    for e in values:
+        ev = parse_event(json.dumps(e))
+        assert isinstance(ev, ProcessValueEvent)
+        assert set(ev.values) == {
+            "cycle_time_s", "cushion_mm", "injection_pressure_bar", "melt_temp_c", "mold_temp_c"
+        }  # fmt: skip
+        ideal = [ms / 1000 for ms in cycles[ev.machine].values()]  # per product
+        assert min(ideal) <= ev.values["cycle_time_s"] <= max(ideal) * 1.3
+        assert 2 < ev.values["cushion_mm"] < 9
+        assert 700 < ev.values["injection_pressure_bar"] < 1600
+        assert 200 < ev.values["melt_temp_c"] < 270
+        assert 30 < ev.values["mold_temp_c"] < 85
+        if ev.machine in last:
+            assert ev.ts - last[ev.machine] >= timedelta(seconds=60)
+        last[ev.machine] = ev.ts
+    # A steady machine: about one a minute of running time (3 h, a break, some stops).
+    per_machine = {m: sum(e["machine"] == m for e in values) for m in last}
+    assert all(90 <= n <= 180 for n in per_machine.values()), per_machine
+
+
+def test_process_values_over_mqtt_topics(plant: PlantConfig) -> None:
+    topic = topics(plant)["IM-03"]["process_value"]
+    assert topic == "mesflow/v1/suzhou/molding/IM/IM-03/process_value"
+    body = payload(pv(T0, cycle_time_s=24.5, melt_temp_c=231.0), None)
+    record = map_message(plant, topic, body.encode())
+    assert record.error is None
+    ev = parse_event(record.payload)
+    assert isinstance(ev, ProcessValueEvent) and ev.machine == "IM-03"
+    assert ev.values == {"cycle_time_s": 24.5, "melt_temp_c": 231.0}

@@ -20,9 +20,16 @@ _CHUNK = 20_000  # lines per write()
 
 
 def write_history(
-    plant: PlantConfig, path: Path, *, seed: int, start: datetime | None, duration_s: float
+    plant: PlantConfig,
+    path: Path,
+    *,
+    seed: int,
+    start: datetime | None,
+    duration_s: float,
+    process_values_s: float = 0.0,
 ) -> int:
-    """Write `duration_s` simulated seconds from `start` to `path`; returns the event count."""
+    """Write `duration_s` simulated seconds from `start` to `path`; returns the event count.
+    `process_values_s`: see `generate_timed` (0: none)."""
     if duration_s < 0:
         raise ValueError("duration_s must not be negative")
     start = start or default_start(plant)
@@ -33,7 +40,10 @@ def write_history(
     count = 0
     buf: list[str] = []
     with path.open("w", encoding="utf-8", newline="\n") as out:
-        for _, ev in generate_timed(plant, seed=seed, start=start, end=end):
+        events = generate_timed(
+            plant, seed=seed, start=start, end=end, process_values_s=process_values_s
+        )
+        for _, ev in events:
             buf.append(_encode(ev))
             if len(buf) >= _CHUNK:
                 buf.append("")  # the trailing newline

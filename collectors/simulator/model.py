@@ -75,6 +75,7 @@ class MachineSpec:
     reasons: Reasons
     operators: tuple[str, ...]
     calendar: ShiftCalendar
+    molding: bool = False  # publishes injection-moulding process values (when asked)
 
 
 def _is_molding(line: Line, machine: Machine) -> bool:
@@ -131,9 +132,34 @@ def machine_specs(plant: PlantConfig) -> list[MachineSpec]:
                     reasons=molding_reasons if _is_molding(line, machine) else machining_reasons,
                     operators=operators,
                     calendar=plant.calendar_for(mid),
+                    molding=_is_molding(line, machine),
                 )
             )
     return specs
+
+
+class ProcessModel:
+    """An injection-moulding machine's process values: each around its own set point, with
+    a slow mean-reverting drift (material lot, mould warming up) and shot-to-shot noise."""
+
+    def __init__(self, rng: random.Random) -> None:
+        u = rng.uniform
+        self._gauss = rng.gauss
+        # name: (set point, drift step, noise), per machine (its material and mould).
+        self._params = {
+            "cushion_mm": (u(3.0, 8.0), 0.05, 0.08),
+            "injection_pressure_bar": (u(800.0, 1500.0), 4.0, 6.0),
+            "melt_temp_c": (u(210.0, 260.0), 0.3, 0.6),
+            "mold_temp_c": (u(35.0, 80.0), 0.2, 0.3),
+        }
+        self._drift = dict.fromkeys(self._params, 0.0)
+
+    def sample(self, cycle_ms: int) -> dict[str, float]:
+        out = {"cycle_time_s": round(cycle_ms / SECOND, 2)}
+        for name, (base, step, noise) in self._params.items():
+            d = self._drift[name] = 0.98 * self._drift[name] + self._gauss(0.0, step)
+            out[name] = round(base + d + self._gauss(0.0, noise), 2)
+        return out
 
 
 # "SS.mmm" for every millisecond of a minute: formatting a timestamp is then two lookups.
@@ -178,6 +204,7 @@ def _machine_events(
     fmt: TsFormat,
     id_prefix: str,
     wo_tag: str = "",
+    pv_every_ms: int = 0,
 ) -> Iterator[Timed]:
     """One machine's events in time order (ts may run past end_ms; the caller cuts)."""
     rng = random.Random(f"{seed}:{spec.id}")
@@ -205,6 +232,13 @@ def _machine_events(
     n = 0
     out: list[Timed] = []
     pending: list[tuple[int, int, Event]] = []  # operator reports sent later
+    process = (
+        ProcessModel(random.Random(f"{seed}:{spec.id}:pv"))
+        if pv_every_ms > 0 and spec.molding
+        else None
+    )
+    pv_next = start_ms
+    pv_n = 0
     cur_state = ""
     cur_reason: str | None = None
 
@@ -380,6 +414,14 @@ def _machine_events(
                     break  # the cycle cannot finish before the break: it is abandoned
                 t += ct
                 run_clock += ct
+                if process is not None and t >= pv_next:
+                    # Own rng and id series: the rest of the stream is the same with or
+                    # without process values.
+                    pv_n += 1
+                    pv_next = t + pv_every_ms
+                    pv: Event = {"type": "process_value", "machine": mid, "ts": fmt(t),
+                                 "values": process.sample(ct), "id": f"{id_prefix}pv{pv_n}"}  # fmt: skip
+                    out.append((t, pv))
                 if spec.counter:
                     total += 1
                     since_sent += 1
@@ -420,8 +462,13 @@ def generate_timed(
     start: datetime,
     end: datetime | None,
     work_order_tag: str = "",
+    process_values_s: float = 0.0,
 ) -> Iterator[Timed]:
     """(epoch ms, event) pairs for [start, end) in time order; forever when end is None.
+
+    `process_values_s` > 0: injection-moulding machines send a `process_value` event after
+    the first cycle that ends at least that long after their previous one (a value below a
+    cycle time: every cycle).
 
     Work orders are numbered `WO-<machine>-<tag><n>` from 1 in every run; the demo's
     history uses the tag "H", so its work orders never share an id with the live run's
@@ -435,7 +482,15 @@ def generate_timed(
     tag = run_tag(start, tz)
     streams = [
         _machine_events(
-            spec, seed, start_ms, end_ms, tz, fmt, f"sim{seed}-{tag}-{spec.id}-", work_order_tag
+            spec,
+            seed,
+            start_ms,
+            end_ms,
+            tz,
+            fmt,
+            f"sim{seed}-{tag}-{spec.id}-",
+            work_order_tag,
+            round(process_values_s * SECOND),
         )
         for spec in machine_specs(plant)
     ]
@@ -471,10 +526,17 @@ def generate_timed(
 
 
 def generate(
-    plant: PlantConfig, *, seed: int, start: datetime, end: datetime | None
+    plant: PlantConfig,
+    *,
+    seed: int,
+    start: datetime,
+    end: datetime | None,
+    process_values_s: float = 0.0,
 ) -> Iterator[Event]:
     """Canonical event dicts (the JSON shapes of the event contract) in ts order."""
-    for _, ev in generate_timed(plant, seed=seed, start=start, end=end):
+    for _, ev in generate_timed(
+        plant, seed=seed, start=start, end=end, process_values_s=process_values_s
+    ):
         yield ev
 
 

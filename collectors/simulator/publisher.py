@@ -62,7 +62,7 @@ def topics(plant: PlantConfig) -> dict[str, dict[str, str]]:
     for mid, line in plant.line_of_machine.items():
         out[mid] = {
             t: machine_topic(site, line.area, line.id, mid, t)
-            for t in ("state", "count", "counter", "report")
+            for t in ("state", "count", "counter", "report", "process_value")
         }
     return out
 
@@ -244,9 +244,10 @@ def run_simulator(
     duration_s: float | None,
     state_file: Path | None = None,
     database_url: str | None = None,
+    process_values_s: float = 0.0,
 ) -> None:
     """Publish the simulated plant over MQTT, paced at `speed` simulated seconds per second
-    but never ahead of the wall clock.
+    but never ahead of the wall clock. `process_values_s`: see `generate_timed` (0: none).
 
     Runs until `duration_s` simulated seconds are published (None: until Ctrl-C/SIGTERM).
     Without `start`, resumes from `state_file` (see `resume_start`); the file is kept up
@@ -284,7 +285,10 @@ def run_simulator(
                 f"speed {speed:g}x, simulated start {start.isoformat()}",
                 flush=True,
             )
-            _publish_paced(plant, client, topic, native, seed, speed, start, end, state_file, sink)
+            _publish_paced(
+                plant, client, topic, native, seed, speed, start, end, state_file, sink,
+                process_values_s,
+            )  # fmt: skip
         except KeyboardInterrupt:
             interrupted = True
         finally:
@@ -306,6 +310,7 @@ def _publish_paced(
     end: datetime | None,
     state_file: Path | None = None,
     sink: WorkOrderSink | None = None,
+    process_values_s: float = 0.0,
 ) -> None:
     start_ms = start.timestamp() * 1000
     wall0 = time.monotonic()
@@ -325,7 +330,10 @@ def _publish_paced(
                 flush=True,
             )
 
-    for ts_ms, ev in generate_timed(plant, seed=seed, start=start, end=end):
+    events = generate_timed(
+        plant, seed=seed, start=start, end=end, process_values_s=process_values_s
+    )
+    for ts_ms, ev in events:
         # Due at `speed` from the start, and not before the wall clock reaches the event's
         # time. Sleep in short steps so progress lines keep coming through quiet periods.
         due = wall0 + (ts_ms - start_ms) / 1000 / speed
