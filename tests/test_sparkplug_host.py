@@ -178,7 +178,7 @@ def test_ndeath_with_the_births_bdseq_takes_all_machines_of_the_node_offline(
     out = host.handle(topic("NDEATH"), ndeath(0), T0 + 6000)
     got = events(out)
     assert sorted(e["machine"] for e in got) == ["IM-01", "IM-02"]
-    assert all(e["state"] == "offline" and e["reason"] == "no_data" for e in got)
+    assert all(e["state"] == "offline" and "reason" not in e for e in got)  # = no_data
     assert all(e["ts"] == codec.ms_to_rfc3339(T0 + 6000) for e in got)  # when it was seen
     # A second delivery of the same death: the node is dead already, nothing more.
     assert host.handle(topic("NDEATH"), ndeath(0), T0 + 7000).records == []
@@ -323,3 +323,38 @@ def test_a_bad_state_mapping_name_is_refused_naming_the_machine(sp_plant: PlantC
     data["lines"][0]["machines"][0]["sparkplug"]["state_mapping"] = "nope"
     with pytest.raises(ValueError, match=r"machine 'IM-01': sparkplug\.state_mapping 'nope'"):
         bindings(PlantConfig.model_validate(data))
+
+
+def test_every_event_the_host_makes_passes_the_dataflows_validator(sp_plant: PlantConfig) -> None:
+    """Contract, clock policy, known machine, reason tree: as the dataflow will judge them."""
+    from datetime import UTC, datetime
+
+    from mesflow.ingest_log import LogEntry
+    from streams.records import Rejection
+    from streams.validate import Validator
+
+    host = SparkplugHost(sp_plant)
+    outs = [
+        host.handle(topic("NBIRTH"), nbirth(), T0),
+        host.handle(
+            topic("DBIRTH", device="IM-01"), dbirth(1, {"Machine/Mode": 5, "Counters/Total": 7}), T0
+        ),
+        host.handle(topic("DBIRTH", device="IM-02"), dbirth(2, {"Machine/Mode": 1}), T0),
+        host.handle(
+            topic("DDATA", device="IM-01"),
+            ddata(3, {1: 3, 2: 8, 3: 1, 4: 29.5, 5: 4.0}, T0 + 1000),
+            T0 + 1000,
+        ),
+        host.handle(
+            topic("DDEATH", device="IM-02"), codec.encode([], timestamp=T0 + 2000, seq=4), T0 + 2000
+        ),
+        host.handle(topic("NDEATH"), ndeath(0), T0 + 3000),
+    ]
+    received = datetime.fromtimestamp((T0 + 5000) / 1000, UTC)
+    entries = [
+        LogEntry(i, r.payload, r.error, received)
+        for i, r in enumerate((r for o in outs for r in o.records), start=1)
+    ]
+    assert len(entries) >= 12
+    judged = list(Validator(sp_plant)(entries))
+    assert [j for j in judged if isinstance(j, Rejection)] == []
