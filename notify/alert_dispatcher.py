@@ -224,12 +224,14 @@ class AlertDispatcher:
 
     def _email(self, conn: psycopg.Connection[Any]) -> int:
         assert self.smtp is not None
-        batch = ob.claim(conn, ob.EMAIL_CHANNEL, limit=self.config.batch, lease_s=self.lease_s)
+        batch = ob.claim(conn, ob.EMAIL_CHANNEL, limit=50, lease_s=self.lease_s)
         if not batch:
             return 0
         try:
             with mail.SmtpSender(self.smtp) as sender:
-                for d in batch:
+                for n, d in enumerate(batch):
+                    if n % 10 == 9:
+                        ob.extend_lease(conn, [x.id for x in batch[n:]], self.lease_s)
                     if not d.address:
                         res = SendResult("failed", None, "no e-mail address")
                     else:
@@ -271,8 +273,10 @@ class AlertDispatcher:
     def _webhook(self, conn: psycopg.Connection[Any], name: str, ch: Channel) -> int:
         if ob.channel_state(conn, name) == "bad_key":
             return ob.fail_channel(conn, name, "channel marked bad_key", None)
-        batch = ob.claim(conn, name, limit=self.config.batch, lease_s=self.lease_s)
-        for d in batch:
+        batch = ob.claim(conn, name, limit=20, lease_s=self.lease_s)
+        for n, d in enumerate(batch):
+            if n:
+                ob.extend_lease(conn, [x.id for x in batch[n:]], self.lease_s)
             raw = json_bytes(webhook.body(d.payload, self._ack(d.alert_id, name)))
             headers = webhook.headers(ch.secret, f"alert_{d.id}", raw)
             res = self._post(ch.endpoint, raw, webhook.classify, headers)
@@ -344,6 +348,8 @@ class AlertDispatcher:
             wait = h.next_free_after_in_s
         to_send, rest = plan[:k], plan[k:]
         for n, (idx, text) in enumerate(to_send):
+            if n:
+                ob.extend_lease(conn, [batch[i].id for g, _ in plan[n:] for i in g], self.lease_s)
             group = [batch[i] for i in idx]
             ids = [d.id for d in group]
             title = (

@@ -288,6 +288,18 @@ def mark_sent(conn: psycopg.Connection[Any], ids: Sequence[int], message_id: str
     )
 
 
+def extend_lease(conn: psycopg.Connection[Any], ids: Sequence[int], lease_s: float) -> None:
+    """Keep the lease of deliveries still to send in this round (sends are sequential, so
+    a slow robot must not let the lease of the last ones run out and another dispatcher
+    send them too)."""
+    if ids:
+        conn.execute(
+            """UPDATE alert_delivery SET locked_until = now() + make_interval(secs => %s)
+               WHERE id = ANY(%s) AND status = 'pending'""",
+            (lease_s, list(ids)),
+        )
+
+
 def release(conn: psycopg.Connection[Any], ids: Sequence[int], at_s: float) -> None:
     """Give leased deliveries back without counting an attempt (no budget left yet)."""
     conn.execute(

@@ -598,3 +598,23 @@ def test_mesflow_run_notify_delivers_alerts(
     assert code == 0, out.read_text()
     assert "good-key" not in out.read_text()  # the robot's key never reaches the log
     assert count(db_url, "channel = 'line1' AND status = 'sent'") == 1
+
+
+def test_too_long_40058_is_shortened_and_sent(db_url: str, robots: RobotServer) -> None:
+    chans = {"line1": channel("line1", "wecom", robots.wecom_url("good-key"))}
+    now = datetime.now(UTC)
+    row = alert(channels=("line1",), at=now, facts={f"k{i}": "模具" * 60 for i in range(12)})
+    enqueue(db_url, Config(people(), chans), [row], now=now)
+    robots.script["wecom:good-key"].append(40058)  # the platform counts differently
+    drain(
+        dispatcher(db_url, chans),
+        lambda: count(db_url, "channel = 'line1' AND status = 'sent'") == 1,
+    )
+    assert [a[2] for a in robots.answers] == [40058, 0]
+    (rec,) = robots.of("wecom:good-key")
+    assert len(content(rec).encode()) <= 2048  # half the limit on the retry
+    with psycopg.connect(db_url) as conn:
+        row2 = conn.execute(
+            "SELECT attempts, shorten FROM alert_delivery WHERE channel = 'line1'"
+        ).fetchone()
+    assert row2 == (2, 1)
