@@ -19,7 +19,7 @@ import psycopg
 import waitress
 from dash import html
 
-from dashboards import auth, context
+from dashboards import ack_route, auth, context
 from dashboards.i18n import t
 from dashboards.pages import PAGES
 from dashboards.queries import Database
@@ -49,6 +49,7 @@ def create_app(settings: Settings, plant: PlantConfig, database_url: str) -> das
     auth.install(app, settings, db)
     for page in PAGES:
         page.register(app)
+    ack_route.register(app)  # /ack/<token>: acknowledging an alert from its message
     _register_not_found()
     app.layout = html.Div(dash.page_container, className="app-root")
     auth.check_declarations(app)

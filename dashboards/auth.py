@@ -12,7 +12,8 @@ and each of its callbacks is registered through `callback(app, role, ...)`. One 
   name exactly that callback's outputs, inputs and state (pattern-matching ones as the
   browser sends them: concrete dict ids, lists for ALL/ALLSMALLER), else 400;
 - everything else (`/_dash-layout`, `/_dash-dependencies`, assets, scripts): any signed-in user;
-- only `/login` and `/logout` are open.
+- only `/login`, `/logout` and `/ack/<token>` (a signed alert link, dashboards/ack_route.py)
+  are open.
 
 Unauthenticated page loads redirect to /login?next=...; other requests get 401, a too-low role
 403. Each callback checks the role again when it runs, so a route mistake alone opens nothing.
@@ -61,6 +62,8 @@ DEFAULT_ROLE: Final = "viewer"  # unknown paths (Dash's 404 page) and the app's 
 MAX_REQUEST_BYTES: Final = 1 << 20  # no board request comes near; a hostile one gets 413
 LOGIN_ENDPOINT: Final = "mesflow_login"
 LOGOUT_ENDPOINT: Final = "mesflow_logout"
+# /ack/<token> (dashboards/ack_route.py): a signed alert link is its own credential.
+ACK_ENDPOINT: Final = "mesflow_ack"
 # Dash's page router: its output when `use_pages=True` (dash.dash._ID_CONTENT/_ID_STORE).
 ROUTER_OUTPUT: Final = ".._pages_content.children..._pages_store.data.."
 _ROUTER_LOCATION: Final = "_pages_location"
@@ -312,7 +315,7 @@ def install(app: dash.Dash, settings: Settings, db: Database) -> None:
 
 def _gate() -> Response | None:
     request = flask.request
-    if request.endpoint in (LOGIN_ENDPOINT, LOGOUT_ENDPOINT):
+    if request.endpoint in (LOGIN_ENDPOINT, LOGOUT_ENDPOINT, ACK_ENDPOINT):
         return None
     state = _state()
     is_page = request.url_rule is not None and request.url_rule.rule in state.page_rules

@@ -70,6 +70,22 @@ _STRINGS: Final[dict[str, dict[str, str]]] = {
     },
     "go_home": {"zh": "返回安灯看板", "en": "Back to the andon board"},
     "logout": {"zh": "退出", "en": "Sign out"},
+    # Alerts (dashboards/pages/alerts.py, the andon's count, the /ack/<token> page).
+    "alerts": {"zh": "告警", "en": "Alerts"},
+    "alerts_open_count": {"zh": "{n} 条未处理告警", "en": "{n} open alerts"},
+    "alerts_open_one": {"zh": "1 条未处理告警", "en": "1 open alert"},
+    "alert_kind_machine_down": {"zh": "设备停机", "en": "Machine down"},
+    "alert_kind_no_reason": {"zh": "停机未填原因", "en": "Stop without a reason"},
+    "alert_kind_kpi_below": {"zh": "指标低于目标", "en": "Below target"},
+    "alert_kind_scrap_rate": {"zh": "报废率过高", "en": "Scrap rate too high"},
+    "alert_kind_silent": {"zh": "设备无数据", "en": "Machine silent"},
+    "alert_kind_order_at_risk": {"zh": "订单有延期风险", "en": "Order at risk"},
+    "alert_severity_info": {"zh": "提示", "en": "Info"},
+    "alert_severity_warning": {"zh": "警告", "en": "Warning"},
+    "alert_severity_critical": {"zh": "严重", "en": "Critical"},
+    "alert_status_open": {"zh": "未处理", "en": "Open"},
+    "alert_status_acknowledged": {"zh": "已确认", "en": "Acknowledged"},
+    "alert_status_resolved": {"zh": "已恢复", "en": "Resolved"},
 }
 
 ROLE_LABELS: Final[dict[str, dict[str, str]]] = {

@@ -20,6 +20,7 @@ import psycopg
 from dash import Input, Output, State, dcc, html
 
 from dashboards import auth, context
+from dashboards.alert_queries import open_count
 from dashboards.i18n import STATE_LABELS, STATE_ORDER, format_duration, state_label, t
 from dashboards.nav import account_links, nav_links
 from dashboards.queries import AndonTile, andon_tiles
@@ -39,6 +40,7 @@ _BOARD = "andon-board"
 _CLOCK = "andon-clock"
 _BANNER = "andon-banner"
 _VIEW = "andon-view"
+_ALERTS = "andon-alerts"  # open alerts count (dashboards/pages/alerts.py), one cheap query
 
 # Down longer than these (seconds): the tile escalates (thicker ring, then faster pulse and a
 # darker red), so a stop nobody answered stands out from one that just began.
@@ -93,6 +95,8 @@ def register(app: dash.Dash) -> None:
         Output(_CLOCK, "children"),
         Output(_BANNER, "children"),
         Output(_BANNER, "className"),
+        Output(_ALERTS, "children"),
+        Output(_ALERTS, "className"),
         Input(_TICK, "n_intervals"),
         State(_LANG, "data"),
         State(_VIEW, "data"),
@@ -154,6 +158,14 @@ def layout(
                         children=[
                             html.Div(plant.plant.name.get(lang), className="plant-name"),
                             html.Div(t("andon", lang), className="board-name"),
+                            # A link to the alerts page, except on a kiosk (no mouse there).
+                            html.Div(id=_ALERTS, className="andon-alerts hidden")
+                            if view.kiosk
+                            else html.A(
+                                id=_ALERTS,
+                                className="andon-alerts hidden",
+                                href=f"/alerts?lang={lang}",
+                            ),
                         ],
                     ),
                     render_legend(lang),
@@ -212,7 +224,9 @@ def parse_view(line: str | None, rotate: str | None, kiosk: str | None) -> View:
     return View(lines=lines, rotate_s=rotate_s, kiosk=is_kiosk)
 
 
-def _refresh(_n: int | None, lang: str | None, view_data: Any) -> tuple[Any, str, str, str]:
+def _refresh(
+    _n: int | None, lang: str | None, view_data: Any
+) -> tuple[Any, str, str, str, Any, Any]:
     ctx = context.current()
     lang = ctx.lang(lang)
     clock = format_clock(datetime.now(ctx.plant.tz), ctx.plant.tz)
@@ -222,14 +236,30 @@ def _refresh(_n: int | None, lang: str | None, view_data: Any) -> tuple[Any, str
         # Keep the last tiles on screen but say so loudly: a frozen board that looks live
         # is worse than a visible fault.
         log.warning("andon: cannot read v_andon_tile: %s", err)
-        return dash.no_update, clock, t("db_unreachable", lang), "andon-banner"
+        no = dash.no_update
+        return no, clock, t("db_unreachable", lang), "andon-banner", no, no
+    alerts_text, alerts_css = _alerts_badge(ctx, lang)
     view = View.from_data(view_data)
     rows = select_lines(rows, view, _n or 0)
     opts = BoardOptions(
         reason_missing_s=ctx.settings.andon_reason_missing_s,
         silent_s=ctx.settings.andon_silent_s,
     )
-    return render_board(rows, ctx.plant, lang, opts), clock, "", "andon-banner hidden"
+    board = render_board(rows, ctx.plant, lang, opts)
+    return board, clock, "", "andon-banner hidden", alerts_text, alerts_css
+
+
+def _alerts_badge(ctx: context.BoardContext, lang: str) -> tuple[str, str]:
+    """ "3 open alerts" (red when one is critical); hidden when none is open or unreadable."""
+    try:
+        count = open_count(ctx.db)
+    except psycopg.Error as err:  # e.g. migration 018 not applied yet: the tiles matter more
+        log.debug("andon: cannot count open alerts: %s", err)
+        return "", "andon-alerts hidden"
+    if count.open == 0:
+        return "", "andon-alerts hidden"
+    text = t("alerts_open_one", lang) if count.open == 1 else t("alerts_open_count", lang)
+    return text.format(n=count.open), "andon-alerts" + (" critical" if count.critical else "")
 
 
 # -- pure rendering -------------------------------------------------------------------------
