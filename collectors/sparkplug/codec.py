@@ -12,9 +12,9 @@ without a datatype is converted with the datatype of its birth (`value_as`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.message import DecodeError as _PbDecodeError
 
@@ -67,8 +67,7 @@ class CodecError(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Metric:
+class Metric(NamedTuple):
     """One metric as received. `kind` is the protobuf value field that was set (None for
     no value); `raw` its value as protobuf gave it. `value` is the converted scalar when
     the metric declared its datatype (births), else None until `value_as` converts it."""
@@ -90,8 +89,7 @@ class Metric:
         return f"alias {self.alias}" if self.alias is not None else "a metric without name"
 
 
-@dataclass(frozen=True, slots=True)
-class Payload:
+class Payload(NamedTuple):
     timestamp: int | None
     seq: int | None
     metrics: tuple[Metric, ...]
@@ -101,6 +99,7 @@ def datatype_name(datatype: int | None) -> str:
     return DATATYPE_NAMES.get(datatype, str(datatype)) if datatype is not None else "none"
 
 
+@functools.lru_cache(maxsize=4096)  # the metrics of one message mostly share a timestamp
 def ms_to_rfc3339(ms: int) -> str:
     """Event time as the contract wants it: RFC 3339, UTC, milliseconds."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
@@ -191,31 +190,31 @@ def _metric(m: Any) -> Metric:
     if name is not None and len(name) > MAX_NAME:
         raise CodecError("bad_text", f"metric name of {len(name)} characters (at most {MAX_NAME})")
     alias = m.alias if m.HasField("alias") else None
-    label = repr(name) if name is not None else f"alias {alias}"
-    ts = _check_ms(m.timestamp, f"metric {label} timestamp") if m.HasField("timestamp") else None
+    # Built per metric only when it is needed (NamedTuple + no eager f-strings: this loop
+    # is the collector's hot path).
+    ts = m.timestamp if m.HasField("timestamp") else None
+    if ts is not None and ts > MAX_TIMESTAMP_MS:
+        _check_ms(ts, f"metric {_label(name, alias)} timestamp")
     datatype = m.datatype if m.HasField("datatype") else None
     kind = m.WhichOneof("value")
     raw: Any = getattr(m, kind) if kind is not None else None
     value: Scalar = None
-    is_null = m.is_null if m.HasField("is_null") else False
+    is_null = m.is_null  # proto2 default: False
     if datatype is not None:
+        label = _label(name, alias)
         if datatype not in _FIELDS:
             raise CodecError("bad_datatype", f"metric {label}: unknown datatype {datatype}")
         if not is_null:
             value = value_as(datatype, kind, raw, f"metric {label}")
     elif kind == "string_value":
-        raw = _check_text(raw, f"metric {label} value")
-    return Metric(
-        name=name,
-        alias=alias,
-        timestamp=ts,
-        datatype=datatype,
-        kind=kind,
-        raw=raw if kind not in ("dataset_value", "template_value") else None,
-        value=value,
-        is_null=is_null,
-        is_historical=m.is_historical if m.HasField("is_historical") else False,
-    )
+        raw = _check_text(raw, f"metric {_label(name, alias)} value")
+    elif kind in ("dataset_value", "template_value"):
+        raw = None
+    return Metric(name, alias, ts, datatype, kind, raw, value, is_null, m.is_historical)
+
+
+def _label(name: str | None, alias: int | None) -> str:
+    return repr(name) if name is not None else f"alias {alias}"
 
 
 def encode(
