@@ -10,6 +10,7 @@ Sizes are UTF-8 bytes (a Chinese character is 3): the robots' limits count bytes
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 from collections.abc import Mapping, Sequence
@@ -91,7 +92,26 @@ _WORDS = {
 # C0/C1 controls (NUL included) and the Unicode line/paragraph separators and bidi
 # overrides: they break robots' JSON parsers or reorder what a reader sees.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~>])")
+# Characters that make markup in the robots' markdown (emphasis, links, code, WeCom's
+# <@userid> and <font>). The robots do not honour backslash escapes (they would show), so
+# these are replaced by their full-width look-alikes: the text reads the same, nothing renders.
+_MD_SPECIAL = str.maketrans(
+    {
+        "*": "＊",
+        "[": "［",
+        "]": "］",
+        "<": "＜",
+        ">": "＞",
+        "`": "｀",
+        "\\": "＼",
+        "_": "＿",
+        "~": "～",
+        "#": "＃",
+    }
+)
+# Facts the message already shows in its own lines.
+_SHOWN = frozenset({"since", "minutes", "duration_s", "level"})
+_ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
 
 
 def clean(value: object, max_chars: int = MAX_VALUE_CHARS) -> str:
@@ -103,8 +123,8 @@ def clean(value: object, max_chars: int = MAX_VALUE_CHARS) -> str:
 
 
 def md_escape(value: object, max_chars: int = MAX_VALUE_CHARS) -> str:
-    """`clean`, then markdown's special characters escaped, so they show as themselves."""
-    return _MD_SPECIAL.sub(r"\\\1", clean(value, max_chars))
+    """`clean`, then markdown's special characters neutralised, so they show as text."""
+    return clean(value, max_chars).translate(_MD_SPECIAL)
 
 
 def utf8_len(text: str) -> int:
@@ -139,6 +159,8 @@ class Parts:
     """The pieces of one alert message, already cleaned (not yet escaped for markup)."""
 
     title: str  # "[严重] IM-03 停机"
+    sev: str  # "严重" (our own word: safe in markup)
+    head: str  # "IM-03 停机" (holds a name from outside)
     status: str  # "新告警" / "resolved after 42 min"
     fields: tuple[tuple[str, str], ...]  # (label, value), in order
     ack_url: str | None
@@ -175,20 +197,25 @@ def parts(payload: Mapping[str, Any], language: str, tz: ZoneInfo, ack_url: str 
     ]
     facts = payload.get("facts") or {}
     if isinstance(facts, Mapping):
-        for i, (key, value) in enumerate(facts.items()):
+        extra = [(k, v) for k, v in facts.items() if k not in _SHOWN]
+        for i, (key, value) in enumerate(extra):
             if i >= MAX_FACTS:
-                fields.append(("…", f"+{len(facts) - MAX_FACTS}"))
+                fields.append(("…", f"+{len(extra) - MAX_FACTS}"))
                 break
+            if isinstance(value, str) and _ISO.match(value):
+                with contextlib.suppress(ValueError):  # a due date or ETA: plant time
+                    value = _local(value, tz)
             fields.append((clean(key, 40), clean(value)))
     if step in ("resolved", "acknowledged"):
         ack_url = None  # nothing left to acknowledge
-    return Parts(f"[{sev}] {subject_s} {what}", status, tuple(fields), ack_url, severity)
+    head = f"{subject_s} {what}"
+    return Parts(f"[{sev}] {head}", sev, head, status, tuple(fields), ack_url, severity)
 
 
 def markdown_block(p: Parts, language: str) -> str:
     """One alert as markdown (WeCom, DingTalk and Feishu understand this subset)."""
     w = _WORDS[lang_of(language)]
-    lines = [f"**{md_escape(p.title)}** {md_escape(p.status)}"]
+    lines = [f"**【{p.sev}】{md_escape(p.head)}** {md_escape(p.status)}"]
     lines += [f"> {md_escape(label, 40)}: {md_escape(value)}" for label, value in p.fields]
     if p.ack_url:
         lines.append(f"[{w['ack']}]({p.ack_url})")
