@@ -126,12 +126,15 @@ def main() -> None:
         )
         body: dict[str, Any] = {
             "output": "..andon-board.children...andon-clock.children..."
-            "andon-banner.children...andon-banner.className..",
+            "andon-banner.children...andon-banner.className..."
+            "andon-alerts.children...andon-alerts.className..",
             "outputs": [
                 {"id": "andon-board", "property": "children"},
                 {"id": "andon-clock", "property": "children"},
                 {"id": "andon-banner", "property": "children"},
                 {"id": "andon-banner", "property": "className"},
+                {"id": "andon-alerts", "property": "children"},
+                {"id": "andon-alerts", "property": "className"},
             ],
             "inputs": [{"id": "andon-tick", "property": "n_intervals", "value": 1}],
             "state": [
