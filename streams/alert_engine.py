@@ -327,7 +327,7 @@ class AlertEngine:
             scope = f"order:{row.order_no}"
             urgent = row.priority is not None and row.priority <= rule.min_priority
             if row.at_risk and urgent:
-                self._begin(rule, scope, t, None, _order_facts(row), order_no=row.order_no)
+                self._begin(rule, scope, t, None, _order_facts(row, self.tz), order_no=row.order_no)
             else:
                 # Completed, cancelled, on hold, priority lowered, or no longer late.
                 self._clear(rule, scope, t)
@@ -343,7 +343,7 @@ class AlertEngine:
             scope = f"order:{cb.order_no}"
             urgent = row.priority is not None and row.priority <= rule.min_priority
             if cb.event_type == "at_risk" and urgent:
-                facts = {**_order_facts(row), "eta": _iso(cb.payload.get("eta"))}
+                facts = {**_order_facts(row, self.tz), "eta": _iso(cb.payload.get("eta"), self.tz)}
                 self._begin(rule, scope, t, None, facts, order_no=cb.order_no)
             else:
                 self._clear(rule, scope, t)
@@ -442,7 +442,9 @@ class AlertEngine:
                     scope = f"machine:{m}"
                     track = self.state.tracks.get((rule.name, scope))
                     if track is None or track.start is None or track.end is not None:
-                        self._begin(rule, scope, since, m, {"last_heard": _iso(from_us(mach.now))})
+                        self._begin(
+                            rule, scope, since, m, {"last_heard": _iso(from_us(mach.now), self.tz)}
+                        )
 
     def _run(self, rule: Rule, key: tuple[str, str], track: Track, clock: int) -> bool:
         """Send what became due by `clock`; True when the track is finished."""
@@ -497,7 +499,7 @@ class AlertEngine:
         start = track.start
         opened = start + round(rule.levels[0].after_min * MIN_US)
         facts = {k: v for k, v in track.facts.items() if v is not None}
-        facts["since"] = _iso(from_us(start))
+        facts["since"] = _iso(from_us(start), self.tz)
         facts["minutes"] = round((at_us - start) / MIN_US, 1)
         if step == "resolved":
             facts["duration_s"] = round((at_us - start) / S_US, 3)
@@ -542,16 +544,17 @@ class AlertEngine:
         )
 
 
-def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
+def _iso(value: Any, tz: ZoneInfo) -> Any:
+    """Times in facts in plant time: what the messages show."""
+    return value.astimezone(tz).isoformat() if isinstance(value, datetime) else value
 
 
-def _order_facts(row: OrderProgressRow) -> dict[str, Any]:
+def _order_facts(row: OrderProgressRow, tz: ZoneInfo) -> dict[str, Any]:
     return {
         "customer": row.customer,
         "priority": row.priority,
-        "due": _iso(row.due),
-        "eta": _iso(row.eta),
+        "due": _iso(row.due, tz),
+        "eta": _iso(row.eta, tz),
         "good": row.good,
         "qty": row.qty,
     }

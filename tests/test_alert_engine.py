@@ -233,7 +233,10 @@ def test_silent_machine_found_by_the_plant_clock(plant: PlantConfig) -> None:
     assert e.feed([heard("IM-02", 9)]) == []
     opened = e.feed([heard("IM-02", 11)])
     assert steps(opened) == [("opened", 0, at(10))]
-    assert opened[0].scope == "machine:IM-01" and opened[0].facts["last_heard"] == at(0).isoformat()
+    assert (
+        opened[0].scope == "machine:IM-01"
+        and opened[0].facts["last_heard"] == at(0).astimezone(SHANGHAI).isoformat()
+    )
     # IM-02 keeps talking: it is never silent. IM-01 speaks again at 12 min.
     e.feed([heard("IM-01", 12)])
     done = e.feed([heard("IM-02", 15)])
@@ -266,7 +269,7 @@ def test_priority_order_at_risk_and_back_on_track(plant: PlantConfig) -> None:
     assert steps(opened) == [("opened", 0, at(30))]
     r = opened[0]
     assert (r.scope, r.order_no, r.people) == ("order:SO-1", "SO-1", ("zhao", "sun"))
-    assert r.facts["priority"] == 1 and r.facts["due"] == at(600).isoformat()
+    assert r.facts["priority"] == 1 and r.facts["due"] == at(600).astimezone(SHANGHAI).isoformat()
     back = Callback("SO-1", "back_on_track", {}, "SO-1:risk:2")
     done = e.feed([order_row(False, 50), back])
     done += e.feed([order_row(False, 55)])
