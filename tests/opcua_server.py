@@ -264,10 +264,12 @@ class MachineServer:
             tick += 1
             t0 = time.monotonic()
             for m in self.machines:
+                # One PLC cycle: a machine's values carry one source time.
+                now = dt.datetime.now(dt.UTC)
                 for i, (name, base) in enumerate(PROCESS_VALUES.items()):
-                    await self._write(m, name, base + ((tick + i) % 10) * 0.1, None)
+                    await self._write(m, name, base + ((tick + i) % 10) * 0.1, now)
                     writes += 1
-                await self._write(m, "TotalParts", tick, None)
+                await self._write(m, "TotalParts", tick, now)
                 writes += 1
             await asyncio.sleep(max(0.0, step - (time.monotonic() - t0)))
         return writes
@@ -277,13 +279,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=48400)
     ap.add_argument("--machines", type=int, default=20)
+    ap.add_argument("--first", type=int, default=1, help="number of the first machine")
     ap.add_argument("--hz", type=float, default=10)
     ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--delay", type=float, default=2, help="seconds before the values change")
     args = ap.parse_args()
-    server = MachineServer(args.port, [f"IM-{i:02d}" for i in range(1, args.machines + 1)])
+    server = MachineServer(
+        args.port, [f"IM-{i:02d}" for i in range(args.first, args.first + args.machines)]
+    )
     server.start()
     print(f"serving {args.machines} machines on {server.url}", flush=True)
-    time.sleep(2)
+    time.sleep(args.delay)
+    print("churn", flush=True)
     t0 = time.monotonic()
     writes = server._run(server.churn(args.hz, args.seconds), timeout=args.seconds + 60)
     took = time.monotonic() - t0
