@@ -252,9 +252,9 @@ def main() -> None:
             row = conn.execute("SELECT count(*) FROM ingest_log").fetchone()
         print(f"ingest log rows in total: {row[0] if row else 0}")
     finally:
-        for child in (raw, col):
-            if child is not None and child.poll() is None:
-                child.kill()
+        for leftover in (raw, col):
+            if leftover is not None and leftover.poll() is None:
+                leftover.kill()
         for server in servers:
             server.terminate()
             server.wait(30)
