@@ -373,3 +373,34 @@ def test_a_collector_killed_mid_stream_loses_nothing_and_its_will_says_offline(
         watcher.close()
         if proc.alive():
             proc.kill9()
+
+
+def test_a_broker_restart_brings_the_host_back_online_with_a_new_state_timestamp(
+    collector: SparkplugCollector, broker: RestartableBroker, db_url: str
+) -> None:
+    edge = EdgeNode(
+        broker.host, broker.port, PRESS_GW, devices=PRESSES, initial=IDLE_AND_RUNNING
+    ).connect()
+    wait_for(lambda: len(events(db_url, type="state")) == 2, what="births")
+    first_ts = collector._state_ts
+    edge.close()
+    broker.restart(down_s=0.5)
+    assert collector.connected.wait(30), "collector did not reconnect"
+    watcher = StateWatcher(broker, "test-host")
+    again = EdgeNode(
+        broker.host, broker.port, PRESS_GW, devices=PRESSES, initial=IDLE_AND_RUNNING, bdseq=1
+    ).connect()
+    try:
+        # Online again, with the timestamp of the Will of the new connection.
+        assert collector._state_ts > first_ts
+        wait_for(
+            lambda: watcher.last() == {"online": True, "timestamp": collector._state_ts},
+            30,
+            "STATE online again",
+        )
+        again.data({"Counters/Total": 9}, device="IM-01")
+        wait_for(lambda: any(e["value"] == 9 for e in events(db_url, type="counter")))
+        assert errors(db_url) == []
+    finally:
+        again.close()
+        watcher.close()

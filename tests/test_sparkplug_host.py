@@ -358,3 +358,22 @@ def test_every_event_the_host_makes_passes_the_dataflows_validator(sp_plant: Pla
     assert len(entries) >= 12
     judged = list(Validator(sp_plant)(entries))
     assert [j for j in judged if isinstance(j, Rejection)] == []
+
+
+def test_the_plant_files_sparkplug_block_is_checked() -> None:
+    from pydantic import ValidationError
+
+    from mesflow.source_sparkplug import SparkplugSource
+
+    ok = SparkplugSource(group="g", edge_node="e", total="T", process_values={"cycle_time_s": "C"})
+    assert ok.device is None
+    bad: list[dict[str, Any]] = [
+        {"group": "g", "edge_node": "e", "total": "X", "process_values": {"x_mm": "X"}},  # twice
+        {"group": "g/1", "edge_node": "e"},  # '/' in an id
+        {"group": "g", "edge_node": "e#"},  # wildcard
+        {"group": "g", "edge_node": "e", "process_values": {"Cycle Time": "C"}},  # contract name
+        {"group": "g", "edge_node": "e", "totl": "T"},  # a typo is an error, not ignored
+    ]
+    for fields in bad:
+        with pytest.raises(ValidationError):
+            SparkplugSource(**fields)

@@ -102,7 +102,9 @@ class SparkplugCollector:
                 # Unreadable: start empty; the edges' rebirths rebuild the tables.
                 log.warning("ignoring Sparkplug host state %s (%s)", state_file, err)
         self._saved: dict[str, Any] | None = None
-        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=50_000)
+        # (message, wall-clock ms of its arrival): a death is dated when it arrived, not
+        # when a backlog let the writer reach it.
+        self._inbox: queue.Queue[tuple[mqtt.MQTTMessage, int]] = queue.Queue(maxsize=50_000)
         self._stop = threading.Event()
         self.connected = threading.Event()
         self.failed = threading.Event()
@@ -171,9 +173,10 @@ class SparkplugCollector:
         log.warning("MQTT connection lost (%s); reconnecting", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        item = (msg, _now_ms())
         while not self.failed.is_set():
             try:
-                self._inbox.put(msg, timeout=0.5)
+                self._inbox.put(item, timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -224,7 +227,7 @@ class SparkplugCollector:
                         delay = min(delay * 2, 10.0)
                 delay = 0.5
                 self._save_state()
-                for m in batch:  # acknowledged only now: the batch is committed
+                for m, _ in batch:  # acknowledged only now: the batch is committed
                     self.client.ack(m.mid, m.qos)
                 for cmd in commands:
                     # NCMD at QoS 0, not retained (Sparkplug); a lost one is asked again.
@@ -238,10 +241,12 @@ class SparkplugCollector:
             if conn is not None:
                 conn.close()
 
-    def _map_batch(self, batch: list[mqtt.MQTTMessage]) -> tuple[list[LogRecord], list[Command]]:
+    def _map_batch(
+        self, batch: list[tuple[mqtt.MQTTMessage, int]]
+    ) -> tuple[list[LogRecord], list[Command]]:
         records: list[LogRecord] = []
         commands: list[Command] = []
-        for msg in batch:
+        for msg, received_ms in batch:
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
@@ -258,7 +263,7 @@ class SparkplugCollector:
                     )
                 )
                 continue
-            out = self.host.handle(topic, payload, _now_ms())
+            out = self.host.handle(topic, payload, received_ms)
             if not out.records and not out.commands:
                 self.stats.ignored += 1
             records += out.records
@@ -282,7 +287,7 @@ class SparkplugCollector:
         os.replace(tmp, self.state_file)
         self._saved = snap
 
-    def _take_batch(self) -> list[mqtt.MQTTMessage]:
+    def _take_batch(self) -> list[tuple[mqtt.MQTTMessage, int]]:
         try:
             first = self._inbox.get(timeout=0.1)
         except queue.Empty:
