@@ -66,6 +66,7 @@ class AlertDispatchConfig:
     poll_s: float = 1.0
     max_shorten: int = 3
     markdown_limit: int = r.MARKDOWN_LIMIT
+    feishu_per_second: int = 4  # Feishu allows 5 a second; one spare for send-time jitter
 
 
 def config_hash(ch: Channel) -> str:
@@ -339,7 +340,11 @@ class AlertDispatcher:
         reserve = r.utf8_len(self._suffix(ch, mentions))
         parts = [r.parts(d.payload, lang, self.tz, self._ack(d.alert_id, name)) for d in batch]
         blocks = [r.text_block(p, lang) if as_text else r.markdown_block(p, lang) for p in parts]
-        with robot_budget.hold(conn, name, limit=c.robot_limit, window_s=c.robot_window_s) as h:
+        # Feishu also allows only 5 requests a second (research/protocols.md §3.3).
+        burst = (c.feishu_per_second, 1.0) if ch.type == "feishu" else None
+        with robot_budget.hold(
+            conn, name, limit=c.robot_limit, window_s=c.robot_window_s, burst=burst
+        ) as h:
             if h.available >= len(blocks):
                 plan = [([i], r.cut_to_bytes(b, limit - reserve)) for i, b in enumerate(blocks)]
             else:

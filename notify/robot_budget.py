@@ -51,28 +51,34 @@ def window(
 
 @dataclass
 class Hold:
-    """A locked budget row: `take(n)` spends tokens (at most `available`)."""
+    """A locked budget row: `take(n)` spends tokens (at most `available`).
+
+    `limits` are (messages, window seconds) pairs that all hold: a minute's budget, and for
+    Feishu also its per-second one.
+    """
 
     now: datetime
-    state: Window
-    limit: int
-    window_s: float
+    sends: tuple[datetime, ...]
+    limits: tuple[tuple[int, float], ...]
     taken: list[datetime] = field(default_factory=list)
+
+    def _windows(self) -> list[Window]:
+        all_sends = [*self.sends, *self.taken]
+        return [window(all_sends, self.now, limit=n, window_s=w) for n, w in self.limits]
 
     @property
     def available(self) -> int:
-        return self.state.available - len(self.taken)
-
-    @property
-    def next_free_in_s(self) -> float:
-        return self.state.next_free_in_s
+        return min(w.available for w in self._windows())
 
     @property
     def next_free_after_in_s(self) -> float:
-        """When a token frees up, counting the ones taken in this hold."""
-        return window(
-            [*self.state.sends, *self.taken], self.now, limit=self.limit, window_s=self.window_s
-        ).next_free_in_s
+        """When one more token is free, counting the ones taken in this hold."""
+        return max(w.next_free_in_s for w in self._windows())
+
+    def kept(self) -> list[datetime]:
+        """The sends to store: those still inside the longest window, and the new ones."""
+        longest = max(w for _, w in self.limits)
+        return [*window(self.sends, self.now, limit=1, window_s=longest).sends, *self.taken]
 
     def take(self, n: int) -> int:
         n = max(0, min(n, self.available))
@@ -87,11 +93,14 @@ def hold(
     *,
     limit: int = LIMIT,
     window_s: float = WINDOW_S,
+    burst: tuple[int, float] | None = None,
 ) -> Iterator[Hold]:
     """Lock `channel`'s budget for the block; tokens taken are written when it ends.
 
+    `burst`: a second, shorter limit (messages, seconds), e.g. Feishu's 5 a second.
     Keep the block short (decide and take; send after it): other dispatchers wait on the lock.
     """
+    limits = ((limit, window_s),) + ((burst,) if burst else ())
     with conn.transaction():
         conn.execute(
             "INSERT INTO robot_budget (channel) VALUES (%s) ON CONFLICT (channel) DO NOTHING",
@@ -102,15 +111,9 @@ def hold(
             (channel,),
         ).fetchone()
         assert row is not None
-        now: datetime = row[1]
-        h = Hold(
-            now, window(list(row[0] or []), now, limit=limit, window_s=window_s), limit, window_s
-        )
+        h = Hold(row[1], tuple(row[0] or []), limits)
         yield h
-        conn.execute(
-            "UPDATE robot_budget SET sends = %s WHERE channel = %s",
-            (list(h.state.sends) + h.taken, channel),
-        )
+        conn.execute("UPDATE robot_budget SET sends = %s WHERE channel = %s", (h.kept(), channel))
 
 
 def sends_in_window(

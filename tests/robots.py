@@ -7,7 +7,7 @@ One server answers all three, as the platforms do, HTTP 200 with an error code i
 - DingTalk `POST /robot/send?access_token=T&timestamp=ms&sign=S`: 310000 bad signature or
   timestamp over an hour off, 130101 over the limit.
 - Feishu `POST /open-apis/bot/v2/hook/T` (timestamp and sign in the body): 19021 bad
-  signature, 11232 over the limit, 9499 body over 20 KB.
+  signature, 11232 over the limit or over 5 in a second, 9499 body over 20 KB.
 `script` queues forced answers (e.g. two 45009s), as a platform throttling for its own
 reasons would. Every accepted message is kept in `received`, with the time it arrived.
 """
@@ -46,6 +46,7 @@ class RobotServer:
     answers: list[tuple[str, str, int]] = field(default_factory=list)  # platform, robot, code
     script: dict[str, deque[int]] = field(default_factory=lambda: defaultdict(deque))
     _sends: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    _per_second: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -102,6 +103,16 @@ class RobotServer:
         while sends and sends[0] <= now - self.window_s:
             sends.popleft()
         if len(sends) >= self.limit:
+            return True
+        sends.append(now)
+        return False
+
+    def _over_per_second(self, robot: str, now: float) -> bool:
+        # Feishu's second limit: 5 requests in any second.
+        sends = self._per_second[robot]
+        while sends and sends[0] <= now - 1.0:
+            sends.popleft()
+        if len(sends) >= 5:
             return True
         sends.append(now)
         return False
@@ -201,7 +212,8 @@ class RobotServer:
             return forced
         if body.get("msg_type") != "interactive" or not isinstance(body.get("card"), dict):
             return self._answer("feishu", robot, 9499, "Bad Request")
-        if self._over_limit(robot, time.monotonic()):
+        now = time.monotonic()
+        if self._over_limit(robot, now) or self._over_per_second(robot, now):
             return self._answer("feishu", robot, 11232, "frequency limited psm")
         self.received.append(Received("feishu", robot, body, time.monotonic()))
         return self._answer("feishu", robot, 0, "success")

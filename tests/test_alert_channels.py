@@ -21,7 +21,7 @@ from pydantic import BaseModel, ValidationError
 from mesflow.alert_channels import Channels, People, Person
 from notify.channels import dingtalk, feishu, wecom
 from notify.channels import render as r
-from notify.robot_budget import window
+from notify.robot_budget import Hold, window
 
 TZ = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2026, 11, 30, 2, 0, tzinfo=UTC)
@@ -248,3 +248,14 @@ def test_a_sliding_window_never_holds_more_than_the_limit(offsets: list[float]) 
     for i, t in enumerate(granted):
         inside = [u for u in granted[i:] if u - t < timedelta(seconds=60)]
         assert len(inside) <= 20
+
+
+def test_hold_keeps_every_limit() -> None:
+    h = Hold(T0, (), ((20, 60.0), (4, 1.0)))
+    assert h.take(10) == 4  # the per-second limit
+    assert h.next_free_after_in_s == pytest.approx(1.0)
+    later = Hold(T0 + timedelta(seconds=1.5), tuple(h.kept()), ((20, 60.0), (4, 1.0)))
+    assert later.available == 4
+    full = Hold(T0, tuple(T0 - timedelta(seconds=i) for i in range(20)), ((20, 60.0),))
+    assert full.available == 0 and full.take(1) == 0
+    assert full.next_free_after_in_s == pytest.approx(41.0)

@@ -618,3 +618,16 @@ def test_too_long_40058_is_shortened_and_sent(db_url: str, robots: RobotServer) 
             "SELECT attempts, shorten FROM alert_delivery WHERE channel = 'line1'"
         ).fetchone()
     assert row2 == (2, 1)
+
+
+def test_feishu_five_a_second_is_kept(db_url: str, robots: RobotServer) -> None:
+    chans = {"ops": channel("ops", "feishu", robots.feishu_url("fs-token"), "feishusecret")}
+    now = datetime.now(UTC)
+    rows = [alert(n, at=now, machine=f"M-{n:03d}", channels=("ops",)) for n in range(16)]
+    enqueue(db_url, Config(people(), chans), rows, now=now)
+    d = dispatcher(db_url, chans, markdown_limit=600)  # about one alert a message
+    drain(d, lambda: count(db_url, "channel = 'ops' AND status = 'pending'") == 0)
+    got = robots.of("feishu:fs-token")
+    assert [a for a in robots.answers if a[2] != 0] == []  # no 11232
+    assert len(got) > 5
+    assert sorted(m for r in got for m in _machines_in(r)) == [f"{n:03d}" for n in range(16)]
