@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -35,6 +36,10 @@ from mesflow.ingest_log import dedupe_key
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from notify.ack_links import SALT, ack_token
+from streams.hour_clock import to_us
+from streams.replay import replay_file
+from streams.runner import run_flow
+from tests.helpers import write_jsonl
 from tests.test_dashboard import sign_in
 
 SECRET = "alerts-test-secret-" + "s" * 32
@@ -552,3 +557,103 @@ def test_board_acknowledges_only_real_open_alerts(db_url: str) -> None:
         assert alerts.ack_on_board(conn, "silent:machine:CNC-03:2", "operator") == "stored"
         assert alerts.ack_on_board(conn, "silent:machine:CNC-03:2", "manager") == "ack_already"
     assert [(s, e["by"]) for s, e in ack_rows(db_url)] == [("board:operator", "operator")]
+
+
+# -- end to end: the dataflow opens an alert, the link acknowledges it, the dataflow applies it --
+
+E2E_RULES = """\
+people:
+  zhang: {display: 张伟, email: zhang@plant.example}
+  li:    {display: Li Na, email: li@plant.example, language: en}
+channels:
+  it-hook: {type: webhook, url: "https://it.example/hook"}
+rules:
+  - name: down
+    kind: machine_down
+    scope: {line: IM}
+    severity: critical
+    levels:
+      - {after_min: 5,  people: [zhang], channels: [it-hook]}
+      - {after_min: 15, people: [li]}
+      - {after_min: 30, people: [zhang, li], channels: [it-hook]}
+"""
+
+
+def test_end_to_end_dataflow_alert_on_board_acknowledged_by_link(
+    db_url: str, plant: PlantConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A breakdown of the last 25 minutes goes through the real dataflow: the board lists the
+    alert at level 1 with its pending deliveries; the link in li's message acknowledges it;
+    the dataflow applies the acknowledgement (no level 2 at 30 min) and the board says so."""
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(E2E_RULES, encoding="utf-8")
+    monkeypatch.setenv("MESFLOW_ALERTS_CONFIG", str(rules))
+    # Live-like event times: the acknowledgement (now) comes before level 2 would (t0 + 31).
+    t0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=26)
+
+    def ts(minutes: int) -> str:
+        return (t0 + timedelta(minutes=minutes)).isoformat()
+
+    events: list[dict[str, Any]] = [
+        {"type": "state", "machine": "IM-01", "ts": ts(0), "state": "running"},
+        {"type": "state", "machine": "IM-02", "ts": ts(0), "state": "running"},
+        {"type": "state", "machine": "IM-01", "ts": ts(1), "state": "down"},
+    ]
+    events += [
+        {"type": "count", "machine": "IM-02", "ts": ts(m), "good": 1, "id": f"e2e-{m}"}
+        for m in range(1, 25)  # the plant's clock: level 1 is due at +16, decided at +21
+    ]
+    summary = replay_file(
+        write_jsonl(tmp_path / "breakdown.jsonl", events),
+        plant,
+        db_url,
+        tmp_path / "rec",
+        progress=False,
+    )
+    assert summary.dead_lettered == 0
+    alert_id = f"down:machine:IM-01:{to_us(t0 + timedelta(minutes=1))}"
+
+    db = Database(db_url)
+    try:
+        board = aq.open_board(db)
+        assert [(a.alert_id, a.status, a.level) for a in board.alerts] == [(alert_id, "open", 1)]
+        sent_to = {(d.target, d.status) for d in board.deliveries[alert_id]}
+        assert sent_to == {
+            ("email:zhang", "pending"),
+            ("channel:it-hook", "pending"),
+            ("email:li", "pending"),
+        }
+        assert aq.open_count(db) == aq.OpenCount(open=1, critical=1, acknowledged=0)
+
+        app = create_app(Settings(auth_session_secret=SECRET), plant, db_url)
+        client = app.server.test_client()
+        url = f"/ack/{ack_token(SECRET, alert_id, 'li')}?lang=en"
+        assert "Press 1" in client.get(url).get_data(as_text=True)
+        assert client.post(url).status_code == 200
+        [(source, event)] = ack_rows(db_url)
+        assert (source, event["by"], event["via"]) == ("link:li", "li", "link")
+
+        # The dataflow reads the acknowledgement from the log like any event.
+        with psycopg.connect(db_url) as conn:
+            end = conn.execute("SELECT max(seq) FROM ingest_log").fetchone()
+        assert end is not None
+        run_flow(plant, db_url, tmp_path / "rec", 1.0, upto_seq=end[0])
+        [acked] = aq.open_board(db).alerts
+        assert (acked.alert_id, acked.status, acked.acknowledged_by, acked.level) == (
+            alert_id,
+            "acknowledged",
+            "li",
+            1,
+        )
+        assert aq.open_count(db) == aq.OpenCount(open=0, critical=0, acknowledged=1)
+        with psycopg.connect(db_url) as conn:
+            steps = conn.execute(
+                "SELECT step, level FROM v_alert_history WHERE alert_id = %s ORDER BY at, step",
+                (alert_id,),
+            ).fetchall()
+        assert steps == [("opened", 0), ("escalated", 1), ("acknowledged", 1)]
+        after = client.get(url).get_data(as_text=True)
+        assert "already acknowledged (li" in after and "<form" not in after
+        context.of(app.server).db.close()
+    finally:
+        db.close()
