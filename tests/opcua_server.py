@@ -11,6 +11,11 @@ its source timestamp) from the test's thread. `stop()` / `start()` again on the 
 keeps the values, like a machine restart. Optional user/password and Basic256Sha256
 certificates (`make_certificate` writes a self-signed one with `cryptography`).
 
+Machine ids starting "CNC" are machine tools instead (OPC 40001 / umati-like):
+`MachineryItemState/CurrentState` LocalizedText (Executing, NotExecuting, ...),
+`Production/PartsProduced` UInt32, `Monitoring/SpindleLoad` and `Monitoring/FeedOverride`
+Double.
+
 Also a script for the benchmark: `python -m tests.opcua_server --port 48400 --machines 20
 --hz 10` changes every process value of every machine HZ times a second.
 """
@@ -33,6 +38,14 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 
 NS_URI = "urn:mesflow:test:imm"
+# A machine tool (machine ids starting "CNC"), OPC 40001 / umati-like: name -> (folder,
+# type, first value). CurrentState is MachineryItemState's LocalizedText state name.
+TOOL_NODES: dict[str, tuple[str, ua.VariantType, Any]] = {
+    "CurrentState": ("MachineryItemState", ua.VariantType.LocalizedText, "Executing"),
+    "PartsProduced": ("Production", ua.VariantType.UInt32, 0),
+    "SpindleLoad": ("Monitoring", ua.VariantType.Double, 35.0),
+    "FeedOverride": ("Monitoring", ua.VariantType.Double, 100.0),
+}
 PROCESS_VALUES = {
     "CycleTime": 31.2,
     "Cushion": 4.1,
@@ -144,7 +157,9 @@ class MachineServer:
         self.user = user
         self.certificate = certificate
         self.values: dict[str, dict[str, Any]] = {
-            m: {
+            m: {k: v[2] for k, v in TOOL_NODES.items()}
+            if m.startswith("CNC")
+            else {
                 "MachineMode": 1,
                 "TotalParts": 0,
                 "ScrapParts": 0,
@@ -225,6 +240,9 @@ class MachineServer:
         }
         for m in self.machines:
             obj = await objects.add_object(f"ns={idx};s={m}", ua.QualifiedName(m, idx))
+            if m.startswith("CNC"):
+                await self._add_tool(obj, m, idx)
+                continue
             for name, vtype in types.items():
                 node = await obj.add_variable(
                     f"ns={idx};s={m}.{name}",
@@ -234,6 +252,21 @@ class MachineServer:
                 self._nodes[(m, name)] = (node, vtype)
         await server.start()
         self._server = server
+
+    async def _add_tool(self, obj: Any, m: str, idx: int) -> None:
+        folders: dict[str, Any] = {}
+        for name, (folder, vtype, _) in TOOL_NODES.items():
+            if folder not in folders:
+                folders[folder] = await obj.add_object(
+                    f"ns={idx};s={m}.{folder}", ua.QualifiedName(folder, idx)
+                )
+            value = self.values[m][name]
+            if vtype == ua.VariantType.LocalizedText:
+                value = ua.LocalizedText(value)
+            node = await folders[folder].add_variable(
+                f"ns={idx};s={m}.{name}", ua.QualifiedName(name, idx), ua.Variant(value, vtype)
+            )
+            self._nodes[(m, name)] = (node, vtype)
 
     async def _stop(self) -> None:
         if self._server is not None:
@@ -245,6 +278,8 @@ class MachineServer:
     ) -> None:
         node, vtype = self._nodes[(machine, name)]
         now = dt.datetime.now(dt.UTC)
+        if vtype == ua.VariantType.LocalizedText:
+            value = ua.LocalizedText(value)
         await node.write_value(
             ua.DataValue(
                 ua.Variant(value, vtype),

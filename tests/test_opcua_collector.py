@@ -512,3 +512,83 @@ def test_database_down_loses_nothing(
         what="every count stored after the database is back",
         timeout=40,
     )
+
+
+def test_machine_tool_and_press_share_one_connection(db_url: str, collector_factory: Any) -> None:
+    """An OPC 40001 machine tool (LocalizedText CurrentState, browse paths) next to a press
+    on one server: one client for both, each machine's events under its own id."""
+    srv = MachineServer(free_port(), [MACHINE, "CNC-01"])
+    srv.start()
+    try:
+        tool = {
+            "endpoint": srv.url,
+            "namespaces": {"t": "urn:mesflow:test:imm"},
+            "state": {
+                "path": "t:CNC-01/t:MachineryItemState/t:CurrentState",
+                "mapping": "opc40001_machinery_item_state",
+            },
+            "total": {"path": "t:CNC-01/t:Production/t:PartsProduced"},
+            "process_values": {"spindle_load_pct": {"path": "t:CNC-01/t:Monitoring/t:SpindleLoad"}},
+            "publishing_interval_ms": 50,
+            "sampling_interval_ms": 50,
+        }
+        c = collector_factory(
+            plant_with({MACHINE: source_for(srv), "CNC-01": tool}, reasons=False), db_url
+        )
+        assert len(c.endpoints) == 1 and c.endpoints[0].status.machines == [MACHINE, "CNC-01"]
+        wait_until(lambda: len(events(db_url, type="state")) == 2, what="both snapshots")
+        srv.set("CNC-01", "CurrentState", "OutOfService")
+        srv.set("CNC-01", "PartsProduced", 7)
+        srv.set("CNC-01", "SpindleLoad", 81.5)
+        wait_until(
+            lambda: (
+                [e["state"] for e in events(db_url, machine="CNC-01", type="state")]
+                == ["running", "down"]
+            ),
+            what="the tool's state change",
+        )
+        wait_until(
+            lambda: any(e["value"] == 7 for e in events(db_url, machine="CNC-01", type="counter")),
+            what="the tool's part count",
+        )
+        wait_until(
+            lambda: any(
+                e["values"] == {"spindle_load_pct": 81.5}
+                for e in events(db_url, machine="CNC-01", type="process_value")
+            ),
+            what="the spindle load",
+        )
+        srv.stop()
+        wait_until(lambda: len(events(db_url, state="offline")) == 2, what="both offline")
+        assert {e["machine"] for e in events(db_url, state="offline")} == {MACHINE, "CNC-01"}
+    finally:
+        srv.stop()
+
+
+def test_mesflow_run_opcua_refuses_a_missing_password_naming_the_machine(
+    db_url: str, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    data["lines"][0]["machines"][2]["opcua"] = {
+        "endpoint": "opc.tcp://127.0.0.1:4840",
+        "user": "mes",
+        "password_env": "MESFLOW_OPCUA_IM03_PASSWORD",
+        "state": {"node": "ns=2;s=IM-03.MachineMode"},
+    }
+    plant = tmp_path / "plant.yaml"
+    plant.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    env = {**os.environ, "MESFLOW_DATABASE_URL": db_url, "MESFLOW_PLANT_CONFIG": str(plant)}
+    env.pop("MESFLOW_OPCUA_IM03_PASSWORD", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "mesflow.cli", "run", "opcua"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "IM-03" in done.stderr and "MESFLOW_OPCUA_IM03_PASSWORD" in done.stderr
