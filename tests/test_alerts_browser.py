@@ -190,7 +190,7 @@ def test_alerts_page_in_browser(
         b.wait_for("!!document.querySelector('#ack')")
         assert "CNC-03" in b.eval("document.body.innerText")
         assert len(ack_rows(db_url)) == 1  # the GET wrote nothing
-        b.screenshot(tmp_path / "ack-page.png")
+        b.screenshot(tmp_path / "ack-page.png")  # for a person checking the page
         b.eval("document.querySelector('#ack').click()")
         b.wait_for("document.body.innerText.includes('Acknowledged, thank you')")
         by_alert = {e["alert_id"]: (s, e["via"]) for s, e in ack_rows(db_url)}
