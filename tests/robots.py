@@ -46,6 +46,8 @@ class RobotServer:
     answers: list[tuple[str, str, int]] = field(default_factory=list)  # platform, robot, code
     script: dict[str, deque[int]] = field(default_factory=lambda: defaultdict(deque))
     _sends: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    hooks: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    hook_status: deque[int] = field(default_factory=deque)
     _per_second: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _server: ThreadingHTTPServer | None = None
@@ -79,6 +81,14 @@ class RobotServer:
             def do_POST(self) -> None:
                 n = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(n)
+                if self.path == "/hook":  # a generic webhook receiver
+                    with server._lock:
+                        server.hooks.append((dict(self.headers.items()), raw))
+                        status = server.hook_status.popleft() if server.hook_status else 204
+                    self.send_response(status)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 status, answer = server.handle(self.path, raw)
                 data = json.dumps(answer).encode()
                 self.send_response(status)

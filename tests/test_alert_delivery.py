@@ -26,6 +26,7 @@ import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
+from standardwebhooks import Webhook as StandardWebhook
 
 from mesflow.alert_channels import Channel, Person
 from mesflow.settings import REPO_ROOT
@@ -33,6 +34,7 @@ from notify.ack_links import verify_ack_token
 from notify.alert_dispatcher import AlertDispatchConfig, AlertDispatcher
 from notify.alert_outbox import enqueue_alert
 from notify.channels.email import SmtpConfig
+from notify.webhooks import new_secret
 from streams.records import AlertRow
 from tests.robots import Received, RobotServer
 
@@ -631,3 +633,27 @@ def test_feishu_five_a_second_is_kept(db_url: str, robots: RobotServer) -> None:
     assert [a for a in robots.answers if a[2] != 0] == []  # no 11232
     assert len(got) > 5
     assert sorted(m for r in got for m in _machines_in(r)) == [f"{n:03d}" for n in range(16)]
+
+
+def test_generic_webhook_is_signed_like_the_crm_callbacks(db_url: str, robots: RobotServer) -> None:
+    secret = new_secret()
+    env = {"S": secret}
+    hook = Channel.model_validate(
+        {"name": "it", "type": "webhook", "url": f"{robots.base}/hook", "secret_env": "S"},
+        context={"environ": env},
+    )
+    chans = {"it": hook}
+    now = datetime.now(UTC)
+    enqueue(db_url, Config(people(), chans), [alert(channels=("it",), at=now)], now=now)
+    robots.hook_status.append(503)  # one failure first: the retry has the same webhook-id
+    drain(
+        dispatcher(db_url, chans), lambda: count(db_url, "channel = 'it' AND status = 'sent'") == 1
+    )
+    (h1, _), (h2, raw2) = robots.hooks
+    assert h1["webhook-id"] == h2["webhook-id"]
+    headers = {k.lower(): v for k, v in h2.items()}
+    data = StandardWebhook(secret).verify(raw2, headers)
+    assert data["type"] == "alert.opened"
+    assert data["data"]["alert_id"] == "down-long:machine:IM-03:0"
+    assert data["data"]["ack_url"].startswith("https://mes.plant.example/ack/")
+    assert data["data"]["people"] == ["zhang", "li"]
