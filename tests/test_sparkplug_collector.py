@@ -404,3 +404,24 @@ def test_a_broker_restart_brings_the_host_back_online_with_a_new_state_timestamp
     finally:
         again.close()
         watcher.close()
+
+
+def test_a_stray_offline_state_for_our_host_id_is_answered_by_online(
+    collector: SparkplugCollector, broker: RestartableBroker
+) -> None:
+    watcher = StateWatcher(broker, "test-host")
+    online = {"online": True, "timestamp": collector._state_ts}
+    try:
+        wait_for(lambda: watcher.last() == online, what="STATE online")
+        other = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="stray")
+        other.connect(broker.host, broker.port)
+        other.loop_start()
+        stray = json.dumps({"online": False, "timestamp": 1}).encode()
+        other.publish("spBv1.0/STATE/test-host", stray, qos=1, retain=True).wait_for_publish(10)
+        other.loop_stop()
+        other.disconnect()
+        wait_for(
+            lambda: len(watcher.messages) >= 3 and watcher.last() == online, what="online again"
+        )
+    finally:
+        watcher.close()

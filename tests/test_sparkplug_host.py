@@ -377,3 +377,23 @@ def test_the_plant_files_sparkplug_block_is_checked() -> None:
     for fields in bad:
         with pytest.raises(ValidationError):
             SparkplugSource(**fields)
+
+
+def test_a_metric_dated_a_day_ahead_is_stored_then_dead_lettered_future_by_the_dataflow(
+    sp_plant: PlantConfig,
+) -> None:
+    """Up to 2199 a time is the clock policy's to judge (as for every source), not the host's."""
+    from datetime import UTC, datetime
+
+    from mesflow.ingest_log import LogEntry
+    from streams.records import Rejection
+    from streams.validate import Validator
+
+    host = SparkplugHost(sp_plant)
+    born(host)
+    ahead = T0 + 86_400_000
+    out = host.handle(topic("DDATA", device="IM-01"), ddata(3, {2: 9}, ahead), T0)
+    assert errors(out) == [] and len(out.records) == 1
+    received = datetime.fromtimestamp(T0 / 1000, UTC)
+    (judged, _progress) = Validator(sp_plant)([LogEntry(1, out.records[0].payload, None, received)])
+    assert isinstance(judged, Rejection) and judged.reason == "future"

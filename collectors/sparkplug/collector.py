@@ -173,6 +173,8 @@ class SparkplugCollector:
         log.warning("MQTT connection lost (%s); reconnecting", rc)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self.state_topic and self.connected.is_set() and not self._stop.is_set():
+            self._contradicted(client, bytes(msg.payload))
         item = (msg, _now_ms())
         while not self.failed.is_set():
             try:
@@ -180,6 +182,18 @@ class SparkplugCollector:
                 return
             except queue.Full:
                 continue
+
+    def _contradicted(self, client: mqtt.Client, payload: bytes) -> None:
+        """Sparkplug 3.0: our own STATE saying offline while we are connected (an old Will,
+        another process with our host id) is answered by STATE online again."""
+        try:
+            online = json.loads(payload).get("online")
+        except (ValueError, AttributeError):
+            online = None
+        if online is False:
+            client.publish(
+                self.state_topic, state_payload(True, self._state_ts), qos=1, retain=True
+            )
 
     # -- threads ------------------------------------------------------------------------------
 
