@@ -164,7 +164,10 @@ def _answer(conn: psycopg.Connection, lang: str, alert_id: str, person: str) -> 
         if alert_ack.already_acknowledged(conn, alert_id):
             return _page(200, lang, details, message=s("already_pending", lang), severity=sev)
         return _page(200, lang, details, message=s("confirm", lang), form=True, severity=sev)
-    result = alert_ack.acknowledge(conn, alert_id, person, "link")
+    try:
+        result = alert_ack.acknowledge(conn, alert_id, person, "link")
+    except alert_ack.AckRefused:  # signed by us, but not storable (a name too long)
+        return _page(400, lang, details, message=s("invalid", lang), severity=sev)
     if not result.stored:
         return _page(200, lang, details, message=s("already_pending", lang), severity=sev)
     log.info("alert %s acknowledged by %s through a link", alert_id, person)

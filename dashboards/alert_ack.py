@@ -21,7 +21,7 @@ from typing import Any, Final, Literal
 
 import psycopg
 
-from mesflow.events import MAX_ID_LENGTH, parse_event
+from mesflow.events import MAX_ID_LENGTH, ContractError, parse_event
 from mesflow.ingest_log import append, dedupe_key, record_for
 
 Via = Literal["board", "link"]
@@ -68,8 +68,11 @@ def ack_event(alert_id: str, by: str, via: Via, now: datetime | None = None) -> 
         "by": by,
         "via": via,
     }
-    # An event the dataflow would dead-letter is a bug here: refuse it loudly instead.
-    parse_event(record_for(source_for(via, by), event).payload)
+    # An event the dataflow would dead-letter (an over-long alert id) is refused here instead.
+    try:
+        parse_event(record_for(source_for(via, by), event).payload)
+    except ContractError as err:
+        raise AckRefused(err.reason) from err
     return event
 
 

@@ -526,6 +526,20 @@ def test_ack_link_forged_expired_and_unknown(app: dash.Dash, db_url: str) -> Non
     assert ack_rows(db_url) == []
 
 
+def test_ack_link_with_unstorable_names_is_400(app: dash.Dash, db_url: str) -> None:
+    """Signed by us but not a valid event (a person name with a newline, an alert id over
+    the contract's 200 characters): a clean 400, nothing stored."""
+    long_id = "x" * 150 + ":machine:IM-01:" + "1" * 60
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        insert_alert(conn, alert_row(long_id))
+        insert_alert(conn, alert_row("ok:machine:IM-01:1"))
+    client = app.server.test_client()
+    for alert_id, person in ((long_id, "zhang"), ("ok:machine:IM-01:1", "bad\nname")):
+        response = client.post(f"/ack/{_token(alert_id, person)}?lang=en")
+        assert response.status_code == 400, response.get_data(as_text=True)[-400:]
+    assert ack_rows(db_url) == []
+
+
 def test_ack_link_database_down_is_503(plant: PlantConfig) -> None:
     app = create_app(
         Settings(auth_session_secret=SECRET), plant, "postgresql://nobody@127.0.0.1:1/none"
