@@ -356,7 +356,9 @@ class _Handler:
         status = dv.StatusCode if dv is not None else None
         bad = status is not None and status.is_bad()
         snapshot = None
-        if handle not in self.seen:
+        if handle not in self.seen and not bad:
+            # The first good value: one that was Bad (e.g. BadWaitingForInitialData) does
+            # not end the snapshot, so a value that comes only then is still dated fairly.
             self.seen.add(handle)
             snapshot = self.connected_at
         self.collector._put(
@@ -468,7 +470,19 @@ class OpcUaCollector:
         self._stopping = asyncio.Event()
         if self._stop.is_set():
             return
-        await asyncio.gather(*(self._run_endpoint(ep) for ep in self.endpoints))
+        tasks = [asyncio.create_task(self._run_endpoint(ep)) for ep in self.endpoints]
+        stop = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait([*tasks, stop], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop:  # an endpoint loop ends only by a bug: say so, exit
+                task.result()
+                raise RuntimeError("an OPC UA endpoint loop ended on its own")
+        # Stopping: give the loops a moment to close their sessions, then cut them off
+        # (a connect in progress could otherwise hold the stop for its whole timeout).
+        _, pending = await asyncio.wait(tasks, timeout=5)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run_endpoint(self, ep: _Endpoint) -> None:
         assert self._stopping is not None
