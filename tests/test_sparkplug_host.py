@@ -397,3 +397,14 @@ def test_a_metric_dated_a_day_ahead_is_stored_then_dead_lettered_future_by_the_d
     received = datetime.fromtimestamp(T0 / 1000, UTC)
     (judged, _progress) = Validator(sp_plant)([LogEntry(1, out.records[0].payload, None, received)])
     assert isinstance(judged, Rejection) and judged.reason == "future"
+
+
+def test_devices_the_plant_does_not_name_keep_no_tables(sp_plant: PlantConfig) -> None:
+    host = SparkplugHost(sp_plant)
+    born(host)
+    for i in range(50):
+        out = host.handle(topic("DBIRTH", device=f"junk-{i}"), dbirth(3 + i, {}), T0)
+        assert out.records == [] and out.note == "not_configured"
+    assert sorted(host.nodes[(GROUP, PRESS_GW)].devices) == ["IM-01", "IM-02"]
+    # Their data asks for nothing either (no rebirth storm for devices that are not ours).
+    assert host.handle(topic("DDATA", device="junk-1"), ddata(53, {1: 1}, T0), T0).commands == []

@@ -98,7 +98,7 @@ class SparkplugCollector:
         if state_file is not None and state_file.exists():
             try:
                 self.host.restore(json.loads(state_file.read_text(encoding="utf-8")))
-            except (ValueError, KeyError, TypeError) as err:
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
                 # Unreadable: start empty; the edges' rebirths rebuild the tables.
                 log.warning("ignoring Sparkplug host state %s (%s)", state_file, err)
         self._saved: dict[str, Any] | None = None

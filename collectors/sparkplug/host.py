@@ -398,14 +398,20 @@ class _Msg:
         if node is None:
             return
         self._seq_ok(node)
-        table = self._birth_table()
         assert self.where.device is not None
+        machines = self.host.machines(self.where, self.where.device)
+        if not machines:
+            # Not ours: no table kept (device ids come from topics: an edge inventing
+            # new ones must not grow the host's memory).
+            self.note = "not_configured"
+            return
+        table = self._birth_table()
         if table is None:
             node.devices.pop(self.where.device, None)
             self.ask_rebirth()
             return
         node.devices[self.where.device] = table
-        self._emit(self.host.machines(self.where, self.where.device), table, birth=True)
+        self._emit(machines, table, birth=True)
 
     def ddeath(self) -> None:
         node = self._born_node()
