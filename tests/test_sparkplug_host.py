@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collectors.sparkplug import codec
 from collectors.sparkplug.codec import Metric
@@ -408,3 +410,56 @@ def test_devices_the_plant_does_not_name_keep_no_tables(sp_plant: PlantConfig) -
     assert sorted(host.nodes[(GROUP, PRESS_GW)].devices) == ["IM-01", "IM-02"]
     # Their data asks for nothing either (no rebirth storm for devices that are not ours).
     assert host.handle(topic("DDATA", device="junk-1"), ddata(53, {1: 1}, T0), T0).commands == []
+
+
+_KINDS = ["NBIRTH", "NDEATH", "NDATA", "DBIRTH", "DDEATH", "DDATA", "NCMD"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_KINDS),
+            st.sampled_from([None, "IM-01", "IM-02", "other"]),
+            st.integers(0, 255),
+            st.dictionaries(st.integers(1, 6), st.integers(0, 2**31), max_size=4),
+            st.integers(0, 2),
+        ),
+        max_size=40,
+    )
+)
+def test_any_message_sequence_never_raises_and_stores_only_valid_events(
+    steps: list[tuple[str, str | None, int, dict[int, int], int]],
+) -> None:
+    from datetime import UTC, datetime
+
+    from mesflow.ingest_log import LogEntry
+    from streams.records import Rejection
+    from streams.validate import Validator
+
+    plant = sparkplug_plant(EXAMPLE_CONFIG)
+    host = SparkplugHost(plant)
+    records = []
+    for i, (kind, device, seq, values, bdseq) in enumerate(steps):
+        now = T0 + i * 1000
+        if kind == "NBIRTH":
+            payload = nbirth(bdseq, now)
+        elif kind == "NDEATH":
+            payload = ndeath(bdseq)
+        elif kind == "DBIRTH":
+            payload = dbirth(seq, {"Machine/Mode": values.get(1, 1) % 6}, now)
+        else:
+            payload = ddata(seq, {a: v for a, v in values.items() if a in (1, 2, 3)}, now)
+        dev = device if kind.startswith("D") else None
+        if kind.startswith("D") and dev is None:
+            dev = "IM-01"
+        out = host.handle(topic(kind, device=dev), payload, now)
+        assert all(c.topic == f"spBv1.0/{GROUP}/NCMD/{PRESS_GW}" for c in out.commands)
+        records += out.records
+    received = datetime.fromtimestamp((T0 + 60_000) / 1000, UTC)
+    good = [
+        LogEntry(i, r.payload, None, received) for i, r in enumerate(records, 1) if r.error is None
+    ]
+    rejected = [j for j in Validator(plant)(good) if isinstance(j, Rejection)]
+    # Mode values outside the mapping are dead-lettered by the host, never stored.
+    assert rejected == []
