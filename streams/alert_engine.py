@@ -44,7 +44,7 @@ from mesflow.alert_rules import (
 from mesflow.plant import PlantConfig
 from streams.hour_clock import HOUR_US, from_us, to_us
 from streams.order_progress import Callback, OrderProgressRow
-from streams.records import AlertRow, HourRow, IntervalRow, KpiRow, StatusRow
+from streams.records import AlertRow, HourRow, IntervalRow, KpiRow, Progress, StatusRow
 
 MIN_US = 60_000_000
 MAX_PENDING_ACKS = 1000
@@ -91,6 +91,9 @@ class EngineState:
     machine and per active condition)."""
 
     plant_now: int = 0  # latest event time seen anywhere
+    # Up to when every machine's rows are in (see AlertEngine.feed): the plant clock.
+    settled: int = 0
+    marks: tuple[int, ...] = ()  # plant_now at the last input-batch markers
     machines: dict[str, _Machine] = field(default_factory=dict)
     tracks: dict[tuple[str, str], Track] = field(default_factory=dict)  # (rule, scope)
     # Acknowledgements of alerts this engine has not opened yet (its clock is behind the
@@ -153,8 +156,15 @@ class AlertEngine:
         """Take one batch of rows, advance time, return the steps that became due.
 
         `wall_us` (live only): the wall clock now; event time then goes on with it while
-        nothing arrives (see `tick`)."""
+        nothing arrives (see `tick`).
+
+        The plant clock: without Progress rows (the end-of-input-batch markers of the
+        dataflow), everything seen by the end of this call. With them, the latest time seen
+        two markers ago: the dataflow hands one input batch's rows to this step in several
+        calls, machine by machine, and a replayed batch can span hours of plant time, so a
+        machine whose rows have not come yet must not look silent."""
         intervals: list[IntervalRow] = []
+        st = self.state
         for row in rows:
             t = type(row)
             if t is IntervalRow:
@@ -173,14 +183,29 @@ class AlertEngine:
                 self._order_callback(row)
             elif t is AckInput:
                 self._ack(row)
+            elif t is Progress:
+                if len(st.marks) >= 2:
+                    st.settled = max(st.settled, st.marks[0])
+                st.marks = (*st.marks[-1:], st.plant_now)
         # A machine's intervals in start order: a batch may name an older one after a newer.
         intervals.sort(key=lambda r: (r.machine, r.start_ts))
         for iv in intervals:
             self._interval(iv)
         self._orders.clear()
+        if not st.marks:
+            st.settled = st.plant_now
         if wall_us is not None:
-            self._wall_base = (wall_us, self.state.plant_now)
-            self._wall_clock = max(self._wall_clock, self.state.plant_now - self.lag_us)
+            self._wall_base = (wall_us, st.settled)
+            self._wall_clock = max(self._wall_clock, st.settled - self.lag_us)
+        self._advance()
+        out, self.out = self.out, []
+        return out
+
+    def settle(self) -> list[AlertRow]:
+        """The input has ended (a replay reached its end): every row is in, so the plant
+        clock may move up to the latest time seen."""
+        st = self.state
+        st.settled = max(st.settled, st.plant_now)
         self._advance()
         out, self.out = self.out, []
         return out
@@ -415,7 +440,7 @@ class AlertEngine:
 
     def _advance(self) -> None:
         st = self.state
-        plant_clock = max(st.plant_now - self.grace_us, self._wall_clock)
+        plant_clock = max(st.settled - self.grace_us, self._wall_clock)
         if self.silent_rules:
             self._find_silent(plant_clock)
         done: list[tuple[str, str]] = []
@@ -434,8 +459,8 @@ class AlertEngine:
 
     def _find_silent(self, clock: int) -> None:
         for m, mach in self.state.machines.items():
-            if not mach.now:
-                continue
+            if not mach.now or mach.state == "planned_stop":
+                continue  # a planned stop (no shift, a break) may well be quiet
             for rule in self._rules(m, "silent"):
                 since = mach.now + round(rule.after_s * S_US)
                 if since <= clock:

@@ -50,6 +50,7 @@ from streams.records import (
     HourRow,
     IntervalRow,
     KpiRow,
+    Progress,
     Rejection,
     StatusRow,
     WorkOrderParts,
@@ -251,6 +252,10 @@ class AlertLogic(StatefulBatchLogic[Any, list[AlertRow], bytes]):
     def on_notify(self) -> tuple[list[list[AlertRow]], bool]:
         return [self.engine.tick(_wall_us())], self.RETAIN
 
+    def on_eof(self) -> tuple[list[list[AlertRow]], bool]:
+        # The end of a replay: every row of the log is in, the clock may catch up.
+        return [self.engine.settle()], self.RETAIN
+
     def snapshot(self) -> bytes:
         return pickle.dumps(self.engine.state, protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -262,7 +267,7 @@ def _wall_us() -> int:
 def _alert_inputs(config: AlertsConfig) -> frozenset[type]:
     """The row types the configured rules read (fewer rows to the alert step)."""
     kinds = {r.kind for r in config.rules}
-    types: set[type] = {AckInput}
+    types: set[type] = {AckInput, Progress}  # Progress: end of an input batch (the clock)
     if kinds - {"order_at_risk"}:
         types |= {IntervalRow, StatusRow}
     if "kpi_below" in kinds:

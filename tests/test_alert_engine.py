@@ -18,7 +18,7 @@ from mesflow.plant import PlantConfig, load_plant_config
 from streams.alert_engine import AckInput, AlertEngine
 from streams.hour_clock import from_us, to_us
 from streams.order_progress import Callback, OrderProgressRow
-from streams.records import AlertRow, HourRow, IntervalRow, KpiRow, StatusRow
+from streams.records import AlertRow, HourRow, IntervalRow, KpiRow, Progress, StatusRow
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 T0 = to_us(datetime(2026, 11, 20, 10, 0, tzinfo=SHANGHAI))  # 10:00 plant time
@@ -418,3 +418,28 @@ def test_acknowledgement_in_the_same_batch_as_the_breakdown(plant: PlantConfig) 
     assert steps(rows) == [("opened", 0, at(5)), ("escalated", 1, at(15)),
                            ("acknowledged", 1, at(20)), ("resolved", 1, at(50))]  # fmt: skip
     assert rows[2].facts["by"] == "li" and rows[2].facts["acknowledged_via"] == "link"
+
+
+def test_rows_of_one_input_batch_in_several_calls_make_no_machine_look_silent(
+    plant: PlantConfig,
+) -> None:
+    """The dataflow hands a replayed batch (hours of plant time) to the alert step machine by
+    machine: IM-02's rows may come first. IM-04, running all along, is not silent; the
+    clock only moves past what every machine has reported (two Progress markers back)."""
+    rule = {"name": "quiet", "kind": "silent", "after_s": 600,
+            "levels": [{"after_min": 0, "people": ["zhang"]}]}  # fmt: skip
+    e = engine(plant, rule)
+    mark = Progress(1, 1, 0)
+    rows = e.feed([mark, heard("IM-02", 0), heard("IM-04", 0)])
+    rows += e.feed([mark._replace(last_seq=2), heard("IM-02", 180)])  # batch 2: IM-02 first
+    rows += e.feed([heard("IM-04", 179)])  # ... then IM-04
+    rows += e.feed([mark._replace(last_seq=3), heard("IM-02", 360)])
+    rows += e.feed([mark._replace(last_seq=4), heard("IM-04", 359), heard("IM-02", 365)])
+    assert rows == []
+    # IM-04 really stops talking: found once the plant is settled past 10 minutes of it.
+    rows = e.feed([mark._replace(last_seq=5), heard("IM-02", 400)])
+    rows += e.feed([mark._replace(last_seq=6), heard("IM-02", 420)])
+    rows += e.feed([mark._replace(last_seq=7), heard("IM-02", 440)])
+    assert rows == []  # the clock has settled at 365 (two markers back)
+    rows = e.feed([mark._replace(last_seq=8), heard("IM-02", 460)])
+    assert steps(rows) == [("opened", 0, at(369))]
