@@ -28,6 +28,7 @@ RESULT_TABLES = {
     "machine_hour": "machine, hour_start",
     "machine_kpi": "machine, bucket, bucket_start",
     "machine_kpi_reason": "machine, bucket, bucket_start, reason",
+    "machine_scrap": "machine, hour_start, reason, product",
     "order_progress": "order_no",
     "work_order_progress": "work_order",
     "dead_letter": "log_seq",

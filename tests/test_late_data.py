@@ -159,6 +159,7 @@ TABLES = {
     "microstop_count, idle_s, down_s, failures, failure_s, good, scrap, ideal_s, all_good, "
     "all_scrap",
     "machine_kpi_reason": "machine, bucket, bucket_start, reason, seconds, stops",
+    "machine_scrap": "machine, hour_start, reason, product, qty",
     "work_order_progress": "work_order, good, scrap, started_at",
     "order_progress": "order_no, good, scrap",
     "dead_letter d JOIN ingest_log l ON l.seq = d.log_seq": "convert_from(l.payload, 'UTF8')"
