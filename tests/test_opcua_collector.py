@@ -103,6 +103,18 @@ def events(url: str, **match: Any) -> list[dict[str, Any]]:
     ]
 
 
+def verdicts(url: str, plant: PlantConfig) -> list[tuple[str, str]]:
+    """What the dataflow's first step says of every logged row: (reason, detail) of each
+    rejection; an empty list when every row is accepted as it would be from MQTT."""
+    from mesflow.ingest_log import read_after
+    from streams.records import Rejection
+    from streams.validate import Validator
+
+    with psycopg.connect(url) as conn:
+        entries = read_after(conn, 0, 100_000)
+    return [(r.reason, r.detail) for r in Validator(plant)(entries) if isinstance(r, Rejection)]
+
+
 @pytest.fixture
 def server() -> Iterator[MachineServer]:
     srv = MachineServer(free_port(), [MACHINE], user=("mes", "s3cret"))
@@ -339,7 +351,8 @@ def test_values_flow_with_source_timestamps(
     src = source_for(server)
     src["process_values"]["operator"] = {"node": f"ns=2;s={MACHINE}.Operator"}  # a String
     src["process_values"]["ghost"] = {"node": f"ns=2;s={MACHINE}.NoSuchNode"}
-    collector_factory(plant_with({MACHINE: src}), db_url)
+    plant = plant_with({MACHINE: src})
+    collector_factory(plant, db_url)
     # The snapshot on connecting: the current state, counters and process values.
     wait_until(lambda: len(events(db_url, type="state")) == 1, what="the state snapshot")
     wait_until(lambda: len(events(db_url, type="counter")) == 2, what="counter snapshots")
@@ -386,6 +399,8 @@ def test_values_flow_with_source_timestamps(
     )
     dead = [r for r in rows(db_url) if r[2]]
     assert all(r[2] and r[2].startswith("invalid_field: machine IM-03") for r in dead), dead
+    # The dataflow takes every other row as it takes MQTT's.
+    assert {reason for reason, _ in verdicts(db_url, plant)} == {"invalid_field"}
     # The node that does not exist: one error line naming machine and node; the rest flows.
     ghost = [r for r in caplog.records if "NoSuchNode" in r.getMessage()]
     assert len(ghost) == 1 and ghost[0].levelno == logging.ERROR
@@ -395,7 +410,8 @@ def test_values_flow_with_source_timestamps(
 def test_server_restart_is_an_offline_gap_then_data_flows_again(
     server: MachineServer, db_url: str, collector_factory: Any
 ) -> None:
-    c = collector_factory(plant_with({MACHINE: source_for(server)}, reasons=False), db_url)
+    plant = plant_with({MACHINE: source_for(server)}, reasons=False)
+    c = collector_factory(plant, db_url)
     wait_until(lambda: len(events(db_url, type="state")) == 1, what="the state snapshot")
     server.set(MACHINE, "TotalParts", 5)
     wait_until(lambda: len(events(db_url, type="counter", name="total")) == 2, what="count 5")
@@ -426,6 +442,7 @@ def test_server_restart_is_an_offline_gap_then_data_flows_again(
     )
     assert len(events(db_url, state="offline")) == 1
     assert c.endpoints[0].status.connected
+    assert verdicts(db_url, plant) == []  # offline with its reason included
 
 
 def test_wrong_password_is_one_error_line_naming_the_machine(
