@@ -72,8 +72,9 @@ _STRINGS: Final[dict[str, dict[str, str]]] = {
     "logout": {"zh": "退出", "en": "Sign out"},
     # Alerts (dashboards/pages/alerts.py, the andon's count, the /ack/<token> page).
     "alerts": {"zh": "告警", "en": "Alerts"},
-    "alerts_open_count": {"zh": "{n} 条未处理告警", "en": "{n} open alerts"},
-    "alerts_open_one": {"zh": "1 条未处理告警", "en": "1 open alert"},
+    # Short: it sits in the andon's header next to the legend.
+    "alerts_open_count": {"zh": "{n} 条告警", "en": "{n} alerts"},
+    "alerts_open_one": {"zh": "1 条告警", "en": "1 alert"},
     "alert_kind_machine_down": {"zh": "设备停机", "en": "Machine down"},
     "alert_kind_no_reason": {"zh": "停机未填原因", "en": "Stop without a reason"},
     "alert_kind_kpi_below": {"zh": "指标低于目标", "en": "Below target"},

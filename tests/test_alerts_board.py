@@ -388,8 +388,8 @@ def test_andon_badge_counts_open_alerts(db_url: str, plant: PlantConfig) -> None
     try:
         assert _alerts_badge(ctx, "en") == ("", "andon-alerts hidden")
         seed(db_url)
-        assert _alerts_badge(ctx, "en") == ("2 open alerts", "andon-alerts critical")
-        assert _alerts_badge(ctx, "zh") == ("2 条未处理告警", "andon-alerts critical")
+        assert _alerts_badge(ctx, "en") == ("2 alerts", "andon-alerts critical")
+        assert _alerts_badge(ctx, "zh") == ("2 条告警", "andon-alerts critical")
     finally:
         db.close()
 

@@ -108,12 +108,20 @@ def test_alerts_page_in_browser(
 
         # The andon shows the open-alert count (2 open, one critical) and links here.
         b.goto(f"{board_url}/?lang=en")
-        b.wait_for("(document.querySelector('.andon-alerts')||{}).textContent === '2 open alerts'")
+        b.wait_for("(document.querySelector('.andon-alerts')||{}).textContent === '2 alerts'")
         assert (
             b.eval("document.querySelector('.andon-alerts').className") == "andon-alerts critical"
         )
         b.goto(f"{board_url}/?lang=zh&kiosk=1")
-        b.wait_for("(document.querySelector('.andon-alerts')||{}).textContent === '2 条未处理告警'")
+        b.wait_for("(document.querySelector('.andon-alerts')||{}).textContent === '2 条告警'")
+        # The count fits next to the legend: the legend stays on one line at 1920x1080.
+        assert b.eval("document.querySelector('.andon-legend').getClientRects().length") == 1
+        assert b.eval(
+            "(() => { const l = document.querySelector('.andon-legend');"
+            " const items = l.querySelectorAll('.legend-item');"
+            " return items[0].offsetTop === items[items.length - 1].offsetTop; })()"
+        )
+        b.screenshot(tmp_path / "andon-alerts.png")  # for a person checking the header
 
         # An operator acknowledges: one click, one event in the ingest log.
         b.goto(f"{board_url}/logout")
