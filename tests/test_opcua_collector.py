@@ -609,3 +609,36 @@ def test_mesflow_run_opcua_refuses_a_missing_password_naming_the_machine(
     )
     assert done.returncode == 2, done.stderr
     assert "IM-03" in done.stderr and "MESFLOW_OPCUA_IM03_PASSWORD" in done.stderr
+
+
+def test_mesflow_run_opcua_collects_and_stops_on_sigterm(
+    server: MachineServer, db_url: str, tmp_path: Path
+) -> None:
+    import os
+
+    from tests.helpers import Mesflow
+
+    data = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    data["lines"][0]["machines"][2]["opcua"] = source_for(server)
+    plant = tmp_path / "plant.yaml"
+    plant.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    env = {
+        **os.environ,
+        "MESFLOW_DATABASE_URL": db_url,
+        "MESFLOW_PLANT_CONFIG": str(plant),
+        "TEST_OPCUA_PASSWORD": "s3cret",
+        "PYTHONUNBUFFERED": "1",
+    }
+    proc = Mesflow("run", "opcua", env=env, log=tmp_path / "opcua.log")
+    try:
+        wait_until(lambda: len(events(db_url, type="counter")) == 2, what="the snapshot")
+        server.set(MACHINE, "TotalParts", 3)
+        wait_until(
+            lambda: any(e["value"] == 3 for e in events(db_url, type="counter")), what="count 3"
+        )
+    finally:
+        code = proc.terminate()
+    assert code == 0, proc.output()
+    out = proc.output()
+    assert f"opcua: reading {MACHINE} from {server.url}" in out
+    assert "opcua: stopped" in out
