@@ -48,6 +48,7 @@ from streams.records import AlertRow, HourRow, IntervalRow, KpiRow, Progress, St
 
 MIN_US = 60_000_000
 MAX_PENDING_ACKS = 1000
+MAX_FLOORS = 10_000
 S_US = 1_000_000
 
 
@@ -99,6 +100,8 @@ class EngineState:
     # Acknowledgements of alerts this engine has not opened yet (its clock is behind the
     # boards', or the ack came in the same batch): alert_id -> (t, by, via). Bounded.
     acks: dict[str, tuple[int, str, str]] = field(default_factory=dict)
+    # (rule, scope) -> when its last alert resolved: a later one never starts before.
+    floors: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 class AlertEngine:
@@ -195,8 +198,7 @@ class AlertEngine:
         if not st.marks:
             st.settled = st.plant_now
         if wall_us is not None:
-            self._wall_base = (wall_us, st.settled)
-            self._wall_clock = max(self._wall_clock, st.settled - self.lag_us)
+            self._wall_base = (wall_us, st.plant_now)
         self._advance()
         out, self.out = self.out, []
         return out
@@ -211,12 +213,14 @@ class AlertEngine:
         return out
 
     def tick(self, wall_us: int) -> list[AlertRow]:
-        """Live: event time goes on with the wall clock since the last batch, less a lag of
-        a few seconds (rows still on their way): a down, silent machine still escalates.
-        While the dataflow catches up on old history, the last batch is moments ago and this
-        clock stays with the events."""
-        if self._wall_base is not None:
-            wall0, plant0 = self._wall_base
+        """Live, while nothing arrives: every row is in, and event time goes on with the
+        wall clock since the last batch, less a lag of a few seconds (rows still on their
+        way), so a down, silent machine still escalates and a silent plant is found. While
+        the dataflow catches up on history, batches keep coming and this does nothing."""
+        base = self._wall_base
+        if base is not None and wall_us - base[0] >= self.lag_us // 2:
+            wall0, plant0 = base
+            self.state.settled = max(self.state.settled, plant0)
             self._wall_clock = max(self._wall_clock, plant0 + (wall_us - wall0) - self.lag_us)
         self._advance()
         out, self.out = self.out, []
@@ -424,6 +428,11 @@ class AlertEngine:
                 self._finish(rule, key, track)
                 track = None
         if track is None or track.start is None:
+            # A condition revised into the past (a late event merged into a machine's
+            # history) never reuses the time of an alert that is over: a new alert, new id.
+            floor = self.state.floors.get(key)
+            if floor is not None and t <= floor:
+                t = floor + 1
             track = self.state.tracks[key] = Track(start=t)
             track.facts = {"machine": machine, "order_no": order_no}
             if self.state.acks:
@@ -512,9 +521,22 @@ class AlertEngine:
             return
         self._run(rule, key, track, track.end)
         if track.level >= 0:
-            self._emit(rule, key, track, "resolved", track.level, max(track.end, track.start))
+            # Never before a step already sent (an end revised into the past).
+            last = track.start + round(rule.levels[track.level].after_min * MIN_US)
+            if track.ack_sent and track.acked_at is not None:
+                last = max(last, track.acked_at)
+            at = max(track.end, last)
+            self._emit(rule, key, track, "resolved", track.level, at)
+            self._floor(key, at)
         track.start = track.end = None
         track.level = -1
+
+    def _floor(self, key: tuple[str, str], at: int) -> None:
+        floors = self.state.floors
+        floors[key] = at
+        if len(floors) > MAX_FLOORS:  # the oldest go first: revisions that old do not come
+            for k in sorted(floors, key=floors.__getitem__)[: len(floors) // 2]:
+                del floors[k]
 
     def _emit(
         self, rule: Rule, key: tuple[str, str], track: Track, step: str, level: int, at_us: int

@@ -11,6 +11,7 @@ streams/validate.py and streams/machine_tracker.py. Reads top to bottom:
 
 Process values (streams/process_values.py) change no machine figure: they bypass the
 trackers and the order step (neither branch below takes them) and go straight to the sink.
+So do lot reports and who-reported-what rows (streams/lots.py, traceability).
 
 With alert rules (streams/alert_engine.py), the rows the rules read (states, status, hour
 and shift figures, order rows and risk callbacks) and `alert_ack` events also go to one
@@ -56,6 +57,7 @@ from streams.records import (
     WorkOrderParts,
     WorkOrderStarted,
 )
+from streams.silence import live_check, live_due
 from streams.validate import OrderInput, Validator
 
 Keyed = tuple[int, MachineEvent | WorkOrderEvent]
@@ -98,9 +100,10 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
         # A reason added to the plant file applies from the next start (and to re-queued
         # events); the rest of the spec stays as the figures were computed with it.
         if tracker.machine in self.plant.machines:
-            known = MachineSpec.from_plant(self.plant, tracker.machine).known_reasons
-            if known != tracker.spec.known_reasons:
-                tracker.spec = replace(tracker.spec, known_reasons=known)
+            spec = MachineSpec.from_plant(self.plant, tracker.machine)
+            known, silent = spec.known_reasons, spec.silent_after_us  # silent_after_s too
+            if (known, silent) != (tracker.spec.known_reasons, tracker.spec.silent_after_us):
+                tracker.spec = replace(tracker.spec, known_reasons=known, silent_after_us=silent)
 
     def on_batch(self, values: list[Keyed]) -> tuple[list[list[Out]], bool]:
         tracker = self.tracker
@@ -141,11 +144,15 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
         due = self.rebuild_at
         if self.tracker is not None and self.tracker.has_pending() and self.next_full:
             due = self.next_full if due is None else min(due, self.next_full)
+        if self.throttle is not None and self.tracker is not None:  # live: silent machines
+            due = live_due(self.tracker, due)
         return due
 
     def on_notify(self) -> tuple[list[list[Out]], bool]:
         assert self.tracker is not None
         rows: list[Out] = list(self._merge_if_due(False))
+        if self.throttle is not None and live_check(self.tracker):
+            self.next_full = None  # offline now (streams/silence.py): written at once
         if self.next_full is None or datetime.now(UTC) >= self.next_full:
             self.next_full = None
             rows.extend(self.tracker.flush())
@@ -240,7 +247,9 @@ class AlertLogic(StatefulBatchLogic[Any, list[AlertRow], bytes]):
         self, resume: bytes | None, config: AlertsConfig, plant: PlantConfig, live: bool
     ) -> None:
         state = pickle.loads(resume) if resume else None
-        self.engine = AlertEngine(config, plant, state)
+        # Live, rows come in order within seconds: the wall-clock lag is the grace. A replay
+        # waits the plant's allowed lateness before deciding about a machine that is quiet.
+        self.engine = AlertEngine(config, plant, state, grace_s=LIVE_LAG_S if live else None)
         self.live = live
 
     def on_batch(self, values: list[Any]) -> tuple[list[list[AlertRow]], bool]:
@@ -258,6 +267,9 @@ class AlertLogic(StatefulBatchLogic[Any, list[AlertRow], bytes]):
 
     def snapshot(self) -> bytes:
         return pickle.dumps(self.engine.state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+LIVE_LAG_S = 10.0
 
 
 def _wall_us() -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -365,7 +366,7 @@ _EVENTS = st.lists(
 )
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=int(os.environ.get("MESFLOW_EXAMPLES", "50")), deadline=None)
 @given(events=_EVENTS, order=st.randoms(use_true_random=False))
 def test_any_event_order_never_opens_an_alert_twice(
     plant: PlantConfig, events: list[tuple[str, int]], order: Any
@@ -406,6 +407,13 @@ def test_any_event_order_never_opens_an_alert_twice(
             assert (a, b) != ("resolved", "resolved"), (track, life)
     for r in seen:  # every step belongs to an alert that was opened first
         assert opens[r.alert_id] == 1
+    lives: dict[str, list[AlertRow]] = defaultdict(list)
+    for r in seen:
+        lives[r.alert_id].append(r)
+    for story in lives.values():  # in time order: opened first, resolved (if) last, once
+        names = [r.step for r in story]
+        assert names[0] == "opened" and "resolved" not in names[:-1]
+        assert all(a.at <= b.at for a, b in pairwise(story)), [(r.step, r.at) for r in story]
 
 
 def test_acknowledgement_in_the_same_batch_as_the_breakdown(plant: PlantConfig) -> None:
