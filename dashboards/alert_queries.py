@@ -18,7 +18,8 @@ from dashboards.queries import Database
 
 SEVERITIES = ("critical", "warning", "info")
 STATUSES = ("open", "acknowledged", "resolved")
-HISTORY_LIMIT = 2_000  # rows on the page and in one CSV; a range filter narrows it
+HISTORY_SHOWN = 500  # rows on the page (newest first); the CSV has up to HISTORY_LIMIT
+HISTORY_LIMIT = 10_000  # rows in one CSV; a narrower range or a filter gives the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,15 +224,15 @@ LIMIT %(limit)s
 """
 
 
-def history(db: Database, f: HistoryFilters) -> list[Alert]:
-    """Alerts opened in the range, newest first (at most HISTORY_LIMIT)."""
+def history(db: Database, f: HistoryFilters, limit: int = HISTORY_LIMIT) -> list[Alert]:
+    """Alerts opened in the range, newest first (at most `limit`)."""
     params: dict[str, Any] = {
         "start": datetime.combine(f.start, time(0), f.tz),
         "end": datetime.combine(f.end, time(0), f.tz),
         "line": f.line,
         "machine": f.machine,
         "severity": f.severity,
-        "limit": HISTORY_LIMIT,
+        "limit": limit,
     }
 
     def query(conn: psycopg.Connection) -> list[Alert]:

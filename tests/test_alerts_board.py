@@ -382,6 +382,19 @@ def test_hostile_filters_fall_back(plant: PlantConfig, values: tuple[Any, ...]) 
     assert (f.end - f.start).days <= alerts.MAX_DAYS
 
 
+def test_history_shows_the_newest_rows_and_says_there_are_more(plant: PlantConfig) -> None:
+    rows = [
+        aq.Alert(**{**alert_row(f"a:{i}"), "status": "resolved", "duration_s": 60.0})
+        for i in range(aq.HISTORY_SHOWN + 1)
+    ]
+    full = alerts.render_history(rows, plant, plant.tz, "en")
+    note, table = full
+    assert "newest 500" in str(note)
+    assert len(table.children[1].children) == aq.HISTORY_SHOWN
+    exact = alerts.render_history(rows[:-1], plant, plant.tz, "en")
+    assert type(exact).__name__ == "Table"
+
+
 def test_andon_badge_counts_open_alerts(db_url: str, plant: PlantConfig) -> None:
     db = Database(db_url)
     ctx = context.BoardContext(Settings(auth_session_secret=SECRET), plant, db)

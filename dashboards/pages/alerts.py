@@ -42,11 +42,13 @@ PATH = "/alerts"
 MIN_ROLE = "viewer"
 ACK_ROLE = "operator"
 REFRESH_MS = 5_000  # durations tick in the browser (assets/alerts.js); rows change slowly
+HISTORY_REFRESH_MS = 60_000  # the history (up to 500 rows) follows its filters at once
 DEFAULT_DAYS = 7
 MAX_DAYS = 92
 
 _P = "al-"
 _TICK = f"{_P}tick"
+_H_TICK = f"{_P}h-tick"
 _LANG = f"{_P}lang"
 _BANNER = f"{_P}banner"
 _OPEN = f"{_P}open"
@@ -69,6 +71,10 @@ STRINGS: dict[str, dict[str, str]] = {
     "no_channels": {"zh": "还没有发送过通知", "en": "No messages sent yet"},
     "history": {"zh": "告警历史", "en": "History"},
     "no_history": {"zh": "此范围内没有告警", "en": "No alerts in this range"},
+    "history_more": {
+        "zh": "只显示最新的 {n} 条；导出 CSV 包含全部，或缩小日期范围",
+        "en": "Showing the newest {n}: the CSV has them all, or narrow the dates",
+    },
     "range": {"zh": "日期", "en": "Dates"},
     "line": {"zh": "产线", "en": "Line"},
     "machine": {"zh": "设备", "en": "Machine"},
@@ -164,7 +170,7 @@ def register(app: dash.Dash) -> None:
         app,
         MIN_ROLE,
         Output(_HISTORY, "children"),
-        Input(_TICK, "n_intervals"),
+        Input(_H_TICK, "n_intervals"),
         Input(_RANGE, "start_date"),
         Input(_RANGE, "end_date"),
         Input(_LINE, "value"),
@@ -210,6 +216,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
         children=[
             dcc.Store(id=_LANG, data=lang),
             dcc.Interval(id=_TICK, interval=REFRESH_MS),
+            dcc.Interval(id=_H_TICK, interval=HISTORY_REFRESH_MS),
             html.Header(
                 className="al-header",
                 children=[
@@ -369,7 +376,7 @@ def _refresh_history(
     lang = ctx.lang(lang if isinstance(lang, str) else None)
     f = parse_filters(ctx.plant, start, end, line, machine, severity)
     try:
-        rows = aq.history(ctx.db, f)
+        rows = aq.history(ctx.db, f, limit=aq.HISTORY_SHOWN + 1)
     except _DB_ERRORS as err:
         log.warning("alerts: cannot read v_alerts: %s", err)
         return html.Div(s("db_error", lang), className="al-error")
@@ -607,8 +614,11 @@ def render_banner(channels: Sequence[aq.ChannelStatus], lang: str) -> Any:
 
 
 def render_history(rows: Sequence[aq.Alert], plant: PlantConfig, tz: tzinfo, lang: str) -> Any:
+    """The newest HISTORY_SHOWN rows (a note says when there are more: the CSV has them)."""
     if not rows:
         return html.Div(s("no_history", lang), className="al-empty")
+    more = len(rows) > aq.HISTORY_SHOWN
+    rows = rows[: aq.HISTORY_SHOWN]
     heads = ["severity", "where", "what", "since", "duration", "level", "acknowledged", "resolved"]
     body = []
     for a in rows:
@@ -639,10 +649,14 @@ def render_history(rows: Sequence[aq.Alert], plant: PlantConfig, tz: tzinfo, lan
                 ],
             )
         )
-    return html.Table(
+    table = html.Table(
         [html.Thead(html.Tr([html.Th(s(h, lang)) for h in heads])), html.Tbody(body)],
         className="al-table al-history-table",
     )
+    if not more:
+        return table
+    note = s("history_more", lang, n=aq.HISTORY_SHOWN)
+    return [html.Div(note, className="al-muted al-history-more"), table]
 
 
 # -- CSV ------------------------------------------------------------------------------------------
