@@ -45,7 +45,7 @@ from notify.channels import SendResult, dingtalk, feishu, post, webhook, wecom
 from notify.channels import dumps as json_bytes
 from notify.channels import email as mail
 from notify.channels import render as r
-from notify.dispatcher import backoff_s
+from notify.dispatcher import _REDACT_HTTPX, backoff_s
 
 log = logging.getLogger("notify.alerts")
 
@@ -104,7 +104,10 @@ class AlertDispatcher:
         self.tz = tz
         self.smtp = smtp
         self.config = config or AlertDispatchConfig()
+        # No redirects: a robot URL carries its key, which must go to that host only.
         self.http = http or httpx.Client(follow_redirects=False, trust_env=False)
+        # httpx logs request URLs (with the robot's key) at INFO: redact them, as for the CRM.
+        logging.getLogger("httpx").addFilter(_REDACT_HTTPX)
         self.rng = rng or random.Random()
         self.lease_s = 2 * self.config.timeout_s + 30
         self._conn: psycopg.Connection[Any] | None = None

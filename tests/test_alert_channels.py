@@ -259,3 +259,16 @@ def test_hold_keeps_every_limit() -> None:
     full = Hold(T0, tuple(T0 - timedelta(seconds=i) for i in range(20)), ((20, 60.0),))
     assert full.available == 0 and full.take(1) == 0
     assert full.next_free_after_in_s == pytest.approx(41.0)
+
+
+def test_since_and_duration_come_from_the_condition_start() -> None:
+    """The engine's facts: `since` (condition start, plant time) and `duration_s` on the
+    resolve; the alert itself opened after level 0's delay."""
+    p = payload(step="resolved")
+    p["facts"] = {"since": "2026-11-30T09:55:00+08:00", "minutes": 47.0, "duration_s": 2820.0}
+    text = r.text_block(r.parts(p, "en", TZ, None), "en")
+    assert "resolved after 47 min" in text and "Since: 2026-11-30 09:55" in text
+    assert "duration_s" not in text  # shown in its own words, not repeated as a fact
+    p = payload(step="escalated")
+    p["facts"] = {"since": "2026-11-30T09:55:00+08:00"}
+    assert "已持续: 47 分钟" in r.text_block(r.parts(p, "zh", TZ, None), "zh")

@@ -390,13 +390,17 @@ def test_bad_key_fails_loudly_and_nothing_counts_as_sent(
     assert len([a for a in robots.answers if a[2] == 93000]) == 1
 
 
-def test_rate_limited_45009_is_retried_and_then_sent(db_url: str, robots: RobotServer) -> None:
+def test_rate_limited_45009_is_retried_and_then_sent(
+    db_url: str, robots: RobotServer, caplog: pytest.LogCaptureFixture
+) -> None:
     chans = {"line1": channel("line1", "wecom", robots.wecom_url("good-key"))}
     now = datetime.now(UTC)
     enqueue(db_url, Config(people(), chans), [alert(channels=("line1",), at=now)], now=now)
     robots.script["wecom:good-key"].extend([45009, 45009])
     d = dispatcher(db_url, chans, rate_limited_retry_s=0.2)
-    drain(d, lambda: count(db_url, "channel = 'line1' AND status = 'sent'") == 1)
+    with caplog.at_level(logging.DEBUG):
+        drain(d, lambda: count(db_url, "channel = 'line1' AND status = 'sent'") == 1)
+    assert "45009" in caplog.text and "good-key" not in caplog.text  # logged, key redacted
     assert [a[2] for a in robots.answers] == [45009, 45009, 0]
     with psycopg.connect(db_url) as conn:
         row = conn.execute(

@@ -148,10 +148,26 @@ def _local(iso: str, tz: ZoneInfo) -> str:
     return datetime.fromisoformat(iso).astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
+def since(payload: Mapping[str, Any]) -> datetime:
+    """When the condition began (the engine's `facts.since`), else when the alert opened."""
+    facts = payload.get("facts")
+    if isinstance(facts, Mapping) and isinstance(facts.get("since"), str):
+        with contextlib.suppress(ValueError):
+            value = datetime.fromisoformat(facts["since"])
+            if value.tzinfo is not None:
+                return value
+    return datetime.fromisoformat(str(payload["opened_at"]))
+
+
 def minutes_between(payload: Mapping[str, Any]) -> int:
-    start = datetime.fromisoformat(str(payload["opened_at"]))
+    """How long the condition has lasted at this step (on the resolve: its whole duration)."""
+    facts = payload.get("facts")
+    if isinstance(facts, Mapping):
+        dur = facts.get("duration_s")
+        if isinstance(dur, int | float) and not isinstance(dur, bool) and dur >= 0:
+            return round(dur / 60)
     at = datetime.fromisoformat(str(payload["at"]))
-    return max(0, round((at - start).total_seconds() / 60))
+    return max(0, round((at - since(payload)).total_seconds() / 60))
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +207,7 @@ def parts(payload: Mapping[str, Any], language: str, tz: ZoneInfo, ack_url: str 
             where.append(f"{w[label]} {clean(payload[key], 64)}")
     fields: list[tuple[str, str]] = [
         (w["where"], " · ".join(where) or w["plant"]),
-        (w["since"], f"{_local(str(payload['opened_at']), tz)} ({tz.key})"),
+        (w["since"], f"{since(payload).astimezone(tz).strftime('%Y-%m-%d %H:%M')} ({tz.key})"),
         (w["duration"], w["minutes"].format(minutes=minutes)),
         (w["level"], str(level + 1)),
     ]
