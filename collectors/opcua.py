@@ -50,7 +50,7 @@ from mesflow.db import connect
 from mesflow.events import CANONICAL_STATES, MAX_PROCESS_VALUES, MachineState
 from mesflow.ingest_log import LogRecord, error_record, record_for
 from mesflow.plant import PlantConfig
-from mesflow.source_opcua import NodeRef, OpcUaSource, state_table
+from mesflow.source_opcua import NodeRef, OpcUaSource, Security, state_table
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,13 @@ def describe_error(err: BaseException, source: OpcUaSource) -> str:
     if isinstance(err, socket.gaierror):
         return f"host name not found ({err})"
     if isinstance(err, TimeoutError | asyncio.TimeoutError):
+        if source.security.policy != "None":
+            # A server that cannot decrypt our request (server_certificate not its own)
+            # closes nothing and answers nothing.
+            return (
+                "no answer in time (wrong address, firewall, server busy, or a "
+                "server_certificate that is not this server's)"
+            )
         return "no answer in time (wrong address, firewall, or server busy)"
     if isinstance(err, FileNotFoundError):
         return f"file not found: {err.filename}"
@@ -305,6 +312,7 @@ def group_endpoints(plant: PlantConfig, env: dict[str, str]) -> list[_Endpoint]:
         if src is None:
             continue
         state_table(plant, machine)  # unknown mapping: an error now, not per value
+        check_security_files(machine.id, src.security)
         password = None
         if src.password_env:
             password = env.get(src.password_env)
@@ -788,16 +796,64 @@ async def _resolve(
     return node.nodeid
 
 
-def _certificate_uri(path: str) -> str | None:
+def _load_certificate(path: str) -> Any:
     from cryptography import x509
 
     with open(path, "rb") as f:
         data = f.read()
-    cert = (
-        x509.load_pem_x509_certificate(data)
-        if data.startswith(b"-----")
-        else x509.load_der_x509_certificate(data)
-    )
+    if data.lstrip().startswith(b"-----"):
+        return x509.load_pem_x509_certificate(data)
+    return x509.load_der_x509_certificate(data)
+
+
+def check_security_files(machine: str, sec: Security) -> None:
+    """Certificates and key readable, and the key ours: a mistake here is a configuration
+    error at start (naming the machine), not a connection that silently times out."""
+    from cryptography.hazmat.primitives import serialization
+
+    if sec.policy == "None":
+        return
+    assert sec.certificate and sec.private_key
+    files = [("certificate", sec.certificate), ("private_key", sec.private_key)]
+    if sec.server_certificate:
+        files.append(("server_certificate", sec.server_certificate))
+    loaded: dict[str, Any] = {}
+    for what, path in files:
+        try:
+            if what == "private_key":
+                with open(path, "rb") as f:
+                    raw = f.read()
+                loaded[what] = (
+                    serialization.load_pem_private_key(raw, None)
+                    if raw.lstrip().startswith(b"-----")
+                    else serialization.load_der_private_key(raw, None)
+                )
+            else:
+                loaded[what] = _load_certificate(path)
+        except OSError as err:
+            raise ValueError(
+                f"machine {machine!r}: opcua security {what} {path}: {err.strerror or err}"
+            ) from None
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"machine {machine!r}: opcua security {what} {path} is not a readable "
+                f"certificate or unencrypted key ({err})"
+            ) from None
+    pub = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if loaded["certificate"].public_key().public_bytes(der, pub) != loaded[
+        "private_key"
+    ].public_key().public_bytes(der, pub):
+        raise ValueError(
+            f"machine {machine!r}: opcua security private_key {sec.private_key} does not "
+            f"belong to certificate {sec.certificate}"
+        )
+
+
+def _certificate_uri(path: str) -> str | None:
+    from cryptography import x509
+
+    cert = _load_certificate(path)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:

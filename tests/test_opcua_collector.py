@@ -642,3 +642,45 @@ def test_mesflow_run_opcua_collects_and_stops_on_sigterm(
     out = proc.output()
     assert f"opcua: reading {MACHINE} from {server.url}" in out
     assert "opcua: stopped" in out
+
+
+def test_wrong_certificates_name_the_machine(
+    tmp_path: Path, db_url: str, collector_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="collectors.opcua")
+    for name, uri in (("server", "urn:s"), ("client", "urn:c"), ("other", "urn:o")):
+        make_certificate(tmp_path / f"{name}.der", tmp_path / f"{name}.pem", uri)
+    srv = MachineServer(
+        free_port(), [MACHINE], certificate=(tmp_path / "server.der", tmp_path / "server.pem")
+    )
+    srv.start()
+    try:
+
+        def plant(**files: str) -> PlantConfig:
+            security = {"policy": "Basic256Sha256", "mode": "SignAndEncrypt", **files}
+            return plant_with({MACHINE: source_for(srv, security=security)})
+
+        mine = {"certificate": str(tmp_path / "client.der")}
+        # Found at start: a key that is not the certificate's, a file that is not there.
+        with pytest.raises(ValueError, match=f"machine '{MACHINE}'.*does not belong"):
+            OpcUaCollector(plant(**mine, private_key=str(tmp_path / "other.pem")), db_url)
+        with pytest.raises(ValueError, match=f"machine '{MACHINE}'.*nope.der"):
+            OpcUaCollector(
+                plant(
+                    certificate=str(tmp_path / "nope.der"), private_key=str(tmp_path / "client.pem")
+                ),
+                db_url,
+            )
+        # Found by connecting: a server certificate that is not this server's.
+        wrong = plant(
+            **mine,
+            private_key=str(tmp_path / "client.pem"),
+            server_certificate=str(tmp_path / "other.der"),
+        )
+        c = collector_factory(wrong, db_url)
+        wait_until(lambda: c.endpoints[0].status.errors >= 1, what="a failed attempt", timeout=40)
+        (line,) = [r.getMessage() for r in ours(caplog)]
+        assert MACHINE in line and "server_certificate" in line
+        assert not c.endpoints[0].status.connected
+    finally:
+        srv.stop()
