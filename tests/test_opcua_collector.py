@@ -684,3 +684,18 @@ def test_wrong_certificates_name_the_machine(
         assert not c.endpoints[0].status.connected
     finally:
         srv.stop()
+
+
+def test_a_full_queue_drops_the_newest_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """The callback never waits: past max_queued values (the database down for long),
+    newer values are counted as dropped, with one error line a minute."""
+    caplog.set_level(logging.INFO, logger="collectors.opcua")
+    src = {"endpoint": "opc.tcp://127.0.0.1:4840", "total": {"node": "ns=2;s=X"}}
+    c = OpcUaCollector(plant_with({MACHINE: src}), "postgresql://unused", max_queued=3)
+    started = time.monotonic()
+    for n in range(10):
+        c._put(sample("counter", "total", n))
+    assert time.monotonic() - started < 0.5
+    assert c._inbox.qsize() == 3 and c.dropped == 7
+    (line,) = [r.getMessage() for r in ours(caplog)]
+    assert "dropped" in line
