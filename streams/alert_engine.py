@@ -213,15 +213,15 @@ class AlertEngine:
         return out
 
     def tick(self, wall_us: int) -> list[AlertRow]:
-        """Live, while nothing arrives: every row is in, and event time goes on with the
-        wall clock since the last batch, less a lag of a few seconds (rows still on their
-        way), so a down, silent machine still escalates and a silent plant is found. While
-        the dataflow catches up on history, batches keep coming and this does nothing."""
+        """Live, while nothing arrives: the dataflow has caught up with the log, every row
+        is in, and it is the wall clock's time (less a lag of a few seconds for rows still
+        on their way), so a down, silent machine still escalates and a silent plant is
+        found. While the dataflow catches up on history, batches keep coming (the dataflow
+        calls this only after seconds without one) and this does nothing."""
         base = self._wall_base
         if base is not None and wall_us - base[0] >= self.lag_us // 2:
-            wall0, plant0 = base
-            self.state.settled = max(self.state.settled, plant0)
-            self._wall_clock = max(self._wall_clock, plant0 + (wall_us - wall0) - self.lag_us)
+            self.state.settled = max(self.state.settled, base[1])
+            self._wall_clock = max(self._wall_clock, wall_us - self.lag_us)
         self._advance()
         out, self.out = self.out, []
         return out

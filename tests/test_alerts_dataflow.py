@@ -4,6 +4,8 @@ replaying again (or reprocessing the whole log) adds nothing."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,45 @@ def test_example_alerts_file_loads_for_the_demo_plant(plant: PlantConfig) -> Non
     assert config.channels == {} and set(config.disabled) == {
         "im-wecom", "cnc-wecom", "mgmt-ding", "ops-feishu"
     }  # fmt: skip
+
+
+def test_live_a_down_silent_machine_opens_and_escalates_by_the_wall_clock(
+    db_url: str, plant: PlantConfig, tmp_path: Path, alerts_file: Path
+) -> None:
+    """Live, nothing arrives after IM-05 went down: the wall clock still moves event time,
+    so the alert opens and escalates while the plant says nothing at all."""
+    from mesflow.ingest_log import append, record_for
+
+    now = datetime.now(TZ).replace(microsecond=0)
+    went_down = now - timedelta(minutes=15, seconds=20)  # level 1 (15 min) is due 20 s ago
+    events = [
+        {"type": "state", "machine": "IM-05", "ts": (went_down - timedelta(minutes=1)).isoformat(),
+         "state": "running"},
+        {"type": "state", "machine": "IM-05", "ts": went_down.isoformat(), "state": "down"},
+    ]  # fmt: skip
+    with psycopg.connect(db_url) as conn:
+        append(conn, [record_for("test", e) for e in events])
+    stop = threading.Event()
+    flow = threading.Thread(
+        target=run_flow,
+        args=(plant, db_url, tmp_path / "recovery", 1.0),
+        kwargs={"stop": stop},
+        daemon=True,
+    )
+    flow.start()
+    try:
+        deadline = time.monotonic() + 40
+        steps: list[tuple[Any, ...]] = []
+        while time.monotonic() < deadline:
+            steps = rows(db_url, "SELECT step, level FROM v_alert_history ORDER BY at")
+            if len(steps) >= 2:
+                break
+            time.sleep(0.5)
+        assert steps == [("opened", 0), ("escalated", 1)]
+        alert_id = f"down:machine:IM-05:{to_us(went_down)}"
+        assert rows(db_url, "SELECT alert_id, status FROM v_alerts") == [(alert_id, "open")]
+        # Fresh steps (not history): their deliveries are due, not stale.
+        assert {s for (s,) in rows(db_url, "SELECT status FROM alert_delivery")} == {"pending"}
+    finally:
+        stop.set()
+        flow.join(timeout=30)
