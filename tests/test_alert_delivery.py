@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -470,7 +471,7 @@ def test_two_dispatchers_together_keep_the_budget(db_url: str, robots: RobotServ
     now = datetime.now(UTC)
     rows = [alert(n, at=now, machine=f"M-{n:03d}", channels=("line1",)) for n in range(24)]
     enqueue(db_url, Config(people(), chans), rows, now=now)
-    cfg: dict[str, Any] = {"robot_limit": 3, "robot_window_s": 2.0, "markdown_limit": 700}
+    cfg: dict[str, Any] = {"robot_limit": 3, "robot_window_s": 2.4, "markdown_limit": 700}
     pair = [dispatcher(db_url, chans, **cfg), dispatcher(db_url, chans, **cfg)]
     stop = threading.Event()
     threads = [threading.Thread(target=p.run, args=(stop,)) for p in pair]
@@ -558,10 +559,11 @@ def test_hostile_values_are_shown_safely(
     assert html is not None and "<@all>" not in html.get_content()
 
 
-def test_mesflow_run_notify_delivers_alerts(
-    db_url: str, robots: RobotServer, tmp_path: Path
-) -> None:
-    """The wiring: `mesflow run notify` reads the alerts file and sends to its robot."""
+@contextmanager
+def notify_processes(
+    n: int, db_url: str, robots: RobotServer, tmp_path: Path, **settings: str
+) -> Iterator[list[Path]]:
+    """`n` processes of `mesflow run notify` with one WeCom channel `line1`."""
     alerts_file = tmp_path / "alerts.yaml"
     alerts_file.write_text(
         "people:\n"
@@ -577,33 +579,76 @@ def test_mesflow_run_notify_delivers_alerts(
         "MESFLOW_DATA_DIR": str(tmp_path / "data"),
         "TEST_WECOM_URL": robots.wecom_url("good-key"),
         "PYTHONPATH": str(REPO_ROOT),
+        **settings,
     }
-    out = tmp_path / "notify.log"
-    with out.open("wb") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mesflow.cli", "run", "notify"],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
-        )
+    outs = [tmp_path / f"notify-{i}.log" for i in range(n)]
+    procs = []
+    for out in outs:
+        with out.open("wb") as sink:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mesflow.cli", "run", "notify"],
+                    env=env,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO_ROOT,
+                )
+            )
     try:
         deadline = time.monotonic() + 30
-        while "notify: alerts to line1" not in out.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
-            time.sleep(0.1)
+        for proc, out in zip(procs, outs, strict=True):
+            while "notify: alerts to line1" not in out.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+                time.sleep(0.1)
+        yield outs
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(30) for proc in procs]
+    for code, out in zip(codes, outs, strict=True):
+        assert code == 0, out.read_text()
+        assert "good-key" not in out.read_text()  # the robot's key never reaches the log
+
+
+def wait_for(what: str, done: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_mesflow_run_notify_delivers_alerts(
+    db_url: str, robots: RobotServer, tmp_path: Path
+) -> None:
+    """The wiring: `mesflow run notify` reads the alerts file and sends to its robot."""
+    with notify_processes(1, db_url, robots, tmp_path):
         now = datetime.now(UTC)
         chans = {"line1": channel("line1", "wecom", robots.wecom_url("good-key"))}
         enqueue(db_url, Config(people(), chans), [alert(channels=("line1",), at=now)], now=now)
-        while not robots.of("wecom:good-key"):
-            assert time.monotonic() < deadline, out.read_text()
-            time.sleep(0.1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(30)
-    assert code == 0, out.read_text()
-    assert "good-key" not in out.read_text()  # the robot's key never reaches the log
+        wait_for("the message", lambda: bool(robots.of("wecom:good-key")), 30)
     assert count(db_url, "channel = 'line1' AND status = 'sent'") == 1
+
+
+def test_two_notify_processes_keep_one_robot_budget(
+    db_url: str, robots: RobotServer, tmp_path: Path
+) -> None:
+    """The budget is held in PostgreSQL: two processes together stay within it."""
+    # The robot counts arrivals, the budget counts takes: a margin for send-time jitter.
+    robots.limit, robots.window_s = 3, 1.7
+    chans = {"line1": channel("line1", "wecom", robots.wecom_url("good-key"))}
+    limits = {"MESFLOW_ALERT_ROBOT_LIMIT": "3", "MESFLOW_ALERT_ROBOT_WINDOW_S": "2.5"}
+    with notify_processes(2, db_url, robots, tmp_path, **limits):
+        now = datetime.now(UTC)
+        rows = [
+            alert(n, at=now, machine=f"M-{n:03d}", channels=("line1",), facts={"x": "长" * 190})
+            for n in range(60)
+        ]
+        enqueue(db_url, Config(people(), chans), rows, now=now)
+        wait_for("all sent", lambda: count(db_url, "channel = 'line1' AND status = 'sent'") == 60)
+    got = robots.of("wecom:good-key")
+    assert len(got) > 3  # more than one window's worth
+    assert [a for a in robots.answers if a[2] != 0] == []  # never over the limit
+    assert sorted(m for r in got for m in _machines_in(r)) == [f"{n:03d}" for n in range(60)]
 
 
 def test_too_long_40058_is_shortened_and_sent(db_url: str, robots: RobotServer) -> None:
