@@ -699,3 +699,80 @@ def test_a_full_queue_drops_the_newest_and_says_so(caplog: pytest.LogCaptureFixt
     assert c._inbox.qsize() == 3 and c.dropped == 7
     (line,) = [r.getMessage() for r in ours(caplog)]
     assert "dropped" in line
+
+
+class FreezingProxy:
+    """A TCP proxy that can stop forwarding while keeping its sockets open: a pulled cable
+    or a dead switch, which no socket error reports (unlike a stopped server)."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target = target_port
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: Any, dst: Any) -> None:
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            while self.frozen.is_set():  # hold the bytes: nothing goes through, nothing closes
+                time.sleep(0.05)
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self._socks:
+            s.close()
+
+
+def test_a_silent_network_is_detected_as_a_lost_connection(
+    server: MachineServer, db_url: str, collector_factory: Any
+) -> None:
+    proxy = FreezingProxy(server.port)
+    try:
+        src = source_for(server, endpoint=f"opc.tcp://127.0.0.1:{proxy.port}/mesflow/")
+        c = collector_factory(plant_with({MACHINE: src}, reasons=False), db_url)
+        wait_until(lambda: len(events(db_url, type="state")) == 1, what="the state snapshot")
+        frozen_at = datetime.now(UTC)
+        proxy.frozen.set()
+        wait_until(lambda: len(events(db_url, state="offline")) == 1, what="offline", timeout=30)
+        detected = datetime.fromisoformat(events(db_url, state="offline")[0]["ts"])
+        assert detected - frozen_at < timedelta(seconds=10)
+        proxy.frozen.clear()
+        wait_until(
+            lambda: len(events(db_url, type="state")) == 3, what="state after thaw", timeout=60
+        )
+        server.set(MACHINE, "TotalParts", 9)
+        wait_until(
+            lambda: any(e["value"] == 9 for e in events(db_url, type="counter")),
+            what="data after the network is back",
+        )
+        assert c.endpoints[0].status.connected
+    finally:
+        proxy.close()
