@@ -147,6 +147,26 @@ class WorkOrderEndReport(_Report):
     work_order: Id
 
 
+class MaterialLotReport(_Report):
+    """Material lot `lot` of `material` was consumed by `work_order` at this machine
+    (traceability, docs/traceability.md); `qty` if the reporter knows it."""
+
+    kind: Literal["material_lot"]
+    work_order: Id
+    lot: Id
+    material: Id
+    qty: Quantity | None = None
+
+
+class ProductionLotReport(_Report):
+    """Production lot `lot` of `qty` parts was made for `work_order` at this machine."""
+
+    kind: Literal["production_lot"]
+    work_order: Id
+    lot: Id
+    qty: Quantity
+
+
 # Process values: a handful of named measurements per message (cycle time, cushion,
 # pressures, temperatures). Names are short lowercase keys so they fit a column and a URL
 # unchanged; numbers must be finite (PostgreSQL would store NaN, but it poisons every
@@ -173,7 +193,12 @@ class ProcessValueEvent(_MachineEvent):
 
 
 Report = Annotated[
-    DowntimeReasonReport | ScrapReport | WorkOrderStartReport | WorkOrderEndReport,
+    DowntimeReasonReport
+    | ScrapReport
+    | WorkOrderStartReport
+    | WorkOrderEndReport
+    | MaterialLotReport
+    | ProductionLotReport,
     Field(discriminator="kind"),
 ]
 
@@ -272,7 +297,7 @@ _TYPE_TAGS = {
     "process_value",
     "alert_ack",
 }
-_KIND_TAGS = {"downtime_reason", "scrap", "wo_start", "wo_end"}
+_KIND_TAGS = {"downtime_reason", "scrap", "wo_start", "wo_end", "material_lot", "production_lot"}
 
 
 def _describe(err: ValidationError) -> ContractError:

@@ -37,7 +37,7 @@ from mesflow.ingest_log import safe_text
 from notify.alert_outbox import dumps as alert_dumps
 from notify.alert_outbox import enqueue_alert
 from notify.outbox import enqueue
-from streams import process_values
+from streams import lots, process_values
 from streams.hour_clock import from_us
 from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
 from streams.records import (
@@ -233,6 +233,7 @@ class _Batch:
         self.callbacks: list[Callback] = []  # in order: delivered in this order per order
         self.alerts: list[AlertRow] = []  # every step, in order
         self.values: list[process_values.ValueRow] = []  # raw process values: every one
+        self.lots: list[lots.LotRow | lots.OperatorActivity] = []  # traceability: every one
 
     def add(self, item: Any) -> None:
         t = type(item)
@@ -266,6 +267,8 @@ class _Batch:
             self.alerts.append(item)
         elif t is process_values.ProcessValues:
             self.values.extend(item.rows)
+        elif t is lots.LotRow or t is lots.OperatorActivity:
+            self.lots.append(item)
 
 
 def _copy(
@@ -419,6 +422,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 _replace_scrap(cur, list(batch.scrap.items()))
             if batch.values:
                 process_values.store(cur, batch.values)
+            if batch.lots:
+                lots.store(cur, batch.lots)
             # Callbacks commit with the figures that caused them (transactional outbox).
             for cb in batch.callbacks:
                 _enqueue(cur, cb)
@@ -458,6 +463,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 attempt("machine_scrap", hour, _replace_scrap, [(hour, scrap)])
             for value in batch.values:
                 attempt("process_value", value, process_values.store, [value])
+            for lot in batch.lots:
+                attempt("lot", lot, lots.store, [lot])
             for cb in batch.callbacks:
                 attempt("outbox", cb, _enqueue, cb)
             for alert in batch.alerts:

@@ -17,16 +17,22 @@ from mesflow.events import (
     ContractError,
     DowntimeReasonReport,
     Event,
+    MaterialLotReport,
     OrderEvent,
     ProcessValueEvent,
+    ProductionLotReport,
+    ScrapReport,
     StateEvent,
+    WorkOrderEndReport,
     WorkOrderEvent,
+    WorkOrderStartReport,
     parse_event,
 )
 from mesflow.ingest_log import LogEntry, safe_text
 from mesflow.plant import PlantConfig
 from streams.alert_engine import AckInput
 from streams.hour_clock import to_us
+from streams.lots import activity, lot_row
 from streams.process_values import from_event
 from streams.records import Progress, Rejection
 
@@ -92,6 +98,10 @@ class ClockPolicy:
 
 _ORDER_TYPES = frozenset({OrderEvent, WorkOrderEvent})
 _REASON_TYPES = frozenset({StateEvent, DowntimeReasonReport})
+_LOT_TYPES = frozenset({MaterialLotReport, ProductionLotReport})
+_REPORT_TYPES = frozenset(
+    {DowntimeReasonReport, ScrapReport, WorkOrderStartReport, WorkOrderEndReport}
+)
 
 
 class Validator:
@@ -99,7 +109,8 @@ class Validator:
 
     Output items are `(machine, (seq, event))` pairs for the per-machine step, OrderInput
     for the per-order step, AckInput for the alert step, or ProcessValues / Rejection / Progress records for the sink
-    (process values change no machine figure: they skip the trackers). Work-order
+    (process values change no machine figure: they skip the trackers; so do lot reports,
+    as LotRow, and reports naming an operator also give an OperatorActivity). Work-order
     events go to their order and to the machine they name (or to every machine).
     """
 
@@ -141,8 +152,14 @@ class Validator:
                 out.append(from_event(entry.seq, ev))
             elif cls is AlertAck:  # for the alert step (streams/alert_engine.py)
                 out.append(AckInput(ev.alert_id, ev.by, ev.via, to_us(ev.ts)))
+            elif cls in _LOT_TYPES:  # traceability (streams/lots.py): no machine figure
+                out.append(lot_row(entry.seq, ev))
+                if ev.operator:
+                    out.append(activity(entry.seq, ev))
             else:
                 out.append((ev.machine, (entry.seq, ev)))
+                if cls in _REPORT_TYPES and ev.operator:  # who reported what (streams/lots.py)
+                    out.append(activity(entry.seq, ev))
         if batch:
             out.append(Progress(batch[-1].seq, len(batch), dead))
         return out
