@@ -121,7 +121,14 @@ class AlertDispatcher:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.database_url, autocommit=True)
             for name, ch in self.channels.items():
-                state = ob.register_channel(self._conn, name, ch.type, config_hash(ch))
+                state, requeued = ob.register_channel(self._conn, name, ch.type, config_hash(ch))
+                if requeued:
+                    log.warning(
+                        "alert channel %s: its URL/secret changed, bad_key cleared; %d recent "
+                        "delivery(ies) failed for the bad key are sent again",
+                        name,
+                        requeued,
+                    )
                 if state == "bad_key":
                     log.error(
                         "alert channel %s (%s) has a bad key/URL/secret: its alerts fail until "
@@ -276,7 +283,7 @@ class AlertDispatcher:
 
     def _webhook(self, conn: psycopg.Connection[Any], name: str, ch: Channel) -> int:
         if ob.channel_state(conn, name) == "bad_key":
-            return ob.fail_channel(conn, name, "channel marked bad_key", None)
+            return ob.fail_channel(conn, name, "channel marked bad_key (see v_channel_status)")
         batch = ob.claim(conn, name, limit=20, lease_s=self.lease_s)
         for n, d in enumerate(batch):
             if n:
@@ -305,9 +312,7 @@ class AlertDispatcher:
 
     def _robot(self, conn: psycopg.Connection[Any], name: str, ch: Channel) -> int:
         if ob.channel_state(conn, name) == "bad_key":
-            return ob.fail_channel(
-                conn, name, "channel marked bad_key (see v_channel_status)", None
-            )
+            return ob.fail_channel(conn, name, "channel marked bad_key (see v_channel_status)")
         batch = ob.claim(conn, name, limit=self.config.batch, lease_s=self.lease_s)
         if not batch:
             return 0

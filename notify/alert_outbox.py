@@ -344,32 +344,58 @@ def mark_attempt_failed(
     )
 
 
-def fail_channel(conn: psycopg.Connection[Any], channel: str, error: str, code: str | None) -> int:
-    """Fail every pending delivery of a channel whose key is bad (they cannot be sent)."""
+BAD_KEY_PREFIX: Final = "bad key: "
+# After a channel's key is fixed, its deliveries failed for the bad key are sent again if
+# they are this recent; older ones would only be noise by then (they stay failed, visible).
+REQUEUE_AFTER_FIX: Final = timedelta(hours=1)
+
+
+def fail_channel(
+    conn: psycopg.Connection[Any], channel: str, error: str, code: str | None = None
+) -> int:
+    """Fail every pending delivery of a channel whose key is bad (they cannot be sent).
+    Without `code`, the channel's recorded error code is used."""
     return conn.execute(
         """UPDATE alert_delivery SET status = 'failed', locked_until = NULL,
-                  last_error = %s, error_code = %s
-           WHERE channel = %s AND status = 'pending'""",
-        (error[:1000], code, channel),
+                  last_error = %(e)s,
+                  error_code = COALESCE(%(c)s::text,
+                      (SELECT error_code FROM alert_channel WHERE name = %(ch)s))
+           WHERE channel = %(ch)s AND status = 'pending'""",
+        {"e": (BAD_KEY_PREFIX + error)[:1000], "c": code, "ch": channel},
     ).rowcount
 
 
 def register_channel(
     conn: psycopg.Connection[Any], name: str, channel_type: str, config_hash: str
-) -> str:
-    """Record the channel; a changed URL/secret clears bad_key. Returns its state."""
-    row = conn.execute(
-        """INSERT INTO alert_channel (name, channel_type, config_hash) VALUES (%(n)s, %(t)s, %(h)s)
-           ON CONFLICT (name) DO UPDATE
-           SET channel_type = EXCLUDED.channel_type, config_hash = EXCLUDED.config_hash,
-               state = CASE WHEN alert_channel.config_hash IS DISTINCT FROM EXCLUDED.config_hash
-                            THEN 'ok' ELSE alert_channel.state END,
-               updated_at = now()
-           RETURNING state""",
-        {"n": name, "t": channel_type, "h": config_hash},
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
+) -> tuple[str, int]:
+    """Record the channel. A changed URL/secret clears bad_key, and the deliveries failed
+    for the bad key within the last hour are sent again. Returns (state, requeued)."""
+    with conn.transaction():
+        old = conn.execute(
+            "SELECT state, config_hash FROM alert_channel WHERE name = %s FOR UPDATE", (name,)
+        ).fetchone()
+        row = conn.execute(
+            """INSERT INTO alert_channel (name, channel_type, config_hash)
+               VALUES (%(n)s, %(t)s, %(h)s)
+               ON CONFLICT (name) DO UPDATE
+               SET channel_type = EXCLUDED.channel_type, config_hash = EXCLUDED.config_hash,
+                   state = CASE WHEN alert_channel.config_hash IS DISTINCT FROM EXCLUDED.config_hash
+                                THEN 'ok' ELSE alert_channel.state END,
+                   updated_at = now()
+               RETURNING state""",
+            {"n": name, "t": channel_type, "h": config_hash},
+        ).fetchone()
+        assert row is not None
+        requeued = 0
+        if old is not None and old[0] == "bad_key" and old[1] != config_hash:
+            requeued = conn.execute(
+                """UPDATE alert_delivery SET status = 'pending', attempts = 0,
+                          next_attempt_at = now(), locked_until = NULL
+                   WHERE channel = %s AND status = 'failed' AND last_error LIKE %s
+                     AND event_at > now() - %s""",
+                (name, BAD_KEY_PREFIX + "%", REQUEUE_AFTER_FIX),
+            ).rowcount
+    return str(row[0]), requeued
 
 
 def channel_state(conn: psycopg.Connection[Any], name: str) -> str:

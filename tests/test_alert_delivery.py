@@ -389,6 +389,16 @@ def test_bad_key_fails_loudly_and_nothing_counts_as_sent(
     assert robots.of("wecom:deleted-key") == []
     # One attempt only: a bad key is not retried (the platform would never accept it).
     assert len([a for a in robots.answers if a[2] == 93000]) == 1
+    # The key is fixed (a new URL in the variable, notify restarted): the channel is ok
+    # again and the recent alerts that failed for the bad key go out after all.
+    fixed = {"line1": channel("line1", "wecom", robots.wecom_url("good-key"))}
+    drain(
+        dispatcher(db_url, fixed),
+        lambda: count(db_url, "channel = 'line1' AND status = 'sent'") == 4,
+    )
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT status FROM v_channel_status WHERE channel = 'line1'").fetchone()
+    assert row == ("ok",)
 
 
 def test_rate_limited_45009_is_retried_and_then_sent(
