@@ -126,6 +126,7 @@ class Delivery:
     last_error: str | None
     error_code: str | None
     sent_at: datetime | None
+    next_attempt_at: datetime | None  # pending: not before this (quiet hours, a retry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,7 @@ class OpenBoard:
 
 _DELIVERIES_SQL = """
 SELECT alert_id, step, level, target, person, channel, channel_type, status, attempts,
-       last_error, error_code, sent_at
+       last_error, error_code, sent_at, next_attempt_at
 FROM v_alert_deliveries
 WHERE alert_id = ANY(%s)
 ORDER BY alert_id, level, id

@@ -8,6 +8,7 @@ dataflow would only slow the test; tests/test_alerts_browser.py runs the dataflo
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -380,6 +381,30 @@ def test_hostile_filters_fall_back(plant: PlantConfig, values: tuple[Any, ...]) 
     f = alerts.parse_filters(plant, start, end, line, machine, severity, today=date(2026, 11, 20))
     assert (f.line, f.machine, f.severity) == (None, None, None)
     assert (f.end - f.start).days <= alerts.MAX_DAYS
+
+
+def test_delivery_chip_says_when_a_quiet_hours_message_goes(plant: PlantConfig) -> None:
+    tz = ZoneInfo("Asia/Shanghai")
+    now = datetime(2026, 11, 20, 22, 30, tzinfo=tz)
+    quiet = aq.Delivery(
+        alert_id="a:1",
+        step="opened",
+        level=0,
+        target="email:zhang",
+        person="zhang",
+        channel="email",
+        channel_type="email",
+        status="pending",
+        attempts=0,
+        last_error=None,
+        error_code=None,
+        sent_at=None,
+        next_attempt_at=datetime(2026, 11, 21, 6, 0, tzinfo=tz),
+    )
+    opts = alerts.RenderOptions(tz=tz, lang="zh", can_ack=False, now=now)
+    assert "待发送 06:00" in str(alerts.delivery_chip(quiet, opts))
+    due_now = dataclasses.replace(quiet, next_attempt_at=now)
+    assert "06:00" not in str(alerts.delivery_chip(due_now, opts))
 
 
 def test_history_shows_the_newest_rows_and_says_there_are_more(plant: PlantConfig) -> None:

@@ -62,6 +62,7 @@ _CSV = f"{_P}csv"
 _DOWNLOAD = f"{_P}download"
 ACK_BUTTON = f"{_P}ack"  # pattern-matching id {"type": ACK_BUTTON, "alert": <alert_id>}
 _DB_ERRORS = (psycopg.Error, psycopg_pool.PoolTimeout)
+_SOON = timedelta(minutes=1)  # a pending message due later than this shows when it goes
 
 STRINGS: dict[str, dict[str, str]] = {
     "title": {"zh": "告警", "en": "Alerts"},
@@ -501,13 +502,18 @@ def _ack_cell(alert: aq.Alert, pending: bool, opts: RenderOptions) -> Any:
     )
 
 
-def delivery_chip(d: aq.Delivery, lang: str) -> html.Span:
+def delivery_chip(d: aq.Delivery, opts: RenderOptions) -> html.Span:
+    """One message of one step: who, how, and whether it went ("pending 06:00" in quiet
+    hours or while a rate-limited robot waits; the platform's code when it failed)."""
+    lang = opts.lang
     who = d.person or d.channel
     kind = s(d.channel_type, lang) if d.channel_type in STRINGS else d.channel_type
     status = s(d.status, lang) if d.status in STRINGS else d.status
-    title = d.last_error or ""
-    if d.error_code:
-        title = f"{d.error_code}: {title}"
+    if d.status == "pending" and d.next_attempt_at and d.next_attempt_at > opts.now + _SOON:
+        status += " " + fmt_time(d.next_attempt_at, opts.tz, with_date=False)
+    title = f"{d.step} L{d.level}"
+    if d.error_code or d.last_error:
+        title += f": {d.error_code or ''} {d.last_error or ''}"
     return html.Span(
         [html.B(who), f" {kind} · {status}" + (f" ({d.error_code})" if d.error_code else "")],
         className=f"al-chip al-delivery-{d.status}",
@@ -552,7 +558,7 @@ def render_open(board: aq.OpenBoard, plant: PlantConfig, opts: RenderOptions) ->
                     ),
                     html.Td(str(a.level), className="al-level"),
                     html.Td(
-                        [delivery_chip(d, lang) for d in deliveries]
+                        [delivery_chip(d, opts) for d in deliveries]
                         or html.Span(s("nobody", lang), className="al-muted"),
                         className="al-notified",
                     ),
