@@ -34,6 +34,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from collectors import crm_trace
 from mesflow.db import connect
 from mesflow.events import EventTime, Id, OrderEvent, WorkOrderEvent
 from mesflow.ingest_log import append, record_for
@@ -698,6 +699,8 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
             )
         )
 
+    # Traceability (collectors/crm_trace.py): behind the same guard, same error shapes.
+    app.include_router(crm_trace.router(plant, database_url, caller))
     return app
 
 

@@ -322,3 +322,37 @@ def test_any_lot_id_is_refused_by_the_contract_or_queried_safely(lot: str) -> No
         assert "\x00" in lot or len(lot) > 200
     else:
         assert ev.lot == lot  # type: ignore[union-attr]
+
+
+# --- the API ------------------------------------------------------------------------------
+
+
+def test_the_trace_api_requires_auth_and_answers_both_ways(
+    api: TestClient, db_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    seed(api, db_url, plant, tmp_path / "rec")
+    for path in ("/api/v1/trace/lots/RESIN-7", "/api/v1/trace/orders/SO-A"):
+        assert api.get(path).status_code == 401
+        assert api.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    lot = api.get("/api/v1/trace/lots/RESIN-7", headers=BEARER)
+    assert lot.status_code == 200, lot.text
+    body = lot.json()
+    assert {(o["order_no"], o["customer"]) for o in body["orders"]} == {
+        ("SO-A", "ACME"),
+        ("SO-B", "Beta"),
+    }
+    assert {p["lot"] for p in body["production_lots"]} == {"PA-1", "PA-2", "PB-1"}
+    order = api.get("/api/v1/trace/orders/SO-A", headers=BEARER).json()
+    assert [s["start_ts"] for s in order["stops"]] == ["2026-11-20T08:30:00+08:00"]
+    assert {r["lot"] for r in order["lots"]} == {"RESIN-7", "PA-1", "PA-2"}
+    assert order["inspections"] == []
+    assert {o["operator"] for o in order["operators"]} == {"wang", "li"}
+    # Unknown: 404 problem; a control character: 422 naming the field; never a 500.
+    missing = api.get("/api/v1/trace/lots/NOPE", headers=BEARER)
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert api.get("/api/v1/trace/orders/NOPE", headers=BEARER).status_code == 404
+    for bad in ("a%00b", "a%0Ab", "x" * 201):
+        r = api.get(f"/api/v1/trace/lots/{bad}", headers=BEARER)
+        assert r.status_code == 422, (bad, r.text)
+    odd = api.get("/api/v1/trace/lots/RESIN'%3B%20DROP%20TABLE%20x%3B--", headers=BEARER)
+    assert odd.status_code == 404
