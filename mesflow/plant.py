@@ -117,6 +117,8 @@ class Machine(_Model):
     name: LocalizedName
     ideal_cycle_seconds: PositiveFloat | None = None
     microstop_seconds: NonNegativeFloat | None = None
+    # Silent machines (docs/metrics.md): offline after this long without a message; 0: never.
+    silent_after_s: NonNegativeFloat | None = None
     # Name of an entry in `state_mappings` used by collectors for this machine's native codes.
     state_mapping: str | None = None
     # How the OPC UA collector reads this machine (mesflow/source_opcua.py).
@@ -174,6 +176,7 @@ class PlantInfo(_Model):
 class MachineDefaults(_Model):
     ideal_cycle_seconds: PositiveFloat = 60.0
     microstop_seconds: NonNegativeFloat = 120.0
+    silent_after_s: NonNegativeFloat = 0.0  # 0: machines are not watched for silence
 
 
 class PlantConfig(_Model):
@@ -245,6 +248,10 @@ class PlantConfig(_Model):
     def microstop_seconds(self, machine: str) -> float:
         own = self.machines[machine].microstop_seconds
         return own if own is not None else self.defaults.microstop_seconds
+
+    def silent_after_seconds(self, machine: str) -> float:
+        own = self.machines[machine].silent_after_s
+        return own if own is not None else self.defaults.silent_after_s
 
     def calendar_for(self, machine: str) -> ShiftCalendar:
         return self.line_of_machine[machine].shift_calendar or self.shift_calendar

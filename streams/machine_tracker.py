@@ -64,6 +64,7 @@ from streams.records import (
     WorkOrderStarted,
 )
 from streams.shift_calendar import CalendarIndex, ShiftInstance
+from streams.silence import SilenceWatch
 
 STATES = ("running", "idle", "down", "setup", "planned_stop", "offline")
 STATE_INDEX = {s: i for i, s in enumerate(STATES)}
@@ -77,6 +78,8 @@ _CLASS_OF_STATE = {
     "planned_stop": PLANNED_STOP,
 }
 HISTORY_US = 48 * HOUR_US
+# What a machine sends itself: the messages that tell it is connected (streams/silence.py).
+_MESSAGES = frozenset({StateEvent, CountEvent, CounterEvent})
 # Scrap by reason and product: scrap the machine counted itself (count events, the scrap
 # counter) and scrap reports without a reason have no reason; parts made while no work
 # order with a known product was active have no product.
@@ -101,6 +104,7 @@ class MachineSpec:
     lateness_us: int
     known_reasons: frozenset[str]
     history_us: int = HISTORY_US
+    silent_after_us: int = 0  # silent machines (streams/silence.py); 0: not watched
 
     @classmethod
     def from_plant(cls, plant: PlantConfig, machine: str) -> MachineSpec:
@@ -117,6 +121,7 @@ class MachineSpec:
             },
             lateness_us=round(plant.plant.allowed_lateness_seconds * 1e6),
             known_reasons=frozenset(plant.reasons_by_code),
+            silent_after_us=round(plant.silent_after_seconds(machine) * 1e6),
         )
 
 
@@ -219,6 +224,7 @@ class MachineTracker:
         self.seq = 0
         self.late_from: int | None = None
         self.late_new: list[int] = []  # their seqs, until the dataflow records them
+        self.silence = SilenceWatch()  # used when spec.silent_after_us is set
 
     _CACHES = ("_seg", "_hour_segs", "_segs_by_hour", "_count_cache")
 
@@ -235,6 +241,7 @@ class MachineTracker:
         self.__dict__.setdefault("seq", 0)
         self.__dict__.setdefault("late_from", None)
         self.__dict__.setdefault("late_new", [])
+        self.__dict__.setdefault("silence", SilenceWatch())
         self._seg = None
         self._hour_segs = None
         self._segs_by_hour = {}
@@ -279,6 +286,8 @@ class MachineTracker:
         last = self.last_ts
         self.seq = seq
         if type(ev) is CountEvent and last is not None and t >= last and self.intervals:
+            if self.spec.silent_after_us:
+                self.silence.on_message(self, t, False)  # in order: decides at once
             self._count_now(t, ev.good, ev.scrap)  # most events: a part, in order
             return None
         refused = self._refuse(seq, ev)
@@ -295,6 +304,9 @@ class MachineTracker:
         self.arrivals += 1
         order = self.arrivals
         self._catch_up()
+        next_message = None  # a late message: silences after it are decided once applied
+        if self.spec.silent_after_us and type(ev) in _MESSAGES:
+            next_message = self.silence.on_message(self, t, type(ev) is StateEvent)
         rejected: Rejection | None = None
         if isinstance(ev, WorkOrderEvent):
             # Its product applies to parts counted from its ts on (event time, so the result
@@ -320,6 +332,8 @@ class MachineTracker:
             self._add_part(t, order, 2, 0, ev.qty, ev.reason)
         elif isinstance(ev, WorkOrderStartReport | WorkOrderEndReport):
             self._work_order(t, order, ev)
+        if next_message is not None:
+            self.silence.after(self, t, next_message)
         return None
 
     def _refuse(self, seq: int, ev: MachineEvent | WorkOrderEvent) -> Rejection | None:
@@ -1070,7 +1084,7 @@ class MachineTracker:
             if b is not None:
                 rows.append(_hour_row(m, b))
                 rows.extend(_kpi_rows(m, "hour", b, None))
-                rows.append(_scrap_row(m, h, self.scrap.get(h)))
+                rows.append(self._scrap_row(h))
         for inst in sorted(d.shifts, key=lambda s: s.start):
             b = self.shifts.get(inst)
             if b is not None:
@@ -1089,6 +1103,16 @@ class MachineTracker:
         self._settle()
         self._forget_old()
         return rows
+
+    def _scrap_row(self, hour: int) -> ScrapSetRow:
+        inst = self.spec.calendar.shift_at(hour)
+        if inst is not None:
+            day, name = inst.date, inst.name
+        else:  # between shifts: the hour's own plant-local date
+            day, name = from_us(hour).astimezone(self.clock._tz).date(), None
+        return ScrapSetRow(
+            self.machine, from_us(hour), day, name, _scrap_items(self.scrap.get(hour))
+        )
 
     def _status_row(self) -> StatusRow:
         cur = self.intervals[-1]
@@ -1160,16 +1184,15 @@ def _scrap_reason(kind: int, source: str | None) -> str:
     return (source or UNSPECIFIED) if kind == 2 else UNSPECIFIED
 
 
-def _scrap_row(
-    machine: str, hour: int, by: dict[tuple[str, str | None], int] | None
-) -> ScrapSetRow:
+def _scrap_items(
+    by: dict[tuple[str, str | None], int] | None,
+) -> tuple[tuple[str, str, int], ...]:
     items: dict[tuple[str, str], int] = {}
     for (reason, product), qty in (by or {}).items():
         # No product and a product literally named "unknown" are one item (one key).
         key = (reason, product if product is not None else UNKNOWN_PRODUCT)
         items[key] = items.get(key, 0) + qty
-    rows = tuple(sorted((r, p, q) for (r, p), q in items.items() if q))
-    return ScrapSetRow(machine, from_us(hour), rows)
+    return tuple(sorted((r, p, q) for (r, p), q in items.items() if q))
 
 
 def _delta(previous: int, value: int) -> int:
