@@ -28,7 +28,7 @@ import smtplib
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,6 +51,7 @@ log = logging.getLogger("notify.alerts")
 
 WAKE_CHANNEL = "mesflow_alert_delivery"
 ROBOTS = frozenset({"wecom", "dingtalk", "feishu"})
+_SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +304,7 @@ class AlertDispatcher:
         self,
         url: str,
         raw: bytes,
-        classify: Any,
+        classify: Callable[[httpx.Response], SendResult],
         headers: Mapping[str, str] | None = None,
     ) -> SendResult:
         return post(self.http, url, raw, classify, headers=headers, timeout_s=self.config.timeout_s)
@@ -370,7 +371,8 @@ class AlertDispatcher:
                 if len(idx) == 1
                 else r.merged_header(len(idx), lang, markdown=False)
             )
-            res = self._send_robot(ch, title, text, parts[idx[0]].severity, _mentions(group))
+            severity = max((parts[i].severity for i in idx), key=lambda s: _SEVERITY_RANK.get(s, 0))
+            res = self._send_robot(ch, title, text, severity, _mentions(group))
             if res.ok:
                 self._sent(conn, name, ch.type, ids)
                 continue
