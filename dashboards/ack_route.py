@@ -37,7 +37,7 @@ from dashboards import alert_ack, context
 from dashboards import alert_queries as aq
 from dashboards.auth import ACK_ENDPOINT, session_secret
 from dashboards.i18n import LANGUAGES, format_duration, normalize_lang, t
-from dashboards.pages.alerts import fmt_time, label, what_text, where_text
+from dashboards.pages.alerts import fmt_time, label, people_names, what_text, where_text
 from notify.ack_links import AckLinkError, verify_ack_token
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,10 @@ def _answer(conn: psycopg.Connection, lang: str, alert_id: str, person: str) -> 
         )
     if alert.acknowledged_at is not None:
         msg = s(
-            "already", lang, by=alert.acknowledged_by or "?", at=fmt_time(alert.acknowledged_at, tz)
+            "already",
+            lang,
+            by=_name(alert.acknowledged_by),
+            at=fmt_time(alert.acknowledged_at, tz),
         )
         return _page(200, lang, details, message=msg, severity=sev)
     if flask.request.method != "POST":
@@ -182,8 +185,15 @@ def _details(alert: aq.Alert, person: str, lang: str) -> list[tuple[str, str]]:
         (s("severity", lang), label("alert_severity", alert.severity, lang)),
         (s("since", lang), fmt_time(alert.started_at, plant.tz)),
         (s("for", lang), format_duration(alert.duration_s, lang)),
-        (s("by", lang), person),
+        (s("by", lang), _name(person)),
     ]
+
+
+def _name(person: str | None) -> str:
+    """The display name from the alerts file, if there is one, else the name as it is."""
+    if not person:
+        return "?"
+    return people_names(context.current().settings).get(person, person)
 
 
 _PAGE = """<!doctype html>

@@ -705,7 +705,38 @@ def test_end_to_end_dataflow_alert_on_board_acknowledged_by_link(
             ).fetchall()
         assert steps == [("opened", 0), ("escalated", 1), ("acknowledged", 1)]
         after = client.get(url).get_data(as_text=True)
-        assert "already acknowledged (li" in after and "<form" not in after
+        assert "already acknowledged (Li Na" in after and "<form" not in after  # its display name
         context.of(app.server).db.close()
     finally:
         db.close()
+
+
+def test_people_show_by_their_display_names(
+    db_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    """With the alerts file at hand, chips and "acknowledged by" show 张伟, not zhang; a broken
+    file only means the names as the file spells them."""
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(E2E_RULES, encoding="utf-8")
+    settings = Settings(auth_session_secret=SECRET, alerts_config=rules)
+    assert alerts.people_names(settings) == {"zhang": "张伟", "li": "Li Na"}
+    assert alerts.people_names(Settings(alerts_config=tmp_path / "missing.yaml")) == {}
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("people: [\n", encoding="utf-8")
+    assert alerts.people_names(Settings(alerts_config=broken)) == {}
+
+    seed(db_url)
+    app = create_app(settings, plant, db_url)
+    try:
+        client = app.server.test_client()
+        page = client.get(f"/ack/{_token('im-down:machine:IM-02:1')}?lang=zh")
+        assert "张伟" in page.get_data(as_text=True)
+        db = context.of(app.server).db
+        board = aq.open_board(db)
+    finally:
+        context.of(app.server).db.close()
+    opts = alerts.RenderOptions(
+        tz=plant.tz, lang="zh", can_ack=False, now=NOW, names=alerts.people_names(settings)
+    )
+    text = str(alerts.render_open(board, plant, opts))
+    assert "张伟" in text and "'zhang'" not in text

@@ -17,9 +17,10 @@ Rendering is a pure function of the rows (`render_open`, `render_channels`,
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,14 +28,18 @@ import dash
 import psycopg
 import psycopg_pool
 from dash import MATCH, Input, Output, State, dcc, html
+from pydantic import ValidationError
 
 from dashboards import alert_ack, auth, context
 from dashboards import alert_queries as aq
 from dashboards.i18n import format_duration, t
 from dashboards.nav import account_links, nav_links
 from mesflow import users
+from mesflow.alert_channels import Person
 from mesflow.plant import PlantConfig
 from mesflow.report import to_csv
+from mesflow.settings import Settings
+from mesflow.yaml_lines import YamlError, load_with_lines
 
 log = logging.getLogger(__name__)
 
@@ -362,7 +367,13 @@ def _refresh_open(_n: int | None, lang: Any) -> tuple[Any, Any, Any]:
         log.warning("alerts: cannot read the alert views: %s", err)
         return dash.no_update, dash.no_update, html.Div(s("db_error", lang), className="al-error")
     now = datetime.now(UTC)
-    opts = RenderOptions(tz=ctx.plant.tz, lang=lang, can_ack=_can_ack(), now=now)
+    opts = RenderOptions(
+        tz=ctx.plant.tz,
+        lang=lang,
+        can_ack=_can_ack(),
+        now=now,
+        names=people_names(ctx.settings),
+    )
     return (
         render_open(board, ctx.plant, opts),
         render_channels(board.channels, opts),
@@ -381,7 +392,7 @@ def _refresh_history(
     except _DB_ERRORS as err:
         log.warning("alerts: cannot read v_alerts: %s", err)
         return html.Div(s("db_error", lang), className="al-error")
-    return render_history(rows, ctx.plant, ctx.plant.tz, lang)
+    return render_history(rows, ctx.plant, ctx.plant.tz, lang, people_names(ctx.settings))
 
 
 def _export_csv(
@@ -437,6 +448,46 @@ class RenderOptions:
     lang: str
     can_ack: bool
     now: datetime
+    names: Mapping[str, str] = field(default_factory=dict)  # person -> display name
+
+    def person(self, name: str | None) -> str:
+        return "?" if not name else self.names.get(name, name)
+
+
+# (path, mtime) -> the people's display names; re-read when the file changes.
+_NAMES: dict[tuple[str, float], dict[str, str]] = {}
+
+
+def people_names(settings: Settings) -> dict[str, str]:
+    """Display names of the alerts file's people (zhang -> 张伟), for chips and "by" texts.
+
+    Only the `people` section is read (no channel secrets are needed for names); a missing
+    or broken file gives {} and the board shows the names as the file spells them (the
+    dataflow's loader reports what is wrong with the file)."""
+    path = settings.alerts_config
+    if path is None:
+        return {}
+    try:
+        key = (str(path), Path(path).stat().st_mtime)
+    except OSError:
+        return {}
+    cached = _NAMES.get(key)
+    if cached is not None:
+        return cached
+    names: dict[str, str] = {}
+    try:
+        data, _lines = load_with_lines(Path(path))
+    except YamlError:
+        data = None
+    people = data.get("people") if isinstance(data, dict) else None
+    for name, body in people.items() if isinstance(people, dict) else ():
+        try:
+            names[str(name)] = Person.model_validate(body).display
+        except ValidationError:
+            continue
+    _NAMES.clear()
+    _NAMES[key] = names
+    return names
 
 
 def fmt_time(ts: datetime | None, tz: tzinfo, with_date: bool = True) -> str:
@@ -480,7 +531,7 @@ def _ack_cell(alert: aq.Alert, pending: bool, opts: RenderOptions) -> Any:
             s(
                 "ack_by",
                 lang,
-                by=alert.acknowledged_by or "?",
+                by=opts.person(alert.acknowledged_by),
                 at=fmt_time(alert.acknowledged_at, opts.tz),
             ),
             className="al-acked",
@@ -506,7 +557,7 @@ def delivery_chip(d: aq.Delivery, opts: RenderOptions) -> html.Span:
     """One message of one step: who, how, and whether it went ("pending 06:00" in quiet
     hours or while a rate-limited robot waits; the platform's code when it failed)."""
     lang = opts.lang
-    who = d.person or d.channel
+    who = opts.person(d.person) if d.person else d.channel
     kind = s(d.channel_type, lang) if d.channel_type in STRINGS else d.channel_type
     status = s(d.status, lang) if d.status in STRINGS else d.status
     if d.status == "pending" and d.next_attempt_at and d.next_attempt_at > opts.now + _SOON:
@@ -619,7 +670,13 @@ def render_banner(channels: Sequence[aq.ChannelStatus], lang: str) -> Any:
     return html.Div(s("bad_key_banner", lang, names=", ".join(bad)), className="al-bad-key")
 
 
-def render_history(rows: Sequence[aq.Alert], plant: PlantConfig, tz: tzinfo, lang: str) -> Any:
+def render_history(
+    rows: Sequence[aq.Alert],
+    plant: PlantConfig,
+    tz: tzinfo,
+    lang: str,
+    names: Mapping[str, str] | None = None,
+) -> Any:
     """The newest HISTORY_SHOWN rows (a note says when there are more: the CSV has them)."""
     if not rows:
         return html.Div(s("no_history", lang), className="al-empty")
@@ -629,7 +686,12 @@ def render_history(rows: Sequence[aq.Alert], plant: PlantConfig, tz: tzinfo, lan
     body = []
     for a in rows:
         ack = (
-            s("ack_by", lang, by=a.acknowledged_by or "?", at=fmt_time(a.acknowledged_at, tz))
+            s(
+                "ack_by",
+                lang,
+                by=(names or {}).get(a.acknowledged_by or "", a.acknowledged_by or "?"),
+                at=fmt_time(a.acknowledged_at, tz),
+            )
             if a.acknowledged_at
             else "—"
         )
