@@ -44,7 +44,15 @@ from mesflow.alert_rules import (
 from mesflow.plant import PlantConfig
 from streams.hour_clock import HOUR_US, from_us, to_us
 from streams.order_progress import Callback, OrderProgressRow
-from streams.records import AlertRow, HourRow, IntervalRow, KpiRow, Progress, StatusRow
+from streams.records import (
+    AlertRow,
+    HourRow,
+    IntervalDelete,
+    IntervalRow,
+    KpiRow,
+    Progress,
+    StatusRow,
+)
 
 MIN_US = 60_000_000
 MAX_PENDING_ACKS = 1000
@@ -172,6 +180,12 @@ class AlertEngine:
             t = type(row)
             if t is IntervalRow:
                 intervals.append(row)
+            elif t is IntervalDelete:
+                # A late event merged the machine's current interval away: the next row
+                # names the current one, whatever its start.
+                mach = st.machines.get(row.machine)
+                if mach is not None and to_us(row.start_ts) == mach.state_start:
+                    mach.state_start = -1
             elif t is StatusRow:
                 self._status(row)
             elif t is KpiRow:
@@ -256,17 +270,21 @@ class AlertEngine:
             return  # an older interval, closed: its end is the next one's start
         old_state, old_reason = mach.state, mach.reason
         if s == mach.state_start and iv.state == old_state:
-            if iv.reason is not None and old_reason is None:
+            if iv.reason is not None and iv.reason != old_reason:
                 mach.reason = iv.reason
                 # A reason report ends "no reason": at the latest time heard from the machine.
                 for rule in self._rules(m, "no_reason"):
                     self._clear(rule, f"machine:{m}", max(s, mach.now))
+                for rule in self._rules(m, "machine_down"):  # the messages name the reason
+                    track = self.state.tracks.get((rule.name, f"machine:{m}"))
+                    if track is not None:
+                        track.facts["reason"] = iv.reason
             return
         mach.state, mach.state_start, mach.reason = iv.state, s, iv.reason
         scope = f"machine:{m}"
         for rule in self._rules(m, "machine_down"):
             if iv.state == "down":
-                self._begin(rule, scope, s, m, {"reason": iv.reason})
+                self._begin(rule, scope, s, m, {"reason": iv.reason} if iv.reason else {})
             elif old_state == "down":
                 self._clear(rule, scope, s)
         for rule in self._rules(m, "no_reason"):

@@ -49,6 +49,7 @@ from streams.rebuild import LateStore
 from streams.records import (
     AlertRow,
     HourRow,
+    IntervalDelete,
     IntervalRow,
     KpiRow,
     Progress,
@@ -281,7 +282,7 @@ def _alert_inputs(config: AlertsConfig) -> frozenset[type]:
     kinds = {r.kind for r in config.rules}
     types: set[type] = {AckInput, Progress}  # Progress: end of an input batch (the clock)
     if kinds - {"order_at_risk"}:
-        types |= {IntervalRow, StatusRow}
+        types |= {IntervalRow, IntervalDelete, StatusRow}
     if "kpi_below" in kinds:
         types.add(KpiRow)
     if "scrap_rate" in kinds:

@@ -19,7 +19,15 @@ from mesflow.plant import PlantConfig, load_plant_config
 from streams.alert_engine import AckInput, AlertEngine
 from streams.hour_clock import from_us, to_us
 from streams.order_progress import Callback, OrderProgressRow
-from streams.records import AlertRow, HourRow, IntervalRow, KpiRow, Progress, StatusRow
+from streams.records import (
+    AlertRow,
+    HourRow,
+    IntervalDelete,
+    IntervalRow,
+    KpiRow,
+    Progress,
+    StatusRow,
+)
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 T0 = to_us(datetime(2026, 11, 20, 10, 0, tzinfo=SHANGHAI))  # 10:00 plant time
@@ -451,3 +459,18 @@ def test_rows_of_one_input_batch_in_several_calls_make_no_machine_look_silent(
     assert rows == []  # the clock has settled at 365 (two markers back)
     rows = e.feed([mark._replace(last_seq=8), heard("IM-02", 460)])
     assert steps(rows) == [("opened", 0, at(369))]
+
+
+def test_a_late_merge_that_removes_the_stop_resolves_it_and_reasons_reach_the_facts(
+    plant: PlantConfig,
+) -> None:
+    e = engine(plant, DOWN)
+    e.feed([iv("IM-01", 0, None, "down"), heard("IM-02", 6)])
+    # The operator names the reason: later steps carry it.
+    e.feed([iv("IM-01", 0, None, "down", "hydraulics")])
+    [esc] = e.feed([heard("IM-02", 16)])
+    assert esc.facts["reason"] == "hydraulics"
+    # A late event shows the machine was running since before: the down interval is gone.
+    gone = IntervalDelete("IM-01", at(0))
+    rows = e.feed([gone, iv("IM-01", -1, None, "running"), heard("IM-02", 20)])
+    assert steps(rows) == [("resolved", 1, at(15))]  # not before the step already sent
