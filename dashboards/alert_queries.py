@@ -7,6 +7,7 @@ returns typed rows; times are timestamptz (shown in the plant's time zone by the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, tzinfo
 from typing import Any
@@ -96,15 +97,18 @@ SELECT count(*) FILTER (WHERE status = 'open') AS open,
        count(*) FILTER (WHERE status = 'acknowledged') AS acknowledged
 FROM v_alerts
 WHERE resolved_at IS NULL
+  AND (cardinality(%(lines)s::text[]) = 0 OR line = ANY(%(lines)s::text[]))
 """
 
 
-def open_count(db: Database) -> OpenCount:
-    """One cheap query for the andon's banner (its refresh runs every second)."""
+def open_count(db: Database, lines: Sequence[str] = ()) -> OpenCount:
+    """One cheap query for the andon's banner (its refresh runs every second); `lines`: only
+    the alerts of these lines (a screen showing `?line=IM`), else the whole plant's."""
+    params = {"lines": list(lines)}
 
     def query(conn: psycopg.Connection) -> OpenCount:
         with conn.cursor(row_factory=class_row(OpenCount)) as cur:
-            row = cur.execute(_COUNT_SQL).fetchone()
+            row = cur.execute(_COUNT_SQL, params).fetchone()
         return row or OpenCount(0, 0, 0)
 
     return db.run(query)

@@ -428,6 +428,10 @@ def test_andon_badge_counts_open_alerts(db_url: str, plant: PlantConfig) -> None
         seed(db_url)
         assert _alerts_badge(ctx, "en") == ("2 alerts", "andon-alerts critical")
         assert _alerts_badge(ctx, "zh") == ("2 条告警", "andon-alerts critical")
+        # A screen showing some lines (?line=) counts their alerts only.
+        assert _alerts_badge(ctx, "en", ("CNC",)) == ("1 alert", "andon-alerts")
+        assert _alerts_badge(ctx, "en", ("IM",)) == ("1 alert", "andon-alerts critical")
+        assert _alerts_badge(ctx, "en", ("IM", "CNC")) == ("2 alerts", "andon-alerts critical")
     finally:
         db.close()
 

@@ -238,8 +238,8 @@ def _refresh(
         log.warning("andon: cannot read v_andon_tile: %s", err)
         no = dash.no_update
         return no, clock, t("db_unreachable", lang), "andon-banner", no, no
-    alerts_text, alerts_css = _alerts_badge(ctx, lang)
     view = View.from_data(view_data)
+    alerts_text, alerts_css = _alerts_badge(ctx, lang, view.lines)
     rows = select_lines(rows, view, _n or 0)
     opts = BoardOptions(
         reason_missing_s=ctx.settings.andon_reason_missing_s,
@@ -249,10 +249,13 @@ def _refresh(
     return board, clock, "", "andon-banner hidden", alerts_text, alerts_css
 
 
-def _alerts_badge(ctx: context.BoardContext, lang: str) -> tuple[str, str]:
-    """ "3 open alerts" (red when one is critical); hidden when none is open or unreadable."""
+def _alerts_badge(
+    ctx: context.BoardContext, lang: str, lines: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    """ "3 alerts" open on the lines shown (red when one is critical); hidden when none is
+    open or the count cannot be read."""
     try:
-        count = open_count(ctx.db)
+        count = open_count(ctx.db, lines)
     except psycopg.Error as err:  # e.g. migration 018 not applied yet: the tiles matter more
         log.debug("andon: cannot count open alerts: %s", err)
         return "", "andon-alerts hidden"
