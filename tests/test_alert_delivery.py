@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -716,3 +716,31 @@ def test_generic_webhook_is_signed_like_the_crm_callbacks(db_url: str, robots: R
     assert data["data"]["alert_id"] == "down-long:machine:IM-03:0"
     assert data["data"]["ack_url"].startswith("https://mes.plant.example/ack/")
     assert data["data"]["people"] == ["zhang", "li"]
+
+
+def test_smtp_down_or_refusing_login_is_retried_not_sent(
+    db_url: str, smtp_server: tuple[SmtpConfig, list[EmailMessage]]
+) -> None:
+    smtp, got = smtp_server
+    now = datetime.now(UTC)
+    enqueue(db_url, Config(people()), [alert(at=now, people_=("zhang",))], now=now)
+    for bad in (replace(smtp, password="wrong", timeout_s=3), replace(smtp, port=free_port())):
+        d = dispatcher(db_url, {}, bad, backoff_base_s=60.0, backoff_cap_s=60.0)
+        d.run_once()
+        d.close()
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT status, attempts, sent_at FROM v_alert_deliveries WHERE channel = 'email'"
+        ).fetchone()
+        ch = conn.execute(
+            "SELECT status, pending FROM v_channel_status WHERE channel = 'email'"
+        ).fetchone()
+    assert got == []
+    assert row is not None and row[0] == "pending" and row[2] is None
+    assert row[1] >= 1  # counted as an attempt, to be retried
+    assert ch == ("failing", 1)
+    # Once the server takes the login, the mail goes out.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE alert_delivery SET next_attempt_at = now()")
+    drain(dispatcher(db_url, {}, smtp), lambda: count(db_url, "status = 'sent'") == 1)
+    assert len(got) == 1
