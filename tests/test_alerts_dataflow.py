@@ -4,6 +4,10 @@ replaying again (or reprocessing the whole log) adds nothing."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timedelta
@@ -205,3 +209,38 @@ def test_live_a_down_silent_machine_opens_and_escalates_by_the_wall_clock(
     finally:
         stop.set()
         flow.join(timeout=30)
+
+
+def test_mesflow_run_dataflow_with_the_demo_rules(db_url: str, tmp_path: Path) -> None:
+    """`mesflow run dataflow` as the demo starts it: the example rules, no robot variables
+    (those channels are left out, said once at start), e-mail recipients still there."""
+    from mesflow.ingest_log import append, record_for
+
+    went_down = datetime.now(TZ).replace(microsecond=0) - timedelta(minutes=6)
+    with psycopg.connect(db_url) as conn:
+        append(conn, [record_for("test", {"type": "state", "machine": "IM-01",
+                                          "ts": went_down.isoformat(), "state": "down"})])  # fmt: skip
+    robots = ("MESFLOW_WECOM_IM", "MESFLOW_WECOM_CNC", "MESFLOW_DING_MGMT", "MESFLOW_FEISHU_OPS")
+    env = {k: v for k, v in os.environ.items() if k not in robots}
+    env |= {"MESFLOW_DATABASE_URL": db_url, "MESFLOW_DATA_DIR": str(tmp_path / "var"),
+            "MESFLOW_ALERTS_CONFIG": "config/alerts.example.yaml"}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesflow.cli", "run", "dataflow"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        opened: list[tuple[Any, ...]] = []
+        while time.monotonic() < deadline and not opened:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            opened = rows(db_url, "SELECT rule, step, people, channels FROM v_alert_history")
+            time.sleep(0.5)
+        assert opened == [("im-down", "opened", ["zhang"], [])]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert "alerts: channel im-wecom left out (channels_optional)" in out
+    assert "MESFLOW_WECOM_IM" in out and proc.returncode == 0, out
