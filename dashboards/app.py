@@ -19,7 +19,7 @@ import psycopg
 import waitress
 from dash import html
 
-from dashboards import ack_route, auth, context
+from dashboards import ack_route, auth, context, customer_route
 from dashboards.i18n import t
 from dashboards.pages import PAGES
 from dashboards.queries import Database
@@ -50,6 +50,7 @@ def create_app(settings: Settings, plant: PlantConfig, database_url: str) -> das
     for page in PAGES:
         page.register(app)
     ack_route.register(app)  # /ack/<token>: acknowledging an alert from its message
+    customer_route.register(app)  # /c/<token>: a customer's read-only order link
     _register_not_found()
     app.layout = html.Div(dash.page_container, className="app-root")
     auth.check_declarations(app)

@@ -12,8 +12,8 @@ and each of its callbacks is registered through `callback(app, role, ...)`. One 
   name exactly that callback's outputs, inputs and state (pattern-matching ones as the
   browser sends them: concrete dict ids, lists for ALL/ALLSMALLER), else 400;
 - everything else (`/_dash-layout`, `/_dash-dependencies`, assets, scripts): any signed-in user;
-- only `/login`, `/logout` and `/ack/<token>` (a signed alert link, dashboards/ack_route.py)
-  are open.
+- only `/login`, `/logout`, `/ack/<token>` (a signed alert link, dashboards/ack_route.py)
+  and `/c/<token>` (a customer's order link, dashboards/customer_route.py) are open.
 
 Unauthenticated page loads redirect to /login?next=...; other requests get 401, a too-low role
 403. Each callback checks the role again when it runs, so a route mistake alone opens nothing.
@@ -64,6 +64,8 @@ LOGIN_ENDPOINT: Final = "mesflow_login"
 LOGOUT_ENDPOINT: Final = "mesflow_logout"
 # /ack/<token> (dashboards/ack_route.py): a signed alert link is its own credential.
 ACK_ENDPOINT: Final = "mesflow_ack"
+# /c/<token> (dashboards/customer_route.py): a customer's read-only order link, likewise.
+CUSTOMER_ENDPOINT: Final = "mesflow_customer"
 # Dash's page router: its output when `use_pages=True` (dash.dash._ID_CONTENT/_ID_STORE).
 ROUTER_OUTPUT: Final = ".._pages_content.children..._pages_store.data.."
 _ROUTER_LOCATION: Final = "_pages_location"
@@ -315,7 +317,7 @@ def install(app: dash.Dash, settings: Settings, db: Database) -> None:
 
 def _gate() -> Response | None:
     request = flask.request
-    if request.endpoint in (LOGIN_ENDPOINT, LOGOUT_ENDPOINT, ACK_ENDPOINT):
+    if request.endpoint in (LOGIN_ENDPOINT, LOGOUT_ENDPOINT, ACK_ENDPOINT, CUSTOMER_ENDPOINT):
         return None
     state = _state()
     is_page = request.url_rule is not None and request.url_rule.rule in state.page_rules

@@ -479,5 +479,14 @@ def _register_retention_commands() -> None:
 _register_retention_commands()
 
 
+def _register_customer_link_commands() -> None:
+    from mesflow import customer_links
+
+    main.add_command(customer_links.cli)  # mesflow customer-link create|list|revoke
+
+
+_register_customer_link_commands()
+
+
 if __name__ == "__main__":
     main()
