@@ -152,14 +152,27 @@ class AlertEngine:
         )
         self.out: list[AlertRow] = []
         self._orders: dict[str, OrderProgressRow] = {}  # this batch's order rows (not kept)
-        # Drop tracks of rules no longer in the file (a restart with an edited file).
-        for key in [k for k in self.state.tracks if k[0] not in self.rules]:
-            del self.state.tracks[key]
+        self._adopt_edited_rules()
 
-    @property
-    def active(self) -> bool:
-        """Whether there are rules at all (without, the dataflow skips the step)."""
-        return bool(self.rules)
+    def _adopt_edited_rules(self) -> None:
+        """A restart with an edited alerts file: conditions of rules that are gone, or whose
+        scope no longer covers their machine, are dropped (nothing would ever end them);
+        an alert above a rule's new top level stays at the top."""
+        tracks = self.state.tracks
+        for key in list(tracks):
+            rule = self.rules.get(key[0])
+            kind, _, machine = key[1].partition(":")
+            if rule is None or (
+                kind == "machine"
+                and (
+                    rule.kind == "order_at_risk"
+                    or machine not in self.line_of  # no longer in the plant
+                    or not rule.applies_to(machine, self.line_of[machine])
+                )
+            ):
+                del tracks[key]
+            elif tracks[key].level >= len(rule.levels):
+                tracks[key].level = len(rule.levels) - 1
 
     # -- input -------------------------------------------------------------------------------
 

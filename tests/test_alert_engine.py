@@ -474,3 +474,17 @@ def test_a_late_merge_that_removes_the_stop_resolves_it_and_reasons_reach_the_fa
     gone = IntervalDelete("IM-01", at(0))
     rows = e.feed([gone, iv("IM-01", -1, None, "running"), heard("IM-02", 20)])
     assert steps(rows) == [("resolved", 1, at(15))]  # not before the step already sent
+
+
+def test_restart_with_an_edited_alerts_file(plant: PlantConfig) -> None:
+    e = engine(plant, DOWN)
+    e.feed([iv("IM-01", 0, None, "down"), heard("IM-02", 31)])  # at level 2
+    state = pickle.loads(pickle.dumps(e.state))
+    # The rule now has two levels: the open alert stays at the top one and still resolves.
+    two = AlertEngine(config({**DOWN, "levels": THREE_LEVELS[:2]}), plant, state, grace_s=0)
+    rows = two.feed([iv("IM-01", 40, None, "running"), heard("IM-02", 45)])
+    assert steps(rows) == [("resolved", 1, at(40))]
+    # The rule now covers the CNC line only: IM-01's open alert is dropped (nothing would end it).
+    state = pickle.loads(pickle.dumps(e.state))
+    cnc = AlertEngine(config({**DOWN, "scope": {"line": "CNC"}}), plant, state, grace_s=0)
+    assert cnc.state.tracks == {} and cnc.feed([heard("IM-02", 90)]) == []
