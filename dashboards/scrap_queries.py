@@ -48,12 +48,11 @@ def scrap_by_reason(db: Database, f: Filters, tz: ZoneInfo) -> list[ScrapRow]:
         "max(v.reason_zh) AS reason_zh, v.product, sum(v.qty)::bigint AS qty, "
         "(sum(v.qty) / NULLIF(sum(sum(v.qty)) OVER (), 0))::float8 AS share "
         "FROM v_scrap_by_reason v WHERE {scope} "
-        # The hours by time first (index), then their shift's date: a shift starting on the
-        # range's last day ends the next morning, one from the day before may hold its first
-        # hours.
+        # The hours by time first (index), then the date they count on: a shift starting on
+        # the range's last day ends the next morning, one from the day before may hold its
+        # first hours.
         "AND v.hour_start >= %(lo)s AND v.hour_start < %(hi)s "
-        "AND COALESCE(v.shift_date, (v.hour_start AT TIME ZONE %(tz)s)::date) >= %(start)s "
-        "AND COALESCE(v.shift_date, (v.hour_start AT TIME ZONE %(tz)s)::date) < %(end)s "
+        "AND v.day >= %(start)s AND v.day < %(end)s "
         "AND (%(shift)s::text IS NULL OR v.shift_name = %(shift)s) "
         "GROUP BY v.reason, v.product ORDER BY qty DESC, v.reason, v.product"
     ).format(scope=_scope_filter(f.scope, "v"))
@@ -64,7 +63,6 @@ def scrap_by_reason(db: Database, f: Filters, tz: ZoneInfo) -> list[ScrapRow]:
         "shift": f.shift,
         "lo": start_ts - timedelta(days=1),
         "hi": end_ts + timedelta(days=1),
-        "tz": tz.key,
     }
 
     def run(conn: psycopg.Connection) -> list[ScrapRow]:

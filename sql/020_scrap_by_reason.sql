@@ -7,6 +7,11 @@
 CREATE TABLE machine_scrap (
     machine     text        NOT NULL,
     hour_start  timestamptz NOT NULL,
+    -- The plant-local date the hour counts on: the date of the machine's shift instance that
+    -- contains the hour's start (shift_name: its name), else the hour's own date (shift_name
+    -- NULL: between shifts). Written by the dataflow, which knows the calendar: no join.
+    day         date        NOT NULL,
+    shift_name  text,
     reason      text        NOT NULL,
     product     text        NOT NULL,
     qty         bigint      NOT NULL,
@@ -15,22 +20,17 @@ CREATE TABLE machine_scrap (
 -- A plant or a line over a date range reads the hours by time whatever the machine.
 CREATE INDEX machine_scrap_by_time ON machine_scrap (hour_start);
 
--- Public view. An hour belongs to the machine's shift instance that contains its start
--- (shift_date: the plant-local date that shift starts on; NULL between shifts). With shift
--- times on whole hours, as in every shipped calendar, that is exact; an hour that a shift
--- boundary cuts in two is given whole to the shift it starts in.
+-- Public view. With shift times on whole hours, as in every shipped calendar, the shift is
+-- exact; an hour that a shift boundary cuts in two is given whole to the shift it starts in.
 CREATE VIEW v_scrap_by_reason AS
-SELECT s.machine, m.line, s.hour_start, k.shift_date, k.shift_name,
+SELECT s.machine, m.line, s.hour_start, s.day,
+       CASE WHEN s.shift_name IS NOT NULL THEN s.day END  AS shift_date,
+       s.shift_name,
        s.reason,
        COALESCE(c.category, CASE WHEN s.reason = 'unspecified' THEN 'unspecified'
-                                 ELSE 'other' END)                 AS category,
+                                 ELSE 'other' END)       AS category,
        c.name_en AS reason_en, c.name_zh AS reason_zh,
        s.product, s.qty
 FROM machine_scrap s
 LEFT JOIN plant_machine m USING (machine)
-LEFT JOIN reason_code c ON c.code = s.reason
-LEFT JOIN LATERAL (
-    SELECT x.shift_date, x.shift_name FROM machine_kpi x
-    WHERE x.machine = s.machine AND x.bucket = 'shift'
-      AND x.bucket_start <= s.hour_start AND x.bucket_end > s.hour_start
-    ORDER BY x.bucket_start DESC LIMIT 1) k ON true;
+LEFT JOIN reason_code c ON c.code = s.reason;

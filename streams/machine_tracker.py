@@ -1084,7 +1084,7 @@ class MachineTracker:
             if b is not None:
                 rows.append(_hour_row(m, b))
                 rows.extend(_kpi_rows(m, "hour", b, None))
-                rows.append(_scrap_row(m, h, self.scrap.get(h)))
+                rows.append(self._scrap_row(h))
         for inst in sorted(d.shifts, key=lambda s: s.start):
             b = self.shifts.get(inst)
             if b is not None:
@@ -1103,6 +1103,16 @@ class MachineTracker:
         self._settle()
         self._forget_old()
         return rows
+
+    def _scrap_row(self, hour: int) -> ScrapSetRow:
+        inst = self.spec.calendar.shift_at(hour)
+        if inst is not None:
+            day, name = inst.date, inst.name
+        else:  # between shifts: the hour's own plant-local date
+            day, name = from_us(hour).astimezone(self.clock._tz).date(), None
+        return ScrapSetRow(
+            self.machine, from_us(hour), day, name, _scrap_items(self.scrap.get(hour))
+        )
 
     def _status_row(self) -> StatusRow:
         cur = self.intervals[-1]
@@ -1174,16 +1184,15 @@ def _scrap_reason(kind: int, source: str | None) -> str:
     return (source or UNSPECIFIED) if kind == 2 else UNSPECIFIED
 
 
-def _scrap_row(
-    machine: str, hour: int, by: dict[tuple[str, str | None], int] | None
-) -> ScrapSetRow:
+def _scrap_items(
+    by: dict[tuple[str, str | None], int] | None,
+) -> tuple[tuple[str, str, int], ...]:
     items: dict[tuple[str, str], int] = {}
     for (reason, product), qty in (by or {}).items():
         # No product and a product literally named "unknown" are one item (one key).
         key = (reason, product if product is not None else UNKNOWN_PRODUCT)
         items[key] = items.get(key, 0) + qty
-    rows = tuple(sorted((r, p, q) for (r, p), q in items.items() if q))
-    return ScrapSetRow(machine, from_us(hour), rows)
+    return tuple(sorted((r, p, q) for (r, p), q in items.items() if q))
 
 
 def _delta(previous: int, value: int) -> int:

@@ -223,7 +223,7 @@ class _Batch:
         self.hours: dict[tuple[str, Any], HourRow] = {}
         self.kpis: dict[tuple[str, str, Any], KpiRow] = {}
         self.reasons: dict[tuple[str, str, Any], tuple[tuple[str, float, int], ...]] = {}
-        self.scrap: dict[tuple[str, Any], tuple[tuple[str, str, int], ...]] = {}
+        self.scrap: dict[tuple[str, Any], ScrapSetRow] = {}
         self.status: dict[str, StatusRow] = {}
         self.dead: list[tuple[str, str, int]] = []
         self.last_seq = 0
@@ -244,7 +244,7 @@ class _Batch:
         elif t is ReasonSetRow:
             self.reasons[(item.machine, item.bucket, item.bucket_start)] = item.items
         elif t is ScrapSetRow:
-            self.scrap[(item.machine, item.hour_start)] = item.items
+            self.scrap[(item.machine, item.hour_start)] = item
         elif t is IntervalRow:
             self.intervals[(item.machine, item.start_ts)] = item
         elif t is IntervalDelete:
@@ -555,17 +555,21 @@ def _replace_reasons(
 
 
 def _replace_scrap(
-    cur: psycopg.Cursor[Any],
-    sets: list[tuple[tuple[str, Any], tuple[tuple[str, str, int], ...]]],
+    cur: psycopg.Cursor[Any], sets: list[tuple[tuple[str, Any], ScrapSetRow]]
 ) -> None:
     """Each machine-hour's scrap set replaced whole: one DELETE, one COPY for the batch."""
     _copy(cur, "stage_scrap_hour", "machine, hour_start", ["text", "timestamptz"],
           [key for key, _ in sets])  # fmt: skip
     cur.execute(DELETE_SCRAP.encode())
-    rows = [(m, h, reason, product, qty) for (m, h), items in sets for reason, product, qty in items]
+    rows = [
+        (r.machine, r.hour_start, r.day, r.shift_name, reason, product, qty)
+        for _, r in sets
+        for reason, product, qty in r.items
+    ]
     if rows:
-        _copy(cur, "machine_scrap", "machine, hour_start, reason, product, qty",
-              ["text", "timestamptz", "text", "text", "int8"], rows)  # fmt: skip
+        _copy(cur, "machine_scrap", "machine, hour_start, day, shift_name, reason, product, qty",
+              ["text", "timestamptz", "date", "text", "text", "text", "int8"],
+              rows)  # fmt: skip
 
 
 def _enqueue(cur: psycopg.Cursor[Any], cb: Callback) -> None:

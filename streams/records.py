@@ -92,10 +92,14 @@ class ScrapSetRow(NamedTuple):
     """The whole scrap-by-reason set of one machine-hour: (reason, product, qty) items.
 
     Replaced whole when written: a late work-order product or a rebuild moves scrap away
-    from a (reason, product), which must then disappear from that hour."""
+    from a (reason, product), which must then disappear from that hour. `day` and
+    `shift_name`: the shift instance containing the hour's start (its date and name), else
+    the hour's own plant-local date and None; stored so that queries need no join."""
 
     machine: str
     hour_start: datetime
+    day: date
+    shift_name: str | None
     items: tuple[tuple[str, str, int], ...]
 
 

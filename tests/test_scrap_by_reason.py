@@ -88,6 +88,25 @@ def test_scrap_by_reason_and_product_in_an_hour() -> None:
     assert hour.good == 10 - 3 - 1 - 4 - 2
 
 
+def test_an_hour_counts_on_its_shift_date_or_its_own_date() -> None:
+    """The night shift's hours after midnight count on the date the shift starts; an hour
+    outside every shift (the CNC cell works one day shift) on its own plant-local date."""
+
+    def rows_of(machine: str, events: list[dict[str, Any]]) -> list[ScrapSetRow]:
+        tracker = MachineTracker(MachineSpec.from_plant(PLANT, machine))
+        for i, e in enumerate(events):
+            tracker.apply(i, parse_event(json.dumps({**e, "machine": machine})))  # type: ignore[arg-type]
+        return [r for r in tracker.flush() if isinstance(r, ScrapSetRow) and r.items]
+
+    night = [ev("state", 840, state="running"), ev("scrap_report", 855, qty=1)]  # Sat 01:05
+    (im,) = rows_of("IM-01", night)
+    assert (im.day, im.shift_name) == (date(2026, 11, 20), "night")
+    (cnc,) = rows_of("CNC-01", night)
+    assert (cnc.day, cnc.shift_name) == (date(2026, 11, 21), None)
+    (cnc_day,) = rows_of("CNC-01", [ev("state", 0, state="running"), ev("count", 5, scrap=1)])
+    assert (cnc_day.day, cnc_day.shift_name) == (date(2026, 11, 20), "day")
+
+
 def test_a_late_work_order_product_moves_scrap_to_it() -> None:
     """The product takes effect from the work_order event's ts: a late one (within the
     allowed lateness) moves the scrap counted since into its product."""
