@@ -34,7 +34,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from collectors import crm_trace
+from collectors import crm_change, crm_trace
 from mesflow.db import connect
 from mesflow.events import EventTime, Id, OrderEvent, WorkOrderEvent
 from mesflow.ingest_log import append, record_for
@@ -168,13 +168,19 @@ class WorkOrderIn(BaseModel):
 
 
 class IntakeResult(BaseModel):
-    status: Literal["accepted", "duplicate", "ignored", "unchanged"]
+    status: Literal["accepted", "duplicate", "ignored", "unchanged", "held"]
     reason: str | None = None
     order_no: str | None = None
     work_order: str | None = None
     version: int | None = None
     stored_version: int | None = None
     changed: list[str] = Field(default_factory=list, description="Fields this change altered.")
+    change_request: int | None = Field(
+        default=None, description="held: the change request waiting for a planner."
+    )
+    superseded: int | None = Field(
+        default=None, description="A pending change request this version replaced."
+    )
 
 
 class FieldProblem(BaseModel):
@@ -514,6 +520,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
         status_code=200,
         responses={
             201: {"model": IntakeResult, "description": "A new order was stored."},
+            202: {"model": IntakeResult, "description": "Held: the order is locked."},
             409: {"model": Problem, "description": "The delivery id was used for another body."},
         },
         summary="Create or change an order (full snapshot)",
@@ -549,6 +556,16 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                 return _finish_delivery(conn, who, result, 200)
             new = {f: getattr(order, f) for f in ORDER_FIELDS}
             change = _diff(dict(zip(ORDER_FIELDS, old[1:], strict=True)) if old else None, new)
+            # Change control (collectors/crm_change.py): a locked order's change is held.
+            screened = None
+            if old is not None:
+                screened = crm_change.screen(
+                    conn, order_no=order.order_no, stored_version=int(old[0]),
+                    version=order.version, change=change, snapshot=new, client=who.client,
+                )  # fmt: skip
+                if isinstance(screened, IntakeResult):
+                    code = 202 if screened.status == "held" else 200
+                    return _finish_delivery(conn, who, screened, code)
             # The guard repeats the check above in SQL: correct even without the lock.
             row = conn.execute(
                 """INSERT INTO crm_order (order_no, version, customer, priority, product, qty,
@@ -571,11 +588,18 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
             # append() opens conn.transaction() itself: nested here it is a savepoint, so
             # the log row commits with the snapshot or not at all.
             _append_event(conn, who, event, f"order:{order.order_no}:{order.version}")
+            if old is not None:
+                crm_change.applied(
+                    conn, plant, settings, screened, order_no=order.order_no,
+                    stored_version=int(old[0]), version=order.version, change=change,
+                    snapshot=new, client=who.client,
+                )  # fmt: skip
             result = IntakeResult(
                 status="accepted",
                 order_no=order.order_no,
                 version=order.version,
                 changed=sorted(change),
+                superseded=getattr(screened, "superseded", None),
             )
             response = _finish_delivery(conn, who, result, 201 if old is None else 200)
         log.info(
@@ -701,6 +725,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
 
     # Traceability (collectors/crm_trace.py): behind the same guard, same error shapes.
     app.include_router(crm_trace.router(plant, database_url, caller))
+    app.include_router(crm_change.router(database_url, caller))  # change control
     return app
 
 

@@ -195,6 +195,15 @@ MachineRule = MachineDownRule | NoReasonRule | KpiBelowRule | ScrapRateRule | Si
 _KINDS = ("machine_down", "no_reason", "kpi_below", "scrap_rate", "silent", "order_at_risk")
 
 
+class OrderChangeRoute(_Model):
+    """Who hears of an applied order change on a line (mesflow/change_control.py): the
+    line's supervisor. `line` unset: every line."""
+
+    line: Name | None = None
+    people: list[Name] = Field(default=[], max_length=100)
+    channels: list[Name] = Field(default=[], max_length=100)
+
+
 class _LocatedError(ValueError):
     def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
         super().__init__(message)
@@ -205,6 +214,8 @@ class AlertsConfig(_Model):
     people: People = {}
     channels: Channels = {}
     rules: list[Rule] = Field(default=[], max_length=MAX_RULES)
+    # Order changes pushed to the floor's supervisors (issue 12, docs/alerts.md).
+    order_changes: list[OrderChangeRoute] = Field(default=[], max_length=MAX_RULES)
     # True: a channel whose url_env/secret_env is unset is left out (with a warning in
     # `disabled`) instead of failing the start. The demo's example file sets it, because
     # the demo has no robot URLs; a production file should not.
@@ -239,6 +250,19 @@ class AlertsConfig(_Model):
                 raise _LocatedError(
                     ("rules", ri, "scope"), "an order_at_risk rule has no line or machine scope"
                 )
+        for oi, route in enumerate(self.order_changes):
+            for pi, person in enumerate(route.people):
+                if person not in self.people:
+                    raise _LocatedError(
+                        ("order_changes", oi, "people", pi),
+                        f"person {person!r} is not under people",
+                    )
+            for ci, channel in enumerate(route.channels):
+                if channel not in self.channels and channel not in self.disabled:
+                    raise _LocatedError(
+                        ("order_changes", oi, "channels", ci),
+                        f"channel {channel!r} is not under channels",
+                    )
         return self
 
     def check_plant(self, plant: PlantConfig) -> tuple[tuple[str | int, ...], str] | None:
@@ -252,6 +276,11 @@ class AlertsConfig(_Model):
             if rule.scope.machine is not None and rule.scope.machine not in plant.machines:
                 return ("rules", ri, "scope", "machine"), (
                     f"machine {rule.scope.machine!r} is not in the plant configuration"
+                )
+        for oi, route in enumerate(self.order_changes):
+            if route.line is not None and route.line not in lines:
+                return ("order_changes", oi, "line"), (
+                    f"line {route.line!r} is not in the plant configuration"
                 )
         return None
 
@@ -345,6 +374,7 @@ __all__ = [
     "MachineRule",
     "NoReasonRule",
     "OrderAtRiskRule",
+    "OrderChangeRoute",
     "QuietHours",
     "Rule",
     "Scope",

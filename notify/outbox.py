@@ -28,6 +28,8 @@ CALLBACK_TYPES: Final[dict[str, frozenset[str]]] = {
     "order.back_on_track": frozenset({"eta"}),
     "order.completed": frozenset({"good"}),
     "order.cancellation_acknowledged": frozenset(),
+    # Change control (mesflow/change_control.py): a held change was approved or rejected.
+    "order.change_decision": frozenset({"change_id", "decision", "comment", "by"}),
 }
 DEFAULT_ENDPOINT: Final = "crm"
 
