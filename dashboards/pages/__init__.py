@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from dashboards.pages import alerts, analytics, andon, machine, operator, orders
+from dashboards.pages import alerts, analytics, andon, machine, operator, orders, trace
 
 # Registration order; the navigation follows each page's `order`.
-PAGES: tuple[ModuleType, ...] = (andon, analytics, machine, operator, orders, alerts)
+PAGES: tuple[ModuleType, ...] = (andon, analytics, machine, operator, orders, alerts, trace)

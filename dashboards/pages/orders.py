@@ -44,6 +44,7 @@ from dashboards.order_queries import (
     order_board,
     order_detail,
 )
+from dashboards.pages import order_customer_link
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ def register(app: dash.Dash) -> None:
         State(_O_KEY, "data"),
         State(_O_LANG, "data"),
     )(_refresh_order)
+    order_customer_link.register(app)
 
 
 # -- layouts (no database reads: Dash also calls them to validate callbacks) -----------------
@@ -275,6 +277,7 @@ def order_layout(order_no: str | None = None, lang: str | None = None, **_q: str
             _header(lang, f"{s('order', lang)} {order_no or ''}", PATH),
             html.A(s("back", lang), href=f"{PATH}?lang={lang}", className="orders-back"),
             html.Div(id=_O_BODY, className="order-body"),
+            *order_customer_link.panel(order_no, lang),  # trace link, customer link (TRACE)
         ],
     )
 

@@ -1,0 +1,89 @@
+"""/trace, the order page's customer-link panel and /c/<token> in a real browser (chromium
+over the DevTools pipe) on test_traceability's seeded plant; writes
+docs/screenshots/trace-en-1280x800.png and customer-zh-1280x800.png."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mesflow.plant import PlantConfig
+from tests.conftest import require
+from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url
+from tests.test_traceability import api, seed
+
+__all__ = ["andon_url", "api"]  # fixtures
+
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+_OVERFLOW = "document.documentElement.scrollWidth > window.innerWidth"
+
+
+def _size(browser: Chromium, w: int, h: int) -> None:
+    browser.page(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": w, "height": h, "deviceScaleFactor": 1, "mobile": False},
+    )
+    browser.wait_for(f"window.innerWidth === {w}")
+
+
+def _text(browser: Chromium, selector: str) -> str:
+    return str(browser.eval(f"document.querySelector({json.dumps(selector)}).innerText"))
+
+
+@pytest.mark.browser
+def test_trace_page_and_customer_link_in_browser(
+    api: TestClient, db_url: str, andon_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    seed(api, db_url, plant, tmp_path / "rec")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser = Chromium(tmp_path)
+    try:
+        _sign_in_in_browser(browser, f"{andon_url}/trace?lang=en&order=SO-A")
+        browser.wait_for("location.pathname === '/trace'")
+        browser.goto(f"{andon_url}/trace?lang=en&order=SO-A")
+        browser.wait_for("!!document.querySelector('.trace-stops table')")
+        stops = _text(browser, ".trace-stops")
+        assert "2026-11-20 08:30" in stops and "hydraulic_fault" in stops, stops
+        assert "PA-2" in _text(browser, ".trace-lots")
+        assert "li" in _text(browser, ".trace-operators")
+        assert "not recorded yet" in _text(browser, ".trace-inspections")
+        _size(browser, 1280, 800)
+        assert not browser.eval(_OVERFLOW)
+        browser.screenshot(SHOTS / "trace-en-1280x800.png")
+
+        # From the shared material lot: both orders, both customers.
+        browser.goto(f"{andon_url}/trace?lang=en&lot=RESIN-7")
+        browser.wait_for("!!document.querySelector('.trace-orders table')")
+        orders = _text(browser, ".trace-orders")
+        assert "SO-A" in orders and "SO-B" in orders and "ACME" in orders and "Beta" in orders
+
+        # The order page: make a Chinese link for SO-A, then open it signed out.
+        browser.goto(f"{andon_url}/orders/SO-A?lang=en")
+        browser.wait_for("!!document.querySelector('#ocl-create')")
+        # The link's language defaults to the page's: choose 中文.
+        browser.eval("document.querySelector('#ocl-link-lang input[value=\"zh\"]').click()")
+        browser.eval("document.querySelector('#ocl-create').click()")
+        url = browser.wait_for(
+            "document.querySelector('.customer-link-url') &&"
+            " document.querySelector('.customer-link-url').innerText"
+        )
+        assert "/c/" in url
+        assert "中文" in _text(browser, ".customer-link-table")
+        browser.eval("document.cookie.split(';').forEach(c => document.cookie ="
+                     " c.trim().split('=')[0] + '=; expires=Thu, 01 Jan 1970 00:00:00 GMT; path=/')")  # fmt: skip
+        browser.goto(url)
+        browser.wait_for("!!document.querySelector('.bar')")
+        page = str(browser.eval("document.body.innerText"))
+        assert "SO-A" in page and "订单生产进度" in page and "开始生产" in page
+        assert "ACME" not in page and "IM-01" not in page and "SO-B" not in page
+        _size(browser, 1280, 800)
+        browser.screenshot(SHOTS / "customer-zh-1280x800.png")
+    finally:
+        browser.close()
+    for name in ("trace-en-1280x800.png", "customer-zh-1280x800.png"):
+        assert (SHOTS / name).stat().st_size > 10_000
