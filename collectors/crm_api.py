@@ -34,7 +34,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from collectors import crm_change, crm_trace
+from collectors import crm_change, crm_dispatch, crm_trace
 from mesflow.db import connect
 from mesflow.events import EventTime, Id, OrderEvent, WorkOrderEvent
 from mesflow.ingest_log import append, record_for
@@ -726,6 +726,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
     # Traceability (collectors/crm_trace.py): behind the same guard, same error shapes.
     app.include_router(crm_trace.router(plant, database_url, caller))
     app.include_router(crm_change.router(database_url, caller))  # change control
+    app.include_router(crm_dispatch.router(plant, database_url, caller))  # promise dates
     return app
 
 

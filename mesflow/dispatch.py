@@ -154,17 +154,18 @@ class _Walker:
         self.cur: tuple[int, int] | None = None
         self.exhausted = False
 
-    def take(self, work_us: int) -> tuple[int, int] | None:
-        """(start, finish) of `work_us` of planned work, or None past the horizon."""
+    def take(self, work_us: int) -> tuple[int | None, int | None]:
+        """(start, finish) of `work_us` of planned work; None for what lies past the horizon
+        (a long job may start within it and finish beyond it)."""
         if self.exhausted:
-            return None
+            return None, None
         start: int | None = None
         while True:
             if self.cur is None:
                 nxt = next(self.it, None)
                 if nxt is None:
                     self.exhausted = True
-                    return None
+                    return start, None
                 self.cur = nxt
             s, e = self.cur
             if start is None:
@@ -202,8 +203,7 @@ def dispatch(
     out: list[Entry] = []
     for i, job in enumerate(ordered, 1):
         r = rate(job.product)
-        span = walker.take(work_us(job.remaining, r))
-        start, finish = span if span is not None else (None, None)
+        start, finish = walker.take(work_us(job.remaining, r))
         slip = None if finish is None or job.due >= NO_DUE else finish - job.due
         out.append(Entry(i, job, r, start, finish, slip))
     return out
