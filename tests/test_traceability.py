@@ -356,3 +356,104 @@ def test_the_trace_api_requires_auth_and_answers_both_ways(
         assert r.status_code == 422, (bad, r.text)
     odd = api.get("/api/v1/trace/lots/RESIN'%3B%20DROP%20TABLE%20x%3B--", headers=BEARER)
     assert odd.status_code == 404
+
+
+# --- the operator tablet's lots section --------------------------------------------------------
+
+
+def _lots_request(app: Any, button: str, **values: Any) -> dict[str, Any]:
+    """The request dash-renderer sends when a lots button is pressed."""
+    output = next(k for k in app.callback_map if "op-lots-feedback.children" in k)
+    outputs = [
+        dict(zip(("id", "property"), p.rsplit(".", 1), strict=True))
+        for p in output[2:-2].split("...")
+    ]
+    state = {
+        "op-station": "IM-01",
+        "op-lots-key": "ab" * 16,
+        "op-lots-wo": "WO-A1",
+        "op-lots-lot": "PA-9",
+        "op-lots-material": None,
+        "op-lots-qty": 50,
+        "op-lots-lang": "en",
+        **values,
+    }
+    return {
+        "output": output,
+        "outputs": outputs,
+        "inputs": [
+            {
+                "id": "op-lots-used",
+                "property": "n_clicks",
+                "value": 1 if button == "used" else None,
+            },
+            {
+                "id": "op-lots-made",
+                "property": "n_clicks",
+                "value": 1 if button == "made" else None,
+            },
+        ],
+        "state": [
+            {"id": k, "property": "value" if k in _VALUE_IDS else "data", "value": v}
+            for k, v in state.items()
+        ],
+        "changedPropIds": [f"op-lots-{button}.n_clicks"],
+    }
+
+
+_VALUE_IDS = {"op-lots-wo", "op-lots-lot", "op-lots-material", "op-lots-qty"}
+
+
+def test_the_operator_tablet_reports_lots_through_the_log(
+    api: TestClient, db_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    from datetime import UTC
+
+    from dashboards import context
+    from dashboards.app import create_app as create_board
+    from mesflow import users
+    from tests.test_dashboard import sign_in
+
+    seed(api, db_url, plant, tmp_path / "rec")
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "op1", "operator", "pw-for-tests-123")
+        users.add_user(conn, "view1", "viewer", "pw-for-tests-123")
+    app = create_board(Settings(auth_session_secret="s" * 40), plant, db_url)
+    try:
+        viewer = app.server.test_client()
+        assert sign_in(viewer, "view1", "pw-for-tests-123").status_code == 303
+        refused = viewer.post("/_dash-update-component", json=_lots_request(app, "made"))
+        assert refused.status_code == 403
+        client = app.server.test_client()
+        assert sign_in(client, "op1", "pw-for-tests-123").status_code == 303
+        if datetime.now(UTC).second >= 55:  # a double tap across a minute is two reports
+            import time
+
+            time.sleep(6)
+        first = client.post("/_dash-update-component", json=_lots_request(app, "made"))
+        again = client.post("/_dash-update-component", json=_lots_request(app, "made"))
+        assert "Production lot PA-9 recorded" in first.get_data(as_text=True)
+        assert "double tap" in again.get_data(as_text=True)
+        used = _lots_request(app, "used", **{"op-lots-lot": "RESIN-8", "op-lots-material": "PP"})
+        assert "RESIN-8 recorded" in client.post("/_dash-update-component", json=used).get_data(
+            as_text=True
+        )
+        # Refused, and nothing stored: a work order not on this machine, a bad lot, no qty.
+        for bad, words in (
+            ({"op-lots-wo": "WO-B1"}, "not released"),
+            ({"op-lots-lot": "a\x00b"}, "1 to 200"),
+            ({"op-lots-lot": " "}, "1 to 200"),
+            ({"op-lots-qty": None}, "whole number"),
+            ({"op-lots-qty": 1.5}, "whole number"),
+        ):
+            r = client.post("/_dash-update-component", json=_lots_request(app, "made", **bad))
+            assert words in r.get_data(as_text=True), (bad, r.get_data(as_text=True))
+    finally:
+        context.of(app.server).db.close()
+    run(db_url, plant, tmp_path / "rec")
+    with psycopg.connect(db_url) as conn:
+        made = conn.execute(
+            "SELECT lot, qty, machine, operator FROM production_lot WHERE lot = 'PA-9'"
+        ).fetchall()
+        assert made == [("PA-9", 50, "IM-01", "op1")]
+        assert trace.lot_trace(conn, "RESIN-8", plant.tz).orders[0]["order_no"] == "SO-A"

@@ -24,6 +24,7 @@ from dashboards import operator_reports as reports
 from dashboards.i18n import format_duration, state_label, t
 from dashboards.nav import account_links, nav_links
 from dashboards.operator_reports import Refused, Ticket
+from dashboards.pages import operator_lots
 from mesflow.plant import PlantConfig, Reason
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def register(app: dash.Dash) -> None:
         State(_LANG, "data"),
         prevent_initial_call=True,
     )(_act)
+    operator_lots.register(app, _STATION)
 
 
 # -- layout --------------------------------------------------------------------------------------
@@ -180,6 +182,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
             ),
             html.Div(id=_FEEDBACK, className="op-feedback"),
             html.Main(id=_BODY, className="op-body"),
+            operator_lots.section(lang),  # traceability: lots used and made
         ],
     )
 
