@@ -88,7 +88,7 @@ def one(db_url: str, sql: str, *args: Any) -> Any:
 
 
 def stored(db_url: str) -> tuple[int, int]:
-    return one(db_url, "SELECT version, qty FROM crm_order WHERE order_no = 'SO-1'")  # type: ignore[no-any-return]
+    return one(db_url, "SELECT version, qty FROM crm_order WHERE order_no = 'SO-1'")
 
 
 def decide(db_url: str, plant: PlantConfig, cr: int, decision: Any, comment: str = "ok") -> str:
@@ -157,7 +157,7 @@ def test_locked_change_waits_for_approval_and_the_crm_hears(
     assert data["by"] == "planner1" and data["comment"] == "customer confirmed by phone"
 
     # The dataflow sees the approved change: order_progress has the new qty and due.
-    parts = [
+    parts: list[dict[str, Any]] = [
         {"type": "state", "machine": "IM-01", "ts": at(1), "state": "running", "id": "s1"},
         *(
             {"type": "count", "machine": "IM-01", "ts": at(2 + i), "good": 1, "id": f"c{i}"}
@@ -193,7 +193,9 @@ def test_newer_version_supersedes_a_pending_request(api: TestClient, db_url: str
     first = api.post("/api/v1/orders", json=order(2, qty=150), headers=BEARER).json()
     second = api.post("/api/v1/orders", json=order(3, qty=180), headers=BEARER).json()
     assert second["status"] == "held" and second["superseded"] == first["change_request"]
-    rows = dict(psycopg.connect(db_url).execute("SELECT id, status FROM change_request").fetchall())
+    rows: dict[int, str] = dict(
+        psycopg.connect(db_url).execute("SELECT id, status FROM change_request").fetchall()
+    )
     assert rows == {first["change_request"]: "superseded", second["change_request"]: "pending"}
     # An older version than the pending one is stale.
     old = api.post("/api/v1/orders", json=order(2, qty=170), headers=BEARER).json()

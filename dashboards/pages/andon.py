@@ -23,6 +23,7 @@ from dashboards import auth, context
 from dashboards.alert_queries import open_count
 from dashboards.i18n import STATE_LABELS, STATE_ORDER, format_duration, state_label, t
 from dashboards.nav import account_links, nav_links
+from dashboards.pages import operator_notices
 from dashboards.queries import AndonTile, andon_tiles
 from mesflow.plant import PlantConfig
 
@@ -246,6 +247,7 @@ def _refresh(
         silent_s=ctx.settings.andon_silent_s,
     )
     board = render_board(rows, ctx.plant, lang, opts)
+    board = operator_notices.mark_andon(ctx.db, board, lang)  # order changes (issue 12)
     return board, clock, "", "andon-banner hidden", alerts_text, alerts_css
 
 
