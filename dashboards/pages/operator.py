@@ -24,6 +24,7 @@ from dashboards import operator_reports as reports
 from dashboards.i18n import format_duration, state_label, t
 from dashboards.nav import account_links, nav_links
 from dashboards.operator_reports import Refused, Ticket
+from dashboards.pages import operator_notices
 from dashboards.pages import operator_lots
 from mesflow.plant import PlantConfig, Reason
 
@@ -130,6 +131,7 @@ def register(app: dash.Dash) -> None:
         State(_LANG, "data"),
         prevent_initial_call=True,
     )(_act)
+    operator_notices.register(app)  # order-change notices (issue 12)
     operator_lots.register(app, _STATION)
 
 
@@ -181,6 +183,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
                 ],
             ),
             html.Div(id=_FEEDBACK, className="op-feedback"),
+            operator_notices.slot(),
             html.Main(id=_BODY, className="op-body"),
             operator_lots.section(lang),  # traceability: lots used and made
         ],

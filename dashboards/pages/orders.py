@@ -44,7 +44,7 @@ from dashboards.order_queries import (
     order_board,
     order_detail,
 )
-from dashboards.pages import order_customer_link
+from dashboards.pages import order_changes, order_customer_link
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,7 @@ def register(app: dash.Dash) -> None:
         State(_O_LANG, "data"),
     )(_refresh_order)
     order_customer_link.register(app)
+    order_changes.register(app)  # change control (CHANGE)
 
 
 # -- layouts (no database reads: Dash also calls them to validate callbacks) -----------------
@@ -278,6 +279,7 @@ def order_layout(order_no: str | None = None, lang: str | None = None, **_q: str
             html.A(s("back", lang), href=f"{PATH}?lang={lang}", className="orders-back"),
             html.Div(id=_O_BODY, className="order-body"),
             *order_customer_link.panel(order_no, lang),  # trace link, customer link (TRACE)
+            *order_changes.panel(order_no, lang),  # change requests and decisions (CHANGE)
         ],
     )
 
