@@ -3,7 +3,8 @@
     mesflow/v1/<site>/<area>/<line>/<machine>/<type>
 
 `type` is the event type of the contract: `state`, `count`, `counter`, `report` or
-`process_value`. The payload is a JSON object with the event's other fields; `type` and
+`process_value` (lot reports for traceability, `material_lot` and `production_lot`, are
+`report`s: docs/traceability.md). The payload is a JSON object with the event's other fields; `type` and
 `machine` may be left out (the topic says them) and must agree with the topic when present.
 Example:
 

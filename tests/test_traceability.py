@@ -457,3 +457,21 @@ def test_the_operator_tablet_reports_lots_through_the_log(
         ).fetchall()
         assert made == [("PA-9", 50, "IM-01", "op1")]
         assert trace.lot_trace(conn, "RESIN-8", plant.tz).orders[0]["order_no"] == "SO-A"
+
+
+def test_collectors_send_lot_reports_on_the_report_topic(plant: PlantConfig) -> None:
+    import json
+
+    from collectors.mqtt_json import map_message
+
+    body = {"ts": "2026-11-20T08:00:00+08:00", "kind": "production_lot", "work_order": "WO-1"}
+    topic = "mesflow/v1/suzhou/molding/IM/IM-01/report"
+    ok = map_message(plant, topic, json.dumps({**body, "lot": "L-1", "qty": 4}).encode())
+    assert ok.error is None and ok.machine == "IM-01"
+    ev = parse_event(ok.payload)
+    assert (ev.kind, ev.lot, ev.qty) == ("production_lot", "L-1", 4)  # type: ignore[union-attr]
+    # No qty: stored as received; the dataflow's validator dead-letters it (missing_field).
+    bad = map_message(plant, topic, json.dumps({**body, "lot": "L-1"}).encode())
+    with pytest.raises(ContractError) as err:
+        parse_event(bad.payload)
+    assert err.value.reason == "missing_field"
