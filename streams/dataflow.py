@@ -36,7 +36,7 @@ from mesflow.alert_rules import AlertsConfig
 from mesflow.events import MachineEvent, OrderEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
 from streams.alert_engine import AckInput, AlertEngine
-from streams.hour_clock import HOUR_US
+from streams.hour_clock import HOUR_US, to_us
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
 from streams.order_progress import (
     Callback,
@@ -211,11 +211,26 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
 
 
 class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
-    """Bytewax adapter around one CRM order's OrderProgress."""
+    """Bytewax adapter around one CRM order's OrderProgress.
 
-    def __init__(self, resume: bytes | None, ideal: IdealCycles) -> None:
+    The clock moves its "now" without new events, so ETAs and at-risk move while its
+    machines are silent: live, the wall clock every TICK while the order is open and not
+    made; in a replay, at its end, the highest event time the flow saw (deterministic)."""
+
+    TICK = timedelta(seconds=60)
+
+    def __init__(
+        self,
+        resume: bytes | None,
+        ideal: IdealCycles,
+        live: bool = False,
+        clock: EventClock | None = None,
+    ) -> None:
         self.progress: OrderProgress | None = pickle.loads(resume) if resume else None
         self.ideal = ideal
+        self.live = live
+        self.clock = clock
+        self.next_tick: datetime | None = None
 
     def on_batch(self, values: list[Any]) -> tuple[list[list[OrderRow]], bool]:
         p = self.progress
@@ -232,8 +247,53 @@ class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
                 p.on_work_order(x.event)
         return [p.flush()], StatefulBatchLogic.RETAIN
 
+    def notify_at(self) -> datetime | None:
+        if not self.live or self.progress is None or not self.progress.wants_clock():
+            return None
+        if self.next_tick is None:
+            self.next_tick = datetime.now(UTC) + self.TICK
+        return self.next_tick
+
+    def on_notify(self) -> tuple[list[list[OrderRow]], bool]:
+        self.next_tick = None
+        p = self.progress
+        if p is None:
+            return [], StatefulBatchLogic.RETAIN
+        p.on_clock(_wall_us())
+        return [p.flush()], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[list[OrderRow]], bool]:
+        p, high = self.progress, self.clock.high if self.clock is not None else None
+        if self.live or p is None or high is None or not p.wants_clock():
+            return [], StatefulBatchLogic.RETAIN
+        p.on_clock(high)
+        return [p.flush()], StatefulBatchLogic.RETAIN
+
     def snapshot(self) -> bytes:
         return pickle.dumps(self.progress, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class EventClock:
+    """The highest event time (us) of the machine events the validator passed: a replay's
+    "now" at its end. One per flow, shared by the steps of the one worker process."""
+
+    __slots__ = ("high",)
+
+    def __init__(self) -> None:
+        self.high: int | None = None
+
+    def watch(self, step: Any) -> Any:
+        def seen(batch: list[Any]) -> Any:
+            out = step(batch)
+            # Once per batch: max() over the batch's machine events, one to_us.
+            hi = max((x[1][1].ts for x in out if type(x) is tuple), default=None)
+            if hi is not None:
+                t = to_us(hi)
+                if self.high is None or t > self.high:
+                    self.high = t
+            return out
+
+        return seen
 
 
 class AlertLogic(StatefulBatchLogic[Any, list[AlertRow], bytes]):
@@ -315,7 +375,12 @@ def build_flow(
     ideal = IdealCycles.from_plant(plant)
     flow = Dataflow("mesflow")
     entries = op.input("ingest_log", flow, source)
-    checked = op.flat_map_batch("validate", entries, Validator(plant))
+    live = figures_every is not None
+    clock = None if live else EventClock()  # replay: ETAs move to the last event time
+    validator = Validator(plant)
+    checked = op.flat_map_batch(
+        "validate", entries, validator if clock is None else clock.watch(validator)
+    )
     split = op.branch("machine_events", checked, lambda x: type(x) is tuple)
     trackers = op.stateful_batch(
         "machines", split.trues, lambda resume: MachineLogic(resume, plant, figures_every, late)
@@ -327,13 +392,12 @@ def build_flow(
     orders = op.stateful_batch(
         "orders",
         op.key_on("by_order", to_orders.trues, _order_no),
-        lambda resume: OrderLogic(resume, ideal),
+        lambda resume: OrderLogic(resume, ideal, live, clock),
     )
     order_rows = op.flat_map("order_rows", orders, lambda kv: kv[1])
     results = op.merge("all_results", order_rows, to_orders.falses)
     if alerts is not None and alerts.rules:
         wanted = _alert_inputs(alerts)
-        live = figures_every is not None
         # One call per batch, not per row: the rows stream is nearly as long as the events.
         to_alerts = op.flat_map_batch(
             "alert_inputs", results, lambda rows: [("plant", x) for x in rows if type(x) in wanted]

@@ -272,11 +272,17 @@ class OrderProgress:
         self._evaluate()
 
     def on_clock(self, t: int) -> None:
-        """Optional: move "now" without new facts (rates decay, ETAs move, due passes)."""
-        if self.now is not None and t <= self.now:
-            return
+        """Move "now" without new facts (rates decay, ETAs move, due passes): the dataflow's
+        clock tick, so an order whose machines fall silent does not keep its last ETA."""
+        if self.now is None or t <= self.now:
+            return  # nothing seen yet: no figures to move
         self._tick(t)
         self._evaluate()
+
+    def wants_clock(self) -> bool:
+        """Whether a clock tick can change anything: an open order not yet made."""
+        o = self.order
+        return o is not None and o.status == "open" and self.done_at is None
 
     # -- output ------------------------------------------------------------------------------
 
