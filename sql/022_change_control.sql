@@ -72,7 +72,7 @@ $$;
 -- Public: every change request and its decision (who, when, what, why).
 CREATE VIEW v_change_requests AS
 SELECT c.id, c.order_no, c.from_version, c.to_version, c.requested_by, c.source,
-       c.received_at, c.change, c.status, c.decided_by, c.decided_at, c.comment,
+       c.received_at, c.change, c.snapshot, c.status, c.decided_by, c.decided_at, c.comment,
        c.applied_at, c.superseded_by,
        (SELECT count(*) FROM floor_notice n WHERE n.change_request_id = c.id) AS notices,
        (SELECT count(*) FROM floor_notice n

@@ -4,6 +4,8 @@ HTTP CRM and the real dataflow picking up an approved change."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,9 @@ from mesflow.settings import Settings
 from notify import webhooks
 from notify.dispatcher import DispatchConfig, Dispatcher, Endpoint
 from streams.replay import replay_file
+from tests.conftest import require
 from tests.helpers import write_jsonl
+from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url  # noqa: F401
 
 TOKEN = "tok-change-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -295,3 +299,55 @@ def test_projection_is_a_simple_rate_extrapolation() -> None:
                       due_new=None, now=now).eta_new == now  # fmt: skip
     assert cc.project(good=0, qty_now=100, qty_new=50, rate_per_h=0, eta_now=None,
                       due_new=None, now=now).eta_new is None  # fmt: skip
+
+
+def _type(browser: Any, selector: str, text: str) -> None:
+    """Type into a React-controlled field: the native setter, then an input event."""
+    browser.eval(
+        f"(() => {{ const el = document.querySelector({json.dumps(selector)});"
+        " const proto = el.tagName === 'TEXTAREA' ? HTMLTextAreaElement : HTMLInputElement;"
+        " Object.getOwnPropertyDescriptor(proto.prototype, 'value').set.call(el, "
+        f"{json.dumps(text)}); el.dispatchEvent(new Event('input', {{bubbles: true}})); }})()"
+    )
+
+
+@pytest.mark.browser
+def test_a_planner_decides_on_the_order_page(
+    db_url: str,
+    andon_url: str,  # noqa: F811
+    api: TestClient,
+    plant: PlantConfig,
+    tmp_path: Path,
+) -> None:
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    setup_order(api)
+    start_work(db_url)
+    cr = api.post("/api/v1/orders", json=order(2, qty=150), headers=BEARER).json()["change_request"]
+    browser = Chromium(tmp_path)
+    try:
+        _sign_in_in_browser(browser, f"{andon_url}/orders/SO-1?lang=en")
+        pending = f"document.querySelector('.occ-pending[data-request=\"{cr}\"]')"
+        browser.wait_for(f"{pending} != null")
+        text = browser.eval(f"{pending}.textContent")
+        assert "ETA for the new quantity" in text and "WO-1" in text and "IM-01" in text
+        # No comment: refused, nothing applied.
+        browser.eval("document.querySelector('#occ-approve').click()")
+        browser.wait_for("document.querySelector('#occ-msg').textContent.includes('required')")
+        assert stored(db_url) == (1, 100)
+        _type(browser, "#occ-comment", "customer confirmed")
+        browser.eval("document.querySelector('#occ-approve').click()")
+        browser.wait_for("document.querySelector('#occ-msg').textContent.includes('Approved')")
+        browser.wait_for("document.querySelector('.occ-pending') == null")
+        history = browser.eval("document.querySelector('.occ-history').textContent")
+        assert "customer confirmed" in history and "approved" in history
+        # A planner's own change of the (locked) order is held.
+        _type(browser, "#occ-qty", "175")
+        browser.eval("document.querySelector('#occ-propose').click()")
+        browser.wait_for("document.querySelector('#occ-msg').textContent.includes('waits')")
+        browser.wait_for("document.querySelector('.occ-pending') != null")
+    finally:
+        browser.close()
+    assert stored(db_url) == (2, 150)
+    assert (
+        one(db_url, "SELECT requested_by FROM change_request WHERE status = 'pending'") == "admin"
+    )
