@@ -153,3 +153,19 @@ def test_the_cli_creates_lists_and_revokes(
     assert board.get(f"/c/{token.group(1)}").status_code == 410
     assert "revoked" in runner.invoke(main, ["customer-link", "list", "SO-B"]).output
     assert runner.invoke(main, ["customer-link", "revoke", link_id]).exit_code != 0
+
+
+def test_only_the_c_prefix_is_open(board: Any, plant_db: str) -> None:
+    _, token = make(plant_db, "SO-A")
+    assert board.get(f"/c/{token}").status_code == 200  # not signed in
+    # Neighbours of the prefix are the boards' own and closed: signed out, a page sends to
+    # /login and anything else is 401.
+    for path in ("/c", f"/cx/{token}", f"/C/{token}", "/trace", "/orders/SO-A"):
+        resp = board.get(path)
+        assert resp.status_code in (302, 401), path
+        assert "SO-A" not in body(resp) or resp.status_code == 302, path
+        if resp.status_code == 302:
+            assert "/login" in resp.headers["Location"], path
+    # The page only answers GET: a POST falls to the gate (401), nothing shown.
+    post = board.post(f"/c/{token}")
+    assert post.status_code in (401, 405) and "SO-A" not in body(post)

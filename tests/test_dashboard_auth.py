@@ -232,6 +232,7 @@ def _cases(app: dash.Dash) -> list[tuple[str, str, str, dict[str, Any] | None, s
     covered = {adapter.match(path.split("?")[0], method)[0] for _l, method, path, _b, _r in cases}
     covered |= {auth.LOGIN_ENDPOINT, auth.LOGOUT_ENDPOINT}  # tested on their own below
     covered |= {auth.ACK_ENDPOINT}  # open by design (a signed link): tests/test_alerts_board.py
+    covered |= {auth.CUSTOMER_ENDPOINT}  # open by design (/c/<token>): tests/test_customer_link.py
     assert {rule.endpoint for rule in app.server.url_map.iter_rules()} <= covered
     return cases
 
