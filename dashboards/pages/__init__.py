@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from dashboards.pages import alerts, analytics, andon, machine, operator, orders, trace
+from dashboards.pages import (
+    alerts,
+    analytics,
+    andon,
+    dispatch,
+    machine,
+    operator,
+    orders,
+    promise,
+    trace,
+)
 
 # Registration order; the navigation follows each page's `order`.
 PAGES: tuple[ModuleType, ...] = (andon, analytics, machine, operator, orders, alerts, trace)
+PAGES += (dispatch, promise)
