@@ -24,6 +24,7 @@ from dashboards import operator_reports as reports
 from dashboards.i18n import format_duration, state_label, t
 from dashboards.nav import account_links, nav_links
 from dashboards.operator_reports import Refused, Ticket
+from dashboards.pages import operator_dispatch as dispatch_order
 from dashboards.pages import operator_notices
 from dashboards.pages import operator_lots
 from mesflow.plant import PlantConfig, Reason
@@ -243,6 +244,7 @@ def read_station(conn: psycopg.Connection, machine: str) -> StationView:
             (machine,),
         )
     ]
+    wos = dispatch_order.in_dispatch_order(conn, machine, wos)  # dispatch order (issue 12)
     row = conn.execute(
         "SELECT work_order FROM v_machine_status WHERE machine = %s", (machine,)
     ).fetchone()
@@ -367,7 +369,9 @@ def render_station(
         active = wo == view.active_wo
         wo_rows.append(
             html.Div(
-                className="op-wo" + (" active" if active else ""),
+                className="op-wo"
+                + (" active" if active else "")
+                + dispatch_order.css(wo, view.work_orders, view.active_wo),
                 children=[
                     html.Span(wo, className="op-wo-id"),
                     html.Span(f"{product or ''} {good}/{wqty or '?'}", className="op-wo-fig"),
