@@ -217,6 +217,9 @@ class MachineTracker:
         self.scrap_total = 0
         # Scrap per hour by (reason, product or None); kept and forgotten with the hours.
         self.scrap: dict[int, dict[tuple[str, str | None], int]] = {}
+        # Hours whose scrap set changed since the last full flush: only those are written
+        # (most flushes change no scrap; a rebuild re-applies, so re-marks, what it changes).
+        self.scrap_dirty: set[int] = set()
         self.dirty = _Dirty()
         # Late data (streams/rebuild.py): the log seq of the last event consumed, and the
         # earliest time of events that came later than the allowed lateness and wait for
@@ -246,6 +249,7 @@ class MachineTracker:
         self._hour_segs = None
         self._segs_by_hour = {}
         self._count_cache = None
+        self.__dict__.setdefault("scrap_dirty", set())
         if "scrap" not in state:
             self._upgrade_scrap()
 
@@ -709,6 +713,7 @@ class MachineTracker:
         by = self.scrap.get(hour)
         if by is None:
             by = self.scrap[hour] = {}
+        self.scrap_dirty.add(hour)
         key = (reason, product)
         v = by.get(key, 0) + qty
         if v:
@@ -1084,7 +1089,9 @@ class MachineTracker:
             if b is not None:
                 rows.append(_hour_row(m, b))
                 rows.extend(_kpi_rows(m, "hour", b, None))
-                rows.append(self._scrap_row(h))
+        for h in sorted(self.scrap_dirty):
+            rows.append(self._scrap_row(h))
+        self.scrap_dirty = set()
         for inst in sorted(d.shifts, key=lambda s: s.start):
             b = self.shifts.get(inst)
             if b is not None:

@@ -56,6 +56,7 @@ def run(
         for k, v in final.items()
         if v is not None
         and not (isinstance(v, WorkOrderParts) and v.good_total == v.scrap_total == 0)
+        and not (isinstance(v, ScrapSetRow) and not v.items)  # an empty set deletes nothing
     }, rejected
 
 
@@ -349,6 +350,7 @@ def run_merging(
         for k, v in final.items()
         if v is not None
         and not (isinstance(v, WorkOrderParts) and v.good_total == v.scrap_total == 0)
+        and not (isinstance(v, ScrapSetRow) and not v.items)  # an empty set deletes nothing
     }, rebuilds
 
 

@@ -80,8 +80,8 @@ def test_scrap_by_reason_and_product_in_an_hour() -> None:
         ("short_shot", "P-100"): 3,
         ("flash", "unknown"): 2,
     }
-    # A written hour without scrap has an empty set (it replaces whatever was stored).
-    assert rows[("ScrapSetRow", H12)].items == ()
+    # Only hours whose scrap changed are written.
+    assert ("ScrapSetRow", H12) not in rows and ("HourRow", H12) in rows
     # The sets add up to the hour's scrap, and reports moved good parts into scrap.
     hour = rows[("HourRow", H11)]
     assert sum(scrap(rows, H11).values()) == hour.scrap == 11
@@ -152,6 +152,25 @@ def test_a_stale_scrap_counter_reading_does_not_touch_reports() -> None:
     want, _ = run(sorted([*events, late], key=lambda e: e["ts"]), batch=1)
     assert got == want
     assert scrap(got, H10) == {(UNSPECIFIED, "unknown"): 3, ("scrap", "unknown"): 2}
+
+
+def test_an_hour_whose_scrap_moves_away_is_written_empty() -> None:
+    """A late scrap-counter reading moves the counted scrap into the previous hour: the later
+    hour's set is written again, empty, so that its stored rows are deleted."""
+    tracker = MachineTracker(MachineSpec.from_plant(PLANT, "IM-01"))
+    events = [
+        ev("state", 60, state="running"),  # 11:50
+        ev("counter", 68, name="scrap", value=10),  # 11:58, baseline
+        ev("counter", 71, name="scrap", value=14),  # 12:01: +4 in hour 12
+        ev("counter", 69, name="scrap", value=14),  # 11:59, late: the 4 were before noon
+    ]
+    written: list[ScrapSetRow] = []
+    for i, e in enumerate(events):
+        tracker.apply(i, parse_event(json.dumps(e)))  # type: ignore[arg-type]
+        written += [r for r in tracker.flush() if isinstance(r, ScrapSetRow)]
+    last = {r.hour_start: r.items for r in written}
+    assert last == {H11: ((UNSPECIFIED, "unknown", 4),), H12: ()}
+    assert [r.items for r in written if r.hour_start == H12] == [((UNSPECIFIED, "unknown", 4),), ()]
 
 
 def _old_snapshot(tracker: MachineTracker) -> bytes:
