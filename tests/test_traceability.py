@@ -475,3 +475,28 @@ def test_collectors_send_lot_reports_on_the_report_topic(plant: PlantConfig) -> 
     with pytest.raises(ContractError) as err:
         parse_event(bad.payload)
     assert err.value.reason == "missing_field"
+
+
+def test_the_csv_holds_every_section_and_no_formula() -> None:
+    import csv
+    import io
+
+    from dashboards.pages.trace import to_csv
+
+    when = at(9)
+    found = trace.OrderTrace(
+        "SO-A",
+        {"order_no": "SO-A"},
+        work_orders=[{"work_order": "WO-A1", "machine": "IM-01", "started_at": when}],
+        lots=[{"lot_kind": "production", "lot": "=HYPERLINK(1)", "qty": 5, "ts": when}],
+        machines=[{"machine": "IM-01", "from_ts": when, "to_ts": None}],
+        operators=[],
+        stops=[{"machine": "IM-01", "start_ts": when, "end_ts": when, "seconds": 90.0}],
+    )
+    rows = list(csv.reader(io.StringIO(to_csv(found))))
+    assert rows[0][0] == "section" and "lot" in rows[0] and "minutes" in rows[0]
+    by = {r[0]: dict(zip(rows[0], r, strict=True)) for r in rows[1:]}
+    assert set(by) == {"work_orders", "lots", "machines", "stops"}
+    assert by["lots"]["lot"] == "'=HYPERLINK(1)"
+    assert by["stops"]["minutes"] == "1.5"
+    assert by["machines"]["from_ts"] == "2026-11-20T09:00:00+08:00"
