@@ -28,7 +28,9 @@ from notify.dispatcher import DispatchConfig, Dispatcher, Endpoint
 from streams.replay import replay_file
 from tests.conftest import require
 from tests.helpers import write_jsonl
-from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url  # noqa: F401
+from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url
+
+__all__ = ["andon_url"]  # the fixture: the app on waitress with an admin user
 
 TOKEN = "tok-change-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -314,7 +316,7 @@ def _type(browser: Any, selector: str, text: str) -> None:
 @pytest.mark.browser
 def test_a_planner_decides_on_the_order_page(
     db_url: str,
-    andon_url: str,  # noqa: F811
+    andon_url: str,
     api: TestClient,
     plant: PlantConfig,
     tmp_path: Path,

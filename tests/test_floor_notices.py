@@ -24,7 +24,9 @@ from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from tests.conftest import require
 from tests.test_change_control import BEARER, TOKEN, one, order, setup_order, start_work
-from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url  # noqa: F401
+from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url
+
+__all__ = ["andon_url"]  # the fixture: the app on waitress with an admin user
 
 ALERTS = """
 people:
@@ -184,7 +186,7 @@ def test_floor_sees_and_acknowledges_in_the_browser(
     db_url: str,
     andon_url: str,
     plant: PlantConfig,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
     with TestClient(create_app(plant, db_url, Settings(crm_tokens=f"crm-a:{TOKEN}"))) as api:
