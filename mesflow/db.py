@@ -194,6 +194,12 @@ def sync_plant(url: str, plant: PlantConfig) -> None:
     for code, (category, en, zh) in BUILTIN_REASONS.items():
         if code not in plant.reasons_by_code:
             reasons.append((code, None, category, en, zh))
+    limits = [
+        (scope, owner.id, name, v.lsl, v.usl, v.alarm_low, v.alarm_high)
+        for scope, owners in (("product", plant.products), ("machine", plant.machines.values()))
+        for owner in owners
+        for name, v in (owner.process_limits or {}).items()
+    ]
     with connect(url) as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM plant_machine")
         cur.execute("DELETE FROM plant_line")
@@ -201,3 +207,6 @@ def sync_plant(url: str, plant: PlantConfig) -> None:
         cur.executemany("INSERT INTO plant_line VALUES (%s, %s, %s, %s, %s)", lines)
         cur.executemany("INSERT INTO plant_machine VALUES (%s, %s, %s, %s, %s, %s, %s)", machines)
         cur.executemany("INSERT INTO reason_code VALUES (%s, %s, %s, %s, %s)", reasons)
+        # Process limits (mesflow/process_limits.py), for Cpk (sql/026_process_limits.sql).
+        cur.execute("DELETE FROM process_limit")
+        cur.executemany("INSERT INTO process_limit VALUES (%s, %s, %s, %s, %s, %s, %s)", limits)

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from mesflow.events import CANONICAL_STATES, MachineState
+from mesflow.process_limits import ProcessLimits
 from mesflow.source_opcua import OpcUaSource
 from mesflow.source_sparkplug import SparkplugSource
 from mesflow.yaml_lines import YamlError, line_of, load_with_lines
@@ -125,6 +126,8 @@ class Machine(_Model):
     opcua: OpcUaSource | None = None
     # Where its state, counters and process values are in Sparkplug B (collectors-sparkplug.md).
     sparkplug: SparkplugSource | None = None
+    # Process-value limits on this machine (mesflow/process_limits.py), over the product's.
+    process_limits: ProcessLimits | None = None
 
 
 class Line(_Model):
@@ -140,6 +143,8 @@ class Product(_Model):
     name: LocalizedName
     # Ideal cycle time per machine id, in seconds per part.
     ideal_cycle_seconds: dict[Code, PositiveFloat] = {}
+    # Process-value limits while this product runs (mesflow/process_limits.py).
+    process_limits: ProcessLimits | None = None
 
 
 class Reason(_Model):

@@ -37,6 +37,8 @@ from mesflow.events import MachineEvent, OrderEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
 from streams.alert_engine import AckInput, AlertEngine
 from streams.hour_clock import HOUR_US, to_us
+from streams.limit_spans import has_limits
+from streams.limit_spans_flow import limit_span_rows
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
 from streams.order_progress import (
     Callback,
@@ -396,6 +398,8 @@ def build_flow(
     )
     order_rows = op.flat_map("order_rows", orders, lambda kv: kv[1])
     results = op.merge("all_results", order_rows, to_orders.falses)
+    if has_limits(plant):  # out-of-limit spans of process values (streams/limit_spans.py)
+        results = op.merge("results_and_spans", results, limit_span_rows(plant, checked))
     if alerts is not None and alerts.rules:
         wanted = _alert_inputs(alerts)
         # One call per batch, not per row: the rows stream is nearly as long as the events.

@@ -37,7 +37,7 @@ from mesflow.ingest_log import safe_text
 from notify.alert_outbox import dumps as alert_dumps
 from notify.alert_outbox import enqueue_alert
 from notify.outbox import enqueue
-from streams import lots, process_values
+from streams import limit_spans, lots, process_values
 from streams.hour_clock import from_us
 from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
 from streams.records import (
@@ -234,6 +234,9 @@ class _Batch:
         self.alerts: list[AlertRow] = []  # every step, in order
         self.values: list[process_values.ValueRow] = []  # raw process values: every one
         self.lots: list[lots.LotRow | lots.OperatorActivity] = []  # traceability: every one
+        # Out-of-limit spans and product runs (streams/limit_spans.py): the last of each.
+        self.spans: dict[tuple[str, str, Any], limit_spans.LimitSpan] = {}
+        self.runs: dict[tuple[str, Any], limit_spans.ProductRun] = {}
 
     def add(self, item: Any) -> None:
         t = type(item)
@@ -269,6 +272,10 @@ class _Batch:
             self.values.extend(item.rows)
         elif t is lots.LotRow or t is lots.OperatorActivity:
             self.lots.append(item)
+        elif t is limit_spans.LimitSpan:
+            self.spans[(item.machine, item.name, item.start)] = item
+        elif t is limit_spans.ProductRun:
+            self.runs[(item.machine, item.start)] = item
 
 
 def _copy(
@@ -424,6 +431,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 process_values.store(cur, batch.values)
             if batch.lots:
                 lots.store(cur, batch.lots)
+            if batch.spans or batch.runs:
+                limit_spans.store(cur, list(batch.spans.values()), list(batch.runs.values()))
             # Callbacks commit with the figures that caused them (transactional outbox).
             for cb in batch.callbacks:
                 _enqueue(cur, cb)
@@ -465,6 +474,10 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 attempt("process_value", value, process_values.store, [value])
             for lot in batch.lots:
                 attempt("lot", lot, lots.store, [lot])
+            for span in batch.spans.values():
+                attempt("process_limit_span", span, limit_spans.store, [span], [])
+            for run in batch.runs.values():
+                attempt("process_product_run", run, limit_spans.store, [], [run])
             for cb in batch.callbacks:
                 attempt("outbox", cb, _enqueue, cb)
             for alert in batch.alerts:
