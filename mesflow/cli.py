@@ -391,8 +391,9 @@ def schema(out: Path | None) -> None:
 @click.option("--from", "date_from", metavar="DATE", help="First plant-local day (inclusive).")
 @click.option("--to", "date_to", metavar="DATE", help="Day after the last one (exclusive).")
 @click.option(
-    "--by", type=click.Choice(["hour", "shift"]), default="shift", show_default=True,
-    help="One row per hour or per shift instance.",
+    "--by", type=click.Choice(["hour", "shift", "customer", "product", "month"]),
+    help="One row per hour or shift instance (default shift); with --kpis per customer, "
+    "product or month (default month).",
 )  # fmt: skip
 @click.option(
     "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
@@ -400,6 +401,11 @@ def schema(out: Path | None) -> None:
 )  # fmt: skip
 @click.option("--reasons", is_flag=True, help="Downtime by reason (Pareto) instead of KPIs.")
 @click.option("--lang", type=click.Choice(["zh", "en"]), help="Reason names (default: settings).")
+@click.option("--kpis", is_flag=True, help="Delivery KPIs (docs/kpis.md); --from/--to: months.")
+@click.option("--month", metavar="YYYY-MM", help="With --kpis: one plant-local month.")
+@click.option("--customer", metavar="C", help="With --kpis: one customer.")
+@click.option("--product", metavar="P", help="With --kpis: one product.")
+@click.option("--csv", "csv_out", is_flag=True, help="With --kpis: CSV (as the /kpis board's).")
 def report(
     machine: str | None,
     line: str | None,
@@ -407,10 +413,15 @@ def report(
     day: str | None,
     date_from: str | None,
     date_to: str | None,
-    by: str,
+    by: str | None,
     fmt: str,
     reasons: bool,
     lang: str | None,
+    kpis: bool,
+    month: str | None,
+    customer: str | None,
+    product: str | None,
+    csv_out: bool,
 ) -> None:
     """Print the KPI table (OEE, availability, ...) of a machine, a line or the plant.
 
@@ -425,6 +436,7 @@ def report(
     mesflow report --machine IM-01 --shift 2026-11-20/night --by hour
     mesflow report --from 2026-11-16 --to 2026-11-23 --format csv > week.csv
     mesflow report --line CNC --date 2026-11-20 --reasons --lang en
+    mesflow report --kpis --from 2026-10 --to 2026-11 --by customer --csv
     """
     import psycopg
 
@@ -432,6 +444,15 @@ def report(
 
     settings = get_settings()
     plant = _plant(settings)
+    if kpis:
+        from mesflow.kpi_cli import kpi_report
+
+        kpi_report(_database_url(settings), plant.tz, by, month, date_from, date_to,
+                   customer, product, csv_out)  # fmt: skip
+        return
+    if by not in (None, "hour", "shift") or month or customer or product or csv_out:
+        raise click.UsageError("--month/--customer/--product/--csv and --by customer|product|"
+                               "month go with --kpis")  # fmt: skip
     try:
         scope = resolve_scope(plant, machine, line)
         period = resolve_period(

@@ -1,0 +1,301 @@
+"""Delivery KPIs (docs/kpis.md): `mesflow report --kpis` and the /kpis board.
+
+Both read the per-order and per-change rows of sql/025_delivery_kpis.sql (v_order_delivery,
+v_change_delivery) and aggregate them here with the same formulas as the v_kpi_* views, so
+medians and p90s of a customer over several months are true medians, not medians of
+monthly medians. Months are in the plant's time zone: the session's time zone is set to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import class_row
+
+Dimension = Literal["customer", "product", "month"]
+DIMENSIONS: tuple[Dimension, ...] = ("customer", "product", "month")
+_MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class KpiError(ValueError):
+    """A KPI query that cannot be made as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class MonthRange:
+    """Calendar months, both ends inclusive ('YYYY-MM'); None: open on that side."""
+
+    first: str | None = None
+    last: str | None = None
+
+    def describe(self) -> str:
+        if self.first and self.first == self.last:
+            return self.first
+        if not self.first and not self.last:
+            return "all months"
+        return f"{self.first or '…'} to {self.last or '…'}"
+
+
+def parse_month(text: str, option: str) -> str:
+    text = text.strip()
+    if not _MONTH.match(text):
+        raise KpiError(f"{option}: {text!r} is not a month YYYY-MM, e.g. 2026-11")
+    return text
+
+
+def month_range(month: str | None, first: str | None, last: str | None) -> MonthRange:
+    if month and (first or last):
+        raise KpiError("give --month or --from/--to, not both")
+    if month:
+        m = parse_month(month, "--month")
+        return MonthRange(m, m)
+    rng = MonthRange(
+        parse_month(first, "--from") if first else None,
+        parse_month(last, "--to") if last else None,
+    )
+    if rng.first and rng.last and rng.last < rng.first:
+        raise KpiError(f"--to {rng.last} is before --from {rng.first}")
+    return rng
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryKpiRow:
+    """One group of the KPI table; the column names of the CSV."""
+
+    key: str  # the customer, product or month the row is about
+    orders_started: int
+    lead_time_avg_s: float | None
+    lead_time_median_s: float | None
+    lead_time_p90_s: float | None
+    changes: int
+    unacknowledged: int
+    response_median_s: float | None
+    response_p90_s: float | None
+    completed: int
+    on_time: int
+    on_time_rate: float | None
+    good: int
+    scrap: int
+    # Stands in for the rework rate until the people-and-quality issue lands.
+    scrap_rate: float | None
+
+
+def kpi_query(
+    by: Dimension,
+    months: MonthRange,
+    customer: str | None = None,
+    product: str | None = None,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """One query, one row per value of `by`: the four KPIs over the filtered rows."""
+    if by not in DIMENSIONS:
+        raise KpiError(f"--by: {by!r}; valid: {', '.join(DIMENSIONS)}")
+
+    def where(month_col: str) -> sql.Composed:
+        conds = [
+            sql.SQL("({m} IS NOT NULL)").format(m=sql.Identifier(month_col)),
+            sql.SQL("(%(first)s::text IS NULL OR {m} >= %(first)s)").format(
+                m=sql.Identifier(month_col)
+            ),
+            sql.SQL("(%(last)s::text IS NULL OR {m} <= %(last)s)").format(
+                m=sql.Identifier(month_col)
+            ),
+            sql.SQL("(%(customer)s::text IS NULL OR customer = %(customer)s)"),
+            sql.SQL("(%(product)s::text IS NULL OR product = %(product)s)"),
+        ]
+        return sql.SQL(" AND ").join(conds)
+
+    def key(month_col: str) -> sql.Composable:
+        return sql.Identifier(month_col if by == "month" else by)
+
+    query = sql.SQL(
+        """
+WITH lead AS (
+    SELECT {k_start} AS key, count(*) AS orders_started,
+           avg(lead_time_s) AS lead_time_avg_s,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY lead_time_s) AS lead_time_median_s,
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY lead_time_s) AS lead_time_p90_s,
+           sum(good)::bigint AS good, sum(scrap)::bigint AS scrap,
+           sum(scrap)::double precision / NULLIF(sum(good + scrap), 0) AS scrap_rate
+    FROM v_order_delivery WHERE {w_start} GROUP BY 1
+), chg AS (
+    SELECT {k_chg} AS key, count(*) AS changes,
+           count(*) FILTER (WHERE acknowledged_at IS NULL) AS unacknowledged,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY response_s) AS response_median_s,
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY response_s) AS response_p90_s
+    FROM v_change_delivery WHERE {w_chg} GROUP BY 1
+), ontime AS (
+    SELECT {k_done} AS key, count(*) AS completed,
+           count(*) FILTER (WHERE on_time) AS on_time,
+           count(*) FILTER (WHERE on_time)::double precision / count(*) AS on_time_rate
+    FROM v_order_delivery WHERE completed AND {w_done} GROUP BY 1
+), keys AS (
+    SELECT key FROM lead UNION SELECT key FROM chg UNION SELECT key FROM ontime
+)
+SELECT k.key,
+       COALESCE(l.orders_started, 0)::int AS orders_started,
+       l.lead_time_avg_s, l.lead_time_median_s, l.lead_time_p90_s,
+       COALESCE(c.changes, 0)::int AS changes,
+       COALESCE(c.unacknowledged, 0)::int AS unacknowledged,
+       c.response_median_s, c.response_p90_s,
+       COALESCE(o.completed, 0)::int AS completed,
+       COALESCE(o.on_time, 0)::int AS on_time,
+       o.on_time_rate,
+       COALESCE(l.good, 0)::bigint AS good,
+       COALESCE(l.scrap, 0)::bigint AS scrap,
+       l.scrap_rate
+FROM keys k
+LEFT JOIN lead l USING (key)
+LEFT JOIN chg c USING (key)
+LEFT JOIN ontime o USING (key)
+ORDER BY k.key
+"""
+    ).format(
+        k_start=key("start_month"),
+        w_start=where("start_month"),
+        k_chg=key("month"),
+        w_chg=where("month"),
+        k_done=key("completed_month"),
+        w_done=where("completed_month"),
+    )
+    params = {
+        "first": months.first,
+        "last": months.last,
+        "customer": customer,
+        "product": product,
+    }
+    return query, params
+
+
+def fetch_delivery_kpis(
+    url: str,
+    tz: ZoneInfo,
+    by: Dimension,
+    months: MonthRange,
+    customer: str | None = None,
+    product: str | None = None,
+) -> list[DeliveryKpiRow]:
+    query, params = kpi_query(by, months, customer, product)
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Months in the plant's time zone: to_char/date_trunc of timestamptz use the session's.
+        conn.execute(sql.SQL("SET TIME ZONE {}").format(sql.Literal(tz.key)))
+        with conn.cursor(row_factory=class_row(DeliveryKpiRow)) as cur:
+            return cur.execute(query, params).fetchall()
+
+
+# -- formatting --------------------------------------------------------------------------
+
+# As `mesflow report`: durations to 0.1 s, ratios to 4 decimals, no float noise.
+SECONDS_DECIMALS = 1
+RATIO_DECIMALS = 4
+
+
+def _raw(name: str, value: Any) -> Any:
+    if isinstance(value, float):
+        decimals = SECONDS_DECIMALS if name.endswith("_s") else RATIO_DECIMALS
+        return round(value, decimals) + 0.0  # + 0.0: no "-0.0"
+    return value
+
+
+def records(rows: Sequence[DeliveryKpiRow], by: Dimension) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        rec: dict[str, Any] = {}
+        for f in fields(DeliveryKpiRow):
+            name = by if f.name == "key" else f.name
+            rec[name] = _raw(f.name, getattr(r, f.name))
+        out.append(rec)
+    return out
+
+
+def to_csv(rows: Sequence[DeliveryKpiRow], by: Dimension) -> str:
+    """The CSV of `mesflow report --kpis --csv` and of the board's export (the same bytes)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(by if f.name == "key" else f.name for f in fields(DeliveryKpiRow))
+    for rec in records(rows, by):
+        writer.writerow(
+            "" if v is None else _formula_safe(v) if isinstance(v, str) else v for v in rec.values()
+        )
+    return out.getvalue()
+
+
+def _formula_safe(text: str) -> str:
+    # A customer name from the CRM must not run as a spreadsheet formula.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Seconds as d h:mm (days only when a day or more), rounded to the minute."""
+    if seconds is None:
+        return ""
+    minutes = round(seconds / 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hm = f"{rest // 60}:{rest % 60:02d}"
+    return f"{days}d {hm}" if days else hm
+
+
+def fmt_pct(value: float | None) -> str:
+    return "" if value is None else f"{value * 100:.1f}%"
+
+
+HEADERS = (
+    "started", "lead avg", "lead median", "lead p90", "changes", "unacked",
+    "resp median", "resp p90", "completed", "on time", "on-time rate", "good", "scrap",
+    "scrap rate",
+)  # fmt: skip
+
+
+def cells(r: DeliveryKpiRow) -> list[str]:
+    return [
+        r.key,
+        str(r.orders_started),
+        fmt_duration(r.lead_time_avg_s),
+        fmt_duration(r.lead_time_median_s),
+        fmt_duration(r.lead_time_p90_s),
+        str(r.changes),
+        str(r.unacknowledged),
+        fmt_duration(r.response_median_s),
+        fmt_duration(r.response_p90_s),
+        str(r.completed),
+        str(r.on_time),
+        fmt_pct(r.on_time_rate),
+        str(r.good),
+        str(r.scrap),
+        fmt_pct(r.scrap_rate),
+    ]
+
+
+def table(rows: Sequence[DeliveryKpiRow], by: Dimension) -> str:
+    from mesflow.report import _grid
+
+    return _grid((by, *HEADERS), [cells(r) for r in rows], left=1)
+
+
+def make_kpi_report(
+    url: str,
+    tz: ZoneInfo,
+    by: Dimension,
+    months: MonthRange,
+    *,
+    csv_out: bool = False,
+    customer: str | None = None,
+    product: str | None = None,
+) -> tuple[str, str | None]:
+    """(standard output, notice for stderr or None)."""
+    rows = fetch_delivery_kpis(url, tz, by, months, customer, product)
+    empty = f"no delivery KPIs for {months.describe()}"
+    if csv_out:
+        return to_csv(rows, by), None if rows else empty
+    if not rows:
+        return empty + "\n", None
+    title = f"delivery KPIs by {by}, {months.describe()} (months in {tz.key})"
+    note = "scrap rate stands in for the rework rate (docs/kpis.md)"
+    return f"{title}\n\n{table(rows, by)}\n{note}\n", None
