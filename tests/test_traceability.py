@@ -500,3 +500,24 @@ def test_the_csv_holds_every_section_and_no_formula() -> None:
     assert by["lots"]["lot"] == "'=HYPERLINK(1)"
     assert by["stops"]["minutes"] == "1.5"
     assert by["machines"]["from_ts"] == "2026-11-20T09:00:00+08:00"
+
+
+def test_mesflow_replay_of_a_lot_file_twice_adds_nothing(
+    api: TestClient, db_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    from streams.replay import replay_file
+    from tests.helpers import write_jsonl
+
+    seed(api, db_url, plant, tmp_path / "rec")
+    lots = [
+        material("IM-01", iso(10, 10), "WO-A1", "RESIN-9", "PP-H30", qty=50, operator="wang"),
+        product("IM-01", iso(10, 20), "WO-A1", "PA-3", 30, operator="wang"),
+        product("IM-02", iso(10, 20), "WO-B1", "PB-2", 30),  # no ids: the file line is the key
+    ]
+    path = write_jsonl(tmp_path / "lots.jsonl", lots)
+    replay_file(path, plant, db_url, tmp_path / "rep", progress=False)
+    once = tables(db_url)
+    assert {r[5] for r in once["production_lot"]} >= {"PA-3", "PB-2"}
+    replay_file(path, plant, db_url, tmp_path / "rep", progress=False)
+    replay_file(path, plant, db_url, tmp_path / "rep-fresh", progress=False)
+    assert tables(db_url) == once
