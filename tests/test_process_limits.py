@@ -241,7 +241,7 @@ def test_cpk_per_shift_against_a_hand_computation(
     lp = limited(plant)
     sync_plant(db_url, lp)
     wo = {"type": "work_order", "order_no": "O-1", "qty": 10, "machine": M, "ts": s(0).isoformat()}
-    events = [
+    events: list[dict[str, Any]] = [
         {**wo, "work_order": "WO-1", "product": "P-100"},
         {"type": "report", "kind": "wo_start", "machine": M, "work_order": "WO-1",
          "ts": s(0).isoformat()},
