@@ -175,6 +175,21 @@ def test_locked_change_waits_for_approval_and_the_crm_hears(
     row = one(db_url, "SELECT qty, due, version, good FROM order_progress WHERE order_no='SO-1'")
     assert row[0] == 150 and row[1] == datetime.fromisoformat(new_due) and row[2] == 2
     assert row[3] == 10
+    # Now the dataflow knows the start (work_order_progress) and the log's tail is past it:
+    # the order stays locked.
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute(
+            "SELECT started_at IS NOT NULL FROM work_order_progress WHERE work_order = 'WO-1'"
+        ).fetchone() == (True,)
+        assert cc.is_locked(conn, "SO-1")
+        # ... from work_order_progress alone: the log's wo_start is behind the dataflow.
+        behind = conn.execute(
+            "SELECT (SELECT min(last_seq) FROM dataflow_progress) >= "
+            "(SELECT max(seq) FROM ingest_log WHERE source = 'test')"
+        ).fetchone()
+        assert behind == (True,)
+    r = api.post("/api/v1/orders", json=order(3, qty=160, due=new_due), headers=BEARER)
+    assert r.status_code == 202 and r.json()["status"] == "held"
 
 
 def test_rejected_change_leaves_the_order(api: TestClient, db_url: str, plant: PlantConfig) -> None:
