@@ -276,3 +276,59 @@ def test_cpk_per_shift_against_a_hand_computation(
     assert cp == pytest.approx(20 / (6 * sigma)) and cp == pytest.approx(2.041241, abs=1e-6)
     assert got["cushion_mm"][1] == 1 and got["cushion_mm"][6:] == (None, None)
     assert got["cycle_time_s"][1] == 2 and got["cycle_time_s"][4:] == (None, None, None, None)
+
+
+# --- the machine page -----------------------------------------------------------------------
+
+
+def test_machine_page_draws_limits_spans_and_cpk(
+    db_url: str, plant: PlantConfig, tmp_path: Path
+) -> None:
+    """The sequence (08:00Z = 16:00 in the plant's zone): USL 240 until WO-2 starts at
+    08:02:30, then 245; LSL 220 then 225; the three melt spans shaded; Cpk table served."""
+    from dashboards import context
+    from dashboards.app import create_app
+    from mesflow import users
+    from mesflow.settings import Settings
+    from tests.test_analytics import _sign_in
+
+    lp = limited(plant)
+    path = write_jsonl(tmp_path / "seq.jsonl", sequence())
+    replay_file(path, lp, db_url, tmp_path / "rec", progress=False)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "boss", "manager", "manager-password-123")
+    app = create_app(Settings(auth_session_secret="s" * 40), lp, db_url)
+    inputs = [
+        {"id": "mc-machine", "property": "value", "value": M},
+        {"id": "mc-date", "property": "date", "value": "2026-11-20"},
+        {"id": "mv-name", "property": "value", "value": "melt_temp_c"},
+    ]
+    body = {
+        "output": "mv-graph.figure",
+        "outputs": {"id": "mv-graph", "property": "figure"},
+        "inputs": inputs,
+        "state": [{"id": "mc-lang", "property": "data", "value": "en"}],
+        "changedPropIds": ["mv-name.value"],
+    }
+    try:
+        client = app.server.test_client()
+        _sign_in(client, "boss", "manager-password-123")
+        got = client.post("/_dash-update-component", json=body)
+        assert got.status_code == 200, got.get_data(as_text=True)
+        fig = got.get_json()["response"]["mv-graph"]["figure"]
+        lines = {t["name"]: t for t in fig["data"] if t.get("name") in ("USL", "LSL")}
+        assert lines["USL"]["y"] == [240.0, 240.0, None, 245.0, 245.0]
+        assert lines["LSL"]["y"] == [220.0, 220.0, None, 225.0, 225.0]
+        assert lines["USL"]["x"][2:4] == [None, "2026-11-20T16:02:30"]
+        rects = [(r["x0"], r["x1"]) for r in fig["layout"]["shapes"]]
+        assert rects == [
+            ("2026-11-20T16:01:00", "2026-11-20T16:03:00"),
+            ("2026-11-20T16:03:00", "2026-11-20T16:04:00"),
+            ("2026-11-20T16:05:00", "2026-11-21T00:00:00"),  # open: to the day's end
+        ]
+        cpk_body = {**body, "output": "mv-cpk.children"}
+        cpk_body["outputs"] = {"id": "mv-cpk", "property": "children"}
+        got = client.post("/_dash-update-component", json=cpk_body)
+        assert got.status_code == 200, got.get_data(as_text=True)
+    finally:
+        context.of(app.server).db.close()
