@@ -30,6 +30,10 @@ CALLBACK_TYPES: Final[dict[str, frozenset[str]]] = {
     "order.cancellation_acknowledged": frozenset(),
     # Change control (mesflow/change_control.py): a held change was approved or rejected.
     "order.change_decision": frozenset({"change_id", "decision", "comment", "by"}),
+    # streams/order_problems.py: an order's machine down too long, or short of material.
+    "order.production_problem": frozenset(
+        {"kind", "machine", "reason", "since", "eta_before", "eta_after"}
+    ),
 }
 DEFAULT_ENDPOINT: Final = "crm"
 

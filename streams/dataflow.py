@@ -40,6 +40,7 @@ from streams.hour_clock import HOUR_US, to_us
 from streams.limit_spans import has_limits
 from streams.limit_spans_flow import limit_span_rows
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
+from streams.order_problems_flow import order_problem_rows
 from streams.order_progress import (
     Callback,
     IdealCycles,
@@ -398,6 +399,8 @@ def build_flow(
     )
     order_rows = op.flat_map("order_rows", orders, lambda kv: kv[1])
     results = op.merge("all_results", order_rows, to_orders.falses)
+    # Production problems back to the CRM (streams/order_problems.py).
+    results = order_problem_rows(results, plant, live)
     if has_limits(plant):  # out-of-limit spans of process values (streams/limit_spans.py)
         results = op.merge("results_and_spans", results, limit_span_rows(plant, checked))
     if alerts is not None and alerts.rules:
