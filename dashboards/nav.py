@@ -43,3 +43,44 @@ def account_links(lang: str) -> list[Any]:
             className="nav-link logout",
         )
     ]
+
+
+def page_links(lang: str, current_path: str, *extra: Any) -> list[Any]:
+    """A page header's links: the page's own buttons, the other pages, sign out, and the
+    switch to the other language (same page, same query otherwise dropped)."""
+    return [
+        *extra,
+        *nav_links(lang, current_path),
+        *account_links(lang),
+        html.A(
+            t("language", lang),
+            href=f"?lang={'en' if lang == 'zh' else 'zh'}",
+            className="lang-switch",
+        ),
+    ]
+
+
+def page_header(
+    lang: str,
+    title: str,
+    current_path: str,
+    plant_name: str,
+    *,
+    prefix: str = "an",
+    title_class: str | None = None,
+) -> html.Header:
+    """The header block of the office pages: plant name over the page title, links at the
+    right. `prefix` names the page's CSS classes (`<prefix>-header`, `-title`, `-links`)."""
+    return html.Header(
+        className=f"{prefix}-header",
+        children=[
+            html.Div(
+                [
+                    html.Span(plant_name, className="plant-name"),
+                    html.H1(title, className=title_class),
+                ],
+                className=f"{prefix}-title",
+            ),
+            html.Nav(className=f"{prefix}-links", children=page_links(lang, current_path)),
+        ],
+    )

@@ -119,6 +119,10 @@ def test_analytics_in_browser(
             ".map(r => r.children[5].textContent)"
         )
         assert cells and set(cells) == {name}
+        want = analytics.aq.stops(
+            replayed, _filters(Scope("machine", "IM-01")), tz, reason=top.reason
+        )
+        assert len(cells) == len(want)
 
         for lang, title in (("en", "Production analytics"), ("zh", "生产分析")):
             for w, h in ((1280, 800), (1920, 1080)):

@@ -26,7 +26,7 @@ from psycopg_pool import PoolTimeout
 from dashboards import analytics_queries as aq
 from dashboards import auth, context
 from dashboards.i18n import state_label, t
-from dashboards.nav import account_links, nav_links
+from dashboards.nav import page_header
 from dashboards.pages import analytics_scrap
 from mesflow.plant import PlantConfig
 from mesflow.report import KpiRow, ReasonRow, Scope, fmt_hm, fmt_pct, to_csv, total_row
@@ -300,30 +300,7 @@ def layout(
         children=[
             dcc.Store(id=_LANG, data=lang),
             dcc.Store(id=_PICK, data=None),
-            html.Header(
-                className="an-header",
-                children=[
-                    html.Div(
-                        [
-                            html.Span(plant.plant.name.get(lang), className="plant-name"),
-                            html.H1(s("title", lang)),
-                        ],
-                        className="an-title",
-                    ),
-                    html.Nav(
-                        className="an-links",
-                        children=[
-                            *nav_links(lang, PATH),
-                            *account_links(lang),
-                            html.A(
-                                t("language", lang),
-                                href=f"?lang={'en' if lang == 'zh' else 'zh'}",
-                                className="lang-switch",
-                            ),
-                        ],
-                    ),
-                ],
-            ),
+            page_header(lang, s("title", lang), PATH, plant.plant.name.get(lang)),
             html.Div(
                 className="an-filters",
                 children=[
@@ -699,7 +676,7 @@ def _local(ts: datetime | None, tz: ZoneInfo) -> str:
     return "" if ts is None else ts.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
-def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> html.Table:
+def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> Any:
     heads = [
         s(k, lang)
         for k in (
@@ -728,7 +705,7 @@ def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> html.Table:
         ]
         for r in rows
     ]
-    return table(heads, body)
+    return text_table(heads, body)
 
 
 def reliability_table(
@@ -755,9 +732,29 @@ def reliability_table(
     return table(heads, body)
 
 
-def stops_table(
-    rows: Sequence[aq.StopRow], tz: ZoneInfo, names: dict[str, str], lang: str
-) -> html.Table:
+def text_table(headers: Sequence[str], body: Sequence[Sequence[Any]], css: str = "") -> Any:
+    """A table of plain text as one component (Markdown rendered to <table>), not a component
+    per cell: Dash's renderer took minutes of the browser's time to mount the ~6,000 cell
+    components of a week's ~700 stops (bench/analytics_browser_bench.py); this takes well
+    under a second. Same classes and <thead>/<tbody> as `table`."""
+
+    def row(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(_md_escape(c) for c in cells) + " |"
+
+    lines = [row(headers), "|" + "---|" * len(headers), *(row(r) for r in body)]
+    return dcc.Markdown("\n".join(lines), className=f"an-table {css}".strip())
+
+
+def _md_escape(value: Any) -> str:
+    """Cell text as literal Markdown: every ASCII punctuation mark backslash-escaped."""
+    text = " ".join(str(value).split())
+    return "".join(f"\\{ch}" if ch in _MD_PUNCT else ch for ch in text) or " "
+
+
+_MD_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+
+
+def stops_table(rows: Sequence[aq.StopRow], tz: ZoneInfo, names: dict[str, str], lang: str) -> Any:
     heads = [
         s(k, lang)
         for k in (
@@ -784,7 +781,7 @@ def stops_table(
         ]
         for r in rows
     ]
-    return table(heads, body, "an-stops-table")
+    return text_table(heads, body, "an-stops-table")
 
 
 def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:

@@ -17,8 +17,7 @@ from dash import Input, Output, State, dcc, html
 
 from dashboards import analytics_queries as aq
 from dashboards import auth, context
-from dashboards.i18n import t
-from dashboards.nav import account_links, nav_links
+from dashboards.nav import page_header
 from dashboards.pages import machine_values
 from dashboards.pages.analytics import (
     _DB_ERRORS,
@@ -114,30 +113,7 @@ def layout(
         lang="zh-CN" if lang == "zh" else "en",
         children=[
             dcc.Store(id=_LANG, data=lang),
-            html.Header(
-                className="an-header",
-                children=[
-                    html.Div(
-                        [
-                            html.Span(plant.plant.name.get(lang), className="plant-name"),
-                            html.H1(m("machine_day", lang)),
-                        ],
-                        className="an-title",
-                    ),
-                    html.Nav(
-                        className="an-links",
-                        children=[
-                            *nav_links(lang, PATH),
-                            *account_links(lang),
-                            html.A(
-                                t("language", lang),
-                                href=f"?lang={'en' if lang == 'zh' else 'zh'}",
-                                className="lang-switch",
-                            ),
-                        ],
-                    ),
-                ],
-            ),
+            page_header(lang, m("machine_day", lang), PATH, plant.plant.name.get(lang)),
             html.Div(
                 className="an-filters",
                 children=[

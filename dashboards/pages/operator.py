@@ -22,11 +22,10 @@ from dash import Input, Output, State, dcc, html
 from dashboards import auth, context
 from dashboards import operator_reports as reports
 from dashboards.i18n import format_duration, state_label, t
-from dashboards.nav import account_links, nav_links
+from dashboards.nav import page_links
 from dashboards.operator_reports import Refused, Ticket
 from dashboards.pages import operator_dispatch as dispatch_order
-from dashboards.pages import operator_notices
-from dashboards.pages import operator_lots
+from dashboards.pages import operator_lots, operator_notices
 from mesflow.plant import PlantConfig, Reason
 
 log = logging.getLogger(__name__)
@@ -132,8 +131,8 @@ def register(app: dash.Dash) -> None:
         State(_LANG, "data"),
         prevent_initial_call=True,
     )(_act)
-    operator_notices.register(app)  # order-change notices (issue 12)
     operator_lots.register(app, _STATION)
+    operator_notices.register(app)  # order-change notices (issue 12)
 
 
 # -- layout --------------------------------------------------------------------------------------
@@ -165,21 +164,16 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
                     html.Div(s("operator", lang), className="op-title"),
                     html.Nav(
                         className="op-links",
-                        children=[
+                        children=page_links(
+                            lang,
+                            PATH,
                             html.Button(
                                 s("change_station", lang),
                                 id=_CHANGE,
                                 className="op-btn op-small",
                                 **_tap(a="change"),
                             ),
-                            *nav_links(lang, PATH),
-                            *account_links(lang),
-                            html.A(
-                                t("language", lang),
-                                href=f"?lang={'en' if lang == 'zh' else 'zh'}",
-                                className="lang-switch",
-                            ),
-                        ],
+                        ),
                     ),
                 ],
             ),

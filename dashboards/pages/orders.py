@@ -32,7 +32,7 @@ from dash import Input, Output, State, dcc, html
 
 from dashboards import auth, context
 from dashboards.i18n import t
-from dashboards.nav import account_links, nav_links
+from dashboards.nav import page_header
 from dashboards.order_queries import (
     BoardRow,
     CallbackRow,
@@ -119,6 +119,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "what": {"zh": "变更内容", "en": "What"},
     "version": {"zh": "版本", "en": "Version"},
     "no_history": {"zh": "没有变更记录", "en": "No changes recorded"},
+    "no_change": {"zh": "无变化", "en": "no change"},
     "callbacks": {"zh": "发送给 CRM 的回调", "en": "Callbacks sent to the CRM"},
     "event": {"zh": "事件", "en": "Event"},
     "attempts": {"zh": "尝试次数", "en": "Attempts"},
@@ -202,29 +203,13 @@ def register(app: dash.Dash) -> None:
 
 def _header(lang: str, title: str, current_path: str) -> html.Header:
     plant = context.current().plant
-    return html.Header(
-        className="orders-header",
-        children=[
-            html.Div(
-                className="orders-title",
-                children=[
-                    html.Span(plant.plant.name.get(lang), className="plant-name"),
-                    html.H1(title, className="board-name"),
-                ],
-            ),
-            html.Nav(
-                className="orders-links",
-                children=[
-                    *nav_links(lang, current_path),
-                    *account_links(lang),
-                    html.A(
-                        t("language", lang),
-                        href=f"?lang={'en' if lang == 'zh' else 'zh'}",
-                        className="lang-switch",
-                    ),
-                ],
-            ),
-        ],
+    return page_header(
+        lang,
+        title,
+        current_path,
+        plant.plant.name.get(lang),
+        prefix="orders",
+        title_class="board-name",
     )
 
 
@@ -560,16 +545,41 @@ def _work_orders(wos: Sequence[WorkOrderRow], tz: tzinfo, lang: str) -> Any:
     return _table(heads, rows, "wo-table")
 
 
-def change_text(change: dict[str, Any]) -> str:
-    """'qty: 300 → 400; due: … → …' (old is empty on creation)."""
+def change_text(change: dict[str, Any], tz: tzinfo, lang: str) -> str:
+    """'Qty: 300 → 400; Due: 12-02 07:00 → 12-03 07:00' (old is empty on creation).
+
+    Times (ISO strings in the CRM's offset) read in the plant's zone like the rest of the
+    page; a version that changed no field (the CRM sent the same order again) says so."""
     parts = []
     for field, diff in change.items():
+        label = s(field, lang) if field in STRINGS else field
         if isinstance(diff, dict) and ("old" in diff or "new" in diff):
-            old, new = diff.get("old"), diff.get("new")
-            parts.append(f"{field}: {new}" if old is None else f"{field}: {old} → {new}")
+            old, new = (
+                _change_value(diff.get("old"), tz, lang),
+                _change_value(diff.get("new"), tz, lang),
+            )
+            parts.append(f"{label}: {new}" if old is None else f"{label}: {old} → {new}")
         else:
-            parts.append(f"{field}: {json.dumps(diff, ensure_ascii=False)}")
-    return "; ".join(parts)
+            parts.append(f"{label}: {json.dumps(diff, ensure_ascii=False)}")
+    return "; ".join(parts) or s("no_change", lang)
+
+
+def _change_value(value: Any, tz: tzinfo, lang: str) -> str | None:
+    """One side of a change as a person reads it: plant-local time, a status's name."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value in STATUSES:
+            return s(value, lang)
+        if len(value) > 10 and value[4:5] == "-" and value[10:11] in ("T", " "):
+            try:
+                ts = datetime.fromisoformat(value)
+            except ValueError:
+                return value
+            # A time without an offset is the plant's own (the CRM API requires one).
+            return fmt_time(ts if ts.tzinfo else ts.replace(tzinfo=tz), tz)
+        return value
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
 
 
 def _history(history: Sequence[HistoryRow], tz: tzinfo, lang: str) -> Any:
@@ -582,7 +592,7 @@ def _history(history: Sequence[HistoryRow], tz: tzinfo, lang: str) -> Any:
             h.changed_by,
             h.version,
             h.work_order or "—",
-            change_text(h.change),
+            change_text(h.change, tz, lang),
         ]
         for h in history
     ]
