@@ -161,3 +161,11 @@ def test_dispatch_page_in_browser(
         browser.screenshot(SHOTS / "dispatch-zh-1280x800.png")
     finally:
         browser.close()
+
+
+def test_the_order_page_links_each_machine_to_its_dispatch_list() -> None:
+    from dashboards.pages import order_dispatch
+
+    link = order_dispatch.machine_link("IM-01", "zh")
+    assert link.href == "/dispatch?machine=IM-01&lang=zh" and link.children == "IM-01"
+    assert order_dispatch.machine_link(None, "en") == "—"

@@ -44,7 +44,7 @@ from dashboards.order_queries import (
     order_board,
     order_detail,
 )
-from dashboards.pages import order_changes, order_customer_link
+from dashboards.pages import order_changes, order_customer_link, order_dispatch
 
 log = logging.getLogger(__name__)
 
@@ -529,7 +529,7 @@ def _work_orders(wos: Sequence[WorkOrderRow], tz: tzinfo, lang: str) -> Any:
     rows = [
         [
             w.work_order,
-            w.machine or "—",
+            order_dispatch.machine_link(w.machine, lang),  # its dispatch list (issue 12)
             w.product or "—",
             w.qty or "—",
             w.good,
