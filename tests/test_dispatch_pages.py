@@ -159,6 +159,18 @@ def test_dispatch_page_in_browser(
         time.sleep(0.5)
         assert not browser.eval(_OVERFLOW)
         browser.screenshot(SHOTS / "dispatch-zh-1280x800.png")
+        # The promise page: the form renders for a manager (admin here), without overflow.
+        browser.goto(f"{andon_url}/promise?lang=zh")
+        browser.wait_for("!!document.querySelector('#promise-go')")
+        assert "交期承诺" in str(browser.eval("document.body.innerText"))
+        assert not browser.eval(_OVERFLOW)
+        # Ask (P-100 × 100 at priority 1 on any machine): the callback answers in words.
+        browser.eval("document.querySelector('#promise-go').click()")
+        answer = browser.wait_for(
+            "document.querySelector('.promise-answer') &&"
+            " document.querySelector('.promise-answer').innerText"
+        )
+        assert "100 件 P-100 预计" in answer, answer
     finally:
         browser.close()
 

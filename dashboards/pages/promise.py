@@ -139,6 +139,7 @@ def layout(lang: str | None = None, **_q: str) -> html.Div:
                             {"label": f"{p.id} {p.name.get(lang)}", "value": p.id}
                             for p in plant.products
                         ],
+                        value=plant.products[0].id if plant.products else None,
                         className="orders-dropdown",
                     ),
                     html.Label(s("qty", lang), className="orders-label"),
