@@ -73,11 +73,16 @@ class Inputs:
     measured: dict[tuple[str, str], float]  # (machine, product) -> good parts per planned hour
 
 
-def read_inputs(conn: psycopg.Connection[Any], plant: PlantConfig, now: int) -> Inputs:
+def read_inputs(
+    conn: psycopg.Connection[Any], plant: PlantConfig, now: int, machine: str | None = None
+) -> Inputs:
+    """The released work orders and measured rates (of one machine, or of every one)."""
+    only = "" if machine is None else " WHERE machine = %(m)s"
     jobs: dict[str, list[Job]] = {}
     for row in conn.execute(
         "SELECT machine, work_order, order_no, customer, priority, due, at_risk, product, qty,"
-        " good FROM v_dispatch_input"
+        " good FROM v_dispatch_input" + only,
+        {"m": machine},
     ):
         machine, wo, order_no, customer, prio, due, risk, product, qty, good = row
         if machine not in plant.machines:
@@ -91,8 +96,9 @@ def read_inputs(conn: psycopg.Connection[Any], plant: PlantConfig, now: int) -> 
         RunSpan(m, p, int(g), _us(s), _us(e))
         for m, p, g, s, e in conn.execute(
             "SELECT machine, product, good, start_ts, end_ts FROM v_dispatch_rate_spans"
-            " WHERE end_ts >= to_timestamp(%s / 1e6)",
-            (since,),
+            " WHERE end_ts >= to_timestamp(%(since)s / 1e6)"
+            + ("" if machine is None else " AND machine = %(m)s"),
+            {"since": since, "m": machine},
         )
     ]
     return Inputs(jobs, measured_rates(spans, plans(plant), now))

@@ -84,7 +84,10 @@ def test_the_dispatch_views_and_lists(api: TestClient, db_url: str, plant: Plant
     seed(api, db_url)
     with psycopg.connect(db_url) as conn:
         inputs = dq.read_inputs(conn, plant, to_us(NOW))
+        one = dq.read_inputs(conn, plant, to_us(NOW), "CNC-04")  # the tablet's narrower read
+        none = dq.read_inputs(conn, plant, to_us(NOW), "CNC-05")
     assert inputs.measured == {("CNC-04", "P-400"): 60.0}
+    assert one == inputs and none == dq.Inputs({}, {})
     [cnc4] = dq.machine_lists(plant, inputs, to_us(NOW), ["CNC-04"])
     [e] = cnc4.entries
     assert (e.job.work_order, e.job.order_no, e.job.priority, e.job.remaining) == (

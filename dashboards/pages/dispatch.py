@@ -189,7 +189,8 @@ def read_lists(
     plant: PlantConfig, db: Any, machines: list[str], now: int | None = None
 ) -> tuple[int, list[dq.MachineList]]:
     now = time.time_ns() // 1000 if now is None else now
-    inputs = db.run(lambda conn: dq.read_inputs(conn, plant, now))
+    one = machines[0] if len(machines) == 1 else None
+    inputs = db.run(lambda conn: dq.read_inputs(conn, plant, now, one))
     return now, dq.machine_lists(plant, inputs, now, machines)
 
 

@@ -36,7 +36,7 @@ def in_dispatch_order(
         return wos
     now = time.time_ns() // 1000
     try:
-        inputs = dq.read_inputs(conn, plant, now)
+        inputs = dq.read_inputs(conn, plant, now, machine)  # its rows only: a tablet polls
     except psycopg.Error as err:  # the page still works without the ordering
         log.warning("operator: no dispatch order for %s: %s", machine, type(err).__name__)
         return wos
