@@ -182,12 +182,47 @@ def fetch_delivery_kpis(
     customer: str | None = None,
     product: str | None = None,
 ) -> list[DeliveryKpiRow]:
-    query, params = kpi_query(by, months, customer, product)
     with psycopg.connect(url, autocommit=True) as conn:
-        # Months in the plant's time zone: to_char/date_trunc of timestamptz use the session's.
-        conn.execute(sql.SQL("SET TIME ZONE {}").format(sql.Literal(tz.key)))
-        with conn.cursor(row_factory=class_row(DeliveryKpiRow)) as cur:
-            return cur.execute(query, params).fetchall()
+        return query_delivery_kpis(conn, tz, by, months, customer, product)
+
+
+def query_delivery_kpis(
+    conn: psycopg.Connection[Any],
+    tz: ZoneInfo,
+    by: Dimension,
+    months: MonthRange,
+    customer: str | None = None,
+    product: str | None = None,
+) -> list[DeliveryKpiRow]:
+    """On the caller's connection (a board's pool): the time zone is set for this
+    transaction only, so the pooled connection keeps its own."""
+    query, params = kpi_query(by, months, customer, product)
+    with conn.transaction(), conn.cursor(row_factory=class_row(DeliveryKpiRow)) as cur:
+        # Months in the plant's time zone: to_char of a timestamptz uses the session's.
+        cur.execute("SELECT set_config('TimeZone', %s, true)", (tz.key,))
+        return cur.execute(query, params).fetchall()
+
+
+def dimension_values(
+    conn: psycopg.Connection[Any], tz: ZoneInfo
+) -> tuple[list[str], list[str], list[str]]:
+    """Customers, products and months (plant time zone) the board's filters offer."""
+    with conn.transaction():
+        conn.execute("SELECT set_config('TimeZone', %s, true)", (tz.key,))
+        return _dimension_values(conn)
+
+
+def _dimension_values(conn: psycopg.Connection[Any]) -> tuple[list[str], list[str], list[str]]:
+    customers = [r[0] for r in conn.execute("SELECT DISTINCT customer FROM crm_order ORDER BY 1")]
+    products = [r[0] for r in conn.execute("SELECT DISTINCT product FROM crm_order ORDER BY 1")]
+    months = [
+        r[0]
+        for r in conn.execute(
+            "SELECT DISTINCT m FROM (SELECT start_month AS m FROM v_order_delivery"
+            " UNION SELECT completed_month FROM v_order_delivery) x WHERE m IS NOT NULL ORDER BY 1"
+        )
+    ]
+    return customers, products, months
 
 
 # -- formatting --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dashboards.pages import (
     analytics,
     andon,
     dispatch,
+    kpis,
     machine,
     operator,
     orders,
@@ -23,3 +24,4 @@ from dashboards.pages import (
 # Registration order; the navigation follows each page's `order`.
 PAGES: tuple[ModuleType, ...] = (andon, analytics, machine, operator, orders, alerts, trace)
 PAGES += (dispatch, promise)
+PAGES += (kpis,)
