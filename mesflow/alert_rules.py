@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from mesflow.alert_channels import Channel, Channels, People
+from mesflow.events import ProcessValueName
 from mesflow.plant import CODE_PATTERN, PlantConfig, TimeOfDay
 from mesflow.yaml_lines import YamlError, line_of, load_with_lines
 
@@ -187,12 +188,37 @@ class OrderAtRiskRule(_Rule):
     min_priority: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1
 
 
+class ProcessLimitRule(_Rule):
+    """A process value of the machine out of its limits (an out-of-limit span,
+    sql/026_process_limits.sql) longer than levels[0].after_min; `names` empty: any value
+    with limits. One alert per machine while any of its values is out."""
+
+    kind: Literal["process_limit"]
+    names: list[ProcessValueName] = Field(default=[], max_length=256)
+
+
 Rule = Annotated[
-    MachineDownRule | NoReasonRule | KpiBelowRule | ScrapRateRule | SilentRule | OrderAtRiskRule,
+    MachineDownRule
+    | NoReasonRule
+    | KpiBelowRule
+    | ScrapRateRule
+    | SilentRule
+    | OrderAtRiskRule
+    | ProcessLimitRule,
     Field(discriminator="kind"),
 ]
-MachineRule = MachineDownRule | NoReasonRule | KpiBelowRule | ScrapRateRule | SilentRule
-_KINDS = ("machine_down", "no_reason", "kpi_below", "scrap_rate", "silent", "order_at_risk")
+MachineRule = (
+    MachineDownRule | NoReasonRule | KpiBelowRule | ScrapRateRule | SilentRule | ProcessLimitRule
+)
+_KINDS = (
+    "machine_down",
+    "no_reason",
+    "kpi_below",
+    "scrap_rate",
+    "silent",
+    "order_at_risk",
+    "process_limit",
+)
 
 
 class OrderChangeRoute(_Model):
@@ -375,6 +401,7 @@ __all__ = [
     "NoReasonRule",
     "OrderAtRiskRule",
     "OrderChangeRoute",
+    "ProcessLimitRule",
     "QuietHours",
     "Rule",
     "Scope",

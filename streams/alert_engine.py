@@ -43,6 +43,7 @@ from mesflow.alert_rules import (
 )
 from mesflow.plant import PlantConfig
 from streams.hour_clock import HOUR_US, from_us, to_us
+from streams.limit_spans import LimitSpan
 from streams.order_progress import Callback, OrderProgressRow
 from streams.records import (
     AlertRow,
@@ -213,6 +214,8 @@ class AlertEngine:
                 self._order_callback(row)
             elif t is AckInput:
                 self._ack(row)
+            elif t is LimitSpan:
+                self._limit_span(row)
             elif t is Progress:
                 if len(st.marks) >= 2:
                     st.settled = max(st.settled, st.marks[0])
@@ -375,6 +378,36 @@ class AlertEngine:
                 self._begin(rule, scope, now, row.machine, facts)
             else:
                 self._clear(rule, scope, now)
+
+    def _limit_span(self, row: LimitSpan) -> None:
+        """process_limit: the machine has values out of limit (track facts `values_out`:
+        which); the condition ends when the last of them is back in."""
+        m = row.machine
+        rules = self._rules(m, "process_limit")
+        if not rules:
+            return
+        s = to_us(row.start)
+        e = None if row.end is None else to_us(row.end)
+        self._saw(self._machine(m), s if e is None else e)
+        scope = f"machine:{m}"
+        facts = {"value": row.name, "limit": row.limit, "bound": row.bound,
+                 "worst": row.worst, "product": row.product}  # fmt: skip
+        for rule in rules:
+            if rule.names and row.name not in rule.names:
+                continue
+            track = self.state.tracks.get((rule.name, scope))
+            active = track is not None and track.start is not None and track.end is None
+            out = set(track.facts.get("values_out", ())) if track is not None and active else set()
+            if e is None or row.name not in out:
+                # Opened, or opened and closed since the last batch (only its end came).
+                out.add(row.name)
+                track = self._begin(rule, scope, s, m, facts)
+            assert track is not None
+            if e is not None:
+                out.discard(row.name)
+            track.facts["values_out"] = sorted(out)
+            if not out:
+                self._clear(rule, scope, e if e is not None else s)
 
     def _order_row(self, row: OrderProgressRow) -> None:
         if not self.order_rules:

@@ -37,7 +37,7 @@ from mesflow.events import MachineEvent, OrderEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
 from streams.alert_engine import AckInput, AlertEngine
 from streams.hour_clock import HOUR_US, to_us
-from streams.limit_spans import has_limits
+from streams.limit_spans import LimitSpan, has_limits
 from streams.limit_spans_flow import limit_span_rows
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
 from streams.order_problems_flow import order_problem_rows
@@ -352,6 +352,8 @@ def _alert_inputs(config: AlertsConfig) -> frozenset[type]:
         types.add(HourRow)
     if "order_at_risk" in kinds:
         types |= {OrderProgressRow, Callback}
+    if "process_limit" in kinds:
+        types.add(LimitSpan)
     return frozenset(types)
 
 

@@ -332,3 +332,57 @@ def test_machine_page_draws_limits_spans_and_cpk(
         assert got.status_code == 200, got.get_data(as_text=True)
     finally:
         context.of(app.server).db.close()
+
+
+# --- the alert rule `process_limit` -------------------------------------------------------
+
+
+def test_process_limit_alert_opens_escalates_and_resolves_with_the_last_value(
+    plant: PlantConfig,
+) -> None:
+    from mesflow.alert_rules import AlertsConfig
+    from streams.alert_engine import AlertEngine
+    from streams.dataflow import _alert_inputs
+    from streams.records import StatusRow
+
+    levels = [{"after_min": 5, "people": ["zhang"]}, {"after_min": 15, "people": ["li"]}]
+    people = {
+        "zhang": {"display": "Zhang", "email": "z@plant.example"},
+        "li": {"display": "Li", "email": "l@plant.example"},
+    }
+    rule = {"name": "limits", "kind": "process_limit", "levels": levels}
+    cfg = AlertsConfig.model_validate({"people": people, "rules": [rule]})
+    assert LimitSpan in _alert_inputs(cfg)
+    e = AlertEngine(cfg, plant, grace_s=0)
+
+    def at(minutes: float) -> datetime:
+        return T0 + timedelta(minutes=minutes)
+
+    def span(name: str, start: float, end: float | None) -> LimitSpan:
+        return LimitSpan(M, name, at(start), None if end is None else at(end), "upper",
+                         240.0, 250.0, "P-100")  # fmt: skip
+
+    def heard(minutes: float) -> StatusRow:
+        return StatusRow("IM-02", "running", at(0), None, None, at(minutes), 0, 0)
+
+    def steps(rows: list[Any]) -> list[tuple[str, int, datetime]]:
+        return [(r.step, r.level, r.at) for r in rows]
+
+    # A 2-minute span that began and ended between batches: shorter than level 0, nothing.
+    assert e.feed([span("melt_temp_c", -10, -8), heard(-7)]) == []
+    assert e.feed([span("melt_temp_c", 0, None)]) == []
+    opened = e.feed([span("cushion_mm", 7, None), heard(7)])
+    assert steps(opened) == [("opened", 0, at(5))]
+    assert opened[0].facts["values_out"] == ["cushion_mm", "melt_temp_c"]
+    # Melt back in at 10; cushion still out: the alert goes on, and escalates at 15.
+    assert e.feed([span("melt_temp_c", 0, 10), heard(13)]) == []
+    assert steps(e.feed([heard(16)])) == [("escalated", 1, at(15))]
+    # Cushion back in at 20: resolved once clear_after_s (120 s) passed.
+    assert e.feed([span("cushion_mm", 7, 20), heard(21)]) == []
+    assert steps(e.feed([heard(23)])) == [("resolved", 1, at(20))]
+    # `names` narrows the rule: melt alone never opens an alert of a cushion-only rule.
+    only = AlertsConfig.model_validate(
+        {"people": people, "rules": [{**rule, "names": ["cushion_mm"]}]}
+    )
+    e2 = AlertEngine(only, plant, grace_s=0)
+    assert e2.feed([span("melt_temp_c", 0, None), heard(30)]) == []
