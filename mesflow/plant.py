@@ -38,6 +38,8 @@ CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
 BUILTIN_REASONS = {
     "unassigned": ("unassigned", "Unassigned", "未分配"),
     "no_data": ("no_data", "No data (offline)", "无数据（离线）"),
+    # what the OPC UA and Sparkplug collectors send with `offline` on a lost connection
+    "connection_lost": ("no_data", "Connection lost", "连接中断"),
 }
 
 ReasonCategory = Literal[

@@ -37,7 +37,7 @@ from mesflow.events import (
     WorkOrderEvent,
     WorkOrderStartReport,
 )
-from mesflow.plant import PlantConfig
+from mesflow.plant import BUILTIN_REASONS, PlantConfig
 from streams.buckets import (
     DOWN,
     DOWNTIME_CLASSES,
@@ -120,7 +120,12 @@ class MachineSpec:
                 if machine in p.ideal_cycle_seconds
             },
             lateness_us=round(plant.plant.allowed_lateness_seconds * 1e6),
-            known_reasons=frozenset(plant.reasons_by_code),
+            # the built-in codes too (`connection_lost`); empty = no tree, any code
+            known_reasons=(
+                frozenset(plant.reasons_by_code) | frozenset(BUILTIN_REASONS)
+                if plant.reasons_by_code
+                else frozenset()
+            ),
             silent_after_us=round(plant.silent_after_seconds(machine) * 1e6),
         )
 

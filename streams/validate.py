@@ -29,7 +29,7 @@ from mesflow.events import (
     parse_event,
 )
 from mesflow.ingest_log import LogEntry, safe_text
-from mesflow.plant import PlantConfig
+from mesflow.plant import BUILTIN_REASONS, PlantConfig
 from streams.alert_engine import AckInput
 from streams.hour_clock import to_us
 from streams.lots import activity, lot_row
@@ -117,8 +117,13 @@ class Validator:
     def __init__(self, plant: PlantConfig) -> None:
         self.machines = frozenset(plant.machines)
         self._all = sorted(self.machines)
-        # An empty reason tree accepts any code (as the machine step does).
-        self.reasons = frozenset(plant.reasons_by_code)
+        # An empty reason tree accepts any code (as the machine step does); a tree also
+        # accepts the built-in codes (`connection_lost` from the collectors).
+        self.reasons = (
+            frozenset(plant.reasons_by_code) | frozenset(BUILTIN_REASONS)
+            if plant.reasons_by_code
+            else frozenset()
+        )
         info = plant.plant
         self.clock = ClockPolicy(
             timedelta(seconds=info.max_clock_skew_seconds),
