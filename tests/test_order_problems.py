@@ -12,10 +12,14 @@ from typing import Any
 import psycopg
 
 from mesflow.plant import PlantConfig
+from notify.dispatcher import Dispatcher
 from streams.order_problems import OrderProblems
 from streams.records import IntervalRow
 from streams.replay import replay_file
 from tests.helpers import write_jsonl
+from tests.test_outbox import FAST, Receiver, _drain, _endpoints, receiver
+
+__all__ = ["receiver"]  # fixture
 
 T0 = datetime.fromisoformat("2026-11-20T09:00:00+08:00")
 
@@ -85,7 +89,7 @@ def replay(events: list[dict[str, Any]], name: str, plant: PlantConfig, url: str
 
 
 def test_long_stop_sends_one_callback_and_replays_send_no_more(
-    db_url: str, plant: PlantConfig, tmp_path: Path
+    db_url: str, plant: PlantConfig, tmp_path: Path, receiver: Receiver
 ) -> None:
     path = replay(
         [*setup_events(), *stop(20, 35, reason="hydraulic_fault")], "a.jsonl", plant, db_url,
@@ -105,6 +109,12 @@ def test_long_stop_sends_one_callback_and_replays_send_no_more(
     replay_file(path, plant, db_url, tmp_path / "rec", progress=False)
     replay_file(path, plant, db_url, tmp_path / "rec2", progress=False)
     assert len(problems(db_url)) == 1
+    # The CRM (a local HTTP server, signatures verified) gets it once.
+    _drain([Dispatcher(db_url, _endpoints(receiver.url), FAST)], db_url)
+    got = [m for m in receiver.processed if m["type"] == "order.production_problem"]
+    assert len(got) == 1 and receiver.repeats == 0
+    assert got[0]["data"]["reason"] == "hydraulic_fault"
+    assert got[0]["data"]["eta_before"] and got[0]["data"]["eta_after"]
 
 
 def test_short_stop_sends_nothing(db_url: str, plant: PlantConfig, tmp_path: Path) -> None:
