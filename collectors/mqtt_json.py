@@ -41,6 +41,7 @@ from mesflow.ingest_log import (
 )
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
+from mesflow.source_health import EndpointHealth, SourceHealthReporter
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +400,11 @@ class MqttJsonCollector:
         self._writer.start()
         self._network.start()
 
+    def health(self) -> list[EndpointHealth]:
+        """The sources page's row (mesflow/source_health.py): one broker."""
+        s = self.stats
+        return [EndpointHealth(self.url, self.connected.is_set(), s.received, s.with_errors)]
+
     def stop(self) -> None:
         """Store what has arrived, acknowledge it, then disconnect."""
         self._stop.set()
@@ -472,6 +478,8 @@ def run_collector(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     collector.start()
+    health = SourceHealthReporter(database_url, "mqtt", client_id, collector.health)
+    health.start()
     print(
         f"collector-mqtt: subscribing to {collector.subscription} on {collector.url} "
         f"as client {client_id!r}",
@@ -490,6 +498,7 @@ def run_collector(
             )
             last = time.monotonic()
     collector.stop()
+    health.stop()
     if collector.failed.is_set():
         # Unacknowledged messages stay with the broker; a supervisor restarts us.
         print(

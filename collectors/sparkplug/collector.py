@@ -40,6 +40,7 @@ from mesflow.db import connect
 from mesflow.ingest_log import MAX_PAYLOAD_BYTES, LogRecord, error_record, safe_text
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
+from mesflow.source_health import EndpointHealth, SourceHealthReporter
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +328,11 @@ class SparkplugCollector:
         self._writer.start()
         self._network.start()
 
+    def health(self) -> list[EndpointHealth]:
+        """The sources page's row (mesflow/source_health.py): one per broker."""
+        s = self.stats
+        return [EndpointHealth(self.url, self.connected.is_set(), s.received, s.dead_letters)]
+
     def stop(self) -> None:
         """Store and acknowledge what has arrived, publish STATE offline, disconnect."""
         self._stop.set()
@@ -370,6 +376,8 @@ def run_sparkplug(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     collector.start()
+    health = SourceHealthReporter(database_url, "sparkplug", collector.host_id, collector.health)
+    health.start()
     print(
         f"sparkplug: host {settings.sparkplug_host_id!r} subscribing to {SUBSCRIPTION} on "
         f"{collector.url} as client {collector.client_id!r}",
@@ -388,6 +396,7 @@ def run_sparkplug(
             )
             last = time.monotonic()
     collector.stop()
+    health.stop()
     if collector.failed.is_set():
         print(
             f"sparkplug: stopping: {collector.failure} (messages not yet stored stay with "

@@ -18,6 +18,7 @@ from dashboards.pages import (
     operator,
     orders,
     promise,
+    sources,
     trace,
 )
 
@@ -25,3 +26,4 @@ from dashboards.pages import (
 PAGES: tuple[ModuleType, ...] = (andon, analytics, machine, operator, orders, alerts, trace)
 PAGES += (dispatch, promise)
 PAGES += (kpis,)
+PAGES += (sources,)
