@@ -6,13 +6,17 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 
 from dashboards import kpi_queries
 from dashboards.queries import Database
 from mesflow.delivery_kpis import Dimension, MonthRange, fetch_delivery_kpis, to_csv
+from mesflow.plant import PlantConfig
+from mesflow.settings import Settings
 from tests.conftest import require
 from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url
 from tests.test_delivery_kpis import kpi_db
@@ -76,3 +80,50 @@ def test_kpis_page_in_browser(kpi_db: str, andon_url: str, tmp_path: Path) -> No
     finally:
         browser.close()
     assert (SHOTS / "kpis-en-1280x800.png").stat().st_size > 10_000
+
+
+def _export_request(app: Any, by: str, month: str | None) -> dict[str, Any]:
+    """The request dash-renderer sends when Export CSV is pressed."""
+    output = next(k for k in app.callback_map if k.startswith("kpis-download."))
+    return {
+        "output": output,
+        "outputs": {"id": "kpis-download", "property": "data"},
+        "inputs": [{"id": "kpis-csv", "property": "n_clicks", "value": 1}],
+        "state": [
+            {"id": "kpis-from", "property": "value", "value": month},
+            {"id": "kpis-to", "property": "value", "value": month},
+            {"id": "kpis-customer", "property": "value", "value": None},
+            {"id": "kpis-product", "property": "value", "value": None},
+            {"id": "kpis-by", "property": "value", "value": by},
+        ],
+        "changedPropIds": ["kpis-csv.n_clicks"],
+    }
+
+
+def test_export_is_for_managers_and_is_the_reports_csv(kpi_db: str, plant: PlantConfig) -> None:
+    from dashboards import context
+    from dashboards.app import create_app
+    from mesflow import users
+    from tests.test_dashboard import sign_in
+
+    with psycopg.connect(kpi_db, autocommit=True) as conn:
+        users.add_user(conn, "view1", "viewer", "pw-for-tests-123")
+        users.add_user(conn, "boss", "manager", "pw-for-tests-123")
+    app = create_app(Settings(auth_session_secret="s" * 40), plant, kpi_db)
+    try:
+        viewer = app.server.test_client()
+        assert sign_in(viewer, "view1", "pw-for-tests-123").status_code == 303
+        refused = viewer.post("/_dash-update-component", json=_export_request(app, "month", None))
+        assert refused.status_code == 403
+        boss = app.server.test_client()
+        assert sign_in(boss, "boss", "pw-for-tests-123").status_code == 303
+        r = boss.post("/_dash-update-component", json=_export_request(app, "customer", "2026-11"))
+        assert r.status_code == 200, r.get_data(as_text=True)
+        data = json.loads(r.get_data(as_text=True))["response"]["kpis-download"]["data"]
+        report = to_csv(
+            fetch_delivery_kpis(kpi_db, TZ, "customer", MonthRange("2026-11", "2026-11")),
+            "customer",
+        )
+        assert data["content"] == report and "BETA" in report
+    finally:
+        context.of(app.server).db.close()
