@@ -167,6 +167,8 @@ class PlantInfo(_Model):
     # Upper bounds keep date arithmetic in range; they are far beyond any sensible setting.
     max_clock_skew_seconds: float = Field(default=300, gt=0, le=86400 * 36500)
     max_event_age_days: float = Field(default=30, gt=0, le=36500)
+    # An order's machine down this long sends order.production_problem (docs/crm.md).
+    order_problem_after_seconds: float = Field(default=1800, gt=0, le=86400 * 7)
 
     @field_validator("timezone")
     @classmethod

@@ -77,7 +77,7 @@ class OrderProblems:
     @classmethod
     def from_plant(cls, plant: PlantConfig, state: ProblemState | None = None) -> OrderProblems:
         material = [c for c, r in plant.reasons_by_code.items() if r.category == "material"]
-        return cls(material, state)
+        return cls(material, state, threshold_s=plant.plant.order_problem_after_seconds)
 
     def feed(self, rows: Iterable[Any], wall_us: int | None = None) -> list[Callback]:
         """The rows of one batch; `wall_us` live (the anti-flood guard), None in a replay."""

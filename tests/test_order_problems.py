@@ -122,6 +122,14 @@ def test_short_stop_sends_nothing(db_url: str, plant: PlantConfig, tmp_path: Pat
     assert problems(db_url) == []
 
 
+def test_threshold_is_the_plant_files(db_url: str, plant: PlantConfig, tmp_path: Path) -> None:
+    five = plant.model_copy(
+        update={"plant": plant.plant.model_copy(update={"order_problem_after_seconds": 300})}
+    )
+    replay([*setup_events(), *stop(20, 10)], "t.jsonl", five, db_url, tmp_path)
+    assert [d["kind"] for _, d in problems(db_url)] == ["machine_down"]
+
+
 def test_material_shortage_sends_one(db_url: str, plant: PlantConfig, tmp_path: Path) -> None:
     # A 10-minute idle stop, short of any threshold, but for want of material.
     replay(
