@@ -252,3 +252,10 @@ def test_example_collector_from_the_docs(db_url: str, tmp_path: Path) -> None:
         c.stop()
     row = _row(db_url, "other")
     assert row is not None and not row["connected"]
+
+
+def test_the_docs_show_the_example_collector_as_it_is() -> None:
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "collectors.md").read_text(encoding="utf-8")
+    code = (root / "tests" / "example_collector.py").read_text(encoding="utf-8").rstrip("\n")
+    assert f"```python\n{code}\n```" in doc, "docs/collectors.md: paste tests/example_collector.py"
