@@ -154,20 +154,18 @@ class MachineMap:
     """What the mapping needs to know of one machine."""
 
     states: dict[str, MachineState] | None
-    offline_reason: str | None
 
 
 def _map_one(s: Sample, m: MachineMap) -> dict[str, Any] | LogRecord:
     if s.role == "offline":
-        body: dict[str, Any] = {
+        return {
             "type": "state",
             "machine": s.machine,
             "ts": _iso(s.received),
             "state": "offline",
+            # a built-in reason code (mesflow/plant.py): valid in every plant
+            "reason": OFFLINE_REASON,
         }
-        if m.offline_reason:
-            body["reason"] = m.offline_reason
-        return body
     if s.bad:
         return _bad(s, "bad_status", f"the server reports {s.status} for this value")
     ts = _iso(event_time(s))
@@ -228,14 +226,6 @@ def map_samples(samples: Iterable[Sample], machines: dict[str, MachineMap]) -> l
             merged[key] = item
         out.append(item)
     return [x if isinstance(x, LogRecord) else record_for(f"opcua:{x['machine']}", x) for x in out]
-
-
-def offline_reason(plant: PlantConfig) -> str | None:
-    """`connection_lost` when the dataflow accepts it: the plant has no reason tree, or the
-    code is in it. Otherwise none: the dataflow would dead-letter an offline event with a
-    code outside the tree (`unknown_reason`), and books a reason-less gap as `no_data`."""
-    known = plant.reasons_by_code
-    return OFFLINE_REASON if not known or OFFLINE_REASON in known else None
 
 
 # -- connection errors as one line ----------------------------------------------------------
@@ -416,9 +406,8 @@ class OpcUaCollector:
         self.plant = plant
         self.database_url = database_url
         self.endpoints = group_endpoints(plant, dict(os.environ) if env is None else env)
-        reason = offline_reason(plant)
         self.machine_maps = {
-            m.id: MachineMap(state_table(plant, m), reason)
+            m.id: MachineMap(state_table(plant, m))
             for m in plant.machines.values()
             if m.opcua is not None
         }

@@ -24,7 +24,6 @@ from collectors.opcua import (
     Sample,
     event_time,
     map_samples,
-    offline_reason,
 )
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
@@ -159,7 +158,7 @@ def sample(role: str, name: str, value: Any, **kw: Any) -> Sample:
     return Sample(**base)
 
 
-MAPS = {MACHINE: MachineMap(BUILTIN_STATE_MAPPINGS["euromap77_machine_mode"], "connection_lost")}
+MAPS = {MACHINE: MachineMap(BUILTIN_STATE_MAPPINGS["euromap77_machine_mode"])}
 
 
 # -- pure mapping ------------------------------------------------------------------------------
@@ -282,13 +281,8 @@ def test_offline_marker_and_its_reason() -> None:
         "machine": MACHINE,
         "ts": (T0 + timedelta(seconds=2)).isoformat(),
         "state": "offline",
-        "reason": "connection_lost",
+        "reason": "connection_lost",  # built in: valid with any reason tree
     }
-    # A plant with a reason tree that lacks the code would dead-letter it (unknown_reason):
-    # the event then carries no reason and the dataflow books the gap as no_data.
-    src = {"endpoint": "opc.tcp://h:4840", "state": {"node": "ns=2;s=X"}}
-    assert offline_reason(plant_with({MACHINE: src})) is None
-    assert offline_reason(plant_with({MACHINE: src}, reasons=False)) == "connection_lost"
 
 
 # -- configuration ---------------------------------------------------------------------------

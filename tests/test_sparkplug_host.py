@@ -180,7 +180,7 @@ def test_ndeath_with_the_births_bdseq_takes_all_machines_of_the_node_offline(
     out = host.handle(topic("NDEATH"), ndeath(0), T0 + 6000)
     got = events(out)
     assert sorted(e["machine"] for e in got) == ["IM-01", "IM-02"]
-    assert all(e["state"] == "offline" and "reason" not in e for e in got)  # = no_data
+    assert all(e["state"] == "offline" and e["reason"] == "connection_lost" for e in got)
     assert all(e["ts"] == codec.ms_to_rfc3339(T0 + 6000) for e in got)  # when it was seen
     # A second delivery of the same death: the node is dead already, nothing more.
     assert host.handle(topic("NDEATH"), ndeath(0), T0 + 7000).records == []

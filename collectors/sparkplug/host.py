@@ -586,11 +586,16 @@ class _Msg:
 
     def _offline(self, machines: list[_Binding], ts_ms: int) -> None:
         when = ms_to_rfc3339(ts_ms)
-        # No reason given: the dataflow books an offline interval without one under the
-        # built-in reason `no_data` (a reason here would have to be in the plant's tree).
+        # `connection_lost` is a built-in reason code (mesflow/plant.py): valid in every plant.
         for b in machines:
             self.events.append(
-                {"type": "state", "machine": b.machine, "ts": when, "state": "offline"}
+                {
+                    "type": "state",
+                    "machine": b.machine,
+                    "ts": when,
+                    "state": "offline",
+                    "reason": "connection_lost",
+                }
             )
 
 
