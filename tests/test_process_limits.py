@@ -386,3 +386,21 @@ def test_process_limit_alert_opens_escalates_and_resolves_with_the_last_value(
     )
     e2 = AlertEngine(only, plant, grace_s=0)
     assert e2.feed([span("melt_temp_c", 0, None), heard(30)]) == []
+
+
+def test_a_resumed_tracker_goes_on_with_the_plant_file_limits(plant: PlantConfig) -> None:
+    import pickle
+
+    from streams.limit_spans_flow import LimitLogic
+
+    lp = limited(plant)
+    logic = LimitLogic(None, lp)
+    wo = parse_event(json.dumps(sequence()[0]))
+    start = parse_event(json.dumps(sequence()[2]))
+    value = ProcessValues(3, M, ((M, s(60), "melt_temp_c", 241.0),))
+    (first,), _ = logic.on_batch([(1, wo), (2, start), value])
+    assert [type(x).__name__ for x in first] == ["ProductRun", "LimitSpan"]
+    resumed = LimitLogic(logic.snapshot(), lp)
+    assert "limits" not in pickle.loads(logic.snapshot()).__dict__  # not in the snapshot
+    (rows,), _ = resumed.on_batch([ProcessValues(4, M, ((M, s(120), "melt_temp_c", 230.0),))])
+    assert rows == [LimitSpan(M, "melt_temp_c", s(60), s(120), "upper", 240.0, 241.0, "P-100")]
