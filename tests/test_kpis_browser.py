@@ -76,7 +76,12 @@ def test_kpis_page_in_browser(kpi_db: str, andon_url: str, tmp_path: Path) -> No
             "document.querySelector('.kpis-table') &&"
             " document.querySelector('.kpis-table').innerText.includes('BETA')"
         )
-        json.dumps(table)
+        # Chinese: the same figures, Chinese labels.
+        browser.goto(f"{andon_url}/kpis?lang=zh")
+        browser.wait_for("!!document.querySelector('#kpis-trend .scatterlayer')")
+        zh = str(browser.eval("document.body.innerText"))
+        assert "交付指标" in zh and "准时率" in zh and "50.0%" in zh
+        browser.screenshot(SHOTS / "kpis-zh-1280x800.png")
     finally:
         browser.close()
     assert (SHOTS / "kpis-en-1280x800.png").stat().st_size > 10_000
