@@ -11,6 +11,7 @@ connection seen through them, and the sources page that shows them.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from collectors.mqtt_json import MqttJsonCollector
 from dashboards import context
@@ -28,9 +30,12 @@ from mesflow import users
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from mesflow.source_health import EndpointHealth, HealthTracker, SourceHealthReporter
+from tests.conftest import require
 from tests.helpers import OwnPostgres, RestartableBroker, wait_until
-from tests.test_dashboard import sign_in
+from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url, sign_in
 from tests.test_guarantees_collector import Publisher
+
+__all__ = ["andon_url"]  # fixture
 
 
 def _row(db_url: str, kind: str, endpoint: str | None = None) -> dict[str, Any] | None:
@@ -259,3 +264,27 @@ def test_the_docs_show_the_example_collector_as_it_is() -> None:
     doc = (root / "docs" / "collectors.md").read_text(encoding="utf-8")
     code = (root / "tests" / "example_collector.py").read_text(encoding="utf-8").rstrip("\n")
     assert f"```python\n{code}\n```" in doc, "docs/collectors.md: paste tests/example_collector.py"
+
+
+@pytest.mark.browser
+def test_sources_page_in_browser(db_url: str, andon_url: str, tmp_path: Path) -> None:
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    _seed_page(db_url)
+    shots = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+    browser = Chromium(tmp_path)
+    try:
+        _sign_in_in_browser(browser, f"{andon_url}/sources?lang=en")
+        browser.wait_for("location.pathname === '/sources'")
+        browser.page(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
+        browser.goto(f"{andon_url}/sources?lang=en")
+        browser.wait_for("!!document.querySelector('.source-row.source-stale')")
+        text: Any = browser.eval("document.querySelector('.sources-body').innerText")
+        assert "disconnected" in text and "never heard from" in text, text
+        time.sleep(0.5)
+        assert not browser.eval("document.documentElement.scrollWidth > window.innerWidth")
+        browser.screenshot(shots / "sources-en-1280x800.png")
+    finally:
+        browser.close()
