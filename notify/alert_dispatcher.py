@@ -289,7 +289,8 @@ class AlertDispatcher:
         for n, d in enumerate(batch):
             if n:
                 ob.extend_lease(conn, [x.id for x in batch[n:]], self.lease_s)
-            raw = json_bytes(webhook.body(d.payload, self._ack(d.alert_id, name)))
+            ack = self._ack(d.alert_id, name) if r.acknowledgeable(d.payload) else None
+            raw = json_bytes(webhook.body(d.payload, ack))
             headers = webhook.headers(ch.secret, f"alert_{d.id}", raw)
             res = self._post(ch.endpoint, raw, webhook.classify, headers)
             if res.ok:

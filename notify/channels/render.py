@@ -109,6 +109,39 @@ _MD_SPECIAL = str.maketrans(
         "#": "＃",
     }
 )
+# Kinds that are notices, not alerts: nothing behind them to acknowledge (the floor
+# confirms an order change on the andon/tablet), so their messages carry no ack link.
+NOTICE_KINDS: Final = frozenset({"order_change"})
+_ORDER_CHANGE = {
+    "zh": {
+        "head": "订单 {order} 已变更",
+        "status": "已推送到相关机台（在安灯/平板上确认）",
+        "change": "变更内容",
+        "machines": "受影响设备",
+        "line": "产线",
+        "at": "变更时间",
+        "request": "变更单",
+    },
+    "en": {
+        "head": "order {order} changed",
+        "status": "sent to the machines concerned (confirmed on the andon/tablet)",
+        "change": "Change",
+        "machines": "Machines",
+        "line": "Line",
+        "at": "Changed at",
+        "request": "Change request",
+    },
+}
+# The field names of change_control.summary, in Chinese (English keeps them as they are).
+_CHANGE_FIELDS_ZH = {
+    "qty": "数量",
+    "due": "交期",
+    "product": "产品",
+    "status": "状态",
+    "priority": "优先级",
+    "customer": "客户",
+}
+_ISO_IN_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:\d\d)")
 # Facts the message already shows in its own lines.
 _SHOWN = frozenset({"since", "minutes", "duration_s", "level"})
 _ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d")
@@ -183,8 +216,57 @@ class Parts:
     severity: str
 
 
+def acknowledgeable(payload: Mapping[str, Any]) -> bool:
+    """Whether the message may carry an acknowledgement link (not for notices)."""
+    return str(payload.get("kind", "")) not in NOTICE_KINDS
+
+
+def _change_text(text: str, lang: str, tz: ZoneInfo) -> str:
+    """mesflow/change_control.py `summary` ("qty 1000 → 1500; due <iso> → <iso>") in the
+    reader's words, times in plant time."""
+
+    def local(m: re.Match[str]) -> str:
+        try:
+            return _local(m.group(0).replace("Z", "+00:00"), tz)
+        except ValueError:
+            return m.group(0)
+
+    names = _CHANGE_FIELDS_ZH if lang == "zh" else {}
+    out = []
+    for piece in text.split("; "):
+        name, _, rest = piece.partition(" ")
+        out.append(f"{names.get(name, name)} {_ISO_IN_TEXT.sub(local, rest)}".strip())
+    return "; ".join(out)
+
+
+def _order_change_parts(payload: Mapping[str, Any], lang: str, tz: ZoneInfo) -> Parts:
+    w = _ORDER_CHANGE[lang]
+    severity = str(payload.get("severity", "warning"))
+    sev = _SEVERITY[lang].get(severity, clean(severity, 20))
+    facts = payload.get("facts")
+    facts = facts if isinstance(facts, Mapping) else {}
+    order = clean(payload.get("order_no") or "?", 64)
+    fields: list[tuple[str, str]] = []
+    if facts.get("change"):
+        fields.append((w["change"], clean(_change_text(str(facts["change"]), lang, tz))))
+    if facts.get("machines"):
+        fields.append((w["machines"], clean(facts["machines"])))
+    if payload.get("line"):
+        fields.append((w["line"], clean(payload["line"], 64)))
+    at = payload.get("at") or payload.get("opened_at")
+    if isinstance(at, str):
+        with contextlib.suppress(ValueError):
+            fields.append((w["at"], f"{_local(at, tz)} ({tz.key})"))
+    if facts.get("change_request") is not None:
+        fields.append((w["request"], f"#{clean(facts['change_request'], 20)}"))
+    head = w["head"].format(order=order)
+    return Parts(f"[{sev}] {head}", sev, head, w["status"], tuple(fields), None, severity)
+
+
 def parts(payload: Mapping[str, Any], language: str, tz: ZoneInfo, ack_url: str | None) -> Parts:
     lang = lang_of(language)
+    if payload.get("kind") == "order_change":  # a notice: no level, no duration, no ack link
+        return _order_change_parts(payload, lang, tz)
     w = _WORDS[lang]
     severity = str(payload.get("severity", "warning"))
     sev = _SEVERITY[lang].get(severity, clean(severity, 20))
