@@ -16,8 +16,9 @@ same log sends nothing more).
 Time is event time: a stop's length is its interval's duration, or, while it is open, the
 highest event time the step has seen minus its start (live, the dataflow moves that on with
 the wall clock, so a machine that is down and silent still counts). Old history does not
-flood the CRM: live, a stop that started more than `max_age_s` (1 h) of wall time ago is
-marked done without a callback; a replay is deterministic and relies on the outbox dedupe.
+flood the CRM: live, a problem that arose (threshold crossed, or material reason learnt, in
+event time) more than `max_age_s` (1 h) of wall time ago is marked done without a callback;
+a replay is deterministic and relies on the outbox dedupe.
 """
 
 from __future__ import annotations
@@ -141,8 +142,10 @@ class OrderProblems:
                 continue
             del s.open[key]
             s.done.add(key)
-            if wall_us is not None and stop.start < wall_us - self.max_age_us:
-                continue  # live, an old stop (history catching up): no callback
+            # When it became a problem: the threshold crossed, or the reason learnt.
+            became = stop.start + self.threshold_us if kind == "machine_down" else (s.now or 0)
+            if wall_us is not None and became < wall_us - self.max_age_us:
+                continue  # live, an old problem (history catching up): no callback
             out.append(self._callback(stop, kind, length))
         return out
 

@@ -167,3 +167,28 @@ def test_live_guard_skips_old_stops() -> None:
     fresh = OrderProblems(["material_shortage"])
     near = int((start + timedelta(minutes=50)).timestamp() * 1_000_000)
     assert len(fresh.feed([wo, row], wall_us=near)) == 1
+
+
+def test_live_long_threshold_and_silent_machine() -> None:
+    from streams.order_progress import WorkOrderProgressRow
+
+    start = T0
+    wo = WorkOrderProgressRow("WO-1", "SO-1", "P", 10, "IM-01", 0, 0, 0.0, 0.0, None, None,
+                              None, start)  # fmt: skip
+
+    def us(minutes: float) -> int:
+        return int((start + timedelta(minutes=minutes)).timestamp() * 1_000_000)
+
+    # A 2-hour threshold: the problem arises at 2 h, not too old to send at 2 h 10.
+    p = OrderProblems([], threshold_s=7200)
+    long = IntervalRow("IM-01", start, start + timedelta(hours=3), "down", None, "WO-1",
+                       10800.0, False)  # fmt: skip
+    assert len(p.feed([wo, long], wall_us=us(130))) == 1
+    # Down and silent: an open stop row, then only the clock moves.
+    q = OrderProblems([])
+    still = IntervalRow("IM-01", start, None, "down", "hydraulic_fault", "WO-1", 0.0, False)
+    assert q.feed([wo, still], wall_us=us(1)) == []
+    assert q.tick(us(29), us(29)) == []
+    sent = q.tick(us(31), us(31))
+    assert [c.payload["kind"] for c in sent] == ["machine_down"]
+    assert q.tick(us(60), us(60)) == []  # once
