@@ -562,7 +562,7 @@ def delivery_chip(d: aq.Delivery, opts: RenderOptions) -> html.Span:
     status = s(d.status, lang) if d.status in STRINGS else d.status
     if d.status == "pending" and d.next_attempt_at and d.next_attempt_at > opts.now + _SOON:
         status += " " + fmt_time(d.next_attempt_at, opts.tz, with_date=False)
-    title = f"{d.step} L{d.level}"
+    title = f"{d.step} L{d.level + 1}"  # stored 0-based; people count from 1
     if d.error_code or d.last_error:
         title += f": {d.error_code or ''} {d.last_error or ''}"
     return html.Span(
@@ -607,7 +607,7 @@ def render_open(board: aq.OpenBoard, plant: PlantConfig, opts: RenderOptions) ->
                         # assets/alerts.js ticks this every second, from the server's clock.
                         **_data(since=since_ms, now=now_ms, lang=lang),
                     ),
-                    html.Td(str(a.level), className="al-level"),
+                    html.Td(str(a.level + 1), className="al-level"),  # stored 0-based
                     html.Td(
                         [delivery_chip(d, opts) for d in deliveries]
                         or html.Span(s("nobody", lang), className="al-muted"),
@@ -707,7 +707,7 @@ def render_history(
                     html.Td(what_text(a, plant, lang)),
                     html.Td(fmt_time(a.started_at, tz)),
                     html.Td(format_duration(a.duration_s, lang)),
-                    html.Td(str(a.level)),
+                    html.Td(str(a.level + 1)),
                     html.Td(ack),
                     html.Td(
                         fmt_time(a.resolved_at, tz)
@@ -743,7 +743,8 @@ class CsvAlert:
     machine: str | None
     line: str | None
     order_no: str | None
-    level: int
+    # as on the page: 1 = the first level (the SQL views' `level` is 0-based)
+    escalation_level: int
     started_at: datetime
     opened_at: datetime
     acknowledged_at: datetime | None
@@ -753,8 +754,12 @@ class CsvAlert:
 
 
 def history_csv(rows: Sequence[aq.Alert], tz: ZoneInfo) -> str:
-    names = [f.name for f in fields(CsvAlert)]
-    return to_csv([CsvAlert(**{n: getattr(a, n) for n in names}) for a in rows], CsvAlert, tz)
+    names = [f.name for f in fields(CsvAlert) if f.name != "escalation_level"]
+    return to_csv(
+        [CsvAlert(**{n: getattr(a, n) for n in names}, escalation_level=a.level + 1) for a in rows],
+        CsvAlert,
+        tz,
+    )
 
 
 def export(db: aq.Database, f: aq.HistoryFilters, tz: ZoneInfo) -> tuple[str, str]:
