@@ -81,6 +81,7 @@ _STRINGS: Final[dict[str, dict[str, str]]] = {
     "alert_kind_scrap_rate": {"zh": "报废率过高", "en": "Scrap rate too high"},
     "alert_kind_silent": {"zh": "设备无数据", "en": "Machine silent"},
     "alert_kind_order_at_risk": {"zh": "订单有延期风险", "en": "Order at risk"},
+    "alert_kind_process_limit": {"zh": "工艺参数超限", "en": "Process value out of limits"},
     "alert_severity_info": {"zh": "提示", "en": "Info"},
     "alert_severity_warning": {"zh": "警告", "en": "Warning"},
     "alert_severity_critical": {"zh": "严重", "en": "Critical"},

@@ -38,6 +38,7 @@ _KIND = {
         "scrap_rate": "废品率过高",
         "silent": "无数据",
         "order_at_risk": "订单有延期风险",
+        "process_limit": "工艺参数超限",
     },
     "en": {
         "machine_down": "machine down",
@@ -46,6 +47,7 @@ _KIND = {
         "scrap_rate": "scrap rate high",
         "silent": "no data",
         "order_at_risk": "order at risk",
+        "process_limit": "process value out of limits",
     },
 }
 _WORDS = {
