@@ -288,3 +288,42 @@ def test_sources_page_in_browser(db_url: str, andon_url: str, tmp_path: Path) ->
         browser.screenshot(shots / "sources-en-1280x800.png")
     finally:
         browser.close()
+
+
+def test_sparkplug_health_per_edge_node(
+    broker: RestartableBroker, db_url: str, tmp_path: Path
+) -> None:
+    """One row for the broker and one per edge node: connected while born, not after its
+    NDEATH (the Will, when the node vanishes)."""
+    from collectors.sparkplug.collector import SparkplugCollector
+    from tests.conftest import EXAMPLE_CONFIG
+    from tests.sparkplug_edge import PRESS_GW, PRESS_METRICS, EdgeNode, sparkplug_plant
+
+    c = SparkplugCollector(sparkplug_plant(EXAMPLE_CONFIG), broker.url, db_url, host_id="hh")
+    c.start()
+    try:
+        assert c.connected.wait(15)
+        edge = EdgeNode(broker.host, broker.port, PRESS_GW, devices={"IM-01": PRESS_METRICS},
+                        initial={("IM-01", "Machine/Mode"): 4}, bdseq=0)  # fmt: skip
+
+        def edge_row() -> EndpointHealth | None:
+            rows = [h for h in c.health() if h.endpoint != c.url]
+            return rows[0] if rows else None
+
+        edge.connect()
+        wait_until(lambda: (r := edge_row()) is not None and r.connected, 15)
+        row = edge_row()
+        assert row is not None and row.messages_total >= 1 and row.endpoint.startswith(c.url)
+        assert c.health()[0].connected and c.health()[0].endpoint == c.url
+        edge.die()
+        wait_until(lambda: (r := edge_row()) is not None and not r.connected, 15)
+        # Through the reporter into the table: both rows.
+        rep = SourceHealthReporter(db_url, "sparkplug", "hh", c.health)
+        assert rep.report_once()
+        with psycopg.connect(db_url) as conn:
+            got = conn.execute(
+                "SELECT connected FROM source_health WHERE kind = 'sparkplug' ORDER BY endpoint"
+            ).fetchall()
+        assert got == [(True,), (False,)]
+    finally:
+        c.stop()

@@ -95,6 +95,7 @@ class SparkplugCollector:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.stats = SparkplugStats()
+        self._per_edge: dict[tuple[str, str], list[int]] = {}  # (group, edge) -> [msgs, errors]
         self.url = redact_url(mqtt_url)
         if state_file is not None and state_file.exists():
             try:
@@ -281,6 +282,12 @@ class SparkplugCollector:
             out = self.host.handle(topic, payload, received_ms)
             if not out.records and not out.commands:
                 self.stats.ignored += 1
+            # Per edge node, for the sources page (health()): spBv1.0/<group>/<kind>/<edge>/...
+            parts = topic.split("/", 4)
+            if len(parts) >= 4 and parts[0] == NAMESPACE and parts[2] != "STATE":
+                edge = self._per_edge.setdefault((parts[1], parts[3]), [0, 0])
+                edge[0] += 1
+                edge[1] += sum(1 for r in out.records if r.error)
             records += out.records
             commands += out.commands
         # One Rebirth per node per batch, whatever the batch held.
@@ -329,9 +336,16 @@ class SparkplugCollector:
         self._network.start()
 
     def health(self) -> list[EndpointHealth]:
-        """The sources page's row (mesflow/source_health.py): one per broker."""
+        """The sources page's rows (mesflow/source_health.py): the broker, then each edge node
+        heard from (connected: born and not dead; read unlocked, so a copy first)."""
         s = self.stats
-        return [EndpointHealth(self.url, self.connected.is_set(), s.received, s.dead_letters)]
+        up = self.connected.is_set()
+        rows = [EndpointHealth(self.url, up, s.received, s.dead_letters)]
+        for (group, edge), (msgs, errors) in list(self._per_edge.items()):
+            node = self.host.nodes.get((group, edge))
+            born = up and node is not None and node.born
+            rows.append(EndpointHealth(f"{self.url} {group}/{edge}", born, msgs, errors))
+        return rows
 
     def stop(self) -> None:
         """Store and acknowledge what has arrived, publish STATE offline, disconnect."""
