@@ -3,7 +3,8 @@
 Plain Python, no Bytewax and no I/O. One `OrderProblems` for the plant reads the rows the
 dataflow already makes: stop intervals (IntervalRow: machine, start, state, reason and the
 work order active on the machine), work-order rows (which order a work order feeds) and
-order rows (the order's ETA). It emits one callback per stop of a machine that is running
+order rows (the order's ETA); status rows move event time on. It emits one callback per stop
+of a machine that is running
 one of the order's work orders, when
 
 - the stop is `down` for `threshold_s` or longer (kind `machine_down`), or
@@ -31,13 +32,13 @@ from typing import Any, Final
 from mesflow.plant import PlantConfig
 from streams.hour_clock import from_us, to_us
 from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
-from streams.records import IntervalRow
+from streams.records import IntervalRow, StatusRow
 
 DEFAULT_THRESHOLD_S: Final = 30 * 60
 DEFAULT_MAX_AGE_S: Final = 60 * 60
 EVENT_TYPE: Final = "production_problem"
 _FORGET_US: Final = 24 * 3600 * 1_000_000
-INPUT_TYPES: Final = (IntervalRow, WorkOrderProgressRow, OrderProgressRow)
+INPUT_TYPES: Final = (IntervalRow, StatusRow, WorkOrderProgressRow, OrderProgressRow)
 
 
 @dataclass(slots=True)
@@ -91,6 +92,12 @@ class OrderProblems:
                 s.order_eta[row.order_no] = row.eta
             elif t is IntervalRow:
                 self._interval(row)
+            elif t is StatusRow:
+                # A machine still sending while down moves event time on (an open stop's
+                # interval row has no length yet).
+                ts = to_us(row.last_event_ts)
+                if s.now is None or ts > s.now:
+                    s.now = ts
         return self._decide(wall_us)
 
     def tick(self, now_us: int, wall_us: int | None = None) -> list[Callback]:

@@ -192,3 +192,22 @@ def test_live_long_threshold_and_silent_machine() -> None:
     sent = q.tick(us(31), us(31))
     assert [c.payload["kind"] for c in sent] == ["machine_down"]
     assert q.tick(us(60), us(60)) == []  # once
+
+
+def test_status_rows_move_event_time_for_an_open_stop() -> None:
+    from streams.order_progress import WorkOrderProgressRow
+    from streams.records import StatusRow
+
+    start = T0
+    wo = WorkOrderProgressRow("WO-1", "SO-1", "P", 10, "IM-01", 0, 0, 0.0, 0.0, None, None,
+                              None, start)  # fmt: skip
+    p = OrderProblems([])
+    still = IntervalRow("IM-01", start, None, "down", None, "WO-1", 0.0, False)
+    assert p.feed([wo, still]) == []
+
+    def status(minutes: float) -> StatusRow:
+        return StatusRow("IM-01", "down", start, None, "WO-1", start + timedelta(minutes=minutes),
+                         0, 0)  # fmt: skip
+
+    assert p.feed([status(20)]) == []
+    assert len(p.feed([status(30)])) == 1
