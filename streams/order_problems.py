@@ -4,8 +4,7 @@ Plain Python, no Bytewax and no I/O. One `OrderProblems` for the plant reads the
 dataflow already makes: stop intervals (IntervalRow: machine, start, state, reason and the
 work order active on the machine), work-order rows (which order a work order feeds) and
 order rows (the order's ETA); status rows move event time on. It emits one callback per stop
-of a machine that is running
-one of the order's work orders, when
+of a machine that is running one of the order's work orders, when
 
 - the stop is `down` for `threshold_s` or longer (kind `machine_down`), or
 - the stop's reason is in category `material` (kind `material_shortage`, at once),
