@@ -327,3 +327,22 @@ def test_sparkplug_health_per_edge_node(
         assert got == [(True,), (False,)]
     finally:
         c.stop()
+
+
+def test_mesflow_run_collector_mqtt_reports_its_health(
+    broker: RestartableBroker, db_url: str, tmp_path: Path
+) -> None:
+    """The CLI wires the reporter: a row while it runs, disconnected after SIGTERM."""
+    from tests.helpers import Mesflow, mesflow_env
+
+    env = mesflow_env(db_url, tmp_path / "var", broker.url, MESFLOW_MQTT_CLIENT_ID="cli-health")
+    proc = Mesflow("run", "collector-mqtt", env=env, log=tmp_path / "collector.log")
+    try:
+        wait_until(lambda: bool((_row(db_url, "mqtt") or {}).get("connected")), 30)
+        row = _row(db_url, "mqtt")
+        assert row is not None and row["instance"] == "cli-health"
+        assert row["endpoint"] == broker.url  # no password in this URL to redact
+    finally:
+        assert proc.terminate() == 0, proc.output()
+    row = _row(db_url, "mqtt")
+    assert row is not None and not row["connected"], proc.output()
