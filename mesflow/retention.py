@@ -15,6 +15,10 @@ Tables and what always stays, whatever its age (docs/operations.md, "Retention")
 - `late_merge`: events merged late whose machine's figures are stored since (what a
   running `mesflow replay` waits on stays, LATE_MERGE_WHERE), and pending ones of a
   machine no longer in the plant (never merged).
+- `alert_delivery`: alert messages sent, stale or failed; pending ones stay.
+- `alert` (with its `alert_step` rows): resolved alerts; open and acknowledged ones stay.
+- `robot_budget`: a robot's row once its newest send is far outside any budget window
+  (the dispatcher creates it again on the next send).
 
 Every batch is its own short transaction, so a run holds no lock for long, and a run
 killed at any point leaves a consistent database; the next run goes on from there.
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 # One retention run per database at a time (several `mesflow run notify` may run).
 RETENTION_LOCK = 0x6D726574
 CHECKPOINT_TABLE = "machine_checkpoint"
+ROBOT_BUDGET_DAYS = 1  # a robot's budget row goes after a day without a send (not a setting)
 _CHECKPOINT_SEQ_COLUMNS = ("log_seq", "seq", "last_seq", "upto_seq")
 
 
@@ -63,6 +68,8 @@ class RetentionPolicy:
     late_merge_days: int = 30  # late events merged (or never mergeable)
     process_value_days: int = 7  # raw process values
     process_minute_days: int = 180  # their per-minute rollup
+    alert_delivery_days: int = 90  # alert messages sent, stale or failed
+    alert_days: int = 365  # resolved alerts (their steps go with them)
     batch_rows: int = 2000
     # The log is the dedupe index: a row stays at least as long as a resent copy of its
     # input could still be accepted (the plant's max_event_age_days + max_clock_skew).
@@ -86,6 +93,8 @@ class RetentionPolicy:
             late_merge_days=s.retention_late_merge_days,
             process_value_days=s.retention_process_value_days,
             process_minute_days=s.retention_process_minute_days,
+            alert_delivery_days=s.retention_alert_delivery_days,
+            alert_days=s.retention_alert_days,
             batch_rows=s.retention_batch_rows,
             resume_margin=timedelta(seconds=s.retention_resume_margin_s),
         )
@@ -298,6 +307,37 @@ def _targets(policy: RetentionPolicy) -> list[_Target]:
             "minute < %(cutoff)s",
             "per-minute process value rollup",
             key="machine, name, minute",
+        ),
+        _Target(
+            "alert_delivery",
+            "alert_delivery",
+            policy.alert_delivery_days,
+            "true",
+            "created_at",
+            "status IN ('sent', 'stale', 'failed') AND created_at < %(cutoff)s",
+            "alert messages sent, stale or failed (pending ones stay)",
+        ),
+        # alert_step rows go with their alert (ON DELETE CASCADE, sql/018).
+        _Target(
+            "alert",
+            "alert (+ alert_step)",
+            policy.alert_days,
+            "true",
+            "opened_at",
+            "resolved_at < %(cutoff)s",
+            "resolved alerts and their steps (open and acknowledged ones stay)",
+        ),
+        # A budget window is seconds long: a robot silent for a day has nothing in it. The
+        # dispatcher's upsert locks the row (notify/robot_budget.py), so none vanishes
+        # between its insert and its read.
+        _Target(
+            "robot_budget",
+            "robot_budget",
+            ROBOT_BUDGET_DAYS,
+            "true",
+            "sends[1]",
+            "NOT EXISTS (SELECT 1 FROM unnest(sends) t WHERE t >= %(cutoff)s)",
+            "budget rows of robots with every send",
         ),
     ]
 

@@ -133,6 +133,10 @@ class Settings(BaseSettings):
     retention_process_minute_days: int = Field(
         default=180, ge=0, description="per-minute process value rollup"
     )
+    retention_alert_delivery_days: int = Field(
+        default=90, ge=0, description="alert messages sent, stale or failed (pending stay)"
+    )
+    retention_alert_days: int = Field(default=365, ge=0, description="resolved alerts, steps")
     retention_batch_rows: int = Field(default=2000, ge=1)
     retention_resume_margin_s: float = Field(default=600.0, ge=0)
     retention_interval_s: float = Field(

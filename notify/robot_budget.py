@@ -103,7 +103,10 @@ def hold(
     limits = ((limit, window_s),) + ((burst,) if burst else ())
     with conn.transaction():
         conn.execute(
-            "INSERT INTO robot_budget (channel) VALUES (%s) ON CONFLICT (channel) DO NOTHING",
+            # DO UPDATE (a no-op) locks an existing row at once: retention may delete a
+            # silent robot's row, and it must not vanish before the SELECT below.
+            "INSERT INTO robot_budget (channel) VALUES (%s)"
+            " ON CONFLICT (channel) DO UPDATE SET sends = robot_budget.sends",
             (channel,),
         )
         row = conn.execute(
