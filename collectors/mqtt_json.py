@@ -190,6 +190,8 @@ class MqttJsonCollector:
         self._connected_at = 0.0
         self._quick_drops = 0
         self._fail_logged_at = -60.0
+        self.connect_errors = 0  # refused or failed connections (sources page)
+        self.last_error: str | None = None
         # Bounded: when PostgreSQL is slow, paho's thread blocks here, stops reading the
         # socket, and the broker holds the backlog (it is configured not to drop it).
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=50_000)
@@ -239,6 +241,8 @@ class MqttJsonCollector:
         if rc.is_failure:
             # rc names the cause (e.g. "Not authorized"); the password is never logged.
             log.error("MQTT connection to %s refused: %s", self.url, rc)
+            self.connect_errors += 1
+            self.last_error = f"connection refused: {rc}"
             return
         self._connected_at = time.monotonic()
         # Subscribe again even if the broker kept the session: it may have lost it.
@@ -248,11 +252,15 @@ class MqttJsonCollector:
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its `except OSError`: the error says why (refused, TLS
         # certificate not trusted, host unknown). Once a minute is enough while retrying.
+        err = sys.exc_info()[1]
+        self.connect_errors += 1
+        self.last_error = (
+            f"cannot connect: {type(err).__name__}: {err}" if err else "cannot connect"
+        )
         now = time.monotonic()
         if now - self._fail_logged_at < 60:
             return
         self._fail_logged_at = now
-        err = sys.exc_info()[1]
         log.warning(
             "cannot connect to %s (%s); retrying",
             self.url,
@@ -403,7 +411,10 @@ class MqttJsonCollector:
     def health(self) -> list[EndpointHealth]:
         """The sources page's row (mesflow/source_health.py): one broker."""
         s = self.stats
-        return [EndpointHealth(self.url, self.connected.is_set(), s.received, s.with_errors)]
+        errors = s.with_errors + self.connect_errors
+        return [
+            EndpointHealth(self.url, self.connected.is_set(), s.received, errors, self.last_error)
+        ]
 
     def stop(self) -> None:
         """Store what has arrived, acknowledge it, then disconnect."""

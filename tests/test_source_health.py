@@ -143,6 +143,11 @@ def test_mqtt_collector_connected_rate_then_disconnected(
         wait_until(lambda: not (_row(db_url, "mqtt") or {"connected": True})["connected"], 15)
         row = _row(db_url, "mqtt")
         assert row is not None and not row["stale"]  # still reporting: it knows it is cut off
+        # Its reconnect attempts fail: counted, and the last one says why.
+        wait_until(lambda: ((_row(db_url, "mqtt") or {}).get("last_error") or "") != "", 20)
+        row = _row(db_url, "mqtt")
+        assert row is not None and row["errors_total"] >= 1
+        assert "cannot connect" in row["last_error"], row["last_error"]
         assert rep._thread.is_alive() and not collector.failed.is_set()
     finally:
         rep.stop()
