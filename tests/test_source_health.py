@@ -291,6 +291,13 @@ def test_sources_page_in_browser(db_url: str, andon_url: str, tmp_path: Path) ->
         time.sleep(0.5)
         assert not browser.eval("document.documentElement.scrollWidth > window.innerWidth")
         browser.screenshot(shots / "sources-en-1280x800.png")
+        browser.goto(f"{andon_url}/sources?lang=zh")
+        browser.wait_for("!!document.querySelector('.source-row.source-stale')")
+        text = browser.eval("document.querySelector('.sources-body').innerText")
+        assert "已断开" in text and "从未收到" in text, text
+        time.sleep(0.5)
+        assert not browser.eval("document.documentElement.scrollWidth > window.innerWidth")
+        browser.screenshot(shots / "sources-zh-1280x800.png")
     finally:
         browser.close()
 
