@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mesflow.resources import SOURCE_ROOT, example_plant, is_source_checkout
@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         default=3600.0, ge=0, description="run by `mesflow run notify`; 0 = only by command"
     )
+
+    @field_validator("alerts_config", "smtp_host", "smtp_user", "smtp_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # docker-compose.yml passes `${MESFLOW_ALERTS_CONFIG:-}`: empty means not set (an
+        # empty path would be the working directory).
+        return None if value == "" else value
 
     @property
     def recovery_dir(self) -> Path:
