@@ -123,6 +123,12 @@ def test_analytics_in_browser(
             replayed, _filters(Scope("machine", "IM-01")), tz, reason=top.reason
         )
         assert len(cells) == len(want)
+        # The Markdown table shows its text as it is (no escape marks, no markup).
+        starts = b.eval(
+            "Array.from(document.querySelectorAll('.an-stops-table tbody tr'))"
+            ".map(r => r.children[1].textContent)"
+        )
+        assert starts == [analytics._local(r.start_ts, tz) for r in want]
 
         for lang, title in (("en", "Production analytics"), ("zh", "生产分析")):
             for w, h in ((1280, 800), (1920, 1080)):
@@ -130,6 +136,13 @@ def test_analytics_in_browser(
                 b.goto(f"{app_url}/analytics?lang={lang}&{QUERY}")
                 b.wait_for(f"document.querySelector('.analytics.lang-{lang}') && {_READY}")
                 b.wait_for("document.querySelectorAll('.main-svg').length >= 7")
+                # The filters and the stops table are lazily loaded chunks: drawn before the
+                # screenshot, now that the plots no longer take a minute.
+                b.wait_for(
+                    "document.querySelector('#an-range')?.value === '2026-11-16' && "
+                    "document.querySelector('#an-scope')?.innerText.trim().length > 0 && "
+                    "!!document.querySelector('.an-stops-table tbody tr')"
+                )
                 assert b.eval("document.querySelector('.an-title h1').textContent") == title
                 assert _oee(b) == fmt_pct(plant_total.oee)
                 assert _clipped(b) == [], (lang, w)
@@ -143,6 +156,7 @@ def test_analytics_in_browser(
                 f"document.querySelector('.machine-page.lang-{lang}') && "
                 "document.querySelectorAll('#mc-timeline .main-svg, #mc-parts .main-svg').length"
                 " >= 2 && document.querySelectorAll('#mc-wos tbody tr').length > 0"
+                " && !!document.querySelector('.machine-page .an-stops-table tbody tr')"
             )
             assert b.eval("document.querySelector('.an-title h1').textContent") == title
             assert _clipped(b) == [], lang

@@ -746,12 +746,15 @@ def text_table(headers: Sequence[str], body: Sequence[Sequence[Any]], css: str =
 
 
 def _md_escape(value: Any) -> str:
-    """Cell text as literal Markdown: every ASCII punctuation mark backslash-escaped."""
+    """Cell text as literal Markdown: each Markdown mark backslash-escaped."""
     text = " ".join(str(value).split())
+    text = text.replace("&", "&amp;")  # else '&amp;' in a name would read '&'
     return "".join(f"\\{ch}" if ch in _MD_PUNCT else ch for ch in text) or " "
 
 
-_MD_PUNCT = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+# The marks dcc.Markdown takes as Markdown and honours a backslash before (measured in
+# chromium: before the others, such as ':' or '<', the backslash itself is shown).
+_MD_PUNCT = frozenset("\\!#()*+-.>[]_`{|}~")
 
 
 def stops_table(rows: Sequence[aq.StopRow], tz: ZoneInfo, names: dict[str, str], lang: str) -> Any:
