@@ -7,7 +7,8 @@ time (Performance.getMetrics: script, layout, style recalculation).
 
 The data is the demo's: the example plant (12 machines) and `--days` of simulated history
 replayed through the dataflow, as `mesflow demo` backfills it. The page opens on its default
-range (the last 7 days up to the history's end). Exit 1 when all plots take 5 s or more.
+range (the last 7 days up to the history's end). Exit 1 when the median time to all plots is
+5 s or more.
 """
 
 from __future__ import annotations
@@ -156,9 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  {key:<20} median {statistics.median(values):8.2f}  "
             f"min {min(values):8.2f}  max {max(values):8.2f}"
         )
-    worst = max(r["all_plots_s"] for r in runs)
-    print(f"limit {LIMIT_S:.0f} s to all plots: {'met' if worst < LIMIT_S else 'MISSED'}")
-    return 0 if worst < LIMIT_S else 1
+    # The median: one load slowed by another job on a shared machine is not the page's cost.
+    typical = statistics.median(r["all_plots_s"] for r in runs)
+    print(
+        f"limit {LIMIT_S:.0f} s to all plots (median): {'met' if typical < LIMIT_S else 'MISSED'}"
+    )
+    return 0 if typical < LIMIT_S else 1
 
 
 if __name__ == "__main__":
