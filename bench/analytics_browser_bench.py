@@ -6,9 +6,9 @@ time (Performance.getMetrics: script, layout, style recalculation).
         [--database-url URL]   # reuse a database already filled (skips the replay)
 
 The data is the demo's: the example plant (12 machines) and `--days` of simulated history
-replayed through the dataflow, as `mesflow demo` backfills it. The page opens on the
-7 days up to the history's end (the page's default range length). Exit 1 when the median time to all plots is
-5 s or more.
+replayed through the dataflow, as `mesflow demo` backfills it. The page opens on the 7 days
+up to the history's end (the page's default range length). Exit 1 when the median time to all
+plots is 5 s or more.
 """
 
 from __future__ import annotations
