@@ -213,7 +213,7 @@ def test_ndeath_with_matching_bdseq_takes_the_nodes_machines_offline_a_stale_one
     wait_for(lambda: len(events(db_url, state="offline")) == 2, what="offline from the NDEATH")
     offline = events(db_url, state="offline")
     assert sorted(e["machine"] for e in offline) == ["IM-01", "IM-02"]
-    assert all("reason" not in e for e in offline)  # the dataflow books it as no_data
+    assert all(e["reason"] == "connection_lost" for e in offline)  # a built-in reason
     assert all(codec.ms_to_rfc3339(before) <= e["ts"] for e in offline)
     # The node comes back (bdSeq 1); then the old session's death arrives late.
     again = EdgeNode(
