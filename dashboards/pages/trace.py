@@ -23,8 +23,7 @@ import psycopg
 from dash import Input, Output, State, dcc, html
 
 from dashboards import auth, context
-from dashboards.i18n import t
-from dashboards.nav import account_links, nav_links
+from dashboards.nav import page_header
 from mesflow import trace
 
 log = logging.getLogger(__name__)
@@ -205,29 +204,8 @@ def layout(
 
 def _header(lang: str, plant_name: str) -> html.Header:
     # The order pages' header (the same classes, so the same look).
-    return html.Header(
-        className="orders-header",
-        children=[
-            html.Div(
-                className="orders-title",
-                children=[
-                    html.Span(plant_name, className="plant-name"),
-                    html.H1(s("title", lang), className="board-name"),
-                ],
-            ),
-            html.Nav(
-                className="orders-links",
-                children=[
-                    *nav_links(lang, PATH),
-                    *account_links(lang),
-                    html.A(
-                        t("language", lang),
-                        href=f"?lang={'en' if lang == 'zh' else 'zh'}",
-                        className="lang-switch",
-                    ),
-                ],
-            ),
-        ],
+    return page_header(
+        lang, s("title", lang), PATH, plant_name, prefix="orders", title_class="board-name"
     )
 
 
