@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from dashboards import alert_ack, auth, context
 from dashboards import alert_queries as aq
 from dashboards.i18n import format_duration, t
-from dashboards.nav import account_links, nav_links
+from dashboards.nav import page_header
 from mesflow import users
 from mesflow.alert_channels import Person
 from mesflow.plant import PlantConfig
@@ -223,30 +223,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
             dcc.Store(id=_LANG, data=lang),
             dcc.Interval(id=_TICK, interval=REFRESH_MS),
             dcc.Interval(id=_H_TICK, interval=HISTORY_REFRESH_MS),
-            html.Header(
-                className="al-header",
-                children=[
-                    html.Div(
-                        className="al-title",
-                        children=[
-                            html.Span(plant.plant.name.get(lang), className="plant-name"),
-                            html.H1(s("title", lang)),
-                        ],
-                    ),
-                    html.Nav(
-                        className="al-links",
-                        children=[
-                            *nav_links(lang, PATH),
-                            *account_links(lang),
-                            html.A(
-                                t("language", lang),
-                                href=f"?lang={'en' if lang == 'zh' else 'zh'}",
-                                className="lang-switch",
-                            ),
-                        ],
-                    ),
-                ],
-            ),
+            page_header(lang, s("title", lang), PATH, plant.plant.name.get(lang), prefix="al"),
             html.Div(id=_BANNER, className="al-banner"),
             html.Section(
                 className="al-card",
