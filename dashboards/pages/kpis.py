@@ -22,6 +22,7 @@ from dash import Input, Output, State, dcc, html
 
 from dashboards import auth, context, kpi_queries
 from dashboards.nav import page_header
+from dashboards.widgets import csv_download, page_text, text_table
 from mesflow.delivery_kpis import (
     DIMENSIONS,
     DeliveryKpiRow,
@@ -91,8 +92,7 @@ COLUMNS: Final = (
 
 
 def s(key: str, lang: str) -> str:
-    entry = STRINGS.get(key)
-    return entry.get(lang, entry["en"]) if entry else key
+    return page_text(STRINGS, key, lang)
 
 
 def register(app: dash.Dash) -> None:
@@ -233,7 +233,7 @@ def _export(_n: Any, first: Any, last: Any, customer: Any, product: Any, by: Any
     ctx = context.current()
     dim, months, cust, prod = _filters(first, last, customer, product, by)
     text = kpi_queries.kpi_csv(ctx.db, ctx.plant.tz, dim, months, cust, prod)
-    return {"content": text, "filename": f"delivery-kpis-by-{dim}.csv", "type": "text/csv"}
+    return csv_download(text, f"delivery-kpis-by-{dim}.csv")
 
 
 # -- rendering (pure) ------------------------------------------------------------------------
@@ -249,16 +249,11 @@ def _cell(col: str, r: DeliveryKpiRow) -> str:
 
 
 def render(rows: list[DeliveryKpiRow], by: Dimension, lang: str) -> Any:
-    if not rows:
-        return html.Div(s("empty", lang), className="orders-empty")
-    return html.Table(
-        className="orders-table kpis-table",
-        children=[
-            html.Thead(html.Tr([html.Th(s(by, lang)), *(html.Th(s(c, lang)) for c in COLUMNS)])),
-            html.Tbody(
-                [html.Tr([html.Td(r.key), *(html.Td(_cell(c, r)) for c in COLUMNS)]) for r in rows]
-            ),
-        ],
+    return text_table(
+        [s(by, lang), *(s(c, lang) for c in COLUMNS)],
+        [[r.key, *(_cell(c, r) for c in COLUMNS)] for r in rows],
+        "orders-table kpis-table",
+        s("empty", lang),
     )
 
 

@@ -24,6 +24,7 @@ from dash import Input, Output, State, dcc, html
 
 from dashboards import auth, context
 from dashboards.nav import page_header
+from dashboards.widgets import csv_download, page_text, text_table
 from mesflow import trace
 
 log = logging.getLogger(__name__)
@@ -121,9 +122,7 @@ ORDER_SECTIONS: Final = {
 
 
 def s(key: str, lang: str, **kw: Any) -> str:
-    entry = STRINGS.get(key)
-    text = entry.get(lang, entry["en"]) if entry else key
-    return text.format(**kw) if kw else text
+    return page_text(STRINGS, key, lang, **kw)
 
 
 def register(app: dash.Dash) -> None:
@@ -258,7 +257,7 @@ def _export(_n: Any, done: Any) -> Any:
         )
     )
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in q)[:60]
-    return {"content": to_csv(found), "filename": f"trace-{kind}-{safe}.csv", "type": "text/csv"}
+    return csv_download(to_csv(found), f"trace-{kind}-{safe}.csv")
 
 
 # -- rendering (pure) ------------------------------------------------------------------------
@@ -289,16 +288,11 @@ def _cell(key: str, value: Any, tz: tzinfo, lang: str) -> str:
 
 
 def _table(cols: Sequence[str], rows: list[dict[str, Any]], tz: tzinfo, lang: str) -> Any:
-    if not rows:
-        return html.Div(s("empty", lang), className="orders-empty")
-    return html.Table(
-        className="orders-table trace-table",
-        children=[
-            html.Thead(html.Tr([html.Th(s(c, lang)) for c in cols])),
-            html.Tbody(
-                [html.Tr([html.Td(_cell(c, r.get(c), tz, lang)) for c in cols]) for r in rows]
-            ),
-        ],
+    return text_table(
+        [s(c, lang) for c in cols],
+        [[_cell(c, r.get(c), tz, lang) for c in cols] for r in rows],
+        "orders-table trace-table",
+        s("empty", lang),
     )
 
 

@@ -1,0 +1,39 @@
+"""Small pieces several office pages build the same way (the header is in dashboards/nav.py).
+
+Only what is the same logic on every page that uses it lives here: a page whose piece differs
+(a CSS class per cell, a row badge) keeps its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from dash import html
+
+
+def page_text(strings: Mapping[str, Mapping[str, str]], key: str, lang: str, **kw: Any) -> str:
+    """A page's string `key` in `lang` (English if that language is missing, the key itself if
+    the page has no such string), with `{fields}` filled from `kw` when given."""
+    entry = strings.get(key)
+    text = entry.get(lang, entry["en"]) if entry else key
+    return text.format(**kw) if kw else text
+
+
+def csv_download(text: str, filename: str) -> dict[str, Any]:
+    """What a `dcc.Download` takes to save `text` as a CSV file (the bytes are the caller's)."""
+    return {"content": text, "filename": filename, "type": "text/csv"}
+
+
+def text_table(
+    head: Sequence[str], rows: Iterable[Sequence[str]], class_name: str, empty: str
+) -> Any:
+    """A table of plain text cells under a header row; `empty` as a note when there are no
+    rows (the order pages' classes, so every such table looks the same)."""
+    body = [html.Tr([html.Td(cell) for cell in row]) for row in rows]
+    if not body:
+        return html.Div(empty, className="orders-empty")
+    return html.Table(
+        className=class_name,
+        children=[html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)],
+    )
