@@ -43,6 +43,11 @@ def kpi_csv(
     return to_csv(kpi_rows(db, tz, by, months, customer, product), by)
 
 
+# Dash builds every page's layout once on a process's first request (its validation
+# layout), whoever asks: with the database away, the filters must not hold that request.
+CHOICES_TIMEOUT_S = 0.5
+
+
 def choices(db: Database, tz: ZoneInfo) -> tuple[list[str], list[str], list[str]]:
     """Customers, products, months for the filters."""
-    return db.run(lambda conn: dimension_values(conn, tz))
+    return db.run(lambda conn: dimension_values(conn, tz), timeout=CHOICES_TIMEOUT_S)

@@ -131,7 +131,7 @@ def layout(lang: str | None = None, **_q: str) -> html.Div:
     lang = ctx.lang(lang)
     try:
         customers, products, months = kpi_queries.choices(ctx.db, ctx.plant.tz)
-    except psycopg.Error as err:
+    except psycopg.Error as err:  # PoolTimeout is one
         log.warning("kpis: cannot read the filter choices: %s", type(err).__name__)
         customers, products, months = [], [], []
 
