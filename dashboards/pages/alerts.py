@@ -34,6 +34,7 @@ from dashboards import alert_ack, auth, context
 from dashboards import alert_queries as aq
 from dashboards.i18n import format_duration, t
 from dashboards.nav import page_header
+from dashboards.widgets import csv_download
 from mesflow import users
 from mesflow.alert_channels import Person
 from mesflow.plant import PlantConfig
@@ -382,7 +383,7 @@ def _export_csv(
     except _DB_ERRORS as err:
         log.warning("alerts: cannot export the history: %s", err)
         raise dash.exceptions.PreventUpdate from None  # the banner already says why
-    return {"content": text, "filename": name, "type": "text/csv"}
+    return csv_download(text, name)
 
 
 def _acknowledge(n_clicks: Any, button_id: Any, lang: Any) -> tuple[str, bool]:

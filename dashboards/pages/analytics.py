@@ -28,6 +28,7 @@ from dashboards import auth, context
 from dashboards.i18n import state_label, t
 from dashboards.nav import page_header
 from dashboards.pages import analytics_scrap
+from dashboards.widgets import csv_download
 from mesflow.plant import PlantConfig
 from mesflow.report import KpiRow, ReasonRow, Scope, fmt_hm, fmt_pct, to_csv, total_row
 
@@ -931,7 +932,7 @@ def _csv_callback(table_name: str) -> Any:
         ctx = context.current()
         f = parse_filters(ctx.plant, start, end, scope, shift)
         name, text = export(table_name, ctx.db, f, ctx.plant.tz, pick)
-        return {"content": text, "filename": name, "type": "text/csv"}
+        return csv_download(text, name)
 
     download.__name__ = f"download_{table_name}"
     return download

@@ -22,6 +22,7 @@ from dashboards import auth, context
 from dashboards import scrap_queries as sq
 from dashboards.analytics_queries import Filters
 from dashboards.pages import analytics as an
+from dashboards.widgets import csv_download
 from mesflow.plant import PlantConfig
 from mesflow.report import fmt_pct, to_csv
 
@@ -174,7 +175,7 @@ def _download(_n: Any, start: Any, end: Any, scope: Any, shift: Any) -> Any:
     ctx = context.current()
     f = an.parse_filters(ctx.plant, start, end, scope, shift)
     name, text = export(ctx.db, f, ctx.plant.tz)
-    return {"content": text, "filename": name, "type": "text/csv"}
+    return csv_download(text, name)
 
 
 __all__ = ["panel", "register"]

@@ -24,6 +24,7 @@ from dash import Input, Output, State, dcc, html
 from dashboards import auth, context
 from dashboards import dispatch_queries as dq
 from dashboards.nav import page_header
+from dashboards.widgets import page_text
 from mesflow.dispatch import Entry
 from mesflow.plant import PlantConfig
 from streams.hour_clock import from_us
@@ -84,9 +85,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
 
 
 def s(key: str, lang: str, **kw: Any) -> str:
-    entry = STRINGS.get(key)
-    text = entry.get(lang, entry["en"]) if entry else key
-    return text.format(**kw) if kw else text
+    return page_text(STRINGS, key, lang, **kw)
 
 
 def register(app: dash.Dash) -> None:

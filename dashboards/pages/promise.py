@@ -20,6 +20,7 @@ from dashboards import auth, context
 from dashboards import dispatch_queries as dq
 from dashboards.nav import page_header
 from dashboards.pages.dispatch import fmt
+from dashboards.widgets import page_text
 from mesflow.plant import PlantConfig
 
 log = logging.getLogger(__name__)
@@ -80,9 +81,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
 
 
 def s(key: str, lang: str, **kw: Any) -> str:
-    entry = STRINGS.get(key)
-    text = entry.get(lang, entry["en"]) if entry else key
-    return text.format(**kw) if kw else text
+    return page_text(STRINGS, key, lang, **kw)
 
 
 def register(app: dash.Dash) -> None:

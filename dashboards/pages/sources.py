@@ -21,6 +21,7 @@ from dash import Input, Output, State, dcc, html
 from dashboards import auth, context
 from dashboards import source_queries as sq
 from dashboards.nav import page_header
+from dashboards.widgets import page_text
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
 
 
 def s(key: str, lang: str, **kw: Any) -> str:
-    entry = STRINGS.get(key)
-    text = entry.get(lang, entry["en"]) if entry else key
-    return text.format(**kw) if kw else text
+    return page_text(STRINGS, key, lang, **kw)
 
 
 def register(app: dash.Dash) -> None:
