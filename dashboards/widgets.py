@@ -7,6 +7,7 @@ Only what is the same logic on every page that uses it lives here: a page whose 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, timedelta
 from typing import Any
 
 from dash import html
@@ -18,6 +19,25 @@ def page_text(strings: Mapping[str, Mapping[str, str]], key: str, lang: str, **k
     entry = strings.get(key)
     text = entry.get(lang, entry["en"]) if entry else key
     return text.format(**kw) if kw else text
+
+
+def picked_days(
+    start: Any, end: Any, today: date, default_days: int, max_days: int
+) -> tuple[date, date]:
+    """First and last day (both inclusive) from a date-range picker's values, which come from
+    the browser and may be anything: a bad start is `default_days` back from `today`, a bad
+    end is `today`, swapped ends are put in order, and the range is cut to `max_days`."""
+    try:
+        first = date.fromisoformat(str(start)[:10])
+    except ValueError:
+        first = today - timedelta(days=default_days - 1)
+    try:
+        last = date.fromisoformat(str(end)[:10])
+    except ValueError:
+        last = today
+    if last < first:
+        first, last = last, first
+    return max(first, last - timedelta(days=max_days - 1)), last
 
 
 def csv_download(text: str, filename: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from dashboards import alert_ack, auth, context
 from dashboards import alert_queries as aq
 from dashboards.i18n import format_duration, t
 from dashboards.nav import page_header
-from dashboards.widgets import csv_download
+from dashboards.widgets import csv_download, picked_days
 from mesflow import users
 from mesflow.alert_channels import Person
 from mesflow.plant import PlantConfig
@@ -307,17 +307,7 @@ def parse_filters(
     """Filter values from the browser (hostile or broken) as HistoryFilters; bad ones are
     dropped. The picker's end date is inclusive for a person; the filter's end is exclusive."""
     today = today or datetime.now(plant.tz).date()
-    try:
-        first = date.fromisoformat(str(start)[:10])
-    except ValueError:
-        first = today - timedelta(days=DEFAULT_DAYS - 1)
-    try:
-        last = date.fromisoformat(str(end)[:10])
-    except ValueError:
-        last = today
-    if last < first:
-        first, last = last, first
-    first = max(first, last - timedelta(days=MAX_DAYS - 1))
+    first, last = picked_days(start, end, today, DEFAULT_DAYS, MAX_DAYS)
     return aq.HistoryFilters(
         start=first,
         end=last + timedelta(days=1),

@@ -28,7 +28,7 @@ from dashboards import auth, context
 from dashboards.i18n import state_label, t
 from dashboards.nav import page_header
 from dashboards.pages import analytics_scrap
-from dashboards.widgets import csv_download
+from dashboards.widgets import csv_download, picked_days
 from mesflow.plant import PlantConfig
 from mesflow.report import KpiRow, ReasonRow, Scope, fmt_hm, fmt_pct, to_csv, total_row
 
@@ -240,17 +240,7 @@ def parse_filters(plant: PlantConfig, start: Any, end: Any, scope: Any, shift: A
     The date picker's end is inclusive for a person; Filters' end is exclusive.
     """
     today = datetime.now(plant.tz).date()
-    try:
-        first = date.fromisoformat(str(start)[:10])
-    except ValueError:
-        first = today - timedelta(days=DEFAULT_DAYS - 1)
-    try:
-        last = date.fromisoformat(str(end)[:10])
-    except ValueError:
-        last = today
-    if last < first:
-        first, last = last, first
-    first = max(first, last - timedelta(days=MAX_DAYS - 1))
+    first, last = picked_days(start, end, today, DEFAULT_DAYS, MAX_DAYS)
     kind, _, ident = str(scope or "plant").partition(":")
     sc = Scope("plant")
     if kind == "line" and any(ln.id == ident for ln in plant.lines):
