@@ -158,6 +158,16 @@ def test_lathes_report_a_cumulative_counter_with_occasional_resets() -> None:
     assert resets >= 1
 
 
+def test_a_new_run_continues_the_counter_without_phantom_parts() -> None:
+    """The demo backfills history, then runs live (and restarts): the plant sees one counter
+    per lathe across runs, so a run's first value must not read as parts made in between."""
+    first = by_machine(day_run(hours=24))
+    second = by_machine(day_run(start=MONDAY_9 + timedelta(hours=24), hours=24))
+    for mid in LATHES:
+        assert parts(first[mid]) > 0
+        assert parts(first[mid] + second[mid]) == parts(first[mid]) + parts(second[mid])
+
+
 def test_stops_have_believable_reasons_and_late_operator_reports() -> None:
     events = day_run(hours=24 * 3)
     end = MONDAY_9 + timedelta(hours=72)

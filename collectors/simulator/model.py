@@ -297,20 +297,26 @@ def _machine_events(
                     "qty": wo_qty})  # fmt: skip
         add(t, report(t, "wo_start", work_order=wo_id))
 
-    # Cumulative counter (lathes): a large baseline, sent every ~10 parts and at stops.
+    # Cumulative counter (lathes), sent every ~10 parts and at stops. Every run publishes it
+    # from zero until its first reset: the plant already saw the previous run's (or the
+    # backfilled history's) counter, and a higher first value would read as parts made in
+    # between (a lower one is a reset whose new value, zero, is the parts since).
     total = rng.randint(10_000, 900_000)
+    offset = total
     since_sent = 0
     send_every = rng.randint(8, 12)
 
     def send_counter(t: int) -> None:
-        nonlocal total, since_sent, send_every
+        nonlocal total, offset, since_sent, send_every
         if not since_sent:
             return
         if total > 1000 and rand() < 0.01:
             # The counter was reset (PLC restart, operator): it restarts from zero, so the
             # value is the parts made since, and the parts before the reset are lost.
             total = rng.randint(1, since_sent)
-        add(t, {"type": "counter", "machine": mid, "ts": fmt(t), "name": "total", "value": total})
+            offset = 0
+        add(t, {"type": "counter", "machine": mid, "ts": fmt(t), "name": "total",
+                "value": total - offset})  # fmt: skip
         since_sent = 0
         send_every = rng.randint(8, 12)
 
@@ -380,7 +386,7 @@ def _machine_events(
     start_work_order(start_ms)
     if spec.counter:
         add(start_ms, {"type": "counter", "machine": mid, "ts": fmt(start_ms), "name": "total",
-                       "value": total})  # fmt: skip
+                       "value": total - offset})  # fmt: skip
 
     for seg_start, seg_end, kind in chain([first_piece], pieces):
         t = seg_start
