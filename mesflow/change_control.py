@@ -24,7 +24,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -76,14 +76,29 @@ def reaches_floor(change: Mapping[str, Mapping[str, Any]]) -> bool:
     return needs_approval(change)
 
 
-def summary(change: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line for a notice or an alert: "qty 1000 → 1500; due 2026-... → 2026-..."."""
+def summary(change: Mapping[str, Mapping[str, Any]], tz: tzinfo | None = None) -> str:
+    """One line for a notice or an alert: "qty 1000 → 1500; due 12-02 07:00 → 12-03 07:00".
+
+    With `tz` (the plant's), times read in plant time, as everywhere on the floor; the CRM
+    sends them in its own offset."""
     parts = []
     for name in ("qty", "due", "product", "status", "priority", "customer"):
         if name in change:
             old, new = change[name].get("old"), change[name].get("new")
-            parts.append(f"{name} {old} → {new}")
+            parts.append(f"{name} {_local(old, tz)} → {_local(new, tz)}")
     return "; ".join(parts)[:500] or "no field changed"
+
+
+def _local(value: Any, tz: tzinfo | None) -> Any:
+    if tz is None or not isinstance(value, str | datetime):
+        return value
+    try:
+        ts = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if ts.tzinfo is None:
+        return value
+    return ts.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +345,7 @@ def notify_floor(
     """One floor notice per affected machine, and one `order_change` alert per line route
     of the alerts file (`order_changes:`), through the alert outbox. Returns the machines."""
     machines = affected_machines(conn, order_no)
-    text = summary(change)
+    text = summary(change, plant.tz)
     for m in machines:
         conn.execute(
             """INSERT INTO floor_notice (change_request_id, order_no, summary, machine)

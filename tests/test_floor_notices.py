@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -219,3 +220,16 @@ def test_floor_sees_and_acknowledges_in_the_browser(
         cr,
     )
     assert ack == ("admin", True)
+
+
+def test_a_notice_reads_times_in_plant_time() -> None:
+    """The CRM sends due dates in its own offset; the floor reads them in the plant's."""
+    change = {
+        "due": {"old": "2026-12-01T12:00:00+00:00", "new": "2026-12-01T08:00:00+08:00"},
+        "qty": {"old": 600, "new": 1200},
+    }
+    text = cc.summary(change, ZoneInfo("Asia/Shanghai"))
+    assert text == "qty 600 → 1200; due 2026-12-01 20:00 → 2026-12-01 08:00"
+    assert cc.summary({"due": {"old": None, "new": "not a time"}}, ZoneInfo("UTC")) == (
+        "due None → not a time"
+    )
