@@ -169,3 +169,30 @@ def test_nan_priority_huge_qty_and_no_auth(api: TestClient, db_url: str) -> None
         == 401
     )
     json.dumps(got)  # plain JSON
+
+
+def test_an_unclosed_work_order_ends_where_the_next_one_starts(db_url: str) -> None:
+    """WO-A was never completed and its order step still ticks (last_event_ts = now); the
+    machine moved on to WO-B at 12:30. WO-A's rate span is 09:30-12:30, not 09:30-now."""
+    rows = [
+        # work_order, good, started, completed, last event
+        ("WO-A", 120, local(6, 9, 30), None, local(6, 15, 30)),
+        ("WO-B", 30, local(6, 12, 30), None, local(6, 15, 30)),
+    ]
+    with psycopg.connect(db_url) as conn:
+        for wo, good, started, completed, last in rows:
+            conn.execute(
+                """INSERT INTO work_order_progress (work_order, order_no, product, qty, machine,
+                       good, scrap, progress, rate_per_h, eta, started_at, completed_at,
+                       last_event_ts)
+                   VALUES (%s, 'STOCK', 'P-400', 500, 'CNC-04', %s, 0, 0.1, 0, NULL, %s, %s, %s)""",
+                (wo, good, started, completed, last),
+            )
+        spans = conn.execute(
+            "SELECT good, start_ts, end_ts FROM v_dispatch_rate_spans WHERE machine = 'CNC-04'"
+            " ORDER BY start_ts"
+        ).fetchall()
+    assert spans == [
+        (120, local(6, 9, 30), local(6, 12, 30)),
+        (30, local(6, 12, 30), local(6, 15, 30)),
+    ]
