@@ -368,3 +368,26 @@ def test_a_planner_decides_on_the_order_page(
     assert (
         one(db_url, "SELECT requested_by FROM change_request WHERE status = 'pending'") == "admin"
     )
+
+
+def test_the_lock_holds_when_another_source_names_the_work_order(
+    api: TestClient, db_url: str
+) -> None:
+    """The demo's simulator names the same work order ids for its stock orders: the
+    progress row's order_no may say another order for a moment. The intake's work_order
+    table says whose it is, so the order stays locked and the change is held."""
+    setup_order(api)
+    with psycopg.connect(db_url) as conn:
+        conn.execute(
+            """INSERT INTO work_order_progress (work_order, order_no, product, qty, machine,
+                   good, scrap, progress, rate_per_h, started_at, last_event_ts)
+               VALUES ('WO-1', 'STOCK-P-100', 'P-100', 100, 'IM-01', 5, 0, 0.05, 0, %s, %s)""",
+            (at(1), at(2)),
+        )
+        # The dataflow has taken in the whole log: the lock cannot come from the log itself.
+        conn.execute(
+            """INSERT INTO dataflow_progress (flow, last_seq)
+               VALUES ('machines', (SELECT max(seq) FROM ingest_log))"""
+        )
+    r = api.post("/api/v1/orders", json=order(2, qty=150), headers=BEARER)
+    assert r.status_code == 202 and r.json()["status"] == "held"
