@@ -31,7 +31,7 @@ from collectors.mqtt_conn import (
     redact_url,
     tcp_nodelay,
 )
-from collectors.run import UNSTORED_NOTE, guarded_thread, run_until_stopped
+from collectors.run import UNSTORED_NOTE, run_until_stopped
 from collectors.topics import SUBSCRIPTION, TopicError, parse_topic
 from mesflow.ingest_log import (
     MAX_PAYLOAD_BYTES,
@@ -233,12 +233,8 @@ class MqttJsonCollector:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self._writer = guarded_thread(
-            self, "ingest log writer", self._write_loop, name="log-writer"
-        )
-        self._network = guarded_thread(
-            self, "MQTT network thread", self._network_loop, name="mqtt-net"
-        )
+        self._writer = threading.Thread(target=self._write_main, name="log-writer", daemon=True)
+        self._network = threading.Thread(target=self._network_main, name="mqtt-net", daemon=True)
 
     # -- paho callbacks (network thread) ------------------------------------------------------
 
@@ -317,17 +313,31 @@ class MqttJsonCollector:
 
     # -- threads ------------------------------------------------------------------------------
 
-    def _network_loop(self) -> None:
-        if self._v5:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
-            self.client.connect_async(
-                self.host, self.port, keepalive=30, clean_start=False, properties=props
-            )
-        else:
-            self.client.connect_async(self.host, self.port, keepalive=30)
-        # paho's own loop_start() thread would die silently on an exception.
-        self.client.loop_forever(retry_first_connection=True)
+    def _network_main(self) -> None:
+        try:
+            if self._v5:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+                self.client.connect_async(
+                    self.host, self.port, keepalive=30, clean_start=False, properties=props
+                )
+            else:
+                self.client.connect_async(self.host, self.port, keepalive=30)
+            # paho's own loop_start() thread would die silently on an exception.
+            self.client.loop_forever(retry_first_connection=True)
+        except BaseException as err:
+            self._fail("MQTT network thread", err)
+
+    def _write_main(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException as err:
+            self._fail("ingest log writer", err)
+
+    def _fail(self, thread: str, err: BaseException) -> None:
+        self.failure = f"{thread} failed: {type(err).__name__}: {err}"
+        log.critical("%s", self.failure, exc_info=err)
+        self.failed.set()
 
     def _write_loop(self) -> None:
         writer = IngestWriter(self.database_url)

@@ -43,7 +43,7 @@ from asyncua.crypto import security_policies
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from collectors.ingest_writer import IngestWriter, take_batch
-from collectors.run import guarded_thread, run_until_stopped
+from collectors.run import run_until_stopped
 from mesflow.events import CANONICAL_STATES, MAX_PROCESS_VALUES, MachineState
 from mesflow.ingest_log import LogRecord, error_record, record_for
 from mesflow.plant import PlantConfig
@@ -424,12 +424,10 @@ class OpcUaCollector:
         self._stopping: asyncio.Event | None = None
         self.failed = threading.Event()
         self.failure: str | None = None
-        self._writer = guarded_thread(
-            self, "ingest log writer", self._write_loop, name="opcua-log-writer"
+        self._writer = threading.Thread(
+            target=self._write_main, name="opcua-log-writer", daemon=True
         )
-        self._network = guarded_thread(
-            self, "OPC UA loop", lambda: asyncio.run(self._main()), name="opcua-loop"
-        )
+        self._network = threading.Thread(target=self._loop_main, name="opcua-loop", daemon=True)
 
     # -- callback side (asyncio loop thread) -------------------------------------------------
 
@@ -455,6 +453,12 @@ class OpcUaCollector:
             self._put(
                 Sample(machine, "offline", "offline", ep.url, None, None, False, None, None, at)
             )
+
+    def _loop_main(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as err:
+            self._fail("OPC UA loop", err)
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -637,6 +641,17 @@ class OpcUaCollector:
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
     # -- writer thread -------------------------------------------------------------------
+
+    def _write_main(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException as err:
+            self._fail("ingest log writer", err)
+
+    def _fail(self, thread: str, err: BaseException) -> None:
+        self.failure = f"{thread} failed: {type(err).__name__}: {err}"
+        log.critical("%s", self.failure, exc_info=err)
+        self.failed.set()
 
     def _write_loop(self) -> None:
         # While PostgreSQL is down the samples stay in memory (the queue keeps filling);

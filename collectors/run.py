@@ -7,7 +7,6 @@ A collector whose thread died sets `failed`; the process then stops and exits wi
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -18,31 +17,7 @@ from typing import Protocol
 
 from mesflow.source_health import EndpointHealth, Kind, SourceHealthReporter
 
-log = logging.getLogger(__name__)
-
 STATUS_EVERY_S = 10.0
-
-
-class Failable(Protocol):
-    failed: threading.Event
-    failure: str | None
-
-
-def guarded_thread(
-    owner: Failable, what: str, body: Callable[[], object], *, name: str
-) -> threading.Thread:
-    """A daemon thread running `body`; if it raises, `owner.failure` says why and
-    `owner.failed` is set, so run_until_stopped ends the process (never a silent death)."""
-
-    def main() -> None:
-        try:
-            body()
-        except BaseException as err:
-            owner.failure = f"{what} failed: {type(err).__name__}: {err}"
-            log.critical("%s", owner.failure, exc_info=err)
-            owner.failed.set()
-
-    return threading.Thread(target=main, name=name, daemon=True)
 
 
 class Collector(Protocol):

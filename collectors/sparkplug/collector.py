@@ -38,7 +38,7 @@ from collectors.mqtt_conn import (
     redact_url,
     tcp_nodelay,
 )
-from collectors.run import UNSTORED_NOTE, guarded_thread, run_until_stopped
+from collectors.run import UNSTORED_NOTE, run_until_stopped
 from collectors.sparkplug.host import NAMESPACE, SUBSCRIPTION, Command, SparkplugHost
 from mesflow.ingest_log import MAX_PAYLOAD_BYTES, LogRecord, error_record, safe_text
 from mesflow.plant import PlantConfig
@@ -135,12 +135,8 @@ class SparkplugCollector:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
-        self._writer = guarded_thread(
-            self, "ingest log writer", self._write_loop, name="spb-writer"
-        )
-        self._network = guarded_thread(
-            self, "MQTT network thread", self._network_loop, name="spb-net"
-        )
+        self._writer = threading.Thread(target=self._write_main, name="spb-writer", daemon=True)
+        self._network = threading.Thread(target=self._network_main, name="spb-net", daemon=True)
 
     def _set_will(self) -> None:
         # Sparkplug 3.0: the STATE birth carries the timestamp of the Will registered in
@@ -206,9 +202,23 @@ class SparkplugCollector:
 
     # -- threads ------------------------------------------------------------------------------
 
-    def _network_loop(self) -> None:
-        self.client.connect_async(self.mqtt_host, self.mqtt_port, keepalive=30)
-        self.client.loop_forever(retry_first_connection=True)
+    def _network_main(self) -> None:
+        try:
+            self.client.connect_async(self.mqtt_host, self.mqtt_port, keepalive=30)
+            self.client.loop_forever(retry_first_connection=True)
+        except BaseException as err:
+            self._fail("MQTT network thread", err)
+
+    def _write_main(self) -> None:
+        try:
+            self._write_loop()
+        except BaseException as err:
+            self._fail("ingest log writer", err)
+
+    def _fail(self, thread: str, err: BaseException) -> None:
+        self.failure = f"{thread} failed: {type(err).__name__}: {err}"
+        log.critical("%s", self.failure, exc_info=err)
+        self.failed.set()
 
     def _write_loop(self) -> None:
         writer = IngestWriter(self.database_url)
