@@ -46,7 +46,6 @@ from notify.channels import dumps as json_bytes
 from notify.channels import email as mail
 from notify.channels import render as r
 from notify.dispatcher import _REDACT_HTTPX, backoff_s
-from notify.wake_loop import run_woken
 
 log = logging.getLogger("notify.alerts")
 
@@ -433,22 +432,29 @@ class AlertDispatcher:
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; LISTEN wakes it on a new delivery."""
-        run_woken(
-            self.database_url,
-            WAKE_CHANNEL,
-            stop,
-            work=self.run_once,
-            poll_s=self.config.poll_s,
-            on_outage=self._drop_connection,
-            # More may be due at once, or only when a budget frees up: a short pause
-            # keeps a channel waiting for its budget from spinning.
-            pause_after_work_s=0.05,
-        )
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        listener: psycopg.Connection[Any] | None = None
+        while not stop.is_set():
+            try:
+                if listener is None or listener.closed:
+                    listener = connect(self.database_url, autocommit=True)
+                    listener.execute(f"LISTEN {WAKE_CHANNEL}")
+                if self.run_once():
+                    # More may be due at once, or only when a budget frees up: a short
+                    # pause keeps a channel waiting for its budget from spinning.
+                    stop.wait(0.05)
+                    continue
+                for _ in listener.notifies(timeout=self.config.poll_s, stop_after=1):
+                    pass
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                log.warning("database unavailable (%s); retrying in 2 s", err)
+                for conn in (listener, self._conn):
+                    if conn is not None:
+                        conn.close()
+                listener = None
+                self._conn = None
+                stop.wait(2.0)
+        if listener is not None:
+            listener.close()
 
 
 def from_settings(database_url: str) -> AlertDispatcher | None:

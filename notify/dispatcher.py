@@ -35,7 +35,6 @@ import psycopg
 
 from mesflow.db import connect
 from notify import outbox, webhooks
-from notify.wake_loop import run_woken
 
 log = logging.getLogger("notify")
 
@@ -287,19 +286,29 @@ class Dispatcher:
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; sleeps on LISTEN between rounds, so a new
         callback goes out at once and an idle dispatcher costs one query per poll."""
-        run_woken(
-            self.database_url,
-            WAKE_CHANNEL,
-            stop,
-            work=self.run_once,
-            poll_s=self.config.poll_s,
-            on_outage=self._drop_connection,
-        )
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = None
+        listener: psycopg.Connection[Any] | None = None
+        while not stop.is_set():
+            try:
+                if listener is None or listener.closed:
+                    listener = connect(self.database_url, autocommit=True)
+                    listener.execute(f"LISTEN {WAKE_CHANNEL}")
+                if self.run_once():
+                    continue  # there may be more due right away
+                # Wake on an insert, or after poll_s for retries that came due.
+                for _ in listener.notifies(timeout=self.config.poll_s, stop_after=1):
+                    pass
+            except (psycopg.OperationalError, psycopg.InterfaceError) as err:
+                # The database restarts or the network blips: nothing is lost (leases
+                # expire, rows stay pending); wait and reconnect.
+                log.warning("database unavailable (%s); retrying in 2 s", err)
+                for c in (listener, self._conn):
+                    if c is not None:
+                        c.close()
+                listener = None
+                self._conn = None
+                stop.wait(2.0)
+        if listener is not None:
+            listener.close()
 
 
 def endpoints_from_settings(callback_url: str | None, secret: str | None) -> dict[str, Endpoint]:
