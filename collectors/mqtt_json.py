@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -31,7 +33,6 @@ from collectors.mqtt_conn import (
     redact_url,
     tcp_nodelay,
 )
-from collectors.run import UNSTORED_NOTE, run_until_stopped
 from collectors.topics import SUBSCRIPTION, TopicError, parse_topic
 from mesflow.ingest_log import (
     MAX_PAYLOAD_BYTES,
@@ -44,7 +45,7 @@ from mesflow.ingest_log import (
 )
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
-from mesflow.source_health import EndpointHealth
+from mesflow.source_health import EndpointHealth, SourceHealthReporter
 
 log = logging.getLogger(__name__)
 
@@ -413,24 +414,42 @@ def run_collector(
     except ValueError as err:
         print(f"collector-mqtt: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    stopping = threading.Event()
 
-    def status() -> str:
-        s = collector.stats
-        return (
-            f"{s.received} received, {s.stored} stored, "
-            f"{s.duplicates} duplicates, {s.with_errors} unmappable"
-        )
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
 
-    run_until_stopped(
-        "collector-mqtt",
-        collector,
-        database_url=database_url,
-        source_kind="mqtt",
-        instance=client_id,
-        banner=[
-            f"subscribing to {collector.subscription} on {collector.url} as client {client_id!r}"
-        ],
-        status=status,
-        # Unacknowledged messages stay with the broker; a supervisor restarts us.
-        failure_note=UNSTORED_NOTE,
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    collector.start()
+    health = SourceHealthReporter(database_url, "mqtt", client_id, collector.health)
+    health.start()
+    print(
+        f"collector-mqtt: subscribing to {collector.subscription} on {collector.url} "
+        f"as client {client_id!r}",
+        flush=True,
     )
+    last = time.monotonic()
+    while not stopping.wait(0.5):
+        if collector.failed.is_set():
+            break
+        if time.monotonic() - last >= 10:
+            s = collector.stats
+            print(
+                f"collector-mqtt: {s.received} received, {s.stored} stored, "
+                f"{s.duplicates} duplicates, {s.with_errors} unmappable",
+                flush=True,
+            )
+            last = time.monotonic()
+    collector.stop()
+    health.stop()
+    if collector.failed.is_set():
+        # Unacknowledged messages stay with the broker; a supervisor restarts us.
+        print(
+            f"collector-mqtt: stopping: {collector.failure} (messages not yet stored stay "
+            "with the broker and are delivered again after a restart)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+    print("collector-mqtt: stopped", flush=True)

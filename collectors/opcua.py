@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -36,6 +37,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import FrameType
 from typing import Any
 
 from asyncua import Client, ua
@@ -43,11 +45,10 @@ from asyncua.crypto import security_policies
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from collectors.ingest_writer import IngestWriter, take_batch
-from collectors.run import run_until_stopped
 from mesflow.events import CANONICAL_STATES, MAX_PROCESS_VALUES, MachineState
 from mesflow.ingest_log import LogRecord, error_record, record_for
 from mesflow.plant import PlantConfig
-from mesflow.source_health import EndpointHealth
+from mesflow.source_health import EndpointHealth, SourceHealthReporter
 from mesflow.source_opcua import NodeRef, OpcUaSource, Security, state_table
 
 log = logging.getLogger(__name__)
@@ -854,23 +855,34 @@ def run_opcua(plant: PlantConfig, database_url: str) -> None:
             flush=True,
         )
         sys.exit(2)
+    stopping = threading.Event()
 
-    def status() -> str:
-        up = sum(1 for ep in collector.endpoints if ep.status.connected)
-        return (
-            f"{up}/{len(collector.endpoints)} endpoints connected; {collector.received} "
-            f"values received, {collector.stored} stored, {collector.with_errors} dead-lettered, "
-            f"{collector.dropped} dropped"
-        )
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
 
-    run_until_stopped(
-        "opcua",
-        collector,
-        database_url=database_url,
-        source_kind="opcua",
-        instance=socket.gethostname(),
-        banner=[
-            f"reading {', '.join(ep.status.machines)} from {ep.url}" for ep in collector.endpoints
-        ],
-        status=status,
-    )
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    collector.start()
+    health = SourceHealthReporter(database_url, "opcua", socket.gethostname(), collector.health)
+    health.start()
+    for ep in collector.endpoints:
+        print(f"opcua: reading {', '.join(ep.status.machines)} from {ep.url}", flush=True)
+    last = time.monotonic()
+    while not stopping.wait(0.5):
+        if collector.failed.is_set():
+            break
+        if time.monotonic() - last >= 10:
+            up = sum(1 for ep in collector.endpoints if ep.status.connected)
+            print(
+                f"opcua: {up}/{len(collector.endpoints)} endpoints connected; {collector.received} "
+                f"values received, {collector.stored} stored, {collector.with_errors} dead-lettered, "
+                f"{collector.dropped} dropped",
+                flush=True,
+            )
+            last = time.monotonic()
+    collector.stop()
+    health.stop()
+    if collector.failed.is_set():
+        print(f"opcua: stopping: {collector.failure}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print("opcua: stopped", flush=True)

@@ -20,11 +20,13 @@ import json
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -38,12 +40,11 @@ from collectors.mqtt_conn import (
     redact_url,
     tcp_nodelay,
 )
-from collectors.run import UNSTORED_NOTE, run_until_stopped
 from collectors.sparkplug.host import NAMESPACE, SUBSCRIPTION, Command, SparkplugHost
 from mesflow.ingest_log import MAX_PAYLOAD_BYTES, LogRecord, error_record, safe_text
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
-from mesflow.source_health import EndpointHealth
+from mesflow.source_health import EndpointHealth, SourceHealthReporter
 
 log = logging.getLogger(__name__)
 
@@ -350,24 +351,41 @@ def run_sparkplug(
     except ValueError as err:
         print(f"sparkplug: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    stopping = threading.Event()
 
-    def status() -> str:
-        s = collector.stats
-        return (
-            f"{s.received} received, {s.stored} stored, {s.duplicates} "
-            f"duplicates, {s.dead_letters} dead letters, {s.rebirths} rebirths asked"
-        )
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
 
-    run_until_stopped(
-        "sparkplug",
-        collector,
-        database_url=database_url,
-        source_kind="sparkplug",
-        instance=collector.host_id,
-        banner=[
-            f"host {settings.sparkplug_host_id!r} subscribing to {SUBSCRIPTION} on "
-            f"{collector.url} as client {collector.client_id!r}"
-        ],
-        status=status,
-        failure_note=UNSTORED_NOTE,
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    collector.start()
+    health = SourceHealthReporter(database_url, "sparkplug", collector.host_id, collector.health)
+    health.start()
+    print(
+        f"sparkplug: host {settings.sparkplug_host_id!r} subscribing to {SUBSCRIPTION} on "
+        f"{collector.url} as client {collector.client_id!r}",
+        flush=True,
     )
+    last = time.monotonic()
+    while not stopping.wait(0.5):
+        if collector.failed.is_set():
+            break
+        if time.monotonic() - last >= 10:
+            s = collector.stats
+            print(
+                f"sparkplug: {s.received} received, {s.stored} stored, {s.duplicates} "
+                f"duplicates, {s.dead_letters} dead letters, {s.rebirths} rebirths asked",
+                flush=True,
+            )
+            last = time.monotonic()
+    collector.stop()
+    health.stop()
+    if collector.failed.is_set():
+        print(
+            f"sparkplug: stopping: {collector.failure} (messages not yet stored stay with "
+            "the broker and are delivered again after a restart)",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.exit(1)
+    print("sparkplug: stopped", flush=True)
