@@ -9,11 +9,9 @@ A client certificate (MESFLOW_MQTT_CERT_FILE and MESFLOW_MQTT_KEY_FILE) is sent 
 
 from __future__ import annotations
 
-import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import paho.mqtt.client as mqtt
@@ -110,10 +108,3 @@ def configure_client(client: mqtt.Client, endpoint: MqttEndpoint, tls: TlsFiles)
         cert_reqs=ssl.CERT_REQUIRED,
         tls_version=ssl.PROTOCOL_TLS_CLIENT,
     )
-
-
-def tcp_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """paho's on_socket_open: turn Nagle off (paho leaves it on: measured p99 26 ms vs
-    0.3 ms with TCP_NODELAY)."""
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

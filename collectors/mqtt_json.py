@@ -21,23 +21,19 @@ from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collectors.ingest_writer import IngestWriter, take_batch
-from collectors.mqtt_conn import (
-    TlsFiles,
-    configure_client,
-    parse_mqtt_url,
-    redact_url,
-    tcp_nodelay,
-)
+from collectors.mqtt_conn import TlsFiles, configure_client, parse_mqtt_url, redact_url
 from collectors.topics import SUBSCRIPTION, TopicError, parse_topic
+from mesflow.db import connect
 from mesflow.ingest_log import (
     MAX_PAYLOAD_BYTES,
     DecodeError,
     LogRecord,
+    append,
     decode_object,
     error_record,
     record_for,
@@ -228,7 +224,7 @@ class MqttJsonCollector:
         configure_client(self.client, endpoint, tls or TlsFiles())
         self.client.reconnect_delay_set(1, 5)
         self.client.max_inflight_messages_set(1000)
-        self.client.on_socket_open = tcp_nodelay
+        self.client.on_socket_open = _nodelay
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
@@ -341,14 +337,30 @@ class MqttJsonCollector:
         self.failed.set()
 
     def _write_loop(self) -> None:
-        writer = IngestWriter(self.database_url)
+        conn: psycopg.Connection | None = None
+        pending: list[mqtt.MQTTMessage] = []
+        delay = 0.5
         try:
-            while not (self._stop.is_set() and self._inbox.empty()):
-                pending = take_batch(self._inbox, self.max_batch, self.max_wait)
+            while not (self._stop.is_set() and self._inbox.empty() and not pending):
                 if not pending:
-                    continue
+                    pending = self._take_batch()
+                    if not pending:
+                        continue
                 records = [self._map(m) for m in pending]
-                new = writer.append(records)
+                try:
+                    if conn is None or conn.closed:
+                        conn = connect(self.database_url, autocommit=True)
+                    new = _append_isolating(conn, records)
+                except psycopg.OperationalError as err:
+                    # Not acknowledged, so not lost: keep the batch and try again.
+                    log.warning("ingest log unreachable (%s); retrying in %.1fs", err, delay)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                delay = 0.5
                 # Acknowledge only now: the batch is committed.
                 for m in pending:
                     self.client.ack(m.mid, m.qos)
@@ -356,8 +368,10 @@ class MqttJsonCollector:
                 self.stats.stored += new
                 self.stats.duplicates += len(pending) - new
                 self.stats.with_errors += sum(1 for r in records if r.error)
+                pending = []
         finally:
-            writer.close()
+            if conn is not None:
+                conn.close()
 
     def _map(self, msg: mqtt.MQTTMessage) -> LogRecord:
         try:
@@ -367,6 +381,26 @@ class MqttJsonCollector:
         return map_message(
             self.plant, topic, bytes(msg.payload), max_payload_bytes=self.max_payload_bytes
         )
+
+    def _take_batch(self) -> list[mqtt.MQTTMessage]:
+        try:
+            first = self._inbox.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._inbox.get_nowait())
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(self._inbox.get(timeout=left))
+                except queue.Empty:
+                    break
+        return batch
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -390,6 +424,39 @@ class MqttJsonCollector:
         self.client.disconnect()
         if self._network.is_alive():
             self._network.join(timeout=10)
+
+
+def _append_isolating(conn: psycopg.Connection, records: list[LogRecord]) -> int:
+    """Append a batch; if PostgreSQL refuses a value in it, append one by one and turn
+    each refused record into an error record (its raw payload goes to the dead letters).
+
+    Raises what cannot be handled per record (connection lost: the caller retries; a
+    missing table or privilege: the writer dies and the process exits).
+    """
+    try:
+        return append(conn, records).new
+    except (psycopg.DataError, psycopg.IntegrityError) as err:
+        log.warning("a batch was refused (%s); storing its messages one by one", err.sqlstate)
+    new = 0
+    for record in records:
+        try:
+            new += append(conn, [record]).new
+        except (psycopg.DataError, psycopg.IntegrityError) as err:
+            refused = error_record(
+                safe_text(record.source, 1024),
+                record.payload,
+                "refused",
+                f"the database refused it ({err.sqlstate}: "
+                f"{safe_text(str(err).splitlines()[0] if str(err) else '', 200)})",
+            )
+            new += append(conn, [refused]).new
+    return new
+
+
+def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    # paho leaves Nagle on: measured p99 26 ms vs 0.3 ms with TCP_NODELAY.
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def run_collector(

@@ -40,11 +40,13 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+import psycopg
 from asyncua import Client, ua
 from asyncua.crypto import security_policies
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
-from collectors.ingest_writer import IngestWriter, take_batch
+from collectors.mqtt_json import _append_isolating
+from mesflow.db import connect
 from mesflow.events import CANONICAL_STATES, MAX_PROCESS_VALUES, MachineState
 from mesflow.ingest_log import LogRecord, error_record, record_for
 from mesflow.plant import PlantConfig
@@ -655,24 +657,61 @@ class OpcUaCollector:
         self.failed.set()
 
     def _write_loop(self) -> None:
-        # While PostgreSQL is down the samples stay in memory (the queue keeps filling);
-        # nothing is lost unless the outage outlasts max_queued values.
-        writer = IngestWriter(self.database_url)
+        conn: psycopg.Connection | None = None
+        records: list[LogRecord] = []
+        delay = 0.5
         try:
-            # Stop only once the loop thread is gone and everything it queued is stored.
-            while not (
-                self._stop.is_set() and not self._network.is_alive() and self._inbox.empty()
-            ):
-                batch = take_batch(self._inbox, self.max_batch, self.max_wait)
-                if not batch:
+            while True:
+                if not records:
+                    # Stop only once the loop thread is gone and everything it queued is stored.
+                    if self._stop.is_set() and not self._network.is_alive() and self._inbox.empty():
+                        break
+                    batch = self._take_batch()
+                    if not batch:
+                        continue
+                    records = map_samples(batch, self.machine_maps)
+                    self.received += len(batch)
+                try:
+                    if conn is None or conn.closed:
+                        conn = connect(self.database_url, autocommit=True)
+                    new = _append_isolating(conn, records)
+                except psycopg.OperationalError as err:
+                    # The samples stay in memory (the queue keeps filling); nothing is lost
+                    # unless the outage outlasts max_queued values.
+                    log.warning("ingest log unreachable (%s); retrying in %.1fs", err, delay)
+                    if conn is not None:
+                        conn.close()
+                    conn = None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 10.0)
                     continue
-                records = map_samples(batch, self.machine_maps)
-                self.received += len(batch)
-                new = writer.append(records)
+                delay = 0.5
                 self.stored += new
                 self.with_errors += sum(1 for r in records if r.error)
+                records = []
         finally:
-            writer.close()
+            if conn is not None:
+                conn.close()
+
+    def _take_batch(self) -> list[Sample]:
+        try:
+            first = self._inbox.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._inbox.get_nowait())
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(self._inbox.get(timeout=left))
+                except queue.Empty:
+                    break
+        return batch
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -30,17 +30,13 @@ from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
-from collectors.ingest_writer import IngestWriter, take_batch
-from collectors.mqtt_conn import (
-    TlsFiles,
-    configure_client,
-    parse_mqtt_url,
-    redact_url,
-    tcp_nodelay,
-)
+from collectors.mqtt_conn import TlsFiles, configure_client, parse_mqtt_url, redact_url
+from collectors.mqtt_json import _append_isolating, _nodelay
 from collectors.sparkplug.host import NAMESPACE, SUBSCRIPTION, Command, SparkplugHost
+from mesflow.db import connect
 from mesflow.ingest_log import MAX_PAYLOAD_BYTES, LogRecord, error_record, safe_text
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
@@ -131,7 +127,7 @@ class SparkplugCollector:
         self._set_will()
         self.client.reconnect_delay_set(1, 5)
         self.client.max_inflight_messages_set(1000)
-        self.client.on_socket_open = tcp_nodelay
+        self.client.on_socket_open = _nodelay
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -222,16 +218,30 @@ class SparkplugCollector:
         self.failed.set()
 
     def _write_loop(self) -> None:
-        writer = IngestWriter(self.database_url)
+        conn: psycopg.Connection | None = None
+        delay = 0.5
         try:
             while not (self._stop.is_set() and self._inbox.empty()):
-                batch = take_batch(self._inbox, self.max_batch, self.max_wait)
+                batch = self._take_batch()
                 if not batch:
                     continue
                 # Mapped once: the host's state moves with each message, so a retried
                 # append must store these very records, not map the batch again.
                 records, commands = self._map_batch(batch)
-                new = writer.append(records) if records else 0
+                while True:
+                    try:
+                        if conn is None or conn.closed:
+                            conn = connect(self.database_url, autocommit=True)
+                        new = _append_isolating(conn, records) if records else 0
+                        break
+                    except psycopg.OperationalError as err:
+                        log.warning("ingest log unreachable (%s); retrying in %.1fs", err, delay)
+                        if conn is not None:
+                            conn.close()
+                        conn = None
+                        time.sleep(delay)
+                        delay = min(delay * 2, 10.0)
+                delay = 0.5
                 self._save_state()
                 for m, _ in batch:  # acknowledged only now: the batch is committed
                     self.client.ack(m.mid, m.qos)
@@ -244,7 +254,8 @@ class SparkplugCollector:
                 self.stats.dead_letters += sum(1 for r in records if r.error)
                 self.stats.rebirths += len(commands)
         finally:
-            writer.close()
+            if conn is not None:
+                conn.close()
 
     def _map_batch(
         self, batch: list[tuple[mqtt.MQTTMessage, int]]
@@ -297,6 +308,26 @@ class SparkplugCollector:
             os.fsync(f.fileno())
         os.replace(tmp, self.state_file)
         self._saved = snap
+
+    def _take_batch(self) -> list[tuple[mqtt.MQTTMessage, int]]:
+        try:
+            first = self._inbox.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._inbox.get_nowait())
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(self._inbox.get(timeout=left))
+                except queue.Empty:
+                    break
+        return batch
 
     # -- lifecycle ---------------------------------------------------------------------------
 
