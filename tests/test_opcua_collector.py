@@ -672,8 +672,10 @@ def test_wrong_certificates_name_the_machine(
             server_certificate=str(tmp_path / "other.der"),
         )
         c = collector_factory(wrong, db_url)
-        wait_until(lambda: c.endpoints[0].status.errors >= 1, what="a failed attempt", timeout=40)
-        (line,) = [r.getMessage() for r in ours(caplog)]
+        # The error count goes up a moment before the line is logged: wait for the line.
+        wait_until(lambda: ours(caplog), what="a failed attempt's error line", timeout=40)
+        assert c.endpoints[0].status.errors >= 1
+        line = ours(caplog)[0].getMessage()
         assert MACHINE in line and "server_certificate" in line
         assert not c.endpoints[0].status.connected
     finally:
