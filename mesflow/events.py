@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -138,13 +139,96 @@ class ScrapReport(_Report):
 
 
 class WorkOrderStartReport(_Report):
+    """`work_order` starts at this machine; `operation` names its routing step (else the
+    routing's step that lists this machine, else its first step: docs/routings.md)."""
+
     kind: Literal["wo_start"]
     work_order: Id
+    operation: Id | None = None
 
 
 class WorkOrderEndReport(_Report):
     kind: Literal["wo_end"]
     work_order: Id
+    operation: Id | None = None
+
+
+class SignInReport(_Report):
+    """`operator` signs in at this machine (station): tablet, badge or code (docs/labor.md).
+    A person may be signed in at several stations at once."""
+
+    kind: Literal["sign_in"]
+    operator: Id
+
+
+class SignOutReport(_Report):
+    kind: Literal["sign_out"]
+    operator: Id
+
+
+InspectionStage = Literal["first", "patrol", "last"]
+MAX_CHARACTERISTICS = 64
+MAX_DEFECT_LINES = 32
+Measurement = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class Characteristic(BaseModel):
+    """One measured characteristic of an inspection: a value, and its limits if known."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: Id
+    value: Measurement | None = None  # None: an attribute checked by eye (`ok` says how)
+    lsl: Measurement | None = None
+    usl: Measurement | None = None
+    unit: Text | None = None
+    ok: bool | None = None  # None: judged from lsl/usl
+
+
+class DefectCount(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    code: Id
+    qty: Quantity
+
+
+class InspectionReport(_Report):
+    """A first-article (首检), patrol (巡检) or last-piece (末检) inspection of `work_order`
+    at this machine, with its result and what was measured (docs/inspections.md)."""
+
+    kind: Literal["inspection"]
+    work_order: Id
+    operation: Id | None = None
+    stage: InspectionStage
+    result: Literal["pass", "fail"]
+    sample_qty: Quantity | None = None
+    characteristics: Annotated[list[Characteristic], Field(max_length=MAX_CHARACTERISTICS)] = []
+    defects: Annotated[list[DefectCount], Field(max_length=MAX_DEFECT_LINES)] = []
+    note: Text | None = None
+
+
+class DefectReport(_Report):
+    """`qty` parts of `work_order` made at this machine have defect `code`: they are
+    scrapped (moved from good to scrap, as a scrap report) or sent to rework."""
+
+    kind: Literal["defect"]
+    work_order: Id
+    operation: Id | None = None
+    code: Id
+    qty: Quantity
+    disposition: Literal["rework", "scrap"]
+
+
+class ReworkReport(_Report):
+    """`qty` parts of `work_order` (made at this machine) came back from rework: good, or
+    scrapped after rework (moved from good to scrap at `ts`)."""
+
+    kind: Literal["rework"]
+    work_order: Id
+    operation: Id | None = None
+    code: Id | None = None  # the defect that sent them
+    qty: Quantity
+    outcome: Literal["good", "scrap"]
 
 
 class MaterialLotReport(_Report):
@@ -198,7 +282,12 @@ Report = Annotated[
     | WorkOrderStartReport
     | WorkOrderEndReport
     | MaterialLotReport
-    | ProductionLotReport,
+    | ProductionLotReport
+    | SignInReport
+    | SignOutReport
+    | InspectionReport
+    | DefectReport
+    | ReworkReport,
     Field(discriminator="kind"),
 ]
 
@@ -217,8 +306,39 @@ class OrderEvent(_Event):
     status: Literal["open", "on_hold", "cancelled", "closed"]
 
 
+MAX_ROUTING_STEPS = 50
+CycleSeconds = Annotated[float, Field(strict=True, gt=0, le=86400 * 7, allow_inf_nan=False)]
+
+
+class RoutingStep(BaseModel):
+    """One operation of a routing: where it runs and how fast (docs/routings.md)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    op: Id
+    name: Text | None = None
+    machines: Annotated[list[Id], Field(max_length=MAX_ROUTING_STEPS)] = []  # []: any machine
+    ideal_cycle_seconds: CycleSeconds | None = None
+
+
+def _unique_ops(steps: list[RoutingStep]) -> list[RoutingStep]:
+    ops = [s.op for s in steps]
+    dup = next((o for o in ops if ops.count(o) > 1), None)
+    if dup is not None:
+        raise PydanticCustomError("routing_op_twice", f"operation {dup[:80]!r} is listed twice")
+    return steps
+
+
+Routing = Annotated[
+    list[RoutingStep],
+    Field(min_length=1, max_length=MAX_ROUTING_STEPS),
+    AfterValidator(_unique_ops),
+]
+
+
 class WorkOrderEvent(_Event):
-    """The MES's unit of execution: one CRM order feeds one or more work orders."""
+    """The MES's unit of execution: one CRM order feeds one or more work orders.
+    `routing` (operations in order) overrides the plant file's routing of its product."""
 
     type: Literal["work_order"]
     work_order: Id
@@ -226,6 +346,7 @@ class WorkOrderEvent(_Event):
     product: Id
     qty: Quantity
     machine: Id | None = None
+    routing: Routing | None = None
 
 
 # An alert id: "<rule>:<scope>:<condition start, us>" (streams/alert_engine.py); a scope
@@ -297,7 +418,19 @@ _TYPE_TAGS = {
     "process_value",
     "alert_ack",
 }
-_KIND_TAGS = {"downtime_reason", "scrap", "wo_start", "wo_end", "material_lot", "production_lot"}
+_KIND_TAGS = {
+    "downtime_reason",
+    "scrap",
+    "wo_start",
+    "wo_end",
+    "material_lot",
+    "production_lot",
+    "sign_in",
+    "sign_out",
+    "inspection",
+    "defect",
+    "rework",
+}
 
 
 def _describe(err: ValidationError) -> ContractError:

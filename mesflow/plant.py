@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import time
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -147,6 +147,52 @@ class Product(_Model):
     ideal_cycle_seconds: dict[Code, PositiveFloat] = {}
     # Process-value limits while this product runs (mesflow/process_limits.py).
     process_limits: ProcessLimits | None = None
+    # When its inspections are due (else the plant's `inspections`).
+    inspections: InspectionPolicy | None = None
+
+
+class InspectionPolicy(_Model):
+    """When inspections are due (docs/inspections.md); per product under `products[].inspections`."""
+
+    # A work order's first article (首检) must pass within this many parts made at a machine
+    # after its start; 0: no first-article check.
+    first_article_within_parts: int = Field(default=0, ge=0, le=1_000_000)
+    # Production is "blocked" until the first article passes: the boards show it and the
+    # tablet refuses production reports for it (mesflow cannot stop a machine itself).
+    block_until_first_article_passes: bool = False
+    # A patrol inspection (巡检) is due this often while the work order runs; 0: none.
+    patrol_every_minutes: float = Field(default=0, ge=0, le=7 * 24 * 60)
+    # How late a patrol may be before it counts as missed.
+    patrol_grace_minutes: float = Field(default=10, ge=0, le=24 * 60)
+    # A work order's end without a last-piece inspection (末检) is flagged.
+    last_piece_required: bool = False
+
+
+class RoutingOperation(_Model):
+    op: Code = Field(pattern=CODE_PATTERN)
+    name: LocalizedName | None = None
+    # Machines (or one work centre's machines) that may run this operation; []: any.
+    machines: list[Code] = []
+    ideal_cycle_seconds: PositiveFloat | None = None
+
+
+class Routing(_Model):
+    """A product's operations in order (molding -> deburring -> ...): docs/routings.md."""
+
+    product: Code = Field(pattern=CODE_PATTERN)
+    operations: list[RoutingOperation] = Field(min_length=1, max_length=50)
+
+
+class DefectCode(_Model):
+    code: Code = Field(pattern=CODE_PATTERN)
+    name: LocalizedName
+    children: list[DefectCode] = []
+
+
+class LaborPolicy(_Model):
+    # A sign-in nobody closes ends this long after it began (a forgotten sign-out must not
+    # book a week of labor): docs/labor.md.
+    max_sign_in_hours: float = Field(default=12, gt=0, le=24 * 7)
 
 
 class Reason(_Model):
@@ -195,6 +241,12 @@ class PlantConfig(_Model):
     lines: list[Line] = Field(min_length=1)
     products: list[Product] = []
     reasons: list[Reason] = []
+    # Operations per product (docs/routings.md), the defect-code tree (docs/quality.md),
+    # inspection and labor settings (docs/inspections.md, docs/labor.md).
+    routings: list[Routing] = []
+    defects: list[DefectCode] = []
+    inspections: InspectionPolicy = InspectionPolicy()
+    labor: LaborPolicy = LaborPolicy()
     # Source-specific state codes -> canonical states, one table per source kind,
     # e.g. {"euromap77": {"1": "running", "2": "idle"}}. Applied by collectors only.
     state_mappings: dict[str, dict[str, MachineState]] = {}
@@ -226,6 +278,29 @@ class PlantConfig(_Model):
             if reason.code in codes:
                 raise _LocatedError((*loc, "code"), f"reason code {reason.code!r} is used twice")
             codes.add(reason.code)
+        routed: set[str] = set()
+        for ri, routing in enumerate(self.routings):
+            if routing.product in routed:
+                raise _LocatedError(
+                    ("routings", ri, "product"), f"product {routing.product!r} has two routings"
+                )
+            routed.add(routing.product)
+            ops: set[str] = set()
+            for oi, step in enumerate(routing.operations):
+                at = ("routings", ri, "operations", oi)
+                if step.op in ops:
+                    raise _LocatedError((*at, "op"), f"operation {step.op!r} is listed twice")
+                ops.add(step.op)
+                unknown = sorted(set(step.machines) - seen)
+                if unknown:
+                    raise _LocatedError(
+                        (*at, "machines"), f"operation {step.op!r} names unknown machines {unknown}"
+                    )
+        defect_codes: set[str] = set()
+        for loc, defect in _walk_located(self.defects, ("defects",)):
+            if defect.code in defect_codes:
+                raise _LocatedError((*loc, "code"), f"defect code {defect.code!r} is used twice")
+            defect_codes.add(defect.code)
         return self
 
     # -- lookups used by collectors and the dataflow --------------------------------------
@@ -245,6 +320,20 @@ class PlantConfig(_Model):
     @cached_property
     def reasons_by_code(self) -> dict[str, Reason]:
         return {r.code: r for r in _walk(self.reasons)}
+
+    @cached_property
+    def defects_by_code(self) -> dict[str, DefectCode]:
+        return {d.code: d for d in _walk(self.defects)}
+
+    @cached_property
+    def routings_by_product(self) -> dict[str, Routing]:
+        return {r.product: r for r in self.routings}
+
+    def inspection_policy(self, product: str | None) -> InspectionPolicy:
+        for p in self.products:
+            if p.id == product and p.inspections is not None:
+                return p.inspections
+        return self.inspections
 
     def ideal_cycle_seconds(self, machine: str, product: str | None = None) -> float:
         if product is not None:
@@ -272,8 +361,11 @@ class PlantConfig(_Model):
         return self.state_mappings.get(mapping, {}).get(code)
 
 
-def _walk(reasons: list[Reason]) -> list[Reason]:
-    out: list[Reason] = []
+_Tree = TypeVar("_Tree", Reason, DefectCode)
+
+
+def _walk(reasons: list[_Tree]) -> list[_Tree]:
+    out: list[_Tree] = []
     for r in reasons:
         out.append(r)
         out.extend(_walk(r.children))
@@ -281,9 +373,9 @@ def _walk(reasons: list[Reason]) -> list[Reason]:
 
 
 def _walk_located(
-    reasons: list[Reason], prefix: tuple[str | int, ...]
-) -> list[tuple[tuple[str | int, ...], Reason]]:
-    out: list[tuple[tuple[str | int, ...], Reason]] = []
+    reasons: list[_Tree], prefix: tuple[str | int, ...]
+) -> list[tuple[tuple[str | int, ...], _Tree]]:
+    out: list[tuple[tuple[str | int, ...], _Tree]] = []
     for i, r in enumerate(reasons):
         out.append(((*prefix, i), r))
         out.extend(_walk_located(r.children, (*prefix, i, "children")))

@@ -37,7 +37,7 @@ from mesflow.ingest_log import safe_text
 from notify.alert_outbox import dumps as alert_dumps
 from notify.alert_outbox import enqueue_alert
 from notify.outbox import enqueue
-from streams import limit_spans, lots, process_values
+from streams import limit_spans, lots, process_values, row_stores
 from streams.hour_clock import from_us
 from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
 from streams.records import (
@@ -237,6 +237,7 @@ class _Batch:
         # Out-of-limit spans and product runs (streams/limit_spans.py): the last of each.
         self.spans: dict[tuple[str, str, Any], limit_spans.LimitSpan] = {}
         self.runs: dict[tuple[str, Any], limit_spans.ProductRun] = {}
+        self.registered = row_stores.Pending()  # people and quality rows (issue 13)
 
     def add(self, item: Any) -> None:
         t = type(item)
@@ -276,6 +277,8 @@ class _Batch:
             self.spans[(item.machine, item.name, item.start)] = item
         elif t is limit_spans.ProductRun:
             self.runs[(item.machine, item.start)] = item
+        else:
+            self.registered.add(item)
 
 
 def _copy(
@@ -433,6 +436,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 lots.store(cur, batch.lots)
             if batch.spans or batch.runs:
                 limit_spans.store(cur, list(batch.spans.values()), list(batch.runs.values()))
+            for spec, rows in batch.registered.groups():
+                spec.store(cur, rows)
             # Callbacks commit with the figures that caused them (transactional outbox).
             for cb in batch.callbacks:
                 _enqueue(cur, cb)
@@ -478,6 +483,9 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 attempt("process_limit_span", span, limit_spans.store, [span], [])
             for run in batch.runs.values():
                 attempt("process_product_run", run, limit_spans.store, [], [run])
+            for spec, rows in batch.registered.groups():
+                for row in rows:
+                    attempt(spec.table, row, spec.store, [row])
             for cb in batch.callbacks:
                 attempt("outbox", cb, _enqueue, cb)
             for alert in batch.alerts:
@@ -643,6 +651,9 @@ def _row_owner(table: str, row: Any) -> tuple[str, Any]:
     """What a refused row belongs to, to find its source event: (payload field, value)."""
     if table == "dead_letter":
         return "seq", row
+    spec = row_stores.REGISTRY.get(type(row))
+    if spec is not None:
+        return row_stores.owner_of(spec, row)
     if table == "outbox" or isinstance(row, OrderProgressRow):
         return "order_no", row.order_no
     if isinstance(row, AlertRow):

@@ -7,7 +7,7 @@ maps 1:1 onto the upsert that stores it (streams/pg_sink.py).
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class IntervalRow(NamedTuple):
@@ -119,6 +119,15 @@ class WorkOrderStarted(NamedTuple):
     work_order: str
     machine: str
     t: int  # us
+
+
+class FloorInput(NamedTuple):
+    """A floor report for the people and quality steps (sign-in/out, inspection, defect,
+    rework), and a copy of each wo_start/wo_end (who works on which work order): these
+    steps filter it by the event's class (streams/labor.py, inspections.py, quality.py)."""
+
+    seq: int
+    event: Any
 
 
 class Rejection(NamedTuple):

@@ -15,13 +15,18 @@ from typing import Any, NamedTuple
 from mesflow.events import (
     AlertAck,
     ContractError,
+    DefectReport,
     DowntimeReasonReport,
     Event,
+    InspectionReport,
     MaterialLotReport,
     OrderEvent,
     ProcessValueEvent,
     ProductionLotReport,
+    ReworkReport,
     ScrapReport,
+    SignInReport,
+    SignOutReport,
     StateEvent,
     WorkOrderEndReport,
     WorkOrderEvent,
@@ -34,7 +39,7 @@ from streams.alert_engine import AckInput
 from streams.hour_clock import to_us
 from streams.lots import activity, lot_row
 from streams.process_values import from_event
-from streams.records import Progress, Rejection
+from streams.records import FloorInput, Progress, Rejection
 
 
 class OrderInput(NamedTuple):
@@ -102,6 +107,31 @@ _LOT_TYPES = frozenset({MaterialLotReport, ProductionLotReport})
 _REPORT_TYPES = frozenset(
     {DowntimeReasonReport, ScrapReport, WorkOrderStartReport, WorkOrderEndReport}
 )
+# People and quality reports (issue 13): no machine figure of their own; the steps of
+# streams/labor.py, inspections.py and quality.py take them as FloorInput.
+_FLOOR_TYPES = frozenset(
+    {SignInReport, SignOutReport, InspectionReport, DefectReport, ReworkReport}
+)
+_WO_REPORTS = frozenset({WorkOrderStartReport, WorkOrderEndReport})
+_DEFECT_CODED = frozenset({InspectionReport, DefectReport, ReworkReport})
+
+
+def as_scrap(ev: DefectReport | ReworkReport) -> ScrapReport | None:
+    """The scrap report a defect or rework report amounts to for the machine's counts
+    (parts scrapped move from good to scrap, docs/quality.md); None if none."""
+    scrapped = ev.disposition == "scrap" if type(ev) is DefectReport else ev.outcome == "scrap"  # type: ignore[union-attr]
+    if not scrapped:
+        return None
+    return ScrapReport(
+        ts=ev.ts,
+        id=ev.id,
+        machine=ev.machine,
+        type="report",
+        kind="scrap",
+        operator=ev.operator,
+        qty=ev.qty,
+        reason=ev.code,
+    )
 
 
 class Validator:
@@ -124,6 +154,8 @@ class Validator:
             if plant.reasons_by_code
             else frozenset()
         )
+        # An empty defect tree accepts any code, like the reason tree.
+        self.defects = frozenset(plant.defects_by_code)
         info = plant.plant
         self.clock = ClockPolicy(
             timedelta(seconds=info.max_clock_skew_seconds),
@@ -161,8 +193,18 @@ class Validator:
                 out.append(lot_row(entry.seq, ev))
                 if ev.operator:
                     out.append(activity(entry.seq, ev))
+            elif cls in _FLOOR_TYPES:
+                out.append(FloorInput(entry.seq, ev))
+                if cls is DefectReport or cls is ReworkReport:
+                    scrap = as_scrap(ev)
+                    if scrap is not None:  # the machine's counts move good -> scrap
+                        out.append((ev.machine, (entry.seq, scrap)))
+                if ev.operator:
+                    out.append(activity(entry.seq, ev))
             else:
                 out.append((ev.machine, (entry.seq, ev)))
+                if cls in _WO_REPORTS:  # who works on which work order (streams/labor.py)
+                    out.append(FloorInput(entry.seq, ev))
                 if cls in _REPORT_TYPES and ev.operator:  # who reported what (streams/lots.py)
                     out.append(activity(entry.seq, ev))
         if batch:
@@ -199,7 +241,21 @@ class Validator:
                     "unknown_reason",
                     f"reason code {safe_text(reason)!r} is not in the reason tree",
                 )
+        if cls in _DEFECT_CODED and self.defects:
+            unknown = next((c for c in _defect_codes(known) if c not in self.defects), None)
+            if unknown is not None:
+                return Rejection(
+                    entry.seq,
+                    "unknown_defect",
+                    f"defect code {safe_text(unknown)!r} is not in the defect tree",
+                )
         return ev
+
+
+def _defect_codes(ev: Any) -> list[str]:
+    if type(ev) is InspectionReport:
+        return [d.code for d in ev.defects]
+    return [ev.code] if ev.code is not None else []
 
 
 def _split(error: str) -> tuple[str, str]:
