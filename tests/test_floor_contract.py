@@ -44,7 +44,10 @@ def _run(plant: PlantConfig, *events: dict[str, Any] | bytes) -> list[Any]:
 
 
 def _no_defect_tree(plant: PlantConfig) -> PlantConfig:
-    return plant.model_copy(update={"defects": []})
+    # Validated anew (not model_copy): cached lookups such as defects_by_code must follow.
+    data = plant.model_dump()
+    data["defects"] = []
+    return PlantConfig.model_validate(data)
 
 
 def test_sign_in_goes_to_the_floor_steps_only(plant: PlantConfig) -> None:
