@@ -148,8 +148,9 @@ class Interval:
         self.checked_to = self.start
 
 
-# (hour start, shift instance containing t, planned?, ideal cycle us, work order, product)
-PartClass = tuple[int, "ShiftInstance | None", bool, int, "str | None", "str | None"]
+# (hour start, shift instance containing t, planned?, ideal cycle us, work order, product,
+# the routing operation its wo_start named or "": docs/routings.md)
+PartClass = tuple[int, "ShiftInstance | None", bool, int, "str | None", "str | None", str]
 # (from, to, open interval, its state, work-order version, class, hour bucket, shift bucket)
 CountContext = tuple[int, int, "Interval", str, int, PartClass, "Bucket", "Bucket | None"]
 
@@ -199,6 +200,12 @@ class MachineTracker:
         self.wo_parts: dict[str, list[int]] = {}  # work order -> [good, scrap] on this machine
         self.wo_started: dict[str, int] = {}  # work order -> first wo_start on this machine
         self.wo_seen: dict[str, int] = {}  # work order -> last event time it changed (pruning)
+        # Routing operations (docs/routings.md): the operation a wo_start named, by the
+        # (t, order) of its change; parts and first starts per work order and operation
+        # ("" = the wo_start named none; streams/routing.py decides which step that is).
+        self.wo_ops: dict[tuple[int, int], str] = {}
+        self.op_parts: dict[str, dict[str, list[int]]] = {}
+        self.op_started: dict[str, dict[str, int]] = {}
         self.parts: list[Part] = []  # within the allowed lateness, by (t, order)
         # In-order counts (the bulk) kept compactly: runs of parts that move the same
         # good/scrap with the same classification, as arrays of their times. A busy
@@ -257,6 +264,21 @@ class MachineTracker:
         self.__dict__.setdefault("scrap_dirty", set())
         if "scrap" not in state:
             self._upgrade_scrap()
+        if "op_parts" not in state:
+            self._upgrade_ops()
+
+    def _upgrade_ops(self) -> None:
+        """A snapshot from before routings: no wo_start named an operation, so every part
+        class gains "" and the work orders' totals and starts are all under ""."""
+        self.wo_ops = {}
+        self.op_parts = {w: {"": list(v)} for w, v in self.wo_parts.items()}
+        self.op_started = {w: {"": t} for w, t in self.wo_started.items()}
+
+        def cls7(cls: tuple[object, ...]) -> PartClass:
+            return cls if len(cls) == 7 else (*cls, "")  # type: ignore[return-value]
+
+        self.parts = [(*p[:6], cls7(p[6])) for p in self.parts]
+        self.runs = [((g, sc, cls7(cls)), ts) for (g, sc, cls), ts in self.runs]
 
     def _upgrade_scrap(self) -> None:
         """A snapshot from before scrap by reason: its part classes gain their product,
@@ -266,7 +288,7 @@ class MachineTracker:
         self.scrap = {}
 
         def cls6(cls: tuple[object, ...], t: int) -> PartClass:
-            if len(cls) == 6:
+            if len(cls) >= 6:
                 return cls  # type: ignore[return-value]
             wo = cls[4]
             return (*cls, self._ideal_product(wo, t)[1])  # type: ignore[arg-type, return-value]
@@ -590,10 +612,18 @@ class MachineTracker:
             value = None
         insort(self.wo_changes, (t, order, value), key=lambda c: (c[0], c[1]))
         self._wo_version += 1
+        op = ""
+        if isinstance(ev, WorkOrderStartReport) and ev.operation:
+            op = self.wo_ops[(t, order)] = ev.operation
         if value is not None and (value not in self.wo_started or t < self.wo_started[value]):
             self.wo_started[value] = t
             self.wo_seen[value] = t
             self.dirty.work_orders.add(value)
+        if value is not None:
+            starts = self.op_started.setdefault(value, {})
+            if op not in starts or t < starts[op]:
+                starts[op] = t
+                self.dirty.work_orders.add(value)
         self.dirty.status = True
         last = self.last_ts
         assert last is not None
@@ -603,6 +633,10 @@ class MachineTracker:
     def _wo_at(self, t: int) -> str | None:
         k = bisect_right(self.wo_changes, t, key=lambda c: c[0]) - 1
         return self.wo_changes[k][2] if k >= 0 else None
+
+    def _op_of(self, change: tuple[int, int, str | None]) -> str:
+        """The operation a work-order change named ("" for none, and for an end)."""
+        return self.wo_ops.get((change[0], change[1]), "") if change[2] is not None else ""
 
     def _after_timeline_change(self, t: int) -> None:
         """States or work orders changed from t on: parts since then may change class, and
@@ -629,13 +663,19 @@ class MachineTracker:
                 i = self._index_at(t)
                 planned = i >= 0 and ivs[i].state != "planned_stop"
         changes = self.wo_changes
-        wo = changes[-1][2] if changes and t >= changes[-1][0] else self._wo_at(t)
+        k = len(changes) - 1 if changes and t >= changes[-1][0] else self._change_at(t)
+        wo = changes[k][2] if k >= 0 else None
+        op = self._op_of(changes[k]) if k >= 0 else ""
         ideal, product = self._ideal_product(wo, t)
         segs = self._hour_segs
         hour = segs[0] if segs is not None and segs[0] <= t < segs[0] + HOUR_US else None
         if hour is None:
             hour = self.clock.bucket(t)[0]
-        return hour, seg[2], planned, ideal, wo, product
+        return hour, seg[2], planned, ideal, wo, product, op
+
+    def _change_at(self, t: int) -> int:
+        """Index of the work-order change in force at t (-1: none yet)."""
+        return bisect_right(self.wo_changes, t, key=lambda c: c[0]) - 1
 
     def _count_now(self, t: int, good: int, scrap: int) -> None:
         """The hot path: parts counted at or after the machine's latest event.
@@ -686,7 +726,7 @@ class MachineTracker:
             self._scrap_add(c[5][0], UNSPECIFIED, c[5][5], scrap)
         wo = c[5][4]
         if wo is not None:
-            self._wo_add(wo, good, scrap, t)
+            self._wo_add(wo, good, scrap, t, c[5][6])
 
     def _count_context(self, t: int, cur: Interval) -> CountContext:
         seg = self._seg_at(t)
@@ -695,12 +735,13 @@ class MachineTracker:
         end = seg[1]
         changes = self.wo_changes
         wo = changes[-1][2] if changes else None
+        op = self._op_of(changes[-1]) if changes else ""
         if wo is not None:
             # A product taking effect later in this stretch ends the cached context there.
             end = min([end, *(s for s, _, _ in self.wo_product.get(wo, ()) if s > t)])
         planned = seg[3] is not None and cur.state != "planned_stop"
         ideal, product = self._ideal_product(wo, t)
-        cls: PartClass = (segs[0], seg[2], planned, ideal, wo, product)
+        cls: PartClass = (segs[0], seg[2], planned, ideal, wo, product, op)
         hb = self._hour(segs[0])
         sb = self._shift(seg[2]) if seg[2] is not None else None
         return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb)
@@ -740,7 +781,7 @@ class MachineTracker:
 
     def _apply_part(self, p: Part, sign: int) -> None:
         t, _, kind, good, scrap, source, cls = p
-        hour_key, shift, planned, ideal, wo, product = cls
+        hour_key, shift, planned, ideal, wo, product, op = cls
         if kind == 0:
             dg, ds = good * sign, scrap * sign
         else:
@@ -767,14 +808,22 @@ class MachineTracker:
             self._scrap_add(hour_key, _scrap_reason(kind, source), product, ds)
         self.dirty.status = True
         if wo is not None:
-            self._wo_add(wo, dg, ds, t)
+            self._wo_add(wo, dg, ds, t, op)
 
-    def _wo_add(self, wo: str, good: int, scrap: int, t: int) -> None:
+    def _wo_add(self, wo: str, good: int, scrap: int, t: int, op: str) -> None:
         totals = self.wo_parts.get(wo)
         if totals is None:
             totals = self.wo_parts[wo] = [0, 0]
         totals[0] += good
         totals[1] += scrap
+        by_op = self.op_parts.get(wo)
+        if by_op is None:
+            by_op = self.op_parts[wo] = {}
+        of_op = by_op.get(op)
+        if of_op is None:
+            of_op = by_op[op] = [0, 0]
+        of_op[0] += good
+        of_op[1] += scrap
         self.wo_seen[wo] = t
         self.dirty.work_orders.add(wo)
 
@@ -1105,10 +1154,15 @@ class MachineTracker:
             order_no = self.wo_order.get(wo)
             if order_no is None or last is None:
                 continue  # joined once the work_order event names its order
+            starts = self.op_started.get(wo, {})
+            by_op = self.op_parts.get(wo, {})
+            named = any(starts) or any(by_op)  # some wo_start named an operation
             if wo in self.wo_started:
-                rows.append(WorkOrderStarted(order_no, wo, m, self.wo_started[wo]))
+                ops_t = tuple(sorted(starts.items())) if named else ()
+                rows.append(WorkOrderStarted(order_no, wo, m, self.wo_started[wo], ops_t))
             good, scrap = self.wo_parts.get(wo, (0, 0))
-            rows.append(WorkOrderParts(order_no, wo, m, last, good, scrap))
+            ops = tuple((o, gs[0], gs[1]) for o, gs in sorted(by_op.items())) if named else ()
+            rows.append(WorkOrderParts(order_no, wo, m, last, good, scrap, ops))
         if d.status and self.intervals and last is not None:
             rows.append(self._status_row())
         self.dirty = _Dirty()
@@ -1180,11 +1234,21 @@ class MachineTracker:
             self.reports = [r for r in self.reports if r.at >= horizon - HOUR_US]
             for wo in [w for w, seen in self.wo_seen.items() if seen < horizon]:
                 if wo != self._wo_at(self.last_ts):
-                    for d in (self.wo_parts, self.wo_started, self.wo_seen, self.wo_order):
+                    for d in (
+                        self.wo_parts,
+                        self.wo_started,
+                        self.wo_seen,
+                        self.wo_order,
+                        self.op_parts,
+                        self.op_started,
+                    ):
                         d.pop(wo, None)
             keep = [c for c in self.wo_changes if c[0] >= horizon]
             older = [c for c in self.wo_changes if c[0] < horizon]
             self.wo_changes = older[-1:] + keep
+            if self.wo_ops:
+                kept = {(c[0], c[1]) for c in self.wo_changes}
+                self.wo_ops = {k: v for k, v in self.wo_ops.items() if k in kept}
 
 
 def _start(iv: Interval) -> int:

@@ -104,7 +104,12 @@ class ScrapSetRow(NamedTuple):
 
 
 class WorkOrderParts(NamedTuple):
-    """Parts counted on one machine while a work order was active there (absolute, as of t)."""
+    """Parts counted on one machine while a work order was active there (absolute, as of t).
+
+    `ops`: the same totals split by the routing operation each wo_start named, as
+    (operation, good, scrap), "" for a wo_start naming none; () when no wo_start of this
+    work order on this machine named one (all parts are then under ""). Which routing step
+    "" is: streams/routing.py `op_for` (docs/routings.md)."""
 
     order_no: str
     work_order: str
@@ -112,6 +117,7 @@ class WorkOrderParts(NamedTuple):
     t: int  # the machine's clock, us
     good_total: int
     scrap_total: int
+    ops: tuple[tuple[str, int, int], ...] = ()
 
 
 class WorkOrderStarted(NamedTuple):
@@ -119,6 +125,8 @@ class WorkOrderStarted(NamedTuple):
     work_order: str
     machine: str
     t: int  # us
+    # The first start per operation named, (operation, us); () as in WorkOrderParts.ops.
+    ops: tuple[tuple[str, int], ...] = ()
 
 
 class FloorInput(NamedTuple):
