@@ -48,6 +48,7 @@ from streams.order_progress import (
     OrderProgressRow,
     OrderRow,
 )
+from streams.quality_flow import quality_rows
 from streams.rebuild import LateStore
 from streams.records import (
     AlertRow,
@@ -241,9 +242,9 @@ class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
             p = self.progress = OrderProgress(values[0].order_no, self.ideal)
         for x in values:
             if type(x) is WorkOrderParts:
-                p.on_parts(x.work_order, x.machine, x.t, x.good_total, x.scrap_total)
+                p.on_parts(x.work_order, x.machine, x.t, x.good_total, x.scrap_total, x.ops)
             elif type(x) is WorkOrderStarted:
-                p.on_wo_started(x.work_order, x.machine, x.t)
+                p.on_wo_started(x.work_order, x.machine, x.t, x.ops)
             elif isinstance(x.event, OrderEvent):
                 p.on_order(x.event)
             else:
@@ -403,6 +404,7 @@ def build_flow(
     results = op.merge("all_results", order_rows, to_orders.falses)
     # Production problems back to the CRM (streams/order_problems.py).
     results = order_problem_rows(results, plant, live)
+    results = op.merge("results_and_quality", results, quality_rows(plant, rest, live))
     if has_limits(plant):  # out-of-limit spans of process values (streams/limit_spans.py)
         results = op.merge("results_and_spans", results, limit_span_rows(plant, checked))
     if alerts is not None and alerts.rules:

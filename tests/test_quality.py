@@ -1,0 +1,346 @@
+"""Defects, rework, first-pass and final yield (issue 13 part D, docs/quality.md).
+
+In memory (streams/quality.py): the hand-worked example of docs/quality.md, inspection
+defects move nothing, figures that arrive in any order, the defect tree's chain, a snapshot.
+Through the real dataflow into PostgreSQL: v_yield equals the hand-worked example, the
+machine's good/scrap moved exactly once (a redelivered event is deduped by the log),
+v_defects and v_rework, the rework rate KPI, and an unknown defect code dead-lettered.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesflow.events import parse_event
+from mesflow.plant import PlantConfig
+from streams.quality import (
+    Quality,
+    QualityRecord,
+    WorkOrderQuality,
+    YieldRow,
+    defect_paths,
+    work_order_of,
+)
+from streams.records import FloorInput, WorkOrderParts
+from streams.replay import replay_file
+from streams.validate import OrderInput
+from tests.helpers import feed
+
+T0 = datetime.fromisoformat("2026-11-20T08:00:00+08:00")  # a Friday, day shift
+
+DEFECT_TREE = [
+    {
+        "code": "appearance",
+        "name": {"en": "Appearance", "zh": "外观"},
+        "children": [
+            {"code": "flash", "name": {"en": "Flash", "zh": "飞边"}},
+            {"code": "sink_mark", "name": {"en": "Sink mark", "zh": "缩痕"}},
+        ],
+    },
+    {
+        "code": "dimension",
+        "name": {"en": "Dimension", "zh": "尺寸"},
+        "children": [{"code": "burr", "name": {"en": "Burr", "zh": "毛刺"}}],
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def qplant(plant_file: Path) -> PlantConfig:
+    """The suite's plant with this test's own defect tree (the example's may change)."""
+    raw = yaml.safe_load(plant_file.read_text(encoding="utf-8"))
+    raw["defects"] = DEFECT_TREE
+    return PlantConfig.model_validate(raw)
+
+
+def line(kind: str, minutes: float, machine: str | None = "IM-02", **fields: Any) -> dict[str, Any]:
+    ts = (T0 + timedelta(minutes=minutes)).isoformat()
+    reports = ("wo_start", "wo_end", "defect", "rework", "inspection", "scrap")
+    base: dict[str, Any] = {"type": "report", "kind": kind} if kind in reports else {"type": kind}
+    e = {**base, "ts": ts, **fields}
+    if machine is not None:
+        e["machine"] = machine
+    return e
+
+
+# The hand-worked example of docs/quality.md, at IM-02.
+EXAMPLE = [
+    line("work_order", -60, None, work_order="WO-Q1", order_no="SO-Q1", product="P-100", qty=200),
+    line("state", 0, state="running"),
+    line("wo_start", 0, work_order="WO-Q1", operator="op-7"),
+    line("count", 10, good=95, scrap=5),  # the machine's own scrap: 5
+    line("defect", 20, work_order="WO-Q1", code="flash", qty=3, disposition="scrap"),
+    line("defect", 30, work_order="WO-Q1", code="sink_mark", qty=6, disposition="rework"),
+    # Found in a patrol sample: recorded, moves nothing.
+    line(
+        "inspection",
+        40,
+        work_order="WO-Q1",
+        stage="patrol",
+        result="fail",
+        defects=[{"code": "burr", "qty": 2}],
+        operator="qc-1",
+    ),
+    line("rework", 60, work_order="WO-Q1", code="sink_mark", qty=4, outcome="good"),
+    line("rework", 70, work_order="WO-Q1", code="sink_mark", qty=1, outcome="scrap"),
+    line("wo_end", 90, work_order="WO-Q1"),
+]
+# made 100; first-time scrap 5 + 3 = 8; sent 6; back good 4, scrapped 1, pending 1;
+# first-pass good 100 - 8 - 6 = 86; final good 86 + 4 = 90.
+WANT = {
+    "made": 100,
+    "first_scrap": 8,
+    "sent_to_rework": 6,
+    "rework_good": 4,
+    "rework_scrap": 1,
+    "rework_pending": 1,
+    "first_pass_good": 86,
+    "final_good": 90,
+}
+
+
+def _parts(good: int, scrap: int, minutes: float, machine: str = "IM-02") -> WorkOrderParts:
+    t = int((T0 + timedelta(minutes=minutes)).timestamp() * 1_000_000)
+    return WorkOrderParts("SO-Q1", "WO-Q1", machine, t, good, scrap)
+
+
+def _floor(seq: int, e: dict[str, Any]) -> Any:
+    ev = parse_event(json.dumps(e))
+    if e["type"] == "work_order":
+        return OrderInput("SO-Q1", ev)  # type: ignore[arg-type]
+    return FloorInput(seq, ev)
+
+
+def _memory_inputs() -> list[Any]:
+    """EXAMPLE as the step sees it: the reports, and the machine's counts after each
+    (scrap moved by the tracker for the defect-scrap and the rework-scrap)."""
+    floor = [_floor(i, e) for i, e in enumerate(EXAMPLE) if e["type"] in ("report", "work_order")]
+    return [
+        floor[0],
+        floor[1],  # wo_start
+        _parts(95, 5, 10),
+        floor[2],  # defect scrap 3
+        _parts(92, 8, 20),
+        floor[3],  # defect rework 6: no move
+        floor[4],  # inspection
+        floor[5],  # rework good 4
+        floor[6],  # rework scrap 1
+        _parts(91, 9, 70),
+        floor[7],  # wo_end
+    ]
+
+
+def _final(rows: list[Any]) -> tuple[dict[str, YieldRow], list[QualityRecord]]:
+    yields: dict[str, YieldRow] = {}
+    records: list[QualityRecord] = []
+    for r in rows:
+        if isinstance(r, YieldRow):
+            yields[r.machine] = r
+        elif isinstance(r, QualityRecord):
+            records.append(r)
+    return yields, records
+
+
+def test_hand_worked_example_in_memory(qplant: PlantConfig) -> None:
+    q = Quality(qplant)
+    state = WorkOrderQuality("WO-Q1")
+    rows: list[Any] = []
+    for x in _memory_inputs():
+        assert work_order_of(x) in ("WO-Q1", None)
+        rows.extend(q.feed(state, [x]))
+    yields, records = _final(rows)
+    y = yields["IM-02"]
+    assert {k: getattr(y, k) for k in WANT} == WANT
+    assert y.product == "P-100"
+    # The machine's good equals final good + what is still in rework.
+    assert y.final_good + y.rework_pending == 91
+    kinds = [(r.kind, r.code, r.qty, r.disposition) for r in records]
+    assert kinds == [
+        ("defect", "flash", 3, "scrap"),
+        ("defect", "sink_mark", 6, "rework"),
+        ("inspection", "burr", 2, "found"),
+        ("rework", "sink_mark", 4, "good"),
+        ("rework", "sink_mark", 1, "scrap"),
+    ]
+    burr = records[2]
+    assert burr.code_path == ("dimension", "burr") and burr.operator == "qc-1"
+    assert (burr.day.isoformat(), burr.shift_name) == ("2026-11-20", "day")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.randoms(use_true_random=False), st.integers(min_value=1, max_value=5))
+def test_any_order_and_batching_gives_the_same_final_row(
+    qplant: PlantConfig, rnd: Any, size: int
+) -> None:
+    """Reports may reach the step before or after the counts that reflect them: once all
+    are in, the row is the same (the counts are absolute, the latest by t wins)."""
+    items = _memory_inputs()
+    rnd.shuffle(items)
+    q = Quality(qplant)
+    state = WorkOrderQuality("WO-Q1")
+    rows: list[Any] = []
+    for i in range(0, len(items), size):
+        rows.extend(q.feed(state, items[i : i + size]))
+        state = pickle.loads(pickle.dumps(state))  # a snapshot between batches
+    y = _final(rows)[0]["IM-02"]
+    assert {k: getattr(y, k) for k in WANT} == WANT and y.product == "P-100"
+
+
+def test_inspection_defects_move_no_part(qplant: PlantConfig) -> None:
+    q = Quality(qplant)
+    state = WorkOrderQuality("WO-Q1")
+    insp = _floor(
+        1,
+        line(
+            "inspection",
+            5,
+            work_order="WO-Q1",
+            stage="first",
+            result="fail",
+            defects=[{"code": "flash", "qty": 1}, {"code": "burr", "qty": 3}],
+        ),
+    )
+    rows = q.feed(state, [_parts(10, 0, 1), insp])
+    y, records = _final(rows)
+    assert (y["IM-02"].first_pass_good, y["IM-02"].final_good) == (10, 10)
+    assert [(r.line, r.code, r.qty) for r in records] == [(0, "flash", 1), (1, "burr", 3)]
+
+
+def test_defects_before_any_count_and_without_a_tree(plant: PlantConfig) -> None:
+    """No count yet (the work order unknown to the machine): made 0, yields undefined (the
+    view divides by NULLIF(made, 0)), and the first-time scrap is at least the reported.
+    A code without a tree is its own path."""
+    q = Quality(plant.model_copy(update={"defects": []}))
+    q.paths = {}
+    state = WorkOrderQuality("WO-Q1")
+    rows = q.feed(
+        state,
+        [_floor(1, line("defect", 5, work_order="WO-Q1", code="x", qty=2, disposition="scrap"))],
+    )
+    y, records = _final(rows)
+    assert (y["IM-02"].made, y["IM-02"].first_scrap, y["IM-02"].first_pass_good) == (0, 2, 0)
+    assert records[0].code_path == ("x",)
+
+
+def test_defect_paths() -> None:
+    plant = PlantConfig.model_validate(
+        {**yaml.safe_load(Path("config/plant.example.yaml").read_text()), "defects": DEFECT_TREE}
+    )
+    assert defect_paths(plant.defects) == {
+        "appearance": ("appearance",),
+        "flash": ("appearance", "flash"),
+        "sink_mark": ("appearance", "sink_mark"),
+        "dimension": ("dimension",),
+        "burr": ("dimension", "burr"),
+    }
+
+
+# -- through the real dataflow and PostgreSQL -------------------------------------------------
+
+
+def _write(path: Path, events: list[dict[str, Any]], prefix: str) -> Path:
+    for i, e in enumerate(events):
+        e.setdefault("id", f"{prefix}-{i}")
+    path.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    return path
+
+
+def _yield_row(conn: psycopg.Connection[Any], wo: str) -> dict[str, Any]:
+    cur = conn.execute(
+        "SELECT made, first_scrap, sent_to_rework, rework_good, rework_scrap, rework_pending, "
+        "first_pass_good, final_good, first_pass_yield, final_yield, product, line, order_no "
+        "FROM v_yield WHERE work_order = %s AND machine = 'IM-02'",
+        (wo,),
+    )
+    names = [d.name for d in cur.description or []]
+    row = cur.fetchone()
+    assert row is not None, f"no v_yield row for {wo}"
+    return dict(zip(names, row, strict=True))
+
+
+def test_yield_through_the_dataflow(db_url: str, qplant: PlantConfig, tmp_path: Path) -> None:
+    events = [dict(e) for e in EXAMPLE]
+    path = _write(tmp_path / "q.jsonl", events, "q")
+    replay_file(path, qplant, db_url, tmp_path / "rec", progress=False)
+    with psycopg.connect(db_url) as conn:
+        got = _yield_row(conn, "WO-Q1")
+        assert {k: got[k] for k in WANT} == WANT
+        assert got["first_pass_yield"] == pytest.approx(0.86)
+        assert got["final_yield"] == pytest.approx(0.90)
+        assert (got["product"], got["line"], got["order_no"]) == ("P-100", "IM", "SO-Q1")
+        # The machine's figures moved good -> scrap for the defect-scrap and the
+        # rework-scrap exactly once: 95 - 3 - 1 good, 5 + 3 + 1 scrap.
+        machine = conn.execute(
+            "SELECT sum(good), sum(scrap) FROM machine_hour WHERE machine = 'IM-02'"
+        ).fetchone()
+        assert machine == (91, 9)
+        wo = conn.execute(
+            "SELECT good, scrap FROM work_order_progress WHERE work_order = 'WO-Q1'"
+        ).fetchone()
+        assert wo == (91, 9)
+        defects = conn.execute(
+            "SELECT kind, code, root, parent, qty, disposition, product, line, shift_name "
+            "FROM v_defects ORDER BY seq, defect_line"
+        ).fetchall()
+        assert defects == [
+            ("defect", "flash", "appearance", "appearance", 3, "scrap", "P-100", "IM", "day"),
+            ("defect", "sink_mark", "appearance", "appearance", 6, "rework", "P-100", "IM", "day"),
+            ("inspection", "burr", "dimension", "dimension", 2, "found", "P-100", "IM", "day"),
+        ]
+        rework = conn.execute(
+            "SELECT work_order, sent_to_rework, rework_pending FROM v_rework"
+        ).fetchall()
+        assert rework == [("WO-Q1", 6, 1)]
+        assert conn.execute("SELECT count(*) FROM dead_letter").fetchone() == (0,)
+
+    # Redelivery: the same events again (same ids, as a collector retrying) and a second
+    # replay of the same file: the log dedupes them, no figure moves.
+    feed(db_url, events[4:9])
+    replay_file(path, qplant, db_url, tmp_path / "rec", progress=False)
+    with psycopg.connect(db_url) as conn:
+        got = _yield_row(conn, "WO-Q1")
+        assert {k: got[k] for k in WANT} == WANT
+        machine = conn.execute(
+            "SELECT sum(good), sum(scrap) FROM machine_hour WHERE machine = 'IM-02'"
+        ).fetchone()
+        assert machine == (91, 9)
+        assert conn.execute("SELECT count(*) FROM quality_record").fetchone() == (5,)
+
+
+def test_unknown_defect_code_is_dead_lettered(
+    db_url: str, qplant: PlantConfig, tmp_path: Path
+) -> None:
+    events = [
+        *[dict(e) for e in EXAMPLE[:4]],
+        line("defect", 20, work_order="WO-Q1", code="no_such", qty=3, disposition="scrap"),
+        line("rework", 21, work_order="WO-Q1", code="no_such", qty=1, outcome="scrap"),
+        line(
+            "inspection",
+            22,
+            work_order="WO-Q1",
+            stage="patrol",
+            result="fail",
+            defects=[{"code": "flash", "qty": 1}, {"code": "no_such", "qty": 1}],
+        ),
+    ]
+    path = _write(tmp_path / "u.jsonl", events, "u")
+    replay_file(path, qplant, db_url, tmp_path / "rec", progress=False)
+    with psycopg.connect(db_url) as conn:
+        dead = conn.execute("SELECT reason FROM dead_letter ORDER BY log_seq").fetchall()
+        assert dead == [("unknown_defect",)] * 3
+        assert conn.execute("SELECT count(*) FROM quality_record").fetchone() == (0,)
+        # Nothing moved on the machine: the 5 it counted itself only.
+        machine = conn.execute(
+            "SELECT sum(good), sum(scrap) FROM machine_hour WHERE machine = 'IM-02'"
+        ).fetchone()
+        assert machine == (95, 5)
