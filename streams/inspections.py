@@ -1,0 +1,566 @@
+"""First-article, patrol and last-piece inspections (docs/inspections.md).
+
+Plain Python, no Bytewax and no I/O (streams/inspections_flow.py wires it). One
+`Inspections` for the plant takes
+
+- FloorInput(inspection): stored as one InspectionRecord (keyed by its seq);
+- FloorInput(wo_start / wo_end): the runs of work orders at each machine;
+- WorkOrderParts: the parts a work order has made at a machine (absolute totals);
+- OrderInput(WorkOrderEvent): the work order's product, whose inspection policy applies
+  (`plant.inspection_policy(product)`).
+
+A *run* is one (work order, machine, operation) from its wo_start to its wo_end, or to the
+next wo_start at that machine (the machine tracker's rule too). One step for the plant,
+not one per work order: a wo_start of another work order ends a run, and only the
+machine's whole history knows that (a displaced work order must not go on owing patrols).
+
+Everything about a run is derived again from its facts whenever one of them changes (the
+inspections of its work order at its machine, sorted by event time; its start and end; the
+parts made): so a result does not depend on the order in which the dataflow's branches
+deliver rows. The rows out are absolute (a run row, flag episodes keyed by their start),
+written again only when they change; a flag episode that disappears (an inspection arrived
+after the rows that had seemed to make it missing) is written with `until = since`, which
+the boards and the alert engine read as "never was".
+
+Time is event time: the highest event time seen, less `lag_us` (rows of other branches may
+still be on their way); live, the dataflow moves it with the wall clock (`tick`), and a
+replay decides at its end from its last event time (`settle`).
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
+
+from mesflow.events import (
+    Characteristic,
+    InspectionReport,
+    WorkOrderEndReport,
+    WorkOrderEvent,
+    WorkOrderStartReport,
+)
+from mesflow.plant import InspectionPolicy, PlantConfig
+from streams.hour_clock import from_us, to_us
+from streams.records import FloorInput, WorkOrderParts
+from streams.validate import OrderInput
+
+MIN_US = 60_000_000
+DAY_US = 24 * 3600 * 1_000_000
+KEEP_US = 3 * DAY_US  # a run ended this long before the clock is forgotten
+MAX_POINTS = 512  # parts totals kept per (work order, machine)
+
+
+class InspectionRecord(NamedTuple):
+    """One inspection report, as stored (table `inspection`)."""
+
+    seq: int
+    ts: datetime
+    machine: str
+    work_order: str
+    operation: str | None
+    stage: str
+    result: str
+    sample_qty: int | None
+    characteristics: tuple[dict[str, Any], ...]  # each with `ok` judged from lsl/usl
+    defects: tuple[dict[str, Any], ...]
+    note: str | None
+    operator: str | None
+    product: str | None
+    all_ok: bool | None  # every judged characteristic ok; None: none judged
+
+
+class InspectionRun(NamedTuple):
+    """A run's inspection status (table `inspection_run`), rewritten whole."""
+
+    work_order: str
+    machine: str
+    operation: str  # "" when the wo_start named none
+    start_ts: datetime
+    end_ts: datetime | None
+    product: str | None
+    first_article: str  # off | pending | passed | failed | missing
+    blocked: bool  # block_until_first_article_passes, open and not passed
+    parts_made: int
+    patrol_every_min: float
+    next_patrol_due: datetime | None
+    patrol_missed_since: datetime | None
+    last_piece: str  # off | pending | done | missing
+    # Every inspection due so far: (stage, due, plant-local day, status, done at, result);
+    # status on_time | late | missed | open (not decided yet).
+    slots: tuple[tuple[str, datetime, date, str, datetime | None, str | None], ...]
+
+
+class InspectionFlag(NamedTuple):
+    """One flag episode (table `inspection_flag`): open while `until` is None; `until ==
+    since`: withdrawn (it never was). Read by the boards and the alert engine."""
+
+    work_order: str
+    machine: str
+    operation: str
+    run_start: datetime
+    flag: str  # first_article | patrol_missed | last_piece
+    since: datetime
+    until: datetime | None
+    detail: str  # first_article: missing | failed; patrol_missed, last_piece: missed
+    product: str | None
+    blocking: bool
+    parts_made: int
+
+
+Row = InspectionRecord | InspectionRun | InspectionFlag
+
+
+def judge(c: Characteristic) -> bool | None:
+    """A characteristic's verdict: as reported, else from its limits; None: not judged."""
+    if c.ok is not None:
+        return c.ok
+    if c.value is None or (c.lsl is None and c.usl is None):
+        return None
+    return (c.lsl is None or c.value >= c.lsl) and (c.usl is None or c.value <= c.usl)
+
+
+def record_of(seq: int, ev: InspectionReport, product: str | None) -> InspectionRecord:
+    chars: list[dict[str, Any]] = []
+    verdicts: list[bool] = []
+    for c in ev.characteristics:
+        ok = judge(c)
+        if ok is not None:
+            verdicts.append(ok)
+        chars.append(
+            {
+                "name": c.name,
+                "value": c.value,
+                "lsl": c.lsl,
+                "usl": c.usl,
+                "unit": c.unit,
+                "ok": ok,
+            }
+        )
+    return InspectionRecord(
+        seq=seq,
+        ts=ev.ts,
+        machine=ev.machine,
+        work_order=ev.work_order,
+        operation=ev.operation,
+        stage=ev.stage,
+        result=ev.result,
+        sample_qty=ev.sample_qty,
+        characteristics=tuple(chars),
+        defects=tuple({"code": d.code, "qty": d.qty} for d in ev.defects),
+        note=ev.note,
+        operator=ev.operator,
+        product=product,
+        all_ok=all(verdicts) if verdicts else None,
+    )
+
+
+class _Check(NamedTuple):
+    t: int
+    seq: int
+    stage: str
+    result: str
+    op: str | None
+
+
+class _WoEvent(NamedTuple):
+    t: int
+    seq: int
+    start: bool
+    work_order: str
+    op: str
+
+
+RunKey = tuple[str, str, str, int]  # work order, machine, operation, start (us)
+FlagKey = tuple[str, str, str, int, str, int]  # run key + flag, since (us)
+
+
+@dataclass(slots=True)
+class _Memo:
+    """What a run remembers between derivations: its last rows, and when it went missing."""
+
+    detected_at: int | None = None  # first parts total seen above the first-article limit
+    row: InspectionRun | None = None
+    flags: dict[FlagKey, InspectionFlag] = field(default_factory=dict)
+    end: int | None = None
+
+
+@dataclass(slots=True)
+class InspectionState:
+    """Picklable: everything the step keeps (snapshots)."""
+
+    high: int = 0  # highest event time seen
+    clock: int = 0  # decided up to here
+    products: dict[str, str] = field(default_factory=dict)  # work order -> product
+    wo_events: dict[str, list[_WoEvent]] = field(default_factory=dict)  # machine -> sorted
+    checks: dict[tuple[str, str], list[_Check]] = field(default_factory=dict)  # (wo, machine)
+    parts: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
+    runs: dict[RunKey, _Memo] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)  # machines to derive again
+
+
+class _Run(NamedTuple):
+    work_order: str
+    op: str
+    start: int
+    end: int | None
+
+
+class Inspections:
+    def __init__(
+        self,
+        plant: PlantConfig,
+        state: InspectionState | None = None,
+        lag_s: float | None = None,
+    ) -> None:
+        self.plant = plant
+        self.tz: ZoneInfo = plant.tz
+        self.state = state or InspectionState()
+        lag = plant.plant.allowed_lateness_seconds if lag_s is None else lag_s
+        self.lag_us = round(lag * 1_000_000)
+
+    # -- input -------------------------------------------------------------------------------
+
+    def feed(self, items: list[Any]) -> list[Row]:
+        s = self.state
+        out: list[Row] = []
+        for x in items:
+            t = type(x)
+            if t is FloorInput:
+                ev = x.event
+                te = type(ev)
+                if te is InspectionReport:
+                    out.append(record_of(x.seq, ev, s.products.get(ev.work_order)))
+                    at = to_us(ev.ts)
+                    insort(
+                        s.checks.setdefault((ev.work_order, ev.machine), []),
+                        _Check(at, x.seq, ev.stage, ev.result, ev.operation),
+                    )
+                elif te is WorkOrderStartReport or te is WorkOrderEndReport:
+                    at = to_us(ev.ts)
+                    insort(
+                        s.wo_events.setdefault(ev.machine, []),
+                        _WoEvent(
+                            at, x.seq, te is WorkOrderStartReport, ev.work_order, ev.operation or ""
+                        ),
+                    )
+                else:
+                    continue
+                self._saw(at)
+                s.dirty.add(ev.machine)
+            elif t is WorkOrderParts:
+                points = s.parts.setdefault((x.work_order, x.machine), [])
+                total = x.good_total + x.scrap_total
+                if not points or points[-1] != (x.t, total):
+                    insort(points, (x.t, total))
+                    if len(points) > MAX_POINTS:
+                        del points[: len(points) - MAX_POINTS]
+                self._saw(x.t)
+                s.dirty.add(x.machine)
+            elif t is OrderInput and type(x.event) is WorkOrderEvent:
+                ev = x.event
+                if s.products.get(ev.work_order) != ev.product:
+                    s.products[ev.work_order] = ev.product
+                    # Its policy may change: every machine it ran on is derived again.
+                    s.dirty.update(m for (wo, m) in s.checks if wo == ev.work_order)
+                    s.dirty.update(
+                        m
+                        for m, evs in s.wo_events.items()
+                        if any(e.work_order == ev.work_order for e in evs)
+                    )
+        s.clock = max(s.clock, s.high - self.lag_us)
+        out.extend(self._derive())
+        return out
+
+    def tick(self, now_us: int) -> list[Row]:
+        """Live: event time goes on with the wall clock (less the lag) while nothing comes."""
+        self.state.clock = max(self.state.clock, now_us)
+        return self._derive()
+
+    def settle(self) -> list[Row]:
+        """The end of a replay: every row is in; decide up to the last event time."""
+        self.state.clock = max(self.state.clock, self.state.high)
+        return self._derive()
+
+    def wants_clock(self) -> bool:
+        """True while a run is open whose patrols or first article can fall due by time."""
+        return any(m.end is None for m in self.state.runs.values())
+
+    def _saw(self, t: int) -> None:
+        if t > self.state.high:
+            self.state.high = t
+
+    # -- derivation ----------------------------------------------------------------------------
+
+    def _derive(self) -> list[Row]:
+        s = self.state
+        # Open runs with patrols fall due by the clock alone.
+        machines = set(s.dirty)
+        machines.update(k[1] for k, m in s.runs.items() if m.end is None)
+        s.dirty = set()
+        out: list[Row] = []
+        for machine in sorted(machines):
+            runs = _runs(s.wo_events.get(machine, []))
+            seen: set[RunKey] = set()
+            horizon = s.clock - KEEP_US
+            for i, run in enumerate(runs):
+                key = (run.work_order, machine, run.op, run.start)
+                seen.add(key)
+                memo = s.runs.get(key)
+                if memo is None:
+                    if run.end is not None and run.end < horizon:
+                        continue  # long over (and forgotten): nothing to say again
+                    memo = s.runs[key] = _Memo()
+                memo.end = run.end
+                # Its work order's next run here: inspections from then on are that run's.
+                nxt = next((r.start for r in runs[i + 1 :] if r.work_order == run.work_order), None)
+                out.extend(self._run_rows(machine, run, nxt, memo))
+            # Runs that no longer exist (a start revised away): withdraw their flags.
+            for key in [k for k in s.runs if k[1] == machine and k not in seen]:
+                memo = s.runs.pop(key)
+                for fl in memo.flags.values():
+                    if fl.until != fl.since:
+                        out.append(fl._replace(until=fl.since))
+        self._forget()
+        return out
+
+    def _run_rows(self, machine: str, run: _Run, nxt: int | None, memo: _Memo) -> list[Row]:
+        s = self.state
+        product = s.products.get(run.work_order)
+        policy = self.plant.inspection_policy(product)
+        checks = [
+            c
+            for c in s.checks.get((run.work_order, machine), [])
+            if c.t >= run.start and (not c.op or not run.op or c.op == run.op)
+        ]
+        if nxt is not None:  # an inspection belongs to the latest run of its work order here
+            checks = [c for c in checks if c.t < nxt]
+        made, detected = self._parts(machine, run, policy, memo)
+        firsts = [c for c in checks if c.stage == "first"]
+        patrols = [c for c in checks if c.stage == "patrol" and (run.end is None or c.t <= run.end)]
+        lasts = [c for c in checks if c.stage == "last"]
+        clock = s.clock
+        slots: list[tuple[str, datetime, date, str, datetime | None, str | None]] = []
+        flags: list[InspectionFlag] = []
+        run_start = from_us(run.start)
+
+        def flag(name: str, since: int, until: int | None, detail: str, blocking: bool) -> None:
+            flags.append(
+                InspectionFlag(
+                    run.work_order,
+                    machine,
+                    run.op,
+                    run_start,
+                    name,
+                    from_us(since),
+                    None if until is None else from_us(until),
+                    detail,
+                    product,
+                    blocking,
+                    made,
+                )
+            )
+
+        # First article: required when a part limit is set or production waits for it.
+        fa_on = policy.first_article_within_parts > 0 or policy.block_until_first_article_passes
+        fa = "off"
+        if fa_on:
+            fa = "pending"
+            if firsts:
+                fa = "passed" if firsts[-1].result == "pass" else "failed"
+            elif detected is not None:
+                fa = "missing"
+            first_fail = next((c for c in firsts if c.result == "fail"), None)
+            first_pass = next((c for c in firsts if c.result == "pass"), None)
+            # An episode runs from the run's start (deterministic: the alert id is made of
+            # it) until a pass after the last failure, or the run's end.
+            went_missing = detected is not None and (first_pass is None or first_pass.t > detected)
+            if first_fail is not None or went_missing:
+                closing = None
+                if fa == "passed":
+                    last_fail = max((c.t for c in firsts if c.result == "fail"), default=-1)
+                    closing = next(c.t for c in firsts if c.result == "pass" and c.t > last_fail)
+                elif run.end is not None:
+                    closing = run.end
+                detail = "failed" if first_fail is not None else "missing"
+                blocking = policy.block_until_first_article_passes
+                flag("first_article", run.start, closing, detail, blocking)
+            day = self._day(run.start)
+            if firsts:
+                on_time = detected is None or firsts[0].t <= detected
+                status = "on_time" if on_time else "late"
+                done: datetime | None = from_us(firsts[0].t)
+                res: str | None = "fail" if first_fail is not None else "pass"
+            else:
+                status = "missed" if detected is not None or run.end is not None else "open"
+                done, res = None, None
+            slots.append(("first", run_start, day, status, done, res))
+        blocked = policy.block_until_first_article_passes and fa != "passed" and run.end is None
+
+        # Patrols: one due every `every` after the start or the last patrol; missed once
+        # `grace` has passed with none (a later patrol restarts the clock).
+        every = round(policy.patrol_every_minutes * MIN_US)
+        grace = round(policy.patrol_grace_minutes * MIN_US)
+        next_due: int | None = None
+        missed_since: int | None = None
+        if every > 0:
+            limit = clock if run.end is None else min(clock, run.end)
+            anchor = run.start
+            episode: int | None = None  # the open missed episode's start
+            for p in patrols:
+                d = anchor + every
+                while d + grace < p.t and (run.end is None or d + grace < run.end):
+                    slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
+                    if episode is None:
+                        episode = d + grace
+                    d += every
+                if episode is not None:
+                    flag("patrol_missed", episode, p.t, "missed", False)
+                    episode = None
+                slots.append(
+                    ("patrol", from_us(d), self._day(d), "on_time", from_us(p.t), p.result)
+                )
+                anchor = p.t
+            d = anchor + every
+            while d + grace < limit:
+                slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
+                if episode is None:
+                    episode = d + grace
+                d += every
+            if episode is not None:
+                flag("patrol_missed", episode, run.end, "missed", False)
+                if run.end is None:
+                    missed_since = episode
+            if run.end is None:
+                next_due = d
+                if d <= clock:  # due, within its grace: not decided yet
+                    slots.append(("patrol", from_us(d), self._day(d), "open", None, None))
+
+        # Last piece: owed at the run's end.
+        lp = "off"
+        if policy.last_piece_required:
+            if lasts:
+                lp = "done"
+            elif run.end is not None:
+                lp = "missing"
+                flag("last_piece", run.end, None, "missed", False)
+            else:
+                lp = "pending"
+            if run.end is not None:
+                done_at = from_us(lasts[0].t) if lasts else None
+                res_lp = lasts[-1].result if lasts else None
+                slots.append(
+                    (
+                        "last",
+                        from_us(run.end),
+                        self._day(run.end),
+                        "on_time" if lasts else "missed",
+                        done_at,
+                        res_lp,
+                    )
+                )
+
+        row = InspectionRun(
+            run.work_order,
+            machine,
+            run.op,
+            run_start,
+            None if run.end is None else from_us(run.end),
+            product,
+            fa,
+            blocked,
+            made,
+            policy.patrol_every_minutes,
+            None if next_due is None else from_us(next_due),
+            None if missed_since is None else from_us(missed_since),
+            lp,
+            tuple(slots),
+        )
+        out: list[Row] = []
+        if row != memo.row:
+            memo.row = row
+            out.append(row)
+        new = {_flag_key(f): f for f in flags}
+        for k, f in new.items():
+            if memo.flags.get(k) != f:
+                out.append(f)
+        for k, f in memo.flags.items():
+            if k not in new and f.until != f.since:
+                out.append(f._replace(until=f.since))  # withdrawn
+        memo.flags = new
+        return out
+
+    def _parts(
+        self, machine: str, run: _Run, policy: InspectionPolicy, memo: _Memo
+    ) -> tuple[int, int | None]:
+        """(parts made since the start, when the first-article limit was passed)."""
+        points = self.state.parts.get((run.work_order, machine), [])
+        base = 0
+        made = 0
+        for t, total in points:
+            if t <= run.start:
+                base = max(base, total)
+        limit = policy.first_article_within_parts
+        for t, total in points:
+            if t <= run.start or (run.end is not None and t > run.end + self.lag_us):
+                continue
+            made = max(made, total - base)
+            if limit > 0 and memo.detected_at is None and total - base > limit:
+                memo.detected_at = t
+        return made, memo.detected_at
+
+    def _day(self, t: int) -> date:
+        return from_us(t).astimezone(self.tz).date()
+
+    def _forget(self) -> None:
+        """Runs ended KEEP_US before the clock, and their facts, go (state stays small)."""
+        s = self.state
+        horizon = s.clock - KEEP_US
+        old = [k for k, m in s.runs.items() if m.end is not None and m.end < horizon]
+        if not old:
+            return
+        for k in old:
+            del s.runs[k]
+        for machine, evs in list(s.wo_events.items()):
+            # Keep the last start (a run still open may begin long ago) and what follows.
+            keep_from = 0
+            for i, e in enumerate(evs):
+                if e.t < horizon and e.start:
+                    keep_from = i
+            if keep_from:
+                s.wo_events[machine] = evs[keep_from:]
+        live = {(k[0], k[1]) for k in s.runs}
+        for key in [k for k in s.checks if k not in live]:
+            if all(c.t < horizon for c in s.checks[key]):
+                del s.checks[key]
+        for key in [k for k in s.parts if k not in live]:
+            if all(t < horizon for t, _ in s.parts[key]):
+                del s.parts[key]
+
+
+def _flag_key(f: InspectionFlag) -> FlagKey:
+    return (f.work_order, f.machine, f.operation, to_us(f.run_start), f.flag, to_us(f.since))
+
+
+def _runs(events: list[_WoEvent]) -> list[_Run]:
+    """A machine's runs from its wo_start / wo_end reports, in event time order."""
+    runs: list[_Run] = []
+    cur: _Run | None = None
+    for e in events:
+        if e.start:
+            if cur is not None and cur.work_order == e.work_order and cur.op == e.op:
+                continue  # started again while running: the same run
+            if cur is not None:
+                runs.append(cur._replace(end=e.t))
+            cur = _Run(e.work_order, e.op, e.t, None)
+        elif cur is not None and cur.work_order == e.work_order and (not e.op or e.op == cur.op):
+            runs.append(cur._replace(end=e.t))
+            cur = None
+    if cur is not None:
+        runs.append(cur)
+    return runs
+
+
+INPUT_TYPES = (FloorInput, WorkOrderParts, OrderInput)
