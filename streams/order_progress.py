@@ -19,9 +19,20 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
+import streams.routing_store  # noqa: F401  (registers the operation rows with the sink)
 from mesflow.events import OrderEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
 from streams.hour_clock import HOUR_US, from_us, to_us
+from streams.routing import (
+    OperationSetRow,
+    OpFigures,
+    OpInput,
+    Route,
+    op_figures,
+    op_for,
+    plant_routes,
+    route_of,
+)
 
 RATE_WINDOW_US: Final = 30 * 60 * 1_000_000
 # Rate samples are kept at one-minute resolution: a machine at a 2 s cycle would otherwise
@@ -84,7 +95,7 @@ class Callback(NamedTuple):
     dedupe: str
 
 
-OrderRow = WorkOrderProgressRow | OrderProgressRow | Callback
+OrderRow = WorkOrderProgressRow | OrderProgressRow | Callback | OperationSetRow
 
 
 # ---------------------------------------------------------------------------------------
@@ -104,6 +115,9 @@ class IdealCycles:
     by_pair: Mapping[tuple[str, str], float] = field(default_factory=dict)
     by_machine: Mapping[str, float] = field(default_factory=dict)
     default: float = 60.0
+    # The plant file's routings by product (with their ideal cycle per operation): they
+    # travel with the ideal cycles, the one plant-derived value the order step is given.
+    routes: Mapping[str, Route] = field(default_factory=dict)
 
     def __call__(self, machine: str | None, product: str | None) -> float:
         if machine is not None:
@@ -126,6 +140,7 @@ class IdealCycles:
             },
             by_machine={m: plant.ideal_cycle_seconds(m) for m in plant.machines},
             default=plant.defaults.ideal_cycle_seconds,
+            routes=plant_routes(plant),
         )
 
 
@@ -145,6 +160,10 @@ class _Run:
     scrap: int = 0
     first_t: int | None = None
     samples: list[tuple[int, int]] = field(default_factory=list)  # by t
+    # Its totals split by the operation the wo_starts named (WorkOrderParts.ops), and the
+    # first start per operation named; () when none named one (all under "").
+    ops: tuple[tuple[str, int, int], ...] = ()
+    op_starts: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(slots=True)
@@ -157,14 +176,51 @@ class _WorkOrder:
     started_machine: str | None = None
     announced: bool = False  # work_started callback emitted
     done_at: int | None = None
+    route: Route | None = None  # its routing (docs/routings.md); None: none
+
+    def op_inputs(self) -> list[OpInput]:
+        """What each machine did for each routing step (only with a route)."""
+        route = self.route
+        assert route is not None
+        out: list[OpInput] = []
+        for m, r in self.runs.items():
+            starts = dict(r.op_starts)
+            items = r.ops or (("", r.good, r.scrap),)
+            named = {o for o, _, _ in items}
+            # A step started here with no part yet is running, with nothing made.
+            items = (*items, *((o, 0, 0) for o in starts if o not in named))
+            last = r.samples[-1][0] if r.samples else None
+            for raw, g, s in items:
+                first = starts.get(raw, r.first_t if not r.ops else None)
+                out.append(
+                    OpInput(op_for(route, raw, m), m, g, s, first, last if g or s else first)
+                )
+        return out
+
+    def op_figs(self) -> list[OpFigures]:
+        assert self.route is not None
+        return op_figures(self.route, self.op_inputs(), self.qty)
 
     @property
     def good(self) -> int:
+        """Its good parts: with a routing, those out of its last operation."""
+        if self.route is not None:
+            return self.op_figs()[-1].good
         return sum(r.good for r in self.runs.values())
 
     @property
     def scrap(self) -> int:
+        """Its scrap: with a routing, the scrap of all its operations."""
+        if self.route is not None:
+            return sum(f.scrap for f in self.op_figs())
         return sum(r.scrap for r in self.runs.values())
+
+    def last_op_runs(self) -> set[str]:
+        """The machines whose parts include its routing's last step (its rate)."""
+        route = self.route
+        assert route is not None
+        last = route[-1].op
+        return {d.machine for d in self.op_inputs() if d.op == last}
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +265,17 @@ class OrderProgress:
         self.pending: list[Callback] = []
         self.dirty = False
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # Snapshots from before routings: slots added since are unset on their objects.
+        for wo in self.wos.values():
+            if not hasattr(wo, "route"):
+                wo.route = None
+            for run in wo.runs.values():
+                if not hasattr(run, "ops"):
+                    run.ops = ()
+                    run.op_starts = ()
+
     # -- input -------------------------------------------------------------------------------
 
     def on_order(self, ev: OrderEvent) -> None:
@@ -233,16 +300,26 @@ class OrderProgress:
     def on_work_order(self, ev: WorkOrderEvent) -> None:
         wo = self.wos.setdefault(ev.work_order, _WorkOrder())
         wo.product, wo.qty, wo.machine = ev.product, ev.qty, ev.machine
+        # Its own routing, else its product's in the plant file (a snapshot's IdealCycles
+        # from before routings has no `routes`).
+        wo.route = route_of(ev.routing, ev.product, getattr(self.ideal, "routes", {}))
         self._tick(to_us(ev.ts))
         self._evaluate()
 
     def on_parts(
-        self, work_order: str, machine: str, t: int, good_total: int, scrap_total: int
+        self,
+        work_order: str,
+        machine: str,
+        t: int,
+        good_total: int,
+        scrap_total: int,
+        ops: tuple[tuple[str, int, int], ...] = (),
     ) -> None:
-        """Absolute totals of `work_order` on `machine` as of t (never deltas)."""
+        """Absolute totals of `work_order` on `machine` as of t (never deltas), and their
+        split by operation (WorkOrderParts.ops)."""
         wo = self.wos.setdefault(work_order, _WorkOrder())
         run = wo.runs.setdefault(machine, _Run())
-        run.good, run.scrap = good_total, scrap_total
+        run.good, run.scrap, run.ops = good_total, scrap_total, ops
         s = run.samples
         # A total as of t supersedes samples at or after t (a revision of the same span).
         while s and s[-1][0] >= t:
@@ -259,9 +336,13 @@ class OrderProgress:
         self._tick(t)
         self._evaluate()
 
-    def on_wo_started(self, work_order: str, machine: str, t: int) -> None:
+    def on_wo_started(
+        self, work_order: str, machine: str, t: int, ops: tuple[tuple[str, int], ...] = ()
+    ) -> None:
         wo = self.wos.setdefault(work_order, _WorkOrder())
         run = wo.runs.setdefault(machine, _Run())
+        if ops:
+            run.op_starts = ops
         # The first start is a sample of 0 parts: the first parts then count in the rate.
         if run.first_t is None or t < run.first_t:
             run.first_t = t
@@ -312,6 +393,12 @@ class OrderProgress:
                         last,
                     )
                 )
+                if wo.route is not None:
+                    out.append(
+                        OperationSetRow(
+                            w, self.order_no, wo.product, wo.qty, tuple(wo.op_figs()), last
+                        )
+                    )
             out.append(self._order_row(figs, now))
             self._forget(now)
         out.extend(self.pending)
@@ -329,9 +416,8 @@ class OrderProgress:
     def _totals(self) -> tuple[int, int]:
         good = scrap = 0
         for wo in self.wos.values():
-            for r in wo.runs.values():
-                good += r.good
-                scrap += r.scrap
+            good += wo.good
+            scrap += wo.scrap
         return good, scrap
 
     def _rate(self, wo: _WorkOrder, now: int) -> float:
@@ -339,7 +425,11 @@ class OrderProgress:
         since = now - RATE_WINDOW_US
         parts = 0
         first: int | None = None
-        for run in wo.runs.values():
+        # With a routing, the rate of its last operation's machines: its output.
+        only = wo.last_op_runs() if wo.route is not None else None
+        for m, run in wo.runs.items():
+            if only is not None and m not in only:
+                continue
             s = run.samples
             if not s or run.first_t is None:
                 continue
@@ -362,16 +452,39 @@ class OrderProgress:
         if remaining == 0:
             return _WoFig(good, scrap, rate, 0, wo.done_at)
         machine = wo.machine or _last_machine(wo)
+        cycle = self._route_cycle(wo.route, wo.product) if wo.route is not None else None
         return _WoFig(
-            good, scrap, rate, remaining, self._eta(now, remaining, rate, machine, wo.product)
+            good,
+            scrap,
+            rate,
+            remaining,
+            self._eta(now, remaining, rate, machine, wo.product, cycle),
+        )
+
+    def _route_cycle(self, route: Route, product: str | None) -> float:
+        """Seconds per part through a routing: its slowest step's ideal cycle (the
+        bottleneck paces a line of operations), a step's own else its first machine's."""
+        return max(
+            s.ideal_cycle_seconds
+            if s.ideal_cycle_seconds is not None
+            else self.ideal(s.machines[0] if s.machines else None, product)
+            for s in route
         )
 
     def _eta(
-        self, base: int, remaining: int, rate: float, machine: str | None, product: str | None
+        self,
+        base: int,
+        remaining: int,
+        rate: float,
+        machine: str | None,
+        product: str | None,
+        cycle_s: float | None = None,
     ) -> int:
         if rate > 0:
             return base + round(remaining * HOUR_US / rate)
-        return base + round(remaining * self.ideal(machine, product) * 1_000_000)
+        if cycle_s is None:
+            cycle_s = self.ideal(machine, product)
+        return base + round(remaining * cycle_s * 1_000_000)
 
     def _order_eta(self, figs: dict[str, _WoFig], good: int, now: int) -> int | None:
         order = self.order
