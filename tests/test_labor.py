@@ -7,6 +7,7 @@ Asia/Shanghai (UTC+8). 2026-11-20 is a Friday.
 
 from __future__ import annotations
 
+import itertools
 import json
 import pickle
 from collections import defaultdict
@@ -159,7 +160,7 @@ def test_presence_shows_who_is_where_now(plant: PlantConfig) -> None:
 
 def test_forgotten_sign_out_closes_after_max_hours(plant: PlantConfig) -> None:
     assert plant.labor.max_sign_in_hours == 12
-    labor, sink = run(
+    _, sink = run(
         plant,
         [
             sign_in("sun", "IM-03", at(7)),
@@ -376,18 +377,18 @@ def test_a_persons_shares_add_up_to_one_at_every_instant(
     sink.take(labor)
     segs = list(sink.segments.values())
     assert all(s.end is not None and s.end >= s.start for s in segs)
-    for person in {s.person for s in segs}:
-        mine = [s for s in segs if s.person == person and s.end != s.start]
+    spans = [(s.person, s.station, s.start, s.end, s.share) for s in segs if s.end is not None]
+    for person in {p for p, *_ in spans}:
+        mine = [(st_, a, b, share) for p, st_, a, b, share in spans if p == person and a != b]
         # At any instant the person's shares sum to exactly 1 (or nothing is booked).
-        cuts = sorted({t for s in mine for t in (s.start, s.end)})  # type: ignore[misc]
-        for a in cuts[:-1]:
-            total = sum(s.share for s in mine if s.start <= a < s.end)  # type: ignore[operator]
-            assert total == 0 or abs(total - 1) < 1e-9, (person, a, total)
-        for st_ in _STATIONS:  # one station's segments never overlap
-            spans = sorted((s.start, s.end) for s in mine if s.station == st_)
-            assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:], strict=False))  # type: ignore[operator]
+        for cut in sorted({t for _, a, b, _ in mine for t in (a, b)})[:-1]:
+            total = sum(share for _, a, b, share in mine if a <= cut < b)
+            assert total == 0 or abs(total - 1) < 1e-9, (person, cut, total)
+        for station in _STATIONS:  # one station's segments never overlap
+            own = sorted((a, b) for st_, a, b, _ in mine if st_ == station)
+            assert all(y[0] >= x[1] for x, y in itertools.pairwise(own))
         # No booking lasts longer than the expiry allows after the sign-in.
-        assert all(s.end - s.start <= timedelta(hours=12) for s in mine)  # type: ignore[operator]
+        assert all(b - a <= timedelta(hours=12) for _, a, b, _ in mine)
 
 
 def test_input_filter_takes_only_labor_inputs(plant: PlantConfig) -> None:
