@@ -1,65 +1,97 @@
-"""Shared pieces of the benchmarks: a 200-machine plant and throwaway services."""
+"""Shared pieces of the benchmarks: the scaled plant, throwaway services, honest counters.
+
+Every benchmark runs inside `private_tmp()`: its files (plant, replay file, recovery
+store, PostgreSQL, broker) live in one folder, that folder is also the temporary folder of
+this process and of its children (TMPDIR), and it is removed whatever ends the run.
+"""
 
 from __future__ import annotations
 
+import os
 import resource
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
+from bench.scaled_plant import write_scaled_plant
 from mesflow.db import migrate, sync_plant
-from mesflow.plant import PlantConfig, load_plant_config
-from mesflow.settings import REPO_ROOT
+from mesflow.plant import PlantConfig
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def big_plant(machines: int, directory: Path) -> PlantConfig:
-    """The example plant, scaled out: `machines` presses and mills over 10 lines."""
-    base = yaml.safe_load((REPO_ROOT / "config" / "plant.example.yaml").read_text())
-    per_line = max(1, machines // 10)
-    lines = []
-    for i in range(10):
-        template = base["lines"][i % 2]
-        prefix = template["id"]
-        lines.append(
-            {
-                "id": f"{prefix}{i}",
-                "name": {
-                    "en": f"{template['name']['en']} {i}",
-                    "zh": f"{template['name']['zh']}{i}",
-                },
-                "area": template["area"],
-                "machines": [
-                    {
-                        "id": f"{prefix}{i}-{j:02d}",
-                        "name": {"en": f"{prefix} {i}-{j}", "zh": f"{prefix}{i}-{j}号机"},
-                        "ideal_cycle_seconds": 20 + (j % 5) * 10,
-                    }
-                    for j in range(per_line)
-                ],
-            }
-        )
-    base["lines"] = lines
-    base["products"] = []
-    # The benchmarks replay fixed November 2026 dates: keep them inside the clock policy's
-    # event-age horizon whatever today's date (docs/events.md#clock-policy).
-    base["plant"]["max_event_age_days"] = 36500
-    path = directory / "plant-200.yaml"
-    path.write_text(yaml.safe_dump(base, allow_unicode=True))
-    return load_plant_config(path)
+    """The example plant scaled out to `machines` machines (bench/scaled_plant.py), written
+    to `directory / f"plant-{machines}.yaml"`: every feature of the demo plant is kept."""
+    return write_scaled_plant(machines, directory)[1]
 
 
-def fresh_database(plant: PlantConfig) -> tuple[object, str]:
-    from mesflow.services import EmbeddedPostgres
+class BenchDatabase:
+    """An embedded PostgreSQL in `directory` with the plant migrated and loaded; `stop()`
+    stops it and deletes its files."""
 
-    pg = EmbeddedPostgres(
-        Path(tempfile.mkdtemp(prefix="mesflow-bench-")) / "pg", delete_on_stop=True
-    )
-    migrate(pg.url, log=lambda _m: None)
-    sync_plant(pg.url, plant)
-    return pg, pg.url
+    def __init__(self, plant: PlantConfig, directory: Path) -> None:
+        from mesflow.services import EmbeddedPostgres
+
+        self.directory = directory
+        self._pg = EmbeddedPostgres(directory / "pg", delete_on_stop=True)
+        self.url = self._pg.url
+        migrate(self.url, log=lambda _m: None)
+        sync_plant(self.url, plant)
+
+    def stop(self) -> None:
+        try:
+            self._pg.stop()
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def fresh_database(plant: PlantConfig, directory: Path | None = None) -> tuple[BenchDatabase, str]:
+    """A migrated database with `plant` loaded: (handle with `.stop()`, URL)."""
+    db = BenchDatabase(plant, directory or Path(tempfile.mkdtemp(prefix="mesflow-bench-")))
+    return db, db.url
+
+
+@contextmanager
+def private_tmp(prefix: str = "mesflow-bench-") -> Iterator[Path]:
+    """A work folder that is also the temporary folder of this run (tempfile and TMPDIR,
+    inherited by child processes), removed on the way out, whatever ends the run."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = str(work)
+    tempfile.tempdir = str(work)
+    try:
+        yield work
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def peak_rss_mib() -> float:
     """Peak resident memory of this process (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process and its waited-for children (Linux)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # after the command: state is field 3; utime, stime, cutime, cstime are fields 14-17
+    return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+
+
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} cores)"
+
+
+def ratio(value: float, ceiling: float) -> str:
+    return f"{value / ceiling:.2f}" if ceiling > 0 else "n/a"
