@@ -84,8 +84,11 @@ class DeliveryKpiRow:
     on_time_rate: float | None
     good: int
     scrap: int
-    # Stands in for the rework rate until the people-and-quality issue lands.
     scrap_rate: float | None
+    # Parts made and sent to rework by the orders' work orders (docs/quality.md).
+    made: int
+    sent_to_rework: int
+    rework_rate: float | None
 
 
 def kpi_query(
@@ -136,6 +139,11 @@ WITH lead AS (
            count(*) FILTER (WHERE on_time) AS on_time,
            count(*) FILTER (WHERE on_time)::double precision / count(*) AS on_time_rate
     FROM v_order_delivery WHERE completed AND {w_done} GROUP BY 1
+), rwk AS (
+    SELECT {k_start} AS key, sum(made)::bigint AS made,
+           sum(sent_to_rework)::bigint AS sent_to_rework,
+           sum(sent_to_rework)::double precision / NULLIF(sum(made), 0) AS rework_rate
+    FROM v_order_rework WHERE {w_start} GROUP BY 1
 ), keys AS (
     SELECT key FROM lead UNION SELECT key FROM chg UNION SELECT key FROM ontime
 )
@@ -150,11 +158,15 @@ SELECT k.key,
        o.on_time_rate,
        COALESCE(l.good, 0)::bigint AS good,
        COALESCE(l.scrap, 0)::bigint AS scrap,
-       l.scrap_rate
+       l.scrap_rate,
+       COALESCE(r.made, 0)::bigint AS made,
+       COALESCE(r.sent_to_rework, 0)::bigint AS sent_to_rework,
+       r.rework_rate
 FROM keys k
 LEFT JOIN lead l USING (key)
 LEFT JOIN chg c USING (key)
 LEFT JOIN ontime o USING (key)
+LEFT JOIN rwk r USING (key)
 ORDER BY k.key
 """
     ).format(
@@ -284,7 +296,7 @@ def fmt_pct(value: float | None) -> str:
 HEADERS = (
     "started", "lead avg", "lead median", "lead p90", "changes", "unacked",
     "resp median", "resp p90", "completed", "on time", "on-time rate", "good", "scrap",
-    "scrap rate",
+    "scrap rate", "made", "rework", "rework rate",
 )  # fmt: skip
 
 
@@ -305,6 +317,9 @@ def cells(r: DeliveryKpiRow) -> list[str]:
         str(r.good),
         str(r.scrap),
         fmt_pct(r.scrap_rate),
+        str(r.made),
+        str(r.sent_to_rework),
+        fmt_pct(r.rework_rate),
     ]
 
 
@@ -332,5 +347,5 @@ def make_kpi_report(
     if not rows:
         return empty + "\n", None
     title = f"delivery KPIs by {by}, {months.describe()} (months in {tz.key})"
-    note = "scrap rate stands in for the rework rate (docs/kpis.md)"
+    note = "rework rate: parts sent to rework / parts made (docs/quality.md)"
     return f"{title}\n\n{table(rows, by)}\n{note}\n", None

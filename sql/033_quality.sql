@@ -97,18 +97,27 @@ SELECT work_order, order_no, machine, line, operation, product,
 FROM v_yield
 WHERE rework_pending > 0;
 
--- Delivery KPI (docs/kpis.md): rework rate = parts sent to rework / parts made, of the
--- orders' work orders, per month production started (as v_kpi_scrap).
-CREATE VIEW v_kpi_rework AS
-SELECT d.start_month AS month, d.customer, d.product,
-       sum(y.made)::bigint                                                AS made,
-       sum(y.sent_to_rework)::bigint                                      AS sent_to_rework,
-       sum(y.sent_to_rework)::double precision / NULLIF(sum(y.made), 0)   AS rework_rate
+-- Per CRM order: parts made and sent to rework by its work orders (every machine), with
+-- the order's customer, product and month production started (v_order_delivery).
+CREATE VIEW v_order_rework AS
+SELECT d.order_no, d.customer, d.product, d.start_month,
+       sum(y.made)::bigint            AS made,
+       sum(y.sent_to_rework)::bigint  AS sent_to_rework
 FROM quality_yield y
 JOIN work_order_progress p ON p.work_order = y.work_order
 JOIN v_order_delivery d ON d.order_no = p.order_no
 WHERE d.started_at IS NOT NULL
-GROUP BY d.start_month, d.customer, d.product;
+GROUP BY d.order_no, d.customer, d.product, d.start_month;
+
+-- Delivery KPI (docs/kpis.md): rework rate = parts sent to rework / parts made, of the
+-- orders' work orders, parts added up first, per month production started (as v_kpi_scrap).
+CREATE VIEW v_kpi_rework AS
+SELECT start_month AS month, customer, product,
+       sum(made)::bigint                                                AS made,
+       sum(sent_to_rework)::bigint                                      AS sent_to_rework,
+       sum(sent_to_rework)::double precision / NULLIF(sum(made), 0)     AS rework_rate
+FROM v_order_rework
+GROUP BY start_month, customer, product;
 
 -- The delivery KPIs with the rework rate added at the end (the columns before are as in 025).
 CREATE OR REPLACE VIEW v_delivery_kpis AS

@@ -228,9 +228,9 @@ def test_report_csv_exact(kpi_db: str) -> None:
     assert result.stdout == (
         "customer,orders_started,lead_time_avg_s,lead_time_median_s,lead_time_p90_s,changes,"
         "unacknowledged,response_median_s,response_p90_s,completed,on_time,on_time_rate,good,"
-        "scrap,scrap_rate\n"
-        "ACME,2,95400.0,95400.0,160200.0,1,0,300.0,300.0,2,1,0.5,150,5,0.0323\n"
-        "BETA,2,13500.0,13500.0,19980.0,2,1,1200.0,1200.0,1,1,1.0,190,40,0.1739\n"
+        "scrap,scrap_rate,made,sent_to_rework,rework_rate\n"
+        "ACME,2,95400.0,95400.0,160200.0,1,0,300.0,300.0,2,1,0.5,150,5,0.0323,0,0,\n"
+        "BETA,2,13500.0,13500.0,19980.0,2,1,1200.0,1200.0,1,1,1.0,190,40,0.1739,0,0,\n"
     )
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert rows[0]["customer"] == "ACME"

@@ -21,6 +21,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesflow.delivery_kpis import MonthRange, fetch_delivery_kpis
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
 from streams.quality import (
@@ -73,9 +74,10 @@ def line(kind: str, minutes: float, machine: str | None = "IM-02", **fields: Any
     return e
 
 
-# The hand-worked example of docs/quality.md, at IM-02.
+# The hand-worked example of docs/quality.md, at IM-02 (P-200: no routing, so the work
+# order's progress counts all its parts).
 EXAMPLE = [
-    line("work_order", -60, None, work_order="WO-Q1", order_no="SO-Q1", product="P-100", qty=200),
+    line("work_order", -60, None, work_order="WO-Q1", order_no="SO-Q1", product="P-200", qty=200),
     line("state", 0, state="running"),
     line("wo_start", 0, work_order="WO-Q1", operator="op-7"),
     line("count", 10, good=95, scrap=5),  # the machine's own scrap: 5
@@ -161,7 +163,7 @@ def test_hand_worked_example_in_memory(qplant: PlantConfig) -> None:
     yields, records = _final(rows)
     y = yields["IM-02"]
     assert {k: getattr(y, k) for k in WANT} == WANT
-    assert y.product == "P-100"
+    assert y.product == "P-200"
     # The machine's good equals final good + what is still in rework.
     assert y.final_good + y.rework_pending == 91
     kinds = [(r.kind, r.code, r.qty, r.disposition) for r in records]
@@ -193,7 +195,7 @@ def test_any_order_and_batching_gives_the_same_final_row(
         rows.extend(q.feed(state, items[i : i + size]))
         state = pickle.loads(pickle.dumps(state))  # a snapshot between batches
     y = _final(rows)[0]["IM-02"]
-    assert {k: getattr(y, k) for k in WANT} == WANT and y.product == "P-100"
+    assert {k: getattr(y, k) for k in WANT} == WANT and y.product == "P-200"
 
 
 def test_inspection_defects_move_no_part(qplant: PlantConfig) -> None:
@@ -277,7 +279,7 @@ def test_yield_through_the_dataflow(db_url: str, qplant: PlantConfig, tmp_path: 
         assert {k: got[k] for k in WANT} == WANT
         assert got["first_pass_yield"] == pytest.approx(0.86)
         assert got["final_yield"] == pytest.approx(0.90)
-        assert (got["product"], got["line"], got["order_no"]) == ("P-100", "IM", "SO-Q1")
+        assert (got["product"], got["line"], got["order_no"]) == ("P-200", "IM", "SO-Q1")
         # The machine's figures moved good -> scrap for the defect-scrap and the
         # rework-scrap exactly once: 95 - 3 - 1 good, 5 + 3 + 1 scrap.
         machine = conn.execute(
@@ -293,9 +295,9 @@ def test_yield_through_the_dataflow(db_url: str, qplant: PlantConfig, tmp_path: 
             "FROM v_defects ORDER BY seq, defect_line"
         ).fetchall()
         assert defects == [
-            ("defect", "flash", "appearance", "appearance", 3, "scrap", "P-100", "IM", "day"),
-            ("defect", "sink_mark", "appearance", "appearance", 6, "rework", "P-100", "IM", "day"),
-            ("inspection", "burr", "dimension", "dimension", 2, "found", "P-100", "IM", "day"),
+            ("defect", "flash", "appearance", "appearance", 3, "scrap", "P-200", "IM", "day"),
+            ("defect", "sink_mark", "appearance", "appearance", 6, "rework", "P-200", "IM", "day"),
+            ("inspection", "burr", "dimension", "dimension", 2, "found", "P-200", "IM", "day"),
         ]
         rework = conn.execute(
             "SELECT work_order, sent_to_rework, rework_pending FROM v_rework"
@@ -315,6 +317,21 @@ def test_yield_through_the_dataflow(db_url: str, qplant: PlantConfig, tmp_path: 
         ).fetchone()
         assert machine == (91, 9)
         assert conn.execute("SELECT count(*) FROM quality_record").fetchone() == (5,)
+        # The CRM's order (as the intake stores it): the rework rate reaches the KPIs.
+        conn.execute(
+            "INSERT INTO crm_order (order_no, version, customer, priority, product, qty, due,"
+            " status, event_ts, changed_by) VALUES ('SO-Q1', 1, 'ACME', 5, 'P-200', 200,"
+            " '2026-11-30 00:00+08', 'open', '2026-11-19 00:00+08', 'crm')"
+        )
+        conn.commit()
+    (kpi,) = fetch_delivery_kpis(db_url, qplant.tz, "customer", MonthRange())
+    assert (kpi.key, kpi.made, kpi.sent_to_rework) == ("ACME", 100, 6)
+    assert kpi.rework_rate == pytest.approx(0.06)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("SET TIME ZONE 'Asia/Shanghai'")
+        assert conn.execute(
+            "SELECT month, made, sent_to_rework, rework_rate FROM v_delivery_kpis"
+        ).fetchall() == [("2026-11", 100, 6, pytest.approx(0.06))]
 
 
 def test_unknown_defect_code_is_dead_lettered(

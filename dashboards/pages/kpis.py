@@ -1,5 +1,5 @@
 """Delivery KPIs board (/kpis, manager): order lead time, change response time, on-time
-delivery rate and scrap rate (standing in for rework) per customer, product or month
+delivery rate, scrap rate and rework rate per customer, product or month
 (docs/kpis.md).
 
 Filters: a month range (plant time zone), a customer, a product, and what a row is about.
@@ -63,9 +63,8 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "empty": {"zh": "所选范围内没有数据", "en": "No figures for this selection"},
     "trend": {"zh": "按月准时交付率", "en": "On-time delivery rate by month"},
     "note": {
-        "zh": "月份按工厂时区。返工率在人员与质量模块上线前以报废率代替。",
-        "en": "Months in the plant's time zone. Scrap rate stands in for the rework rate "
-        "until the people-and-quality module lands.",
+        "zh": "月份按工厂时区。返工率 = 送返工数 / 生产数。",
+        "en": "Months in the plant's time zone. Rework rate = parts sent to rework / parts made.",
     },
     # columns
     "orders_started": {"zh": "开工订单", "en": "Started"},
@@ -82,12 +81,15 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "good": {"zh": "合格", "en": "Good"},
     "scrap": {"zh": "报废", "en": "Scrap"},
     "scrap_rate": {"zh": "报废率", "en": "Scrap rate"},
+    "made": {"zh": "生产数", "en": "Made"},
+    "sent_to_rework": {"zh": "送返工", "en": "Rework"},
+    "rework_rate": {"zh": "返工率", "en": "Rework rate"},
 }  # fmt: skip
 
 COLUMNS: Final = (
     "orders_started", "lead_time_avg_s", "lead_time_median_s", "lead_time_p90_s", "changes",
     "unacknowledged", "response_median_s", "response_p90_s", "completed", "on_time",
-    "on_time_rate", "good", "scrap", "scrap_rate",
+    "on_time_rate", "good", "scrap", "scrap_rate", "made", "sent_to_rework", "rework_rate",
 )  # fmt: skip
 
 
