@@ -166,6 +166,9 @@ class Quality:
         y.parts_t = x.t
         y.made = x.good_total + x.scrap_total
         y.machine_scrap = x.scrap_total
+        named = [op for op, _g, _s in getattr(x, "ops", ()) if op]
+        if len(named) == 1 and y.operation is None:  # one routing step ran here: name it
+            y.operation = named[0]
         y.seen(x.t)
         s.dirty.add(x.machine)
 
