@@ -31,7 +31,7 @@ class Subscriber:
         assert subscribed.wait(10)
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self.payloads.append(msg.payload)
+        self.payloads.append(bytes(msg.payload))
         self.topics.append(msg.topic)
 
     def wait_for(self, n: int, timeout: float = 30) -> None:
