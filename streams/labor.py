@@ -7,7 +7,8 @@ One state for the plant (sign-ins are rare). Its inputs, in log order:
 - `wo_start` / `wo_end` reports (the validator's FloorInput copies): which work order and
   operation run at each station; a `wo_start` ends the station's previous work order;
 - work-order events (OrderInput): their routing, to name the operation of a `wo_start`
-  that does not say (the routing step listing the station, else the first step).
+  as streams/routing.py does for its parts (explicit, else the step listing the station,
+  else the first step). A routing that arrives after the wo_start does not rename it.
 
 Labor segments. A person's open time at a station is a *piece*. A piece is cut (its
 segment closed, a new one opened at the same instant) at: a sign-in or sign-out of that
@@ -20,9 +21,10 @@ restarts rewrite them with the same values.
 
 Time order. Each person has a clock (booked up to); each station a work-order clock. An
 event older than its clock takes effect at the clock (booked time is never rewritten) and
-a person's own late sign-in/out is recorded as a `late` issue. Live, a timer moves every
-person's bookings up to the wall clock minus the allowed lateness (`tick`), so a shift
-boundary or an expiry is cut without new events.
+a person's own late sign-in/out is recorded as a `late` issue. Every report moves every
+person's bookings up to its time (`tick`: cuts at shift boundaries and expiries, nothing
+else), and live a timer does so with the wall clock minus the allowed lateness, so a
+forgotten sign-out expires without new events from that person.
 
 Oddities are no dead letters but `LaborIssue` rows: a sign-in where the person already is
 (`duplicate_sign_in`, ignored), a sign-out without sign-in (`sign_out_without_sign_in`, a
@@ -45,6 +47,7 @@ from mesflow.events import (
 )
 from mesflow.plant import PlantConfig
 from streams.hour_clock import from_us, to_us
+from streams.routing import Route, op_for, plant_routes, route_of
 from streams.shift_calendar import CalendarIndex
 
 HOUR_US = 3_600_000_000
@@ -132,8 +135,8 @@ class LaborState:
     people: dict[str, Person] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)  # station -> running work order
     run_clock: dict[str, int] = field(default_factory=dict)  # station -> last WO change, us
-    # work order -> its routing as ((op, machines), ...): names a wo_start's operation.
-    routings: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = field(default_factory=dict)
+    # work order -> its routing (streams/routing.py): names a wo_start's operation.
+    routings: dict[str, Route] = field(default_factory=dict)
 
 
 # -- shifts --------------------------------------------------------------------------------------
@@ -189,22 +192,23 @@ class Labor:
         self.state = state if state is not None else LaborState()
         self.cal = Calendars(plant)
         self.max_us = int(plant.labor.max_sign_in_hours * HOUR_US)
-        self.routings_by_product = {
-            r.product: tuple((s.op, tuple(s.machines)) for s in r.operations)
-            for r in plant.routings
-        }
+        self.plant_routes = plant_routes(plant)
         self._out: dict[tuple[Any, ...], LaborRow] = {}
 
     # -- inputs ----------------------------------------------------------------------------
 
     def on_event(self, seq: int, ev: Any) -> None:
         t = type(ev)
+        if t is not WorkOrderEvent:
+            # Every floor report moves everyone's bookings to its time: a forgotten
+            # sign-out expires in a replay too, without a timer (people are few).
+            self.tick(to_us(ev.ts))
         if t is SignInReport:
             self._sign_in(seq, ev.operator, ev.machine, to_us(ev.ts))
         elif t is SignOutReport:
             self._sign_out(seq, ev.operator, ev.machine, to_us(ev.ts))
         elif t is WorkOrderStartReport:
-            op = ev.operation or self._infer_op(ev.work_order, ev.machine)
+            op = self._op(ev.work_order, ev.operation, ev.machine)
             self._run(ev.machine, Run(ev.work_order, op), to_us(ev.ts))
         elif t is WorkOrderEndReport:
             run = self.state.runs.get(ev.machine)
@@ -231,23 +235,20 @@ class Labor:
     # -- routing -----------------------------------------------------------------------------
 
     def _routing(self, ev: WorkOrderEvent) -> None:
-        if ev.routing is not None:
-            steps = tuple((s.op, tuple(s.machines)) for s in ev.routing)
-        else:
-            steps = self.routings_by_product.get(ev.product, ())
-        if steps:
-            self.state.routings[ev.work_order] = steps
+        route = route_of(ev.routing, ev.product, self.plant_routes)
+        if route:
+            self.state.routings[ev.work_order] = route
         else:
             self.state.routings.pop(ev.work_order, None)
 
-    def _infer_op(self, work_order: str, station: str) -> str:
-        steps = self.state.routings.get(work_order)
-        if not steps:
-            return ""
-        for op, machines in steps:
-            if station in machines:
-                return op
-        return steps[0][0]
+    def _op(self, work_order: str, operation: str | None, station: str) -> str:
+        """The routing step a wo_start means, as the routing step of its parts
+        (streams/routing.py: explicit, else the step listing the station, else the first);
+        without a known routing, what the report names."""
+        route = self.state.routings.get(work_order)
+        if not route:
+            return operation or ""
+        return op_for(route, operation or "", station)
 
     # -- sign-in / out -------------------------------------------------------------------------
 
