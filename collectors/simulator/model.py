@@ -22,6 +22,20 @@ from zoneinfo import ZoneInfo
 from mesflow.plant import Line, Machine, PlantConfig, ShiftCalendar
 
 from .calendar import OFF, WORK, timeline, to_ms
+from .floor import (
+    INSPECTORS,
+    Crew,
+    Feature,
+    Handoff,
+    Job,
+    Lot,
+    crews,
+    features,
+    machine_jobs,
+    measure,
+    shift_at,
+    shift_instances,
+)
 
 Event = dict[str, Any]
 Timed = tuple[int, Event]  # (epoch ms, canonical event)
@@ -46,6 +60,11 @@ _MACHINING = {
     "scrap": ("dimension_out",),
 }
 _IDLE_REASONS = ("material_shortage", "no_operator")
+_FIRST_ARTICLE = "first_article"  # the stop while the first piece is inspected
+# Defect codes (the plant's defect tree) by kind of machine; another plant's tree: any leaf.
+_MOLDING_DEFECTS = ("short_shot", "flash", "sink_mark", "weld_line", "burn_mark", "warpage",
+                    "silver_streak")  # fmt: skip
+_MACHINING_DEFECTS = ("burr", "dimension_out", "scratch", "thread_defect")
 _OFF_REASON = "no_order"
 # The simulator's work orders make for stock: order numbers STOCK-<product>, which no CRM
 # order carries, so they never touch a customer's order.
@@ -61,6 +80,16 @@ class Reasons:
     idle: tuple[str, ...]
     no_operator: str | None
     off_shift: str | None
+    first_article: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inspections:
+    """A product's inspection policy, as the simulator follows it (mesflow/plant.py)."""
+
+    first_article: bool  # a first article after every work order's start
+    patrol_ms: int  # 0: no patrols
+    last_piece: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +105,15 @@ class MachineSpec:
     operators: tuple[str, ...]
     calendar: ShiftCalendar
     molding: bool = False  # publishes injection-moulding process values (when asked)
+    # Issue 13: what it makes at which routing step, who works it, how it is inspected.
+    jobs: tuple[Job, ...] = ()  # own work orders
+    downstream: tuple[Job, ...] = ()  # work orders taken over from a previous routing step
+    crew: Crew | None = None
+    defects: tuple[str, ...] = ()
+    inspections: tuple[tuple[str | None, Inspections], ...] = ()
+
+    def inspection(self, product: str | None) -> Inspections | None:
+        return next((i for p, i in self.inspections if p == product), None)
 
 
 def _is_molding(line: Line, machine: Machine) -> bool:
@@ -102,11 +140,31 @@ def _reasons(plant: PlantConfig, molding: bool) -> Reasons:
         idle=tuple(c for c in _IDLE_REASONS if c in known),
         no_operator=_NO_OPERATOR if _NO_OPERATOR in known else None,
         off_shift=_OFF_REASON if _OFF_REASON in known else None,
+        first_article=_FIRST_ARTICLE if _FIRST_ARTICLE in known else setup[0] if setup else None,
+    )
+
+
+def _defects(plant: PlantConfig, molding: bool) -> tuple[str, ...]:
+    codes = _MOLDING_DEFECTS if molding else _MACHINING_DEFECTS
+    known = plant.defects_by_code
+    if not known:  # no tree: any code is accepted
+        return codes
+    found = tuple(c for c in codes if c in known)
+    return found or tuple(d.code for d in known.values() if not d.children)
+
+
+def _inspections(plant: PlantConfig, product: str | None) -> Inspections:
+    policy = plant.inspection_policy(product)
+    return Inspections(
+        first_article=policy.first_article_within_parts > 0,
+        patrol_ms=round(policy.patrol_every_minutes * MINUTE),
+        last_piece=policy.last_piece_required,
     )
 
 
 def machine_specs(plant: PlantConfig) -> list[MachineSpec]:
     specs: list[MachineSpec] = []
+    crew = crews(plant)
     for line_no, line in enumerate(plant.lines):
         # A small pool of operators per line: op1..op5 on the first line, op6..op10 next...
         operators = tuple(f"op{line_no * 5 + k}" for k in range(1, 6))
@@ -114,17 +172,17 @@ def machine_specs(plant: PlantConfig) -> list[MachineSpec]:
         machining_reasons = _reasons(plant, False)
         for machine in line.machines:
             mid = machine.id
-            own = [p.id for p in plant.products if mid in p.ideal_cycle_seconds]
-            products: tuple[str | None, ...] = tuple(own or [p.id for p in plant.products])
-            products = products or (None,)
+            jobs, downstream = machine_jobs(plant, mid)
+            cycle_ms: dict[str | None, int] = {}
+            for job in jobs + downstream:
+                cycle_ms.setdefault(job.product, job.cycle_ms)
             microstop = plant.microstop_seconds(mid)
+            molding = _is_molding(line, machine)
             specs.append(
                 MachineSpec(
                     id=mid,
-                    products=products,
-                    cycle_ms={
-                        p: round(plant.ideal_cycle_seconds(mid, p) * SECOND) for p in products
-                    },
+                    products=tuple(cycle_ms),
+                    cycle_ms=cycle_ms,
                     # Lathes in the demo plant report a cumulative part counter.
                     counter="lathe" in machine.name.en.lower(),
                     # Micro-stops stay under the machine's own threshold (and under 2 min).
@@ -132,7 +190,12 @@ def machine_specs(plant: PlantConfig) -> list[MachineSpec]:
                     reasons=molding_reasons if _is_molding(line, machine) else machining_reasons,
                     operators=operators,
                     calendar=plant.calendar_for(mid),
-                    molding=_is_molding(line, machine),
+                    molding=molding,
+                    jobs=jobs,
+                    downstream=downstream,
+                    crew=crew.get(mid),
+                    defects=_defects(plant, molding),
+                    inspections=tuple((p, _inspections(plant, p)) for p in cycle_ms),
                 )
             )
     return specs
@@ -205,9 +268,14 @@ def _machine_events(
     id_prefix: str,
     wo_tag: str = "",
     pv_every_ms: int = 0,
-) -> Iterator[Timed]:
-    """One machine's events in time order (ts may run past end_ms; the caller cuts)."""
+    handoff: Handoff | None = None,
+) -> Iterator[tuple[int, Event | None]]:
+    """One machine's events in time order (ts may run past end_ms; the caller cuts).
+    `(t, None)` items only mark progress (a machine waiting for work from a previous routing
+    step yields them, so the merge can move on and hand it work)."""
     rng = random.Random(f"{seed}:{spec.id}")
+    # Inspections, defects and rework draw from their own numbers.
+    qrng = random.Random(f"{seed}:{spec.id}:q")
     rand, expo, uniform = rng.random, rng.expovariate, rng.uniform
     mid = spec.id
     rs = spec.reasons
@@ -219,6 +287,7 @@ def _machine_events(
     idle_mean_ms = uniform(4, 9) * HOUR
     scrap_report_mean_ms = uniform(1.5, 4) * HOUR
     has_micro = spec.microstop_max_ms >= 10 * SECOND
+    defect_mean_ms = qrng.uniform(2, 5) * HOUR
 
     # Interruptions come due on the machine's running-time clock (a machine that is
     # stopped does not wear out or run short of material).
@@ -230,7 +299,7 @@ def _machine_events(
     next_at = min(fail_at, idle_at, micro_at, scrap_at)
 
     n = 0
-    out: list[Timed] = []
+    out: list[tuple[int, Event | None]] = []
     pending: list[tuple[int, int, Event]] = []  # operator reports sent later
     process = (
         ProcessModel(random.Random(f"{seed}:{spec.id}:pv"))
@@ -264,9 +333,15 @@ def _machine_events(
             ev["reason"] = reason
         add(t, ev)
 
+    def who(t: int) -> str:
+        """The operator on shift at the machine (a pool name when nobody is)."""
+        shift = shift_at(spec.calendar, tz, t) if spec.crew is not None else None
+        name = spec.crew.by_shift.get(shift.name) if spec.crew and shift else None
+        return name or rng.choice(spec.operators)
+
     def report(t: int, kind: str, **fields: Any) -> Event:
         ev: Event = {"type": "report", "kind": kind, "machine": mid, "ts": fmt(t), **fields}
-        ev["operator"] = rng.choice(spec.operators)
+        ev["operator"] = who(t)
         return ev
 
     # Work orders: the first one is already under way when the simulation starts.
@@ -277,25 +352,130 @@ def _machine_events(
 
     wo_product: str | None = None
     wo_qty = 0
+    job: Job | None = None
+    own_order = True  # False: taken over from a previous routing step (no work_order event)
+    waiting = False  # no work: a downstream machine waits for the previous step's lots
+    wo_good = 0  # good parts of the running work order (what goes on to the next step)
+    fa_pending = False  # the first piece is still to be made and inspected
+    next_patrol = math.inf
+    next_defect = start_ms + qrng.expovariate(1 / defect_mean_ms)
+    checks: Inspections | None = None
+    feats: tuple[Feature, ...] = ()
 
-    def next_work_order(first: bool) -> None:
-        nonlocal wo_no, wo_id, ideal_ms, wo_left, wo_product, wo_qty
+    def take_over(t: int) -> bool:
+        """A lot waiting for one of this machine's downstream steps, if any is ready."""
+        nonlocal wo_id, ideal_ms, wo_left, wo_product, wo_qty, job, own_order, waiting
+        got = handoff.take(spec.downstream, t) if handoff is not None else None
+        if got is None:
+            return False
+        job, lot = got
+        wo_id, wo_product, wo_qty, wo_left = lot.work_order, lot.product, lot.qty, lot.qty
+        ideal_ms, own_order, waiting = job.cycle_ms, False, False
+        return True
+
+    def next_work_order(first: bool, t: int) -> None:
+        nonlocal wo_no, wo_id, ideal_ms, wo_left, wo_product, wo_qty, job, own_order, waiting
+        # Lots from a previous routing step first: they are someone's work in progress.
+        if spec.downstream and not first and take_over(t):
+            return
+        if not spec.jobs:
+            waiting, wo_id, job = True, "", None
+            return
         wo_no += 1
         wo_id = f"WO-{mid}-{wo_tag}{wo_no:04d}"
-        product = rng.choice(spec.products)
-        ideal_ms = spec.cycle_ms[product]
+        job = rng.choice(spec.jobs)
+        product = job.product
+        ideal_ms = job.cycle_ms
         qty = max(20, 10 * round(uniform(2, 5) * HOUR / ideal_ms / 10))  # a few hours of work
         wo_left = rng.randint(max(1, qty // 10), qty) if first else qty
-        wo_product, wo_qty = product, qty
+        wo_product, wo_qty, own_order, waiting = product, qty, True, False
 
-    def start_work_order(t: int) -> None:
+    def inspect(t: int, stage: str, fail: bool, sample: int) -> Event:
+        bad = qrng.choice(feats).name if fail and feats else None
+        ev: Event = {"type": "report", "kind": "inspection", "machine": mid, "ts": fmt(t),
+                     "work_order": wo_id, "stage": stage, "result": "fail" if fail else "pass",
+                     "sample_qty": sample, "characteristics": measure(qrng, feats, bad)}  # fmt: skip
+        if job is not None and job.op is not None:
+            ev["operation"] = job.op
+        if fail and spec.defects:
+            ev["defects"] = [{"code": qrng.choice(spec.defects), "qty": qrng.randint(1, sample)}]
+        ev["operator"] = INSPECTORS[qrng.randrange(len(INSPECTORS))]
+        return ev
+
+    def start_work_order(t: int, first: bool = False) -> None:
+        nonlocal wo_good, fa_pending, next_patrol, checks, feats
         # The `work_order` event names the product, so the pipeline judges the parts
         # against that product's ideal cycle time (without it, the machine's default one).
-        if wo_product is not None:
+        if wo_product is not None and own_order:
             add(t, {"type": "work_order", "machine": mid, "ts": fmt(t), "work_order": wo_id,
                     "order_no": f"{STOCK_ORDER_PREFIX}{wo_product}", "product": wo_product,
                     "qty": wo_qty})  # fmt: skip
-        add(t, report(t, "wo_start", work_order=wo_id))
+        fields: dict[str, Any] = {"work_order": wo_id}
+        if job is not None and job.op is not None:
+            fields["operation"] = job.op
+        add(t, report(t, "wo_start", **fields))
+        wo_good = 0
+        checks = spec.inspection(wo_product)
+        feats = features(wo_product, job.op if job else None, spec.molding)
+        # The first work order was started (and its first piece passed) before the run.
+        fa_pending = checks is not None and checks.first_article and not first
+        next_patrol = math.inf
+        if checks is not None and checks.patrol_ms:
+            next_patrol = t + int(
+                checks.patrol_ms * (qrng.uniform(0.1, 1.0) if first else qrng.uniform(0.85, 1.0))
+            )
+
+    def first_article(t: int, seg_end: int) -> int:
+        """The machine waits while the first piece is inspected; a rare fail means tuning
+        and another piece. Returns when it can run again."""
+        nonlocal fa_pending
+        end = min(seg_end, t + int(qrng.uniform(5, 15) * MINUTE))
+        set_state(t, "setup", rs.first_article)
+        fail = qrng.random() < 0.08
+        add(end, inspect(end, "first", fail, 1))
+        if not fail:
+            fa_pending = False
+            return end
+        tuned = min(seg_end, end + int(qrng.uniform(5, 15) * MINUTE))
+        set_state(end, "setup", rs.setup)
+        return tuned
+
+    def patrol(t: int) -> None:
+        nonlocal next_patrol
+        assert checks is not None
+        if qrng.random() < 0.06:  # the inspector skips this round: the patrol is missed
+            next_patrol = t + checks.patrol_ms
+            return
+        fail = qrng.random() < 0.04
+        add(t, inspect(t, "patrol", fail, 5 if ideal_ms < 2 * MINUTE else 2))
+        if fail:
+            defect(t, "rework")
+        next_patrol = t + int(checks.patrol_ms * qrng.uniform(0.85, 1.0))
+
+    def defect(t: int, disposition: str | None = None) -> None:
+        """Parts found defective: scrapped, or sent to rework and back some hours later."""
+        nonlocal next_defect, wo_good
+        next_defect = t + qrng.expovariate(1 / defect_mean_ms)
+        if not spec.defects or not wo_id:
+            return
+        code = qrng.choice(spec.defects)
+        qty = qrng.randint(1, 6)
+        disposition = disposition or ("rework" if qrng.random() < 0.55 else "scrap")
+        fields: dict[str, Any] = {"work_order": wo_id, "code": code, "qty": qty,
+                                  "disposition": disposition}  # fmt: skip
+        if job is not None and job.op is not None:
+            fields["operation"] = job.op
+        sent = t + int(qrng.uniform(1, 15) * MINUTE)
+        later(sent, report(sent, "defect", **fields))
+        wo_good = max(0, wo_good - qty)
+        if disposition == "rework":
+            scrapped = sum(qrng.random() < 0.2 for _ in range(qty))
+            back = sent + int(qrng.uniform(0.5, 4) * HOUR)
+            for outcome, k in (("good", qty - scrapped), ("scrap", scrapped)):
+                if k:
+                    rw = {**fields, "qty": k, "outcome": outcome}
+                    del rw["disposition"]
+                    later(back, report(back, "rework", **rw))
 
     # Cumulative counter (lathes), sent every ~10 parts and at stops. Every run publishes it
     # from zero until its first reset: the plant already saw the previous run's (or the
@@ -332,7 +512,7 @@ def _machine_events(
 
     def interrupt(t: int, seg_end: int) -> int:
         """Handle the interruption that came due; returns when the machine can run again."""
-        nonlocal fail_at, idle_at, micro_at, scrap_at, next_at
+        nonlocal fail_at, idle_at, micro_at, scrap_at, next_at, wo_good
         end = t
         if run_clock >= fail_at:
             repair = min(40.0, max(3.0, rng.lognormvariate(math.log(10), 0.6)))
@@ -354,15 +534,28 @@ def _machine_events(
                 sent = t + int(uniform(10, 300) * SECOND)
                 qty = rng.randint(1, 5)
                 later(sent, report(sent, "scrap", qty=qty, reason=rng.choice(rs.scrap)))
+                wo_good = max(0, wo_good - qty)
             scrap_at = run_clock + expo(1 / scrap_report_mean_ms)
         next_at = min(fail_at, idle_at, micro_at, scrap_at)
         return end
 
-    def drain() -> list[Timed]:
+    def end_work_order(t: int) -> None:
+        """Last piece, `wo_end`, and the good parts go on to the routing's next step."""
+        if checks is not None and checks.last_piece:
+            add(t, inspect(t, "last", qrng.random() < 0.02, 1))
+        fields: dict[str, Any] = {"work_order": wo_id}
+        if job is not None and job.op is not None:
+            fields["operation"] = job.op
+        add(t, report(t, "wo_end", **fields))
+        if handoff is not None and job is not None and job.next_op and wo_product and wo_good:
+            moved = t + int(qrng.uniform(10, 60) * MINUTE)  # to the next step's machines
+            handoff.put(Lot(moved, wo_id, wo_product, job.next_op, wo_good))
+
+    def drain() -> list[tuple[int, Event | None]]:
         """This step's events with the operator reports that are due interleaved."""
         if not pending or pending[0][0] > out[-1][0]:
             return out
-        merged: list[Timed] = []
+        merged: list[tuple[int, Event | None]] = []
         for item in out:
             while pending and pending[0][0] <= item[0]:
                 t, _, ev = heapq.heappop(pending)
@@ -378,12 +571,15 @@ def _machine_events(
     prev_kind = ""
 
     # At start: the machine's state, its work order and (lathes) the counter baseline.
-    next_work_order(first=True)
-    if first_piece[2] == WORK:
+    next_work_order(True, start_ms)
+    if waiting:
+        set_state(start_ms, "planned_stop", rs.off_shift)
+    elif first_piece[2] == WORK:
         set_state(start_ms, "running")
     else:
         set_state(start_ms, "planned_stop", rs.off_shift if first_piece[2] == OFF else None)
-    start_work_order(start_ms)
+    if not waiting:
+        start_work_order(start_ms, first=True)
     if spec.counter:
         add(start_ms, {"type": "counter", "machine": mid, "ts": fmt(start_ms), "name": "total",
                        "value": total - offset})  # fmt: skip
@@ -391,20 +587,28 @@ def _machine_events(
     for seg_start, seg_end, kind in chain([first_piece], pieces):
         t = seg_start
         if kind != WORK:
-            set_state(t, "planned_stop", rs.off_shift if kind == OFF else None)
+            set_state(t, "planned_stop", rs.off_shift if kind == OFF or waiting else None)
             prev_kind = kind
             if out:
                 yield from drain()
                 out.clear()
             continue
-        if prev_kind and prev_kind != WORK and not setup_left and rand() < 0.2:
+        if not waiting and prev_kind and prev_kind != WORK and not setup_left and rand() < 0.2:
             # Back from a break or a shift change a little late: nobody at the machine yet.
             end = min(seg_end, t + int(uniform(2, 10) * MINUTE))
             set_state(t, "idle", rs.no_operator)
             t = end
         prev_kind = kind
         while t < seg_end:
-            if setup_left:
+            if waiting:
+                # Nothing to make until the previous routing step hands over a lot.
+                if take_over(t):
+                    setup_left = int(uniform(10, 40) * MINUTE)
+                    continue
+                set_state(t, "planned_stop", rs.off_shift)
+                t = min(seg_end, t + 15 * MINUTE)
+                out.append((t, None))
+            elif setup_left:
                 set_state(t, "setup", rs.setup)
                 step = min(setup_left, seg_end - t)
                 t += step
@@ -431,20 +635,32 @@ def _machine_events(
                 if spec.counter:
                     total += 1
                     since_sent += 1
+                    wo_good += 1
                     if since_sent >= send_every:
                         send_counter(t)
                 elif rand() < scrap_rate:
                     add(t, {"type": "count", "machine": mid, "ts": fmt(t), "good": 0, "scrap": 1})
                 else:
                     add(t, {"type": "count", "machine": mid, "ts": fmt(t), "good": 1, "scrap": 0})
+                    wo_good += 1
                 wo_left -= 1
                 if wo_left <= 0:
                     # Changeover: close the order, set up for the next one, then start it.
                     send_counter(t)
-                    add(t, report(t, "wo_end", work_order=wo_id))
-                    next_work_order(first=False)
-                    setup_left = int(uniform(10, 40) * MINUTE)
-                    set_state(t, "setup", rs.setup)
+                    end_work_order(t)
+                    next_work_order(False, t)
+                    if waiting:
+                        set_state(t, "planned_stop", rs.off_shift)
+                    else:
+                        setup_left = int(uniform(10, 40) * MINUTE)
+                        set_state(t, "setup", rs.setup)
+                elif fa_pending and seg_end - t > MINUTE:
+                    send_counter(t)
+                    t = first_article(t, seg_end)
+                elif t >= next_patrol:
+                    patrol(t)
+                elif t >= next_defect:
+                    defect(t)
                 elif run_clock >= next_at and seg_end - t > MINUTE:
                     t = interrupt(t, seg_end)
             if out:
@@ -461,13 +677,59 @@ def _machine_events(
         yield t, ev
 
 
+def _people_events(
+    spec: MachineSpec,
+    seed: int,
+    start_ms: int,
+    end_ms: int | None,
+    tz: ZoneInfo,
+    fmt: TsFormat,
+    id_prefix: str,
+) -> Iterator[tuple[int, Event | None]]:
+    """Sign-ins and sign-outs at one machine (its own random numbers and id series): its
+    shift's operator signs in around the shift's start (or at the run's start, when the
+    shift is already under way) and out around its end; a forgetful one sometimes does not
+    sign out at all (docs/labor.md: the sign-in then closes after `max_sign_in_hours`)."""
+    crew = spec.crew
+    if crew is None:
+        return
+    rng = random.Random(f"{seed}:{spec.id}:people")
+    n = 0
+    heap: list[tuple[int, int, Event]] = []
+
+    def push(t: int, kind: str, name: str) -> None:
+        nonlocal n
+        n += 1
+        ev: Event = {"type": "report", "kind": kind, "machine": spec.id, "ts": fmt(t),
+                     "operator": name, "id": f"{id_prefix}p{n}"}  # fmt: skip
+        heapq.heappush(heap, (t, n, ev))
+
+    early = 12 * MINUTE
+    for a, b, shift in shift_instances(spec.calendar, tz, start_ms, end_ms):
+        # Everything before this shift's earliest sign-in is final.
+        while heap and heap[0][0] < a - early:
+            t, _, ev = heapq.heappop(heap)
+            yield t, ev
+        name = crew.by_shift.get(shift.name)
+        if name is None:
+            continue
+        push(max(start_ms, a + int(rng.uniform(-early, 5 * MINUTE))), "sign_in", name)
+        # Whether a person forgets is one decision for all the machines they tend.
+        forgets = name in crew.forgetful and random.Random(f"{seed}:{name}:{a}").random() < 0.3
+        if not forgets:
+            push(b + int(rng.uniform(-3 * MINUTE, 12 * MINUTE)), "sign_out", name)
+    while heap:
+        t, _, ev = heapq.heappop(heap)
+        yield t, ev
+
+
 def generate_timed(
     plant: PlantConfig,
     *,
     seed: int,
     start: datetime,
     end: datetime | None,
-    work_order_tag: str = "",
+    work_order_tag: str | None = None,
     process_values_s: float = 0.0,
 ) -> Iterator[Timed]:
     """(epoch ms, event) pairs for [start, end) in time order; forever when end is None.
@@ -476,9 +738,11 @@ def generate_timed(
     the first cycle that ends at least that long after their previous one (a value below a
     cycle time: every cycle).
 
-    Work orders are numbered `WO-<machine>-<tag><n>` from 1 in every run; the demo's
-    history uses the tag "H", so its work orders never share an id with the live run's
-    (which the CRM stand-in's orders name)."""
+    Work orders are numbered `WO-<machine>-<tag><n>` from 1 in every run. The tag is
+    `S<run start>-` unless given (the demo's history uses "H"): the simulator's own work
+    orders never share an id with another run's, nor with the CRM stand-in's
+    `WO-<machine>-<n>` (collectors/simulator/crm.py). A work order taken over by the next
+    step of its routing keeps its id there."""
     if start.tzinfo is None or (end is not None and end.tzinfo is None):
         raise ValueError("start and end must be time-zone aware")
     tz = plant.tz
@@ -486,25 +750,35 @@ def generate_timed(
     end_ms = to_ms(end) if end is not None else None
     fmt = TsFormat(tz)
     tag = run_tag(start, tz)
-    streams = [
-        _machine_events(
-            spec,
-            seed,
-            start_ms,
-            end_ms,
-            tz,
-            fmt,
-            f"sim{seed}-{tag}-{spec.id}-",
-            work_order_tag,
-            round(process_values_s * SECOND),
-        )
-        for spec in machine_specs(plant)
-    ]
-    heads: list[Timed | None] = [None] * len(streams)
-    live = list(range(len(streams)))
+    wo_tag = f"S{tag}-" if work_order_tag is None else work_order_tag
+    specs = machine_specs(plant)
+    handoff = Handoff() if any(s.downstream for s in specs) else None
     by_ts = itemgetter(0)
+    streams = [
+        heapq.merge(
+            _machine_events(
+                spec,
+                seed,
+                start_ms,
+                end_ms,
+                tz,
+                fmt,
+                f"sim{seed}-{tag}-{spec.id}-",
+                wo_tag,
+                round(process_values_s * SECOND),
+                handoff,
+            ),
+            _people_events(spec, seed, start_ms, end_ms, tz, fmt, f"sim{seed}-{tag}-{spec.id}-"),
+            key=by_ts,
+        )
+        for spec in specs
+    ]
+    heads: list[tuple[int, Event | None] | None] = [None] * len(streams)
+    live = list(range(len(streams)))
     window_end = start_ms
     while live and (end_ms is None or window_end < end_ms):
+        if handoff is not None:
+            handoff.watermark = window_end  # every stream is generated up to here
         window_end += _WINDOW_MS
         if end_ms is not None:
             window_end = min(window_end, end_ms)
@@ -515,13 +789,15 @@ def generate_timed(
             if head is not None:
                 if head[0] >= window_end:
                     continue
-                batch.append(head)
+                if head[1] is not None:
+                    batch.append(head)  # type: ignore[arg-type]
                 heads[i] = None
             for item in streams[i]:
                 if item[0] >= window_end:
                     heads[i] = item
                     break
-                batch.append(item)
+                if item[1] is not None:  # (t, None): a waiting machine's progress mark
+                    batch.append(item)  # type: ignore[arg-type]
             else:
                 finished.append(i)
         if finished:
