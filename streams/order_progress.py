@@ -176,7 +176,21 @@ class _WorkOrder:
     started_machine: str | None = None
     announced: bool = False  # work_started callback emitted
     done_at: int | None = None
-    route: Route | None = None  # its routing (docs/routings.md); None: none
+    # Its routing (docs/routings.md): its own from the work_order event, else its product's
+    # from the plant file, which applies once one of its wo_starts names an operation (work
+    # orders started without operations are followed whole, as before routings: a routing
+    # added to the plant file does not reset the progress of work already running).
+    routing: Route | None = None
+    own_routing: bool = False  # it came with the work_order event
+
+    @property
+    def route(self) -> Route | None:
+        """The routing its figures follow; None: followed whole."""
+        if self.routing is None:
+            return None
+        if self.own_routing or any(r.ops or r.op_starts for r in self.runs.values()):
+            return self.routing
+        return None
 
     def op_inputs(self) -> list[OpInput]:
         """What each machine did for each routing step (only with a route)."""
@@ -198,13 +212,14 @@ class _WorkOrder:
         return out
 
     def op_figs(self) -> list[OpFigures]:
-        assert self.route is not None
-        return op_figures(self.route, self.op_inputs(), self.qty)
+        route = self.route
+        assert route is not None
+        return op_figures(route, self.op_inputs(), self.qty)
 
     @property
     def good(self) -> int:
         """Its good parts: with a routing, those out of its last operation."""
-        if self.route is not None:
+        if self.route is not None:  # one look-up of the property per call
             return self.op_figs()[-1].good
         return sum(r.good for r in self.runs.values())
 
@@ -269,8 +284,8 @@ class OrderProgress:
         self.__dict__.update(state)
         # Snapshots from before routings: slots added since are unset on their objects.
         for wo in self.wos.values():
-            if not hasattr(wo, "route"):
-                wo.route = None
+            if not hasattr(wo, "routing"):
+                wo.routing, wo.own_routing = None, False
             for run in wo.runs.values():
                 if not hasattr(run, "ops"):
                     run.ops = ()
@@ -302,7 +317,8 @@ class OrderProgress:
         wo.product, wo.qty, wo.machine = ev.product, ev.qty, ev.machine
         # Its own routing, else its product's in the plant file (a snapshot's IdealCycles
         # from before routings has no `routes`).
-        wo.route = route_of(ev.routing, ev.product, getattr(self.ideal, "routes", {}))
+        wo.routing = route_of(ev.routing, ev.product, getattr(self.ideal, "routes", {}))
+        wo.own_routing = bool(ev.routing)
         self._tick(to_us(ev.ts))
         self._evaluate()
 
@@ -452,7 +468,8 @@ class OrderProgress:
         if remaining == 0:
             return _WoFig(good, scrap, rate, 0, wo.done_at)
         machine = wo.machine or _last_machine(wo)
-        cycle = self._route_cycle(wo.route, wo.product) if wo.route is not None else None
+        route = wo.route
+        cycle = self._route_cycle(route, wo.product) if route is not None else None
         return _WoFig(
             good,
             scrap,
