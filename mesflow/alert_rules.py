@@ -31,7 +31,17 @@ from mesflow.events import ProcessValueName
 from mesflow.plant import CODE_PATTERN, PlantConfig, TimeOfDay
 from mesflow.yaml_lines import YamlError, line_of, load_with_lines
 
-Kind = Literal["machine_down", "no_reason", "kpi_below", "scrap_rate", "silent", "order_at_risk"]
+Kind = Literal[
+    "machine_down",
+    "no_reason",
+    "kpi_below",
+    "scrap_rate",
+    "silent",
+    "order_at_risk",
+    "process_limit",
+    "first_article",
+    "patrol_missed",
+]
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 
@@ -197,6 +207,19 @@ class ProcessLimitRule(_Rule):
     names: list[ProcessValueName] = Field(default=[], max_length=256)
 
 
+class FirstArticleRule(_Rule):
+    """A run's first article (首检) failed, or is missing after the plant's part limit
+    (streams/inspections.py); one alert per run, from its start until a pass or its end."""
+
+    kind: Literal["first_article"]
+
+
+class PatrolMissedRule(_Rule):
+    """A patrol inspection (巡检) missed its due time plus grace; until the next patrol."""
+
+    kind: Literal["patrol_missed"]
+
+
 Rule = Annotated[
     MachineDownRule
     | NoReasonRule
@@ -204,11 +227,20 @@ Rule = Annotated[
     | ScrapRateRule
     | SilentRule
     | OrderAtRiskRule
-    | ProcessLimitRule,
+    | ProcessLimitRule
+    | FirstArticleRule
+    | PatrolMissedRule,
     Field(discriminator="kind"),
 ]
 MachineRule = (
-    MachineDownRule | NoReasonRule | KpiBelowRule | ScrapRateRule | SilentRule | ProcessLimitRule
+    MachineDownRule
+    | NoReasonRule
+    | KpiBelowRule
+    | ScrapRateRule
+    | SilentRule
+    | ProcessLimitRule
+    | FirstArticleRule
+    | PatrolMissedRule
 )
 _KINDS = (
     "machine_down",
@@ -218,6 +250,8 @@ _KINDS = (
     "silent",
     "order_at_risk",
     "process_limit",
+    "first_article",
+    "patrol_missed",
 )
 
 
@@ -394,6 +428,7 @@ def load_alerts_config(
 __all__ = [
     "AlertsConfig",
     "AlertsConfigError",
+    "FirstArticleRule",
     "KpiBelowRule",
     "Level",
     "MachineDownRule",
@@ -401,6 +436,7 @@ __all__ = [
     "NoReasonRule",
     "OrderAtRiskRule",
     "OrderChangeRoute",
+    "PatrolMissedRule",
     "ProcessLimitRule",
     "QuietHours",
     "Rule",

@@ -43,6 +43,7 @@ from mesflow.alert_rules import (
 )
 from mesflow.plant import PlantConfig
 from streams.hour_clock import HOUR_US, from_us, to_us
+from streams.inspections import InspectionFlag
 from streams.limit_spans import LimitSpan
 from streams.order_progress import Callback, OrderProgressRow
 from streams.records import (
@@ -216,6 +217,8 @@ class AlertEngine:
                 self._ack(row)
             elif t is LimitSpan:
                 self._limit_span(row)
+            elif t is InspectionFlag:
+                self._inspection_flag(row)
             elif t is Progress:
                 if len(st.marks) >= 2:
                     st.settled = max(st.settled, st.marks[0])
@@ -408,6 +411,32 @@ class AlertEngine:
             track.facts["values_out"] = sorted(out)
             if not out:
                 self._clear(rule, scope, e if e is not None else s)
+
+    def _inspection_flag(self, row: InspectionFlag) -> None:
+        """first_article / patrol_missed: one condition per run and flag episode, from the
+        episode's start (event time, so ids are stable under replay) to its end; an episode
+        withdrawn (until == since) ends where it began, and never opens unless it already
+        had."""
+        kind = {"first_article": "first_article", "patrol_missed": "patrol_missed"}.get(row.flag)
+        if kind is None:
+            return
+        rules = self._rules(row.machine, kind)
+        if not rules:
+            return
+        op = f"/{row.operation}" if row.operation else ""
+        scope = f"run:{row.work_order}@{row.machine}{op}"
+        since = to_us(row.since)
+        until = None if row.until is None else to_us(row.until)
+        facts = {"work_order": row.work_order, "operation": row.operation or None,
+                 "product": row.product, "detail": row.detail, "parts_made": row.parts_made,
+                 "blocking": row.blocking}  # fmt: skip
+        for rule in rules:
+            track = self.state.tracks.get((rule.name, scope))
+            if until is not None and until <= since and (track is None or track.start != since):
+                continue  # withdrawn, and not the episode this track follows
+            self._begin(rule, scope, since, row.machine, facts)
+            if until is not None:
+                self._clear(rule, scope, until)
 
     def _order_row(self, row: OrderProgressRow) -> None:
         if not self.order_rules:

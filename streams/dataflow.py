@@ -37,8 +37,10 @@ from mesflow.events import MachineEvent, OrderEvent, WorkOrderEvent
 from mesflow.plant import PlantConfig
 from streams.alert_engine import AckInput, AlertEngine
 from streams.hour_clock import HOUR_US, to_us
-from streams.limit_spans import LimitSpan, has_limits
+from streams.inspections import InspectionFlag
+from streams.inspections_flow import inspection_rows
 from streams.labor_flow import labor_rows
+from streams.limit_spans import LimitSpan, has_limits
 from streams.limit_spans_flow import limit_span_rows
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
 from streams.order_problems_flow import order_problem_rows
@@ -356,6 +358,8 @@ def _alert_inputs(config: AlertsConfig) -> frozenset[type]:
         types |= {OrderProgressRow, Callback}
     if "process_limit" in kinds:
         types.add(LimitSpan)
+    if kinds & {"first_article", "patrol_missed"}:
+        types.add(InspectionFlag)
     return frozenset(types)
 
 
@@ -405,6 +409,7 @@ def build_flow(
     results = op.merge("all_results", order_rows, to_orders.falses)
     # Production problems back to the CRM (streams/order_problems.py).
     results = order_problem_rows(results, plant, live)
+    results = op.merge("results_and_inspections", results, inspection_rows(plant, rest, live))
     results = op.merge("results_and_quality", results, quality_rows(plant, rest, live))
     results = op.merge("results_and_labor", results, labor_rows(plant, rest, live))
     if has_limits(plant):  # out-of-limit spans of process values (streams/limit_spans.py)

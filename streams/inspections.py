@@ -45,7 +45,6 @@ from mesflow.events import (
 from mesflow.plant import InspectionPolicy, PlantConfig
 from streams.hour_clock import from_us, to_us
 from streams.records import FloorInput, WorkOrderParts
-from streams.validate import OrderInput
 
 MIN_US = 60_000_000
 DAY_US = 24 * 3600 * 1_000_000
@@ -196,7 +195,8 @@ class InspectionState:
     products: dict[str, str] = field(default_factory=dict)  # work order -> product
     wo_events: dict[str, list[_WoEvent]] = field(default_factory=dict)  # machine -> sorted
     checks: dict[tuple[str, str], list[_Check]] = field(default_factory=dict)  # (wo, machine)
-    parts: dict[tuple[str, str], list[tuple[int, int]]] = field(default_factory=dict)
+    # (work order, machine, operation or "*" for all): (t, parts made in total), sorted.
+    parts: dict[tuple[str, str, str], list[tuple[int, int]]] = field(default_factory=dict)
     runs: dict[RunKey, _Memo] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)  # machines to derive again
 
@@ -220,6 +220,11 @@ class Inspections:
         self.state = state or InspectionState()
         lag = plant.plant.allowed_lateness_seconds if lag_s is None else lag_s
         self.lag_us = round(lag * 1_000_000)
+        # Imported here: streams/validate.py imports the alert engine, which reads this
+        # module's flag rows (a module-level import would be a cycle).
+        from streams.validate import OrderInput
+
+        self._order_input = OrderInput
 
     # -- input -------------------------------------------------------------------------------
 
@@ -251,15 +256,14 @@ class Inspections:
                 self._saw(at)
                 s.dirty.add(ev.machine)
             elif t is WorkOrderParts:
-                points = s.parts.setdefault((x.work_order, x.machine), [])
-                total = x.good_total + x.scrap_total
-                if not points or points[-1] != (x.t, total):
-                    insort(points, (x.t, total))
-                    if len(points) > MAX_POINTS:
-                        del points[: len(points) - MAX_POINTS]
+                # All its parts here ("*"), and those of each operation its starts named.
+                _point(s.parts, (x.work_order, x.machine, "*"), x.t, x.good_total + x.scrap_total)
+                for op_name, good, scrap in x.ops:
+                    if op_name:
+                        _point(s.parts, (x.work_order, x.machine, op_name), x.t, good + scrap)
                 self._saw(x.t)
                 s.dirty.add(x.machine)
-            elif t is OrderInput and type(x.event) is WorkOrderEvent:
+            elif t is self._order_input and type(x.event) is WorkOrderEvent:
                 ev = x.event
                 if s.products.get(ev.work_order) != ev.product:
                     s.products[ev.work_order] = ev.product
@@ -484,7 +488,11 @@ class Inspections:
             out.append(row)
         new = {_flag_key(f): f for f in flags}
         for k, f in new.items():
-            if memo.flags.get(k) != f:
+            was = memo.flags.get(k)
+            # A closed episode is not written again for its part count alone.
+            if was != f and not (
+                f.until is not None and was == f._replace(parts_made=was.parts_made if was else 0)
+            ):
                 out.append(f)
         for k, f in memo.flags.items():
             if k not in new and f.until != f.since:
@@ -496,19 +504,31 @@ class Inspections:
         self, machine: str, run: _Run, policy: InspectionPolicy, memo: _Memo
     ) -> tuple[int, int | None]:
         """(parts made since the start, when the first-article limit was passed)."""
-        points = self.state.parts.get((run.work_order, machine), [])
+        parts = self.state.parts
+        points = parts.get((run.work_order, machine, run.op)) if run.op else None
+        if points is None:
+            points = parts.get((run.work_order, machine, "*"), [])
         base = 0
         made = 0
         for t, total in points:
             if t <= run.start:
                 base = max(base, total)
         limit = policy.first_article_within_parts
+        prev_t, prev_made = run.start, 0
         for t, total in points:
             if t <= run.start or (run.end is not None and t > run.end + self.lag_us):
                 continue
-            made = max(made, total - base)
-            if limit > 0 and memo.detected_at is None and total - base > limit:
-                memo.detected_at = t
+            now_made = total - base
+            if limit > 0 and memo.detected_at is None and now_made > limit:
+                # Parts totals come once per batch of the machine's events (a replay's batch
+                # may span an hour): when the limit was passed is estimated between the
+                # last total below it and this one, at an even pace.
+                span = now_made - prev_made
+                frac = (limit + 1 - prev_made) / span if span > 0 else 1.0
+                memo.detected_at = prev_t + round((t - prev_t) * min(max(frac, 0.0), 1.0))
+            if now_made > made:
+                made = now_made
+            prev_t, prev_made = t, now_made
         return made, memo.detected_at
 
     def _day(self, t: int) -> date:
@@ -535,9 +555,22 @@ class Inspections:
         for key in [k for k in s.checks if k not in live]:
             if all(c.t < horizon for c in s.checks[key]):
                 del s.checks[key]
-        for key in [k for k in s.parts if k not in live]:
-            if all(t < horizon for t, _ in s.parts[key]):
-                del s.parts[key]
+        for pkey in [k for k in s.parts if k[:2] not in live]:
+            if all(t < horizon for t, _ in s.parts[pkey]):
+                del s.parts[pkey]
+
+
+def _point(
+    parts: dict[tuple[str, str, str], list[tuple[int, int]]],
+    key: tuple[str, str, str],
+    t: int,
+    total: int,
+) -> None:
+    points = parts.setdefault(key, [])
+    if not points or points[-1] != (t, total):
+        insort(points, (t, total))
+        if len(points) > MAX_POINTS:
+            del points[: len(points) - MAX_POINTS]
 
 
 def _flag_key(f: InspectionFlag) -> FlagKey:
@@ -561,6 +594,3 @@ def _runs(events: list[_WoEvent]) -> list[_Run]:
     if cur is not None:
         runs.append(cur)
     return runs
-
-
-INPUT_TYPES = (FloorInput, WorkOrderParts, OrderInput)
