@@ -430,14 +430,16 @@ def _machine_events(
         and another piece. Returns when it can run again."""
         nonlocal fa_pending
         end = min(seg_end, t + int(qrng.uniform(5, 15) * MINUTE))
-        set_state(t, "setup", rs.first_article)
+        if end - t >= MINUTE:  # else a break comes first: the piece is checked in it
+            set_state(t, "setup", rs.first_article)
         fail = qrng.random() < 0.08
         add(end, inspect(end, "first", fail, 1))
         if not fail:
             fa_pending = False
             return end
         tuned = min(seg_end, end + int(qrng.uniform(5, 15) * MINUTE))
-        set_state(end, "setup", rs.setup)
+        if tuned > end:
+            set_state(end, "setup", rs.setup)
         return tuned
 
     def patrol(t: int) -> None:
@@ -654,7 +656,7 @@ def _machine_events(
                     else:
                         setup_left = int(uniform(10, 40) * MINUTE)
                         set_state(t, "setup", rs.setup)
-                elif fa_pending and seg_end - t > MINUTE:
+                elif fa_pending:
                     send_counter(t)
                     t = first_article(t, seg_end)
                 elif t >= next_patrol:
