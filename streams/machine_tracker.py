@@ -1161,7 +1161,9 @@ class MachineTracker:
                 ops_t = tuple(sorted(starts.items())) if named else ()
                 rows.append(WorkOrderStarted(order_no, wo, m, self.wo_started[wo], ops_t))
             good, scrap = self.wo_parts.get(wo, (0, 0))
-            ops = tuple((o, gs[0], gs[1]) for o, gs in sorted(by_op.items())) if named else ()
+            # Operations whose parts all moved away (a late wo_start) are left out, as if
+            # never counted: the rows do not depend on arrival order.
+            ops = tuple((o, g, s) for o, (g, s) in sorted(by_op.items()) if g or s) if named else ()
             rows.append(WorkOrderParts(order_no, wo, m, last, good, scrap, ops))
         if d.status and self.intervals and last is not None:
             rows.append(self._status_row())
