@@ -1,0 +1,71 @@
+-- Boards at scale (issue 14, docs/performance.md "Boards at scale"): every board query within
+-- 100 ms on 500 machines x 30 days of history (bench/board_queries_bench.py). Indexes and
+-- statistics for the boards' reads, and v_order_losses computed for the one order asked
+-- instead of for every order. No figure changes: the views return the same rows.
+
+-- An order's page: the machines its work orders ran on (v_order_machine) are found from the
+-- intervals naming the work order; without this index every interval of the history was read.
+CREATE INDEX machine_state_interval_by_work_order
+    ON machine_state_interval (work_order, machine);
+
+-- The same view with the hourly losses aggregated once: the old one read its `hours` CTE twice
+-- (speed and scrap), which made PostgreSQL materialise it for every order of the history
+-- (4.7 s at 500 machines x 30 days) before filtering on the one order the page asks for.
+CREATE OR REPLACE VIEW v_order_losses AS
+WITH stops AS (
+    SELECT om.order_no, om.machine, s.state, s.reason, s.category,
+           GREATEST(EXTRACT(EPOCH FROM (
+               LEAST(s.start_ts + make_interval(secs => s.duration_s), om.to_ts)
+               - GREATEST(s.start_ts, om.from_ts)))::double precision, 0) AS seconds
+    FROM v_order_machine om
+    -- Each machine's stops by its primary key (machine, start_ts). OFFSET 0 keeps the
+    -- subquery a per-machine lookup: PostgreSQL cannot tell that an order runs on a machine
+    -- or two (it guesses a hundred) and would otherwise read every stop of every machine.
+    CROSS JOIN LATERAL (
+        SELECT s.* FROM v_stops s
+        WHERE s.machine = om.machine
+          AND s.start_ts < om.to_ts
+          AND s.start_ts + make_interval(secs => s.duration_s) > om.from_ts
+          AND NOT s.is_microstop
+        OFFSET 0
+    ) s
+), hours AS (
+    SELECT om.order_no, om.machine,
+           sum(GREATEST(k.running_s + k.microstop_s - k.ideal_s, 0) * h.share)::double precision
+               AS speed_s,
+           sum(CASE WHEN k.good + k.scrap > 0
+                    THEN k.ideal_s * k.scrap / (k.good + k.scrap) ELSE 0 END
+               * h.share)::double precision AS scrap_s,
+           sum(k.scrap)::integer AS scrap
+    FROM v_order_machine om
+    JOIN machine_status ms USING (machine)
+    -- The machine's hours by primary key, as the stops above.
+    CROSS JOIN LATERAL (
+        SELECT k.* FROM machine_kpi k
+        WHERE k.machine = om.machine AND k.bucket = 'hour'
+          AND k.bucket_start < om.to_ts AND k.bucket_end > om.from_ts
+        OFFSET 0
+    ) k
+    CROSS JOIN LATERAL (
+        SELECT GREATEST(EXTRACT(EPOCH FROM (LEAST(k.bucket_end, om.to_ts)
+                                            - GREATEST(k.bucket_start, om.from_ts))), 0)
+               / NULLIF(EXTRACT(EPOCH FROM (LEAST(k.bucket_end, ms.last_event_ts)
+                                            - k.bucket_start)), 0) AS share
+    ) h
+    GROUP BY om.order_no, om.machine
+)
+SELECT l.*, r.name_en AS reason_en, r.name_zh AS reason_zh
+FROM (
+SELECT order_no, machine, 'stop'::text AS kind, state, reason, category,
+       sum(seconds) AS seconds, count(*)::integer AS stops
+FROM stops
+GROUP BY order_no, machine, state, reason, category
+HAVING sum(seconds) > 0
+UNION ALL
+SELECT h.order_no, h.machine, x.kind, NULL, NULL, x.category, x.seconds, x.stops
+FROM hours h
+CROSS JOIN LATERAL (VALUES ('speed'::text, 'speed_loss'::text, h.speed_s, 0),
+                           ('scrap', 'scrap', h.scrap_s, h.scrap)) x (kind, category, seconds, stops)
+WHERE x.seconds > 0
+) l
+LEFT JOIN reason_code r ON r.code = l.reason;
