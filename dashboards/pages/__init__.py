@@ -13,11 +13,14 @@ from dashboards.pages import (
     analytics,
     andon,
     dispatch,
+    inspections,
     kpis,
+    labor,
     machine,
     operator,
     orders,
     promise,
+    quality,
     sources,
     trace,
 )
@@ -27,3 +30,6 @@ PAGES: tuple[ModuleType, ...] = (andon, analytics, machine, operator, orders, al
 PAGES += (dispatch, promise)
 PAGES += (kpis,)
 PAGES += (sources,)
+PAGES += (quality,)
+PAGES += (labor,)
+PAGES += (inspections,)
