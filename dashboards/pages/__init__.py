@@ -16,6 +16,7 @@ from dashboards.pages import (
     inspections,
     kpis,
     labor,
+    labor,
     machine,
     operator,
     orders,
@@ -33,3 +34,4 @@ PAGES += (sources,)
 PAGES += (quality,)
 PAGES += (labor,)
 PAGES += (inspections,)
+PAGES += (labor,)
