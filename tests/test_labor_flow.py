@@ -16,6 +16,7 @@ Asia/Shanghai (UTC+8). On 2026-11-20:
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,26 @@ def test_a_replay_of_the_same_log_rewrites_the_same_rows(
     first = labor_snapshot(db_url)
     run(db_url, plant, tmp_path / "two")  # a fresh recovery dir: the whole log again
     assert labor_snapshot(db_url) == first
+
+
+def test_live_timer_expires_a_forgotten_sign_in_without_new_reports(plant: PlantConfig) -> None:
+    from mesflow.events import parse_event
+    from streams.labor import LaborIssue, LaborSegment
+    from streams.labor_flow import LaborLogic
+
+    logic = LaborLogic(None, plant, live=True)
+    assert logic.notify_at() is None  # nobody signed in: no timer
+    began = datetime.now(CST) - timedelta(hours=13)
+    body = rep("sign_in", "IM-01", 0, operator="night-owl") | {"ts": began.isoformat()}
+    ev = parse_event(json.dumps(body))
+    [rows] = logic.on_batch([(1, ev)])[0]
+    assert [type(r).__name__ for r in rows].count("LaborSegment") >= 1
+    assert logic.notify_at() is not None
+    [rows] = logic.on_notify()[0]
+    expired = [r for r in rows if type(r) is LaborSegment and r.closed_by == "expired"]
+    assert len(expired) == 1
+    assert expired[0].end == began + timedelta(hours=12)
+    assert [r.kind for r in rows if type(r) is LaborIssue] == ["expired"]
+    # The snapshot resumes the same state.
+    again = LaborLogic(logic.snapshot(), plant, live=True)
+    assert again.labor.state == logic.labor.state
