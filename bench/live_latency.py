@@ -1,161 +1,381 @@
-"""Live latency: state change published over MQTT -> row in machine_state_interval.
+"""Live path, end to end: MQTT publish -> collector -> ingest log -> dataflow -> results.
 
-    python bench/live_latency.py [--rate 5000] [--seconds 30] [--machines 200]
+    python bench/live_latency.py [--rate 5000] [--seconds 60] [--machines 200]
 
 Runs the real components as separate processes (mosquitto, `mesflow run collector-mqtt`,
-`mesflow run dataflow`, PostgreSQL), publishes a mix of count and state events at a fixed
-rate with `ts` = the wall clock at publish time, and reports, for every state change, the
-time from its `ts` to the moment its interval row was first written (`first_seen_at`,
-PostgreSQL's clock_timestamp() on the same machine). Target: p99 <= 500 ms at 5,000/s.
+`mesflow run dataflow`, PostgreSQL) and drives them with bench/loadgen.py: pre-encoded
+QoS 1 messages from several processes, each counted as sent only once the broker
+acknowledged it, stamped `ts` = the moment it was sent. 95 % are part counts and 5 % state
+changes, spread evenly over the scaled demo plant (bench/scaled_plant.py).
+
+It prints, before the run, the ceilings measured against the same broker and PostgreSQL
+(bench/ceilings.py); during the run, a line every `--every` seconds with what was sent,
+received by the collector, stored in the ingest log, dead-lettered and processed by the
+dataflow, the backlog (stored, not yet processed), the latency of that interval, CPU per
+event of the collector and the dataflow, and the load average; at the end the totals, the
+losses between stages, the latency percentiles (publish -> ingest log, and publish -> the
+state change's interval row: `machine_state_interval.first_seen_at`) and each rate's
+ratio to its ceiling. Everything it starts is stopped and every file it wrote is deleted.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
-import paho.mqtt.client as mqtt
 import psycopg
-from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import big_plant, fresh_database
+from bench.ceilings import Ceiling, copy_ceiling, paho_receive_ceiling
+from bench.common import BenchDatabase, cpu_seconds, load_average, private_tmp, ratio
+from bench.loadgen import ID_MARK, TS_MARK, LoadGenerator, LoadResult, Template, split, template
+from bench.scaled_plant import write_scaled_plant
 from collectors.topics import machine_topic
-from mesflow.services import start_broker
+from mesflow.plant import PlantConfig
+from mesflow.services import Broker, start_broker
+
+STATES = ["running", "idle", "running", "down"]  # every change starts a new interval
+STATE_EVERY = 20  # one event in 20 is a state change
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+def machine_cycle(plant: PlantConfig, machines: list[str], tag: str) -> list[Template]:
+    """The message cycle of one generator process: its machines in turn, each sending
+    19 counts then a state change, through all four states (80 messages per machine)."""
+    topics = {}
+    for m in machines:
+        line = plant.line_of_machine[m]
+        topics[m] = {
+            kind: machine_topic(plant.plant.site, line.area, line.id, m, kind)
+            for kind in ("state", "count")
+        }
+    cycle = []
+    for step in range(STATE_EVERY * len(STATES)):
+        for m in machines:
+            if step % STATE_EVERY == 0:
+                event: dict[str, Any] = {
+                    "ts": TS_MARK,
+                    "state": STATES[step // STATE_EVERY],
+                    "id": ID_MARK,
+                }
+                cycle.append(template(topics[m]["state"], event, tag))
+            else:
+                cycle.append(
+                    template(topics[m]["count"], {"ts": TS_MARK, "good": 1, "id": ID_MARK}, tag)
+                )
+    return cycle
 
 
-def main() -> None:
+@dataclass
+class Counts:
+    """One look at every stage, from PostgreSQL."""
+
+    received: int  # the collector's own count (source_health, refreshed every 5 s)
+    stored: int  # ingest_log rows
+    last_seq: int
+    dead: int
+    processed_seq: int  # the slowest dataflow's committed position (dataflow_progress)
+
+
+def counts(conn: psycopg.Connection[Any]) -> Counts:
+    row = conn.execute(
+        """SELECT (SELECT COALESCE(sum(messages_total), 0) FROM source_health WHERE kind = 'mqtt'),
+                  (SELECT count(*) FROM ingest_log),
+                  (SELECT COALESCE(max(seq), 0) FROM ingest_log),
+                  (SELECT count(*) FROM dead_letter),
+                  (SELECT COALESCE(min(last_seq), 0) FROM dataflow_progress)"""
+    ).fetchone()
+    assert row is not None
+    return Counts(*(int(v) for v in row))
+
+
+def interval_latency(conn: psycopg.Connection[Any], since: float) -> str:
+    """p50/p99 of the state changes whose interval row was first written since `since`."""
+    row = conn.execute(
+        """SELECT count(*),
+                  percentile_disc(0.5) WITHIN GROUP (ORDER BY lat),
+                  percentile_disc(0.99) WITHIN GROUP (ORDER BY lat)
+           FROM (SELECT EXTRACT(EPOCH FROM first_seen_at - start_ts) * 1000 AS lat
+                 FROM machine_state_interval WHERE first_seen_at >= to_timestamp(%s)) s""",
+        (since,),
+    ).fetchone()
+    if not row or not row[0]:
+        return "latency -"
+    return f"latency p50 {float(row[1]):.0f} ms p99 {float(row[2]):.0f} ms"
+
+
+def percentiles(conn: psycopg.Connection[Any], sql: str, args: tuple[Any, ...]) -> str:
+    row = conn.execute(
+        f"""SELECT count(*),
+                   percentile_disc(0.5) WITHIN GROUP (ORDER BY lat),
+                   percentile_disc(0.95) WITHIN GROUP (ORDER BY lat),
+                   percentile_disc(0.99) WITHIN GROUP (ORDER BY lat),
+                   max(lat)
+            FROM ({sql}) s""",
+        args,
+    ).fetchone()
+    if not row or not row[0]:
+        return "no samples"
+    n, p50, p95, p99, top = row
+    return (
+        f"p50 {float(p50):.1f} ms, p95 {float(p95):.1f} ms, p99 {float(p99):.1f} ms, "
+        f"max {float(top):.1f} ms ({n:,} samples)"
+    )
+
+
+class Components:
+    """`mesflow run collector-mqtt` and `mesflow run dataflow` as child processes."""
+
+    def __init__(self, work: Path, env: dict[str, str]) -> None:
+        self.logs: dict[str, IO[bytes]] = {}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        for name, command in (("collector", "collector-mqtt"), ("dataflow", "dataflow")):
+            self.logs[name] = open(work / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "mesflow.cli", "run", command],
+                env=env,
+                stdout=self.logs[name],
+                stderr=subprocess.STDOUT,
+            )
+
+    def cpu(self) -> dict[str, float]:
+        return {name: cpu_seconds(p.pid) for name, p in self.procs.items()}
+
+    def check(self) -> None:
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited with {p.returncode}: see its log above")
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for f in self.logs.values():
+            f.close()
+
+
+def wait_until_subscribed(conn: psycopg.Connection[Any], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = conn.execute(
+            "SELECT bool_or(connected) FROM source_health WHERE kind = 'mqtt'"
+        ).fetchone()
+        if row and row[0]:
+            time.sleep(1.0)  # the dataflow follows the log by then too
+            return
+        time.sleep(0.2)
+    raise RuntimeError("the collector did not report itself connected within 30 s")
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    plant_path, plant = write_scaled_plant(args.machines, work)
+    db = BenchDatabase(plant, work / "db")
+    broker: Broker | None = None
+    parts: Components | None = None
+    try:
+        broker = start_broker(work / "broker", persistence=False, prefer="mosquitto")
+        print(
+            f"plant: {len(plant.machines)} machines on {len(plant.lines)} lines "
+            f"(the demo plant's lines cloned); {load_average()}",
+            flush=True,
+        )
+        ceilings: dict[str, Ceiling] = {}
+        if not args.no_ceilings:
+            ceilings["copy"] = copy_ceiling(db.url, rows=args.ceiling_rows)
+            print(ceilings["copy"].describe(), "|", load_average(), flush=True)
+            ceilings["paho"] = paho_receive_ceiling(
+                broker.host, broker.port, messages=args.ceiling_messages
+            )
+            print(ceilings["paho"].describe(), "|", load_average(), flush=True)
+        env = {
+            **os.environ,
+            "MESFLOW_DATABASE_URL": db.url,
+            "MESFLOW_MQTT_URL": broker.url,
+            "MESFLOW_PLANT_CONFIG": str(plant_path),
+            "MESFLOW_DATA_DIR": str(work / "var"),
+            "PYTHONUNBUFFERED": "1",
+        }
+        parts = Components(work, env)
+        conn = psycopg.connect(db.url, autocommit=True)
+        try:
+            wait_until_subscribed(conn)
+            parts.check()
+            tag = f"L{uuid.uuid4().hex[:6]}"
+            shares = split(sorted(plant.machines), args.processes)
+            cycles = [machine_cycle(plant, share, f"{tag}{w}-") for w, share in enumerate(shares)]
+            gen = LoadGenerator(
+                broker.host, broker.port, cycles, rate=args.rate, seconds=args.seconds
+            )
+            try:
+                result, final = _drive(args, gen, parts, conn)
+            finally:
+                gen.stop()
+            _report(args, conn, result, final, ceilings, parts)
+        finally:
+            conn.close()
+    finally:
+        if parts is not None:
+            parts.stop()
+            if args.show_logs:
+                for name in parts.logs:
+                    print(f"--- {name} log ---\n{(work / f'{name}.log').read_text()[-3000:]}")
+        if broker is not None:
+            broker.stop()
+        db.stop()
+
+
+def _drive(
+    args: argparse.Namespace,
+    gen: LoadGenerator,
+    parts: Components,
+    conn: psycopg.Connection[Any],
+) -> tuple[LoadResult, Counts]:
+    print(
+        f"{'t s':>5} {'sent':>9} {'received*':>9} {'stored':>9} {'dead':>5} {'processed':>9} "
+        f"{'backlog':>8}  interval: events/s, latency, CPU µs/event collector/dataflow, load",
+        flush=True,
+    )
+    print(
+        "  (* the collector's own count, as it reports it to source_health every 5 s; "
+        "CPU per event: the collector's per stored row, the dataflow's per processed event)",
+        flush=True,
+    )
+    started = gen.start()
+    cpu_before, seq_before, stored_before = parts.cpu(), 0, 0
+    last_line = time.time()
+    result: LoadResult | None = None
+    drain_until = float("inf")
+    while True:
+        time.sleep(min(args.every, 0.5))
+        now = time.time()
+        generating = now - started < args.seconds + 1
+        if result is None and not generating:
+            result = gen.join(args.seconds + 120)
+            drain_until = time.time() + args.drain
+        c = counts(conn)
+        done = result is not None and c.stored >= result.acked and c.processed_seq >= c.last_seq
+        if now - last_line >= args.every or done or now > drain_until:
+            parts.check()
+            cpu = parts.cpu()
+            span = now - last_line
+            processed_now = c.processed_seq - seq_before
+            stored_now = c.stored - stored_before
+            sent = result.acked if result is not None else gen.progress()[1]
+            per_event = (
+                f"{1e6 * (cpu['collector'] - cpu_before['collector']) / max(stored_now, 1):.0f}/"
+                f"{1e6 * (cpu['dataflow'] - cpu_before['dataflow']) / max(processed_now, 1):.0f}"
+            )
+            print(
+                f"{now - started:5.0f} {sent:9,} {c.received:9,} {c.stored:9,} {c.dead:5,} "
+                f"{c.processed_seq:9,} {c.last_seq - c.processed_seq:8,}  "
+                f"{processed_now / span:7,.0f}/s, {interval_latency(conn, last_line)}, "
+                f"{per_event}, {load_average()}",
+                flush=True,
+            )
+            cpu_before, seq_before, stored_before = cpu, c.processed_seq, c.stored
+            last_line = now
+        if done or now > drain_until:
+            break
+    assert result is not None
+    # The collector's count reaches source_health every 5 s: wait for its next report.
+    time.sleep(6)
+    return result, counts(conn)
+
+
+def _report(
+    args: argparse.Namespace,
+    conn: psycopg.Connection[Any],
+    result: LoadResult,
+    final: Counts,
+    ceilings: dict[str, Ceiling],
+    parts: Components,
+) -> None:
+    cpu = parts.cpu()
+    print(result.describe())
+    spans = conn.execute(
+        "SELECT EXTRACT(EPOCH FROM max(received_at) - min(received_at)) FROM ingest_log"
+    ).fetchone()
+    stored_span = float(spans[0]) if spans and spans[0] else 0.0
+    sent_rate = result.rate
+    print(
+        f"sent {result.acked:,} | received {final.received:,} | stored {final.stored:,} | "
+        f"dead-lettered {final.dead:,} | processed up to seq {final.processed_seq:,} of "
+        f"{final.last_seq:,} | lost sent->received {result.acked - final.received:,}, "
+        f"received->stored {final.received - final.stored:,}"
+    )
+    paho = ceilings.get("paho")
+    copy = ceilings.get("copy")
+    stored_rate = final.stored / stored_span if stored_span else 0.0
+    print(
+        f"rates: sent {sent_rate:,.0f}/s (target {args.rate:,.0f}/s)"
+        + (
+            f", ratio to the paho QoS 1 receive ceiling {ratio(sent_rate, paho.rate)}"
+            if paho
+            else ""
+        )
+        + f"; stored {stored_rate:,.0f} rows/s"
+        + (f", ratio to the binary COPY ceiling {ratio(stored_rate, copy.rate)}" if copy else "")
+    )
+    print(
+        f"CPU per event over the run: collector {1e6 * cpu['collector'] / max(final.received, 1):.1f} µs, "
+        f"dataflow {1e6 * cpu['dataflow'] / max(final.processed_seq, 1):.1f} µs "
+        f"(includes start-up), generator {1e6 * result.cpu_s / max(result.acked, 1):.1f} µs | "
+        f"{load_average()}"
+    )
+    warm = result.workers[0].first_send + args.warmup
+    print(
+        "latency publish -> ingest log (received_at, transaction start): "
+        + percentiles(
+            conn,
+            "SELECT EXTRACT(EPOCH FROM received_at - "
+            "(convert_from(payload, 'UTF8')::jsonb->>'ts')::timestamptz) * 1000 AS lat "
+            "FROM ingest_log WHERE received_at >= to_timestamp(%s)",
+            (warm,),
+        )
+    )
+    print(
+        "latency publish -> state interval row (first_seen_at): "
+        + percentiles(
+            conn,
+            "SELECT EXTRACT(EPOCH FROM first_seen_at - start_ts) * 1000 AS lat "
+            "FROM machine_state_interval WHERE start_ts >= to_timestamp(%s)",
+            (warm,),
+        )
+        + f"  (after {args.warmup:.0f} s warm-up; target p99 <= 500 ms) | {load_average()}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rate", type=int, default=5000, help="events per second")
-    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=5000, help="events per second")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to publish")
     parser.add_argument("--machines", type=int, default=200)
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds left out at the start")
-    args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="mesflow-live-bench-"))
-    plant = big_plant(args.machines, work)
-    pg, url = fresh_database(plant)
-    broker = start_broker(work / "broker", persistence=False, prefer="mosquitto")
-    env = {
-        **os.environ,
-        "MESFLOW_DATABASE_URL": url,
-        "MESFLOW_MQTT_URL": broker.url,
-        "MESFLOW_PLANT_CONFIG": str(work / "plant-200.yaml"),
-        "MESFLOW_DATA_DIR": str(work / "var"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    logs = {name: open(work / f"{name}.log", "wb") for name in ("collector", "dataflow")}  # noqa: SIM115
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mesflow.cli", "run", "collector-mqtt"],
-            env=env,
-            stdout=logs["collector"],
-            stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen(
-            [sys.executable, "-m", "mesflow.cli", "run", "dataflow"],
-            env=env,
-            stdout=logs["dataflow"],
-            stderr=subprocess.STDOUT,
-        ),
-    ]
-    try:
-        time.sleep(3.0)  # both subscribed / following
-        pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-publisher")
-        pub.max_inflight_messages_set(1000)
-        pub.max_queued_messages_set(0)
-        pub.connect(broker.host, broker.port)
-        pub.loop_start()
-        machines = list(plant.machines)
-        topics = {}
-        for m in machines:
-            line = plant.line_of_machine[m]
-            topics[m] = {
-                kind: machine_topic(plant.plant.site, line.area, line.id, m, kind)
-                for kind in ("state", "count")
-            }
-        states = ["running", "idle", "running", "down"]  # every change is a new interval
-        per_machine = dict.fromkeys(machines, 0)
-        sent = state_events = 0
-        tick = 0.01
-        per_tick = max(1, int(args.rate * tick))
-        t0 = time.monotonic()
-        warm_until = datetime.now(UTC).timestamp() + args.warmup
-        while time.monotonic() - t0 < args.seconds:
-            for _ in range(per_tick):
-                m = machines[sent % len(machines)]
-                k = per_machine[m]
-                per_machine[m] = k + 1
-                ts = datetime.now(UTC).astimezone(plant.tz).isoformat(timespec="microseconds")
-                if k % 20 == 0:  # 5 % of the events are state changes
-                    state_events += 1
-                    body = {"ts": ts, "state": states[(k // 20) % 4], "id": f"b{sent}"}
-                    pub.publish(topics[m]["state"], json.dumps(body), qos=1)
-                else:
-                    pub.publish(
-                        topics[m]["count"],
-                        json.dumps({"ts": ts, "good": 1, "id": f"b{sent}"}),
-                        qos=1,
-                    )
-                sent += 1
-            next_tick = t0 + (sent / args.rate)
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-        elapsed = time.monotonic() - t0
-        print(
-            f"published {sent:,} events ({state_events:,} state changes) in {elapsed:.1f} s "
-            f"= {sent / elapsed:,.0f}/s"
-        )
-        with psycopg.connect(url, autocommit=True) as conn:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                logged = conn.execute("SELECT count(*) FROM ingest_log").fetchone()[0]  # type: ignore[index]
-                done = conn.execute(
-                    "SELECT COALESCE(max(last_seq), 0) >= (SELECT COALESCE(max(seq), 0) FROM ingest_log) "
-                    "FROM dataflow_progress"
-                ).fetchone()[0]  # type: ignore[index]
-                if logged >= sent and done:
-                    break
-                time.sleep(0.2)
-            rows = conn.execute(
-                "SELECT EXTRACT(EPOCH FROM (first_seen_at - start_ts)) FROM machine_state_interval "
-                "WHERE start_ts >= to_timestamp(%s)",
-                (warm_until,),
-            ).fetchall()
-        pub.loop_stop()
-        lat = [float(r[0]) * 1000 for r in rows]
-        print(
-            f"ingest_log rows: {logged:,}; state changes measured (after {args.warmup:.0f} s warm-up): {len(lat):,}"
-        )
-        if lat:
-            print(
-                f"state change -> table latency: p50 {percentile(lat, 50):.1f} ms, "
-                f"p90 {percentile(lat, 90):.1f} ms, p99 {percentile(lat, 99):.1f} ms, "
-                f"max {max(lat):.1f} ms   (target p99 <= 500 ms)"
-            )
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(20)
-        broker.stop()
-        pg.stop()  # type: ignore[attr-defined]
+    parser.add_argument("--processes", type=int, default=2, help="load generator processes")
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between lines")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds left out of latency")
+    parser.add_argument("--drain", type=float, default=120.0, help="max wait for the backlog")
+    parser.add_argument("--no-ceilings", action="store_true", help="skip the ceilings")
+    parser.add_argument("--ceiling-rows", type=int, default=200_000, help="rows for COPY")
+    parser.add_argument("--ceiling-messages", type=int, default=100_000, help="for paho")
+    parser.add_argument("--show-logs", action="store_true", help="print the components' logs")
+    args = parser.parse_args(argv)
+    with private_tmp("mesflow-live-bench-") as work:
+        run(args, work)
 
 
 if __name__ == "__main__":

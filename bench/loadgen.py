@@ -305,6 +305,7 @@ class LoadGenerator:
         self._progress = ctx.Array("q", 2 * n, lock=False)
         self._start = ctx.Value("d", 0.0, lock=False)
         self._results = ctx.Queue()
+        self._closed = False
         ready = ctx.Semaphore(0)
         self._procs = []
         for w, cycle in enumerate(templates):
@@ -387,8 +388,10 @@ class LoadGenerator:
                 p.terminate()
         for p in self._procs:
             p.join(5)
-        self._results.close()
-        self._results.join_thread()
+        if not self._closed:
+            self._closed = True
+            self._results.close()
+            self._results.join_thread()
 
 
 def split(items: Sequence[Any], processes: int) -> list[list[Any]]:

@@ -1,0 +1,142 @@
+"""The benchmarks clean up after themselves and count right (bench/replay_bench.py,
+bench/live_latency.py): run small, each with a temporary folder of its own (TMPDIR), which
+must be empty afterwards, with no process of the run left, even when interrupted."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mesflow.settings import REPO_ROOT
+
+
+def _processes_of(tmp: Path) -> list[str]:
+    """Processes whose environment or command line names the run's temporary folder."""
+    found = []
+    marker = str(tmp).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            seen = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if marker in seen:
+            found.append(f"{entry.name}: {(entry / 'cmdline').read_bytes()[:200]!r}")
+    return found
+
+
+def _run(script: str, args: list[str], tmp: Path, timeout: float) -> str:
+    tmp.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / script), *args],
+        env={**os.environ, "TMPDIR": str(tmp)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _assert_clean(tmp: Path) -> None:
+    deadline = time.monotonic() + 10  # a stopped server may take a moment to exit
+    while _processes_of(tmp) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_of(tmp) == []
+    assert sorted(p.name for p in tmp.iterdir()) == []
+
+
+@pytest.mark.timeout(300)
+def test_replay_bench_counts_and_leaves_nothing(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    out = _run(
+        "replay_bench.py",
+        ["--events", "3000", "--machines", "12", "--ceiling-rows", "2000"],
+        tmp,
+        240,
+    )
+    assert "read 3,000 | stored 3,000 | dead-lettered 0 | processed up to seq 3,000" in out
+    assert re.search(r"ratio to the binary COPY ceiling \d+\.\d\d", out)
+    assert "load " in out
+    _assert_clean(tmp)
+
+
+@pytest.mark.timeout(300)
+def test_live_bench_counts_every_stage_and_leaves_nothing(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    out = _run(
+        "live_latency.py",
+        [
+            "--rate",
+            "400",
+            "--seconds",
+            "3",
+            "--machines",
+            "12",
+            "--every",
+            "1",
+            "--ceiling-rows",
+            "2000",
+            "--ceiling-messages",
+            "3000",
+            "--drain",
+            "90",
+            "--warmup",
+            "0",
+        ],
+        tmp,
+        240,
+    )
+    sent = re.search(r"^sent ([\d,]+) \| received ([\d,]+) \| stored ([\d,]+)", out, re.M)
+    assert sent, out
+    n = int(sent[1].replace(",", ""))
+    assert 1100 <= n <= 1300  # 3 s at 400/s, each acknowledged by the broker
+    assert sent[1] == sent[2] == sent[3], out
+    assert f"processed up to seq {sent[1]} of {sent[1]}" in out
+    assert "lost sent->received 0, received->stored 0" in out
+    assert "ceiling paho QoS 1 receive" in out and "ceiling binary COPY" in out
+    assert re.search(r"ratio to the paho QoS 1 receive ceiling \d+\.\d\d", out)
+    assert re.search(r"publish -> state interval row \(first_seen_at\): p50 [\d.]+ ms", out)
+    _assert_clean(tmp)
+
+
+@pytest.mark.timeout(300)
+def test_an_interrupted_live_bench_stops_everything_and_leaves_nothing(tmp_path: Path) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO_ROOT / "bench" / "live_latency.py"),
+            "--rate",
+            "300",
+            "--seconds",
+            "60",
+            "--machines",
+            "12",
+            "--no-ceilings",
+        ],
+        env={**os.environ, "TMPDIR": str(tmp)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:  # wait until it is publishing
+        seen.append(line)
+        if line.lstrip().startswith("t s"):
+            break
+    assert _processes_of(tmp), "".join(seen)  # broker, PostgreSQL, collector, dataflow...
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    proc.communicate(timeout=120)
+    _assert_clean(tmp)
