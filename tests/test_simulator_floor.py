@@ -149,10 +149,16 @@ def test_routed_work_orders_move_from_step_to_step() -> None:
             assert nxt["made"] <= prev["good"], (prev, nxt)
         three += len(rs) == 3
     assert three >= 1  # a mold insert went rough milling -> EDM -> finish milling
-    # Only the first step announces the work order (with its product).
-    announced = {e["work_order"]: e for e in week() if e["type"] == "work_order"}
+    # Each step's machine gets the work order dispatched (so it knows the product and
+    # judges its parts by it): same id, order, product and quantity as at the first step.
+    announced: dict[str, list[Event]] = defaultdict(list)
+    for e in week():
+        if e["type"] == "work_order":
+            announced[e["work_order"]].append(e)
     for rs in chains:
-        assert announced[rs[0]["wo"]]["machine"] == rs[0]["machine"]
+        dispatched = announced[rs[0]["wo"]]
+        assert [e["machine"] for e in dispatched] == [r["machine"] for r in rs]
+        assert len({(e["order_no"], e["product"], e["qty"]) for e in dispatched}) == 1
 
 
 def test_inspections_follow_the_plants_policy() -> None:
@@ -236,9 +242,9 @@ def test_defects_go_to_scrap_or_rework_and_rework_comes_back() -> None:
 def test_the_handoff_is_oldest_first_and_only_of_ready_lots() -> None:
     h = Handoff()
     job = Job("P-300", "20", 280_000)
-    h.put(Lot(2_000, "WO-b", "P-300", "20", 5))
-    h.put(Lot(1_000, "WO-a", "P-300", "20", 7))
-    h.put(Lot(9_000, "WO-c", "P-300", "20", 3))
+    h.put(Lot(2_000, "WO-b", "P-300", "20", 5, 100))
+    h.put(Lot(1_000, "WO-a", "P-300", "20", 7, 100))
+    h.put(Lot(9_000, "WO-c", "P-300", "20", 3, 100))
     h.watermark = 5_000
     assert h.take((job,), 500) is None  # nothing ready yet
     got = h.take((job,), 8_000)

@@ -210,6 +210,16 @@ class CrmClient:
 CUSTOMERS = ("ACME", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries")
 
 
+def crm_machines(plant: PlantConfig, product: str) -> list[str]:
+    """Where the CRM stand-in plans a product's work orders: the machines of its routing's
+    first step (later steps take the work order over from there), else those its ideal
+    cycle times name."""
+    routing = plant.routings_by_product.get(product)
+    if routing is not None and routing.operations[0].machines:
+        return sorted(routing.operations[0].machines)
+    return sorted(next(p for p in plant.products if p.id == product).ideal_cycle_seconds)
+
+
 def _answer(resp: httpx.Response) -> str:
     try:
         data = resp.json()
@@ -254,9 +264,10 @@ class CrmStandIn:
                 order.status = s["status"]
             self.post_order(order, "create" if stored is None else "resume")
             self.orders.append(order)
-            # Work orders named like the plant simulator's (WO-<machine>-<n>), so the
+            # Work orders WO-<machine>-<n> on machines of the product's first routing step:
+            # the live simulator takes them over there (publisher.WorkOrderSink), so the
             # demo's machines produce for these orders.
-            machines = sorted(product.ideal_cycle_seconds)
+            machines = crm_machines(self.plant, product.id)
             k = min(2, len(machines))
             for m in self.rng.sample(machines, k):
                 used[m] = used.get(m, 0) + 1

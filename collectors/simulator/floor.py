@@ -85,6 +85,7 @@ class Lot:
     product: str
     op: str
     qty: int
+    order_qty: int  # the work order's planned quantity
 
 
 class Handoff:

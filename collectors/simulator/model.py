@@ -353,7 +353,7 @@ def _machine_events(
     wo_product: str | None = None
     wo_qty = 0
     job: Job | None = None
-    own_order = True  # False: taken over from a previous routing step (no work_order event)
+    own_order = True  # False: taken over from a previous routing step
     waiting = False  # no work: a downstream machine waits for the previous step's lots
     wo_good = 0  # good parts of the running work order (what goes on to the next step)
     fa_pending = False  # the first piece is still to be made and inspected
@@ -369,7 +369,7 @@ def _machine_events(
         if got is None:
             return False
         job, lot = got
-        wo_id, wo_product, wo_qty, wo_left = lot.work_order, lot.product, lot.qty, lot.qty
+        wo_id, wo_product, wo_qty, wo_left = lot.work_order, lot.product, lot.order_qty, lot.qty
         ideal_ms, own_order, waiting = job.cycle_ms, False, False
         return True
 
@@ -406,7 +406,9 @@ def _machine_events(
         nonlocal wo_good, fa_pending, next_patrol, checks, feats
         # The `work_order` event names the product, so the pipeline judges the parts
         # against that product's ideal cycle time (without it, the machine's default one).
-        if wo_product is not None and own_order:
+        # A work order taken over from the previous routing step is dispatched again, to
+        # this machine (same id, order and quantity).
+        if wo_product is not None:
             add(t, {"type": "work_order", "machine": mid, "ts": fmt(t), "work_order": wo_id,
                     "order_no": f"{STOCK_ORDER_PREFIX}{wo_product}", "product": wo_product,
                     "qty": wo_qty})  # fmt: skip
@@ -551,7 +553,7 @@ def _machine_events(
         add(t, report(t, "wo_end", **fields))
         if handoff is not None and job is not None and job.next_op and wo_product and wo_good:
             moved = t + int(qrng.uniform(10, 60) * MINUTE)  # to the next step's machines
-            handoff.put(Lot(moved, wo_id, wo_product, job.next_op, wo_good))
+            handoff.put(Lot(moved, wo_id, wo_product, job.next_op, wo_good, wo_qty))
 
     def drain() -> list[tuple[int, Event | None]]:
         """This step's events with the operator reports that are due interleaved."""

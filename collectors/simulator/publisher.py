@@ -201,17 +201,42 @@ def resume_start(
     return min(max(previous, earliest), now)
 
 
+# A work order the CRM planned on this machine for this product, of an open order, not
+# started yet and not taken over already: the most urgent first.
+_CLAIM_SQL = """
+SELECT w.work_order
+  FROM work_order w
+  JOIN crm_order o ON o.order_no = w.order_no
+  LEFT JOIN work_order_progress p ON p.work_order = w.work_order
+ WHERE w.machine = %s AND w.product = %s AND o.status = 'open'
+   AND p.started_at IS NULL AND NOT (w.work_order = ANY(%s::text[]))
+ ORDER BY o.priority, o.due, w.work_order
+ LIMIT 1
+"""
+
+
 class WorkOrderSink:
     """`work_order` events (which work order makes which product) have no MQTT topic: the
     MES itself creates them. The simulator, standing in for the MES's planner, appends them
-    to the ingest log, the path every source's events take. A work order the CRM already
-    created (the CRM stand-in names its work orders like the simulator's) keeps the CRM's
-    order and product: the simulator's event for it is not sent."""
+    to the ingest log, the path every source's events take.
+
+    Before that it takes over a work order the CRM planned on that machine for that product
+    and that has not started (the CRM stand-in's `WO-<machine>-<n>`): the simulated work
+    order then runs under the CRM's id (`rename`, for all its events and routing steps), so
+    the demo's machines produce for the CRM's orders; its own `work_order` event is not
+    sent, neither when a later routing step dispatches it to its machine. A work order the
+    CRM already created under the same id keeps the CRM's order and product: the
+    simulator's event for it is not sent either."""
 
     def __init__(self, database_url: str | None) -> None:
         self._url = database_url
         self._conn: Any = None
         self.sent = 0
+        self.taken: dict[str, str] = {}  # the simulator's work order -> the CRM's
+        self._own: set[str] = set()  # the simulator's own work orders sent so far
+
+    def rename(self, work_order: str) -> str:
+        return self.taken.get(work_order, work_order)
 
     def send(self, ev: dict[str, Any]) -> None:
         if self._url is None:
@@ -219,13 +244,27 @@ class WorkOrderSink:
         from mesflow.db import connect
         from mesflow.ingest_log import append, record_for
 
+        wo = ev["work_order"]
+        if wo in self.taken:
+            return
         if self._conn is None:
             self._conn = connect(self._url, autocommit=True)
+        if wo in self._own:  # dispatched to a later routing step's machine: no take-over
+            append(self._conn, [record_for("simulator", ev)])
+            self.sent += 1
+            return
         with self._conn.cursor() as cur:
             cur.execute("SELECT 1 FROM work_order WHERE work_order = %s", (ev["work_order"],))
             if cur.fetchone() is not None:
                 return
+            cur.execute(_CLAIM_SQL, (ev["machine"], ev["product"], list(self.taken.values())))
+            row = cur.fetchone()
+            if row is not None:
+                self.taken[ev["work_order"]] = row[0]
+                print(f"simulator: {ev['machine']} runs the CRM's work order {row[0]}", flush=True)
+                return
         append(self._conn, [record_for("simulator", ev)])
+        self._own.add(wo)
         self.sent += 1
 
     def close(self) -> None:
@@ -350,6 +389,8 @@ def _publish_paced(
             if sink is not None:
                 sink.send(ev)
             continue
+        if sink is not None and "work_order" in ev:
+            ev["work_order"] = sink.rename(ev["work_order"])
         client.publish(topic[ev["machine"]][ev["type"]], payload(ev, native.get(ev["machine"])))
         progress()
 
