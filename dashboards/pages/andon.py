@@ -23,7 +23,7 @@ from dashboards import auth, context
 from dashboards.alert_queries import open_count
 from dashboards.i18n import STATE_LABELS, STATE_ORDER, format_duration, state_label, t
 from dashboards.nav import account_links, nav_links
-from dashboards.pages import labor, operator_notices
+from dashboards.pages import inspections, labor, operator_notices
 from dashboards.queries import AndonTile, andon_tiles
 from mesflow.plant import PlantConfig
 
@@ -249,6 +249,7 @@ def _refresh(
     board = render_board(rows, ctx.plant, lang, opts)
     board = operator_notices.mark_andon(ctx.db, board, lang)  # order changes (issue 12)
     board = labor.mark_andon(ctx.db, board, lang)  # who is at the station (docs/labor.md)
+    board = inspections.mark_andon(ctx.db, board, lang)  # inspection flags, BLOCKED
     return board, clock, "", "andon-banner hidden", alerts_text, alerts_css
 
 

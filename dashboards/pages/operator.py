@@ -25,7 +25,13 @@ from dashboards.i18n import format_duration, state_label, t
 from dashboards.nav import page_links
 from dashboards.operator_reports import Refused, Ticket
 from dashboards.pages import operator_dispatch as dispatch_order
-from dashboards.pages import operator_lots, operator_notices, operator_quality, operator_signin
+from dashboards.pages import (
+    operator_inspections,
+    operator_lots,
+    operator_notices,
+    operator_quality,
+    operator_signin,
+)
 from mesflow.plant import PlantConfig, Reason
 
 log = logging.getLogger(__name__)
@@ -134,6 +140,7 @@ def register(app: dash.Dash) -> None:
     operator_signin.register(app, _STATION)  # people at the station (docs/labor.md)
     operator_lots.register(app, _STATION)
     operator_quality.register(app, _STATION)
+    operator_inspections.register(app, _STATION)  # inspections due and their entry
     operator_notices.register(app)  # order-change notices (issue 12)
 
 
@@ -185,6 +192,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
             operator_signin.section(lang),  # who is signed in here (docs/labor.md)
             operator_lots.section(lang),  # traceability: lots used and made
             operator_quality.section(lang),  # defects and rework (docs/quality.md)
+            operator_inspections.section(lang),  # first article, patrol, last piece
         ],
     )
 

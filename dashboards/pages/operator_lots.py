@@ -27,7 +27,7 @@ import dash
 import psycopg
 from dash import Input, Output, State, dcc, html
 
-from dashboards import auth, context
+from dashboards import auth, context, inspection_queries
 from dashboards import operator_reports as reports
 from dashboards.operator_reports import Refused
 from mesflow.events import MAX_COUNT, MAX_ID_LENGTH
@@ -66,6 +66,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "unknown_work_order": {"zh": "该工单未下达到本设备", "en": "Work order not released to this machine"},
     "unknown_machine": {"zh": "设备不在工厂模型中", "en": "Machine not in the plant model"},
     "db_error": {"zh": "数据库不可用，未记录", "en": "Database unreachable: not recorded"},
+    "blocked_first_article": {"zh": "首检未通过，禁止报产", "en": "Blocked: the first article has not passed"},
 }  # fmt: skip
 
 
@@ -243,4 +244,14 @@ def _check_and_submit(conn: psycopg.Connection, user: str, event: dict[str, Any]
     ).fetchone()
     if row is None:
         raise Refused("unknown_work_order")
+    _check_blocked(conn, event)
     return reports.submit(conn, user, event).new > 0
+
+
+def _check_blocked(conn: psycopg.Connection, event: dict[str, Any]) -> None:
+    """The plant's block_until_first_article_passes (docs/inspections.md): no production
+    lot for a run whose first article has not passed."""
+    if event["kind"] == "production_lot" and inspection_queries.blocked(
+        conn, event["machine"], event["work_order"]
+    ):
+        raise Refused("blocked_first_article")
