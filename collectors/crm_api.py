@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from collectors import crm_change, crm_dispatch, crm_trace
 from mesflow.db import connect
-from mesflow.events import EventTime, Id, OrderEvent, WorkOrderEvent
+from mesflow.events import EventTime, Id, OrderEvent, Routing, WorkOrderEvent
 from mesflow.ingest_log import append, record_for
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
@@ -47,7 +47,7 @@ E = TypeVar("E", OrderEvent, WorkOrderEvent)
 
 API_PREFIX = "/api/v1"
 ORDER_FIELDS = ("customer", "priority", "product", "qty", "due", "status")
-WORK_ORDER_FIELDS = ("order_no", "product", "qty", "machine")
+WORK_ORDER_FIELDS = ("order_no", "product", "qty", "machine", "routing")
 # Where the guard puts the authenticated caller for the route (ASGI scope key).
 CALLER_KEY = "mesflow.caller"
 
@@ -148,11 +148,22 @@ class WorkOrderIn(BaseModel):
     machine: ApiId | None = Field(
         default=None, description="A machine id of the plant, if planned."
     )
+    routing: Routing | None = Field(
+        default=None,
+        description="Its operations in order (op, name, machines, ideal_cycle_seconds); "
+        "without it, the plant file's routing of its product (docs/routings.md).",
+    )
     ts: ApiTime | None = Field(
         default=None,
         description="When the CRM made this change; an older one than the stored is ignored.",
     )
     id: ApiId | None = None
+
+    def routing_json(self) -> list[dict[str, Any]] | None:
+        """The routing as stored (work_order.routing) and compared for changes."""
+        if self.routing is None:
+            return None
+        return [s.model_dump(exclude_none=True) for s in self.routing]
 
     def event(self, received: datetime) -> WorkOrderEvent:
         return WorkOrderEvent(
@@ -164,6 +175,7 @@ class WorkOrderIn(BaseModel):
             product=self.product,
             qty=self.qty,
             machine=self.machine,
+            routing=self.routing,
         )
 
 
@@ -625,6 +637,10 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
     def post_work_order(wo: WorkOrderIn, who: Annotated[Caller, Depends(caller)]) -> JSONResponse:
         if wo.machine is not None and wo.machine not in machines:
             raise _invalid("machine", f"unknown machine {wo.machine!r}")
+        for i, step in enumerate(wo.routing or ()):
+            unknown = next((m for m in step.machines if m not in machines), None)
+            if unknown is not None:
+                raise _invalid(f"routing.{i}.machines", f"unknown machine {unknown!r}")
         received = datetime.now(UTC)
         check_clock(wo.ts, received)
         event = _contract_event(lambda: wo.event(received))
@@ -651,6 +667,7 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                 (wo.work_order,),
             ).fetchone()
             new = {f: getattr(wo, f) for f in WORK_ORDER_FIELDS}
+            new["routing"] = wo.routing_json()  # as the jsonb column reads back
             if old is not None and event.ts < old[1]:
                 result = IntakeResult(
                     status="ignored", reason="stale_timestamp", work_order=wo.work_order,
@@ -666,16 +683,18 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
                 return _finish_delivery(conn, who, result, 200)
             revision = 1 if old is None else int(old[0]) + 1
             conn.execute(
-                """INSERT INTO work_order (work_order, order_no, product, qty, machine, revision,
-                                           event_ts, changed_by)
+                """INSERT INTO work_order (work_order, order_no, product, qty, machine, routing,
+                                           revision, event_ts, changed_by)
                    VALUES (%(work_order)s, %(order_no)s, %(product)s, %(qty)s, %(machine)s,
-                           %(revision)s, %(ts)s, %(client)s)
+                           %(routing)s, %(revision)s, %(ts)s, %(client)s)
                    ON CONFLICT (work_order) DO UPDATE
                    SET order_no = EXCLUDED.order_no, product = EXCLUDED.product,
                        qty = EXCLUDED.qty, machine = EXCLUDED.machine,
+                       routing = EXCLUDED.routing,
                        revision = EXCLUDED.revision, event_ts = EXCLUDED.event_ts,
                        changed_by = EXCLUDED.changed_by, updated_at = now()""",
-                {**new, "work_order": wo.work_order, "revision": revision, "ts": event.ts,
+                {**new, "routing": None if new["routing"] is None else Jsonb(new["routing"]),
+                 "work_order": wo.work_order, "revision": revision, "ts": event.ts,
                  "client": who.client},
             )  # fmt: skip
             _history(conn, wo.order_no, wo.work_order, revision, who, event.ts, change)
@@ -706,7 +725,8 @@ def create_app(plant: PlantConfig, database_url: str, settings: Settings) -> Fas
             if order is None:
                 raise HTTPException(404, f"unknown order {order_no!r}")
             work_orders = cur.execute(
-                """SELECT work_order, product, qty, machine, revision, event_ts, changed_by
+                """SELECT work_order, product, qty, machine, routing, revision, event_ts,
+                          changed_by
                    FROM work_order WHERE order_no = %s ORDER BY work_order""",
                 (order_no,),
             ).fetchall()

@@ -69,3 +69,7 @@ FROM work_order_operation o
 JOIN work_order_operation p
   ON p.work_order = o.work_order AND p.position = o.position - 1
 WHERE o.wip_before > 0;
+
+-- A work order's own routing as the CRM/ERP sent it (collectors/crm_api.py): stored so that
+-- a changed routing is a change (history, a new work_order event) and an equal one is not.
+ALTER TABLE work_order ADD COLUMN routing jsonb;

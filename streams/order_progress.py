@@ -160,10 +160,14 @@ class _Run:
     scrap: int = 0
     first_t: int | None = None
     samples: list[tuple[int, int]] = field(default_factory=list)  # by t
-    # Its totals split by the operation the wo_starts named (WorkOrderParts.ops), and the
-    # first start per operation named; () when none named one (all under "").
+    # Its totals split by the operation the wo_starts named (WorkOrderParts.ops; () when
+    # none named one: all under ""), and the first start per operation ("" for unnamed).
     ops: tuple[tuple[str, int, int], ...] = ()
     op_starts: tuple[tuple[str, int], ...] = ()
+
+
+def _names_an_op(r: _Run) -> bool:
+    return any(o for o, _ in r.op_starts) or any(o for o, _, _ in r.ops)
 
 
 @dataclass(slots=True)
@@ -188,7 +192,7 @@ class _WorkOrder:
         """The routing its figures follow; None: followed whole."""
         if self.routing is None:
             return None
-        if self.own_routing or any(r.ops or r.op_starts for r in self.runs.values()):
+        if self.own_routing or any(_names_an_op(r) for r in self.runs.values()):
             return self.routing
         return None
 
@@ -199,7 +203,11 @@ class _WorkOrder:
         out: list[OpInput] = []
         for m, r in self.runs.items():
             starts = dict(r.op_starts)
-            items = r.ops or (("", r.good, r.scrap),)
+            # Every machine hears of every work order: one that neither started it nor
+            # made a part of it did nothing for it.
+            items = tuple(
+                x for x in r.ops or (("", r.good, r.scrap),) if x[1] or x[2] or x[0] in starts
+            )
             named = {o for o, _, _ in items}
             # A step started here with no part yet is running, with nothing made.
             items = (*items, *((o, 0, 0) for o in starts if o not in named))
@@ -359,6 +367,10 @@ class OrderProgress:
         run = wo.runs.setdefault(machine, _Run())
         if ops:
             run.op_starts = ops
+        else:  # no operation named here: the start is the unnamed one's
+            starts = dict(run.op_starts)
+            starts[""] = min(starts.get("", t), t)
+            run.op_starts = tuple(sorted(starts.items()))
         # The first start is a sample of 0 parts: the first parts then count in the rate.
         if run.first_t is None or t < run.first_t:
             run.first_t = t
