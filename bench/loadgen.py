@@ -269,10 +269,12 @@ class LoadResult:
 
     def describe(self) -> str:
         lost = self.written - self.acked
+        full = self.acked_per_second[1 : int(self.seconds)]  # leave out ramp-up and tail
         return (
             f"generator: {self.acked:,} acknowledged by the broker (QoS 1) of {self.written:,} "
             f"written in {self.seconds:.1f} s = {self.rate:,.0f}/s"
             + (f", {lost:,} NOT acknowledged" if lost else "")
+            + f"; per whole second min {min(full, default=0):,} max {max(full, default=0):,}"
             + f"; {len(self.workers)} processes, "
             f"{1e6 * self.cpu_s / max(self.acked, 1):.1f} µs CPU per message"
         )
@@ -408,27 +410,37 @@ def plain_templates(topic: str, processes: int, tag: str) -> list[list[Template]
 
 
 def main() -> None:
-    from bench.common import load_average
+    from bench.common import load_average, private_tmp
+    from mesflow.services import start_broker
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=1883)
+    parser.add_argument("--port", type=int, default=0, help="0: a private mosquitto of its own")
     parser.add_argument("--rate", type=float, default=0, help="messages/s, 0: unlimited")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--topic", default="mesflow-bench/loadgen")
     args = parser.parse_args()
-    gen = LoadGenerator(
-        args.host,
-        args.port,
-        plain_templates(args.topic, args.processes, "lg"),
-        rate=args.rate,
-        seconds=args.seconds,
-    )
-    gen.start()
-    result = gen.join(args.seconds + 60)
+    with private_tmp("mesflow-loadgen-") as work:
+        broker = None
+        if not args.port:
+            broker = start_broker(work / "broker", persistence=False, prefer="mosquitto")
+            args.host, args.port = broker.host, broker.port
+        try:
+            gen = LoadGenerator(
+                args.host,
+                args.port,
+                plain_templates(args.topic, args.processes, "lg"),
+                rate=args.rate,
+                seconds=args.seconds,
+            )
+            gen.start()
+            result = gen.join(args.seconds + 60)
+        finally:
+            if broker is not None:
+                broker.stop()
     print(result.describe())
     print(f"acknowledged per second: {result.acked_per_second}")
     print(load_average())
