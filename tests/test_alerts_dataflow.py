@@ -161,7 +161,8 @@ def test_without_rules_no_alert_step(
 def test_example_alerts_file_loads_for_the_demo_plant(plant: PlantConfig) -> None:
     config = load_alerts_config(Path("config/alerts.example.yaml"), plant, environ={})
     assert {r.kind for r in config.rules} == {
-        "machine_down", "no_reason", "kpi_below", "scrap_rate", "silent", "order_at_risk"
+        "machine_down", "no_reason", "kpi_below", "scrap_rate", "silent", "order_at_risk",
+        "first_article", "patrol_missed",
     }  # fmt: skip
     # No robot variables in the demo: those channels are left out, e-mail still goes.
     assert config.channels == {} and set(config.disabled) == {
