@@ -114,6 +114,13 @@ class Piece:
     seq: int  # ingest-log seq of the sign-in
     work_order: str
     operation: str
+    # Of the open segment, computed once when it starts (`Labor._place`): its shift, and
+    # where it is cut at the latest (shift end or expiry), so that moving everyone's
+    # bookings on at each report compares integers only.
+    shift_date: date = date.min
+    shift_name: str = NO_SHIFT
+    bound: int = 0
+    expires: bool = False
 
 
 @dataclass
@@ -122,6 +129,7 @@ class Person:
     # book time twice (a plant has a few hundred people: the state stays small).
     clock: int
     pieces: dict[str, Piece] = field(default_factory=dict)
+    next_cut: int = 2**63  # us: the earliest bound of its pieces (none: never)
 
 
 @dataclass
@@ -224,8 +232,9 @@ class Labor:
 
     def tick(self, t: int) -> None:
         """Book every open piece up to `t`: cuts at shift boundaries and expiries <= t."""
-        for name in sorted(self.state.people):
-            self._advance(name, t, move_clock=False)
+        for name, p in self.state.people.items():
+            if p.next_cut <= t:  # people are independent: any order gives the same rows
+                self._advance(name, t, move_clock=False)
 
     def take(self) -> list[LaborRow]:
         out = list(self._out.values())
@@ -276,9 +285,9 @@ class Labor:
             return
         self._cut_all(name, p, t, "share")
         run = self.state.runs.get(station)
-        p.pieces[station] = Piece(
-            t, t, seq, run.work_order if run else "", run.operation if run else ""
-        )
+        pc = Piece(t, t, seq, run.work_order if run else "", run.operation if run else "")
+        self._place(station, pc, t)
+        p.pieces[station] = pc
         self._reopen_all(name, p)
 
     def _sign_out(self, seq: int, name: str, station: str, t_ev: int) -> None:
@@ -315,16 +324,24 @@ class Labor:
                 continue
             share = 1.0 / len(p.pieces)
             self._emit_closed(name, station, pc, at, share, "wo")
-            pc.start, pc.work_order, pc.operation = at, wo, op
+            pc.work_order, pc.operation = wo, op
+            self._place(station, pc, at)
             self._emit_open(name, station, pc, share)
+            self._renext(p)
 
     # -- booking ---------------------------------------------------------------------------
 
-    def _bound(self, station: str, pc: Piece) -> tuple[int, bool]:
-        """Where the piece's open segment ends at the latest, and whether that is its expiry."""
-        slot_end = self.cal.slot(station, pc.start).end
+    def _place(self, station: str, pc: Piece, start: int) -> None:
+        """Start the piece's open segment at `start`: its shift, and where it ends at the
+        latest (the shift's end, or the sign-in's expiry if that comes first)."""
+        slot = self.cal.slot(station, start)
         expiry = pc.since + self.max_us
-        return (expiry, True) if expiry <= slot_end else (slot_end, False)
+        pc.start, pc.shift_date, pc.shift_name = start, slot.shift_date, slot.shift_name
+        pc.bound, pc.expires = (expiry, True) if expiry <= slot.end else (slot.end, False)
+
+    @staticmethod
+    def _renext(p: Person) -> None:
+        p.next_cut = min((pc.bound for pc in p.pieces.values()), default=2**63)
 
     def _advance(self, name: str, t: int, move_clock: bool) -> None:
         """Cut the person's pieces at every shift boundary and expiry up to t, in order."""
@@ -344,8 +361,9 @@ class Labor:
                 pc = p.pieces[station]
                 share = 1.0 / len(p.pieces)
                 self._emit_closed(name, station, pc, c, share, "shift")
-                pc.start = c
+                self._place(station, pc, c)
                 self._emit_open(name, station, pc, share)
+                self._renext(p)
             p.clock = max(p.clock, c)
         if move_clock:
             p.clock = max(p.clock, t)
@@ -353,7 +371,8 @@ class Labor:
     def _next_cut(self, p: Person) -> tuple[int, str, bool]:
         best: tuple[int, str, bool] | None = None
         for st in sorted(p.pieces):
-            c, expired = self._bound(st, p.pieces[st])
+            pc = p.pieces[st]
+            c, expired = pc.bound, pc.expires
             # At the same instant an expiry goes first (it cuts every piece anyway).
             if best is None or (c, not expired) < (best[0], not best[2]):
                 best = (c, st, expired)
@@ -370,14 +389,17 @@ class Labor:
         for st in sorted(p.pieces):
             pc = p.pieces[st]
             self._emit_closed(name, st, pc, t, share, how if st == gone else why)
-            pc.start = t
+            if st != gone:
+                self._place(st, pc, t)
         if gone is not None:
             pc = p.pieces.pop(gone)
             self._out[("p", gone, name)] = StationPresence(
                 gone, name, from_us(pc.since), pc.seq, pc.work_order, pc.operation, 0.0, False
             )
+        self._renext(p)
 
     def _reopen_all(self, name: str, p: Person) -> None:
+        self._renext(p)
         if not p.pieces:
             return
         share = 1.0 / len(p.pieces)
@@ -389,18 +411,16 @@ class Labor:
     def _segment(
         self, name: str, station: str, pc: Piece, end: int | None, share: float, how: str
     ) -> None:
-        slot = self.cal.slot(station, pc.start)
-        bound, _ = self._bound(station, pc)
         row = LaborSegment(
             name,
             station,
             from_us(pc.start),
             None if end is None else from_us(end),
-            from_us(bound),
+            from_us(pc.bound),
             pc.work_order,
             pc.operation,
-            slot.shift_date,
-            slot.shift_name,
+            pc.shift_date,
+            pc.shift_name,
             share,
             how,
         )
