@@ -110,20 +110,23 @@ class Handoff:
             q = self._waiting[key] = deque(maxlen=self.MAX_WAITING)
         q.append(lot)
 
-    def take(self, jobs: tuple[Job, ...], now_ms: int) -> tuple[Job, Lot] | None:
-        """The oldest ready lot for one of `jobs` (removed), with its job; None if none."""
-        best: tuple[Job, Lot] | None = None
+    def take(
+        self, jobs: tuple[Job, ...], now_ms: int, last: Job | None = None
+    ) -> tuple[Job, Lot] | None:
+        """The oldest ready lot of one of `jobs` (removed), with its job; None if none.
+        The jobs take turns, starting after `last` (the machine's previous one): a step fed
+        by a busy one never starves the machine's other steps."""
         limit = min(now_ms, self.watermark - 1)
-        for job in jobs:
+        start = jobs.index(last) + 1 if last in jobs else 0
+        for job in jobs[start:] + jobs[:start]:
             q = self._waiting.get((job.product or "", job.op or ""))
             if not q:
                 continue
             lot = min((x for x in q if x.ready_ms <= limit), key=_ready, default=None)
-            if lot is not None and (best is None or lot.ready_ms < best[1].ready_ms):
-                best = (job, lot)
-        if best is not None:
-            self._waiting[(best[1].product, best[1].op)].remove(best[1])
-        return best
+            if lot is not None:
+                q.remove(lot)
+                return job, lot
+        return None
 
 
 def _ready(lot: Lot) -> tuple[int, str]:

@@ -269,10 +269,12 @@ def _machine_events(
     wo_tag: str = "",
     pv_every_ms: int = 0,
     handoff: Handoff | None = None,
+    people: Iterator[tuple[int, Event]] | None = None,
 ) -> Iterator[tuple[int, Event | None]]:
-    """One machine's events in time order (ts may run past end_ms; the caller cuts).
-    `(t, None)` items only mark progress (a machine waiting for work from a previous routing
-    step yields them, so the merge can move on and hand it work)."""
+    """One machine's events in time order (ts may run past end_ms; the caller cuts), with
+    `people`'s (sign-in/out, in time order) interleaved. `(t, None)` items only mark
+    progress (a machine waiting for work from a previous routing step yields them, so the
+    merge can move on and hand it work)."""
     rng = random.Random(f"{seed}:{spec.id}")
     # Inspections, defects and rework draw from their own numbers.
     qrng = random.Random(f"{seed}:{spec.id}:q")
@@ -365,7 +367,7 @@ def _machine_events(
     def take_over(t: int) -> bool:
         """A lot waiting for one of this machine's downstream steps, if any is ready."""
         nonlocal wo_id, ideal_ms, wo_left, wo_product, wo_qty, job, own_order, waiting
-        got = handoff.take(spec.downstream, t) if handoff is not None else None
+        got = handoff.take(spec.downstream, t, job) if handoff is not None else None
         if got is None:
             return False
         job, lot = got
@@ -555,8 +557,17 @@ def _machine_events(
             moved = t + int(qrng.uniform(10, 60) * MINUTE)  # to the next step's machines
             handoff.put(Lot(moved, wo_id, wo_product, job.next_op, wo_good, wo_qty))
 
+    person_next = next(people, None) if people is not None else None
+    person_n = 0
+
     def drain() -> list[tuple[int, Event | None]]:
         """This step's events with the operator reports that are due interleaved."""
+        nonlocal person_next, person_n
+        while person_next is not None and person_next[0] <= out[-1][0]:
+            # Sign-ins join the later reports (ids of their own; ties broken by -n).
+            person_n -= 1
+            heapq.heappush(pending, (person_next[0], person_n, person_next[1]))
+            person_next = next(people, None) if people is not None else None
         if not pending or pending[0][0] > out[-1][0]:
             return out
         merged: list[tuple[int, Event | None]] = []
@@ -689,7 +700,7 @@ def _people_events(
     tz: ZoneInfo,
     fmt: TsFormat,
     id_prefix: str,
-) -> Iterator[tuple[int, Event | None]]:
+) -> Iterator[tuple[int, Event]]:
     """Sign-ins and sign-outs at one machine (its own random numbers and id series): its
     shift's operator signs in around the shift's start (or at the run's start, when the
     shift is already under way) and out around its end; a forgetful one sometimes does not
@@ -717,7 +728,9 @@ def _people_events(
         name = crew.by_shift.get(shift.name)
         if name is None:
             continue
-        push(max(start_ms, a + int(rng.uniform(-early, 5 * MINUTE))), "sign_in", name)
+        # A shift under way at the run's start: its people sign in just after the machine's
+        # first state (they were there before; the run's data begins now).
+        push(max(start_ms + SECOND, a + int(rng.uniform(-early, 5 * MINUTE))), "sign_in", name)
         # Whether a person forgets is one decision for all the machines they tend.
         forgets = name in crew.forgetful and random.Random(f"{seed}:{name}:{a}").random() < 0.3
         if not forgets:
@@ -757,26 +770,23 @@ def generate_timed(
     wo_tag = f"S{tag}-" if work_order_tag is None else work_order_tag
     specs = machine_specs(plant)
     handoff = Handoff() if any(s.downstream for s in specs) else None
-    by_ts = itemgetter(0)
     streams = [
-        heapq.merge(
-            _machine_events(
-                spec,
-                seed,
-                start_ms,
-                end_ms,
-                tz,
-                fmt,
-                f"sim{seed}-{tag}-{spec.id}-",
-                wo_tag,
-                round(process_values_s * SECOND),
-                handoff,
-            ),
+        _machine_events(
+            spec,
+            seed,
+            start_ms,
+            end_ms,
+            tz,
+            fmt,
+            f"sim{seed}-{tag}-{spec.id}-",
+            wo_tag,
+            round(process_values_s * SECOND),
+            handoff,
             _people_events(spec, seed, start_ms, end_ms, tz, fmt, f"sim{seed}-{tag}-{spec.id}-"),
-            key=by_ts,
         )
         for spec in specs
     ]
+    by_ts = itemgetter(0)
     heads: list[tuple[int, Event | None] | None] = [None] * len(streams)
     live = list(range(len(streams)))
     window_end = start_ms
