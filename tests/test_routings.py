@@ -27,7 +27,11 @@ from streams.routing import (
     plant_routes,
     route_of,
 )
-from tests.test_machine_tracker import PLANT, T0, _json, ev, run, shuffled_within
+from tests.test_machine_tracker import PLANT as EXAMPLE
+from tests.test_machine_tracker import T0, _json, ev, run, shuffled_within
+from tests.test_routings_flow import with_routing
+
+PLANT = with_routing(EXAMPLE)  # P-100: molding "10" at IM-01..03, drilling "20" at CNC-03
 
 ROUTE = (
     Step("10", "Molding", ("IM-01", "IM-02"), None),
@@ -52,7 +56,7 @@ def test_explicit_operation_wins_then_the_machine_then_the_first_step() -> None:
 
 def test_a_work_order_s_own_routing_overrides_its_product_s() -> None:
     routes = plant_routes(PLANT)
-    assert [s.op for s in routes["P-100"]] == ["10", "20"]  # the example plant's
+    assert [s.op for s in routes["P-100"]] == ["10", "20"]
     own = [RoutingStep(op="A", machines=["IM-01"]), RoutingStep(op="B", ideal_cycle_seconds=9.5)]
     mine = route_of(own, "P-100", routes)
     assert mine == (Step("A", None, ("IM-01",), None), Step("B", None, (), 9.5))

@@ -24,6 +24,28 @@ T0 = datetime.fromisoformat("2026-11-20T09:00:00+08:00")  # a Friday: both lines
 TOKEN = "tok-routing-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 
+# The plant of these tests: the example plant with a routing of its own for P-100 (the
+# example's routings are the demo's to change).
+P100_ROUTING: dict[str, Any] = {
+    "product": "P-100",
+    "operations": [
+        {"op": "10", "name": {"en": "Molding", "zh": "注塑"}, "machines": ["IM-01", "IM-02", "IM-03"]},
+        {"op": "20", "name": {"en": "Drilling", "zh": "钻孔"}, "machines": ["CNC-03"],
+         "ideal_cycle_seconds": 45},
+    ],
+}  # fmt: skip
+
+
+def with_routing(plant: PlantConfig) -> PlantConfig:
+    """`plant` with P100_ROUTING as its only routing, validated anew."""
+    return PlantConfig.model_validate({**plant.model_dump(), "routings": [P100_ROUTING]})
+
+
+@pytest.fixture
+def routed(plant: PlantConfig) -> PlantConfig:
+    return with_routing(plant)
+
+
 THREE_STEPS: list[dict[str, Any]] = [
     {"op": "10", "name": "Molding", "machines": ["IM-01"]},
     {"op": "20", "name": "Drilling", "machines": ["CNC-03"], "ideal_cycle_seconds": 45},
@@ -160,8 +182,9 @@ def progress(url: str) -> dict[str, tuple[Any, ...]]:
 
 
 def test_three_operations_with_scrap_at_each(
-    db_url: str, ref_db_url: str, plant: PlantConfig, tmp_path: Path
+    db_url: str, ref_db_url: str, routed: PlantConfig, tmp_path: Path
 ) -> None:
+    plant = routed
     events = plant_events()
     replay_file(
         write_jsonl(tmp_path / "all.jsonl", events), plant, db_url, tmp_path / "a", progress=False
@@ -204,15 +227,16 @@ def test_three_operations_with_scrap_at_each(
 
 
 @pytest.fixture
-def api(db_url: str, plant: PlantConfig) -> Iterator[TestClient]:
+def api(db_url: str, routed: PlantConfig) -> Iterator[TestClient]:
     settings = Settings(crm_tokens=f"crm-r:{TOKEN}")
-    with TestClient(create_app(plant, db_url, settings)) as client:
+    with TestClient(create_app(routed, db_url, settings)) as client:
         yield client
 
 
 def test_a_routing_from_the_crm_api_reaches_the_boards(
-    api: TestClient, db_url: str, plant: PlantConfig, tmp_path: Path
+    api: TestClient, db_url: str, routed: PlantConfig, tmp_path: Path
 ) -> None:
+    plant = routed
     o = order("SO-API", "P-300", 20)
     body = {k: o[k] for k in ("order_no", "version", "customer", "priority", "product", "qty")}
     body |= {"due": o["due"], "status": "open", "ts": at(-10)}

@@ -44,7 +44,7 @@ from dashboards.order_queries import (
     order_board,
     order_detail,
 )
-from dashboards.pages import order_changes, order_customer_link, order_dispatch
+from dashboards.pages import order_changes, order_customer_link, order_dispatch, order_routing
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,7 @@ def register(app: dash.Dash) -> None:
     )(_refresh_order)
     order_customer_link.register(app)
     order_changes.register(app)  # change control (CHANGE)
+    order_routing.register(app)  # operations and WIP of routed work orders (ROUTING)
 
 
 # -- layouts (no database reads: Dash also calls them to validate callbacks) -----------------
@@ -263,6 +264,7 @@ def order_layout(order_no: str | None = None, lang: str | None = None, **_q: str
             _header(lang, f"{s('order', lang)} {order_no or ''}", PATH),
             html.A(s("back", lang), href=f"{PATH}?lang={lang}", className="orders-back"),
             html.Div(id=_O_BODY, className="order-body"),
+            order_routing.link(order_no, lang),  # its work orders' operations (ROUTING)
             *order_customer_link.panel(order_no, lang),  # trace link, customer link (TRACE)
             *order_changes.panel(order_no, lang),  # change requests and decisions (CHANGE)
         ],
