@@ -21,6 +21,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dashboards.pages import kpis
 from mesflow.delivery_kpis import MonthRange, fetch_delivery_kpis
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
@@ -328,6 +329,8 @@ def test_yield_through_the_dataflow(db_url: str, qplant: PlantConfig, tmp_path: 
     (kpi,) = fetch_delivery_kpis(db_url, qplant.tz, "customer", MonthRange())
     assert (kpi.key, kpi.made, kpi.sent_to_rework) == ("ACME", 100, 6)
     assert kpi.rework_rate == pytest.approx(0.06)
+    board = str(kpis.render([kpi], "customer", "en"))  # the /kpis board's table
+    assert "Rework rate" in board and "6.0%" in board
     with psycopg.connect(db_url) as conn:
         conn.execute("SET TIME ZONE 'Asia/Shanghai'")
         assert conn.execute(

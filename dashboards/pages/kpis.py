@@ -73,8 +73,8 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "lead_time_p90_s": {"zh": "交货周期 P90", "en": "Lead p90"},
     "changes": {"zh": "变更", "en": "Changes"},
     "unacknowledged": {"zh": "未确认", "en": "Unacked"},
-    "response_median_s": {"zh": "响应中位数", "en": "Response median"},
-    "response_p90_s": {"zh": "响应 P90", "en": "Response p90"},
+    "response_median_s": {"zh": "响应中位数", "en": "Resp. median"},
+    "response_p90_s": {"zh": "响应 P90", "en": "Resp. p90"},
     "completed": {"zh": "完成", "en": "Completed"},
     "on_time": {"zh": "准时", "en": "On time"},
     "on_time_rate": {"zh": "准时率", "en": "On-time rate"},
@@ -89,7 +89,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
 COLUMNS: Final = (
     "orders_started", "lead_time_avg_s", "lead_time_median_s", "lead_time_p90_s", "changes",
     "unacknowledged", "response_median_s", "response_p90_s", "completed", "on_time",
-    "on_time_rate", "good", "scrap", "scrap_rate", "made", "sent_to_rework", "rework_rate",
+    "on_time_rate", "good", "scrap", "scrap_rate", "rework_rate",
 )  # fmt: skip
 
 
