@@ -138,25 +138,29 @@ def fill(url: str, machines: list[str], first: date, days: int, tz: str) -> dict
             """,
             p,
         )
-        # An interval every 10 minutes: running, then a stop now and then; the machine's
-        # last interval is open.
+        # An interval every 10 minutes: running, then a stop now and then, each lasting 30 s
+        # to 10 min (idle and down under 2 min are micro-stops); the machine's last interval
+        # is open.
         conn.execute(
             """
             INSERT INTO machine_state_interval (machine, start_ts, end_ts, state, reason,
                 work_order, duration_s, is_microstop)
-            SELECT m, t, CASE WHEN n < %(days)s * 144 - 1 THEN t + interval '10 minutes' END,
-                   st,
+            SELECT m, t, CASE WHEN NOT open THEN t + make_interval(secs => d) END, st,
                    CASE WHEN st IN ('down', 'idle', 'setup')
                         THEN (%(reasons)s::text[])[1 + (n %% 5)] END,
                    'WO-' || m || '-' || (n / 30),
-                   CASE WHEN n < %(days)s * 144 - 1 THEN 600 ELSE 0 END,
-                   CASE WHEN st IN ('idle', 'down') THEN n %% 3 = 0 END
+                   CASE WHEN open THEN 0 ELSE d END,
+                   CASE WHEN st IN ('idle', 'down') THEN d < 120 END
             FROM unnest(%(m)s::text[]) m,
                  generate_series(0, %(days)s * 144 - 1) n,
                  LATERAL (SELECT %(start)s::timestamptz + n * interval '10 minutes' AS t,
                           (ARRAY['running','running','running','running','down','running',
                                  'idle','running','setup','running','planned_stop'])
-                              [1 + (n * 7 + length(m)) %% 11] AS st) x
+                              [1 + (n * 7 + length(m)) %% 11] AS st,
+                          CASE WHEN n %% 11 = 0 THEN 600
+                               ELSE 30 + abs(hashint4(n) # hashtext(m)) %% 5700 / 10.0
+                          END::float8 AS d,
+                          n = %(days)s * 144 - 1 AS open) x
             """,
             p,
         )

@@ -172,28 +172,39 @@ def stops(
 ) -> list[StopRow]:
     """The stops themselves (micro-stops left out), longest first: the Pareto's drill-down.
 
-    With a shift filter, a stop belongs to the shift instance of its machine it starts in:
-    the instances are listed first and each one's stops found by the primary key (machine,
-    start_ts), instead of testing every stop of the range against every instance.
+    The stops that have ended are read longest first by an index (v_stops_closed, sql/034),
+    only as many as the limit; the open ones (one per machine at most) are added, and the
+    whole sorted again. With a shift filter, a stop belongs to the shift instance of its
+    machine it starts in: one primary-key probe per stop finds it (a shift lasts 24 h at
+    most, so its instance starts less than a day before the stop).
     """
     if f.shift is None:
-        source = sql.SQL("v_stops s WHERE {scope}").format(scope=_scope_filter(f.scope, "s"))
+        in_shift = sql.SQL("true")
     else:
-        source = sql.SQL(
-            "(SELECT k.machine, k.bucket_start, k.bucket_end FROM v_kpi_machine_shift k "
-            "WHERE {scope} AND k.shift_name = %(shift)s "
-            "AND k.bucket_start < %(end_ts)s AND k.bucket_end > %(start_ts)s) k "
-            "JOIN v_stops s ON s.machine = k.machine "
-            "AND s.start_ts >= k.bucket_start AND s.start_ts < k.bucket_end WHERE true"
-        ).format(scope=_scope_filter(f.scope, "k"))
-    query = sql.SQL(
-        "SELECT s.machine, s.line, s.start_ts, s.end_ts, s.state, s.duration_s, s.reason, "
-        "s.category, s.work_order, s.is_open FROM {source} AND NOT s.is_microstop "
+        in_shift = sql.SQL(
+            "EXISTS (SELECT 1 FROM v_kpi_machine_shift k WHERE k.machine = s.machine "
+            "AND k.shift_name = %(shift)s "
+            "AND k.bucket_start < %(end_ts)s AND k.bucket_end > %(start_ts)s "
+            "AND k.bucket_start <= s.start_ts AND k.bucket_start > s.start_ts - interval '24 hours' "
+            "AND s.start_ts < k.bucket_end)"
+        )
+    where = sql.SQL(
+        "{scope} AND NOT s.is_microstop "
         "AND s.start_ts >= %(start_ts)s AND s.start_ts < %(end_ts)s "
         "AND (%(reason)s::text IS NULL OR s.reason = %(reason)s) "
-        "AND (%(category)s::text IS NULL OR s.category = %(category)s) "
-        "ORDER BY s.duration_s DESC, s.start_ts, s.machine LIMIT %(limit)s"
-    ).format(source=source)
+        "AND (%(category)s::text IS NULL OR s.category = %(category)s) AND {in_shift}"
+    ).format(scope=_scope_filter(f.scope, "s"), in_shift=in_shift)
+    cols = sql.SQL(
+        "s.machine, s.line, s.start_ts, s.end_ts, s.state, s.duration_s, s.reason, "
+        "s.category, s.work_order, s.is_open"
+    )
+    order = sql.SQL("ORDER BY s.duration_s DESC, s.start_ts, s.machine LIMIT %(limit)s")
+    query = sql.SQL(
+        "SELECT {cols} FROM ("
+        "(SELECT {cols} FROM v_stops_closed s WHERE {where} {order}) "
+        "UNION ALL (SELECT {cols} FROM v_stops s WHERE s.is_open AND {where})"
+        ") s {order}"
+    ).format(cols=cols, where=where, order=order)
     params = _params(f, tz, reason=reason, category=category, limit=limit)
 
     def run(conn: psycopg.Connection) -> list[StopRow]:

@@ -69,3 +69,30 @@ CROSS JOIN LATERAL (VALUES ('speed'::text, 'speed_loss'::text, h.speed_s, 0),
 WHERE x.seconds > 0
 ) l
 LEFT JOIN reason_code r ON r.code = l.reason;
+
+-- The longest stops of a date range (the analytics page's drill-down, 2,000 rows): v_stops
+-- computes an open stop's duration from the machine's latest event, which no index can order,
+-- so a range's stops were all read and sorted (0.6 s for a plant's month, 2.6 s for one
+-- shift name). The stops that have ended keep their stored duration: this view is v_stops
+-- without the open ones (same columns, is_open false), and the index below reads them
+-- longest first. v_stops = v_stops_closed + the open stops (v_stops WHERE is_open).
+CREATE VIEW v_stops_closed AS
+SELECT i.machine, m.line, i.start_ts, i.end_ts, i.state, i.duration_s,
+       COALESCE(i.reason, CASE WHEN i.state = 'offline' THEN 'no_data' ELSE 'unassigned' END)
+           AS reason,
+       COALESCE(r.category, CASE WHEN i.reason IS NULL AND i.state = 'offline' THEN 'no_data'
+                                 WHEN i.reason IS NULL THEN 'unassigned' ELSE 'other' END)
+           AS category,
+       COALESCE(i.is_microstop, false) AS is_microstop,
+       i.work_order,
+       false AS is_open
+FROM machine_state_interval i
+LEFT JOIN plant_machine m USING (machine)
+LEFT JOIN reason_code r ON r.code = i.reason
+WHERE i.state IN ('idle', 'down', 'setup', 'offline') AND i.end_ts IS NOT NULL;
+
+-- Longest first, ties as the drill-down orders them; micro-stops (never listed) left out.
+CREATE INDEX machine_state_interval_longest_stops
+    ON machine_state_interval (duration_s DESC, start_ts, machine)
+    WHERE state IN ('idle', 'down', 'setup', 'offline') AND end_ts IS NOT NULL
+      AND NOT COALESCE(is_microstop, false);
