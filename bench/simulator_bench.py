@@ -1,7 +1,7 @@
 """Benchmark write_history on a big plant: `python bench/simulator_bench.py`.
 
 The plant is the example plant with its lines copied until it has `--machines` machines
-(ids get a copy suffix, e.g. IM-01-c3); the simulated duration is chosen to give about
+(ids get a clone suffix, e.g. IM-01.k3); the simulated duration is chosen to give about
 `--events` events.
 """
 
@@ -13,53 +13,20 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scaled_plant import scaled_plant_data
 from collectors.simulator.history import write_history
 from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.settings import REPO_ROOT
 
 
 def big_plant(base: PlantConfig, machines: int) -> PlantConfig:
-    data = base.model_dump(mode="json")
-    lines: list[dict[str, Any]] = []
-    products: list[dict[str, Any]] = []
-    copy = 0
-    while sum(len(line["machines"]) for line in lines) < machines:
-        copy += 1
-        for line in base.model_dump(mode="json")["lines"]:
-            line["id"] = f"{line['id']}-c{copy}"
-            for m in line["machines"]:
-                m["id"] = f"{m['id']}-c{copy}"
-            lines.append(line)
-        for p in base.model_dump(mode="json")["products"]:
-            p["ideal_cycle_seconds"] = {
-                f"{mid}-c{copy}": s for mid, s in p["ideal_cycle_seconds"].items()
-            }
-            products.append(p)
-    # Trim to exactly `machines` machines (drop products naming dropped machines).
-    kept: list[dict[str, Any]] = []
-    left = machines
-    for line in lines:
-        if left <= 0:
-            break
-        line["machines"] = line["machines"][:left]
-        left -= len(line["machines"])
-        kept.append(line)
-    ids = {m["id"] for line in kept for m in line["machines"]}
-    for p in products:
-        p["ideal_cycle_seconds"] = {k: v for k, v in p["ideal_cycle_seconds"].items() if k in ids}
-    merged: dict[str, dict[str, float]] = {}
-    for p in products:
-        merged.setdefault(p["id"], {}).update(p["ideal_cycle_seconds"])
-    data["lines"] = kept
-    data["products"] = [
-        {**p, "ideal_cycle_seconds": merged[p["id"]]}
-        for p in base.model_dump(mode="json")["products"]
-    ]
-    return PlantConfig.model_validate(data)
+    """The example plant cloned to `machines` machines (bench/scaled_plant.py keeps every
+    feature: routings, defect tree, inspection policies, crews per line)."""
+    del base  # the scaled plant is derived from the example plant file itself
+    return PlantConfig.model_validate(scaled_plant_data(machines))
 
 
 def main() -> None:
