@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
+import msgspec
 import psycopg
 
 # Serialises writers so that seq order equals commit order (see sql/001_ingest_log.sql).
@@ -191,6 +192,10 @@ def record_for(source: str, body: dict[str, Any], *, key: str | None = None) -> 
         return error_record(source, b"", "malformed", "JSON nested too deep")
     except (ValueError, TypeError) as err:  # NaN/Infinity, a non-JSON value from a caller
         return error_record(source, _fallback(body), "malformed", str(err))
+    return _record(source, body, payload, key)
+
+
+def _record(source: str, body: dict[str, Any], payload: bytes, key: str | None) -> LogRecord:
     if len(payload) > MAX_PAYLOAD_BYTES:
         return error_record(
             source,
@@ -202,7 +207,9 @@ def record_for(source: str, body: dict[str, Any], *, key: str | None = None) -> 
         event_id = body.get("id")
         if isinstance(event_id, str) and event_id:
             try:
-                key_hash: bytes | None = dedupe_key(f"id:{event_id}")
+                key_hash: bytes | None = _blake2b(
+                    b"id:" + event_id.encode(), digest_size=16
+                ).digest()
             except UnicodeEncodeError:  # unreachable: the payload encoded; kept defensive
                 key_hash = None
         else:
@@ -212,13 +219,67 @@ def record_for(source: str, body: dict[str, Any], *, key: str | None = None) -> 
     machine = body.get("machine")
     if not isinstance(machine, str) or not 0 < len(machine) <= _MAX_MACHINE or "\x00" in machine:
         machine = None  # not a machine id: the contract will refuse the event
-    return LogRecord(
-        safe_text(source, 1000),
-        payload,
-        dedupe_key=key_hash,
-        machine=machine,
-        content_key=hashlib.blake2b(payload, digest_size=16).digest(),
+    # tuple.__new__: a NamedTuple's own __new__ is Python code, a third of this function.
+    return _new_tuple(
+        LogRecord,
+        (
+            safe_text(source, 1000),
+            payload,
+            key_hash,
+            None,
+            machine,
+            _blake2b(payload, digest_size=16).digest(),
+        ),
     )
+
+
+_blake2b = hashlib.blake2b
+_new_tuple = tuple.__new__
+
+# The storer's fast path (`fast_record`): msgspec decodes and re-encodes several times
+# faster than the stdlib json module with its duplicate-key hook. It is used only where
+# it gives the stdlib path's bytes: the input must re-encode to itself (so it has no
+# duplicate keys, no spaces, no NaN, only the escapes both encoders write), and hold no
+# float that the two encoders write differently (exponent forms: at or above 1e16 and
+# below 1e-4). Short inputs only: the stdlib has a recursion limit and refuses integers
+# of over 4300 digits. Anything else takes `decode_object` + `record_for`.
+_fast_decode = msgspec.json.Decoder().decode
+_fast_encode = msgspec.json.Encoder().encode
+_fast_encode_sorted = msgspec.json.Encoder(order="sorted").encode
+_MAX_FAST_BYTES = 4000
+_MAX_FAST_BRACKETS = 64
+
+
+def fast_record(source: str, raw: bytes) -> LogRecord | None:
+    """`record_from_bytes(source, raw)` for a plain compact JSON object, faster; None when
+    the input is not plain (then call `record_from_bytes` or its parts). Never raises."""
+    if (
+        type(raw) is not bytes
+        or len(raw) > _MAX_FAST_BYTES
+        or raw.count(b"{") + raw.count(b"[") > _MAX_FAST_BRACKETS
+    ):
+        return None
+    try:
+        body = _fast_decode(raw)
+        if type(body) is not dict or _fast_encode(body) != raw or not _same_floats(body):
+            return None
+        payload = _fast_encode_sorted(body)
+    except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
+        return None
+    return _record(source, body, payload, None)
+
+
+def _same_floats(value: Any) -> bool:
+    """Whether every float in `value` (a dict or list) is one both encoders write alike."""
+    items: Any = value.values() if type(value) is dict else value
+    for v in items:
+        kind = type(v)
+        if kind is float:
+            if v != 0.0 and not 1e-4 <= abs(v) < 1e16:
+                return False
+        elif (kind is dict or kind is list) and not _same_floats(v):
+            return False
+    return True
 
 
 def record_from_bytes(source: str, raw: bytes, *, line_key: bytes | None = None) -> LogRecord:
@@ -227,11 +288,13 @@ def record_from_bytes(source: str, raw: bytes, *, line_key: bytes | None = None)
     `line_key` is the source's own identity of the input (a replayed file line): used when
     the event has no id, and for error records, so re-reading the source stores nothing new.
     """
-    try:
-        body = decode_object(raw)
-    except DecodeError as err:
-        return error_record(source, raw, err.reason, err.detail, dedupe=line_key)
-    rec = record_for(source, body)
+    rec = fast_record(source, raw)
+    if rec is None:
+        try:
+            body = decode_object(raw)
+        except DecodeError as err:
+            return error_record(source, raw, err.reason, err.detail, dedupe=line_key)
+        rec = record_for(source, body)
     if rec.dedupe_key is None and line_key is not None:
         rec = rec._replace(dedupe_key=line_key)
     return rec

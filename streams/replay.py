@@ -16,7 +16,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -34,6 +34,7 @@ from mesflow.ingest_log import (
     decode_object,
     dedupe_key,
     error_record,
+    fast_record,
     last_seq,
     record_for,
     safe_text,
@@ -134,20 +135,26 @@ def line_records(path: Path) -> Iterator[list[LogRecord]]:
                     dedupe=line_key(b"%d:%s" % (size, line)),
                 )
             else:
-                try:
-                    body = decode_object(line)
-                except DecodeError as err:
-                    rec = error_record(source, line, err.reason, err.detail, dedupe=line_key(line))
-                else:
-                    rec = record_for(source, body)
-                    if rec.dedupe_key is None:  # no id, or an error record
-                        rec = rec._replace(dedupe_key=line_key(line))
+                rec = _line_record(source, line, line_key)
             chunk.append(rec)
             if len(chunk) >= CHUNK_LINES:
                 yield chunk
                 chunk = []
     if chunk:
         yield chunk
+
+
+def _line_record(source: str, line: bytes, line_key: Callable[[bytes], bytes]) -> LogRecord:
+    rec = fast_record(source, line)  # most lines: msgspec, same record (ingest_log.py)
+    if rec is None:
+        try:
+            body = decode_object(line)
+        except DecodeError as err:
+            return error_record(source, line, err.reason, err.detail, dedupe=line_key(line))
+        rec = record_for(source, body)
+    if rec.dedupe_key is None:  # no id, or an error record
+        rec = rec._replace(dedupe_key=line_key(line))
+    return rec
 
 
 def _bounded_lines(f: BinaryIO) -> Iterator[tuple[int, bytes, int]]:
