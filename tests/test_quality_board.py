@@ -23,7 +23,7 @@ from mesflow.plant import PlantConfig
 from streams.replay import replay_file
 from tests.conftest import require
 from tests.test_dashboard import Chromium
-from tests.test_operator import PASSWORD, _client, app, served  # noqa: F401  (fixtures)
+from tests.test_operator import PASSWORD, SCREENSHOTS, _client, app, served  # noqa: F401  (fixtures)
 from tests.test_quality import EXAMPLE, _write
 
 DAY = date(2026, 11, 20)
@@ -165,9 +165,12 @@ def test_board_in_the_browser(
         browser.wait_for("document.querySelectorAll('#q-pareto .bars .point').length === 3")
         assert "Quality" in browser.eval("document.querySelector('h1').textContent")
         assert browser.eval("document.documentElement.scrollWidth") <= 1280
-        browser.screenshot(tmp_path / "quality-en.png")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(SCREENSHOTS / "quality-en-1280x800.png")
         browser.goto(f"{served}/quality?lang=zh&start=2026-11-20&end=2026-11-20")
         browser.wait_for("document.querySelector('#q-tiles')?.textContent.includes('一次合格率')")
         browser.wait_for("document.querySelector('#q-tiles').textContent.includes('86.0%')")
+        browser.wait_for("document.querySelectorAll('#q-pareto .bars .point').length === 3")
+        browser.screenshot(SCREENSHOTS / "quality-zh-1280x800.png")
     finally:
         browser.close()
