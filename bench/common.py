@@ -41,6 +41,13 @@ class BenchDatabase:
         migrate(self.url, log=lambda _m: None)
         sync_plant(self.url, plant)
 
+    def server_pid(self) -> int | None:
+        """The postmaster's pid (first line of postmaster.pid), None when not running."""
+        try:
+            return int((self.directory / "pg" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def stop(self) -> None:
         try:
             self._pg.stop()
@@ -86,6 +93,22 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
     # after the command: state is field 3; utime, stime, cutime, cstime are fields 14-17
     return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process, its reaped children (e.g. a PostgreSQL server's ended
+    backends) and its live children (its current backends)."""
+    total = cpu_seconds(pid)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid:  # field 4: the parent's pid
+            total += cpu_seconds(int(entry.name))
+    return total
 
 
 def load_average() -> str:
