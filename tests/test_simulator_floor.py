@@ -13,10 +13,13 @@ from functools import cache
 from itertools import pairwise
 from typing import Any
 
+import yaml
+
+from bench.scaled_plant import scaled_plant_data
 from collectors.simulator import generate, machine_specs
 from collectors.simulator.floor import Handoff, Job, Lot, crews, person
 from mesflow.ingest_log import LogEntry
-from mesflow.plant import load_plant_config
+from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.settings import REPO_ROOT
 from streams.records import FloorInput, Rejection
 from streams.validate import Validator
@@ -113,7 +116,7 @@ def _runs(events: tuple[Event, ...]) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     open_run: dict[str, dict[str, Any]] = {}
     for e in events:
-        m = e.get("machine")
+        m: str = e.get("machine", "")
         if e["type"] == "report" and e["kind"] == "wo_start":
             open_run[m] = {"wo": e["work_order"], "machine": m, "op": e.get("operation"),
                            "start": ts(e), "end": None, "good": 0, "made": 0}  # fmt: skip
@@ -321,3 +324,48 @@ def _working(a: datetime, b: datetime, machine: str) -> bool:
         for e in _between(machine, a, b, False)
         if e["type"] == "state" and e["state"] == "planned_stop"
     ]
+
+
+def _day(plant: PlantConfig) -> list[Event]:
+    return list(generate(plant, seed=3, start=MONDAY_9, end=MONDAY_9 + timedelta(hours=24)))
+
+
+def _rejections(plant: PlantConfig, events: list[Event]) -> list[Rejection]:
+    entries = [LogEntry(i, json.dumps(e).encode(), None, None) for i, e in enumerate(events, 1)]
+    return [r for r in Validator(plant)(entries) if isinstance(r, Rejection)]
+
+
+def test_a_plant_without_routings_defects_or_inspections_gets_none() -> None:
+    data = yaml.safe_load((REPO_ROOT / "config" / "plant.example.yaml").read_text("utf-8"))
+    for key in ("routings", "defects", "inspections"):
+        data.pop(key)
+    for product in data["products"]:
+        product.pop("inspections", None)
+    plant = PlantConfig.model_validate(data)
+    events = _day(plant)
+    assert _rejections(plant, events) == []
+    kinds = {e.get("kind") for e in events}
+    assert "inspection" not in kinds and {"sign_in", "defect", "rework"} <= kinds
+    assert not [e for e in events if e.get("operation")]
+    # Every machine has work of its own again: none waits for a previous step.
+    starts = {e["machine"] for e in events if e.get("kind") == "wo_start" and ts(e) == MONDAY_9}
+    assert starts == set(plant.machines)
+
+
+def test_the_scaled_benchmark_plant_simulates_valid_events() -> None:
+    plant = PlantConfig.model_validate(scaled_plant_data(36))
+    events = _day(plant)
+    assert _rejections(plant, events) == []
+    ops = {
+        (e["machine"], e["operation"])
+        for e in events
+        if e.get("kind") == "wo_start" and e.get("operation")
+    }
+    assert ("CNC-06.k2", "20") in ops or ("CNC-06.k1", "20") in ops or ("CNC-06", "20") in ops
+    people = [e["operator"] for e in events if e.get("kind") == "sign_in"]
+    by_line: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        if e.get("kind") == "sign_in":
+            by_line[plant.line_of_machine[e["machine"]].id].add(e["operator"])
+    lines = list(by_line.values())
+    assert people and all(not a & b for a, b in pairwise(lines))  # each line its own crew
