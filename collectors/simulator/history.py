@@ -58,8 +58,8 @@ def write_history(
 
 
 BACKFILL_SOURCE = "simulator:backfill"
-# History work orders are WO-<machine>-H0001, ...: the live run numbers its own from 0001
-# again, and the CRM stand-in's orders name those.
+# History work orders are WO-<machine>-H0001, ...: never a live run's (WO-<machine>-S<run>-0001)
+# nor the CRM stand-in's (WO-<machine>-0001), so last week's parts never count for today's.
 HISTORY_WORK_ORDER_TAG = "H"
 
 
