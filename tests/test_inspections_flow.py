@@ -231,3 +231,55 @@ def test_a_restart_in_the_middle_gives_the_same_rows(
     got, want = everything(db_url), everything(ref_db_url)
     # Inspection seqs are the log's: the same in both (one line per seq, in file order).
     assert got == want
+
+
+def test_live_an_overdue_patrol_shows_without_new_events(
+    db_url: str, plant: PlantConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live, nothing arrives after the first article: the step's timer moves the clock with
+    the wall clock, and the patrol due 6 minutes ago (grace 5) shows as missed."""
+    import threading
+    import time
+
+    from mesflow.ingest_log import append, record_for
+
+    monkeypatch.delenv("MESFLOW_ALERTS_CONFIG", raising=False)
+    live_plant = plant.model_copy(
+        update={"inspections": InspectionPolicy(patrol_every_minutes=60, patrol_grace_minutes=5)}
+    )
+    now = datetime.now(TZ).replace(microsecond=0)
+    started = now - timedelta(minutes=66)
+
+    def later(minutes: float) -> str:
+        return (started + timedelta(minutes=minutes)).isoformat()
+
+    live_events = [
+        {"type": "state", "machine": "IM-01", "ts": later(0), "state": "running"},
+        {"type": "report", "kind": "wo_start", "machine": "IM-01", "ts": later(0),
+         "work_order": "WO-L"},
+        {"type": "report", "kind": "inspection", "machine": "IM-01", "ts": later(1),
+         "work_order": "WO-L", "stage": "first", "result": "pass"},
+    ]  # fmt: skip
+    with psycopg.connect(db_url) as conn:
+        append(conn, [record_for("test", e) for e in live_events])
+    stop = threading.Event()
+    flow = threading.Thread(
+        target=run_flow,
+        args=(live_plant, db_url, tmp_path / "recovery", 1.0),
+        kwargs={"stop": stop},
+        daemon=True,
+    )
+    flow.start()
+    try:
+        deadline = time.monotonic() + 60
+        missed: list[tuple[Any, ...]] = []
+        while time.monotonic() < deadline and not missed:
+            time.sleep(1)
+            missed = rows(db_url, "SELECT since FROM v_inspection_flags "
+                          "WHERE flag = 'patrol_missed'")  # fmt: skip
+        assert missed == [(started + timedelta(minutes=65),)]
+        (run,) = rows(db_url, "SELECT patrol_missed_since, next_patrol_due FROM v_inspection_runs")
+        assert run == (started + timedelta(minutes=65), started + timedelta(minutes=120))
+    finally:
+        stop.set()
+        flow.join(timeout=30)
