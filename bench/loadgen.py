@@ -211,6 +211,8 @@ def _worker(
                 time.sleep(min(TICK, max(0.0, (written + 1) / rate - (now - start))))
             continue
         ts = datetime.fromtimestamp(now, UTC).isoformat(timespec="microseconds").encode()
+        if len(ts) != TS_WIDTH:  # the packets' remaining length counts on this width
+            raise ValueError(f"send time {ts!r} is not {TS_WIDTH} bytes wide")
         parts: list[bytes] = []
         for i in range(written, written + due):
             t = templates[i % n_templates]

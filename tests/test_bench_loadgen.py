@@ -11,7 +11,15 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.loadgen import ID_MARK, TS_MARK, LoadGenerator, plain_templates, template
+from bench.loadgen import (
+    ID_DIGITS,
+    ID_MARK,
+    TS_MARK,
+    TS_WIDTH,
+    LoadGenerator,
+    plain_templates,
+    template,
+)
 from tests.helpers import RestartableBroker
 
 
@@ -106,3 +114,40 @@ def test_messages_the_broker_never_acknowledged_are_not_counted(
         gen.join(60)  # the worker's connection broke: no result, no made-up count
     written, acked = gen.progress()
     assert 1000 <= acked < written < 6000  # what went into the socket after the kill is not "sent"
+
+
+def _remaining_length(packet: bytes) -> tuple[int, int]:
+    """(remaining length, header size) of an MQTT packet."""
+    value, shift, i = 0, 0, 1
+    while True:
+        byte = packet[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+@pytest.mark.parametrize("extra", [0, 100, 200, 20_000])
+def test_a_template_is_a_well_formed_qos1_publish(extra: int) -> None:
+    """Built by hand as MQTT 3.1.1 says, whatever the size (1- to 3-byte lengths)."""
+    topic = "mesflow/v1/suzhou/molding/IM/IM-01/count"
+    t = template(topic, {"ts": TS_MARK, "good": 1, "pad": "x" * extra, "id": ID_MARK}, "ab-")
+    ts = b"2026-11-30T03:00:00.123456+00:00"
+    assert len(ts) == TS_WIDTH
+    packet = t.head + (7).to_bytes(2, "big") + t.pre + ts + t.mid + b"0000000042" + t.post
+    assert len(packet) == t.size
+    assert packet[0] == 0x32  # PUBLISH, QoS 1, no DUP, no RETAIN
+    remaining, header = _remaining_length(packet)
+    assert header + remaining == len(packet)
+    topic_len = int.from_bytes(packet[header : header + 2], "big")
+    assert packet[header + 2 : header + 2 + topic_len].decode() == topic
+    at = header + 2 + topic_len
+    assert packet[at : at + 2] == b"\x00\x07"  # the packet id
+    event = json.loads(packet[at + 2 :])
+    assert event == {
+        "ts": ts.decode(),
+        "good": 1,
+        "pad": "x" * extra,
+        "id": "ab-" + "0" * (ID_DIGITS - 2) + "42",
+    }
