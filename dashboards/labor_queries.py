@@ -164,7 +164,9 @@ def people(db: Database) -> list[str]:
         ).fetchall()
         return [r[0] for r in rows]
 
-    return db.run(read)
+    # At most 0.5 s: Dash builds every layout on a process's first request, and with the
+    # database away every board would wait the pool's full timeout for this list.
+    return db.run(read, timeout=0.5)
 
 
 def people_by_station(db: Database) -> dict[str, list[str]]:
