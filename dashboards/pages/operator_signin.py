@@ -233,7 +233,7 @@ def _refresh(_n: Any, station: Any, lang: Any) -> Any:
     if not isinstance(station, str) or station not in ctx.plant.machines:
         return []
     try:
-        people = ctx.db.run(lambda conn: read_people(conn, station))
+        people = ctx.db.run(lambda conn: read_people(conn, station), timeout=1.0)
     except psycopg.Error:
         return dash.no_update  # the station body already says the database is away
     return render_people(people, ZoneInfo(ctx.plant.plant.timezone), lang)
