@@ -4,10 +4,15 @@ of a replay through the dataflow, both languages, roles, and hostile query value
 from __future__ import annotations
 
 import json
+import shutil
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+import waitress
 
 from dashboards import context
 from dashboards.app import create_app
@@ -16,12 +21,15 @@ from mesflow import users
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from streams.replay import replay_file
+from tests.conftest import require
 from tests.helpers import write_jsonl
-from tests.test_dashboard import sign_in
+from tests.test_dashboard import Chromium, sign_in
 from tests.test_order_board import _call
 from tests.test_routings_flow import plant_events, with_routing
 
 BODY = "rt-body.children"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+PASSWORD = "pw-for-routing-tests"
 
 
 def _cells(node: Any, out: list[list[Any]]) -> None:
@@ -114,3 +122,60 @@ def test_operations_page_shows_each_step_and_the_wip(
             assert "No order given" in body(hostile, "en")
     finally:
         context.of(app.server).db.close()
+
+
+@pytest.fixture
+def served(db_url: str, plant: PlantConfig, tmp_path: Path) -> Iterator[str]:
+    """The boards over a replay of plant_events, served over HTTP, with a manager."""
+    routed = with_routing(plant)
+    replay_file(
+        write_jsonl(tmp_path / "e.jsonl", plant_events()),
+        routed,
+        db_url,
+        tmp_path / "rec",
+        progress=False,
+    )
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "manager", "manager", PASSWORD)
+    app = create_app(Settings(auth_session_secret="test-secret-" + "r" * 32), routed, db_url)
+    server = waitress.create_server(app.server, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+        thread.join(timeout=5)
+        context.of(app.server).db.close()
+
+
+@pytest.mark.browser
+def test_operations_page_in_the_browser(served: str, tmp_path: Path) -> None:
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    browser = Chromium(tmp_path)
+    try:
+        browser.page(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
+        # From the order page, through its link, as a manager would.
+        browser.goto(f"{served}/orders/SO-R?lang=en")
+        browser.wait_for("!!document.querySelector('#password')")
+        browser.eval("document.querySelector('#username').value = 'manager'")
+        browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
+        browser.eval("document.querySelector('button[type=submit]').click()")
+        browser.wait_for("!!document.querySelector('a.order-routing-link')")
+        browser.eval("document.querySelector('a.order-routing-link').click()")
+        browser.wait_for("document.querySelectorAll('.routing-table tbody tr').length === 5")
+        text = browser.eval("document.querySelector('.order-body').textContent")
+        assert "Work order WO-R1" in text and "Final check" in text and "80.0%" in text
+        assert browser.eval("document.documentElement.scrollWidth") <= 1280
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(SCREENSHOTS / "routing-en-1280x800.png")
+        browser.goto(f"{served}/routing?order=SO-R&lang=zh")
+        browser.wait_for("document.querySelectorAll('.routing-table tbody tr').length === 5")
+        text = browser.eval("document.querySelector('.order-body').textContent")
+        assert "钻孔" in text and "工序间在制品" in text
+        browser.screenshot(SCREENSHOTS / "routing-zh-1280x800.png")
+    finally:
+        browser.close()
