@@ -181,6 +181,8 @@ class _Memo:
     """What a run remembers between derivations: its last rows, and when it went missing."""
 
     detected_at: int | None = None  # first parts total seen above the first-article limit
+    # _parts' last answer and what it was computed from: (points, last point, end, limit, made).
+    parts_seen: tuple[int, tuple[int, int] | None, int | None, int, int] | None = None
     row: InspectionRun | None = None
     flags: dict[FlagKey, InspectionFlag] = field(default_factory=dict)
     end: int | None = None
@@ -198,7 +200,9 @@ class InspectionState:
     # (work order, machine, operation or "*" for all): (t, parts made in total), sorted.
     parts: dict[tuple[str, str, str], list[tuple[int, int]]] = field(default_factory=dict)
     runs: dict[RunKey, _Memo] = field(default_factory=dict)
-    dirty: set[str] = field(default_factory=set)  # machines to derive again
+    dirty: set[str] = field(default_factory=set)  # machines whose runs are all derived again
+    # (work order, machine) whose inspections or parts changed: its runs are derived again.
+    dirty_wo: set[tuple[str, str]] = field(default_factory=set)
 
 
 class _Run(NamedTuple):
@@ -243,6 +247,9 @@ class Inspections:
                         s.checks.setdefault((ev.work_order, ev.machine), []),
                         _Check(at, x.seq, ev.stage, ev.result, ev.operation),
                     )
+                    s.dirty_wo.add((ev.work_order, ev.machine))
+                    self._saw(at)
+                    continue
                 elif te is WorkOrderStartReport or te is WorkOrderEndReport:
                     at = to_us(ev.ts)
                     insort(
@@ -262,7 +269,7 @@ class Inspections:
                     if op_name:
                         _point(s.parts, (x.work_order, x.machine, op_name), x.t, good + scrap)
                 self._saw(x.t)
-                s.dirty.add(x.machine)
+                s.dirty_wo.add((x.work_order, x.machine))
             elif t is self._order_input and type(x.event) is WorkOrderEvent:
                 ev = x.event
                 if s.products.get(ev.work_order) != ev.product:
@@ -301,9 +308,11 @@ class Inspections:
     def _derive(self) -> list[Row]:
         s = self.state
         # Open runs with patrols fall due by the clock alone.
-        machines = set(s.dirty)
+        dirty, dirty_wo = s.dirty, s.dirty_wo
+        machines = set(dirty)
+        machines.update(m for _wo, m in dirty_wo)
         machines.update(k[1] for k, m in s.runs.items() if m.end is None)
-        s.dirty = set()
+        s.dirty, s.dirty_wo = set(), set()
         out: list[Row] = []
         for machine in sorted(machines):
             runs = _runs(s.wo_events.get(machine, []))
@@ -317,6 +326,12 @@ class Inspections:
                     if run.end is not None and run.end < horizon:
                         continue  # long over (and forgotten): nothing to say again
                     memo = s.runs[key] = _Memo()
+                elif (
+                    run.end is not None
+                    and machine not in dirty
+                    and (run.work_order, machine) not in dirty_wo
+                ):
+                    continue  # over, and none of its facts changed
                 memo.end = run.end
                 # Its work order's next run here: inspections from then on are that run's.
                 nxt = next((r.start for r in runs[i + 1 :] if r.work_order == run.work_order), None)
@@ -508,12 +523,17 @@ class Inspections:
         points = parts.get((run.work_order, machine, run.op)) if run.op else None
         if points is None:
             points = parts.get((run.work_order, machine, "*"), [])
+        # The same points and end as last time: the same answer (most runs, most batches).
+        limit = policy.first_article_within_parts
+        sig = (len(points), points[-1] if points else None, run.end, limit)
+        seen = memo.parts_seen
+        if seen is not None and seen[:4] == sig:
+            return seen[4], memo.detected_at
         base = 0
         made = 0
         for t, total in points:
             if t <= run.start:
                 base = max(base, total)
-        limit = policy.first_article_within_parts
         prev_t, prev_made = run.start, 0
         for t, total in points:
             if t <= run.start or (run.end is not None and t > run.end + self.lag_us):
@@ -529,6 +549,7 @@ class Inspections:
             if now_made > made:
                 made = now_made
             prev_t, prev_made = t, now_made
+        memo.parts_seen = (*sig, made)
         return made, memo.detected_at
 
     def _day(self, t: int) -> date:
