@@ -509,5 +509,14 @@ def _register_customer_link_commands() -> None:
 _register_customer_link_commands()
 
 
+def _register_labor_commands() -> None:
+    from mesflow import labor_report
+
+    main.add_command(labor_report.cli)  # mesflow labor (docs/labor.md)
+
+
+_register_labor_commands()
+
+
 if __name__ == "__main__":
     main()
