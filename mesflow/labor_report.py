@@ -45,8 +45,8 @@ GROUP BY work_order, operation, person
 ORDER BY work_order NULLS LAST, operation NULLS FIRST, person"""
 
 HEADERS: dict[By, tuple[str, ...]] = {
-    "shift": ("shift date", "shift", "person", "hours", "stations"),
-    "work-order": ("work order", "operation", "person", "hours", "stations"),
+    "shift": ("shift date", "shift", "person", "stations", "hours"),
+    "work-order": ("work order", "operation", "person", "stations", "hours"),
 }
 
 
@@ -93,14 +93,14 @@ def render(rows: list[tuple[Any, ...]], by: By, fmt: Literal["table", "csv"]) ->
         w = csv.writer(out, lineterminator="\n")
         w.writerow([*(h.replace(" ", "_") for h in HEADERS[by]), "open"])
         for a, b, person, hours, stations, is_open in rows:
-            w.writerow([a, b, person, f"{hours:.6f}", stations, "true" if is_open else "false"])
+            w.writerow([a, b, person, stations, f"{hours:.6f}", "true" if is_open else "false"])
         return out.getvalue()
     body = [
-        [str(a), str(b) or "-", person, f"{hours:.2f}" + ("*" if is_open else ""), stations]
+        [str(a), str(b) or "-", person, stations, f"{hours:.2f}" + ("*" if is_open else "")]
         for a, b, person, hours, stations, is_open in rows
     ]
     total = sum(r[3] for r in rows)
-    text = _grid(HEADERS[by], body, left=3)
+    text = _grid(HEADERS[by], body, left=4)
     note = "  (* still signed in: counted up to now)" if any(r[5] for r in rows) else ""
     return f"{text}total {total:.2f} h{note}\n"
 

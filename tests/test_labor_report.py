@@ -39,12 +39,12 @@ def test_hours_per_shift_and_person(seeded: str, plant_file: Path) -> None:
     assert lines[0] == "Labor hours by shift and person, shift dates 2026-11-20 (Asia/Shanghai)"
     rows = [line.split() for line in lines[4:-1]]
     assert rows == [
-        ["2026-11-20", "day", "li", "1.00", "IM-01", "IM-02"],
-        ["2026-11-20", "day", "sun", "11.00", "IM-05"],
-        ["2026-11-20", "day", "wang", "2.00", "IM-01"],
-        ["2026-11-20", "day", "zhao", "2.00", "IM-03"],
-        ["2026-11-20", "night", "li", "2.50", "IM-01", "IM-02"],
-        ["2026-11-20", "night", "wang", "2.00", "IM-01"],
+        ["2026-11-20", "day", "li", "IM-01", "IM-02", "1.00"],
+        ["2026-11-20", "day", "sun", "IM-05", "11.00"],
+        ["2026-11-20", "day", "wang", "IM-01", "2.00"],
+        ["2026-11-20", "day", "zhao", "IM-03", "2.00"],
+        ["2026-11-20", "night", "li", "IM-01", "IM-02", "2.50"],
+        ["2026-11-20", "night", "wang", "IM-01", "2.00"],
     ]
     assert lines[-1] == "total 20.50 h"
 
