@@ -155,6 +155,7 @@ class Crew:
 
     by_shift: dict[str, str]
     forgetful: frozenset[str]  # these sometimes forget to sign out
+    max_signed_in_ms: int = 12 * 3_600_000  # labor.max_sign_in_hours: nobody stays longer
 
 
 def crews(plant: PlantConfig) -> dict[str, Crew]:
@@ -176,8 +177,9 @@ def crews(plant: PlantConfig) -> dict[str, Crew]:
                 assign[mid][shift.name] = names[min(k, people - 1)]
             if s_no == len(shifts) - 1:
                 forgetful.add(names[0])
+        max_ms = round(plant.labor.max_sign_in_hours * 3_600_000)
         for mid in ids:
-            out[mid] = Crew(assign[mid], frozenset(forgetful))
+            out[mid] = Crew(assign[mid], frozenset(forgetful), max_ms)
     return out
 
 

@@ -336,8 +336,11 @@ def _machine_events(
         add(t, ev)
 
     def who(t: int) -> str:
-        """The operator on shift at the machine (a pool name when nobody is)."""
-        shift = shift_at(spec.calendar, tz, t) if spec.crew is not None else None
+        """The operator on shift at the machine (a report sent just after the shift's end:
+        its operator; a pool name when nobody is on shift)."""
+        shift = None
+        if spec.crew is not None:
+            shift = shift_at(spec.calendar, tz, t) or shift_at(spec.calendar, tz, t - 30 * MINUTE)
         name = spec.crew.by_shift.get(shift.name) if spec.crew and shift else None
         return name or rng.choice(spec.operators)
 
@@ -421,8 +424,10 @@ def _machine_events(
         wo_good = 0
         checks = spec.inspection(wo_product)
         feats = features(wo_product, job.op if job else None, spec.molding)
-        # The first work order was started (and its first piece passed) before the run.
         fa_pending = checks is not None and checks.first_article and not first
+        if first and checks is not None and checks.first_article:
+            # Started before the run: its first article passed then (on record at the start).
+            add(t, inspect(t, "first", False, 1))
         next_patrol = math.inf
         if checks is not None and checks.patrol_ms:
             next_patrol = t + int(
@@ -636,6 +641,12 @@ def _machine_events(
                 # Cycle time: the ideal one stretched a little, mostly ~5 %, at most 25 %.
                 ct = int(ideal_ms * (1.02 + min(expo(33.0), 0.23)))
                 if t + ct > seg_end:
+                    if (
+                        checks is not None
+                        and next_patrol - t <= 0.15 * checks.patrol_ms
+                        and (end_ms is None or seg_end < end_ms)  # a real break, not the run's end
+                    ):
+                        patrol(t)  # due in the coming break: the inspector comes before it
                     break  # the cycle cannot finish before the break: it is abandoned
                 t += ct
                 run_clock += ct
@@ -677,7 +688,10 @@ def _machine_events(
                 elif t >= next_defect:
                     defect(t)
                 elif run_clock >= next_at and seg_end - t > MINUTE:
+                    stopped = t
                     t = interrupt(t, seg_end)
+                    if next_patrol <= t:  # due during the stop: the inspector comes anyway
+                        patrol(max(int(next_patrol), stopped))
             if out:
                 yield from drain()
                 out.clear()
@@ -730,11 +744,16 @@ def _people_events(
             continue
         # A shift under way at the run's start: its people sign in just after the machine's
         # first state (they were there before; the run's data begins now).
-        push(max(start_ms + SECOND, a + int(rng.uniform(-early, 5 * MINUTE))), "sign_in", name)
+        signed_in = max(start_ms + SECOND, a + int(rng.uniform(-early, 5 * MINUTE)))
+        push(signed_in, "sign_in", name)
         # Whether a person forgets is one decision for all the machines they tend.
         forgets = name in crew.forgetful and random.Random(f"{seed}:{name}:{a}").random() < 0.3
         if not forgets:
-            push(b + int(rng.uniform(-3 * MINUTE, 12 * MINUTE)), "sign_out", name)
+            out = b + int(rng.uniform(-3 * MINUTE, 12 * MINUTE))
+            # Never signed in longer than the plant's limit (a 12-hour shift with a 12-hour
+            # limit: out a few minutes early rather than closed by the labor step).
+            latest = signed_in + crew.max_signed_in_ms - int(rng.uniform(1, 5) * MINUTE)
+            push(max(signed_in + MINUTE, min(out, latest)), "sign_out", name)
     while heap:
         t, _, ev = heapq.heappop(heap)
         yield t, ev
