@@ -1,33 +1,44 @@
 """Defects, rework, first-pass and final yield (docs/quality.md). Plain Python, no Bytewax.
 
-One `WorkOrderQuality` per work order (the step is keyed by work order) takes:
+One `MachineQuality` per machine (the step is keyed by machine: the machine that made the
+parts, as the defect and rework reports name it) takes:
 
 - FloorInput(defect): `qty` parts with defect `code` are scrapped or sent to rework;
 - FloorInput(rework): `qty` parts came back from rework, good or scrapped;
 - FloorInput(inspection): its defect lines are recorded (found in inspection samples) but
   move no part: only a defect report disposes of parts;
-- FloorInput(wo_start): the operation that runs at the machine (a column of the yield row);
-- WorkOrderParts: the parts the machine counted for the work order (absolute, as of t).
-  The machine tracker has already moved defect-scrap and rework-scrap from good to scrap
-  there (streams/validate.py sends each as a scrap report), so its scrap includes both;
-- OrderInput(WorkOrderEvent): the work order's product.
+- FloorInput(wo_start / wo_end): which work order runs on the machine when, in event time
+  (the machine tracker's own timeline: a start begins a work order, the end of the running
+  one ends it);
+- WorkOrderParts: the parts the machine counted for a work order (absolute, as of t).
 
-Per (work order, machine), where `machine` is where the parts were made:
+The validator also sends each defect-scrap and rework-scrap report to the machine tracker as
+a scrap report, which moves good to scrap on the work order running at the report's time
+(streams/validate.py). So the tracker's scrap for a work order includes the reports made
+while it ran there, not those made after it ended (rework often comes back later). Per
+(work order, machine):
 
     made             = good + scrap the machine counted for the work order
-    first-time scrap = the machine's scrap − scrapped after rework
-                       (at least the defect reports' scrap, when the machine count lags)
+    own scrap        = its scrap − the defect- and rework-scrap reports (of any work order)
+                       made while it ran, which the tracker moved onto it
+    first-time scrap = own scrap + every defect-scrap report of the work order
     sent to rework   = defect reports with disposition rework
     first-pass good  = made − first-time scrap − sent to rework
     rework pending   = sent − reworked good − scrapped after rework (never below 0)
     final good       = first-pass good + reworked good (never above made)
     FPY              = first-pass good / made;  final yield = final good / made
 
-So the machine's good (what the tracker shows) equals final good + rework pending.
+When every report falls while its work order runs, the machine's good for the work order
+equals final good + rework pending.
+
+Figures are recomputed from what is held, so the order in which reports, counts and starts
+arrive does not change the result. State older than the plant's `max_event_age_days` (no
+event of that age is accepted any more) is forgotten.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right, insort
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, NamedTuple
@@ -36,14 +47,15 @@ from mesflow.events import (
     DefectReport,
     InspectionReport,
     ReworkReport,
-    WorkOrderEvent,
+    WorkOrderEndReport,
     WorkOrderStartReport,
 )
 from mesflow.plant import DefectCode, PlantConfig
 from streams.hour_clock import from_us, to_us
 from streams.records import FloorInput, WorkOrderParts
 from streams.shift_calendar import CalendarIndex
-from streams.validate import OrderInput
+
+DAY_US = 86_400_000_000
 
 
 class QualityRecord(NamedTuple):
@@ -90,14 +102,17 @@ class YieldRow(NamedTuple):
 
 
 @dataclass(slots=True)
-class MachineYield:
+class WorkOrderYield:
+    """One work order's figures at one machine (picklable)."""
+
     made: int = 0
     machine_scrap: int = 0
     parts_t: int | None = None  # t of the WorkOrderParts figures taken
-    defect_scrap: int = 0
     sent: int = 0
     rework_good: int = 0
-    rework_scrap: int = 0
+    # Scrapping reports, (t, qty, after rework): whether the tracker moved them onto this
+    # work order depends on what ran at t, known for sure only once all starts are in.
+    scrapped: list[tuple[int, int, bool]] = field(default_factory=list)
     operation: str | None = None
     first_t: int | None = None
     last_t: int | None = None
@@ -108,59 +123,123 @@ class MachineYield:
         if self.last_t is None or t > self.last_t:
             self.last_t = t
 
-    def figures(self) -> tuple[int, int, int, int, int]:
-        """(first-time scrap, first-pass good, pending, final good, made)."""
-        first_scrap = max(self.machine_scrap - self.rework_scrap, self.defect_scrap, 0)
-        made = self.made
-        first_pass = max(made - first_scrap - self.sent, 0)
-        pending = max(self.sent - self.rework_good - self.rework_scrap, 0)
-        final = min(first_pass + self.rework_good, made)
-        return first_scrap, first_pass, pending, final, made
+
+class Figures(NamedTuple):
+    made: int
+    first_scrap: int
+    sent: int
+    rework_good: int
+    rework_scrap: int
+    pending: int
+    first_pass_good: int
+    final_good: int
+
+
+def figures(y: WorkOrderYield, applied: int) -> Figures:
+    """`applied`: the scrapping reports' parts the tracker moved onto this work order."""
+    defect_scrap = sum(q for _t, q, rework in y.scrapped if not rework)
+    rework_scrap = sum(q for _t, q, rework in y.scrapped if rework)
+    first_scrap = max(y.machine_scrap - applied, 0) + defect_scrap
+    made = y.made
+    first_pass = max(made - first_scrap - y.sent, 0)
+    pending = max(y.sent - y.rework_good - rework_scrap, 0)
+    final = min(first_pass + y.rework_good, made)
+    return Figures(
+        made, first_scrap, y.sent, y.rework_good, rework_scrap, pending, first_pass, final
+    )
 
 
 @dataclass(slots=True)
-class WorkOrderQuality:
-    """Picklable state of one work order."""
+class MachineQuality:
+    """Picklable state of one machine."""
 
-    work_order: str
-    product: str | None = None
-    machines: dict[str, MachineYield] = field(default_factory=dict)
-    ops: dict[str, str | None] = field(default_factory=dict)  # machine -> op of its wo_start
+    machine: str
+    # wo_start / wo_end in event time: (t, seq, work order, is a start, operation or ""),
+    # sorted.
+    changes: list[tuple[int, int, str, bool, str]] = field(default_factory=list)
+    work_orders: dict[str, WorkOrderYield] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
+    last_t: int | None = None  # the highest event time seen
+    # `changes` as a step function: from times[k] on, running[k] runs (None: nothing).
+    times: list[int] = field(default_factory=list)
+    running: list[str | None] = field(default_factory=list)
+
+    def add_change(self, change: tuple[int, int, str, bool, str]) -> None:
+        insort(self.changes, change)
+        self.reindex()
+
+    def reindex(self) -> None:
+        # As the machine tracker: a start at t counts from t; an end counts only for the
+        # work order running then.
+        times: list[int] = []
+        running: list[str | None] = []
+        now: str | None = None
+        for ct, _seq, wo, start, _op in self.changes:
+            if start:
+                now = wo
+            elif now == wo:
+                now = None
+            if times and times[-1] == ct:
+                running[-1] = now
+            else:
+                times.append(ct)
+                running.append(now)
+        self.times, self.running = times, running
+
+    def running_at(self, t: int) -> str | None:
+        k = bisect_right(self.times, t) - 1
+        return self.running[k] if k >= 0 else None
+
+    def applied_to(self, wo: str) -> int:
+        """Parts of scrapping reports (of any work order) the tracker moved onto `wo`: those
+        reported while `wo` ran here."""
+        return sum(
+            q
+            for y in self.work_orders.values()
+            for t, q, _r in y.scrapped
+            if self.running_at(t) == wo
+        )
 
 
 class Quality:
-    """The logic of the step: `feed` one work order's inputs, get the rows to store."""
+    """The logic of the step: `feed` one machine's inputs, get the rows to store."""
 
     def __init__(self, plant: PlantConfig) -> None:
         self.plant = plant
         self.paths = defect_paths(plant.defects)
         self.calendars: dict[str, CalendarIndex] = {}
+        self.keep_us = round(plant.plant.max_event_age_days * DAY_US)
 
-    def feed(self, state: WorkOrderQuality, items: list[Any]) -> list[Any]:
+    def feed(self, state: MachineQuality, items: list[Any]) -> list[Any]:
         out: list[Any] = []
         for x in items:
             t = type(x)
             if t is WorkOrderParts:
                 self._parts(state, x)
-            elif t is OrderInput:
-                ev = x.event
-                if type(ev) is WorkOrderEvent and ev.product != state.product:
-                    state.product = ev.product
-                    state.dirty.update(state.machines)  # the yield rows name it
             elif t is FloorInput:
                 out.extend(self._floor(state, x.seq, x.event))
-        for m in sorted(state.dirty):
-            out.append(yield_row(state, m))
+        for wo in sorted(state.dirty):
+            if wo in state.work_orders:
+                out.append(yield_row(state, wo))
         state.dirty = set()
+        self._forget_old(state)
         return out
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _parts(self, s: WorkOrderQuality, x: WorkOrderParts) -> None:
-        y = s.machines.get(x.machine)
+    def _moved(self, s: MachineQuality, t: int) -> None:
+        if s.last_t is None or t > s.last_t:
+            s.last_t = t
+
+    def _yield(self, s: MachineQuality, wo: str) -> WorkOrderYield:
+        y = s.work_orders.get(wo)
         if y is None:
-            y = s.machines[x.machine] = MachineYield(operation=s.ops.get(x.machine))
+            y = s.work_orders[wo] = WorkOrderYield()
+        s.dirty.add(wo)
+        return y
+
+    def _parts(self, s: MachineQuality, x: WorkOrderParts) -> None:
+        y = self._yield(s, x.work_order)
         if y.parts_t is not None and x.t < y.parts_t:
             return  # an older figure than the one held (absolute counts: the latest wins)
         y.parts_t = x.t
@@ -170,16 +249,21 @@ class Quality:
         if len(named) == 1 and y.operation is None:  # one routing step ran here: name it
             y.operation = named[0]
         y.seen(x.t)
-        s.dirty.add(x.machine)
+        self._moved(s, x.t)
 
-    def _floor(self, s: WorkOrderQuality, seq: int, ev: Any) -> list[QualityRecord]:
+    def _floor(self, s: MachineQuality, seq: int, ev: Any) -> list[QualityRecord]:
         te = type(ev)
-        if te is WorkOrderStartReport:
-            s.ops[ev.machine] = ev.operation
-            y = s.machines.get(ev.machine)
-            if y is not None and ev.operation and y.operation != ev.operation:
+        t = to_us(ev.ts)
+        self._moved(s, t)
+        if te is WorkOrderStartReport or te is WorkOrderEndReport:
+            start = te is WorkOrderStartReport
+            s.add_change((t, seq, ev.work_order, start, (start and ev.operation) or ""))
+            # Which reports the tracker moved onto which work order may change: all rows.
+            s.dirty.update(s.work_orders)
+            y = s.work_orders.get(ev.work_order)
+            if start and ev.operation and y is not None and y.operation is None:
                 y.operation = ev.operation
-                s.dirty.add(ev.machine)
+                s.dirty.add(ev.work_order)
             return []
         if te is InspectionReport:
             # Defects found in the sample: recorded, no part moves (docs/quality.md).
@@ -188,34 +272,42 @@ class Quality:
                 for i, d in enumerate(ev.defects)
             ]
         if te is DefectReport:
-            y = self._machine(s, ev)
+            y = self._report(s, ev, t)
             if ev.disposition == "scrap":
-                y.defect_scrap += ev.qty
+                y.scrapped.append((t, ev.qty, False))
+                self._also_moved(s, t)
             else:
                 y.sent += ev.qty
             return [self._record(s, seq, 0, ev, "defect", ev.code, ev.qty, ev.disposition)]
         if te is ReworkReport:
-            y = self._machine(s, ev)
+            y = self._report(s, ev, t)
             if ev.outcome == "good":
                 y.rework_good += ev.qty
             else:
-                y.rework_scrap += ev.qty
+                y.scrapped.append((t, ev.qty, True))
+                self._also_moved(s, t)
             return [self._record(s, seq, 0, ev, "rework", ev.code, ev.qty, ev.outcome)]
-        return []  # wo_end, sign-in/out: not ours
+        return []  # sign-in/out: not ours
 
-    def _machine(self, s: WorkOrderQuality, ev: DefectReport | ReworkReport) -> MachineYield:
-        y = s.machines.get(ev.machine)
-        if y is None:
-            y = s.machines[ev.machine] = MachineYield(operation=s.ops.get(ev.machine))
+    def _report(self, s: MachineQuality, ev: DefectReport | ReworkReport, t: int) -> WorkOrderYield:
+        y = self._yield(s, ev.work_order)
         if ev.operation:
             y.operation = ev.operation
-        y.seen(to_us(ev.ts))
-        s.dirty.add(ev.machine)
+        elif y.operation is None:  # the operation its last start here named
+            named = [c[4] for c in s.changes if c[2] == ev.work_order and c[3] and c[4]]
+            y.operation = named[-1] if named else None
+        y.seen(t)
         return y
+
+    def _also_moved(self, s: MachineQuality, t: int) -> None:
+        # The tracker moved these parts onto what ran at t, maybe another work order.
+        running = s.running_at(t)
+        if running is not None and running in s.work_orders:
+            s.dirty.add(running)
 
     def _record(
         self,
-        s: WorkOrderQuality,
+        s: MachineQuality,
         seq: int,
         line: int,
         ev: Any,
@@ -227,6 +319,7 @@ class Quality:
         t = to_us(ev.ts)
         day, shift = self._shift(ev.machine, t)
         path = self.paths.get(code, (code,)) if code is not None else ()
+        y = s.work_orders.get(ev.work_order)
         return QualityRecord(
             seq,
             line,
@@ -240,8 +333,8 @@ class Quality:
             disposition,
             ev.machine,
             ev.work_order,
-            ev.operation or s.ops.get(ev.machine),
-            s.product,
+            ev.operation or (y.operation if y is not None else None),
+            None,  # the product: the views take the work order's (sql/033_quality.sql)
             ev.operator,
         )
 
@@ -256,26 +349,41 @@ class Quality:
             return inst.date, inst.name
         return from_us(t).astimezone(self.plant.tz).date(), None
 
+    def _forget_old(self, s: MachineQuality) -> None:
+        """Work orders idle for longer than any event may be late, and the starts before
+        them (but the last, which says what ran then), leave the state."""
+        if s.last_t is None:
+            return
+        horizon = s.last_t - self.keep_us
+        old = [w for w, y in s.work_orders.items() if y.last_t is not None and y.last_t < horizon]
+        for w in old:
+            del s.work_orders[w]
+        if s.changes and s.changes[0][0] < horizon:
+            older = [c for c in s.changes if c[0] < horizon]
+            s.changes = older[-1:] + [c for c in s.changes if c[0] >= horizon]
+            s.reindex()
 
-def yield_row(s: WorkOrderQuality, machine: str) -> YieldRow:
-    y = s.machines[machine]
-    first_scrap, first_pass, pending, final, made = y.figures()
-    assert y.first_t is not None and y.last_t is not None
+
+def yield_row(s: MachineQuality, wo: str) -> YieldRow:
+    y = s.work_orders[wo]
+    f = figures(y, s.applied_to(wo))
+    first = y.first_t if y.first_t is not None else 0
+    last = y.last_t if y.last_t is not None else first
     return YieldRow(
-        s.work_order,
-        machine,
+        wo,
+        s.machine,
         y.operation,
-        s.product,
-        made,
-        first_scrap,
-        y.sent,
-        y.rework_good,
-        y.rework_scrap,
-        pending,
-        first_pass,
-        final,
-        from_us(y.first_t),
-        from_us(y.last_t),
+        None,  # the product: the views take the work order's
+        f.made,
+        f.first_scrap,
+        f.sent,
+        f.rework_good,
+        f.rework_scrap,
+        f.pending,
+        f.first_pass_good,
+        f.final_good,
+        from_us(first),
+        from_us(last),
     )
 
 
@@ -292,19 +400,16 @@ def defect_paths(tree: list[DefectCode]) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def work_order_of(x: Any) -> str | None:
+def machine_of(x: Any) -> str | None:
     """The step's key for an input it takes, else None (not a quality input)."""
     t = type(x)
     if t is WorkOrderParts:
-        return str(x.work_order)
-    if t is FloorInput:
-        te = type(x.event)
-        if te in _FLOOR:
-            return str(x.event.work_order)
-        return None
-    if t is OrderInput and type(x.event) is WorkOrderEvent:
-        return str(x.event.work_order)
+        return str(x.machine)
+    if t is FloorInput and type(x.event) in _FLOOR:
+        return str(x.event.machine)
     return None
 
 
-_FLOOR = frozenset({DefectReport, ReworkReport, InspectionReport, WorkOrderStartReport})
+_FLOOR = frozenset(
+    {DefectReport, ReworkReport, InspectionReport, WorkOrderStartReport, WorkOrderEndReport}
+)

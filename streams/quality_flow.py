@@ -1,4 +1,4 @@
-"""Bytewax wiring of the quality step (logic: streams/quality.py), keyed by work order.
+"""Bytewax wiring of the quality step (logic: streams/quality.py), keyed by machine.
 
 Event-driven only: yield and defect records change with reports and part counts, never
 with the clock, so there is no timer and a replay is deterministic.
@@ -16,30 +16,30 @@ from bytewax.operators import StatefulBatchLogic
 
 from mesflow.plant import PlantConfig
 from streams import row_stores
-from streams.quality import Quality, QualityRecord, WorkOrderQuality, YieldRow, work_order_of
+from streams.quality import MachineQuality, Quality, QualityRecord, YieldRow, machine_of
 
 
 def _inputs(batch: list[Any]) -> list[tuple[str, Any]]:
     # One call per batch: this stream carries every machine row, most of them not ours.
     out: list[tuple[str, Any]] = []
     for x in batch:
-        wo = work_order_of(x)
-        if wo is not None:
-            out.append((wo, x))
+        machine = machine_of(x)
+        if machine is not None:
+            out.append((machine, x))
     return out
 
 
 class QualityLogic(StatefulBatchLogic[Any, list[Any], bytes]):
     def __init__(self, resume: bytes | None, logic: Quality) -> None:
-        self.state: WorkOrderQuality | None = pickle.loads(resume) if resume else None
+        self.state: MachineQuality | None = pickle.loads(resume) if resume else None
         self.logic = logic
 
     def on_batch(self, values: list[Any]) -> tuple[list[list[Any]], bool]:
         s = self.state
         if s is None:
-            wo = work_order_of(values[0])
-            assert wo is not None  # _inputs keyed it so
-            s = self.state = WorkOrderQuality(wo)
+            machine = machine_of(values[0])
+            assert machine is not None  # _inputs keyed it so
+            s = self.state = MachineQuality(machine)
         return [self.logic.feed(s, values)], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:

@@ -25,18 +25,18 @@ from dashboards.pages import kpis
 from mesflow.delivery_kpis import MonthRange, fetch_delivery_kpis
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
+from streams.hour_clock import to_us
 from streams.quality import (
+    MachineQuality,
     Quality,
     QualityRecord,
-    WorkOrderQuality,
     YieldRow,
     defect_paths,
-    work_order_of,
+    machine_of,
 )
 from streams.records import FloorInput, WorkOrderParts
 from streams.replay import replay_file
 from streams.runner import run_flow
-from streams.validate import OrderInput
 from tests.helpers import copy_log, feed
 
 T0 = datetime.fromisoformat("2026-11-20T08:00:00+08:00")  # a Friday, day shift
@@ -119,28 +119,24 @@ def _parts(good: int, scrap: int, minutes: float, machine: str = "IM-02") -> Wor
 
 
 def _floor(seq: int, e: dict[str, Any]) -> Any:
-    ev = parse_event(json.dumps(e))
-    if e["type"] == "work_order":
-        return OrderInput("SO-Q1", ev)  # type: ignore[arg-type]
-    return FloorInput(seq, ev)
+    return FloorInput(seq, parse_event(json.dumps(e)))
 
 
 def _memory_inputs() -> list[Any]:
     """EXAMPLE as the step sees it: the reports, and the machine's counts after each
     (scrap moved by the tracker for the defect-scrap and the rework-scrap)."""
-    floor = [_floor(i, e) for i, e in enumerate(EXAMPLE) if e["type"] in ("report", "work_order")]
+    floor = [_floor(i, e) for i, e in enumerate(EXAMPLE) if e["type"] == "report"]
     return [
-        floor[0],
-        floor[1],  # wo_start
+        floor[0],  # wo_start
         _parts(95, 5, 10),
-        floor[2],  # defect scrap 3
+        floor[1],  # defect scrap 3
         _parts(92, 8, 20),
-        floor[3],  # defect rework 6: no move
-        floor[4],  # inspection
-        floor[5],  # rework good 4
-        floor[6],  # rework scrap 1
+        floor[2],  # defect rework 6: no move
+        floor[3],  # inspection
+        floor[4],  # rework good 4
+        floor[5],  # rework scrap 1
         _parts(91, 9, 70),
-        floor[7],  # wo_end
+        floor[6],  # wo_end
     ]
 
 
@@ -157,15 +153,14 @@ def _final(rows: list[Any]) -> tuple[dict[str, YieldRow], list[QualityRecord]]:
 
 def test_hand_worked_example_in_memory(qplant: PlantConfig) -> None:
     q = Quality(qplant)
-    state = WorkOrderQuality("WO-Q1")
+    state = MachineQuality("IM-02")
     rows: list[Any] = []
     for x in _memory_inputs():
-        assert work_order_of(x) in ("WO-Q1", None)
+        assert machine_of(x) == "IM-02"
         rows.extend(q.feed(state, [x]))
     yields, records = _final(rows)
     y = yields["IM-02"]
     assert {k: getattr(y, k) for k in WANT} == WANT
-    assert y.product == "P-200"
     # The machine's good equals final good + what is still in rework.
     assert y.final_good + y.rework_pending == 91
     kinds = [(r.kind, r.code, r.qty, r.disposition) for r in records]
@@ -191,18 +186,18 @@ def test_any_order_and_batching_gives_the_same_final_row(
     items = _memory_inputs()
     rnd.shuffle(items)
     q = Quality(qplant)
-    state = WorkOrderQuality("WO-Q1")
+    state = MachineQuality("IM-02")
     rows: list[Any] = []
     for i in range(0, len(items), size):
         rows.extend(q.feed(state, items[i : i + size]))
         state = pickle.loads(pickle.dumps(state))  # a snapshot between batches
     y = _final(rows)[0]["IM-02"]
-    assert {k: getattr(y, k) for k in WANT} == WANT and y.product == "P-200"
+    assert {k: getattr(y, k) for k in WANT} == WANT
 
 
 def test_inspection_defects_move_no_part(qplant: PlantConfig) -> None:
     q = Quality(qplant)
-    state = WorkOrderQuality("WO-Q1")
+    state = MachineQuality("IM-02")
     insp = _floor(
         1,
         line(
@@ -226,7 +221,7 @@ def test_defects_before_any_count_and_without_a_tree(plant: PlantConfig) -> None
     A code without a tree is its own path."""
     q = Quality(plant.model_copy(update={"defects": []}))
     q.paths = {}
-    state = WorkOrderQuality("WO-Q1")
+    state = MachineQuality("IM-02")
     rows = q.feed(
         state,
         [_floor(1, line("defect", 5, work_order="WO-Q1", code="x", qty=2, disposition="scrap"))],
@@ -234,6 +229,58 @@ def test_defects_before_any_count_and_without_a_tree(plant: PlantConfig) -> None
     y, records = _final(rows)
     assert (y["IM-02"].made, y["IM-02"].first_scrap, y["IM-02"].first_pass_good) == (0, 2, 0)
     assert records[0].code_path == ("x",)
+
+
+def _parts_of(wo: str, good: int, scrap: int, minutes: float) -> WorkOrderParts:
+    t = int((T0 + timedelta(minutes=minutes)).timestamp() * 1_000_000)
+    return WorkOrderParts("SO-Q1", wo, "IM-02", t, good, scrap)
+
+
+def test_rework_scrapped_after_the_work_order_ended(qplant: PlantConfig) -> None:
+    """Rework often comes back after its work order ended: the tracker then moved the
+    scrapped parts onto no work order (or the one running then), not onto this one. The
+    first-time scrap stays 8, and the other work order's own scrap is not inflated."""
+    events = [
+        line("wo_start", 0, work_order="WO-Q1"),
+        line("defect", 20, work_order="WO-Q1", code="flash", qty=3, disposition="scrap"),
+        line("defect", 30, work_order="WO-Q1", code="sink_mark", qty=6, disposition="rework"),
+        line("wo_end", 50, work_order="WO-Q1"),
+        line("wo_start", 55, work_order="WO-Q2"),
+        # Reported while WO-Q2 runs: the tracker moves 2 of WO-Q2's good to scrap.
+        line("rework", 70, work_order="WO-Q1", code="sink_mark", qty=2, outcome="scrap"),
+        line("rework", 75, work_order="WO-Q1", code="sink_mark", qty=4, outcome="good"),
+    ]
+    counts = [
+        _parts_of("WO-Q1", 92, 8, 40),  # 95/5 counted, 3 flash moved
+        _parts_of("WO-Q2", 46, 2 + 2, 80),  # 50 made: 2 own scrap + 2 of WO-Q1 moved here
+    ]
+    items = [_floor(i, e) for i, e in enumerate(events)] + counts
+    for order in (items, items[::-1]):
+        q = Quality(qplant)
+        state = MachineQuality("IM-02")
+        rows: list[Any] = []
+        for x in order:
+            rows.extend(q.feed(state, [x]))
+        final: dict[str, YieldRow] = {}
+        for r in rows:
+            if isinstance(r, YieldRow):
+                final[r.work_order] = r
+        q1, q2 = final["WO-Q1"], final["WO-Q2"]
+        assert (q1.made, q1.first_scrap, q1.sent_to_rework, q1.rework_scrap) == (100, 8, 6, 2)
+        assert (q1.first_pass_good, q1.final_good, q1.rework_pending) == (86, 90, 0)
+        assert (q2.made, q2.first_scrap, q2.first_pass_good) == (50, 2, 48)
+
+
+def test_old_work_orders_are_forgotten(qplant: PlantConfig) -> None:
+    q = Quality(qplant)
+    state = MachineQuality("IM-02")
+    q.feed(state, [_floor(1, line("wo_start", 0, work_order="WO-Q1")), _parts_of("WO-Q1", 5, 0, 1)])
+    later = 60 * 24 * (qplant.plant.max_event_age_days + 1)
+    q.feed(state, [_floor(2, line("wo_start", later, work_order="WO-Q2"))])
+    assert list(state.work_orders) == [] and [c[2] for c in state.changes] == ["WO-Q1", "WO-Q2"]
+    q.feed(state, [_floor(3, line("wo_start", later * 2, work_order="WO-Q3"))])
+    assert [c[2] for c in state.changes] == ["WO-Q2", "WO-Q3"]
+    assert state.running_at(to_us(T0 + timedelta(minutes=later * 2))) == "WO-Q3"
 
 
 def test_defect_paths() -> None:
@@ -405,3 +452,40 @@ def test_a_restart_in_the_middle_gives_the_same_rows(
     got, want = _quality_tables(db_url), _quality_tables(ref_db_url)
     assert got == want
     assert [r[4:12] for r in got["yield"]] == [(100, 8, 6, 4, 1, 1, 86, 90)]
+
+
+def test_late_rework_through_the_dataflow(db_url: str, qplant: PlantConfig, tmp_path: Path) -> None:
+    """The machine tracker really moves a rework-scrap reported while another work order
+    runs onto that one: both work orders' yields stay right."""
+    wo2 = {"work_order": "WO-Q2", "order_no": "SO-Q1", "product": "P-200", "qty": 50}
+    events = [
+        *[dict(e) for e in EXAMPLE[:6]],  # up to the 6 sent to rework
+        line("wo_end", 50, work_order="WO-Q1"),
+        line("work_order", -60, None, **wo2),
+        line("wo_start", 55, work_order="WO-Q2"),
+        line("count", 60, good=48, scrap=2),
+        line("rework", 70, work_order="WO-Q1", code="sink_mark", qty=2, outcome="scrap"),
+        line("rework", 75, work_order="WO-Q1", code="sink_mark", qty=4, outcome="good"),
+        line("count", 80, good=1),
+    ]
+    replay_file(_write(tmp_path / "late.jsonl", events, "late"), qplant, db_url, tmp_path / "r")
+    with psycopg.connect(db_url) as conn:
+        got = {
+            wo: row
+            for wo, *row in conn.execute(
+                "SELECT work_order, made, first_scrap, sent_to_rework, rework_scrap,"
+                " first_pass_good, final_good, rework_pending FROM v_yield ORDER BY 1"
+            ).fetchall()
+        }
+        parts = dict(
+            (wo, (g, s))
+            for wo, g, s in conn.execute(
+                "SELECT work_order, good, scrap FROM work_order_progress"
+            ).fetchall()
+        )
+    assert got == {
+        "WO-Q1": [100, 8, 6, 2, 86, 90, 0],
+        "WO-Q2": [51, 2, 0, 0, 49, 49, 0],
+    }
+    # What the tracker did: WO-Q1 kept its 92 good; WO-Q2 lost 2 good to WO-Q1's rework.
+    assert parts == {"WO-Q1": (92, 8), "WO-Q2": (47, 4)}
