@@ -143,6 +143,14 @@ def test_labor_page_and_andon_in_browser(
         # what is signed in now shows whatever the period.
         body = str(browser.eval("document.querySelector('#lab-body').innerText"))
         assert "li" in body and "IM-02" in body, body
+        # The seeded days, picked as a person would (the picker's value, its callback).
+        browser.eval(
+            "dash_clientside.set_props('lab-range',"
+            " {start_date: '2026-11-19', end_date: '2026-11-21'})"
+        )
+        browser.wait_for("document.querySelector('#lab-body').innerText.includes('WO-2')")
+        body = str(browser.eval("document.querySelector('#lab-body').innerText"))
+        assert "33.50" in body, body  # the seeded days: 20.5 h + sun 1 h + li 12 h (open)
         assert browser.eval("document.documentElement.scrollWidth") <= 1280
         SHOTS.mkdir(parents=True, exist_ok=True)
         browser.screenshot(SHOTS / "labor-en-1280x800.png")

@@ -52,6 +52,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "hours": {"zh": "工时 (h)", "en": "Hours"},
     "share": {"zh": "分摊", "en": "Share"},
     "work_order": {"zh": "工单", "en": "Work order"},
+    "work_orders": {"zh": "工单数", "en": "Work orders"},
     "operation": {"zh": "工序", "en": "Operation"},
     "order": {"zh": "订单", "en": "Order"},
     "product": {"zh": "产品", "en": "Product"},
@@ -257,7 +258,7 @@ def render(data: lq.Board, tz: ZoneInfo, lang: str) -> list[Any]:
     )  # fmt: skip
     by_shift = text_table(
         [s("shift_date", lang), s("shift", lang), s("person", lang), s("hours", lang),
-         s("stations", lang), s("work_order", lang)],
+         s("stations", lang), s("work_orders", lang)],
         [
             [r.shift_date.isoformat(), r.shift_name or s("no_shift", lang), r.person,
              _h(r.hours) + (s("open", lang) if r.is_open else ""), ", ".join(r.stations),
