@@ -193,8 +193,9 @@ class Calendars:
 
 
 class Labor:
-    """The plant's labor bookings. `feed` takes validated inputs (FloorInput's events with
-    their seq, and work-order events); rows come out reduced to the last one per key."""
+    """The plant's labor bookings. `on_event` takes validated inputs in log order (the
+    events of FloorInput with their seq, and work-order events); `take` hands out the rows
+    since the last call, reduced to the last one per key (what the sink keeps anyway)."""
 
     def __init__(self, plant: PlantConfig, state: LaborState | None = None) -> None:
         self.state = state if state is not None else LaborState()
