@@ -114,6 +114,24 @@ _BOARD_COLUMNS = (
 )
 
 
+# One order's board row (v_order_progress, sql/034: v_order_board without the rank, found by
+# its key). Its rank is 1 + the orders the board puts before it: v_order_board's order as one
+# row comparison, NULLs last (the keys never compare NULL).
+_RANK_KEY = (
+    "(NOT {t}.at_risk, {t}.priority IS NULL, COALESCE({t}.priority, 0), {t}.due IS NULL,"
+    " COALESCE({t}.due, '-infinity'), {t}.order_no)"
+)
+_ORDER_ROW = (
+    "SELECT (SELECT count(*) FROM v_order_progress r WHERE "
+    + _RANK_KEY.format(t="r")
+    + " < "
+    + _RANK_KEY.format(t="b")
+    + ") + 1 AS rank, b.order_no, b.customer, b.priority, b.product, b.qty, b.good, b.scrap,"
+    " b.remaining, b.progress, b.eta, b.due, b.late_by_s, b.at_risk, b.status, b.version,"
+    " b.work_orders, b.last_event_ts FROM v_order_progress b WHERE b.order_no = %s"
+)
+
+
 def order_board(
     db: Database, *, status: str | None = None, customer: str | None = None
 ) -> list[BoardRow]:
@@ -150,9 +168,7 @@ def order_detail(db: Database, order_no: str) -> OrderDetail | None:
 
     def query(conn: psycopg.Connection) -> OrderDetail | None:
         with conn.cursor(row_factory=class_row(BoardRow)) as cur:
-            order = cur.execute(
-                f"SELECT {_BOARD_COLUMNS} FROM v_order_board WHERE order_no = %s", (order_no,)
-            ).fetchone()
+            order = cur.execute(_ORDER_ROW, (order_no,)).fetchone()
         if order is None:
             return None
         with conn.cursor(row_factory=class_row(WorkOrderRow)) as cur:

@@ -5,8 +5,9 @@
 
 -- An order's page: the machines its work orders ran on (v_order_machine) are found from the
 -- intervals naming the work order; without this index every interval of the history was read.
-CREATE INDEX machine_state_interval_by_work_order
-    ON machine_state_interval (work_order, machine);
+-- (work_order) alone: with the machine in it, PostgreSQL 18 skip-scans it to find a machine's
+-- intervals instead of using the primary key.
+CREATE INDEX machine_state_interval_by_work_order ON machine_state_interval (work_order);
 
 -- The same view with the hourly losses aggregated once: the old one read its `hours` CTE twice
 -- (speed and scrap), which made PostgreSQL materialise it for every order of the history
@@ -91,8 +92,35 @@ LEFT JOIN plant_machine m USING (machine)
 LEFT JOIN reason_code r ON r.code = i.reason
 WHERE i.state IN ('idle', 'down', 'setup', 'offline') AND i.end_ts IS NOT NULL;
 
--- Longest first, ties as the drill-down orders them; micro-stops (never listed) left out.
+-- Longest first; micro-stops (never listed) left out. Not by machine: a line or a machine
+-- reads its own stops by the primary key (with the machine in this index, PostgreSQL 18
+-- would skip-scan all of it for one machine).
 CREATE INDEX machine_state_interval_longest_stops
-    ON machine_state_interval (duration_s DESC, start_ts, machine)
+    ON machine_state_interval (duration_s DESC, start_ts)
     WHERE state IN ('idle', 'down', 'setup', 'offline') AND end_ts IS NOT NULL
       AND NOT COALESCE(is_microstop, false);
+
+-- An order's page: its row of the order board (sql/009) without the rank, so that a filter on
+-- order_no finds the one row by its key. v_order_board numbers every order with a window
+-- function, which no filter passes: reading one order from it computed every order's row and
+-- work-order count first (0.2 s with 18,000 orders). The page adds the rank itself.
+CREATE VIEW v_order_progress AS
+SELECT o.order_no,
+       o.customer,
+       o.priority,
+       o.product,
+       o.qty,
+       o.good,
+       o.scrap,
+       GREATEST(o.qty - o.good, 0)                       AS remaining,
+       o.progress,
+       o.eta,
+       o.due,
+       GREATEST(EXTRACT(EPOCH FROM (o.eta - o.due))::double precision, 0) AS late_by_s,
+       o.at_risk,
+       o.status,
+       o.version,
+       (SELECT count(*) FROM work_order_progress w WHERE w.order_no = o.order_no) AS work_orders,
+       o.last_event_ts,
+       o.updated_at
+FROM order_progress o;

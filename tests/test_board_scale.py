@@ -24,6 +24,7 @@ from psycopg import sql
 
 from bench.board_queries_bench import REASONS, fill
 from dashboards import analytics_queries as aq
+from dashboards.order_queries import _BOARD_COLUMNS, order_detail
 from dashboards.queries import Database
 from mesflow.db import SQL_DIR
 from mesflow.plant import PlantConfig
@@ -64,6 +65,12 @@ def board_db(pg_server: str, pg_template: str, plant: PlantConfig) -> Iterator[s
                 "WHERE machine = %s",
                 (open_s, machine),
             )
+        # Orders the board ranks by every key: at risk, no priority, no due date (NULLs last).
+        conn.execute(
+            "UPDATE order_progress SET at_risk = (hashtext(order_no) & 3 = 0), "
+            "priority = CASE WHEN hashtext(order_no) & 12 = 0 THEN NULL ELSE priority END, "
+            "due = CASE WHEN hashtext(order_no) & 48 = 0 THEN NULL ELSE due END"
+        )
     yield url
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -193,3 +200,19 @@ def test_order_losses_are_those_of_migration_017(board_db: str) -> None:
             got = conn.execute(one.format("v_order_losses"), (no,)).fetchall()
             assert got, no
             assert same(got, conn.execute(one.format("ref_order_losses"), (no,)).fetchall())
+
+
+def test_an_orders_page_shows_its_board_row_and_rank(board_db: str, db: Database) -> None:
+    """order_detail reads one order from v_order_progress and counts its rank; the board
+    (v_order_board) numbers them all: the same row, the same rank, for every order."""
+    with psycopg.connect(board_db) as conn:
+        board = conn.execute(f"SELECT {_BOARD_COLUMNS} FROM v_order_board ORDER BY rank").fetchall()
+    assert [r[0] for r in board] == list(range(1, len(board) + 1))
+    keys = {(r[13], r[3] is None, r[11] is None) for r in board}  # at_risk, NULL priority, due
+    assert {k[0] for k in keys} == {True, False} and any(k[1] for k in keys)
+    assert any(k[2] for k in keys)
+    for row in board[:: max(1, len(board) // 40)] + board[-3:]:
+        detail = order_detail(db, row[1])
+        assert detail is not None
+        assert astuple(detail.order) == tuple(row)
+    assert order_detail(db, "no-such-order") is None
