@@ -89,7 +89,7 @@ _DEFECT_WHERE = """
     AND (%(machine)s::text IS NULL OR machine = %(machine)s)
 """
 _GROUPS = {"all": "''", "product": "product", "machine": "machine"}
-_DEFECT_GROUPS = {"code": "code", "product": "product", "machine": "machine"}
+_DEFECT_GROUPS = {"code": "code", "root": "root", "product": "product", "machine": "machine"}
 
 
 def yield_groups(
@@ -117,8 +117,8 @@ def yield_groups(
 def defect_counts(
     conn: psycopg.Connection[Any], f: QualityFilters, tz: ZoneInfo, by: str
 ) -> list[DefectCount]:
-    """Defective parts (reported and found in inspections) per code, product or machine,
-    the largest first (a Pareto)."""
+    """Defective parts (reported and found in inspections) per code, family (`root`),
+    product or machine, the largest first (a Pareto)."""
     key = _DEFECT_GROUPS[by]
     query = f"""
         SELECT COALESCE({key}, '') AS key, sum(qty)::bigint AS qty
@@ -148,6 +148,7 @@ class Board:
     by_product: list[YieldGroup]
     by_machine: list[YieldGroup]
     by_code: list[DefectCount]
+    by_family: list[DefectCount]  # by the top of each code's branch in the defect tree
     defects_by_product: list[DefectCount]
     defects_by_machine: list[DefectCount]
     rework: list[OpenRework]
@@ -160,6 +161,7 @@ def board(db: Database, f: QualityFilters, tz: ZoneInfo) -> Board:
             yield_groups(conn, f, tz, "product"),
             yield_groups(conn, f, tz, "machine"),
             defect_counts(conn, f, tz, "code"),
+            defect_counts(conn, f, tz, "root"),
             defect_counts(conn, f, tz, "product"),
             defect_counts(conn, f, tz, "machine"),
             open_rework(conn, f),

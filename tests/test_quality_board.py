@@ -71,6 +71,9 @@ def test_board_figures(db: Database, plant: PlantConfig) -> None:
     assert [(g.key, g.made) for g in board.by_machine] == [("IM-02", 100)]
     # Pareto: 6 to rework, 3 scrapped, 2 found in a sample; largest first.
     assert [c.qty for c in board.by_code] == [6, 3, 2]
+    families = {d.code: d for d in plant.defects}
+    assert sum(c.qty for c in board.by_family) == 11
+    assert all(c.key in families for c in board.by_family)
     assert [(c.key, c.qty) for c in board.defects_by_product] == [("P-200", 11)]
     assert [(r.work_order, r.rework_pending) for r in board.rework] == [("WO-Q1", 1)]
     # Another day, another product, another machine: nothing (open rework stays: it is open).
@@ -98,6 +101,7 @@ def _post(
         ("q-range", "end_date"): end,
         ("q-product", "value"): product,
         ("q-machine", "value"): machine,
+        ("q-pareto-by", "value"): "family",
         ("q-lang", "data"): "en",
     }
     body = {

@@ -39,6 +39,7 @@ _MACHINE = f"{_P}machine"
 _TILES = f"{_P}tiles"
 _BODY = f"{_P}body"
 _PARETO = f"{_P}pareto"
+_PARETO_BY = f"{_P}pareto-by"
 
 STRINGS: Final[dict[str, dict[str, str]]] = {
     "title": {"zh": "质量：良率与不良", "en": "Quality: yield and defects"},
@@ -59,8 +60,10 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "work_order": {"zh": "工单", "en": "Work order"},
     "qty": {"zh": "数量", "en": "Qty"},
     "code": {"zh": "不良代码", "en": "Defect"},
-    "pareto": {"zh": "不良柏拉图（按代码）", "en": "Defects by code (Pareto)"},
+    "pareto": {"zh": "不良柏拉图", "en": "Defects (Pareto)"},
     "cum": {"zh": "累计 %", "en": "Cumulative %"},
+    "by_code": {"zh": "按代码", "en": "By code"},
+    "by_family": {"zh": "按类别", "en": "By family"},
     "yield_product": {"zh": "按产品良率", "en": "Yield by product"},
     "yield_machine": {"zh": "按设备良率", "en": "Yield by machine"},
     "defects_product": {"zh": "按产品不良", "en": "Defects by product"},
@@ -105,6 +108,7 @@ def register(app: dash.Dash) -> None:
         Input(_RANGE, "end_date"),
         Input(_PRODUCT, "value"),
         Input(_MACHINE, "value"),
+        Input(_PARETO_BY, "value"),
     )(_update)
 
 
@@ -190,7 +194,21 @@ def layout(
             html.Section(
                 className="order-card quality-pareto",
                 children=[
-                    html.H2(s("pareto", lang)),
+                    html.Div(
+                        className="q-pareto-head",
+                        children=[
+                            html.H2(s("pareto", lang)),
+                            dcc.RadioItems(
+                                id=_PARETO_BY,
+                                options=[
+                                    {"label": s("by_code", lang), "value": "code"},
+                                    {"label": s("by_family", lang), "value": "family"},
+                                ],
+                                value="code",
+                                inline=True,
+                            ),
+                        ],
+                    ),
                     dcc.Graph(
                         id=_PARETO,
                         config={"displayModeBar": False, "responsive": True},
@@ -207,7 +225,7 @@ def layout(
 # -- callback ------------------------------------------------------------------------------------
 
 
-def _update(lang: Any, start: Any, end: Any, product: Any, machine: Any) -> Any:
+def _update(lang: Any, start: Any, end: Any, product: Any, machine: Any, by: Any) -> Any:
     ctx = context.current()
     lang = ctx.lang(lang)
     f = parse_filters(ctx.plant, start, end, product, machine)
@@ -217,7 +235,8 @@ def _update(lang: Any, start: Any, end: Any, product: Any, machine: Any) -> Any:
         log.warning("quality: cannot read: %s", type(err).__name__)
         return [], html.Div(s("db_error", lang), className="orders-empty"), go.Figure()
     names = code_names(ctx.plant, lang)
-    return tiles(data.total, lang), render(data, lang), pareto_figure(data.by_code, names, lang)
+    bars = data.by_family if by == "family" else data.by_code
+    return tiles(data.total, lang), render(data, lang), pareto_figure(bars, names, lang)
 
 
 # -- rendering (pure) ----------------------------------------------------------------------------
