@@ -596,22 +596,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(before: dict[str, Measured], after: dict[str, Measured]) -> int:
-    head = (
-        f"{'query':<32} {'before':>8} {'after':>8} {'server':>8} {'rows':>6} "
-        f"{'est/act':>13} {'worst node (est vs act)':<34} {'spill':<6} {'/100ms':>6}"
+    """One line per query: before and after (ms, client side), server ms of each, rows, the
+    after plan's top estimate/actual and worst node, spills before/after, after / target."""
+    print(
+        f"{'query':<31} {'before':>8} {'server':>7} {'after':>7} {'server':>7} {'rows':>6} "
+        f"{'est/act':>13} {'worst node after (est vs act)':<32} {'spill b/a':<10} {'/100ms':>6}"
     )
-    print(head)
     over = 0
     for name, a in after.items():
         b = before[name]
         p = a.plan
         over += a.ms > TARGET_MS
         est = f"{p.top_est:.0f}/{p.top_actual:.0f}"
-        worst = f"{p.worst_misestimate:.1f}x {p.worst_node}".strip()[:34]
-        spill = ",".join(sorted(set(p.spills)))[:6] or "-"
+        worst = f"{p.worst_misestimate:.1f}x {p.worst_node}".strip()[:32]
+        spill = f"{'y' if b.plan.spills else '-'}/{'y' if p.spills else '-'}"
         print(
-            f"{name:<32} {b.ms:8.1f} {a.ms:8.1f} {p.server_ms:8.1f} {a.rows:6d} {est:>13} "
-            f"{worst:<34} {spill:<6} {a.ms / TARGET_MS:6.2f}"
+            f"{name:<31} {b.ms:8.1f} {b.plan.server_ms:7.1f} {a.ms:7.1f} {p.server_ms:7.1f} "
+            f"{a.rows:6d} {est:>13} {worst:<32} {spill:<10} {a.ms / TARGET_MS:6.2f}"
         )
     slow_before = [n for n, m in before.items() if m.ms > TARGET_MS]
     print(f"before: {len(slow_before)} over {TARGET_MS:.0f} ms; after: {over} over")
