@@ -61,6 +61,7 @@ _MACHINING = {
 }
 _IDLE_REASONS = ("material_shortage", "no_operator")
 _FIRST_ARTICLE = "first_article"  # the stop while the first piece is inspected
+_SETTLED = frozenset({"scrap", "defect", "rework"})  # reported by the work order's end
 # Defect codes (the plant's defect tree) by kind of machine; another plant's tree: any leaf.
 _MOLDING_DEFECTS = ("short_shot", "flash", "sink_mark", "weld_line", "burn_mark", "warpage",
                     "silver_streak")  # fmt: skip
@@ -470,8 +471,11 @@ def _machine_events(
         if not spec.defects or not wo_id:
             return
         code = qrng.choice(spec.defects)
-        qty = qrng.randint(1, 6)
+        # Never more parts than this work order has made good here.
+        qty = min(qrng.randint(1, 6), wo_good)
         disposition = disposition or ("rework" if qrng.random() < 0.55 else "scrap")
+        if not qty:
+            return
         fields: dict[str, Any] = {"work_order": wo_id, "code": code, "qty": qty,
                                   "disposition": disposition}  # fmt: skip
         if job is not None and job.op is not None:
@@ -543,15 +547,28 @@ def _machine_events(
         else:
             if rs.scrap:
                 sent = t + int(uniform(10, 300) * SECOND)
-                qty = rng.randint(1, 5)
-                later(sent, report(sent, "scrap", qty=qty, reason=rng.choice(rs.scrap)))
-                wo_good = max(0, wo_good - qty)
+                qty = min(rng.randint(1, 5), wo_good)
+                reason = rng.choice(rs.scrap)
+                if qty:
+                    later(sent, report(sent, "scrap", qty=qty, reason=reason))
+                    wo_good -= qty
             scrap_at = run_clock + expo(1 / scrap_report_mean_ms)
         next_at = min(fail_at, idle_at, micro_at, scrap_at)
         return end
 
     def end_work_order(t: int) -> None:
         """Last piece, `wo_end`, and the good parts go on to the routing's next step."""
+        # Its scrap, defect and rework reports still to come are settled before its end:
+        # the machine's counts move a scrap report's parts from the work order running when
+        # it arrives (a scrap report names none), so a later one would hit the next order.
+        settled = False
+        for i, (pt, pn, ev) in enumerate(pending):
+            if pt > t and ev["kind"] in _SETTLED and ev.get("work_order", wo_id) == wo_id:
+                ev["ts"] = fmt(t)
+                pending[i] = (t, pn, ev)
+                settled = True
+        if settled:
+            heapq.heapify(pending)
         if checks is not None and checks.last_piece:
             add(t, inspect(t, "last", qrng.random() < 0.02, 1))
         fields: dict[str, Any] = {"work_order": wo_id}
