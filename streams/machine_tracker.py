@@ -151,8 +151,20 @@ class Interval:
 # (hour start, shift instance containing t, planned?, ideal cycle us, work order, product,
 # the routing operation its wo_start named or "": docs/routings.md)
 PartClass = tuple[int, "ShiftInstance | None", bool, int, "str | None", "str | None", str]
-# (from, to, open interval, its state, work-order version, class, hour bucket, shift bucket)
-CountContext = tuple[int, int, "Interval", str, int, PartClass, "Bucket", "Bucket | None"]
+# (from, to, open interval, its state, work-order version, class, hour bucket, shift bucket,
+# the work order's [good, scrap] here and its operation's, None without a work order)
+CountContext = tuple[
+    int,
+    int,
+    "Interval",
+    str,
+    int,
+    PartClass,
+    "Bucket",
+    "Bucket | None",
+    "list[int] | None",
+    "list[int] | None",
+]
 
 
 # A part movement kept for the allowed lateness, with the classification applied:
@@ -725,8 +737,15 @@ class MachineTracker:
         if scrap:  # counted by the machine: no reason
             self._scrap_add(c[5][0], UNSPECIFIED, c[5][5], scrap)
         wo = c[5][4]
-        if wo is not None:
-            self._wo_add(wo, good, scrap, t, c[5][6])
+        if wo is not None:  # _wo_add without its look-ups: the totals are in the context
+            tw, to = c[8], c[9]
+            assert tw is not None and to is not None
+            tw[0] += good
+            tw[1] += scrap
+            to[0] += good
+            to[1] += scrap
+            self.wo_seen[wo] = t
+            self.dirty.work_orders.add(wo)
 
     def _count_context(self, t: int, cur: Interval) -> CountContext:
         seg = self._seg_at(t)
@@ -744,7 +763,13 @@ class MachineTracker:
         cls: PartClass = (segs[0], seg[2], planned, ideal, wo, product, op)
         hb = self._hour(segs[0])
         sb = self._shift(seg[2]) if seg[2] is not None else None
-        return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb)
+        tw = to = None
+        if wo is not None:
+            # These lists stay in place until the flush that prunes them, which drops this
+            # context first.
+            tw = self.wo_parts.setdefault(wo, [0, 0])
+            to = self.op_parts.setdefault(wo, {}).setdefault(op, [0, 0])
+        return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb, tw, to)
 
     def _ideal_product(self, wo: str | None, t: int) -> tuple[int, str | None]:
         """The ideal cycle time and the product of the work order at t (None: unknown)."""
