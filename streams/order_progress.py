@@ -227,7 +227,7 @@ class _WorkOrder:
     @property
     def good(self) -> int:
         """Its good parts: with a routing, those out of its last operation."""
-        if self.route is not None:  # one look-up of the property per call
+        if self.route is not None:
             return self.op_figs()[-1].good
         return sum(r.good for r in self.runs.values())
 
