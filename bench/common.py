@@ -38,8 +38,12 @@ class BenchDatabase:
         self.directory = directory
         self._pg = EmbeddedPostgres(directory / "pg", delete_on_stop=True)
         self.url = self._pg.url
-        migrate(self.url, log=lambda _m: None)
-        sync_plant(self.url, plant)
+        try:
+            migrate(self.url, log=lambda _m: None)
+            sync_plant(self.url, plant)
+        except BaseException:
+            self.stop()  # no server left running behind a failed start
+            raise
 
     def server_pid(self) -> int | None:
         """The postmaster's pid (first line of postmaster.pid), None when not running."""

@@ -4,7 +4,7 @@
 
 Runs the real components as separate processes (mosquitto, `mesflow run collector-mqtt`,
 `mesflow run dataflow`, PostgreSQL) and drives them with bench/loadgen.py: pre-encoded
-QoS 1 messages from several processes, each counted as sent only once the broker
+QoS 1 messages from one process per 20k/s, each counted as sent only once the broker
 acknowledged it, stamped `ts` = the moment it was sent. 95 % are part counts and 5 % state
 changes, spread evenly over the scaled demo plant (bench/scaled_plant.py).
 
@@ -15,7 +15,9 @@ dataflow, the backlog (stored, not yet processed), the latency of that interval,
 event of the collector and the dataflow, and the load average; at the end the totals, the
 losses between stages, the latency percentiles (publish -> ingest log, and publish -> the
 state change's interval row: `machine_state_interval.first_seen_at`) and each rate's
-ratio to its ceiling. Everything it starts is stopped and every file it wrote is deleted.
+ratio to its ceiling, with the CPU per event of every process (collector, dataflow,
+mosquitto, PostgreSQL, load generator). Everything it starts is stopped and every file it
+wrote is deleted.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class Components:
 
     def __init__(self, work: Path, env: dict[str, str], servers: dict[str, int | None]) -> None:
         self.servers = servers  # mosquitto and PostgreSQL: their CPU is counted too
+        self.work = work
         self.logs: dict[str, IO[bytes]] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         for name, command in (("collector", "collector-mqtt"), ("dataflow", "dataflow")):
@@ -163,7 +166,8 @@ class Components:
     def check(self) -> None:
         for name, p in self.procs.items():
             if p.poll() is not None:
-                raise RuntimeError(f"{name} exited with {p.returncode}: see its log above")
+                log = (self.work / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {p.returncode}; its log ends:\n{log}")
 
     def stop(self) -> None:
         for p in self.procs.values():
