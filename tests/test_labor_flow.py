@@ -205,3 +205,45 @@ def test_live_timer_expires_a_forgotten_sign_in_without_new_reports(plant: Plant
     # The snapshot resumes the same state.
     again = LaborLogic(logic.snapshot(), plant, live=True)
     assert again.labor.state == logic.labor.state
+
+
+def test_live_dataflow_expires_a_forgotten_sign_in_without_new_reports(
+    db_url: str, plant: PlantConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live, nothing arrives after a sign-in 12 h 10 min ago: the labor step's timer books it
+    up to the wall clock (minus the allowed lateness), so the sign-in expires at 12 h and the
+    person leaves the station's list."""
+    import threading
+    import time as wall
+
+    from streams.labor_flow import LaborLogic
+
+    monkeypatch.delenv("MESFLOW_ALERTS_CONFIG", raising=False)
+    monkeypatch.setattr(LaborLogic, "TICK", timedelta(seconds=1))
+    began = datetime.now(CST).replace(microsecond=0) - timedelta(hours=12, minutes=10)
+    feed(db_url, [rep("sign_in", "IM-06", 0, operator="owl") | {"ts": began.isoformat()}])
+    stop = threading.Event()
+    flow = threading.Thread(
+        target=run_flow,
+        args=(plant, db_url, tmp_path / "recovery", 1.0),
+        kwargs={"stop": stop},
+        daemon=True,
+    )
+    flow.start()
+    try:
+        deadline = wall.monotonic() + 60
+        expired: list[tuple[Any, ...]] = []
+        while wall.monotonic() < deadline and not expired:
+            wall.sleep(1)
+            with psycopg.connect(db_url) as conn:
+                expired = conn.execute(
+                    "SELECT end_ts FROM labor_segment WHERE closed_by = 'expired'"
+                ).fetchall()
+        assert expired == [(began + timedelta(hours=12),)]
+        with psycopg.connect(db_url) as conn:
+            assert conn.execute("SELECT count(*) FROM v_station_people").fetchone() == (0,)
+            kinds = conn.execute("SELECT kind, person FROM v_labor_issues").fetchall()
+        assert kinds == [("expired", "owl")]
+    finally:
+        stop.set()
+        flow.join(timeout=30)
