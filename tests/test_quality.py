@@ -489,3 +489,114 @@ def test_late_rework_through_the_dataflow(db_url: str, qplant: PlantConfig, tmp_
     }
     # What the tracker did: WO-Q1 kept its 92 good; WO-Q2 lost 2 good to WO-Q1's rework.
     assert parts == {"WO-Q1": (92, 8), "WO-Q2": (47, 4)}
+
+
+@st.composite
+def floor_history(draw: st.DrawFn) -> tuple[list[Any], dict[str, dict[str, int]]]:
+    """A machine's random history: starts and ends of three work orders, parts counted,
+    defects and rework outcomes (any work order, also after it ended), with the counts the
+    machine tracker reports (a scrapping report moves good to scrap on the work order
+    running at its time) and the true figures per work order."""
+    wos = ("WO-A", "WO-B", "WO-C")
+    truth = {w: dict.fromkeys(("made", "own", "dscrap", "sent", "rgood", "rscrap"), 0) for w in wos}
+    good = dict.fromkeys(wos, 0)
+    scrap = dict.fromkeys(wos, 0)
+    running: str | None = None
+    items: list[Any] = []
+    last_t: dict[str, int] = {}
+    steps = draw(st.lists(st.integers(0, 5), min_size=5, max_size=40))
+    for minute, kind in enumerate(steps):
+        ts = T0 + timedelta(minutes=minute)
+        t = to_us(ts)
+        wo = draw(st.sampled_from(wos))
+        if kind == 0:
+            items.append(_floor(minute, line("wo_start", minute, work_order=wo)))
+            running = wo
+        elif kind == 1:  # the end of a work order not running here changes nothing
+            items.append(_floor(minute, line("wo_end", minute, work_order=wo)))
+            running = None if wo == running else running
+        elif kind == 2 and running is not None:
+            g, s = draw(st.integers(0, 20)), draw(st.integers(0, 3))
+            good[running] += g
+            scrap[running] += s
+            truth[running]["made"] += g + s
+            truth[running]["own"] += s
+            last_t[running] = t
+        elif kind in (3, 4):
+            tr = truth[wo]
+            free = tr["made"] - tr["own"] - tr["dscrap"] - tr["sent"]
+            if free <= 0:
+                continue
+            qty = draw(st.integers(1, free))
+            how = "scrap" if kind == 3 else "rework"
+            tr["dscrap" if how == "scrap" else "sent"] += qty
+            items.append(
+                _floor(
+                    minute,
+                    line("defect", minute, work_order=wo, code="flash", qty=qty, disposition=how),
+                )
+            )
+            if how == "scrap" and running is not None:
+                good[running] -= qty
+                scrap[running] += qty
+                last_t[running] = t
+        elif kind == 5:
+            tr = truth[wo]
+            pending = tr["sent"] - tr["rgood"] - tr["rscrap"]
+            if pending <= 0:
+                continue
+            qty = draw(st.integers(1, pending))
+            outcome = draw(st.sampled_from(("good", "scrap")))
+            tr["rgood" if outcome == "good" else "rscrap"] += qty
+            items.append(
+                _floor(minute, line("rework", minute, work_order=wo, qty=qty, outcome=outcome))
+            )
+            if outcome == "scrap" and running is not None:
+                good[running] -= qty
+                scrap[running] += qty
+                last_t[running] = t
+    for w, t in last_t.items():
+        items.append(WorkOrderParts("SO-Q1", w, "IM-02", t, good[w], scrap[w]))
+    return items, {w: tr for w, tr in truth.items() if w in last_t}
+
+
+@settings(max_examples=50, deadline=None)
+@given(floor_history(), st.randoms(use_true_random=False))
+def test_random_histories_give_the_true_figures(
+    qplant: PlantConfig, history: tuple[list[Any], dict[str, dict[str, int]]], rnd: Any
+) -> None:
+    items, truth = history
+    rnd.shuffle(items)  # any arrival order
+    q = Quality(qplant)
+    state = MachineQuality("IM-02")
+    rows: dict[str, YieldRow] = {}
+    for i in range(0, len(items), 3):
+        for r in q.feed(state, items[i : i + 3]):
+            if isinstance(r, YieldRow):
+                rows[r.work_order] = r
+        state = pickle.loads(pickle.dumps(state))
+    for wo, tr in truth.items():
+        first_scrap = tr["own"] + tr["dscrap"]
+        first_pass = tr["made"] - first_scrap - tr["sent"]
+        want = (
+            tr["made"],
+            first_scrap,
+            tr["sent"],
+            tr["rgood"],
+            tr["rscrap"],
+            tr["sent"] - tr["rgood"] - tr["rscrap"],
+            first_pass,
+            first_pass + tr["rgood"],
+        )
+        r = rows[wo]
+        got = (
+            r.made,
+            r.first_scrap,
+            r.sent_to_rework,
+            r.rework_good,
+            r.rework_scrap,
+            r.rework_pending,
+            r.first_pass_good,
+            r.final_good,
+        )
+        assert got == want, wo
