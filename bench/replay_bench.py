@@ -4,7 +4,8 @@
 
 Generates the file with the plant simulator, measures the binary COPY ceiling of the same
 PostgreSQL, then runs `mesflow replay` on the file (storing it in the ingest log and running
-the dataflow into PostgreSQL). Prints events/s and its ratio to the COPY ceiling, what was
+the dataflow into PostgreSQL). Prints a line every `--every` seconds (stored, processed,
+backlog, rate, load), then events/s and its ratio to the COPY ceiling, what was
 stored, dead-lettered and processed, the CPU per event (the replay process, and its storer
 child), the peak memory and the load average. The run works in a private temporary folder
 (also TMPDIR of its children) that is deleted however the run ends: it leaves no file.
@@ -16,6 +17,7 @@ import argparse
 import itertools
 import resource
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -54,6 +56,36 @@ def _cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class Sampler(threading.Thread):
+    """A line every `every` seconds: stored (the log's last seq: no gaps in a fresh
+    database), processed (the slowest dataflow's committed seq), the backlog between them,
+    the rate of that interval and the load average."""
+
+    def __init__(self, url: str, every: float) -> None:
+        super().__init__(daemon=True)
+        self.url, self.every = url, every
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        before = 0
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self.stopping.wait(self.every):
+                row = conn.execute(
+                    "SELECT (SELECT COALESCE(max(seq), 0) FROM ingest_log), "
+                    "(SELECT COALESCE(min(last_seq), 0) FROM dataflow_progress)"
+                ).fetchone()
+                assert row is not None
+                stored, processed = int(row[0]), int(row[1])
+                print(
+                    f"{time.perf_counter() - t0:6.1f} s  stored {stored:10,}  processed "
+                    f"{processed:10,}  backlog {stored - processed:9,}  "
+                    f"{(processed - before) / self.every:8,.0f} events/s  {load_average()}",
+                    flush=True,
+                )
+                before = processed
+
+
 def run(args: argparse.Namespace, work: Path) -> None:
     _plant_path, plant = write_scaled_plant(args.machines, work)
     t = time.perf_counter()
@@ -71,8 +103,14 @@ def run(args: argparse.Namespace, work: Path) -> None:
             ceiling = copy_ceiling(db.url, rows=args.ceiling_rows)
             print(ceiling.describe(), "|", load_average(), flush=True)
         cpu_self, cpu_children = _cpu(resource.RUSAGE_SELF), _cpu(resource.RUSAGE_CHILDREN)
+        sampler = Sampler(db.url, args.every)
         t = time.perf_counter()
-        summary = replay_file(path, plant, db.url, work / "recovery", progress=False)
+        sampler.start()
+        try:
+            summary = replay_file(path, plant, db.url, work / "recovery", progress=False)
+        finally:
+            sampler.stopping.set()
+            sampler.join()
         elapsed = time.perf_counter() - t
         cpu_self = _cpu(resource.RUSAGE_SELF) - cpu_self
         cpu_children = _cpu(resource.RUSAGE_CHILDREN) - cpu_children
@@ -111,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--machines", type=int, default=200)
     parser.add_argument("--no-ceilings", action="store_true", help="skip the COPY ceiling")
+    parser.add_argument("--every", type=float, default=5.0, help="seconds between lines")
     parser.add_argument("--ceiling-rows", type=int, default=200_000, help="rows for COPY")
     args = parser.parse_args(argv)
     # The file (~120 MiB for a million events), the database and the recovery store go
