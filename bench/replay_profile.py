@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import io
 import itertools
 import os
@@ -96,6 +97,9 @@ def main() -> None:
     parser.add_argument("--cprofile", type=int, default=0, metavar="N")
     args = parser.parse_args()
 
+    # The dataflow's own collector settings (streams/runner.py): the figures then hold for it.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     work = Path(tempfile.mkdtemp(prefix="mesflow-replay-profile-"))
     try:
         plant = big_plant(args.machines, work)

@@ -7,7 +7,6 @@ models (`mesflow schema`), so the published JSON Schema cannot drift from the co
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -485,22 +484,61 @@ def parse_event_reference(payload: bytes | str) -> Event:
 
 
 # --- The fast path --------------------------------------------------------------------
-# pydantic's validate_json costs ~3.5 us per event, most of the replay's validation. The
-# fast path decodes with msgspec (~0.3 us), checks every rule of the hot models by hand,
-# and builds the same model objects pydantic would. It answers None ("ask pydantic")
-# for anything it does not fully check, so it never has to produce an error itself:
-# - a payload whose re-encoding is not byte-identical to it (duplicate keys, spaces,
-#   unusual number or escape forms: then the two decoders might read different values);
-# - nesting beyond a few objects (pydantic's JSON reader has a depth limit; msgspec's
-#   differs), and every type other than the four hot ones;
-# - any field that breaks a rule: pydantic then says which and why.
-_decode_json = msgspec.json.Decoder().decode
-_encode_json = msgspec.json.Encoder().encode
-_MAX_FAST_BRACKETS = 8
+# pydantic's validate_json costs ~30,000 CPU instructions per event (callgrind), most of
+# the replay's validation; checking the fields in Python after an untyped decode costs
+# more (~36,000: the interpreter is the cost). So the fast path lets msgspec check what it
+# can in C, into the structs below (types, ranges, lengths, literals; bool is not an
+# int there either, nor 1.0), then checks the rest (times, NUL, process value names) and
+# builds the same model objects pydantic would. It answers None ("ask pydantic") for
+# anything it does not fully check, so it never produces an error itself: every type
+# other than the four hot ones, any field that breaks a rule (pydantic then says which
+# and why), any field the model does not have (an ignored extra field may be nested
+# deeper than pydantic's JSON reader allows: its error must stay), a repeated "type".
+# tests/test_fast_validation.py checks all of this against pydantic.
+_FastId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_FastCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+_UNSET = msgspec.UNSET
+_Unset = msgspec.UnsetType
+
+
+class _HotState(msgspec.Struct, tag_field="type", tag="state", forbid_unknown_fields=True):
+    ts: str
+    machine: _FastId
+    state: MachineState
+    id: _FastId | _Unset | None = _UNSET
+    reason: _FastId | _Unset | None = _UNSET
+
+
+class _HotCount(msgspec.Struct, tag_field="type", tag="count", forbid_unknown_fields=True):
+    ts: str
+    machine: _FastId
+    id: _FastId | _Unset | None = _UNSET
+    good: _FastCount | _Unset = _UNSET
+    scrap: _FastCount | _Unset = _UNSET
+
+
+class _HotCounter(msgspec.Struct, tag_field="type", tag="counter", forbid_unknown_fields=True):
+    ts: str
+    machine: _FastId
+    name: Literal["total", "scrap"]
+    value: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
+    id: _FastId | _Unset | None = _UNSET
+
+
+class _HotProcessValue(
+    msgspec.Struct, tag_field="type", tag="process_value", forbid_unknown_fields=True
+):
+    ts: str
+    machine: _FastId
+    # float takes a JSON integer, as a float (so does pydantic's strict float).
+    values: Annotated[dict[str, float], msgspec.Meta(min_length=1, max_length=MAX_PROCESS_VALUES)]
+    id: _FastId | _Unset | None = _UNSET
+
+
+_decode_hot = msgspec.json.Decoder(_HotState | _HotCount | _HotCounter | _HotProcessValue).decode
 _PROCESS_VALUE_NAME = re.compile(PROCESS_VALUE_NAME.removeprefix("^").removesuffix("$"))
 _FAST_NAMES: set[str] = set()  # process value names seen valid (a plant has few)
 _MAX_NAMES = 4096
-_MAX_EXACT_INT = 2**53
 _new = object.__new__
 _set_attr = object.__setattr__
 
@@ -508,97 +546,16 @@ _set_attr = object.__setattr__
 def _fast_event(payload: bytes | str) -> Event | None:
     """The event, if the payload is a plain, valid hot event; else None (ask pydantic).
 
-    Written flat (few calls, no helpers): each Python call costs ~0.1 us here."""
-    if type(payload) is not bytes or payload.count(b"{") + payload.count(b"[") > (
-        _MAX_FAST_BRACKETS
-    ):
+    Written flat (few calls, no helpers): every bytecode counts here."""
+    if type(payload) is not bytes:
         return None
     try:
-        body = _decode_json(payload)
-        if type(body) is not dict or _encode_json(body) != payload:
-            return None
+        hot = _decode_hot(payload)
     except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
         return None
-    get = body.get
-    kind = get("type")
-    machine = get("machine")
-    id_ = get("id")
-    if (
-        type(machine) is not str
-        or not 0 < len(machine) <= MAX_ID_LENGTH
-        or "\x00" in machine
-        or (
-            id_ is not None
-            and (type(id_) is not str or not 0 < len(id_) <= MAX_ID_LENGTH or "\x00" in id_)
-        )
-    ):
-        return None
-    values: dict[str, Any]
-    if kind == "count":
-        good = get("good", 0)
-        scrap = get("scrap", 0)
-        # type() is int: a bool is not a count, nor is 1.0 (strict).
-        if (
-            type(good) is not int
-            or type(scrap) is not int
-            or not 0 <= good <= MAX_COUNT
-            or not 0 <= scrap <= MAX_COUNT
-        ):
-            return None
-        cls: type[BaseModel] = CountEvent
-        values = {
-            "ts": None,
-            "id": id_,
-            "machine": machine,
-            "type": kind,
-            "good": good,
-            "scrap": scrap,
-        }
-    elif kind == "state":
-        state = get("state")
-        reason = get("reason")
-        if type(state) is not str or state not in _STATES:
-            return None
-        if reason is not None and (
-            type(reason) is not str or not 0 < len(reason) <= MAX_ID_LENGTH or "\x00" in reason
-        ):
-            return None
-        cls = StateEvent
-        values = {
-            "ts": None,
-            "id": id_,
-            "machine": machine,
-            "type": kind,
-            "state": state,
-            "reason": reason,
-        }
-    elif kind == "counter":
-        name = get("name")
-        value = get("value")
-        if (name != "total" and name != "scrap") or (
-            type(value) is not int or not 0 <= value <= MAX_COUNTER
-        ):
-            return None
-        cls = CounterEvent
-        values = {
-            "ts": None,
-            "id": id_,
-            "machine": machine,
-            "type": kind,
-            "name": name,
-            "value": value,
-        }
-    elif kind == "process_value":
-        numbers = _fast_numbers(get("values"))
-        if numbers is None:
-            return None
-        cls = ProcessValueEvent
-        values = {"ts": None, "id": id_, "machine": machine, "type": kind, "values": numbers}
-    else:
-        return None
-    ts = get("ts")
-    # `_rfc3339_text`'s rule, inline: same accepted texts, same datetime.
-    if type(ts) is not str or not _RFC3339.fullmatch(ts):
+    # `_rfc3339_text`'s rule, inline: the same accepted texts, the same datetime.
+    ts = hot.ts
+    if not _RFC3339.fullmatch(ts):
         return None
     try:
         t = datetime.fromisoformat(ts.upper())
@@ -606,47 +563,76 @@ def _fast_event(payload: bytes | str) -> Event | None:
         return None
     if not MIN_YEAR <= t.year <= MAX_YEAR:
         return None
-    values["ts"] = t
+    machine = hot.machine
+    id_ = hot.id
+    if "\x00" in machine:
+        return None
+    fields = {"ts", "machine", "type"}  # the fields the input set (pydantic's fields_set)
+    if id_ is _UNSET:
+        id_ = None
+    else:
+        fields.add("id")
+        if id_ is not None and "\x00" in id_:
+            return None
+    kind = type(hot)
+    values: dict[str, Any]
+    if kind is _HotCount:
+        good = hot.good
+        scrap = hot.scrap
+        if good is _UNSET:
+            good = 0
+        else:
+            fields.add("good")
+        if scrap is _UNSET:
+            scrap = 0
+        else:
+            fields.add("scrap")
+        cls: type[BaseModel] = CountEvent
+        values = {"ts": t, "id": id_, "machine": machine, "type": "count"}
+        values["good"] = good
+        values["scrap"] = scrap
+    elif kind is _HotState:
+        reason = hot.reason
+        fields.add("state")
+        if reason is _UNSET:
+            reason = None
+        else:
+            fields.add("reason")
+            if reason is not None and "\x00" in reason:
+                return None
+        cls = StateEvent
+        values = {"ts": t, "id": id_, "machine": machine, "type": "state"}
+        values["state"] = hot.state
+        values["reason"] = reason
+    elif kind is _HotCounter:
+        fields.add("name")
+        fields.add("value")
+        cls = CounterEvent
+        values = {"ts": t, "id": id_, "machine": machine, "type": "counter"}
+        values["name"] = hot.name
+        values["value"] = hot.value
+    else:
+        numbers = hot.values
+        for name in numbers:
+            if name not in _FAST_NAMES:
+                if not _PROCESS_VALUE_NAME.fullmatch(name):
+                    return None
+                if len(_FAST_NAMES) >= _MAX_NAMES:
+                    _FAST_NAMES.clear()
+                _FAST_NAMES.add(name)
+        fields.add("values")
+        cls = ProcessValueEvent
+        values = {"ts": t, "id": id_, "machine": machine, "type": "process_value"}
+        values["values"] = numbers
     # What pydantic's validator leaves in an instance (its model_construct does the same,
     # ~4x slower): the field values in declaration order (the dicts above), the fields
-    # the input named, no extra values (extra="ignore"), no private attributes.
+    # the input set, no extra values (extra="ignore"), no private attributes.
     model = _new(cls)
     _set_attr(model, "__dict__", values)
-    _set_attr(model, "__pydantic_fields_set__", body.keys() & _FIELD_NAMES[cls])
+    _set_attr(model, "__pydantic_fields_set__", fields)
     _set_attr(model, "__pydantic_extra__", None)
     _set_attr(model, "__pydantic_private__", None)
     return model  # type: ignore[return-value]
-
-
-def _fast_numbers(raw: Any) -> dict[str, float] | None:
-    """A process value event's `values`, as pydantic returns them; None if not plain."""
-    if type(raw) is not dict or not 0 < len(raw) <= MAX_PROCESS_VALUES:
-        return None
-    numbers: dict[str, float] = {}
-    for name, number in raw.items():
-        if name not in _FAST_NAMES:
-            if not _PROCESS_VALUE_NAME.fullmatch(name):
-                return None
-            if len(_FAST_NAMES) >= _MAX_NAMES:
-                _FAST_NAMES.clear()
-            _FAST_NAMES.add(name)
-        kind = type(number)
-        if kind is float:
-            if not math.isfinite(number):
-                return None
-        elif kind is int and -_MAX_EXACT_INT <= number <= _MAX_EXACT_INT:
-            number = float(number)  # a strict float takes a JSON integer, as a float
-        else:
-            return None
-        numbers[name] = number
-    return numbers
-
-
-_STATES = frozenset(CANONICAL_STATES)
-_FIELD_NAMES: dict[type[BaseModel], frozenset[str]] = {
-    cls: frozenset(cls.model_fields)
-    for cls in (StateEvent, CountEvent, CounterEvent, ProcessValueEvent)
-}
 
 
 def event_json_schema() -> dict[str, object]:

@@ -252,6 +252,15 @@ def payloads(draw: st.DrawFn) -> bytes:
     b'{"machine":"IM-01","ts":"2026-11-16T07:00:00Z","type":"process_value","values":{"a":1,"b":true}}'
 )
 @example(b'{"machine":"IM-01","ts":"1763596800","type":"counter","name":"total","value":5}')
+@example(b'{"machine":"IM-\\u0000","state":"running","ts":"2026-11-16T07:00:00Z","type":"state"}')
+@example(
+    b'{"id":"a\\u0000","machine":"IM-01","state":"idle","ts":"2026-11-16T07:00:00Z","type":"state"}'
+)
+@example(
+    b'{"machine":"IM-01","reason":"\\u0000","state":"down","ts":"2026-11-16T07:00:00Z","type":"state"}'
+)
+@example(b'{"machine":"IM-01","ts":"2026-11-16T07:00:00Z","type":"count"}')
+@example(b'{"good":0,"machine":"IM-01","ts":"2026-11-16T07:00:00Z","type":"count"}')
 def test_fast_validation_equals_pydantic(payload: bytes) -> None:
     assert_same(payload)
 
@@ -290,7 +299,6 @@ VALID = [
         "ts": "2026-11-16T07:00:01+08:00",
         "machine": "IM-01",
         "scrap": 1,
-        "extra": [1, 2],
     },
     {
         "type": "counter",
@@ -378,3 +386,63 @@ def test_fast_record_takes_plain_objects(body: dict[str, Any]) -> None:
     assert fast is not None
     assert fast == reference_record("replay:x.jsonl:1", raw)
     assert fast.payload == compact(body)  # canonical: sorted keys
+
+
+def test_extra_fields_take_the_pydantic_path() -> None:
+    """An ignored extra field may hide nesting that pydantic refuses: pydantic decides."""
+    plain = {"type": "count", "ts": "2026-11-16T07:00:01+08:00", "machine": "IM-01", "good": 1}
+    extras: list[Any] = [[1, 2], [[[]]], "x"]
+    for extra in extras:
+        payload = compact({**plain, "extra": extra})
+        assert events._fast_event(payload) is None
+        assert_same(payload)
+    deep = compact(plain)[:-1] + b',"deep":' + b"[" * 300 + b"]" * 300 + b"}"
+    assert events._fast_event(deep) is None
+    with pytest.raises(ContractError, match="malformed"):
+        parse_event(deep)
+
+
+GOOD_IDS = st.text(
+    st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
+    min_size=1,
+    max_size=200,
+)
+
+
+@st.composite
+def valid_hot_events(draw: st.DrawFn) -> dict[str, Any]:
+    """Valid hot events only, in all their variety: each must take the fast path."""
+    kind = draw(st.sampled_from(["state", "count", "counter", "process_value"]))
+    body: dict[str, Any] = {"type": kind, "ts": draw(GOOD_TIMES), "machine": draw(GOOD_IDS)}
+    if draw(st.booleans()):
+        body["id"] = draw(st.none() | GOOD_IDS)
+    if kind == "state":
+        body["state"] = draw(st.sampled_from(list(events.CANONICAL_STATES)))
+        if draw(st.booleans()):
+            body["reason"] = draw(st.none() | GOOD_IDS)
+    elif kind == "count":
+        for field in ("good", "scrap"):
+            if draw(st.booleans()):
+                body[field] = draw(st.integers(0, events.MAX_COUNT))
+    elif kind == "counter":
+        body["name"] = draw(st.sampled_from(["total", "scrap"]))
+        body["value"] = draw(st.integers(0, events.MAX_COUNTER))
+    else:
+        body["values"] = draw(
+            st.dictionaries(
+                st.from_regex(r"[a-z][a-z0-9_.]{0,63}", fullmatch=True),
+                st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**63),
+                min_size=1,
+                max_size=64,
+            )
+        )
+    return body
+
+
+@SETTINGS
+@given(valid_hot_events(), st.booleans())
+def test_fast_path_builds_what_pydantic_builds(body: dict[str, Any], sort: bool) -> None:
+    payload = compact(body, sort=sort)
+    ev = events._fast_event(payload)
+    assert ev is not None, payload
+    assert outcome(lambda _p: ev, payload) == outcome(parse_event_reference, payload)
