@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from mesflow.events import RoutingStep
 from mesflow.plant import PlantConfig
@@ -159,7 +159,3 @@ class OperationSetRow(NamedTuple):
     qty: int | None
     ops: tuple[OpFigures, ...]
     last_event_ts: datetime
-
-
-def as_dict(f: OpFigures) -> dict[str, Any]:
-    return f._asdict()
