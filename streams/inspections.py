@@ -45,6 +45,7 @@ from mesflow.events import (
 from mesflow.plant import InspectionPolicy, PlantConfig
 from streams.hour_clock import from_us, to_us
 from streams.records import FloorInput, WorkOrderParts
+from streams.shift_calendar import CalendarIndex
 
 MIN_US = 60_000_000
 DAY_US = 24 * 3600 * 1_000_000
@@ -181,7 +182,8 @@ class _Memo:
     """What a run remembers between derivations: its last rows, and when it went missing."""
 
     detected_at: int | None = None  # first parts total seen above the first-article limit
-    # _parts' last answer and what it was computed from: (points, last point, end, limit, made).
+    # _parts' last answer and what it was computed from: (points, last point, next start,
+    # limit, made).
     parts_seen: tuple[int, tuple[int, int] | None, int | None, int, int] | None = None
     row: InspectionRun | None = None
     flags: dict[FlagKey, InspectionFlag] = field(default_factory=dict)
@@ -229,6 +231,7 @@ class Inspections:
         from streams.validate import OrderInput
 
         self._order_input = OrderInput
+        self._cals: dict[str, CalendarIndex] = {}  # machine -> its line's shift calendar
 
     # -- input -------------------------------------------------------------------------------
 
@@ -356,7 +359,7 @@ class Inspections:
         ]
         if nxt is not None:  # an inspection belongs to the latest run of its work order here
             checks = [c for c in checks if c.t < nxt]
-        made, detected = self._parts(machine, run, policy, memo)
+        made, detected = self._parts(machine, run, nxt, policy, memo)
         firsts = [c for c in checks if c.stage == "first"]
         patrols = [c for c in checks if c.stage == "patrol" and (run.end is None or c.t <= run.end)]
         lasts = [c for c in checks if c.stage == "last"]
@@ -426,15 +429,20 @@ class Inspections:
         missed_since: int | None = None
         if every > 0:
             limit = clock if run.end is None else min(clock, run.end)
+            cal = self._calendar(machine)
+
+            def later(t: int, by: int) -> int:
+                return _shift_time_after(cal, t, by)
+
             anchor = run.start
             episode: int | None = None  # the open missed episode's start
             for p in patrols:
-                d = anchor + every
-                while d + grace < p.t and (run.end is None or d + grace < run.end):
+                d = later(anchor, every)
+                while later(d, grace) < p.t and (run.end is None or later(d, grace) < run.end):
                     slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
                     if episode is None:
-                        episode = d + grace
-                    d += every
+                        episode = later(d, grace)
+                    d = later(d, every)
                 if episode is not None:
                     flag("patrol_missed", episode, p.t, "missed", False)
                     episode = None
@@ -442,12 +450,12 @@ class Inspections:
                     ("patrol", from_us(d), self._day(d), "on_time", from_us(p.t), p.result)
                 )
                 anchor = p.t
-            d = anchor + every
-            while d + grace < limit:
+            d = later(anchor, every)
+            while later(d, grace) < limit:
                 slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
                 if episode is None:
-                    episode = d + grace
-                d += every
+                    episode = later(d, grace)
+                d = later(d, every)
             if episode is not None:
                 flag("patrol_missed", episode, run.end, "missed", False)
                 if run.end is None:
@@ -516,7 +524,7 @@ class Inspections:
         return out
 
     def _parts(
-        self, machine: str, run: _Run, policy: InspectionPolicy, memo: _Memo
+        self, machine: str, run: _Run, nxt: int | None, policy: InspectionPolicy, memo: _Memo
     ) -> tuple[int, int | None]:
         """(parts made since the start, when the first-article limit was passed)."""
         parts = self.state.parts
@@ -525,7 +533,7 @@ class Inspections:
             points = parts.get((run.work_order, machine, "*"), [])
         # The same points and end as last time: the same answer (most runs, most batches).
         limit = policy.first_article_within_parts
-        sig = (len(points), points[-1] if points else None, run.end, limit)
+        sig = (len(points), points[-1] if points else None, nxt, limit)
         seen = memo.parts_seen
         if seen is not None and seen[:4] == sig:
             return seen[4], memo.detected_at
@@ -534,23 +542,31 @@ class Inspections:
         for t, total in points:
             if t <= run.start:
                 base = max(base, total)
-        prev_t, prev_made = run.start, 0
         for t, total in points:
-            if t <= run.start or (run.end is not None and t > run.end + self.lag_us):
+            # After the run's end its work order's total here stays the run's (a total comes
+            # when the machine's figures are written, often after the end), until the
+            # work order starts here again.
+            if t <= run.start or (nxt is not None and t >= nxt):
                 continue
             now_made = total - base
             if limit > 0 and memo.detected_at is None and now_made > limit:
-                # Parts totals come once per batch of the machine's events (a replay's batch
-                # may span an hour): when the limit was passed is estimated between the
-                # last total below it and this one, at an even pace.
-                span = now_made - prev_made
-                frac = (limit + 1 - prev_made) / span if span > 0 else 1.0
-                memo.detected_at = prev_t + round((t - prev_t) * min(max(frac, 0.0), 1.0))
+                # The first total seen above the limit: by then the limit was certainly
+                # passed. Totals come once per batch of the machine's events (live about
+                # every second; a replay's batch may span an hour): a first article between
+                # two totals is given the benefit of the doubt, never flagged wrongly.
+                memo.detected_at = t
             if now_made > made:
                 made = now_made
-            prev_t, prev_made = t, now_made
         memo.parts_seen = (*sig, made)
         return made, memo.detected_at
+
+    def _calendar(self, machine: str) -> CalendarIndex | None:
+        cal = self._cals.get(machine)
+        if cal is None and machine in self.plant.machines:
+            cal = self._cals[machine] = CalendarIndex(
+                self.plant.calendar_for(machine), self.plant.plant.timezone
+            )
+        return cal
 
     def _day(self, t: int) -> date:
         return from_us(t).astimezone(self.tz).date()
@@ -579,6 +595,28 @@ class Inspections:
         for pkey in [k for k in s.parts if k[:2] not in live]:
             if all(t < horizon for t, _ in s.parts[pkey]):
                 del s.parts[pkey]
+
+
+def _shift_time_after(cal: CalendarIndex | None, t: int, span: int) -> int:
+    """The time at which `span` us of shift time (the machine's line's shifts, breaks
+    included) have passed since `t`: patrols fall due while the line works, not overnight
+    when it has no shift. Without shifts in the next weeks (or a calendar): wall time."""
+    if cal is None or span <= 0:
+        return t + span
+    left = span
+    a = t
+    for _ in range(8):  # weeks
+        b = a + 7 * DAY_US
+        for inst in cal.shifts_between(a, b):
+            lo = max(inst.start, a)
+            if inst.end <= lo:
+                continue
+            if inst.end - lo >= left:
+                return lo + left
+            left -= inst.end - lo
+            a = inst.end
+        a = max(a, b)
+    return t + span
 
 
 def _point(

@@ -294,3 +294,18 @@ def test_an_inspection_before_any_start_is_recorded_only(plant: PlantConfig, sta
     steps = Inspections(with_policy(plant), lag_s=0)
     rows = steps.feed([check(1, stage)])
     assert [type(r) for r in rows] == [InspectionRecord]
+
+
+def test_patrols_fall_due_in_shift_time(plant: PlantConfig) -> None:
+    """CNC-01's line works 07:30-19:30 on weekdays: a run started Thursday 19:00 owes its
+    hourly patrol at Friday 08:00 (30 minutes on Thursday, 30 on Friday), not at 20:00."""
+    steps = Inspections(with_policy(plant), lag_s=0)
+    rows = steps.feed([start(-13 * 60, "WO-C", "CNC-01")])
+    rows += steps.tick(us(9))
+    runs, flags = final(rows)
+    assert next(iter(runs.values())).next_patrol_due == at(0)
+    assert not open_flags(flags)
+    rows += steps.tick(us(11))
+    runs, flags = final(rows)
+    assert open_flags(flags) == [("patrol_missed", "missed", at(10))]
+    assert next(iter(runs.values())).next_patrol_due == at(60)
