@@ -47,8 +47,10 @@ from mesflow.events import (
 )
 from mesflow.plant import PlantConfig
 from streams.hour_clock import from_us, to_us
+from streams.records import FloorInput
 from streams.routing import Route, op_for, plant_routes, route_of
 from streams.shift_calendar import CalendarIndex
+from streams.validate import OrderInput
 
 HOUR_US = 3_600_000_000
 _DAY_US = 24 * HOUR_US
@@ -449,9 +451,13 @@ def labor_events(batch: list[Any]) -> list[tuple[int, Any]]:
     sign-out, wo_start, wo_end, and OrderInput of work orders)."""
     out: list[tuple[int, Any]] = []
     for x in batch:
-        ev = getattr(x, "event", None)
-        if type(ev) in INPUT_EVENTS:
-            out.append((getattr(x, "seq", 0), ev))
+        # Type checks first: most of `rest` is machine rows (a failed getattr costs more).
+        t = type(x)
+        if t is FloorInput:
+            if type(x.event) in INPUT_EVENTS:
+                out.append((x.seq, x.event))
+        elif t is OrderInput and type(x.event) is WorkOrderEvent:
+            out.append((0, x.event))
     return out
 
 

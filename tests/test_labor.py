@@ -399,3 +399,18 @@ def test_input_filter_takes_only_labor_inputs(plant: PlantConfig) -> None:
     assert labor_events([FloorInput(5, ev), FloorInput(6, other), ("IM-01", (1, other))]) == [
         (5, ev)
     ]
+    wo = parse_event(
+        json.dumps(
+            {"type": "work_order", "work_order": "WO-9", "order_no": "SO-9", "product": "P-100",
+             "qty": 5, "ts": at(6).isoformat()}
+        )
+    )  # fmt: skip
+    order = parse_event(
+        json.dumps(
+            {"type": "order", "order_no": "SO-9", "version": 1, "customer": "C", "priority": 1,
+             "product": "P-100", "qty": 5, "due": at(30).isoformat(), "status": "open",
+             "ts": at(6).isoformat()}
+        )
+    )  # fmt: skip
+    batch = [OrderInput("SO-9", wo), OrderInput("SO-9", order)]  # type: ignore[arg-type]
+    assert labor_events(batch) == [(0, wo)]
