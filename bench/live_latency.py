@@ -143,23 +143,44 @@ def percentiles(conn: psycopg.Connection[Any], sql: str, args: tuple[Any, ...]) 
 class Components:
     """`mesflow run collector-mqtt` and `mesflow run dataflow` as child processes."""
 
-    def __init__(self, work: Path, env: dict[str, str], servers: dict[str, int | None]) -> None:
+    def __init__(
+        self,
+        work: Path,
+        env: dict[str, str],
+        servers: dict[str, int | None],
+        collectors: int = 1,
+    ) -> None:
         self.servers = servers  # mosquitto and PostgreSQL: their CPU is counted too
         self.work = work
         self.logs: dict[str, IO[bytes]] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        for name, command in (("collector", "collector-mqtt"), ("dataflow", "dataflow")):
+        runs: list[tuple[str, str, dict[str, str]]] = [("dataflow", "dataflow", env)]
+        if collectors == 1:
+            runs.append(("collector", "collector-mqtt", env))
+        else:
+            # Several collectors share the subscription (MQTT 5 shared subscription): the
+            # broker hands each message to one of them.
+            for i in range(collectors):
+                own = {
+                    "MESFLOW_MQTT_CLIENT_ID": f"bench-collector-{i}",
+                    "MESFLOW_MQTT_SHARE_GROUP": "bench",
+                }
+                runs.append((f"collector-{i}", "collector-mqtt", env | own))
+        for name, command, run_env in runs:
             self.logs[name] = open(work / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "mesflow.cli", "run", command],
-                env=env,
+                env=run_env,
                 stdout=self.logs[name],
                 stderr=subprocess.STDOUT,
             )
 
     def cpu(self) -> dict[str, float]:
+        """CPU seconds so far: "collector" (all of them), "dataflow", the servers."""
         own = {name: cpu_seconds(p.pid) for name, p in self.procs.items()}
-        return own | {
+        out = {"collector": sum(v for k, v in own.items() if k.startswith("collector"))}
+        out["dataflow"] = own["dataflow"]
+        return out | {
             name: tree_cpu_seconds(pid) if pid else 0.0 for name, pid in self.servers.items()
         }
 
@@ -183,17 +204,19 @@ class Components:
             f.close()
 
 
-def wait_until_subscribed(conn: psycopg.Connection[Any], timeout: float = 30) -> None:
+def wait_until_subscribed(
+    conn: psycopg.Connection[Any], collectors: int, timeout: float = 30
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = conn.execute(
-            "SELECT bool_or(connected) FROM source_health WHERE kind = 'mqtt'"
+            "SELECT count(*) FILTER (WHERE connected) FROM source_health WHERE kind = 'mqtt'"
         ).fetchone()
-        if row and row[0]:
+        if row and row[0] >= collectors:
             time.sleep(1.0)  # the dataflow follows the log by then too
             return
         time.sleep(0.2)
-    raise RuntimeError("the collector did not report itself connected within 30 s")
+    raise RuntimeError(f"{collectors} collector(s) did not report connected within {timeout} s")
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
@@ -225,11 +248,14 @@ def run(args: argparse.Namespace, work: Path) -> None:
             "PYTHONUNBUFFERED": "1",
         }
         parts = Components(
-            work, env, {"mosquitto": broker.process.pid, "postgres": db.server_pid()}
+            work,
+            env,
+            {"mosquitto": broker.process.pid, "postgres": db.server_pid()},
+            args.collectors,
         )
         conn = psycopg.connect(db.url, autocommit=True)
         try:
-            wait_until_subscribed(conn)
+            wait_until_subscribed(conn, args.collectors)
             parts.check()
             tag = f"L{uuid.uuid4().hex[:6]}"
             shares = split(sorted(plant.machines), args.processes)
@@ -395,6 +421,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--machines", type=int, default=200)
     parser.add_argument(
         "--processes", type=int, default=0, help="load generator processes (0: 1 per 20k/s)"
+    )
+    parser.add_argument(
+        "--collectors", type=int, default=1, help="collector processes (>1: shared subscription)"
     )
     parser.add_argument("--every", type=float, default=5.0, help="seconds between lines")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds left out of latency")
