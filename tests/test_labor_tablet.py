@@ -216,6 +216,7 @@ def test_sign_in_and_out_in_the_browser(
         )
         assert browser.eval("document.documentElement.scrollWidth") <= 1280
         SHOTS.mkdir(parents=True, exist_ok=True)
+        browser.eval("document.querySelector('.op-signin').scrollIntoView({block: 'center'})")
         browser.screenshot(SHOTS / "operator-signin-en-1280x800.png")
         # Sign out by code.
         browser.eval("document.querySelector('#op-signin-code').focus()")
