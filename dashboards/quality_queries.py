@@ -115,18 +115,19 @@ def yield_groups(
 
 
 def defect_counts(
-    conn: psycopg.Connection[Any], f: QualityFilters, tz: ZoneInfo, by: str
+    conn: psycopg.Connection[Any], f: QualityFilters, tz: ZoneInfo, by: str, kind: str = "defect"
 ) -> list[DefectCount]:
-    """Defective parts (reported and found in inspections) per code, family (`root`),
-    product or machine, the largest first (a Pareto)."""
+    """Defective parts per code, family (`root`), product or machine, the largest first (a
+    Pareto). `kind`: `defect` (parts scrapped or sent to rework) or `inspection` (found in
+    inspection samples: counted apart, since the same parts may then be reported as defects)."""
     key = _DEFECT_GROUPS[by]
     query = f"""
         SELECT COALESCE({key}, '') AS key, sum(qty)::bigint AS qty
-        FROM v_defects WHERE {_DEFECT_WHERE}
+        FROM v_defects WHERE kind = %(kind)s AND {_DEFECT_WHERE}
         GROUP BY 1 ORDER BY 2 DESC, 1
     """
     with conn.cursor(row_factory=class_row(DefectCount)) as cur:
-        return cur.execute(query, _bounds(f, tz)).fetchall()
+        return cur.execute(query, {**_bounds(f, tz), "kind": kind}).fetchall()
 
 
 def open_rework(conn: psycopg.Connection[Any], f: QualityFilters) -> list[OpenRework]:
@@ -151,6 +152,7 @@ class Board:
     by_family: list[DefectCount]  # by the top of each code's branch in the defect tree
     defects_by_product: list[DefectCount]
     defects_by_machine: list[DefectCount]
+    found_by_code: list[DefectCount]  # in inspection samples
     rework: list[OpenRework]
 
 
@@ -164,6 +166,7 @@ def board(db: Database, f: QualityFilters, tz: ZoneInfo) -> Board:
             defect_counts(conn, f, tz, "root"),
             defect_counts(conn, f, tz, "product"),
             defect_counts(conn, f, tz, "machine"),
+            defect_counts(conn, f, tz, "code", "inspection"),
             open_rework(conn, f),
         )
 

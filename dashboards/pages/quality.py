@@ -69,14 +69,16 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "defects_product": {"zh": "按产品不良", "en": "Defects by product"},
     "defects_machine": {"zh": "按设备不良", "en": "Defects by machine"},
     "open_rework": {"zh": "未完成返工", "en": "Open rework"},
+    "found": {"zh": "检验样品中发现的不良（另计）", "en": "Found in inspection samples (counted apart)"},
     "empty": {"zh": "所选范围内没有数据", "en": "No figures for this selection"},
     "db_error": {"zh": "数据库不可用", "en": "Database unreachable"},
     "note": {
         "zh": "一次合格率 = (生产数 − 首次报废 − 送返工) / 生产数；最终良率 = (一次合格 + 返工合格) / 生产数。"
-        "不良含巡检/首检样品中发现的不良。日期按工厂时区与班次。",
+        "不良为报废或送返工的零件；检验样品中发现的不良另计。日期按工厂时区与班次。",
         "en": "First-pass yield = (made − first-time scrap − sent to rework) / made; final "
-        "yield = (first-pass good + reworked good) / made. Defects include those found in "
-        "inspection samples. Days in the plant's time zone, by shift.",
+        "yield = (first-pass good + reworked good) / made. Defects are parts scrapped or sent "
+        "to rework; those found in inspection samples are counted apart. Days in the plant's "
+        "time zone, by shift.",
     },
 }  # fmt: skip
 
@@ -236,7 +238,7 @@ def _update(lang: Any, start: Any, end: Any, product: Any, machine: Any, by: Any
         return [], html.Div(s("db_error", lang), className="orders-empty"), go.Figure()
     names = code_names(ctx.plant, lang)
     bars = data.by_family if by == "family" else data.by_code
-    return tiles(data.total, lang), render(data, lang), pareto_figure(bars, names, lang)
+    return tiles(data.total, lang), render(data, lang, names), pareto_figure(bars, names, lang)
 
 
 # -- rendering (pure) ----------------------------------------------------------------------------
@@ -305,7 +307,7 @@ def tiles(t: qq.YieldGroup, lang: str) -> list[html.Div]:
     ]
 
 
-def render(data: qq.Board, lang: str) -> Any:
+def render(data: qq.Board, lang: str, names: dict[str, str] | None = None) -> Any:
     rework = text_table(
         [
             s("work_order", lang),
@@ -341,6 +343,17 @@ def render(data: qq.Board, lang: str) -> Any:
         _card(
             s("defects_machine", lang),
             _count_table(data.defects_by_machine, s("machine", lang), lang),
+        ),
+        _card(
+            s("found", lang),
+            _count_table(
+                [
+                    qq.DefectCount((names or {}).get(r.key, r.key), r.qty)
+                    for r in data.found_by_code
+                ],
+                s("code", lang),
+                lang,
+            ),
         ),
         _card(s("open_rework", lang), rework),
     ]
