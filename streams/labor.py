@@ -55,6 +55,7 @@ from streams.validate import OrderInput
 HOUR_US = 3_600_000_000
 _DAY_US = 24 * HOUR_US
 NO_SHIFT = ""  # shift_name of time outside every shift (cut at local midnight)
+NEVER = 2**63  # a person signed in nowhere has no next cut
 
 
 # -- rows --------------------------------------------------------------------------------------
@@ -131,7 +132,7 @@ class Person:
     # book time twice (a plant has a few hundred people: the state stays small).
     clock: int
     pieces: dict[str, Piece] = field(default_factory=dict)
-    next_cut: int = 2**63  # us: the earliest bound of its pieces (none: never)
+    next_cut: int = NEVER  # us: the earliest bound of its pieces
 
 
 @dataclass
@@ -239,6 +240,9 @@ class Labor:
             if p.next_cut <= t:  # people are independent: any order gives the same rows
                 self._advance(name, t, move_clock=False)
 
+    def anyone_signed_in(self) -> bool:
+        return any(p.next_cut < NEVER for p in self.state.people.values())
+
     def take(self) -> list[LaborRow]:
         out = list(self._out.values())
         self._out = {}
@@ -344,7 +348,7 @@ class Labor:
 
     @staticmethod
     def _renext(p: Person) -> None:
-        p.next_cut = min((pc.bound for pc in p.pieces.values()), default=2**63)
+        p.next_cut = min((pc.bound for pc in p.pieces.values()), default=NEVER)
 
     def _advance(self, name: str, t: int, move_clock: bool) -> None:
         """Cut the person's pieces at every shift boundary and expiry up to t, in order."""

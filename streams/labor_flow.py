@@ -32,6 +32,7 @@ class LaborLogic(StatefulBatchLogic[Any, list[LaborRow], bytes]):
         self.labor = Labor(plant, pickle.loads(resume) if resume else None)
         self.live = live
         self.lag_us = int(plant.plant.allowed_lateness_seconds * 1_000_000)
+        self.next_tick: datetime | None = None
 
     def on_batch(self, values: list[Any]) -> tuple[list[list[LaborRow]], bool]:
         for seq, ev in values:
@@ -39,9 +40,15 @@ class LaborLogic(StatefulBatchLogic[Any, list[LaborRow], bytes]):
         return [self.labor.take()], self.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return datetime.now(UTC) + self.TICK if self.live and self.labor.state.people else None
+        if not self.live or not self.labor.anyone_signed_in():
+            return None
+        # Kept until it fires: a busy stream of reports must not push the timer on forever.
+        if self.next_tick is None:
+            self.next_tick = datetime.now(UTC) + self.TICK
+        return self.next_tick
 
     def on_notify(self) -> tuple[list[list[LaborRow]], bool]:
+        self.next_tick = None
         # Events up to the allowed lateness behind the wall clock may still come: leave
         # them room, so a live run books what a replay of the same log books.
         self.labor.tick(time.time_ns() // 1000 - self.lag_us)

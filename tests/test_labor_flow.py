@@ -196,12 +196,14 @@ def test_live_timer_expires_a_forgotten_sign_in_without_new_reports(plant: Plant
     ev = parse_event(json.dumps(body))
     [rows] = logic.on_batch([(1, ev)])[0]
     assert [type(r).__name__ for r in rows].count("LaborSegment") >= 1
-    assert logic.notify_at() is not None
+    first = logic.notify_at()
+    assert first is not None and logic.notify_at() == first  # kept until it fires
     [rows] = logic.on_notify()[0]
     expired = [r for r in rows if type(r) is LaborSegment and r.closed_by == "expired"]
     assert len(expired) == 1
     assert expired[0].end == began + timedelta(hours=12)
     assert [r.kind for r in rows if type(r) is LaborIssue] == ["expired"]
+    assert logic.notify_at() is None  # nobody signed in any more: no timer
     # The snapshot resumes the same state.
     again = LaborLogic(logic.snapshot(), plant, live=True)
     assert again.labor.state == logic.labor.state
