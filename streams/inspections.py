@@ -29,7 +29,7 @@ replay decides at its end from its last event time (`settle`).
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, NamedTuple
@@ -51,6 +51,7 @@ MIN_US = 60_000_000
 DAY_US = 24 * 3600 * 1_000_000
 KEEP_US = 3 * DAY_US  # a run ended this long before the clock is forgotten
 MAX_POINTS = 512  # parts totals kept per (work order, machine)
+_MAX_TOTAL = 2**63  # sorts after every total: (t, _MAX_TOTAL) bisects past the points at t
 
 
 class InspectionRecord(NamedTuple):
@@ -537,26 +538,21 @@ class Inspections:
         seen = memo.parts_seen
         if seen is not None and seen[:4] == sig:
             return seen[4], memo.detected_at
-        base = 0
-        made = 0
-        for t, total in points:
-            if t <= run.start:
-                base = max(base, total)
-        for t, total in points:
-            # After the run's end its work order's total here stays the run's (a total comes
-            # when the machine's figures are written, often after the end), until the
-            # work order starts here again.
-            if t <= run.start or (nxt is not None and t >= nxt):
-                continue
-            now_made = total - base
-            if limit > 0 and memo.detected_at is None and now_made > limit:
-                # The first total seen above the limit: by then the limit was certainly
-                # passed. Totals come once per batch of the machine's events (live about
-                # every second; a replay's batch may span an hour): a first article between
-                # two totals is given the benefit of the doubt, never flagged wrongly.
-                memo.detected_at = t
-            if now_made > made:
-                made = now_made
+        # Points are sorted by time: those up to the start give the total before the run;
+        # after the run's end its work order's total here stays the run's (a total comes
+        # when the machine's figures are written, often after the end), until the work
+        # order starts here again.
+        i0 = bisect_right(points, (run.start, _MAX_TOTAL))
+        i1 = len(points) if nxt is None else bisect_left(points, (nxt, -1))
+        base = max((total for _t, total in points[:i0]), default=0)
+        window = points[i0:i1]
+        made = max(max((total for _t, total in window), default=base) - base, 0)
+        if limit > 0 and memo.detected_at is None and made > limit:
+            # The first total seen above the limit: by then the limit was certainly
+            # passed. Totals come once per batch of the machine's events (live about
+            # every second; a replay's batch may span an hour): a first article between
+            # two totals is given the benefit of the doubt, never flagged wrongly.
+            memo.detected_at = next(t for t, total in window if total - base > limit)
         memo.parts_seen = (*sig, made)
         return made, memo.detected_at
 
@@ -605,8 +601,9 @@ def _shift_time_after(cal: CalendarIndex | None, t: int, span: int) -> int:
         return t + span
     left = span
     a = t
-    for _ in range(8):  # weeks
-        b = a + 7 * DAY_US
+    stop = t + 56 * DAY_US  # eight weeks without enough shift time: no shifts at all
+    while a < stop:
+        b = a + left + DAY_US  # enough for most spans (hours) within a working day
         for inst in cal.shifts_between(a, b):
             lo = max(inst.start, a)
             if inst.end <= lo:
