@@ -131,5 +131,11 @@ FROM order_progress o;
 -- spilled to disk (the Pareto). Their combinations, counted by ANALYZE, give the real share.
 CREATE STATISTICS machine_kpi_shift_dates (mcv) ON bucket, shift_date, shift_name
     FROM machine_kpi;
+-- And how many groups v_kpi_plant makes of them (a shift per date and name, an hour per hour):
+-- with the share right but the groups guessed (21,000 for 60), the plant's KPI rows were
+-- sorted, spilling to disk, instead of hashed (115 ms -> 15 ms).
+CREATE STATISTICS machine_kpi_groups (ndistinct)
+    ON bucket, shift_date, shift_name, (CASE WHEN bucket = 'hour' THEN bucket_start END)
+    FROM machine_kpi;
 -- So that the statistics exist at once on an existing database (autovacuum would take its time).
 ANALYZE machine_kpi;
