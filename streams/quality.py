@@ -163,10 +163,22 @@ class MachineQuality:
     # `changes` as a step function: from times[k] on, running[k] runs (None: nothing).
     times: list[int] = field(default_factory=list)
     running: list[str | None] = field(default_factory=list)
+    # Per work order, the parts of scrapping reports (of any work order) the tracker moved
+    # onto it: those reported while it ran here. Kept up to date as reports come, recounted
+    # when the timeline changes.
+    applied: dict[str, int] = field(default_factory=dict)
 
     def add_change(self, change: tuple[int, int, str, bool, str]) -> None:
         insort(self.changes, change)
         self.reindex()
+
+    def add_scrapped(self, y: WorkOrderYield, t: int, qty: int, after_rework: bool) -> str | None:
+        """Record a scrapping report; the work order the tracker moved its parts onto."""
+        y.scrapped.append((t, qty, after_rework))
+        onto = self.running_at(t)
+        if onto is not None:
+            self.applied[onto] = self.applied.get(onto, 0) + qty
+        return onto
 
     def reindex(self) -> None:
         # As the machine tracker: a start at t counts from t; an end counts only for the
@@ -185,20 +197,17 @@ class MachineQuality:
                 times.append(ct)
                 running.append(now)
         self.times, self.running = times, running
+        applied: dict[str, int] = {}
+        for y in self.work_orders.values():
+            for t, q, _r in y.scrapped:
+                onto = self.running_at(t)
+                if onto is not None:
+                    applied[onto] = applied.get(onto, 0) + q
+        self.applied = applied
 
     def running_at(self, t: int) -> str | None:
         k = bisect_right(self.times, t) - 1
         return self.running[k] if k >= 0 else None
-
-    def applied_to(self, wo: str) -> int:
-        """Parts of scrapping reports (of any work order) the tracker moved onto `wo`: those
-        reported while `wo` ran here."""
-        return sum(
-            q
-            for y in self.work_orders.values()
-            for t, q, _r in y.scrapped
-            if self.running_at(t) == wo
-        )
 
 
 class Quality:
@@ -274,8 +283,7 @@ class Quality:
         if te is DefectReport:
             y = self._report(s, ev, t)
             if ev.disposition == "scrap":
-                y.scrapped.append((t, ev.qty, False))
-                self._also_moved(s, t)
+                self._moved_onto(s, s.add_scrapped(y, t, ev.qty, False))
             else:
                 y.sent += ev.qty
             return [self._record(s, seq, 0, ev, "defect", ev.code, ev.qty, ev.disposition)]
@@ -284,8 +292,7 @@ class Quality:
             if ev.outcome == "good":
                 y.rework_good += ev.qty
             else:
-                y.scrapped.append((t, ev.qty, True))
-                self._also_moved(s, t)
+                self._moved_onto(s, s.add_scrapped(y, t, ev.qty, True))
             return [self._record(s, seq, 0, ev, "rework", ev.code, ev.qty, ev.outcome)]
         return []  # sign-in/out: not ours
 
@@ -299,11 +306,10 @@ class Quality:
         y.seen(t)
         return y
 
-    def _also_moved(self, s: MachineQuality, t: int) -> None:
-        # The tracker moved these parts onto what ran at t, maybe another work order.
-        running = s.running_at(t)
-        if running is not None and running in s.work_orders:
-            s.dirty.add(running)
+    def _moved_onto(self, s: MachineQuality, wo: str | None) -> None:
+        # The tracker moved these parts onto what ran then, maybe another work order.
+        if wo is not None and wo in s.work_orders:
+            s.dirty.add(wo)
 
     def _record(
         self,
@@ -358,15 +364,23 @@ class Quality:
         old = [w for w, y in s.work_orders.items() if y.last_t is not None and y.last_t < horizon]
         for w in old:
             del s.work_orders[w]
-        if s.changes and s.changes[0][0] < horizon:
-            older = [c for c in s.changes if c[0] < horizon]
-            s.changes = older[-1:] + [c for c in s.changes if c[0] >= horizon]
+        # Starts still needed to place a kept report in time stay (a long work order).
+        keep_from = min(
+            [horizon, *(y.first_t for y in s.work_orders.values() if y.first_t is not None)]
+        )
+        pruned = False
+        if s.changes and s.changes[0][0] < keep_from:
+            older = [c for c in s.changes if c[0] < keep_from]
+            if len(older) > 1:
+                s.changes = older[-1:] + [c for c in s.changes if c[0] >= keep_from]
+                pruned = True
+        if old or pruned:
             s.reindex()
 
 
 def yield_row(s: MachineQuality, wo: str) -> YieldRow:
     y = s.work_orders[wo]
-    f = figures(y, s.applied_to(wo))
+    f = figures(y, s.applied.get(wo, 0))
     first = y.first_t if y.first_t is not None else 0
     last = y.last_t if y.last_t is not None else first
     return YieldRow(
