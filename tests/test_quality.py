@@ -600,3 +600,29 @@ def test_random_histories_give_the_true_figures(
             r.final_good,
         )
         assert got == want, wo
+
+
+def test_a_long_work_order_keeps_what_placed_its_old_reports(qplant: PlantConfig) -> None:
+    """A work order running longer than the kept horizon: its early defect-scrap stays
+    placed on it (the start before it is kept) when new starts come and old state goes."""
+    q = Quality(qplant)
+    state = MachineQuality("IM-02")
+    day = 60 * 24
+    late = day * (qplant.plant.max_event_age_days + 5)
+    items = [
+        _floor(1, line("wo_start", 0, work_order="WO-X")),
+        _floor(2, line("wo_end", 5, work_order="WO-X")),
+        _floor(3, line("wo_start", 10, work_order="WO-L")),
+        _floor(4, line("defect", 20, work_order="WO-L", code="flash", qty=3, disposition="scrap")),
+        _parts_of("WO-L", 97, 3, 30),
+        _floor(6, line("wo_end", day, work_order="WO-L")),
+        _floor(7, line("wo_start", 2 * day, work_order="WO-L")),
+        _parts_of("WO-L", 197, 3, late - 10),
+        _floor(5, line("wo_start", late, machine="IM-02", work_order="WO-L")),
+    ]
+    rows: list[Any] = []
+    for x in items:
+        rows.extend(q.feed(state, [x]))
+    last = [r for r in rows if isinstance(r, YieldRow) and r.work_order == "WO-L"][-1]
+    assert (last.made, last.first_scrap, last.first_pass_good) == (200, 3, 197)
+    assert state.changes[0][2] == "WO-L"  # the older starts went
