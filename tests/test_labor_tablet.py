@@ -93,7 +93,11 @@ def test_a_64_character_code_is_accepted_and_the_machine_must_be_the_plants(
 # -- through the app's routes ---------------------------------------------------------------------
 
 
-def _post(client: Any, dash_app: dash.Dash, button: str, **state: Any) -> Any:
+def _post(
+    client: Any, dash_app: dash.Dash, button: str, leave: str | None = None, **state: Any
+) -> Any:
+    """The action callback as the browser calls it: `button` tapped (or, with `leave`, the
+    list's own sign-out button of that person)."""
     output = next(k for k in dash_app.callback_map if "op-signin-feedback.children" in k)
     dep = next(d for d in client.get("/_dash-dependencies").get_json() if d["output"] == output)
     values = {
@@ -111,13 +115,27 @@ def _post(client: Any, dash_app: dash.Dash, button: str, **state: Any) -> Any:
             for p in output[2:-2].split("...")
         ],
         "inputs": [
-            {**i, "value": 1 if (i["id"], i["property"]) == (button, prop) else None}
+            _leave_input(i, leave)
+            if str(i["id"]).startswith("{")  # a pattern id (sent as its JSON)
+            else {**i, "value": 1 if (i["id"], i["property"]) == (button, prop) else None}
             for i in dep["inputs"]
         ],
         "state": [{**s, "value": values.get(s["id"])} for s in dep["state"]],
-        "changedPropIds": [f"{button}.{prop}"],
+        "changedPropIds": [f"{button}.{prop}" if leave is None else f"{_leave_id(leave)}.n_clicks"],
     }
     return client.post("/_dash-update-component", json=body)
+
+
+def _leave_id(person: str) -> str:
+    return json.dumps({"person": person, "type": "op-signin-leave"}, separators=(",", ":"))
+
+
+def _leave_input(dep: dict[str, Any], person: str | None) -> list[dict[str, Any]]:
+    if person is None:
+        return []
+    clicks = None if person.startswith("new:") else 1  # "new:": a re-rendered, untapped list
+    return [{"id": {"type": "op-signin-leave", "person": person.removeprefix("new:")},
+             "property": "n_clicks", "value": clicks}]  # fmt: skip
 
 
 def test_callback_stores_a_sign_in_once_and_refuses_what_cannot_be(
@@ -150,16 +168,31 @@ def test_callback_stores_a_sign_in_once_and_refuses_what_cannot_be(
     assert "already signed in here" in again.get_data(as_text=True)
     nobody = _post(client, app, "op-signin-out", op_signin_code="zhao")
     assert "not signed in here" in nobody.get_data(as_text=True)
+    # A person's own button in the list signs them out; one for someone not here does not.
+    li_out = _post(client, app, "op-signin-in", leave="li")
+    assert "li signed out" in li_out.get_data(as_text=True), li_out.get_data(as_text=True)
+    untapped = _post(client, app, "op-signin-in", leave="new:wang", op_signin_key="9" * 32)
+    assert untapped.status_code in (200, 204), untapped.get_data(as_text=True)
+    assert "signed" not in untapped.get_data(as_text=True)  # a re-rendered list: no tap
+    ghost = _post(client, app, "op-signin-in", leave="ghost", op_signin_key="e" * 32)
+    assert "not signed in here" in ghost.get_data(as_text=True)
+    hostile = _post(client, app, "op-signin-in", leave="wa\x00ng", op_signin_key="f" * 32)
+    assert "op-feedback error" in hostile.get_data(as_text=True)
     events = [e for _, e in _tablet_events(db_url)]
-    assert [(type(e), e.operator) for e in events] == [(SignInReport, "wang"), (SignInReport, "li")]
+    assert [(type(e), e.operator) for e in events] == [
+        (SignInReport, "wang"),
+        (SignInReport, "li"),
+        (SignOutReport, "li"),
+    ]
     # A viewer may not sign anyone in.
     assert _post(_client(app, "viewer"), app, "op-signin-in").status_code == 403
-    assert len(_tablet_events(db_url)) == 2
+    assert len(_tablet_events(db_url)) == 3
+    _process(plant, db_url, tmp_path / "recovery")
     with psycopg.connect(db_url) as conn:
         people = conn.execute(
             "SELECT person FROM v_station_people WHERE station = %s ORDER BY person", (MACHINE,)
         ).fetchall()
-    assert people == [("li",), ("wang",)]
+    assert people == [("wang",)]
 
 
 # -- in a real browser ----------------------------------------------------------------------------
@@ -218,10 +251,8 @@ def test_sign_in_and_out_in_the_browser(
         SHOTS.mkdir(parents=True, exist_ok=True)
         browser.eval("document.querySelector('.op-signin').scrollIntoView({block: 'center'})")
         browser.screenshot(SHOTS / "operator-signin-en-1280x800.png")
-        # Sign out by code.
-        browser.eval("document.querySelector('#op-signin-code').focus()")
-        browser.page("Input.insertText", {"text": "wang"})
-        browser.eval("document.querySelector('#op-signin-out').click()")
+        # Sign out with the person's own button in the list.
+        browser.eval("document.querySelector('.op-signin-person .op-signin-leave').click()")
         browser.wait_for(
             "document.querySelector('#op-signin-feedback').textContent.includes('wang signed out')"
         )

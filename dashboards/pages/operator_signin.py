@@ -8,6 +8,8 @@ person's code) and goes through the same `submit` path as every tap
 presence rows (v_station_people) this section lists.
 
 Badge scanners type like a keyboard and end with Enter: Enter in the code field signs in.
+Each person listed has their own Sign out button (the list is re-rendered only when it
+changes, so a button is not replaced under a finger).
 Double taps: the event id is a hash of the section's random key, the tap's minute and what
 was reported; the key is renewed after each report, so a double tap (both taps carry the
 old key) is stored once while a later sign-in of the same person makes a new event.
@@ -21,6 +23,7 @@ import hashlib
 import logging
 import secrets
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -28,7 +31,7 @@ from zoneinfo import ZoneInfo
 
 import dash
 import psycopg
-from dash import Input, Output, State, dcc, html
+from dash import ALL, Input, Output, State, dcc, html
 
 from dashboards import auth, context
 from dashboards import operator_reports as reports
@@ -49,6 +52,8 @@ _OUT = f"{_P}out"
 _PEOPLE = f"{_P}people"
 _TICK = f"{_P}tick"
 _FEEDBACK = f"{_P}feedback"
+_SIG = f"{_P}sig"
+_LEAVE = f"{_P}leave"  # a person's own sign-out button in the list (pattern id)
 
 STRINGS: Final[dict[str, dict[str, str]]] = {
     "title": {"zh": "本工位人员", "en": "People at this station"},
@@ -86,6 +91,7 @@ def section(lang: str) -> html.Section:
             dcc.Store(id=_KEY, data=secrets.token_hex(16)),
             dcc.Store(id=_LANG, data=lang),
             dcc.Interval(id=_TICK, interval=REFRESH_MS),
+            dcc.Store(id=_SIG),
             html.H2(s("title", lang), className="op-h"),
             html.Ul(id=_PEOPLE, className="op-signin-people"),
             html.Div(
@@ -120,9 +126,11 @@ def register(app: dash.Dash, station_store: str) -> None:
         app,
         ROLE,
         Output(_PEOPLE, "children"),
+        Output(_SIG, "data"),
         Input(_TICK, "n_intervals"),
         Input(station_store, "data"),
         State(_LANG, "data"),
+        State(_SIG, "data"),
     )(_refresh)
     auth.callback(
         app,
@@ -134,6 +142,7 @@ def register(app: dash.Dash, station_store: str) -> None:
         Input(_IN, "n_clicks"),
         Input(_OUT, "n_clicks"),
         Input(_CODE, "n_submit"),
+        Input({"type": _LEAVE, "person": ALL}, "n_clicks"),
         State(station_store, "data"),
         State(_KEY, "data"),
         State(_CODE, "value"),
@@ -216,6 +225,11 @@ def render_people(people: list[Present], tz: ZoneInfo, lang: str) -> list[Any]:
                 [
                     html.Span(p.person, className="op-signin-name"),
                     html.Span(f" {since}{shared}", className="op-signin-since"),
+                    html.Button(
+                        s("sign_out", lang),
+                        id={"type": _LEAVE, "person": p.person},
+                        className="op-btn op-signin-leave",
+                    ),
                 ],
                 className="op-signin-person",
             )
@@ -226,27 +240,48 @@ def render_people(people: list[Present], tz: ZoneInfo, lang: str) -> list[Any]:
 # -- callbacks --------------------------------------------------------------------------------
 
 
-def _refresh(_n: Any, station: Any, lang: Any) -> Any:
+def _refresh(_n: Any, station: Any, lang: Any, sig: Any) -> tuple[Any, Any]:
     ctx = context.current()
     lang = ctx.lang(lang)
     auth.require(ROLE)
     if not isinstance(station, str) or station not in ctx.plant.machines:
-        return []
+        return [], None
     try:
         people = ctx.db.run(lambda conn: read_people(conn, station), timeout=1.0)
     except psycopg.Error:
-        return dash.no_update  # the station body already says the database is away
-    return render_people(people, ZoneInfo(ctx.plant.plant.timezone), lang)
+        # The station body already says the database is away.
+        return dash.no_update, dash.no_update
+    new_sig = repr((station, lang, [(p.person, p.since.isoformat(), p.share) for p in people]))
+    if new_sig == sig:  # re-render only on a change: a button replaced under a finger
+        return dash.no_update, dash.no_update
+    return render_people(people, ZoneInfo(ctx.plant.plant.timezone), lang), new_sig
 
 
 def _act(
-    _in: Any, _out: Any, _submit: Any, station: Any, key: Any, code: Any, lang: Any
+    _in: Any,
+    _out: Any,
+    _submit: Any,
+    leave: Any,
+    station: Any,
+    key: Any,
+    code: Any,
+    lang: Any,
 ) -> tuple[Any, ...]:
     ctx = context.current()
     lang = ctx.lang(lang)
     principal = auth.require(ROLE)
-    kind = {_IN: "sign_in", _OUT: "sign_out", _CODE: "sign_in"}.get(str(dash.ctx.triggered_id))
+    trigger = dash.ctx.triggered_id
     keep = dash.no_update
+    from_list = isinstance(trigger, Mapping)
+    if isinstance(trigger, Mapping):
+        # A person's own button in the list; a list re-rendered with new buttons (no clicks)
+        # triggers too, and is no tap.
+        if not any(leave or []):
+            return keep, keep, keep, keep
+        kind: str | None = "sign_out"
+        code = trigger.get("person")
+    else:
+        kind = {_IN: "sign_in", _OUT: "sign_out", _CODE: "sign_in"}.get(str(trigger))
     if kind is None:
         return keep, keep, keep, keep
     if not isinstance(station, str):
@@ -268,7 +303,7 @@ def _act(
         s(f"ok_{kind}", lang, who=event["operator"]),
         "op-feedback ok",
         secrets.token_hex(16),  # the next report gets a new id
-        "",
+        keep if from_list else "",  # a code being typed stays
     )
 
 
