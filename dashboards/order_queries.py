@@ -135,8 +135,23 @@ _ORDER_ROW = (
 def order_board(
     db: Database, *, status: str | None = None, customer: str | None = None
 ) -> list[BoardRow]:
-    """The board in rank order (at risk, priority, due), optionally filtered."""
-    sql = f"SELECT {_BOARD_COLUMNS} FROM v_order_board WHERE true"
+    """The board in rank order (at risk, priority, due), optionally filtered.
+
+    Filtered, the ranks are v_order_board's (every order numbered), but only the orders
+    shown are read whole: filtering v_order_board itself counted the work orders of every
+    order first (0.25 s for 500 open orders of 18,000).
+    """
+    if not status and not customer:
+        sql = f"SELECT {_BOARD_COLUMNS} FROM v_order_board WHERE true"
+    else:
+        sql = (
+            "SELECT r.rank, b.order_no, b.customer, b.priority, b.product, b.qty, b.good,"
+            " b.scrap, b.remaining, b.progress, b.eta, b.due, b.late_by_s, b.at_risk, b.status,"
+            " b.version, b.work_orders, b.last_event_ts FROM v_order_progress b"
+            " JOIN (SELECT order_no, row_number() OVER (ORDER BY at_risk DESC,"
+            " priority ASC NULLS LAST, due ASC NULLS LAST, order_no) AS rank"
+            " FROM v_order_progress) r USING (order_no) WHERE true"
+        )
     params: list[Any] = []
     if status:
         sql += " AND status = %s"

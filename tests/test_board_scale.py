@@ -24,7 +24,7 @@ from psycopg import sql
 
 from bench.board_queries_bench import REASONS, fill
 from dashboards import analytics_queries as aq
-from dashboards.order_queries import _BOARD_COLUMNS, order_detail
+from dashboards.order_queries import _BOARD_COLUMNS, order_board, order_detail
 from dashboards.queries import Database
 from mesflow.db import SQL_DIR
 from mesflow.plant import PlantConfig
@@ -216,3 +216,31 @@ def test_an_orders_page_shows_its_board_row_and_rank(board_db: str, db: Database
         assert detail is not None
         assert astuple(detail.order) == tuple(row)
     assert order_detail(db, "no-such-order") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "customer"),
+    [("open", None), ("closed", None), (None, "C3"), ("open", "of an open order")],
+)
+def test_a_filtered_board_keeps_the_boards_ranks(
+    board_db: str, db: Database, status: str | None, customer: str | None
+) -> None:
+    """Filtered, the board reads only the orders shown, with v_order_board's ranks (gaps)."""
+    if customer == "of an open order":
+        with psycopg.connect(board_db) as conn:
+            row = conn.execute(
+                "SELECT customer FROM v_order_board WHERE status = 'open' ORDER BY rank LIMIT 1"
+            ).fetchone()
+        assert row is not None
+        customer = row[0]
+    where = " AND ".join(
+        c for c, v in (("status = %(s)s", status), ("customer = %(c)s", customer)) if v
+    )
+    with psycopg.connect(board_db) as conn:
+        want = conn.execute(
+            f"SELECT {_BOARD_COLUMNS} FROM v_order_board WHERE {where} ORDER BY rank",
+            {"s": status, "c": customer},
+        ).fetchall()
+    assert want
+    got = [astuple(r) for r in order_board(db, status=status, customer=customer)]
+    assert got == want
