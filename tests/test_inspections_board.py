@@ -115,10 +115,12 @@ def test_the_andon_marks_flagged_tiles(replayed: str, app: dash.Dash) -> None:  
     db = context.of(app.server).db
     from dash import html
 
-    tiles = html.Div(
-        [html.Div([], className="tile", **{"data-machine": m}) for m in ("IM-01", "IM-02")]
-    )
+    tiles = html.Div([html.Div([], className="tile", **_machine(m)) for m in ("IM-01", "IM-02")])
     marked = inspections.mark_andon(db, tiles, "zh")
     one, two = marked.children
     assert one.children[-1].children == "末检缺失"
     assert two.children[-1].children == "锁定：首检未过" and "insp-blocked" in two.className
+
+
+def _machine(m: str) -> dict[str, Any]:
+    return {"data-machine": m}  # as the andon's tiles carry it

@@ -220,8 +220,8 @@ def test_what_is_due_at_the_station() -> None:
 def test_andon_tiles_get_their_flags() -> None:
     tiles = html.Div(
         [
-            html.Div([html.Div("IM-01")], className="tile", **{"data-machine": "IM-01"}),
-            html.Div([html.Div("IM-02")], className="tile", **{"data-machine": "IM-02"}),
+            html.Div([html.Div("IM-01")], className="tile", **_machine("IM-01")),
+            html.Div([html.Div("IM-02")], className="tile", **_machine("IM-02")),
         ]
     )
     out = board.add_flags_to_tiles(
@@ -445,3 +445,7 @@ def test_record_a_first_article_in_the_browser(
         )
     finally:
         browser.close()
+
+
+def _machine(m: str) -> dict[str, Any]:
+    return {"data-machine": m}  # as the andon's tiles carry it
