@@ -136,6 +136,16 @@ def test_sign_in_time_adds_up_per_person_work_order_and_shift(
     assert closed == EXPECTED_SHIFT
     got = by_wo(db_url)
     assert got == EXPECTED_WO
+    # li's split as docs/labor.md's worked example gives it (closed segments of the 20th).
+    with psycopg.connect(db_url) as conn:
+        li = conn.execute(
+            "SELECT shift_name, work_order, sum(hours) FROM v_labor_segments"
+            " WHERE person = 'li' AND shift_date = '2026-11-20' GROUP BY 1, 2"
+        ).fetchall()
+    assert {(sh, wo): round(h, 6) for sh, wo, h in li} == {
+        ("day", "WO-1"): 0.5, ("day", None): 0.5,
+        ("night", "WO-1"): 0.5, ("night", "WO-2"): 0.25, ("night", None): 1.75,
+    }  # fmt: skip
     with psycopg.connect(db_url) as conn:
         people = conn.execute(
             "SELECT station, person, since, work_order FROM v_station_people"
