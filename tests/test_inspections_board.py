@@ -5,6 +5,7 @@ tiles from the views."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,13 @@ from dashboards import inspection_queries as iq
 from dashboards.queries import Database
 from mesflow.plant import PlantConfig
 from streams.replay import replay_file
+from tests.conftest import require
 from tests.helpers import write_jsonl
+from tests.test_dashboard import Chromium
 from tests.test_inspections_flow import POLICY, events
-from tests.test_operator import PASSWORD, _client, app  # noqa: F401  (fixtures)
+from tests.test_operator import PASSWORD, _client, app, served  # noqa: F401  (fixtures)
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 
 @pytest.fixture
@@ -124,3 +129,37 @@ def test_the_andon_marks_flagged_tiles(replayed: str, app: dash.Dash) -> None:  
 
 def _machine(m: str) -> dict[str, Any]:
     return {"data-machine": m}  # as the andon's tiles carry it
+
+
+@pytest.mark.browser
+def test_board_in_the_browser(
+    replayed: str,
+    served: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    browser = Chromium(tmp_path)
+    try:
+        browser.page(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
+        browser.goto(f"{served}/inspections?lang=en&start=2026-11-20&end=2026-11-20")
+        browser.wait_for("!!document.querySelector('#password')")
+        browser.eval("document.querySelector('#username').value = 'manager'")
+        browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
+        browser.eval("document.querySelector('button[type=submit]').click()")
+        browser.wait_for(
+            "document.querySelector('#insp-body')?.textContent.includes('First article failed')"
+        )
+        body = browser.eval("document.querySelector('.inspections-page').textContent")
+        assert "75.0%" in body and "WO-2" in body and "Last piece missing" in body
+        assert "Inspections" in browser.eval("document.querySelector('h1').textContent")
+        assert browser.eval("document.documentElement.scrollWidth") <= 1280
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(SCREENSHOTS / "inspections-en-1280x800.png")
+        browser.goto(f"{served}/inspections?lang=zh&start=2026-11-20&end=2026-11-20")
+        browser.wait_for("document.querySelector('#insp-body')?.textContent.includes('首检不合格')")
+        browser.screenshot(SCREENSHOTS / "inspections-zh-1280x800.png")
+    finally:
+        browser.close()

@@ -45,6 +45,7 @@ from tests.test_operator import (  # noqa: F401  (fixtures)
 )
 
 NOW = datetime(2026, 11, 20, 2, 30, tzinfo=UTC)
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 CHARS = [{"name": "length", "value": 50.1, "lsl": 49.8, "usl": 50.2}]
 
 
@@ -407,7 +408,10 @@ def test_record_a_first_article_in_the_browser(
         browser.wait_for(
             "document.querySelector('#op-insp-feedback').textContent.includes('Recorded')"
         )
-        browser.screenshot(tmp_path / "operator-inspections-en.png")
+        # The section, scrolled into view, as the docs show it.
+        browser.eval("document.querySelector('.op-insp').scrollIntoView()")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        browser.screenshot(SCREENSHOTS / "operator-inspections-en-1280x800.png")
         _process(plant, db_url, tmp_path / "recovery")
         with psycopg.connect(db_url) as conn:
             records = conn.execute(

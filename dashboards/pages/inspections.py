@@ -109,12 +109,15 @@ def register(app: dash.Dash) -> None:
     )(_update)
 
 
-def layout(lang: str | None = None, **_q: str) -> html.Div:
+def layout(
+    lang: str | None = None, start: str | None = None, end: str | None = None, **_q: str
+) -> html.Div:
+    """`start`, `end` (YYYY-MM-DD, from a link): the date range shown first."""
     ctx = context.current()
     lang = ctx.lang(lang)
     plant = ctx.plant
     today = datetime.now(plant.tz).date()
-    first, last = picked_days(None, None, today, DEFAULT_DAYS, MAX_DAYS)
+    first, last = picked_days(start, end, today, DEFAULT_DAYS, MAX_DAYS)
     return html.Div(
         className=f"orders inspections-page lang-{lang}",
         lang="zh-CN" if lang == "zh" else "en",

@@ -183,6 +183,7 @@ def section(lang: str) -> html.Section:
                 id=_STAGE,
                 options=[{"label": s(k, lang), "value": k} for k in STAGES],
                 className="op-insp-stages",
+                labelClassName="op-insp-choice",
                 inline=True,
             ),
             html.Div(s("result", lang), className="op-insp-label"),
@@ -190,6 +191,7 @@ def section(lang: str) -> html.Section:
                 id=_RESULT,
                 options=[{"label": s(k, lang), "value": k} for k in ("pass", "fail")],
                 className="op-insp-results",
+                labelClassName="op-insp-choice",
                 inline=True,
             ),
             html.Div(
