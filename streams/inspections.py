@@ -50,6 +50,7 @@ from streams.shift_calendar import CalendarIndex
 MIN_US = 60_000_000
 DAY_US = 24 * 3600 * 1_000_000
 KEEP_US = 3 * DAY_US  # a run ended this long before the clock is forgotten
+LAST_PIECE_SHOWN_US = DAY_US  # a missing last piece stays an open flag this long
 MAX_POINTS = 512  # parts totals kept per (work order, machine)
 _MAX_TOTAL = 2**63  # sorts after every total: (t, _MAX_TOTAL) bisects past the points at t
 
@@ -300,8 +301,8 @@ class Inspections:
         return self._derive()
 
     def wants_clock(self) -> bool:
-        """True while a run is open whose patrols or first article can fall due by time."""
-        return any(m.end is None for m in self.state.runs.values())
+        """True while a run is open (patrols fall due by time) or an ended run's flag is."""
+        return any(m.end is None or _has_open_flag(m) for m in self.state.runs.values())
 
     def _saw(self, t: int) -> None:
         if t > self.state.high:
@@ -311,11 +312,12 @@ class Inspections:
 
     def _derive(self) -> list[Row]:
         s = self.state
-        # Open runs with patrols fall due by the clock alone.
         dirty, dirty_wo = s.dirty, s.dirty_wo
         machines = set(dirty)
         machines.update(m for _wo, m in dirty_wo)
-        machines.update(k[1] for k, m in s.runs.items() if m.end is None)
+        # Open runs fall due by the clock alone, and so does an ended run's open flag.
+        ticking = {k for k, m in s.runs.items() if m.end is None or _has_open_flag(m)}
+        machines.update(k[1] for k in ticking)
         s.dirty, s.dirty_wo = set(), set()
         out: list[Row] = []
         for machine in sorted(machines):
@@ -334,6 +336,7 @@ class Inspections:
                     run.end is not None
                     and machine not in dirty
                     and (run.work_order, machine) not in dirty_wo
+                    and key not in ticking
                 ):
                     continue  # over, and none of its facts changed
                 memo.end = run.end
@@ -473,7 +476,15 @@ class Inspections:
                 lp = "done"
             elif run.end is not None:
                 lp = "missing"
-                flag("last_piece", run.end, None, "missed", False)
+                # Shown for a day (time to record it late), then a compliance figure only.
+                shown_until = run.end + LAST_PIECE_SHOWN_US
+                flag(
+                    "last_piece",
+                    run.end,
+                    shown_until if clock >= shown_until else None,
+                    "missed",
+                    False,
+                )
             else:
                 lp = "pending"
             if run.end is not None:
@@ -627,6 +638,10 @@ def _point(
         insort(points, (t, total))
         if len(points) > MAX_POINTS:
             del points[: len(points) - MAX_POINTS]
+
+
+def _has_open_flag(memo: _Memo) -> bool:
+    return any(f.until is None for f in memo.flags.values())
 
 
 def _flag_key(f: InspectionFlag) -> FlagKey:

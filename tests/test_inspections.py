@@ -219,6 +219,10 @@ def test_last_piece_and_a_displacing_start(plant: PlantConfig) -> None:
     got = open_flags(flags)
     assert ("last_piece", "missed", at(100)) in got
     assert not [f for f in flags.values() if f.work_order == "WO-2" and f.flag == "patrol_missed"]
+    # A day after its end, the missing last piece is no longer an open flag.
+    rows += steps.tick(us(100 + 24 * 60))
+    closed = [f for f in final(rows)[1].values() if f.flag == "last_piece"]
+    assert [(f.since, f.until) for f in closed] == [(at(100), at(100 + 24 * 60))]
 
 
 def test_product_policy_and_off_by_default(plant: PlantConfig) -> None:
