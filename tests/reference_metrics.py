@@ -23,7 +23,9 @@ from mesflow.events import (
     ContractError,
     CounterEvent,
     CountEvent,
+    DefectReport,
     DowntimeReasonReport,
+    ReworkReport,
     ScrapReport,
     StateEvent,
     WorkOrderEndReport,
@@ -443,6 +445,10 @@ class _Machine:
                     moved = delta
             elif isinstance(ev, ScrapReport):
                 moved = ev.qty
+            elif (isinstance(ev, DefectReport) and ev.disposition == "scrap") or (
+                isinstance(ev, ReworkReport) and ev.outcome == "scrap"
+            ):
+                moved = ev.qty  # scrapped on a defect or after rework: as a scrap report
             else:
                 continue
             good -= moved
