@@ -139,3 +139,9 @@ CREATE STATISTICS machine_kpi_groups (ndistinct)
     FROM machine_kpi;
 -- So that the statistics exist at once on an existing database (autovacuum would take its time).
 ANALYZE machine_kpi;
+
+-- The order board's rank order (v_order_board's window, and the page's filtered board): read
+-- in order instead of sorting every order by text under the database's collation each time
+-- (18,000 orders: 60 ms of sorting for a board of 500 open orders).
+CREATE INDEX order_progress_board_rank
+    ON order_progress (at_risk DESC, priority ASC NULLS LAST, due ASC NULLS LAST, order_no);
