@@ -53,9 +53,15 @@ def ev(body: dict[str, Any]) -> Any:
 def start(minutes: float, wo: str = "WO-1", machine: str = "IM-01") -> FloorInput:
     return FloorInput(
         int(minutes * 100),
-        ev({"kind": "wo_start", "ts": at(minutes).isoformat(), "work_order": wo,
-            "machine": machine}),
-    )  # fmt: skip
+        ev(
+            {
+                "kind": "wo_start",
+                "ts": at(minutes).isoformat(),
+                "work_order": wo,
+                "machine": machine,
+            }
+        ),
+    )
 
 
 def end(minutes: float, wo: str = "WO-1") -> FloorInput:
@@ -70,9 +76,17 @@ def check(
 ) -> FloorInput:
     return FloorInput(
         int(minutes * 100) + 2,
-        ev({"kind": "inspection", "ts": at(minutes).isoformat(), "work_order": wo,
-            "stage": stage, "result": result, **kw}),
-    )  # fmt: skip
+        ev(
+            {
+                "kind": "inspection",
+                "ts": at(minutes).isoformat(),
+                "work_order": wo,
+                "stage": stage,
+                "result": result,
+                **kw,
+            }
+        ),
+    )
 
 
 def parts(minutes: float, total: int, wo: str = "WO-1") -> WorkOrderParts:
@@ -103,8 +117,9 @@ def test_characteristics_are_judged_from_their_limits(plant: PlantConfig) -> Non
         {"name": "note only", "value": 3.0},
     ]
     steps = Inspections(with_policy(plant), lag_s=0)
-    rows = steps.feed([check(3, "first", characteristics=chars,
-                             defects=[{"code": "flash", "qty": 2}])])  # fmt: skip
+    rows = steps.feed(
+        [check(3, "first", characteristics=chars, defects=[{"code": "flash", "qty": 2}])]
+    )
     rec = next(r for r in rows if type(r) is InspectionRecord)
     assert [c["ok"] for c in rec.characteristics] == [False, True, True, None]
     assert rec.all_ok is False
@@ -205,11 +220,19 @@ def test_last_piece_and_a_displacing_start(plant: PlantConfig) -> None:
     """WO-1 ends with a last piece; WO-2 is displaced by WO-3's start without one: its
     last piece is missing, and it owes no more patrols."""
     steps = Inspections(with_policy(plant), lag_s=0)
-    rows = steps.feed([
-        start(0), check(1, "first"), check(30, "last"), end(40),
-        start(50, "WO-2"), check(51, "first", wo="WO-2"), start(100, "WO-3"),
-        check(101, "first", wo="WO-3"), parts(400, 3, "WO-3"),
-    ])  # fmt: skip
+    rows = steps.feed(
+        [
+            start(0),
+            check(1, "first"),
+            check(30, "last"),
+            end(40),
+            start(50, "WO-2"),
+            check(51, "first", wo="WO-2"),
+            start(100, "WO-3"),
+            check(101, "first", wo="WO-3"),
+            parts(400, 3, "WO-3"),
+        ]
+    )
     runs, flags = final(rows)
     by_wo = {k[0]: r for k, r in runs.items()}
     assert by_wo["WO-1"].last_piece == "done" and by_wo["WO-1"].end_ts == at(40)
@@ -238,9 +261,18 @@ def test_product_policy_and_off_by_default(plant: PlantConfig) -> None:
     ]
     strict = plant.model_copy(update={"inspections": InspectionPolicy(), "products": products})
     steps = Inspections(strict, lag_s=0)
-    wo = parse_event(json.dumps({"type": "work_order", "ts": at(0).isoformat(),
-                                 "work_order": "WO-1", "order_no": "SO-1", "product": "P-100",
-                                 "qty": 10}))  # fmt: skip
+    wo = parse_event(
+        json.dumps(
+            {
+                "type": "work_order",
+                "ts": at(0).isoformat(),
+                "work_order": "WO-1",
+                "order_no": "SO-1",
+                "product": "P-100",
+                "qty": 10,
+            }
+        )
+    )
     rows = steps.feed([start(0), parts(5, 9)])
     assert next(iter(final(rows)[0].values())).first_article == "off"
     rows += steps.feed([OrderInput("SO-1", wo)])  # type: ignore[arg-type]
@@ -249,10 +281,20 @@ def test_product_policy_and_off_by_default(plant: PlantConfig) -> None:
 
 
 EVENTS = [
-    start(0), parts(2, 2), check(3, "first", "fail"), parts(6, 8), check(8, "first"),
-    check(70, "patrol"), parts(150, 40), check(190, "patrol"), check(230, "last"), end(240),
-    start(250, "WO-2"), parts(260, 9, "WO-2"), check(330, "patrol", wo="WO-2"),
-]  # fmt: skip
+    start(0),
+    parts(2, 2),
+    check(3, "first", "fail"),
+    parts(6, 8),
+    check(8, "first"),
+    check(70, "patrol"),
+    parts(150, 40),
+    check(190, "patrol"),
+    check(230, "last"),
+    end(240),
+    start(250, "WO-2"),
+    parts(260, 9, "WO-2"),
+    check(330, "patrol", wo="WO-2"),
+]
 
 
 @settings(max_examples=40, deadline=None)
@@ -313,3 +355,63 @@ def test_patrols_fall_due_in_shift_time(plant: PlantConfig) -> None:
     runs, flags = final(rows)
     assert open_flags(flags) == [("patrol_missed", "missed", at(10))]
     assert next(iter(runs.values())).next_patrol_due == at(60)
+
+
+def _alerts(plant: PlantConfig) -> Any:
+    from mesflow.alert_rules import AlertsConfig
+    from streams.alert_engine import AlertEngine
+
+    config = AlertsConfig.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "fa",
+                    "kind": "first_article",
+                    "scope": {"line": "IM"},
+                    "levels": [{"after_min": 0}, {"after_min": 30}],
+                }
+            ]
+        }
+    )
+    return AlertEngine(config, plant, grace_s=0)
+
+
+def _flag(since: float, until: float | None, machine: str = "IM-01") -> InspectionFlag:
+    return InspectionFlag(
+        "WO-1",
+        machine,
+        "",
+        at(0),
+        "first_article",
+        at(since),
+        None if until is None else at(until),
+        "missing",
+        "P-100",
+        False,
+        9,
+    )
+
+
+def test_flag_episodes_raise_first_article_alerts(plant: PlantConfig) -> None:
+    from streams.records import StatusRow
+
+    def clock(minutes: float) -> StatusRow:  # the machine's rows move its clock
+        return StatusRow("IM-01", "running", at(0), None, "WO-1", at(minutes), 0, 0)
+
+    engine = _alerts(plant)
+    steps = engine.feed([_flag(0, None), clock(40)])
+    assert [(r.step, r.level, r.at) for r in steps] == [
+        ("opened", 0, at(0)),
+        ("escalated", 1, at(30)),
+    ]
+    assert (
+        steps[0].alert_id == f"fa:run:WO-1@IM-01:{us(0)}" and steps[0].facts["work_order"] == "WO-1"
+    )
+    steps = engine.feed([_flag(0, 45), clock(50)])
+    assert [(r.step, r.at) for r in steps] == [("resolved", at(45))]
+    # Withdrawn before the engine's clock reached it: never an alert.
+    engine = _alerts(plant)
+    assert engine.feed([_flag(0, None)]) == []  # no machine row yet: the clock is behind
+    assert engine.feed([_flag(0, 0), clock(40)]) == []
+    # Outside the rule's scope (line IM): none.
+    assert _alerts(plant).feed([_flag(0, None, "CNC-01"), clock(40)]) == []
