@@ -82,6 +82,8 @@ _STRINGS: Final[dict[str, dict[str, str]]] = {
     "alert_kind_silent": {"zh": "设备无数据", "en": "Machine silent"},
     "alert_kind_order_at_risk": {"zh": "订单有延期风险", "en": "Order at risk"},
     "alert_kind_process_limit": {"zh": "工艺参数超限", "en": "Process value out of limits"},
+    "alert_kind_first_article": {"zh": "首检未做或不合格", "en": "First article missing or failed"},
+    "alert_kind_patrol_missed": {"zh": "巡检漏检", "en": "Patrol inspection missed"},
     "alert_severity_info": {"zh": "提示", "en": "Info"},
     "alert_severity_warning": {"zh": "警告", "en": "Warning"},
     "alert_severity_critical": {"zh": "严重", "en": "Critical"},

@@ -39,6 +39,8 @@ _KIND = {
         "silent": "无数据",
         "order_at_risk": "订单有延期风险",
         "process_limit": "工艺参数超限",
+        "first_article": "首检未做或不合格",
+        "patrol_missed": "巡检漏检",
     },
     "en": {
         "machine_down": "machine down",
@@ -48,6 +50,8 @@ _KIND = {
         "silent": "no data",
         "order_at_risk": "order at risk",
         "process_limit": "process value out of limits",
+        "first_article": "first article missing or failed",
+        "patrol_missed": "patrol inspection missed",
     },
 }
 _WORDS = {
