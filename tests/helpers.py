@@ -32,6 +32,16 @@ RESULT_TABLES = {
     "order_progress": "order_no",
     "work_order_progress": "work_order",
     "dead_letter": "log_seq",
+    # people and quality on the floor (issue 13)
+    "work_order_operation": "work_order, op",
+    "labor_segment": "person, station, start_ts",
+    "labor_presence": "station, person",
+    "labor_issue": "seq, kind",
+    "inspection": "seq",
+    "inspection_run": "work_order, machine, operation, start_ts",
+    "inspection_flag": "work_order, machine, operation, run_start, flag, since",
+    "quality_record": "seq, line",
+    "quality_yield": "work_order, machine",
 }
 _VOLATILE = {"updated_at", "recorded_at", "received_at", "first_seen_at"}
 
@@ -108,6 +118,55 @@ def random_events(
     return out
 
 
+def floor_events(
+    machines: list[str], n: int, *, seed: int = 1, start: str = "2026-11-20T08:00:00+08:00"
+) -> list[dict[str, Any]]:
+    """Random people and quality reports (issue 13) over the same span as random_events:
+    sign-ins and outs, work orders with operations, inspections, defects, rework; a few
+    odd ones (sign-out of nobody, duplicate sign-in)."""
+    rng = random.Random(seed * 7919)
+    t0 = datetime.fromisoformat(start)
+    out: list[dict[str, Any]] = []
+    t = t0
+    for i in range(n):
+        t += timedelta(seconds=rng.uniform(5, 600))
+        m = rng.choice(machines)
+        wo = f"WO-{rng.randint(1, 3)}"
+        base: dict[str, Any] = {"type": "report", "machine": m, "ts": t.isoformat()}
+        r = rng.random()
+        if r < 0.3:
+            ev = {**base, "kind": rng.choice(["sign_in", "sign_in", "sign_out"]),
+                  "operator": f"p{rng.randint(1, 4)}"}  # fmt: skip
+        elif r < 0.45:
+            ev = {**base, "kind": rng.choice(["wo_start", "wo_end"]), "work_order": wo,
+                  "operation": rng.choice(["10", "20"])}  # fmt: skip
+        elif r < 0.7:
+            ev = {
+                **base,
+                "kind": "inspection",
+                "work_order": wo,
+                "stage": rng.choice(["first", "patrol", "last"]),
+                "result": "pass" if rng.random() < 0.85 else "fail",
+                "characteristics": [
+                    {
+                        "name": "d",
+                        "value": round(rng.uniform(9.8, 10.2), 3),
+                        "lsl": 9.9,
+                        "usl": 10.1,
+                    }
+                ],
+            }
+        elif r < 0.85:
+            ev = {**base, "kind": "defect", "work_order": wo, "code": "short_shot",
+                  "qty": rng.randint(1, 3), "disposition": rng.choice(["scrap", "rework"])}  # fmt: skip
+        else:
+            ev = {**base, "kind": "rework", "work_order": wo, "code": "short_shot",
+                  "qty": rng.randint(1, 2), "outcome": rng.choice(["good", "scrap"])}  # fmt: skip
+        ev["id"] = f"f{seed}-{i}"
+        out.append(ev)
+    return out
+
+
 def write_jsonl(path: Path, events: list[dict[str, Any]], extra_lines: list[str] = ()) -> Path:  # type: ignore[assignment]
     with path.open("w") as f:
         for e in events:
@@ -115,6 +174,13 @@ def write_jsonl(path: Path, events: list[dict[str, Any]], extra_lines: list[str]
         for line in extra_lines:
             f.write(line + "\n")
     return path
+
+
+def _hashable(value: Any) -> Any:
+    # jsonb and array columns come back as dicts and lists: compare them as canonical text.
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
 
 
 def table_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
@@ -131,9 +197,12 @@ def table_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
                 ).fetchall()
                 if r[0] not in _VOLATILE
             ]
-            snap[table] = conn.execute(
-                f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}"
-            ).fetchall()
+            snap[table] = [
+                tuple(_hashable(v) for v in row)
+                for row in conn.execute(
+                    f"SELECT {', '.join(cols)} FROM {table} ORDER BY {order}"
+                ).fetchall()
+            ]
     return snap
 
 
