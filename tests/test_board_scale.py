@@ -10,9 +10,12 @@ and v_order_losses as sql/017_order_losses.sql defines it (created under another
 from __future__ import annotations
 
 import math
+import re
+import tempfile
 from collections.abc import Iterator
 from dataclasses import astuple
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
+from bench import board_queries_bench
 from bench.board_queries_bench import REASONS, fill
 from dashboards import analytics_queries as aq
 from dashboards.order_queries import _BOARD_COLUMNS, order_board, order_detail
@@ -244,3 +248,17 @@ def test_a_filtered_board_keeps_the_boards_ranks(
     assert want
     got = [astuple(r) for r in order_board(db, status=status, customer=customer)]
     assert got == want
+
+
+def test_the_benchmark_runs_and_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A small run end to end (its own PostgreSQL, before and after migration 034): every
+    query is printed, and its server and files are gone afterwards."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    board_queries_bench.main(["--machines", "12", "--days", "1", "--runs", "1"])
+    out = capsys.readouterr().out
+    for name in ("andon tiles", "analytics Pareto plant", "order page", "kpis by month"):
+        assert re.search(rf"^{name} +[0-9.]+ +[0-9.]+ +[0-9.]+", out, re.M), name
+    assert "before: " in out and "after: " in out
+    assert list(tmp_path.iterdir()) == []
