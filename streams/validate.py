@@ -15,6 +15,8 @@ from typing import Any, NamedTuple
 from mesflow.events import (
     AlertAck,
     ContractError,
+    CounterEvent,
+    CountEvent,
     DefectReport,
     DowntimeReasonReport,
     Event,
@@ -113,6 +115,8 @@ _FLOOR_TYPES = frozenset(
     {SignInReport, SignOutReport, InspectionReport, DefectReport, ReworkReport}
 )
 _WO_REPORTS = frozenset({WorkOrderStartReport, WorkOrderEndReport})
+# Events for the per-machine step only (no order, floor, lot or activity output).
+_MACHINE_ONLY = frozenset({StateEvent, CountEvent, CounterEvent})
 _DEFECT_CODED = frozenset({InspectionReport, DefectReport, ReworkReport})
 
 
@@ -173,7 +177,9 @@ class Validator:
                 continue
             ev: Any = verdict  # its class is known by type() below (see _ORDER_TYPES)
             cls = type(ev)
-            if cls is OrderEvent:
+            if cls in _MACHINE_ONLY:  # most events: first, past the other branches' tests
+                out.append((ev.machine, (entry.seq, ev)))
+            elif cls is OrderEvent:
                 out.append(OrderInput(ev.order_no, ev))
             elif cls is WorkOrderEvent:
                 out.append(OrderInput(ev.order_no, ev))

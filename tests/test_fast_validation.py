@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from mesflow import events
 from mesflow.events import ContractError, parse_event, parse_event_reference
 from mesflow.ingest_log import DecodeError, decode_object, fast_record, record_for
+from streams import replay
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -446,3 +448,29 @@ def test_fast_path_builds_what_pydantic_builds(body: dict[str, Any], sort: bool)
     ev = events._fast_event(payload)
     assert ev is not None, payload
     assert outcome(lambda _p: ev, payload) == outcome(parse_event_reference, payload)
+
+
+def test_replayed_file_stores_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replayed file's log records, line keys included, are those of the stdlib path."""
+    lines = [
+        b'{"type":"count","machine":"IM-01","ts":"2026-11-16T07:00:00.000+08:00","good":1}',
+        b'{"type":"count","machine":"IM-01","ts":"2026-11-16T07:00:00.000+08:00","good":1}',
+        b'{"type":"state","machine":"IM-01","ts":"2026-11-16T07:00:00Z","state":"idle","id":"a"}',
+        b'{"type":"process_value","machine":"IM-01","ts":"2026-11-16T07:00:00Z",'
+        b'"values":{"t":1e-05,"p":12.5}}',
+        b'{"a":1,"a":2}',
+        b'{"x":NaN}',
+        b"not json",
+        b'{"id":"b", "machine":"IM-01"}',
+        b"[1,2]",
+        b'{"s":"\\ud800"}',
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    fast = [r for chunk in replay.line_records(path) for r in chunk]
+    monkeypatch.setattr(replay, "fast_record", lambda source, raw: None)
+    reference = [r for chunk in replay.line_records(path) for r in chunk]
+    assert fast == reference
+    assert len(fast) == len(lines)
