@@ -806,7 +806,11 @@ class MachineTracker:
 
     def _apply_part(self, p: Part, sign: int) -> None:
         t, _, kind, good, scrap, source, cls = p
-        hour_key, shift, planned, ideal, wo, product, op = cls
+        hour_key, shift, planned, ideal, wo, product = cls[:6]
+        # A class from a snapshot taken before routings may have no operation (6 fields:
+        # the upgrade keys on the missing op_parts, which a snapshot mixing shapes has):
+        # its parts are the unnamed operation's, as _upgrade_ops would have made them.
+        op = cls[6] if len(cls) > 6 else ""
         if kind == 0:
             dg, ds = good * sign, scrap * sign
         else:
