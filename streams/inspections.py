@@ -93,6 +93,21 @@ class InspectionRun(NamedTuple):
     # Every inspection due so far: (stage, due, plant-local day, status, done at, result);
     # status on_time | late | missed | open (not decided yet).
     slots: tuple[tuple[str, datetime, date, str, datetime | None, str | None], ...]
+    # True: the run no longer exists (its start was revised away by a later-arriving
+    # report): the sink deletes its row, so a resumed or differently batched run of the
+    # same log stores the same runs.
+    gone: bool = False
+
+
+class InspectionRunSet(NamedTuple):
+    """Every run of `machine` that starts at or after `since`, as derived now (table
+    `inspection_run`): the sink deletes the machine's other rows from `since` on. A run
+    that an earlier, differently batched derivation wrote (a replay resumed mid-way, a
+    report arriving late) and that no longer exists goes with it."""
+
+    machine: str
+    since: datetime
+    runs: tuple[tuple[str, str, datetime], ...]  # (work order, operation, start)
 
 
 class InspectionFlag(NamedTuple):
@@ -112,7 +127,7 @@ class InspectionFlag(NamedTuple):
     parts_made: int
 
 
-Row = InspectionRecord | InspectionRun | InspectionFlag
+Row = InspectionRecord | InspectionRun | InspectionRunSet | InspectionFlag
 
 
 def judge(c: Characteristic) -> bool | None:
@@ -207,6 +222,10 @@ class InspectionState:
     dirty: set[str] = field(default_factory=set)  # machines whose runs are all derived again
     # (work order, machine) whose inspections or parts changed: its runs are derived again.
     dirty_wo: set[tuple[str, str]] = field(default_factory=set)
+    # Runs that ended before this were forgotten (_forget): not derived again. Runs seen
+    # for the first time are written however old they are, so a replay in one big batch
+    # writes the same runs as one in many small ones.
+    forgotten_before: int = 0
 
 
 class _Run(NamedTuple):
@@ -322,15 +341,22 @@ class Inspections:
         out: list[Row] = []
         for machine in sorted(machines):
             runs = _runs(s.wo_events.get(machine, []))
+            if runs:
+                out.append(
+                    InspectionRunSet(
+                        machine,
+                        from_us(runs[0].start),
+                        tuple((r.work_order, r.op, from_us(r.start)) for r in runs),
+                    )
+                )
             seen: set[RunKey] = set()
-            horizon = s.clock - KEEP_US
             for i, run in enumerate(runs):
                 key = (run.work_order, machine, run.op, run.start)
                 seen.add(key)
                 memo = s.runs.get(key)
                 if memo is None:
-                    if run.end is not None and run.end < horizon:
-                        continue  # long over (and forgotten): nothing to say again
+                    if run.end is not None and run.end < s.forgotten_before:
+                        continue  # long over and forgotten: nothing to say again
                     memo = s.runs[key] = _Memo()
                 elif (
                     run.end is not None
@@ -349,6 +375,8 @@ class Inspections:
                 for fl in memo.flags.values():
                     if fl.until != fl.since:
                         out.append(fl._replace(until=fl.since))
+                if memo.row is not None:
+                    out.append(memo.row._replace(gone=True))
         self._forget()
         return out
 
@@ -585,14 +613,24 @@ class Inspections:
         old = [k for k, m in s.runs.items() if m.end is not None and m.end < horizon]
         if not old:
             return
+        s.forgotten_before = max(s.forgotten_before, horizon)
         for k in old:
             del s.runs[k]
         for machine, evs in list(s.wo_events.items()):
-            # Keep the last start (a run still open may begin long ago) and what follows.
+            # Keep the start of the last run begun before the horizon (a run still open
+            # may begin long ago) and what follows. Never cut inside a run: a repeated
+            # start of the running work order would otherwise become its start.
             keep_from = 0
+            cur: tuple[str, str] | None = None
             for i, e in enumerate(evs):
-                if e.t < horizon and e.start:
-                    keep_from = i
+                if e.t >= horizon:
+                    break
+                if e.start:
+                    if cur != (e.work_order, e.op):
+                        keep_from = i
+                    cur = (e.work_order, e.op)
+                elif cur is not None and cur[0] == e.work_order and (not e.op or e.op == cur[1]):
+                    cur = None
             if keep_from:
                 s.wo_events[machine] = evs[keep_from:]
         live = {(k[0], k[1]) for k in s.runs}

@@ -30,7 +30,14 @@ from mesflow.events import (
 )
 from mesflow.plant import PlantConfig
 from streams import row_stores
-from streams.inspections import InspectionFlag, InspectionRecord, InspectionRun, Inspections, Row
+from streams.inspections import (
+    InspectionFlag,
+    InspectionRecord,
+    InspectionRun,
+    InspectionRunSet,
+    Inspections,
+    Row,
+)
 from streams.records import FloorInput, WorkOrderParts
 from streams.validate import OrderInput
 
@@ -119,6 +126,18 @@ ON CONFLICT (work_order, machine, operation, start_ts) DO UPDATE SET
     slots = EXCLUDED.slots, updated_at = clock_timestamp()
 """
 
+_RUN_GONE_SQL = """
+DELETE FROM inspection_run
+WHERE work_order = %s AND machine = %s AND operation = %s AND start_ts = %s
+"""
+
+_RUN_SET_SQL = """
+DELETE FROM inspection_run r
+WHERE r.machine = %s AND r.start_ts >= %s
+  AND (r.work_order, r.operation, r.start_ts) NOT IN (
+      SELECT * FROM unnest(%s::text[], %s::text[], %s::timestamptz[]))
+"""
+
 _FLAG_SQL = """
 INSERT INTO inspection_flag (work_order, machine, operation, run_start, flag, since, until_ts,
                              detail, product, blocking, parts_made)
@@ -157,7 +176,28 @@ def store_runs(cur: psycopg.Cursor[Any], rows: list[InspectionRun]) -> None:
             ]
         )
 
-    cur.executemany(_RUN_SQL, [(*r[:13], slots(r)) for r in rows])
+    gone = [r[:4] for r in rows if r.gone]
+    if gone:
+        cur.executemany(_RUN_GONE_SQL, gone)
+    kept = [(*r[:13], slots(r)) for r in rows if not r.gone]
+    if kept:
+        cur.executemany(_RUN_SQL, kept)
+
+
+def store_run_sets(cur: psycopg.Cursor[Any], rows: list[InspectionRunSet]) -> None:
+    cur.executemany(
+        _RUN_SET_SQL,
+        [
+            (
+                r.machine,
+                r.since,
+                [wo for wo, _, _ in r.runs],
+                [op for _, op, _ in r.runs],
+                [start for _, _, start in r.runs],
+            )
+            for r in rows
+        ],
+    )
 
 
 def store_flags(cur: psycopg.Cursor[Any], rows: list[InspectionFlag]) -> None:
@@ -177,6 +217,14 @@ row_stores.register(
     store_runs,
     key=lambda r: (r.work_order, r.machine, r.operation, r.start_ts),
     owner=lambda r: ("work_order", r.work_order),
+)
+# After the run rows (row_stores stores types in registration order): the set is final.
+row_stores.register(
+    InspectionRunSet,
+    "inspection_run",
+    store_run_sets,
+    key=lambda r: r.machine,
+    owner=lambda r: ("machine", r.machine),
 )
 row_stores.register(
     InspectionFlag,

@@ -71,11 +71,14 @@ class Pending:
         return True
 
     def groups(self) -> list[tuple[RowStore, list[Any]]]:
-        return [
-            (REGISTRY[t], list(held.values()) if isinstance(held, dict) else held)
-            for t, held in self.rows.items()
-            if held
-        ]
+        """The rows by type, in the order the types were registered: a module that
+        registers a row type after another can rely on being stored after it."""
+        out: list[tuple[RowStore, list[Any]]] = []
+        for t, spec in REGISTRY.items():
+            held = self.rows.get(t)
+            if held:
+                out.append((spec, list(held.values()) if isinstance(held, dict) else held))
+        return out
 
 
 def owner_of(spec: RowStore, row: Any) -> tuple[str, Any]:

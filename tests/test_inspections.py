@@ -18,6 +18,7 @@ from streams.inspections import (
     InspectionFlag,
     InspectionRecord,
     InspectionRun,
+    InspectionRunSet,
     Inspections,
 )
 from streams.records import FloorInput, WorkOrderParts
@@ -100,6 +101,13 @@ def final(rows: list[Any]) -> tuple[dict[Any, InspectionRun], dict[Any, Inspecti
     for r in rows:
         if type(r) is InspectionRun:
             runs[(r.work_order, r.machine, r.operation, r.start_ts)] = r
+            if r.gone:  # the sink deletes it
+                del runs[(r.work_order, r.machine, r.operation, r.start_ts)]
+        elif type(r) is InspectionRunSet:  # the sink deletes the machine's other runs
+            keep = {(wo, r.machine, op, start) for wo, op, start in r.runs}
+            for k in [k for k in runs if k[1] == r.machine and k[3] >= r.since]:
+                if k not in keep:
+                    del runs[k]
         elif type(r) is InspectionFlag:
             flags[(r.work_order, r.machine, r.operation, r.run_start, r.flag, r.since)] = r
     return runs, flags
@@ -415,3 +423,36 @@ def test_flag_episodes_raise_first_article_alerts(plant: PlantConfig) -> None:
     assert engine.feed([_flag(0, 0), clock(40)]) == []
     # Outside the rule's scope (line IM): none.
     assert _alerts(plant).feed([_flag(0, None, "CNC-01"), clock(40)]) == []
+
+
+def test_a_long_history_in_one_batch_writes_the_runs_small_batches_write(
+    plant: PlantConfig,
+) -> None:
+    """Runs older than the step keeps (KEEP_US) are still written when first seen, and
+    forgetting never cuts inside a run (a repeated start of the running work order is not
+    its start): one big batch (a clean replay) and one row at a time (a resumed or live
+    run) leave the same rows. Found by the killed-storer replay test."""
+    p = with_policy(plant)
+    day = 24 * 60
+    inputs: list[Any] = []
+    for d in range(6):  # six days: the first runs fall out of the kept window
+        base = d * day
+        inputs += [
+            start(base + 10, "WO-A"),
+            parts(base + 12, 2, "WO-A"),
+            start(base + 25, "WO-A"),  # started again while running: the same run
+            check(base + 30, "first", wo="WO-A"),
+            end(base + 90, "WO-A"),
+            start(base + 100, "WO-B"),
+            end(base + 200, "WO-B"),
+        ]
+    one = Inspections(p)
+    big = final(one.feed(list(inputs)) + one.settle())
+    step = Inspections(p)
+    rows: list[Any] = []
+    for x in inputs:
+        rows += step.feed([x])
+    small = final(rows + step.settle())
+    assert big[0] == small[0]
+    starts = sorted(k[3] for k in big[0] if k[0] == "WO-A")
+    assert starts == [at(d * day + 10) for d in range(6)]  # never the repeated start
