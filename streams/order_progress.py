@@ -170,6 +170,16 @@ def _names_an_op(r: _Run) -> bool:
     return any(o for o, _ in r.op_starts) or any(o for o, _, _ in r.ops)
 
 
+class _Derived(NamedTuple):
+    """A routed work order's figures, derived from its routing, quantity and runs."""
+
+    route: Route | None
+    figs: tuple[OpFigures, ...]  # () without a route
+    good: int
+    scrap: int
+    last_op_runs: frozenset[str]  # the machines whose parts include its last step
+
+
 @dataclass(slots=True)
 class _WorkOrder:
     product: str | None = None
@@ -186,6 +196,41 @@ class _WorkOrder:
     # added to the plant file does not reset the progress of work already running).
     routing: Route | None = None
     own_routing: bool = False  # it came with the work_order event
+    # Its figures per operation, computed once per change (`changed()`) rather than on
+    # every read: the order step reads them several times per input and per flush, for
+    # every work order of the order. Not state: left out of snapshots.
+    derived: _Derived | None = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        # Slots only (pickle's own shape for a slots class). Objects from before routings
+        # lack some slots: OrderProgress.__setstate__ sets them.
+        return None, {f: getattr(self, f) for f in _WO_STATE if hasattr(self, f)}
+
+    def changed(self) -> None:
+        """Its routing, quantity or runs changed: derived figures are recomputed."""
+        self.derived = None
+
+    def _derive(self) -> _Derived:
+        d = self.derived
+        if d is None:
+            route = self.route
+            if route is None:
+                runs = self.runs.values()
+                good, scrap = sum(r.good for r in runs), sum(r.scrap for r in runs)
+                d = _Derived(None, (), good, scrap, frozenset())
+            else:
+                inputs = self.op_inputs(route)
+                figs = tuple(op_figures(route, inputs, self.qty))
+                last = route[-1].op
+                d = _Derived(
+                    route,
+                    figs,
+                    figs[-1].good,  # its good parts: those out of its last operation
+                    sum(f.scrap for f in figs),  # its scrap: all its operations'
+                    frozenset(i.machine for i in inputs if i.op == last),
+                )
+            self.derived = d
+        return d
 
     @property
     def route(self) -> Route | None:
@@ -196,10 +241,8 @@ class _WorkOrder:
             return self.routing
         return None
 
-    def op_inputs(self) -> list[OpInput]:
-        """What each machine did for each routing step (only with a route)."""
-        route = self.route
-        assert route is not None
+    def op_inputs(self, route: Route) -> list[OpInput]:
+        """What each machine did for each step of its `route`."""
         out: list[OpInput] = []
         for m, r in self.runs.items():
             starts = dict(r.op_starts)
@@ -219,31 +262,35 @@ class _WorkOrder:
                 )
         return out
 
-    def op_figs(self) -> list[OpFigures]:
-        route = self.route
-        assert route is not None
-        return op_figures(route, self.op_inputs(), self.qty)
+    def followed_route(self) -> Route | None:
+        """Its route (as `route`), from the figures when they are current."""
+        return None if self.routing is None else self._derive().route
+
+    def op_figs(self) -> tuple[OpFigures, ...]:
+        """Its figures per routing step (() when it follows no route)."""
+        return () if self.routing is None else self._derive().figs
 
     @property
     def good(self) -> int:
         """Its good parts: with a routing, those out of its last operation."""
-        if self.route is not None:
-            return self.op_figs()[-1].good
-        return sum(r.good for r in self.runs.values())
+        if self.routing is None:  # no routing: the sum of its runs, as before routings
+            return sum(r.good for r in self.runs.values())
+        return self._derive().good
 
     @property
     def scrap(self) -> int:
         """Its scrap: with a routing, the scrap of all its operations."""
-        if self.route is not None:
-            return sum(f.scrap for f in self.op_figs())
-        return sum(r.scrap for r in self.runs.values())
+        if self.routing is None:
+            return sum(r.scrap for r in self.runs.values())
+        return self._derive().scrap
 
-    def last_op_runs(self) -> set[str]:
+    def last_op_runs(self) -> frozenset[str]:
         """The machines whose parts include its routing's last step (its rate)."""
-        route = self.route
-        assert route is not None
-        last = route[-1].op
-        return {d.machine for d in self.op_inputs() if d.op == last}
+        return self._derive().last_op_runs
+
+
+# What a snapshot of a work order holds: its fields but the derived figures.
+_WO_STATE: Final = tuple(f for f in _WorkOrder.__slots__ if f != "derived")
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +339,7 @@ class OrderProgress:
         self.__dict__.update(state)
         # Snapshots from before routings: slots added since are unset on their objects.
         for wo in self.wos.values():
+            wo.derived = None  # not in snapshots
             if not hasattr(wo, "routing"):
                 wo.routing, wo.own_routing = None, False
             for run in wo.runs.values():
@@ -327,6 +375,7 @@ class OrderProgress:
         # from before routings has no `routes`).
         wo.routing = route_of(ev.routing, ev.product, getattr(self.ideal, "routes", {}))
         wo.own_routing = bool(ev.routing)
+        wo.changed()
         self._tick(to_us(ev.ts))
         self._evaluate()
 
@@ -344,6 +393,7 @@ class OrderProgress:
         wo = self.wos.setdefault(work_order, _WorkOrder())
         run = wo.runs.setdefault(machine, _Run())
         run.good, run.scrap, run.ops = good_total, scrap_total, ops
+        wo.changed()
         s = run.samples
         # A total as of t supersedes samples at or after t (a revision of the same span).
         while s and s[-1][0] >= t:
@@ -365,6 +415,7 @@ class OrderProgress:
     ) -> None:
         wo = self.wos.setdefault(work_order, _WorkOrder())
         run = wo.runs.setdefault(machine, _Run())
+        wo.changed()
         if ops:
             run.op_starts = ops
         else:  # no operation named here: the start is the unnamed one's
@@ -421,11 +472,9 @@ class OrderProgress:
                         last,
                     )
                 )
-                if wo.route is not None:
+                if wo.followed_route() is not None:
                     out.append(
-                        OperationSetRow(
-                            w, self.order_no, wo.product, wo.qty, tuple(wo.op_figs()), last
-                        )
+                        OperationSetRow(w, self.order_no, wo.product, wo.qty, wo.op_figs(), last)
                     )
             out.append(self._order_row(figs, now))
             self._forget(now)
@@ -454,7 +503,7 @@ class OrderProgress:
         parts = 0
         first: int | None = None
         # With a routing, the rate of its last operation's machines: its output.
-        only = wo.last_op_runs() if wo.route is not None else None
+        only = wo.last_op_runs() if wo.followed_route() is not None else None
         for m, run in wo.runs.items():
             if only is not None and m not in only:
                 continue
@@ -480,7 +529,7 @@ class OrderProgress:
         if remaining == 0:
             return _WoFig(good, scrap, rate, 0, wo.done_at)
         machine = wo.machine or _last_machine(wo)
-        route = wo.route
+        route = wo.followed_route()
         cycle = self._route_cycle(route, wo.product) if route is not None else None
         return _WoFig(
             good,
