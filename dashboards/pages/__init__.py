@@ -16,7 +16,6 @@ from dashboards.pages import (
     inspections,
     kpis,
     labor,
-    labor,
     machine,
     operator,
     orders,
@@ -34,4 +33,3 @@ PAGES += (sources,)
 PAGES += (quality,)
 PAGES += (labor,)
 PAGES += (inspections,)
-PAGES += (labor,)
