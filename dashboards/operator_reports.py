@@ -9,6 +9,11 @@ event id comes from the ticket, the tap's minute (`tap_time`, also the event's `
 was tapped, so two taps on the same button build byte-identical events, and the log stores
 the second as a duplicate of the first.
 
+Operations: a work order with a routing (its own, from the CRM/ERP, else its product's in the
+plant file: streams/routing.py) is started and ended at a station under the routing step that
+lists the station (else a step open to any machine), so the dataflow follows the routing
+(docs/routings.md). The operation is looked up here, never taken from the tap.
+
 Hostile input: everything here is checked against the plant model (machine, reason codes) and
 bounds (quantity, work order text) before an event is built; a refusal is a `Refused` with a
 short code, never an event the dataflow would dead-letter.
@@ -24,10 +29,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import psycopg
+from pydantic import TypeAdapter, ValidationError
 
-from mesflow.events import MAX_ID_LENGTH, parse_event
+from mesflow.events import MAX_ID_LENGTH, RoutingStep, parse_event
 from mesflow.ingest_log import Appended, append, record_for
-from mesflow.plant import PlantConfig, Reason
+from mesflow.plant import LocalizedName, PlantConfig, Reason
+from streams import routing
 
 MAX_SCRAP_QTY: Final = 999  # one tap never scraps more than a tray; larger is a typo
 _KEY = re.compile(r"^[0-9a-f]{16,64}$")
@@ -190,6 +197,82 @@ def scrap(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """The routing step a work order runs at a station, with its name to show."""
+
+    op: str
+    name: LocalizedName | str | None  # plant file: zh/en; the CRM's routing: one text
+
+    def label(self, lang: str) -> str:
+        """'10 注塑' / '10 Molding' (just '10' without a name)."""
+        name = self.name.get(lang) if isinstance(self.name, LocalizedName) else self.name
+        return f"{self.op} {name}" if name else self.op
+
+
+_STEPS: Final = TypeAdapter(list[RoutingStep])
+
+
+def _own_steps(stored: Any) -> list[RoutingStep] | None:
+    """work_order.routing (jsonb, validated at intake) as steps; None if absent or unreadable
+    (then the plant file's routing applies, as in the dataflow for an empty one)."""
+    if not stored:
+        return None
+    try:
+        return _STEPS.validate_python(stored)
+    except ValidationError:
+        return None
+
+
+def operation_at(
+    plant: PlantConfig, machine: str, product: str | None, own_routing: Any
+) -> Operation | None:
+    """The operation a work order runs at `machine`: in its own routing (`own_routing`, the
+    stored work_order.routing) else its product's plant-file routing, the first step listing
+    the machine, else a step open to any machine (`machines: []`); None without a routing or
+    without such a step (the wo_start then names none, as before routings)."""
+    own = _own_steps(own_routing)
+    route = routing.route_of(own, product, routing.plant_routes(plant))
+    if not route:
+        return None
+    step = next((s for s in route if machine in s.machines), None) or next(
+        (s for s in route if not s.machines), None
+    )
+    if step is None:
+        return None
+    if own:  # route_of chose the work order's own routing: its names are plain text
+        return Operation(step.op, step.name)
+    plant_route = plant.routings_by_product[product] if product else None
+    names = {o.op: o.name for o in plant_route.operations} if plant_route else {}
+    return Operation(step.op, names.get(step.op))
+
+
+def read_operations(
+    conn: psycopg.Connection[Any],
+    plant: PlantConfig,
+    machine: str,
+    wos: list[tuple[str, str | None]],
+) -> dict[str, Operation]:
+    """Work order -> its operation at `machine`, for `wos` (work order, product from the
+    progress view). The intake table's routing and product win: they are the CRM's."""
+    if not wos:
+        return {}
+    intake = {
+        str(w): (p, r)
+        for w, p, r in conn.execute(
+            "SELECT work_order, product, routing FROM work_order WHERE work_order = ANY(%s)",
+            ([w for w, _ in wos],),
+        )
+    }
+    out: dict[str, Operation] = {}
+    for wo, product in wos:
+        own_product, own_routing = intake.get(wo, (None, None))
+        op = operation_at(plant, machine, own_product or product, own_routing)
+        if op is not None:
+            out[wo] = op
+    return out
+
+
 def work_order(
     plant: PlantConfig,
     ticket: Ticket,
@@ -198,23 +281,30 @@ def work_order(
     wo: Any,
     operator: str,
     now: datetime | None = None,
+    operation: Operation | None = None,
 ) -> dict[str, Any]:
-    """`wo_start` or `wo_end` of work order `wo` on `machine`."""
+    """`wo_start` or `wo_end` of work order `wo` on `machine`, under `operation` (looked up
+    with `read_operations`, never from the tap) if it has one."""
     machine = _check_machine(plant, machine)
     ts = tap_time(now)
     if kind not in ("wo_start", "wo_end"):
         raise Refused("bad_action")
     if not isinstance(wo, str) or not _WO.fullmatch(wo):
         raise Refused("unknown_work_order")
-    return {
+    # The operation joins the id only when there is one: ids of unrouted taps stay as before.
+    parts = (kind, machine, wo) if operation is None else (kind, machine, wo, operation.op)
+    event: dict[str, Any] = {
         "type": "report",
         "kind": kind,
-        "id": _event_id(ticket, ts, kind, machine, wo),
+        "id": _event_id(ticket, ts, *parts),
         "machine": machine,
         "ts": ts.isoformat(),
         "work_order": wo,
         "operator": _operator(operator),
     }
+    if operation is not None:
+        event["operation"] = operation.op
+    return event
 
 
 # -- storing -------------------------------------------------------------------------------------

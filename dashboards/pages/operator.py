@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -216,9 +216,13 @@ class StationView:
     reason_counts: dict[str, int]
     work_orders: list[tuple[str, str | None, int | None, int]]  # wo, product, qty, good
     active_wo: str | None
+    # Work order -> its routing step here (docs/routings.md); absent: no routing.
+    operations: dict[str, reports.Operation] = field(default_factory=dict)
 
 
-def read_station(conn: psycopg.Connection, machine: str) -> StationView:
+def read_station(
+    conn: psycopg.Connection, machine: str, plant: PlantConfig | None = None
+) -> StationView:
     stops = [
         Stop(*row)
         for row in conn.execute(
@@ -254,7 +258,10 @@ def read_station(conn: psycopg.Connection, machine: str) -> StationView:
     row = conn.execute(
         "SELECT work_order FROM v_machine_status WHERE machine = %s", (machine,)
     ).fetchone()
-    return StationView(stops, counts, wos, row[0] if row else None)
+    ops = (
+        reports.read_operations(conn, plant, machine, [(w[0], w[1]) for w in wos]) if plant else {}
+    )
+    return StationView(stops, counts, wos, row[0] if row else None, ops)
 
 
 # -- rendering (pure) ----------------------------------------------------------------------------
@@ -379,7 +386,13 @@ def render_station(
                 + (" active" if active else "")
                 + dispatch_order.css(wo, view.work_orders, view.active_wo),
                 children=[
-                    html.Span(wo, className="op-wo-id"),
+                    # "WO-1 · 10 注塑": the operation the start / finish will name.
+                    html.Span(
+                        f"{wo} · {view.operations[wo].label(lang)}"
+                        if wo in view.operations
+                        else wo,
+                        className="op-wo-id",
+                    ),
                     html.Span(f"{product or ''} {good}/{wqty or '?'}", className="op-wo-fig"),
                     html.Button(
                         s("finish" if active else "start", lang),
@@ -479,7 +492,7 @@ def _refresh(
         )
     qty = qty if isinstance(qty, int) and qty in QTY_STEPS else None
     try:
-        view = bctx.db.run(lambda conn: read_station(conn, station))
+        view = bctx.db.run(lambda conn: read_station(conn, station, plant))
     except psycopg.Error as err:
         log.warning("operator: cannot read station %s: %s", station, err)
         return dash.no_update, dash.no_update
@@ -533,10 +546,22 @@ def _act(tap: Any, station: Any, ticket_data: Any, qty: Any, lang: Any) -> tuple
             event = reports.scrap(plant, ticket, station, qty, tap.get("reason"), principal.name)
             what = f"{event['qty']} × {reason_label(plant, event['reason'], lang)}"
         elif action == "wo":
+            # Checked first (no lookup for hostile input), then built again under the work
+            # order's operation at this station, read from the database, never from the tap.
             event = reports.work_order(
                 plant, ticket, station, tap.get("kind"), tap.get("wo"), principal.name
             )
-            what = event["work_order"]
+            ops = bctx.db.run(
+                lambda conn: reports.read_operations(
+                    conn, plant, station, [(event["work_order"], None)]
+                )
+            )
+            op = ops.get(event["work_order"])
+            event = reports.work_order(
+                plant, ticket, station, event["kind"], event["work_order"], principal.name,
+                operation=op,
+            )  # fmt: skip
+            what = event["work_order"] + (f" · {op.label(lang)}" if op else "")
         else:
             raise Refused("bad_action")
         stored = bctx.db.run(lambda conn: _check_and_submit(conn, principal.name, event))
