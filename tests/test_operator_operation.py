@@ -8,6 +8,8 @@ Pure event building, then the CRM API + the Flask callback + the real dataflow +
 from __future__ import annotations
 
 import json
+import shutil
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +19,7 @@ from typing import Any
 import dash
 import psycopg
 import pytest
+import waitress
 from fastapi.testclient import TestClient
 
 from collectors.crm_api import create_app as create_crm
@@ -30,8 +33,9 @@ from mesflow.events import WorkOrderEndReport, WorkOrderStartReport, parse_event
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from streams.runner import run_flow
+from tests.conftest import require
 from tests.helpers import feed, log_position
-from tests.test_dashboard import sign_in
+from tests.test_dashboard import Chromium, sign_in
 
 STATION = "CNC-03"  # the example plant's P-100 routing: "10" at IM-01..03, "20" at CNC-03
 NOW = datetime(2026, 11, 20, 1, 2, 33, tzinfo=UTC)
@@ -250,3 +254,75 @@ def test_a_tablet_started_work_order_follows_its_routing(
         )
     # Routed: the good of their last operation ("30", "20": this station's); unrouted: all.
     assert (made["WO-NONE"], made["WO-PLANT"], made["WO-OWN"]) == (5, 3, 4)
+
+
+@pytest.fixture
+def served(app: dash.Dash) -> Iterator[str]:
+    server = waitress.create_server(app.server, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+        thread.join(timeout=5)
+
+
+_ROW = "[...document.querySelectorAll('.op-wo')].find(r => r.textContent.includes('WO-PLANT'))"
+
+
+@pytest.mark.browser
+def test_start_in_the_browser_names_the_operation(
+    db_url: str, plant: PlantConfig, served: str, tmp_path: Path
+) -> None:
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    now = datetime.now(UTC).replace(microsecond=0)
+    _crm(plant, db_url, now)
+    feed(db_url, [{"type": "state", "machine": STATION, "ts": at(now, -30), "state": "running"}])
+    _process(plant, db_url, tmp_path / "rec")
+    browser = Chromium(tmp_path)
+    try:
+        browser.page(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
+        browser.goto(f"{served}/operator?lang=en")
+        browser.wait_for("!!document.querySelector('#password')")
+        browser.eval("document.querySelector('#username').value = 'operator'")
+        browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
+        browser.eval("document.querySelector('button[type=submit]').click()")
+        browser.wait_for("document.querySelectorAll('.op-pick').length >= 12")
+        browser.eval(
+            "[...document.querySelectorAll('.op-pick')]"
+            f".find(b => b.textContent.includes({json.dumps(STATION)})).click()"
+        )
+        browser.wait_for(f"!!{_ROW}")
+        label = browser.eval(f"{_ROW}.querySelector('.op-wo-id').textContent")
+        assert label == "WO-PLANT · 20 Drill and tap", label
+        ids = browser.eval(
+            "[...document.querySelectorAll('.op-wo-id')].map(e => e.textContent).sort()"
+        )
+        assert ids == ["WO-NONE", "WO-OWN · 30 Deburr", "WO-PLANT · 20 Drill and tap"], ids
+        browser.eval(f"{_ROW}.querySelector('.op-wo-btn').click()")
+        browser.wait_for(
+            "document.querySelector('#op-feedback').textContent"
+            " === 'Started: WO-PLANT · 20 Drill and tap'"
+        )
+        with psycopg.connect(db_url) as conn:
+            [(payload,)] = conn.execute(
+                "SELECT payload FROM ingest_log WHERE source = 'tablet:operator'"
+            ).fetchall()
+        start = parse_event(bytes(payload))
+        assert isinstance(start, WorkOrderStartReport)
+        assert (start.work_order, start.operation) == ("WO-PLANT", "20")
+        # Once applied it is the running one: its line keeps the operation, in Chinese too.
+        _process(plant, db_url, tmp_path / "rec")
+        browser.goto(f"{served}/operator?lang=zh")
+        browser.wait_for(
+            "document.querySelector('.op-wo.active .op-wo-id')?.textContent"
+            " === 'WO-PLANT · 20 钻孔攻丝'"
+        )
+        assert browser.eval("document.documentElement.scrollWidth") <= 1280
+        browser.screenshot(tmp_path / "operator-operation-zh.png")
+    finally:
+        browser.close()
