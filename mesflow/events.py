@@ -132,11 +132,14 @@ class DowntimeReasonReport(_Report):
 
 
 class ScrapReport(_Report):
-    """Moves `qty` parts the machine counted as good into scrap, at `ts`."""
+    """Moves `qty` parts the machine counted as good into scrap, at `ts`. With
+    `work_order` (defects and rework scrapped later), the parts are taken from that work
+    order's parts at this machine rather than from the one running at `ts`."""
 
     kind: Literal["scrap"]
     qty: Quantity
     reason: Id | None = None
+    work_order: Id | None = None
 
 
 class WorkOrderStartReport(_Report):

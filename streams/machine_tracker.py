@@ -105,6 +105,9 @@ class MachineSpec:
     known_reasons: frozenset[str]
     history_us: int = HISTORY_US
     silent_after_us: int = 0  # silent machines (streams/silence.py); 0: not watched
+    # A work order's figures here are kept this long after its last part or start (at
+    # least history_us): a defect or rework scrapped days later is still booked to it.
+    keep_wo_us: int = HISTORY_US
 
     @classmethod
     def from_plant(cls, plant: PlantConfig, machine: str) -> MachineSpec:
@@ -127,6 +130,7 @@ class MachineSpec:
                 else frozenset()
             ),
             silent_after_us=round(plant.silent_after_seconds(machine) * 1e6),
+            keep_wo_us=round(plant.plant.max_event_age_days * 86_400e6),
         )
 
 
@@ -219,6 +223,9 @@ class MachineTracker:
         self.op_parts: dict[str, dict[str, list[int]]] = {}
         self.op_started: dict[str, dict[str, int]] = {}
         self.parts: list[Part] = []  # within the allowed lateness, by (t, order)
+        # Scrap reports naming a work order (defects, rework), by their part's (t, order):
+        # their parts are that work order's, not the running one's (see _classify).
+        self.scrap_wo: dict[tuple[int, int], str] = {}
         # In-order counts (the bulk) kept compactly: runs of parts that move the same
         # good/scrap with the same classification, as arrays of their times. A busy
         # machine keeps thousands for the allowed lateness, and snapshots of arrays are
@@ -274,6 +281,7 @@ class MachineTracker:
         self._segs_by_hour = {}
         self._count_cache = None
         self.__dict__.setdefault("scrap_dirty", set())
+        self.__dict__.setdefault("scrap_wo", {})  # before scrap reports named work orders
         if "scrap" not in state:
             self._upgrade_scrap()
         if "op_parts" not in state:
@@ -372,6 +380,8 @@ class MachineTracker:
         elif isinstance(ev, CounterEvent):
             self._counter(t, order, ev)
         elif isinstance(ev, ScrapReport):
+            if ev.work_order is not None:
+                self.scrap_wo[(t, order)] = ev.work_order
             self._add_part(t, order, 2, 0, ev.qty, ev.reason)
         elif isinstance(ev, WorkOrderStartReport | WorkOrderEndReport):
             self._work_order(t, order, ev)
@@ -664,7 +674,10 @@ class MachineTracker:
 
     # -- parts ---------------------------------------------------------------------------------
 
-    def _classify(self, t: int) -> PartClass:
+    def _classify(self, t: int, named: str | None = None) -> PartClass:
+        """The part's class at t; `named`: the work order a scrap report names, whose
+        parts they are if it ran here by t (only the work order and operation change:
+        hour, shift, planned, ideal and product stay those of the machine at t)."""
         seg = self._seg_at(t)
         planned = False
         if seg[3] is not None:
@@ -683,7 +696,32 @@ class MachineTracker:
         hour = segs[0] if segs is not None and segs[0] <= t < segs[0] + HOUR_US else None
         if hour is None:
             hour = self.clock.bucket(t)[0]
+        if named is not None and named != wo:
+            ran = self._ran_op(named, t, k)
+            if ran is not None:
+                wo, op = named, ran
         return hour, seg[2], planned, ideal, wo, product, op
+
+    def _ran_op(self, wo: str, t: int, k: int) -> str | None:
+        """The operation `wo` last started with here at or before t (change index k and
+        before); None if it never started here by t: its scrap then stays with the
+        running work order. Decided from starts at or before t only, which reclassify
+        this part when they arrive late, so arrival order does not change the result."""
+        first = self.wo_started.get(wo)
+        if first is None or first > t:
+            return None
+        changes = self.wo_changes
+        while k >= 0:
+            if changes[k][2] == wo:
+                return self._op_of(changes[k])
+            k -= 1
+        # Its start is older than the kept changes: the operation it first started latest.
+        starts = [(s, o) for o, s in self.op_started.get(wo, {}).items() if s <= t]
+        return max(starts)[1] if starts else ""
+
+    def _part_class(self, p: Part) -> PartClass:
+        named = self.scrap_wo.get((p[0], p[1])) if p[2] == 2 else None
+        return self._classify(p[0], named)
 
     def _change_at(self, t: int) -> int:
         """Index of the work-order change in force at t (-1: none yet)."""
@@ -795,7 +833,8 @@ class MachineTracker:
     def _add_part(
         self, t: int, order: int, kind: int, good: int, scrap: int, source: str | None
     ) -> None:
-        p: Part = (t, order, kind, good, scrap, source, self._classify(t))
+        named = self.scrap_wo.get((t, order)) if kind == 2 else None
+        p: Part = (t, order, kind, good, scrap, source, self._classify(t, named))
         self._apply_part(p, +1)
         self.last_part_t = max(self.last_part_t, t)
         parts = self.parts
@@ -861,7 +900,7 @@ class MachineTracker:
         for i, p in enumerate(parts):
             if t is not None and p[0] < t:
                 continue
-            new = self._classify(p[0])
+            new = self._part_class(p)
             if new != p[6]:
                 self._apply_part(p, -1)
                 p = parts[i] = (*p[:6], new)
@@ -927,6 +966,8 @@ class MachineTracker:
             while k < len(parts) and parts[k][0] < horizon:
                 k += 1
             del parts[:k]
+            if self.scrap_wo:  # settled with their parts
+                self.scrap_wo = {key: w for key, w in self.scrap_wo.items() if key[0] >= horizon}
         for _, ts in self.runs:
             if ts and ts[0] < horizon:
                 del ts[: bisect_left(ts, horizon)]
@@ -1263,7 +1304,9 @@ class MachineTracker:
             self.scrap = {h: s for h, s in self.scrap.items() if h >= horizon - HOUR_US}
             self.shifts = {s: b for s, b in self.shifts.items() if s.end >= horizon - HOUR_US}
             self.reports = [r for r in self.reports if r.at >= horizon - HOUR_US]
-            for wo in [w for w, seen in self.wo_seen.items() if seen < horizon]:
+            # (a spec pickled before keep_wo_us reads the class default)
+            wo_horizon = self.last_ts - max(self.spec.history_us, self.spec.keep_wo_us)
+            for wo in [w for w, seen in self.wo_seen.items() if seen < wo_horizon]:
                 if wo != self._wo_at(self.last_ts):
                     for d in (
                         self.wo_parts,

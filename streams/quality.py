@@ -13,14 +13,13 @@ parts, as the defect and rework reports name it) takes:
 - WorkOrderParts: the parts the machine counted for a work order (absolute, as of t).
 
 The validator also sends each defect-scrap and rework-scrap report to the machine tracker as
-a scrap report, which moves good to scrap on the work order running at the report's time
-(streams/validate.py). So the tracker's scrap for a work order includes the reports made
-while it ran there, not those made after it ended (rework often comes back later). Per
-(work order, machine):
+a scrap report naming its work order (streams/validate.py), which moves good to scrap on
+that work order if it started on the machine by the report's time, else on the one running
+then (or none). Per (work order, machine):
 
     made             = good + scrap the machine counted for the work order
     own scrap        = its scrap − the defect- and rework-scrap reports (of any work order)
-                       made while it ran, which the tracker moved onto it
+                       the tracker moved onto it
     first-time scrap = own scrap + every defect-scrap report of the work order
     sent to rework   = defect reports with disposition rework
     first-pass good  = made − first-time scrap − sent to rework
@@ -172,10 +171,12 @@ class MachineQuality:
         insort(self.changes, change)
         self.reindex()
 
-    def add_scrapped(self, y: WorkOrderYield, t: int, qty: int, after_rework: bool) -> str | None:
+    def add_scrapped(
+        self, wo: str, y: WorkOrderYield, t: int, qty: int, after_rework: bool
+    ) -> str | None:
         """Record a scrapping report; the work order the tracker moved its parts onto."""
         y.scrapped.append((t, qty, after_rework))
-        onto = self.running_at(t)
+        onto = self.booked_onto(wo, t)
         if onto is not None:
             self.applied[onto] = self.applied.get(onto, 0) + qty
         return onto
@@ -198,12 +199,22 @@ class MachineQuality:
                 running.append(now)
         self.times, self.running = times, running
         applied: dict[str, int] = {}
-        for y in self.work_orders.values():
+        for wo, y in self.work_orders.items():
             for t, q, _r in y.scrapped:
-                onto = self.running_at(t)
+                onto = self.booked_onto(wo, t)
                 if onto is not None:
                     applied[onto] = applied.get(onto, 0) + q
         self.applied = applied
+
+    def booked_onto(self, wo: str, t: int) -> str | None:
+        """As the machine tracker: a scrapping report's parts are its work order's if that
+        started here by t, else the work order running at t (or none)."""
+        for ct, _seq, w, start, _op in self.changes:
+            if ct > t:
+                break
+            if start and w == wo:
+                return wo
+        return self.running_at(t)
 
     def running_at(self, t: int) -> str | None:
         k = bisect_right(self.times, t) - 1
@@ -283,7 +294,7 @@ class Quality:
         if te is DefectReport:
             y = self._report(s, ev, t)
             if ev.disposition == "scrap":
-                self._moved_onto(s, s.add_scrapped(y, t, ev.qty, False))
+                self._moved_onto(s, s.add_scrapped(ev.work_order, y, t, ev.qty, False))
             else:
                 y.sent += ev.qty
             return [self._record(s, seq, 0, ev, "defect", ev.code, ev.qty, ev.disposition)]
@@ -292,7 +303,7 @@ class Quality:
             if ev.outcome == "good":
                 y.rework_good += ev.qty
             else:
-                self._moved_onto(s, s.add_scrapped(y, t, ev.qty, True))
+                self._moved_onto(s, s.add_scrapped(ev.work_order, y, t, ev.qty, True))
             return [self._record(s, seq, 0, ev, "rework", ev.code, ev.qty, ev.outcome)]
         return []  # sign-in/out: not ours
 

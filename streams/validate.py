@@ -135,6 +135,8 @@ def as_scrap(ev: DefectReport | ReworkReport) -> ScrapReport | None:
         operator=ev.operator,
         qty=ev.qty,
         reason=ev.code,
+        # The parts were made for this work order, which may have ended long before `ts`.
+        work_order=ev.work_order,
     )
 
 

@@ -237,22 +237,23 @@ def _parts_of(wo: str, good: int, scrap: int, minutes: float) -> WorkOrderParts:
 
 
 def test_rework_scrapped_after_the_work_order_ended(qplant: PlantConfig) -> None:
-    """Rework often comes back after its work order ended: the tracker then moved the
-    scrapped parts onto no work order (or the one running then), not onto this one. The
-    first-time scrap stays 8, and the other work order's own scrap is not inflated."""
+    """Rework often comes back after its work order ended: the tracker still moves the
+    scrapped parts onto this work order (the scrap report names it), not onto the one
+    running then. The first-time scrap stays 8, and the other work order's own scrap is
+    not inflated."""
     events = [
         line("wo_start", 0, work_order="WO-Q1"),
         line("defect", 20, work_order="WO-Q1", code="flash", qty=3, disposition="scrap"),
         line("defect", 30, work_order="WO-Q1", code="sink_mark", qty=6, disposition="rework"),
         line("wo_end", 50, work_order="WO-Q1"),
         line("wo_start", 55, work_order="WO-Q2"),
-        # Reported while WO-Q2 runs: the tracker moves 2 of WO-Q2's good to scrap.
+        # Reported while WO-Q2 runs: the tracker still moves 2 of WO-Q1's good to scrap.
         line("rework", 70, work_order="WO-Q1", code="sink_mark", qty=2, outcome="scrap"),
         line("rework", 75, work_order="WO-Q1", code="sink_mark", qty=4, outcome="good"),
     ]
     counts = [
-        _parts_of("WO-Q1", 92, 8, 40),  # 95/5 counted, 3 flash moved
-        _parts_of("WO-Q2", 46, 2 + 2, 80),  # 50 made: 2 own scrap + 2 of WO-Q1 moved here
+        _parts_of("WO-Q1", 90, 8 + 2, 80),  # 95/5 counted, 3 flash and 2 after rework moved
+        _parts_of("WO-Q2", 48, 2, 80),  # 50 made: 2 own scrap
     ]
     items = [_floor(i, e) for i, e in enumerate(events)] + counts
     for order in (items, items[::-1]):
@@ -487,21 +488,23 @@ def test_late_rework_through_the_dataflow(db_url: str, qplant: PlantConfig, tmp_
         "WO-Q1": [100, 8, 6, 2, 86, 90, 0],
         "WO-Q2": [51, 2, 0, 0, 49, 49, 0],
     }
-    # What the tracker did: WO-Q1 kept its 92 good; WO-Q2 lost 2 good to WO-Q1's rework.
-    assert parts == {"WO-Q1": (92, 8), "WO-Q2": (47, 4)}
+    # What the tracker did: WO-Q1's rework-scrap came off WO-Q1's good, not WO-Q2's.
+    assert parts == {"WO-Q1": (90, 10), "WO-Q2": (49, 2)}
 
 
 @st.composite
 def floor_history(draw: st.DrawFn) -> tuple[list[Any], dict[str, dict[str, int]]]:
     """A machine's random history: starts and ends of three work orders, parts counted,
     defects and rework outcomes (any work order, also after it ended), with the counts the
-    machine tracker reports (a scrapping report moves good to scrap on the work order
-    running at its time) and the true figures per work order."""
+    machine tracker reports (a scrapping report moves good to scrap on its work order if
+    that started here by then, else on the one running) and the true figures per work
+    order."""
     wos = ("WO-A", "WO-B", "WO-C")
     truth = {w: dict.fromkeys(("made", "own", "dscrap", "sent", "rgood", "rscrap"), 0) for w in wos}
     good = dict.fromkeys(wos, 0)
     scrap = dict.fromkeys(wos, 0)
     running: str | None = None
+    started: set[str] = set()
     items: list[Any] = []
     last_t: dict[str, int] = {}
     steps = draw(st.lists(st.integers(0, 5), min_size=5, max_size=40))
@@ -512,6 +515,7 @@ def floor_history(draw: st.DrawFn) -> tuple[list[Any], dict[str, dict[str, int]]
         if kind == 0:
             items.append(_floor(minute, line("wo_start", minute, work_order=wo)))
             running = wo
+            started.add(wo)
         elif kind == 1:  # the end of a work order not running here changes nothing
             items.append(_floor(minute, line("wo_end", minute, work_order=wo)))
             running = None if wo == running else running
@@ -536,10 +540,11 @@ def floor_history(draw: st.DrawFn) -> tuple[list[Any], dict[str, dict[str, int]]
                     line("defect", minute, work_order=wo, code="flash", qty=qty, disposition=how),
                 )
             )
-            if how == "scrap" and running is not None:
-                good[running] -= qty
-                scrap[running] += qty
-                last_t[running] = t
+            onto = wo if wo in started else running
+            if how == "scrap" and onto is not None:
+                good[onto] -= qty
+                scrap[onto] += qty
+                last_t[onto] = t
         elif kind == 5:
             tr = truth[wo]
             pending = tr["sent"] - tr["rgood"] - tr["rscrap"]
@@ -551,10 +556,11 @@ def floor_history(draw: st.DrawFn) -> tuple[list[Any], dict[str, dict[str, int]]
             items.append(
                 _floor(minute, line("rework", minute, work_order=wo, qty=qty, outcome=outcome))
             )
-            if outcome == "scrap" and running is not None:
-                good[running] -= qty
-                scrap[running] += qty
-                last_t[running] = t
+            onto = wo if wo in started else running
+            if outcome == "scrap" and onto is not None:
+                good[onto] -= qty
+                scrap[onto] += qty
+                last_t[onto] = t
     for w, t in last_t.items():
         items.append(WorkOrderParts("SO-Q1", w, "IM-02", t, good[w], scrap[w]))
     return items, {w: tr for w, tr in truth.items() if w in last_t}
