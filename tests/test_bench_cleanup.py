@@ -6,15 +6,30 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from mesflow.settings import REPO_ROOT
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A folder with a short path: the benchmarks' embedded PostgreSQL puts its socket
+    under TMPDIR, and a Unix socket path may not exceed 107 bytes (pytest's tmp_path on a
+    clean CI machine is longer than that once the run's own folders are added)."""
+    path = Path(tempfile.mkdtemp(prefix="mfb-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _processes_of(tmp: Path) -> list[str]:
@@ -55,8 +70,8 @@ def _assert_clean(tmp: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_replay_bench_counts_and_leaves_nothing(tmp_path: Path) -> None:
-    tmp = tmp_path / "tmp"
+def test_replay_bench_counts_and_leaves_nothing(short_tmp: Path) -> None:
+    tmp = short_tmp / "tmp"
     out = _run(
         "replay_bench.py",
         ["--events", "3000", "--machines", "12", "--ceiling-rows", "2000"],
@@ -70,8 +85,8 @@ def test_replay_bench_counts_and_leaves_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_live_bench_counts_every_stage_and_leaves_nothing(tmp_path: Path) -> None:
-    tmp = tmp_path / "tmp"
+def test_live_bench_counts_every_stage_and_leaves_nothing(short_tmp: Path) -> None:
+    tmp = short_tmp / "tmp"
     out = _run(
         "live_latency.py",
         [
@@ -109,8 +124,8 @@ def test_live_bench_counts_every_stage_and_leaves_nothing(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(300)
-def test_an_interrupted_live_bench_stops_everything_and_leaves_nothing(tmp_path: Path) -> None:
-    tmp = tmp_path / "tmp"
+def test_an_interrupted_live_bench_stops_everything_and_leaves_nothing(short_tmp: Path) -> None:
+    tmp = short_tmp / "tmp"
     tmp.mkdir()
     proc = subprocess.Popen(
         [
