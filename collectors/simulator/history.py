@@ -87,8 +87,16 @@ def backfill_log(
     batch: list[LogRecord] = []
     next_report = time.monotonic() + every_s
     with connect(database_url, autocommit=True) as conn:
+        # The live simulator continues this history with work orders of its own: the
+        # history's running ones end with it (else they would be displaced without a
+        # last piece, and every machine would start the demo flagged).
         events = generate_timed(
-            plant, seed=seed, start=start, end=end, work_order_tag=HISTORY_WORK_ORDER_TAG
+            plant,
+            seed=seed,
+            start=start,
+            end=end,
+            work_order_tag=HISTORY_WORK_ORDER_TAG,
+            close_at_end=True,
         )
         for ts_ms, ev in events:
             batch.append(record_for(BACKFILL_SOURCE, ev))

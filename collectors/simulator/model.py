@@ -271,6 +271,7 @@ def _machine_events(
     pv_every_ms: int = 0,
     handoff: Handoff | None = None,
     people: Iterator[tuple[int, Event]] | None = None,
+    close_at_end: bool = False,
 ) -> Iterator[tuple[int, Event | None]]:
     """One machine's events in time order (ts may run past end_ms; the caller cuts), with
     `people`'s (sign-in/out, in time order) interleaved. `(t, None)` items only mark
@@ -717,6 +718,15 @@ def _machine_events(
             if out:
                 yield from drain()
                 out.clear()
+    if close_at_end and end_ms is not None and wo_id and not waiting and not setup_left:
+        # A history that another run continues (the demo's live simulator starts its own
+        # work orders): its running work order ends with the history, last piece and all,
+        # instead of being displaced without an end.
+        send_counter(end_ms - 1)
+        end_work_order(end_ms - 1)
+        if out:
+            yield from drain()
+            out.clear()
     # Reports still to come (their ts is past the end; the caller drops what is too late).
     while pending:
         t, _, ev = heapq.heappop(pending)
@@ -784,6 +794,7 @@ def generate_timed(
     end: datetime | None,
     work_order_tag: str | None = None,
     process_values_s: float = 0.0,
+    close_at_end: bool = False,
 ) -> Iterator[Timed]:
     """(epoch ms, event) pairs for [start, end) in time order; forever when end is None.
 
@@ -795,7 +806,10 @@ def generate_timed(
     `S<run start>-` unless given (the demo's history uses "H"): the simulator's own work
     orders never share an id with another run's, nor with the CRM stand-in's
     `WO-<machine>-<n>` (collectors/simulator/crm.py). A work order taken over by the next
-    step of its routing keeps its id there."""
+    step of its routing keeps its id there.
+
+    `close_at_end`: each machine's running work order ends just before `end` (a last piece
+    and `wo_end`), for a history that another run continues."""
     if start.tzinfo is None or (end is not None and end.tzinfo is None):
         raise ValueError("start and end must be time-zone aware")
     tz = plant.tz
@@ -819,6 +833,7 @@ def generate_timed(
             round(process_values_s * SECOND),
             handoff,
             _people_events(spec, seed, start_ms, end_ms, tz, fmt, f"sim{seed}-{tag}-{spec.id}-"),
+            close_at_end,
         )
         for spec in specs
     ]
