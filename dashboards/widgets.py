@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import Any
 
-from dash import html
+from dash import dcc, html
 
 
 def page_text(strings: Mapping[str, Mapping[str, str]], key: str, lang: str, **kw: Any) -> str:
@@ -56,4 +56,27 @@ def text_table(
     return html.Table(
         className=class_name,
         children=[html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(body)],
+    )
+
+
+def day_range(component_id: str, first: date, last: date) -> dcc.DatePickerRange:
+    """The office pages' date range: inclusive days, ISO dates, weeks from Monday."""
+    return dcc.DatePickerRange(
+        id=component_id,
+        start_date=first.isoformat(),
+        end_date=last.isoformat(),
+        display_format="YYYY-MM-DD",
+        first_day_of_week=1,
+    )
+
+
+def filter_pick(label: str, component_id: str, options: Any, placeholder: str) -> html.Label:
+    """A labelled drop-down filter (nothing picked: all)."""
+    return html.Label(
+        [
+            label,
+            dcc.Dropdown(
+                id=component_id, options=options, placeholder=placeholder, className="kpis-pick"
+            ),
+        ]
     )

@@ -20,7 +20,7 @@ from dash import Input, Output, State, dcc, html
 from dashboards import auth, context
 from dashboards import inspection_queries as iq
 from dashboards.nav import page_header
-from dashboards.widgets import page_text, picked_days, text_table
+from dashboards.widgets import day_range, page_text, picked_days, text_table
 from mesflow.delivery_kpis import fmt_pct
 
 log = logging.getLogger(__name__)
@@ -135,13 +135,7 @@ def layout(
                 className="orders-filters",
                 children=[
                     html.Label(s("range", lang)),
-                    dcc.DatePickerRange(
-                        id=_RANGE,
-                        start_date=first.isoformat(),
-                        end_date=last.isoformat(),
-                        display_format="YYYY-MM-DD",
-                        first_day_of_week=1,
-                    ),
+                    day_range(_RANGE, first, last),
                 ],
             ),
             html.Div(id=_BODY, className="order-body inspections-body"),

@@ -22,7 +22,7 @@ from dashboards import auth, context
 from dashboards import labor_queries as lq
 from dashboards.nav import page_header
 from dashboards.queries import Database
-from dashboards.widgets import page_text, picked_days, text_table
+from dashboards.widgets import day_range, filter_pick, page_text, picked_days, text_table
 from mesflow.plant import PlantConfig
 
 log = logging.getLogger(__name__)
@@ -162,35 +162,14 @@ def layout(lang: str | None = None, **_q: str) -> html.Div:
                 className="orders-filters labor-filters",
                 children=[
                     html.Label(s("range", lang)),
-                    dcc.DatePickerRange(
-                        id=_RANGE,
-                        start_date=f.start.isoformat(),
-                        end_date=(f.end - timedelta(days=1)).isoformat(),
-                        display_format="YYYY-MM-DD",
-                        first_day_of_week=1,
+                    day_range(_RANGE, f.start, (f.end - timedelta(days=1))),
+                    filter_pick(
+                        s("person", lang),
+                        _PERSON,
+                        [{"label": p, "value": p} for p in people],
+                        s("all", lang),
                     ),
-                    html.Label(
-                        [
-                            s("person", lang),
-                            dcc.Dropdown(
-                                id=_PERSON,
-                                options=[{"label": p, "value": p} for p in people],
-                                placeholder=s("all", lang),
-                                className="kpis-pick",
-                            ),
-                        ]
-                    ),
-                    html.Label(
-                        [
-                            s("station", lang),
-                            dcc.Dropdown(
-                                id=_STATION,
-                                options=stations,
-                                placeholder=s("all", lang),
-                                className="kpis-pick",
-                            ),
-                        ]
-                    ),
+                    filter_pick(s("station", lang), _STATION, stations, s("all", lang)),
                 ],
             ),
             html.Div(id=_BODY, className="order-body labor-body"),

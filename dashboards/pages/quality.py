@@ -20,7 +20,7 @@ from dash import Input, Output, State, dcc, html
 from dashboards import auth, context
 from dashboards import quality_queries as qq
 from dashboards.nav import page_header
-from dashboards.widgets import page_text, picked_days, text_table
+from dashboards.widgets import day_range, filter_pick, page_text, picked_days, text_table
 from mesflow.delivery_kpis import fmt_pct
 from mesflow.plant import PlantConfig
 
@@ -161,35 +161,14 @@ def layout(
                 className="orders-filters quality-filters",
                 children=[
                     html.Label(s("range", lang)),
-                    dcc.DatePickerRange(
-                        id=_RANGE,
-                        start_date=f.start.isoformat(),
-                        end_date=(f.end - timedelta(days=1)).isoformat(),
-                        display_format="YYYY-MM-DD",
-                        first_day_of_week=1,
+                    day_range(_RANGE, f.start, (f.end - timedelta(days=1))),
+                    filter_pick(
+                        s("product", lang),
+                        _PRODUCT,
+                        [{"label": p, "value": p} for p in products],
+                        s("all", lang),
                     ),
-                    html.Label(
-                        [
-                            s("product", lang),
-                            dcc.Dropdown(
-                                id=_PRODUCT,
-                                options=[{"label": p, "value": p} for p in products],
-                                placeholder=s("all", lang),
-                                className="kpis-pick",
-                            ),
-                        ]
-                    ),
-                    html.Label(
-                        [
-                            s("machine", lang),
-                            dcc.Dropdown(
-                                id=_MACHINE,
-                                options=machines,
-                                placeholder=s("all", lang),
-                                className="kpis-pick",
-                            ),
-                        ]
-                    ),
+                    filter_pick(s("machine", lang), _MACHINE, machines, s("all", lang)),
                 ],
             ),
             html.Div(id=_TILES, className="q-kpis"),
