@@ -87,6 +87,143 @@ def cpu_us_per(n: int, fn: Callable[[], Any]) -> float:
     return (time.process_time() - t) / n * 1e6
 
 
+STEPS = ("validate", "machines", "orders", "problems", "inspections", "quality", "labor")
+
+
+def steps_once(
+    plant: PlantConfig, entries: list[LogEntry], batch: int = 2000
+) -> tuple[dict[str, float], list[Any]]:
+    """One pass of the dataflow's steps as Bytewax runs them in a replay (each input batch
+    through validation, then each key's share of it through its step's logic), every step
+    timed apart (CPU). Returns the CPU seconds per step and every row, in step order."""
+    from bytewax.operators import StatefulBatchLogic
+
+    import streams.dataflow as df
+    from streams.inspections_flow import InspectionLogic
+    from streams.inspections_flow import _inputs as inspection_inputs
+    from streams.labor import labor_events
+    from streams.labor_flow import LaborLogic
+    from streams.order_problems import INPUT_TYPES as PROBLEM_INPUTS
+    from streams.order_problems_flow import ProblemLogic
+    from streams.order_progress import IdealCycles
+    from streams.quality import Quality
+    from streams.quality_flow import QualityLogic
+    from streams.quality_flow import _inputs as quality_inputs
+
+    cpu = dict.fromkeys(STEPS, 0.0)
+    rows: list[Any] = []
+    clock = df.EventClock()
+    validator = clock.watch(Validator(plant))
+    ideal = IdealCycles.from_plant(plant)
+    quality = Quality(plant)
+    keyed: dict[str, dict[Any, StatefulBatchLogic[Any, Any, Any]]] = {s: {} for s in STEPS}
+    makers: dict[str, Callable[[], Any]] = {
+        "machines": lambda: df.MachineLogic(None, plant, None, None),
+        "orders": lambda: df.OrderLogic(None, ideal, False, clock),
+        "problems": lambda: ProblemLogic(None, plant, False),
+        "inspections": lambda: InspectionLogic(None, plant, False),
+        "quality": lambda: QualityLogic(None, quality),
+        "labor": lambda: LaborLogic(None, plant, False),
+    }
+
+    def run(step: str, items: list[tuple[Any, Any]]) -> list[Any]:
+        t = time.process_time()
+        by_key: dict[Any, list[Any]] = {}
+        for k, v in items:
+            by_key.setdefault(k, []).append(v)
+        out: list[Any] = []
+        logics = keyed[step]
+        for k, values in by_key.items():
+            logic = logics.get(k)
+            if logic is None:
+                logic = logics[k] = makers[step]()
+            for part in logic.on_batch(values)[0]:
+                out.extend(part)
+        cpu[step] += time.process_time() - t
+        return out
+
+    def eof(step: str) -> list[Any]:
+        out: list[Any] = []
+        for logic in keyed[step].values():
+            for part in logic.on_eof()[0]:
+                out.extend(part)
+        return out
+
+    def rest_steps(rest: list[Any]) -> list[Any]:
+        t = time.process_time()
+        to_orders = [(x.order_no, x) for x in rest if type(x) in df._TO_ORDERS]
+        cpu["orders"] += time.process_time() - t
+        order_rows = run("orders", to_orders)
+        results = [x for x in rest if type(x) not in df._TO_ORDERS] + order_rows
+        t = time.process_time()
+        problem_in = [("plant", x) for x in results if type(x) in PROBLEM_INPUTS]
+        cpu["problems"] += time.process_time() - t
+        out = results + run("problems", problem_in)
+        t = time.process_time()
+        ins = inspection_inputs(rest)
+        cpu["inspections"] += time.process_time() - t
+        out += run("inspections", ins)
+        t = time.process_time()
+        qin = quality_inputs(rest)
+        cpu["quality"] += time.process_time() - t
+        out += run("quality", qin)
+        t = time.process_time()
+        lin = [("plant", x) for x in labor_events(rest)]
+        cpu["labor"] += time.process_time() - t
+        out += run("labor", lin)
+        return out
+
+    for i in range(0, len(entries), batch):
+        t = time.process_time()
+        checked = list(validator(entries[i : i + batch]))
+        machine_in = [x for x in checked if type(x) is tuple]
+        other = [x for x in checked if type(x) is not tuple]
+        cpu["validate"] += time.process_time() - t
+        machine_rows = run("machines", machine_in)
+        rows.extend(rest_steps(machine_rows + other))
+    for step in STEPS[1:]:
+        t = time.process_time()
+        last = eof(step)
+        cpu[step] += time.process_time() - t
+        rows.extend(last)
+        if step == "machines":
+            rows.extend(rest_steps(last))
+    return cpu, rows
+
+
+def run_steps(plant: PlantConfig, entries: list[LogEntry], args: argparse.Namespace) -> None:
+    """--steps: each step's CPU per event, and the rows against a saved run (identical
+    results before and after a change)."""
+    import pickle
+
+    n = len(entries)
+    for rnd in range(args.repeat):
+        cpu, rows = steps_once(plant, entries)
+        total = sum(cpu.values())
+        figures = ", ".join(f"{s} {cpu[s] / n * 1e6:.2f}" for s in STEPS)
+        print(
+            f"round {rnd + 1}: steps {total / n * 1e6:.2f} us/event CPU ({figures}); "
+            f"{len(rows):,} rows; {load()}"
+        )
+    if args.save_rows:
+        args.save_rows.write_bytes(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+        print(f"rows saved to {args.save_rows}")
+    if args.compare_rows:
+        saved = pickle.loads(args.compare_rows.read_bytes())
+        same = saved == rows
+        print(f"rows identical to {args.compare_rows}: {same}")
+        if not same:
+            diff = next(i for i, (a, b) in enumerate(zip(saved, rows, strict=False)) if a != b)
+            print(f"  first difference at row {diff} (of {len(saved)} vs {len(rows)}):")
+            print(f"  saved: {saved[diff]!r}\n  now:   {rows[diff]!r}")
+    if args.cprofile:
+        prof = cProfile.Profile()
+        prof.runcall(steps_once, plant, entries)
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.cprofile)
+        print(out.getvalue())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -95,6 +232,16 @@ def main() -> None:
     parser.add_argument("--machines", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cprofile", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="time each dataflow step in-process (no Bytewax): validate, machines, orders, "
+        "order problems, inspections, quality, labor",
+    )
+    parser.add_argument("--save-rows", type=Path, help="with --steps: pickle every step's rows")
+    parser.add_argument(
+        "--compare-rows", type=Path, help="with --steps: compare the rows with a saved pickle"
+    )
     args = parser.parse_args()
 
     # The dataflow's own collector settings (streams/runner.py): the figures then hold for it.
@@ -113,6 +260,10 @@ def main() -> None:
         records = store()
         received = datetime(2026, 12, 1, tzinfo=UTC)
         entries = [LogEntry(i + 1, r.payload, r.error, received) for i, r in enumerate(records)]
+
+        if args.steps:
+            run_steps(plant, entries, args)
+            return
 
         def validate() -> None:
             check = Validator(plant)

@@ -253,6 +253,10 @@ class Inspections:
 
         self._order_input = OrderInput
         self._cals: dict[str, CalendarIndex] = {}  # machine -> its line's shift calendar
+        # Pure functions of their arguments, asked again for every open run at every batch
+        # (its patrol slots are derived from its start each time): remembered.
+        self._later: dict[tuple[str, int, int], int] = {}
+        self._days: dict[int, date] = {}
 
     # -- input -------------------------------------------------------------------------------
 
@@ -339,6 +343,11 @@ class Inspections:
         machines.update(k[1] for k in ticking)
         s.dirty, s.dirty_wo = set(), set()
         out: list[Row] = []
+        # The known runs of each machine, in one pass (not one pass over all per machine).
+        known: dict[str, list[RunKey]] = {}
+        for k in s.runs:
+            if k[1] in machines:
+                known.setdefault(k[1], []).append(k)
         for machine in sorted(machines):
             runs = _runs(s.wo_events.get(machine, []))
             if runs:
@@ -370,7 +379,8 @@ class Inspections:
                 nxt = next((r.start for r in runs[i + 1 :] if r.work_order == run.work_order), None)
                 out.extend(self._run_rows(machine, run, nxt, memo))
             # Runs that no longer exist (a start revised away): withdraw their flags.
-            for key in [k for k in s.runs if k[1] == machine and k not in seen]:
+            # (runs added above are all in `seen`; only this machine's runs changed)
+            for key in [k for k in known.get(machine, ()) if k not in seen]:
                 memo = s.runs.pop(key)
                 for fl in memo.flags.values():
                     if fl.until != fl.since:
@@ -462,9 +472,16 @@ class Inspections:
         if every > 0:
             limit = clock if run.end is None else min(clock, run.end)
             cal = self._calendar(machine)
+            memo_later = self._later
+            if len(memo_later) > _MAX_MEMO:
+                memo_later.clear()
 
             def later(t: int, by: int) -> int:
-                return _shift_time_after(cal, t, by)
+                k = (machine, t, by)
+                v = memo_later.get(k)
+                if v is None:
+                    v = memo_later[k] = _shift_time_after(cal, t, by)
+                return v
 
             anchor = run.start
             episode: int | None = None  # the open missed episode's start
@@ -604,7 +621,13 @@ class Inspections:
         return cal
 
     def _day(self, t: int) -> date:
-        return from_us(t).astimezone(self.tz).date()
+        days = self._days
+        d = days.get(t)
+        if d is None:
+            if len(days) > _MAX_MEMO:
+                days.clear()
+            d = days[t] = from_us(t).astimezone(self.tz).date()
+        return d
 
     def _forget(self) -> None:
         """Runs ended KEEP_US before the clock, and their facts, go (state stays small)."""
@@ -640,6 +663,9 @@ class Inspections:
         for pkey in [k for k in s.parts if k[:2] not in live]:
             if all(t < horizon for t, _ in s.parts[pkey]):
                 del s.parts[pkey]
+
+
+_MAX_MEMO = 100_000  # entries of each memo above (a few MB at most)
 
 
 def _shift_time_after(cal: CalendarIndex | None, t: int, span: int) -> int:

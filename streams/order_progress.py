@@ -200,6 +200,9 @@ class _WorkOrder:
     # every read: the order step reads them several times per input and per flush, for
     # every work order of the order. Not state: left out of snapshots.
     derived: _Derived | None = field(default=None, repr=False, compare=False)
+    # Its figures as of (now, done_at): every input re-reads every work order of the
+    # order, most of them unchanged at an unchanged "now". Not state either.
+    fig: tuple[int, int | None, _WoFig] | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> tuple[None, dict[str, Any]]:
         # Slots only (pickle's own shape for a slots class). Objects from before routings
@@ -209,6 +212,7 @@ class _WorkOrder:
     def changed(self) -> None:
         """Its routing, quantity or runs changed: derived figures are recomputed."""
         self.derived = None
+        self.fig = None
 
     def _derive(self) -> _Derived:
         d = self.derived
@@ -272,17 +276,17 @@ class _WorkOrder:
 
     @property
     def good(self) -> int:
-        """Its good parts: with a routing, those out of its last operation."""
-        if self.routing is None:  # no routing: the sum of its runs, as before routings
-            return sum(r.good for r in self.runs.values())
-        return self._derive().good
+        """Its good parts: with a routing, those out of its last operation; without, the
+        sum of its runs, as before routings (both cached until the next change: the
+        order step reads them for every work order of the order after every input)."""
+        d = self.derived
+        return (d if d is not None else self._derive()).good
 
     @property
     def scrap(self) -> int:
         """Its scrap: with a routing, the scrap of all its operations."""
-        if self.routing is None:
-            return sum(r.scrap for r in self.runs.values())
-        return self._derive().scrap
+        d = self.derived
+        return (d if d is not None else self._derive()).scrap
 
     def last_op_runs(self) -> frozenset[str]:
         """The machines whose parts include its routing's last step (its rate)."""
@@ -290,7 +294,7 @@ class _WorkOrder:
 
 
 # What a snapshot of a work order holds: its fields but the derived figures.
-_WO_STATE: Final = tuple(f for f in _WorkOrder.__slots__ if f != "derived")
+_WO_STATE: Final = tuple(f for f in _WorkOrder.__slots__ if f not in ("derived", "fig"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +343,7 @@ class OrderProgress:
         self.__dict__.update(state)
         # Snapshots from before routings: slots added since are unset on their objects.
         for wo in self.wos.values():
-            wo.derived = None  # not in snapshots
+            wo.derived = wo.fig = None  # not in snapshots
             if not hasattr(wo, "routing"):
                 wo.routing, wo.own_routing = None, False
             for run in wo.runs.values():
@@ -521,6 +525,14 @@ class OrderProgress:
         return parts * HOUR_US / elapsed if elapsed > 0 else 0.0
 
     def _wo_fig(self, wo: _WorkOrder, now: int) -> _WoFig:
+        c = wo.fig
+        if c is not None and c[0] == now and c[1] == wo.done_at:
+            return c[2]
+        fig = self._wo_fig_of(wo, now)
+        wo.fig = (now, wo.done_at, fig)
+        return fig
+
+    def _wo_fig_of(self, wo: _WorkOrder, now: int) -> _WoFig:
         good, scrap = wo.good, wo.scrap
         rate = self._rate(wo, now)
         if wo.qty is None:
@@ -640,7 +652,10 @@ class OrderProgress:
         figs = {w: self._wo_fig(wo, now) for w, wo in self.wos.items()}
         eta = self._order_eta(figs, good, now)
         if o.status in _PROGRESS_STATUSES:
-            for w, wo in sorted(self.wos.items(), key=lambda kv: (kv[1].started_at or 0, kv[0])):
+            # Sorted only when there is something to announce (rarely: once per work order).
+            fresh = [kv for kv in self.wos.items() if kv[1].started_at is not None]
+            fresh = [kv for kv in fresh if not kv[1].announced]
+            for w, wo in sorted(fresh, key=lambda kv: (kv[1].started_at or 0, kv[0])):
                 if wo.started_at is not None and not wo.announced:
                     wo.announced = True
                     self._emit(
