@@ -39,8 +39,9 @@ from mesflow.events import (
 )
 from mesflow.ingest_log import LogEntry
 from mesflow.plant import PlantConfig
+from streams.buckets import Bucket
 from streams.hour_clock import HOUR_US, from_us, to_us
-from streams.machine_tracker import MachineTracker, Row
+from streams.machine_tracker import MachineTracker, Row, _hour_row, _kpi_rows
 from streams.records import (
     HourRow,
     IntervalDelete,
@@ -53,6 +54,7 @@ from streams.records import (
     WorkOrderParts,
     WorkOrderStarted,
 )
+from streams.shift_calendar import ShiftInstance
 from streams.validate import Validator
 
 log = logging.getLogger(__name__)
@@ -140,11 +142,15 @@ def replay_events(
     events: Iterable[Keyed],
     upto_seq: int,
     old_intervals: Iterable[int] = (),
+    old_hours: Iterable[int] = (),
+    old_shifts: Iterable[ShiftInstance] = (),
 ) -> Rebuilt:
     """Apply `events` (any order) to `base` in event-time order; the rows to store.
 
     `old_intervals`: interval starts (us) stored or known before the rebuild; those at or
     after the rebuilt span's start that no longer exist get an IntervalDelete.
+    `old_hours`, `old_shifts`: the buckets the tracker had before the rebuild; those from
+    the rebuilt span's start on that no longer exist are written empty (see _vanished).
     """
     tracker = base
     ordered = sorted(events, key=event_order)
@@ -193,7 +199,39 @@ def replay_events(
     kept.update(to_us(r.start_ts) for r in out.values() if type(r) is IntervalRow)
     gone = sorted({s for s in old_intervals if s >= since} - kept)
     take(IntervalDelete(tracker.machine, from_us(s)) for s in gone)
+    take(_vanished(tracker, hs, since, old_hours, old_shifts))
     return Rebuilt(tracker, list(out.values()), len(ordered), since)
+
+
+def _vanished(
+    tracker: MachineTracker,
+    hs: int,
+    since: int,
+    old_hours: Iterable[int],
+    old_shifts: Iterable[ShiftInstance],
+) -> list[Row]:
+    """Empty rows for the buckets the old processing wrote and the merged one has not.
+
+    The machine's clock can go back in a merge: a reason report accepted on arrival (its
+    `at` then in a stop) that a late state event turns into running time is dead-lettered
+    `no_stop` in event-time order, and a rejected report moves no clock. The open interval
+    then ends earlier, and the hours and shifts it had reached would keep their old time
+    (rows are upserts): they are written empty. Only buckets the merged tracker still
+    keeps in its history can be told apart from forgotten ones.
+    """
+    m = tracker.machine
+    last = tracker.last_ts
+    floor = hs if last is None else max(hs, last - tracker.spec.history_us)
+    rows: list[Row] = []
+    for h in sorted(set(old_hours)):
+        if h >= floor and h not in tracker.hours:
+            empty = Bucket(h, h + HOUR_US)
+            rows.append(_hour_row(m, empty))
+            rows.extend(_kpi_rows(m, "hour", empty, None))
+    for inst in sorted(set(old_shifts), key=lambda s: s.start):
+        if inst.end > since and inst.end >= floor and inst not in tracker.shifts:
+            rows.extend(_kpi_rows(m, "shift", Bucket(inst.start, inst.end), inst))
+    return rows
 
 
 # -- I/O -------------------------------------------------------------------------------------
@@ -388,7 +426,9 @@ class LateStore:
             ).fetchall(),
         )
         old_starts = {to_us(r[0]) for r in stored} | {iv.start for iv in old.intervals}
-        return chosen, replay_events(base, events, old.seq, old_starts)
+        return chosen, replay_events(
+            base, events, old.seq, old_starts, list(old.hours), list(old.shifts)
+        )
 
     def _events(self, machine: str, after: int, upto: int) -> list[Keyed]:
         """The machine's events with after < seq <= upto, parsed as the live path does."""

@@ -18,6 +18,8 @@ from streams.records import (
     HourRow,
     IntervalDelete,
     IntervalRow,
+    KpiRow,
+    ReasonSetRow,
     Rejection,
     ScrapSetRow,
     StatusRow,
@@ -338,7 +340,9 @@ def run_merging(
                 c = choose_checkpoint(list(checkpoints), times, spec.lateness_us)
                 base = pickle.loads(checkpoints[c]) if c else MachineTracker(spec)
                 after = [(s, x) for s, x in log if s > (c.seq if c else -1)]
-                done = replay_events(base, after, tracker.seq, stored_intervals)
+                done = replay_events(
+                    base, after, tracker.seq, stored_intervals, tracker.hours, tracker.shifts
+                )
                 tracker = done.tracker
                 store(done.rows)
                 rebuilds += 1
@@ -351,7 +355,20 @@ def run_merging(
         if v is not None
         and not (isinstance(v, WorkOrderParts) and v.good_total == v.scrap_total == 0)
         and not (isinstance(v, ScrapSetRow) and not v.items)  # an empty set deletes nothing
+        and not _emptied(v, final)
     }, rebuilds
+
+
+def _emptied(row: Any, rows: dict[Any, Any]) -> bool:
+    """A bucket a merge wrote empty (its time went away) reads as one never written."""
+    if isinstance(row, HourRow):
+        return not any(row[2:])
+    if isinstance(row, KpiRow):
+        return not any(row[6:])
+    if isinstance(row, ReasonSetRow) and not row.items:
+        twin = rows.get(("KpiRow", row.bucket, row.bucket_start))
+        return twin is None or _emptied(twin, rows)
+    return False
 
 
 def shuffled_beyond(
@@ -392,6 +409,27 @@ def test_a_late_state_event_splits_a_stop_across_hours() -> None:
     assert rebuilds == 1 and merged == in_order
     h11 = kpi(merged, "hour", "2026-11-20T11:00:00+08:00")
     assert h11.down_s == 1800 and h11.failure_s == 1800
+
+
+def test_a_report_refused_after_a_merge_leaves_no_figures_past_the_clock() -> None:
+    """A reason report accepted on arrival (its `at` then in a stop) and refused `no_stop`
+    once a state event later than the allowed lateness makes that time running: the
+    merge's clock ends at the last accepted event, and the hour the report had reached
+    (14:00) is written empty, not left with its 10 idle minutes."""
+    events = [
+        ev("state", 130, state="running"),  # 13:00
+        ev("state", 140, state="down"),  # 13:10
+        ev("state", 142, state="running"),
+        ev("state", 160, state="idle"),  # 13:30
+        ev("state", 141, state="running"),  # 13:11, 19 minutes late
+        ev("downtime_reason", 200, at=(T0 + timedelta(minutes=141)).isoformat(),
+           reason="mold_damage"),  # 14:10: 13:11 is running in event-time order
+    ]  # fmt: skip
+    in_order, rejected = run(sorted(events, key=lambda e: e["ts"]), batch=1)
+    assert [r.reason for r in rejected] == ["no_stop"]
+    merged, rebuilds = run_merging(events, batch=10)
+    assert rebuilds == 1 and merged == in_order
+    assert ("HourRow", datetime.fromisoformat("2026-11-20T14:00:00+08:00")) not in merged
 
 
 def test_choose_checkpoint() -> None:

@@ -656,3 +656,31 @@ def test_dataflow_matches_reference_on_simulator_history(
     assert ref.kpi, "the simulator produced no machine figures"
     diffs = replay_and_compare(events, plant, db_url, tmp_path)
     assert not diffs, "\n".join([f"{len(diffs)} differences:", *diffs[:60]])
+
+
+# Minimal examples that hypothesis found (kept as plain tests: they run on every build).
+
+# A reason report accepted on arrival (its `at` then in a stop) that a state event merged
+# later than the allowed lateness turns into running time: in event-time order it is
+# dead-lettered `no_stop` and moves no clock, so the idle interval ends at 07:57:58, not
+# at the report's 08:10:04; the 08:00 hour and day shift the report had reached are empty.
+EXAMPLE_REFUSED_AFTER_MERGE = [
+    st_("IM-01", "2026-11-23 07:30:00", "running"),
+    st_("IM-01", "2026-11-23 07:38:49", "down"),
+    st_("IM-01", "2026-11-23 07:40:14", "running"),
+    st_("IM-01", "2026-11-23 07:49:49", "idle"),
+    st_("IM-01", "2026-11-23 07:40:04", "running"),  # 9m45s late: merged by a rebuild
+    count("IM-01", "2026-11-23 07:57:58", 1),
+    report("IM-01", "2026-11-23 08:10:04", "downtime_reason",
+           at=t("2026-11-23 07:40:04"), reason="hydraulic_fault", operator="op3"),
+]  # fmt: skip
+
+
+def test_a_report_refused_after_a_merge_moves_no_clock(
+    plant: PlantConfig, db_url: str, tmp_path: Path
+) -> None:
+    events = EXAMPLE_REFUSED_AFTER_MERGE
+    ref = compute(events, plant)
+    assert k("IM-01", "hour", "2026-11-23 08:00") not in ref.kpi
+    diffs = replay_and_compare(events, plant, db_url, tmp_path)
+    assert not diffs, report_failure(events, diffs)
