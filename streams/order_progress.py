@@ -634,22 +634,36 @@ class OrderProgress:
         """After every input: completion times, then the callbacks the change calls for."""
         now = self.now
         assert now is not None
+        # One pass (an order may have many work orders): completion times and the totals
+        # (as _totals: the same sums in the same order).
+        good = scrap = 0
         for wo in self.wos.values():
-            if wo.qty is not None and wo.good >= wo.qty:
+            d = wo.derived
+            if d is None:
+                d = wo._derive()
+            if wo.qty is not None and d.good >= wo.qty:
                 if wo.done_at is None:
                     wo.done_at = now
             else:
                 wo.done_at = None  # revised below its quantity: not finished after all
+            good += d.good
+            scrap += d.scrap
         o = self.order
         if o is None:
             return  # no callbacks before the CRM order is known; caught up once it is
-        good, scrap = self._totals()
         if good >= o.qty:
             if self.done_at is None:
                 self.done_at = now
         else:
             self.done_at = None
-        figs = {w: self._wo_fig(wo, now) for w, wo in self.wos.items()}
+        figs: dict[str, _WoFig] = {}
+        for w, wo in self.wos.items():
+            c = wo.fig  # _wo_fig's cache, looked up inline (most work orders hit it)
+            figs[w] = (
+                c[2]
+                if c is not None and c[0] == now and c[1] == wo.done_at
+                else self._wo_fig(wo, now)
+            )
         eta = self._order_eta(figs, good, now)
         if o.status in _PROGRESS_STATUSES:
             # Sorted only when there is something to announce (rarely: once per work order).
