@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from collectors.mqtt_conn import TlsFiles, configure_client, parse_mqtt_url, redact_url
-from collectors.topics import SUBSCRIPTION, TopicError, parse_topic
+from collectors.topics import SUBSCRIPTION, MachineTopic, TopicError, parse_topic
 from mesflow.db import connect
 from mesflow.ingest_log import (
     MAX_PAYLOAD_BYTES,
@@ -35,8 +35,10 @@ from mesflow.ingest_log import (
     LogRecord,
     append,
     decode_object,
+    decode_plain,
     error_record,
     record_for,
+    record_for_plain,
     safe_text,
 )
 from mesflow.plant import PlantConfig
@@ -66,7 +68,7 @@ def map_message(
     Never raises: whatever goes wrong with one message (deep nesting, a lone surrogate,
     a bug of ours) becomes that message's error record, and the collector goes on.
     """
-    source = f"mqtt:{safe_text(topic, 1000)}"
+    where, source = _topic(topic)
     try:
         if len(payload) > max_payload_bytes:
             # Only a bounded prefix is kept (error_record), never the whole message.
@@ -77,20 +79,51 @@ def map_message(
                 f"{len(payload)} bytes; the limit is {max_payload_bytes} "
                 "(MESFLOW_MQTT_MAX_PAYLOAD_BYTES)",
             )
-        return _map(plant, source, topic, payload)
+        return _map(plant, source, where, payload)
     except Exception as err:  # one message must never stop the collector
         return error_record(source, payload, "malformed", f"{type(err).__name__}: {err}")
 
 
-def _map(plant: PlantConfig, source: str, topic: str, payload: bytes) -> LogRecord:
+# topic -> (its parse or the error, the log source): a plant has a few thousand topics and
+# every message of one names the same, so each is parsed once. Cleared when full, so that
+# a client sending ever new topics cannot grow it without bound.
+_TOPICS: dict[str, tuple[MachineTopic | TopicError, str]] = {}
+_MAX_TOPICS = 100_000
+
+
+def _topic(topic: str) -> tuple[MachineTopic | TopicError, str]:
+    known = _TOPICS.get(topic)
+    if known is not None:
+        return known
     try:
-        where = parse_topic(topic)
+        where: MachineTopic | TopicError = parse_topic(topic)
     except TopicError as err:
-        return error_record(source, payload, "bad_topic", str(err))
-    try:
-        body = decode_object(payload)
-    except DecodeError as err:
-        return error_record(source, payload, err.reason, err.detail)
+        where = err
+    if len(_TOPICS) >= _MAX_TOPICS:
+        _TOPICS.clear()
+    known = _TOPICS[topic] = (where, f"mqtt:{safe_text(topic, 1000)}")
+    return known
+
+
+def _map(
+    plant: PlantConfig,
+    source: str,
+    where: MachineTopic | TopicError,
+    payload: bytes,
+    *,
+    fast: bool = True,
+) -> LogRecord:
+    """The message's record; `fast=False` only to compare with the reference path (tests):
+    a plain payload (decode_plain) is decoded and encoded by msgspec, with the same result."""
+    if isinstance(where, TopicError):
+        return error_record(source, payload, "bad_topic", str(where))
+    body = decode_plain(payload) if fast else None
+    plain = body is not None
+    if body is None:
+        try:
+            body = decode_object(payload)
+        except DecodeError as err:
+            return error_record(source, payload, err.reason, err.detail)
     for key, expected in (("type", where.type), ("machine", where.machine)):
         given = body.get(key, expected)
         if given != expected:
@@ -117,7 +150,8 @@ def _map(plant: PlantConfig, source: str, topic: str, payload: bytes) -> LogReco
                     f"state code {code!r} is not in state mapping {machine.state_mapping!r}",
                 )
             body["state"] = mapped
-    record = record_for(source, body)
+    # Only str values were added to a plain body, which record_for_plain allows.
+    record = record_for_plain(source, body) if plain else record_for(source, body)
     if record.error is not None:  # keep the payload as received, not record_for's rendering
         reason, _, detail = record.error.partition(": ")
         return error_record(source, payload, reason, detail)
