@@ -149,13 +149,38 @@ ON CONFLICT (work_order, machine, operation, run_start, flag, since) DO UPDATE S
 """
 
 
+def _action(sql: str) -> str:
+    """The `DO UPDATE SET ...` of a single-row upsert above (staged: row_stores.Staged)."""
+    return "DO " + sql.split(") DO ", 1)[1].strip()
+
+
+def _columns(sql: str) -> tuple[str, ...]:
+    inside = sql.split("(", 1)[1].split(")", 1)[0]
+    return tuple(c.strip() for c in inside.split(","))
+
+
+_RECORDS = row_stores.Staged("inspection", _columns(_RECORD_SQL), ("seq",), _action(_RECORD_SQL))
+_RUNS = row_stores.Staged(
+    "inspection_run",
+    _columns(_RUN_SQL),
+    ("work_order", "machine", "operation", "start_ts"),
+    _action(_RUN_SQL),
+)
+_FLAGS = row_stores.Staged(
+    "inspection_flag",
+    _columns(_FLAG_SQL),
+    ("work_order", "machine", "operation", "run_start", "flag", "since"),
+    _action(_FLAG_SQL),
+)
+
+
 def _iso(value: Any) -> Any:
     return value.isoformat() if value is not None else None
 
 
 def store_records(cur: psycopg.Cursor[Any], rows: list[InspectionRecord]) -> None:
-    cur.executemany(
-        _RECORD_SQL,
+    _RECORDS.write(
+        cur,
         [(*r[:8], Jsonb(list(r.characteristics)), Jsonb(list(r.defects)), *r[10:]) for r in rows],
     )
 
@@ -179,9 +204,7 @@ def store_runs(cur: psycopg.Cursor[Any], rows: list[InspectionRun]) -> None:
     gone = [r[:4] for r in rows if r.gone]
     if gone:
         cur.executemany(_RUN_GONE_SQL, gone)
-    kept = [(*r[:13], slots(r)) for r in rows if not r.gone]
-    if kept:
-        cur.executemany(_RUN_SQL, kept)
+    _RUNS.write(cur, [(*r[:13], slots(r)) for r in rows if not r.gone])
 
 
 def store_run_sets(cur: psycopg.Cursor[Any], rows: list[InspectionRunSet]) -> None:
@@ -201,7 +224,7 @@ def store_run_sets(cur: psycopg.Cursor[Any], rows: list[InspectionRunSet]) -> No
 
 
 def store_flags(cur: psycopg.Cursor[Any], rows: list[InspectionFlag]) -> None:
-    cur.executemany(_FLAG_SQL, rows)
+    _FLAGS.write(cur, rows)
 
 
 row_stores.register(

@@ -97,8 +97,20 @@ ON CONFLICT (seq, kind) DO UPDATE SET
     applied_ts = EXCLUDED.applied_ts"""
 
 
+def _staged(sql: str, table: str, key: tuple[str, ...]) -> row_stores.Staged:
+    """The single-row upsert above as a staged one (row_stores.Staged): the same columns
+    and the same DO UPDATE."""
+    columns = tuple(c.strip() for c in sql.split("(", 1)[1].split(")", 1)[0].split(","))
+    return row_stores.Staged(table, columns, key, "DO " + sql.split(") DO ", 1)[1].strip())
+
+
+_SEGMENTS = _staged(UPSERT_SEGMENT, "labor_segment", ("person", "station", "start_ts"))
+_PRESENCE = _staged(UPSERT_PRESENCE, "labor_presence", ("station", "person"))
+_ISSUES = _staged(UPSERT_ISSUE, "labor_issue", ("seq", "kind"))
+
+
 def store_segments(cur: psycopg.Cursor[Any], rows: list[LaborSegment]) -> None:
-    cur.executemany(UPSERT_SEGMENT, [tuple(r) for r in rows])
+    _SEGMENTS.write(cur, [tuple(r) for r in rows])
 
 
 def store_presence(cur: psycopg.Cursor[Any], rows: list[StationPresence]) -> None:
@@ -106,12 +118,11 @@ def store_presence(cur: psycopg.Cursor[Any], rows: list[StationPresence]) -> Non
     gone = [(r.station, r.person) for r in rows if not r.present]
     if gone:
         cur.executemany(DELETE_PRESENCE, gone)
-    if here:
-        cur.executemany(UPSERT_PRESENCE, here)
+    _PRESENCE.write(cur, here)
 
 
 def store_issues(cur: psycopg.Cursor[Any], rows: list[LaborIssue]) -> None:
-    cur.executemany(UPSERT_ISSUE, [tuple(r) for r in rows])
+    _ISSUES.write(cur, [tuple(r) for r in rows])
 
 
 def _station(row: Any) -> tuple[str, Any]:

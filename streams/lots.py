@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import psycopg
 
 from mesflow.events import MaterialLotReport, ProductionLotReport
+from streams import row_stores
 
 
 class LotRow(NamedTuple):
@@ -64,21 +65,25 @@ def activity(seq: int, ev: Any) -> OperatorActivity | None:
     )
 
 
-INSERT_MATERIAL = """
-INSERT INTO material_lot_use
-    (seq, machine, ts, work_order, lot, material, qty, operator, event_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (seq) DO NOTHING"""
-
-INSERT_PRODUCTION = """
-INSERT INTO production_lot (seq, machine, ts, work_order, lot, qty, operator, event_id)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (seq) DO NOTHING"""
-
-INSERT_ACTIVITY = """
-INSERT INTO operator_activity (seq, machine, ts, kind, operator, work_order)
-VALUES (%s, %s, %s, %s, %s, %s)
-ON CONFLICT (seq) DO NOTHING"""
+# Stored through staging tables (streams/row_stores.py): one statement per batch.
+MATERIAL = row_stores.Staged(
+    "material_lot_use",
+    ("seq", "machine", "ts", "work_order", "lot", "material", "qty", "operator", "event_id"),
+    ("seq",),
+    "DO NOTHING",
+)
+PRODUCTION = row_stores.Staged(
+    "production_lot",
+    ("seq", "machine", "ts", "work_order", "lot", "qty", "operator", "event_id"),
+    ("seq",),
+    "DO NOTHING",
+)
+ACTIVITY = row_stores.Staged(
+    "operator_activity",
+    ("seq", "machine", "ts", "kind", "operator", "work_order"),
+    ("seq",),
+    "DO NOTHING",
+)
 
 
 def store(cur: psycopg.Cursor[Any], rows: list[LotRow | OperatorActivity]) -> None:
@@ -88,7 +93,7 @@ def store(cur: psycopg.Cursor[Any], rows: list[LotRow | OperatorActivity]) -> No
     people: list[tuple[Any, ...]] = []
     for r in rows:
         if isinstance(r, OperatorActivity):
-            people.append(tuple(r))
+            people.append(r)
         elif r.kind == "material_lot":
             material.append(
                 (r.seq, r.machine, r.ts, r.work_order, r.lot, r.material, r.qty, r.operator,
@@ -98,9 +103,6 @@ def store(cur: psycopg.Cursor[Any], rows: list[LotRow | OperatorActivity]) -> No
             production.append(
                 (r.seq, r.machine, r.ts, r.work_order, r.lot, r.qty, r.operator, r.event_id)
             )
-    if material:
-        cur.executemany(INSERT_MATERIAL, material)
-    if production:
-        cur.executemany(INSERT_PRODUCTION, production)
-    if people:
-        cur.executemany(INSERT_ACTIVITY, people)
+    MATERIAL.write(cur, material)
+    PRODUCTION.write(cur, production)
+    ACTIVITY.write(cur, people)

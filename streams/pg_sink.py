@@ -404,7 +404,9 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.database_url, autocommit=True)
-            self.conn.execute(_STAGING.encode())
+            # (row_stores.STAGING: the staging tables of the steps' row types, registered
+            # at their import, after this module's.)
+            self.conn.execute("\n".join([_STAGING, *row_stores.STAGING]).encode())
         return self.conn
 
     def _tables(self, batch: _Batch) -> list[tuple[Upsert, list[Any]]]:

@@ -85,12 +85,23 @@ ON CONFLICT (work_order, machine) DO UPDATE SET
 """
 
 
+def _staged(sql: str, table: str, key: tuple[str, ...]) -> row_stores.Staged:
+    """The single-row upsert above as a staged one (row_stores.Staged): the same columns
+    and the same DO UPDATE."""
+    columns = tuple(c.strip() for c in sql.split("(", 1)[1].split(")", 1)[0].split(","))
+    return row_stores.Staged(table, columns, key, "DO " + sql.split(") DO ", 1)[1].strip())
+
+
+_RECORDS = _staged(_RECORD_SQL, "quality_record", ("seq", "line"))
+_YIELDS = _staged(_YIELD_SQL, "quality_yield", ("work_order", "machine"))
+
+
 def store_records(cur: psycopg.Cursor[Any], rows: list[QualityRecord]) -> None:
-    cur.executemany(_RECORD_SQL, [(*r[:7], list(r.code_path), *r[8:]) for r in rows])
+    _RECORDS.write(cur, [(*r[:7], list(r.code_path), *r[8:]) for r in rows])
 
 
 def store_yields(cur: psycopg.Cursor[Any], rows: list[YieldRow]) -> None:
-    cur.executemany(_YIELD_SQL, rows)
+    _YIELDS.write(cur, rows)
 
 
 row_stores.register(

@@ -17,29 +17,39 @@ from streams.routing import OperationSetRow
 
 # A work order's operations are stored whole: the steps no longer in its routing (a
 # corrected routing from the CRM) go, the others are upserted with absolute figures.
-_DROP_SQL = "DELETE FROM work_order_operation WHERE work_order = %s AND NOT (op = ANY(%s))"
+# One DELETE for the batch's work orders (the steps kept are in the staging table, filled
+# first), then one upsert from it.
+_DROP_SQL = """
+DELETE FROM work_order_operation w WHERE w.work_order = ANY(%s) AND NOT EXISTS (
+    SELECT 1 FROM stage_rows_work_order_operation s
+    WHERE s.work_order = w.work_order AND s.op = w.op)"""
 
-_UPSERT_SQL = """
-INSERT INTO work_order_operation (work_order, op, position, order_no, product, wo_qty, name,
-                                  machines, ideal_cycle_seconds, qty_in, good, scrap,
-                                  wip_before, status, first_at, last_at, last_event_ts)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (work_order, op) DO UPDATE SET
-    position = EXCLUDED.position, order_no = EXCLUDED.order_no, product = EXCLUDED.product,
-    wo_qty = EXCLUDED.wo_qty, name = EXCLUDED.name, machines = EXCLUDED.machines,
-    ideal_cycle_seconds = EXCLUDED.ideal_cycle_seconds, qty_in = EXCLUDED.qty_in,
-    good = EXCLUDED.good, scrap = EXCLUDED.scrap, wip_before = EXCLUDED.wip_before,
-    status = EXCLUDED.status, first_at = EXCLUDED.first_at, last_at = EXCLUDED.last_at,
-    last_event_ts = EXCLUDED.last_event_ts, updated_at = clock_timestamp()
-"""
+_COLUMNS = (
+    "work_order", "op", "position", "order_no", "product", "wo_qty", "name", "machines",
+    "ideal_cycle_seconds", "qty_in", "good", "scrap", "wip_before", "status", "first_at",
+    "last_at", "last_event_ts",
+)  # fmt: skip
+_UPSERT = row_stores.Staged(
+    "work_order_operation",
+    _COLUMNS,
+    ("work_order", "op"),
+    "DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _COLUMNS[2:])
+    + ", updated_at = clock_timestamp()",
+)
+_STAGE_COPY = f"COPY {_UPSERT.stage} ({', '.join(_COLUMNS)}) FROM STDIN"
+_UPSERT_SQL = (
+    f"INSERT INTO work_order_operation ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join(_COLUMNS)} FROM {_UPSERT.stage} "
+    f"ON CONFLICT (work_order, op) {_UPSERT.action}; DELETE FROM {_UPSERT.stage}"
+)
 
 
 def store(cur: psycopg.Cursor[Any], rows: list[OperationSetRow]) -> None:
-    cur.executemany(_DROP_SQL, [(r.work_order, [f.op for f in r.ops]) for r in rows])
-    cur.executemany(
-        _UPSERT_SQL,
-        [
-            (
+    ops: dict[tuple[str, str], tuple[Any, ...]] = {}  # the last of each, as executemany left it
+    for r in rows:
+        for f in r.ops:
+            ops[(r.work_order, f.op)] = (
                 r.work_order,
                 f.op,
                 f.position,
@@ -58,10 +68,11 @@ def store(cur: psycopg.Cursor[Any], rows: list[OperationSetRow]) -> None:
                 None if f.last_t is None else from_us(f.last_t),
                 r.last_event_ts,
             )
-            for r in rows
-            for f in r.ops
-        ],
-    )
+    with cur.copy(_STAGE_COPY.encode()) as copy:
+        for row in ops.values():
+            copy.write_row(row)
+    cur.execute(_DROP_SQL.encode(), ([r.work_order for r in rows],))
+    cur.execute(_UPSERT_SQL.encode(), prepare=False)
 
 
 row_stores.register(
