@@ -202,6 +202,11 @@ class _Dirty:
 class MachineTracker:
     """Everything the dataflow knows about one machine."""
 
+    # Reason reports refused `no_stop` that a state event within the allowed lateness can
+    # still turn into reports about a stop: (at, ts, arrival, reason). A class default so
+    # that snapshots from before it load; always replaced, never changed in place.
+    refused: tuple[tuple[int, int, int, str], ...] = ()
+
     def __init__(self, spec: MachineSpec) -> None:
         self.spec = spec
         self.machine = spec.machine
@@ -377,6 +382,8 @@ class MachineTracker:
             self._add_part(t, order, 0, ev.good, ev.scrap, None)
         elif isinstance(ev, StateEvent):
             self._state(t, ev)
+            if self.refused:
+                self._take_refused()
         elif isinstance(ev, CounterEvent):
             self._counter(t, order, ev)
         elif isinstance(ev, ScrapReport):
@@ -597,7 +604,18 @@ class MachineTracker:
         if iv is not None and stopped and iv.start < t - self.spec.history_us:
             return Rejection(seq, "no_stop", "the stop is older than the kept history (48 h)")
         if not stopped and at < t - self.spec.lateness_us:
-            # No state event can still arrive that would make this a stop.
+            # A state event that makes `at` a stop can only come later than the allowed
+            # lateness of the report's ts - but the machine's clock, which a rejected report
+            # does not move, may be behind it: while a state event at or before `at` is
+            # still within the lateness of the clock, the report is remembered, and taken
+            # if one comes (as in event-time order, where that state event goes first).
+            late = self.spec.lateness_us
+            last = self.last_ts
+            if last is None or at >= last - late:
+                self.refused = (
+                    *(r for r in self.refused if last is None or r[0] >= last - late),
+                    (at, t, order, ev.reason),
+                )
             what = "running" if iv is not None else "not known"
             return Rejection(seq, "no_stop", f"the machine was {what} at {ev.at.isoformat()}")
         # Kept even while no stop covers `at` yet: a late state event may still create it.
@@ -605,6 +623,28 @@ class MachineTracker:
         if iv is not None and stopped and self._effective_reason(iv) != iv.reason:
             self._revise([iv], lambda: None)
         return None
+
+    def _take_refused(self) -> None:
+        """After a state event: take the refused reports whose `at` it made a stop (they
+        move the clock to their ts, as in event-time order). The dead letter stays."""
+        last = self.last_ts
+        assert last is not None
+        late, keep, clock = self.spec.lateness_us, [], last
+        for r in self.refused:
+            at, t, order, reason = r
+            if at < last - late:
+                continue  # a state event that reaches `at` would now be late: a rebuild
+            i = self._index_at(at)
+            iv = self.intervals[i] if i >= 0 else None
+            if iv is None or iv.state == "running" or iv.start < t - self.spec.history_us:
+                keep.append(r)
+                continue
+            insort(self.reports, Report(at, (t, order), reason), key=lambda x: x.at)
+            if self._effective_reason(iv) != iv.reason:
+                self._revise([iv], lambda: None)
+            clock = max(clock, t)
+        self.refused = tuple(keep)
+        self._advance(clock)
 
     def _effective_reason(self, iv: Interval) -> str | None:
         if iv.state == "running":

@@ -432,6 +432,31 @@ def test_a_report_refused_after_a_merge_leaves_no_figures_past_the_clock() -> No
     assert ("HourRow", datetime.fromisoformat("2026-11-20T14:00:00+08:00")) not in merged
 
 
+def test_a_refused_report_is_taken_when_a_state_event_within_lateness_makes_its_stop() -> None:
+    """A reason report about 10:59:24.6, sent at 11:05:45, arrives while the machine's clock
+    is 11:01:45 and 10:59:24.6 is running: refused `no_stop`. The idle state event at
+    10:59:24 then arrives within the lateness of the clock: in event-time order it comes
+    first, the report names that stop and its ts ends the offline interval."""
+    at = (T0 + timedelta(minutes=9.41)).isoformat()
+    idle = ev("state", 9.4, state="idle")  # 10:59:24
+    events = [
+        ev("state", 0, state="running"),
+        ev("state", 11.75, state="offline"),  # 11:01:45
+        ev("downtime_reason", 15.75, at=at, reason="material_shortage"),  # 11:05:45
+    ]
+    in_order, rejected = run([events[0], idle, *events[1:]], batch=1)
+    assert rejected == []
+    for batch in (1, 4):
+        arrived, refused = run([*events, idle], batch=batch)
+        assert [r.reason for r in refused] == ["no_stop"]  # its dead letter stays
+        assert arrived == in_order
+    stop = in_order[("interval", datetime.fromisoformat("2026-11-20T10:59:24+08:00"))]
+    assert stop.reason == "material_shortage"
+    assert in_order[("StatusRow",)].last_event_ts == datetime.fromisoformat(
+        "2026-11-20T11:05:45+08:00"
+    )
+
+
 def test_choose_checkpoint() -> None:
     from streams.rebuild import CheckpointInfo, choose_checkpoint
 

@@ -684,3 +684,27 @@ def test_a_report_refused_after_a_merge_moves_no_clock(
     assert k("IM-01", "hour", "2026-11-23 08:00") not in ref.kpi
     diffs = replay_and_compare(events, plant, db_url, tmp_path)
     assert not diffs, report_failure(events, diffs)
+
+
+# A reason report refused `no_stop` on arrival (10:59:24.6 then running; the machine's
+# clock, 11:01:45, is behind the report's 11:05:45) whose stop arrives next, within the
+# allowed lateness of the clock: the report names the stop and its ts ends the offline
+# interval, as in event-time order.
+EXAMPLE_REFUSED_THEN_A_STOP = [
+    st_("IM-01", "2026-11-20 10:50:00", "running"),
+    count("IM-01", "2026-11-20 10:50:03", 3),
+    st_("IM-01", "2026-11-20 11:01:45", "offline"),
+    report("IM-01", "2026-11-20 11:05:45", "downtime_reason",
+           at=t("2026-11-20 10:59:24.600000"), reason="material_shortage"),
+    st_("IM-01", "2026-11-20 10:59:24", "idle"),
+]  # fmt: skip
+
+
+def test_a_refused_report_is_taken_when_its_stop_arrives_within_lateness(
+    plant: PlantConfig, db_url: str, tmp_path: Path
+) -> None:
+    events = EXAMPLE_REFUSED_THEN_A_STOP
+    ref = compute(events, plant)
+    assert ref.kpi[k("IM-01", "hour", "2026-11-20 11:00")]["offline_s"] == 240
+    diffs = replay_and_compare(events, plant, db_url, tmp_path)
+    assert not diffs, report_failure(events, diffs)
