@@ -538,6 +538,12 @@ class _HotProcessValue(
     id: _FastId | _Unset | None = _UNSET
 
 
+# `_RFC3339` with ASCII digits only (\d also matches other scripts' digits) and no
+# capturing groups: three times faster. Anything it refuses goes to pydantic.
+_FAST_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 _decode_hot = msgspec.json.Decoder(_HotState | _HotCount | _HotCounter | _HotProcessValue).decode
 _PROCESS_VALUE_NAME = re.compile(PROCESS_VALUE_NAME.removeprefix("^").removesuffix("$"))
 _FAST_NAMES: set[str] = set()  # process value names seen valid (a plant has few)
@@ -558,7 +564,7 @@ def _fast_event(payload: bytes | str) -> Event | None:
         return None
     # `_rfc3339_text`'s rule, inline: the same accepted texts, the same datetime.
     ts = hot.ts
-    if not _RFC3339.fullmatch(ts):
+    if not _FAST_RFC3339.fullmatch(ts):
         return None
     try:
         t = datetime.fromisoformat(ts.upper())
