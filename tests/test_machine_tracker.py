@@ -345,6 +345,16 @@ def run_merging(
                 )
                 tracker = done.tracker
                 store(done.rows)
+                # Buckets it wrote empty because its clock no longer reaches them read as
+                # never written (an in-order run has no row there).
+                shifts = {s.start for s in tracker.shifts}
+                for row in done.rows:
+                    if isinstance(row, HourRow) and to_us(row.hour_start) not in tracker.hours:
+                        final[_key(row)] = None
+                    elif isinstance(row, KpiRow | ReasonSetRow):
+                        start = to_us(row.bucket_start)
+                        if start not in (tracker.hours if row.bucket == "hour" else shifts):
+                            final[_key(row)] = None
                 rebuilds += 1
             elif tracker.last_ts is not None and (i // batch) % every == 0:
                 info = CheckpointInfo(tracker.seq, tracker.last_ts)
@@ -355,20 +365,7 @@ def run_merging(
         if v is not None
         and not (isinstance(v, WorkOrderParts) and v.good_total == v.scrap_total == 0)
         and not (isinstance(v, ScrapSetRow) and not v.items)  # an empty set deletes nothing
-        and not _emptied(v, final)
     }, rebuilds
-
-
-def _emptied(row: Any, rows: dict[Any, Any]) -> bool:
-    """A bucket a merge wrote empty (its time went away) reads as one never written."""
-    if isinstance(row, HourRow):
-        return not any(row[2:])
-    if isinstance(row, KpiRow):
-        return not any(row[6:])
-    if isinstance(row, ReasonSetRow) and not row.items:
-        twin = rows.get(("KpiRow", row.bucket, row.bucket_start))
-        return twin is None or _emptied(twin, rows)
-    return False
 
 
 def shuffled_beyond(
