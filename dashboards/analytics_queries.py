@@ -141,7 +141,13 @@ def _params(f: Filters, tz: ZoneInfo, **extra: Any) -> dict[str, Any]:
 
 
 def reasons(db: Database, f: Filters, tz: ZoneInfo) -> list[ReasonRow]:
-    """Downtime by reason over the shifts of the range, longest first (report's columns)."""
+    """Downtime by reason over the shifts of the range, longest first (report's columns).
+
+    The whole plant reads v_downtime_by_reason_plant (sql/036: the same sums per shift date,
+    shift name and reason, kept on write) instead of every machine's reason rows.
+    """
+    if f.scope.kind == "plant":
+        return _plant_reasons(db, f, tz)
     query = sql.SQL(
         "SELECT r.reason, max(r.category) AS category, max(r.reason_en) AS reason_en, "
         "max(r.reason_zh) AS reason_zh, sum(r.seconds) AS seconds, "
@@ -157,6 +163,30 @@ def reasons(db: Database, f: Filters, tz: ZoneInfo) -> list[ReasonRow]:
     def run(conn: psycopg.Connection) -> list[ReasonRow]:
         with conn.cursor(row_factory=class_row(ReasonRow)) as cur:
             return cur.execute(query, params).fetchall()
+
+    return db.run(run)
+
+
+# The plant's reasons from v_downtime_by_reason_plant (sql/036: every machine's shift rows
+# added up per shift date, shift name and reason, kept on write), as the scoped query below.
+_PLANT_REASONS = (
+    "SELECT r.reason, max(r.category) AS category, max(r.reason_en) AS reason_en, "
+    "max(r.reason_zh) AS reason_zh, sum(r.seconds) AS seconds, "
+    "sum(r.stops)::bigint AS stops, "
+    "sum(r.seconds) / NULLIF(sum(sum(r.seconds)) OVER (), 0) AS share "
+    "FROM v_downtime_by_reason_plant r "
+    "WHERE r.shift_date >= %(start)s AND r.shift_date < %(end)s "
+    "AND (%(shift)s::text IS NULL OR r.shift_name = %(shift)s) "
+    "GROUP BY r.reason ORDER BY seconds DESC, r.reason"
+)
+
+
+def _plant_reasons(db: Database, f: Filters, tz: ZoneInfo) -> list[ReasonRow]:
+    params = _params(f, tz)
+
+    def run(conn: psycopg.Connection) -> list[ReasonRow]:
+        with conn.cursor(row_factory=class_row(ReasonRow)) as cur:
+            return cur.execute(_PLANT_REASONS, params).fetchall()
 
     return db.run(run)
 

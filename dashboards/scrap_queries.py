@@ -1,5 +1,6 @@
 """Scrap by reason and product for the analytics page (dashboards/pages/analytics_scrap.py) and
-`mesflow report`-style CSV: reads the public view v_scrap_by_reason (sql/020_scrap_by_reason.sql).
+`mesflow report`-style CSV: reads the public view v_scrap_by_reason (sql/020_scrap_by_reason.sql),
+and for the whole plant v_scrap_by_reason_plant (sql/036_board_rollups.sql).
 
 The page's filters mean what they mean for its other panels: the plant-local dates of the shifts
 (an hour belongs to the shift instance containing its start), a plant / line / machine scope,
@@ -41,21 +42,16 @@ class ScrapRow:
 
 
 def scrap_by_reason(db: Database, f: Filters, tz: ZoneInfo) -> list[ScrapRow]:
-    """Scrap per (reason, product) in the selection, most first."""
+    """Scrap per (reason, product) in the selection, most first.
+
+    The whole plant reads v_scrap_by_reason_plant (sql/036: the same sums per day, shift
+    name, reason and product, kept on write) instead of every machine-hour's rows.
+    """
     start_ts, end_ts = f.bounds(tz)
-    query = sql.SQL(
-        "SELECT v.reason, max(v.category) AS category, max(v.reason_en) AS reason_en, "
-        "max(v.reason_zh) AS reason_zh, v.product, sum(v.qty)::bigint AS qty, "
-        "(sum(v.qty) / NULLIF(sum(sum(v.qty)) OVER (), 0))::float8 AS share "
-        "FROM v_scrap_by_reason v WHERE {scope} "
-        # The hours by time first (index), then the date they count on: a shift starting on
-        # the range's last day ends the next morning, one from the day before may hold its
-        # first hours.
-        "AND v.hour_start >= %(lo)s AND v.hour_start < %(hi)s "
-        "AND v.day >= %(start)s AND v.day < %(end)s "
-        "AND (%(shift)s::text IS NULL OR v.shift_name = %(shift)s) "
-        "GROUP BY v.reason, v.product ORDER BY qty DESC, v.reason, v.product"
-    ).format(scope=_scope_filter(f.scope, "v"))
+    if f.scope.kind == "plant":
+        query: sql.SQL | sql.Composed = sql.SQL(_PLANT_SCRAP)
+    else:
+        query = _scope_scrap(f)
     params = {
         "scope_id": f.scope.id,
         "start": f.start,
@@ -70,6 +66,36 @@ def scrap_by_reason(db: Database, f: Filters, tz: ZoneInfo) -> list[ScrapRow]:
             return cur.execute(query, params).fetchall()
 
     return db.run(run)
+
+
+# The plant's scrap from v_scrap_by_reason_plant (sql/036: every machine's scrap added up per
+# day, shift name, reason and product, kept on write), as the scoped query below. No hour
+# bounds: they only help the scoped query's index (an hour counts on the day of its shift).
+_PLANT_SCRAP = (
+    "SELECT v.reason, max(v.category) AS category, max(v.reason_en) AS reason_en, "
+    "max(v.reason_zh) AS reason_zh, v.product, sum(v.qty)::bigint AS qty, "
+    "(sum(v.qty) / NULLIF(sum(sum(v.qty)) OVER (), 0))::float8 AS share "
+    "FROM v_scrap_by_reason_plant v "
+    "WHERE v.day >= %(start)s AND v.day < %(end)s "
+    "AND (%(shift)s::text IS NULL OR v.shift_name = %(shift)s) "
+    "GROUP BY v.reason, v.product ORDER BY qty DESC, v.reason, v.product"
+)
+
+
+def _scope_scrap(f: Filters) -> sql.Composed:
+    return sql.SQL(
+        "SELECT v.reason, max(v.category) AS category, max(v.reason_en) AS reason_en, "
+        "max(v.reason_zh) AS reason_zh, v.product, sum(v.qty)::bigint AS qty, "
+        "(sum(v.qty) / NULLIF(sum(sum(v.qty)) OVER (), 0))::float8 AS share "
+        "FROM v_scrap_by_reason v WHERE {scope} "
+        # The hours by time first (index), then the date they count on: a shift starting on
+        # the range's last day ends the next morning, one from the day before may hold its
+        # first hours.
+        "AND v.hour_start >= %(lo)s AND v.hour_start < %(hi)s "
+        "AND v.day >= %(start)s AND v.day < %(end)s "
+        "AND (%(shift)s::text IS NULL OR v.shift_name = %(shift)s) "
+        "GROUP BY v.reason, v.product ORDER BY qty DESC, v.reason, v.product"
+    ).format(scope=_scope_filter(f.scope, "v"))
 
 
 def by_reason(rows: Sequence[ScrapRow]) -> list[tuple[str, int]]:

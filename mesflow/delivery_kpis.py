@@ -118,16 +118,25 @@ def kpi_query(
     def key(month_col: str) -> sql.Composable:
         return sql.Identifier(month_col if by == "month" else by)
 
+    # v_order_delivery (and v_order_rework, built on it) computed once for the four KPIs,
+    # not once per KPI: each computation aggregates every order's work orders and history
+    # (three of them took 0.16-0.5 s at 18,000 orders). Same expressions as the views'.
     query = sql.SQL(
         """
-WITH lead AS (
+WITH d AS MATERIALIZED (
+    SELECT order_no, customer, product, started_at, completed, on_time, lead_time_s, good,
+           scrap, start_month, completed_month
+    FROM v_order_delivery
+    WHERE (%(customer)s::text IS NULL OR customer = %(customer)s)
+      AND (%(product)s::text IS NULL OR product = %(product)s)
+), lead AS (
     SELECT {k_start} AS key, count(*) AS orders_started,
            avg(lead_time_s) AS lead_time_avg_s,
            percentile_cont(0.5) WITHIN GROUP (ORDER BY lead_time_s) AS lead_time_median_s,
            percentile_cont(0.9) WITHIN GROUP (ORDER BY lead_time_s) AS lead_time_p90_s,
            sum(good)::bigint AS good, sum(scrap)::bigint AS scrap,
            sum(scrap)::double precision / NULLIF(sum(good + scrap), 0) AS scrap_rate
-    FROM v_order_delivery WHERE {w_start} GROUP BY 1
+    FROM d WHERE {w_start} GROUP BY 1
 ), chg AS (
     SELECT {k_chg} AS key, count(*) AS changes,
            count(*) FILTER (WHERE acknowledged_at IS NULL) AS unacknowledged,
@@ -138,12 +147,22 @@ WITH lead AS (
     SELECT {k_done} AS key, count(*) AS completed,
            count(*) FILTER (WHERE on_time) AS on_time,
            count(*) FILTER (WHERE on_time)::double precision / count(*) AS on_time_rate
-    FROM v_order_delivery WHERE completed AND {w_done} GROUP BY 1
+    FROM d WHERE completed AND {w_done} GROUP BY 1
+), order_rework AS (
+    -- v_order_rework (sql/033) on d
+    SELECT d.order_no, d.customer, d.product, d.start_month,
+           sum(y.made)::bigint            AS made,
+           sum(y.sent_to_rework)::bigint  AS sent_to_rework
+    FROM quality_yield y
+    JOIN work_order_progress p ON p.work_order = y.work_order
+    JOIN d ON d.order_no = p.order_no
+    WHERE d.started_at IS NOT NULL
+    GROUP BY d.order_no, d.customer, d.product, d.start_month
 ), rwk AS (
     SELECT {k_start} AS key, sum(made)::bigint AS made,
            sum(sent_to_rework)::bigint AS sent_to_rework,
            sum(sent_to_rework)::double precision / NULLIF(sum(made), 0) AS rework_rate
-    FROM v_order_rework WHERE {w_start} GROUP BY 1
+    FROM order_rework WHERE {w_start} GROUP BY 1
 ), keys AS (
     SELECT key FROM lead UNION SELECT key FROM chg UNION SELECT key FROM ontime
 )
@@ -230,8 +249,10 @@ def _dimension_values(conn: psycopg.Connection[Any]) -> tuple[list[str], list[st
     months = [
         r[0]
         for r in conn.execute(
-            "SELECT DISTINCT m FROM (SELECT start_month AS m FROM v_order_delivery"
-            " UNION SELECT completed_month FROM v_order_delivery) x WHERE m IS NOT NULL ORDER BY 1"
+            # Both months of one computation of the view (a UNION of two computed it twice).
+            "SELECT DISTINCT x.m FROM v_order_delivery d,"
+            " LATERAL (VALUES (d.start_month), (d.completed_month)) x (m)"
+            " WHERE x.m IS NOT NULL ORDER BY 1"
         )
     ]
     return customers, products, months

@@ -32,6 +32,14 @@ from dashboards import analytics_queries as aq
 from dashboards.order_queries import _BOARD_COLUMNS, order_board, order_detail
 from dashboards.queries import Database
 from mesflow.db import SQL_DIR
+from mesflow.delivery_kpis import (
+    DIMENSIONS,
+    Dimension,
+    KpiError,
+    MonthRange,
+    dimension_values,
+    query_delivery_kpis,
+)
 from mesflow.plant import PlantConfig
 from mesflow.report import Scope, _scope_filter
 from mesflow.settings import REPO_ROOT
@@ -277,3 +285,207 @@ def test_the_benchmark_runs_and_leaves_nothing_behind(
         assert re.search(rf"^{name} +[0-9.]+ +[0-9.]+ +[0-9.]+", out, re.M), name
     assert "before: " in out and "after: " in out
     assert list(tmp_path.iterdir()) == []
+
+
+# -- delivery KPIs: v_order_delivery computed once per query (mesflow/delivery_kpis.py) ----------
+
+
+# mesflow/delivery_kpis.py's kpi_query before issue 14 (verbatim): the reference.
+def reference_kpi_query(
+    by: Dimension,
+    months: MonthRange,
+    customer: str | None = None,
+    product: str | None = None,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """One query, one row per value of `by`: the four KPIs over the filtered rows."""
+    if by not in DIMENSIONS:
+        raise KpiError(f"--by: {by!r}; valid: {', '.join(DIMENSIONS)}")
+
+    def where(month_col: str) -> sql.Composed:
+        conds = [
+            sql.SQL("({m} IS NOT NULL)").format(m=sql.Identifier(month_col)),
+            sql.SQL("(%(first)s::text IS NULL OR {m} >= %(first)s)").format(
+                m=sql.Identifier(month_col)
+            ),
+            sql.SQL("(%(last)s::text IS NULL OR {m} <= %(last)s)").format(
+                m=sql.Identifier(month_col)
+            ),
+            sql.SQL("(%(customer)s::text IS NULL OR customer = %(customer)s)"),
+            sql.SQL("(%(product)s::text IS NULL OR product = %(product)s)"),
+        ]
+        return sql.SQL(" AND ").join(conds)
+
+    def key(month_col: str) -> sql.Composable:
+        return sql.Identifier(month_col if by == "month" else by)
+
+    query = sql.SQL(
+        """
+WITH lead AS (
+    SELECT {k_start} AS key, count(*) AS orders_started,
+           avg(lead_time_s) AS lead_time_avg_s,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY lead_time_s) AS lead_time_median_s,
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY lead_time_s) AS lead_time_p90_s,
+           sum(good)::bigint AS good, sum(scrap)::bigint AS scrap,
+           sum(scrap)::double precision / NULLIF(sum(good + scrap), 0) AS scrap_rate
+    FROM v_order_delivery WHERE {w_start} GROUP BY 1
+), chg AS (
+    SELECT {k_chg} AS key, count(*) AS changes,
+           count(*) FILTER (WHERE acknowledged_at IS NULL) AS unacknowledged,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY response_s) AS response_median_s,
+           percentile_cont(0.9) WITHIN GROUP (ORDER BY response_s) AS response_p90_s
+    FROM v_change_delivery WHERE {w_chg} GROUP BY 1
+), ontime AS (
+    SELECT {k_done} AS key, count(*) AS completed,
+           count(*) FILTER (WHERE on_time) AS on_time,
+           count(*) FILTER (WHERE on_time)::double precision / count(*) AS on_time_rate
+    FROM v_order_delivery WHERE completed AND {w_done} GROUP BY 1
+), rwk AS (
+    SELECT {k_start} AS key, sum(made)::bigint AS made,
+           sum(sent_to_rework)::bigint AS sent_to_rework,
+           sum(sent_to_rework)::double precision / NULLIF(sum(made), 0) AS rework_rate
+    FROM v_order_rework WHERE {w_start} GROUP BY 1
+), keys AS (
+    SELECT key FROM lead UNION SELECT key FROM chg UNION SELECT key FROM ontime
+)
+SELECT k.key,
+       COALESCE(l.orders_started, 0)::int AS orders_started,
+       l.lead_time_avg_s, l.lead_time_median_s, l.lead_time_p90_s,
+       COALESCE(c.changes, 0)::int AS changes,
+       COALESCE(c.unacknowledged, 0)::int AS unacknowledged,
+       c.response_median_s, c.response_p90_s,
+       COALESCE(o.completed, 0)::int AS completed,
+       COALESCE(o.on_time, 0)::int AS on_time,
+       o.on_time_rate,
+       COALESCE(l.good, 0)::bigint AS good,
+       COALESCE(l.scrap, 0)::bigint AS scrap,
+       l.scrap_rate,
+       COALESCE(r.made, 0)::bigint AS made,
+       COALESCE(r.sent_to_rework, 0)::bigint AS sent_to_rework,
+       r.rework_rate
+FROM keys k
+LEFT JOIN lead l USING (key)
+LEFT JOIN chg c USING (key)
+LEFT JOIN ontime o USING (key)
+LEFT JOIN rwk r USING (key)
+ORDER BY k.key
+"""
+    ).format(
+        k_start=key("start_month"),
+        w_start=where("start_month"),
+        k_chg=key("month"),
+        w_chg=where("month"),
+        k_done=key("completed_month"),
+        w_done=where("completed_month"),
+    )
+    params = {
+        "first": months.first,
+        "last": months.last,
+        "customer": customer,
+        "product": product,
+    }
+    return query, params
+
+
+REFERENCE_MONTHS = (
+    "SELECT DISTINCT m FROM (SELECT start_month AS m FROM v_order_delivery"
+    " UNION SELECT completed_month FROM v_order_delivery) x WHERE m IS NOT NULL ORDER BY 1"
+)
+
+
+@pytest.fixture(scope="module")
+def delivery_db(pg_server: str, pg_template: str, plant: PlantConfig) -> Iterator[str]:
+    """The benchmark's orders over 4 days, plus what it leaves out: cancelled orders, orders
+    never started, changes acknowledged or not, quality yields (rework), two products, months
+    across a boundary in the plant's time zone."""
+    name = "board_scale_delivery"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    url = _with_db(pg_server, name)
+    fill(url, list(plant.machines), date(2026, 10, 30), DAYS, plant.plant.timezone)
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE crm_order SET status = 'cancelled' WHERE hashtext(order_no) & 15 = 1")
+        conn.execute(
+            "UPDATE order_progress SET product = 'P-200', good = qty"
+            " WHERE hashtext(order_no) & 7 = 2"
+        )
+        conn.execute("DELETE FROM order_history WHERE hashtext(order_no) & 7 = 3")
+        conn.execute("DELETE FROM work_order_progress WHERE hashtext(order_no) & 15 = 4")
+        conn.execute(
+            "INSERT INTO quality_yield (work_order, machine, made, first_scrap, sent_to_rework,"
+            " rework_good, rework_scrap, rework_pending, first_pass_good, final_good, first_ts,"
+            " last_ts) SELECT work_order, machine, good + scrap, scrap, hashtext(work_order) & 7,"
+            " 0, 0, 0, good, good, started_at, last_event_ts FROM work_order_progress"
+            " WHERE hashtext(work_order) & 3 <> 0"
+        )
+        orders = conn.execute(
+            "SELECT order_no, created_at FROM crm_order WHERE hashtext(order_no) & 3 = 0"
+        ).fetchall()
+        for i, (no, created) in enumerate(orders):
+            cid = conn.execute(
+                "INSERT INTO change_request (order_no, from_version, to_version, requested_by,"
+                " source, received_at, change, snapshot, status, decided_at, applied_at)"
+                " VALUES (%s, 1, 2, 'crm', 'crm', %s + make_interval(hours => %s), '{}', '{}',"
+                " 'applied', %s, %s) RETURNING id",
+                (no, created, 20 + i % 9, created, created),
+            ).fetchone()
+            assert cid is not None
+            for j, machine in enumerate(("IM-01", "IM-02")[: 1 + i % 2]):
+                ack = None if (i + j) % 5 == 0 else created + timedelta(hours=21 + (i * 7 + j) % 13)
+                conn.execute(
+                    "INSERT INTO floor_notice (change_request_id, order_no, summary, machine,"
+                    " acknowledged_by, acknowledged_at) VALUES (%s, %s, 'qty', %s, %s, %s)",
+                    (cid[0], no, machine, "op" if ack else None, ack),
+                )
+    yield url
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    by=st.sampled_from(DIMENSIONS),
+    months=st.sampled_from(
+        [
+            (None, None),
+            ("2026-10", "2026-10"),
+            ("2026-11", None),
+            (None, "2026-10"),
+            ("2026-09", "2026-12"),
+            ("2027-01", None),
+        ]
+    ),
+    customer=st.sampled_from([None, "C3", "C17", "nobody"]),
+    product=st.sampled_from([None, "P-100", "P-200"]),
+)
+def test_delivery_kpis_return_what_they_did(
+    delivery_db: str,
+    plant: PlantConfig,
+    by: Dimension,
+    months: tuple[str | None, str | None],
+    customer: str | None,
+    product: str | None,
+) -> None:
+    rng = MonthRange(*months)
+    with psycopg.connect(delivery_db, autocommit=True) as conn:
+        got = [astuple(r) for r in query_delivery_kpis(conn, plant.tz, by, rng, customer, product)]
+        query, params = reference_kpi_query(by, rng, customer, product)
+        with conn.transaction():
+            conn.execute("SELECT set_config('TimeZone', %s, true)", (plant.tz.key,))
+            want = conn.execute(query, params).fetchall()
+    assert same(got, want)
+    if by == "customer" and months == (None, None) and not customer and not product:
+        assert len(got) > 10 and any(r[5] for r in got) and any(r[15] for r in got)
+
+
+def test_delivery_kpi_filters_return_what_they_did(delivery_db: str, plant: PlantConfig) -> None:
+    with psycopg.connect(delivery_db, autocommit=True) as conn:
+        _, _, months = dimension_values(conn, plant.tz)
+        with conn.transaction():
+            conn.execute("SELECT set_config('TimeZone', %s, true)", (plant.tz.key,))
+            want = [r[0] for r in conn.execute(REFERENCE_MONTHS)]
+    assert months == want and len(months) >= 2
