@@ -156,7 +156,8 @@ class Interval:
 # the routing operation its wo_start named or "": docs/routings.md)
 PartClass = tuple[int, "ShiftInstance | None", bool, int, "str | None", "str | None", str]
 # (from, to, open interval, its state, work-order version, class, hour bucket, shift bucket,
-# the work order's [good, scrap] here and its operation's, None without a work order)
+# the work order's [good, scrap] here and its operation's, None without a work order, the
+# dirty set its hour and shift were marked in)
 CountContext = tuple[
     int,
     int,
@@ -168,6 +169,7 @@ CountContext = tuple[
     "Bucket | None",
     "list[int] | None",
     "list[int] | None",
+    "_Dirty",
 ]
 
 
@@ -788,6 +790,12 @@ class MachineTracker:
             or c[4] != self._wo_version
         ):
             c = self._count_cache = self._count_context(t, cur)
+        elif c[10] is not self.dirty:
+            # Kept over a flush (see flush): its hour and shift are written again.
+            self.dirty.hours.add(c[5][0])
+            if c[7] is not None:
+                self.dirty.shifts.add(c[5][1])  # type: ignore[arg-type]
+            c = self._count_cache = (*c[:10], self.dirty)
         key = (good, scrap, c[5])
         runs = self.runs
         if runs and runs[-1][0] == key:
@@ -847,7 +855,7 @@ class MachineTracker:
             # context first.
             tw = self.wo_parts.setdefault(wo, [0, 0])
             to = self.op_parts.setdefault(wo, {}).setdefault(op, [0, 0])
-        return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb, tw, to)
+        return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb, tw, to, self.dirty)
 
     def _ideal_product(self, wo: str | None, t: int) -> tuple[int, str | None]:
         """The ideal cycle time and the product of the work order at t (None: unknown)."""
@@ -1245,7 +1253,6 @@ class MachineTracker:
                 d.status = False
             return rows
         self._catch_up()
-        self._count_cache = None  # it holds bucket objects that pruning may drop
         for iv in self.dirty.intervals.values():  # is_microstop may have changed
             rows.append(self._interval_row(iv))
         for h in sorted(d.hours):
@@ -1340,6 +1347,9 @@ class MachineTracker:
                 k += 1
             del ivs[:k]
         if self.hours and min(self.hours) < horizon - HOUR_US:
+            # The count context holds buckets and work-order totals that this may drop
+            # (kept over flushes otherwise: recomputing it costs more than a batch's counts).
+            self._count_cache = None
             self.hours = {h: b for h, b in self.hours.items() if h >= horizon - HOUR_US}
             self.scrap = {h: s for h, s in self.scrap.items() if h >= horizon - HOUR_US}
             self.shifts = {s: b for s, b in self.shifts.items() if s.end >= horizon - HOUR_US}
