@@ -42,6 +42,7 @@ from streams.inspections_flow import inspection_rows
 from streams.labor_flow import labor_rows
 from streams.limit_spans import LimitSpan, has_limits
 from streams.limit_spans_flow import limit_span_rows
+from streams.log_source import log_input, owned_only
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
 from streams.order_problems_flow import order_problem_rows
 from streams.order_progress import (
@@ -282,12 +283,34 @@ class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
 
 class EventClock:
     """The highest event time (us) of the machine events the validator passed: a replay's
-    "now" at its end. One per flow, shared by the steps of the one worker process."""
+    "now" at its end. One per flow, shared by the steps of the one worker process.
 
-    __slots__ = ("high",)
+    In a cluster (several processes, `EventClock.shared` set by streams/runner.py) each
+    process validates only its partitions: each raises the run's row in dataflow_clock to
+    its highest time, and `high` reads the row, once, when first asked: the order step asks
+    only at the end of its input, after every process's validator has seen all of its own.
+    """
+
+    __slots__ = ("_conn", "_final", "_high", "_shared")
+
+    # (database URL, the run's last seq) of a cluster run; None: one process.
+    shared: tuple[str, int] | None = None
 
     def __init__(self) -> None:
-        self.high: int | None = None
+        self._high: int | None = None
+        self._shared = EventClock.shared
+        self._final: int | None = None
+        self._conn: Any = None
+
+    @property
+    def high(self) -> int | None:
+        if self._shared is None:
+            return self._high
+        if self._final is None:
+            sql = "SELECT high_us FROM dataflow_clock WHERE upto_seq = %s"
+            row = self._db().execute(sql, (self._shared[1],)).fetchone()
+            self._final = int(row[0]) if row else None
+        return self._final
 
     def watch(self, step: Any) -> Any:
         def seen(batch: list[Any]) -> Any:
@@ -296,11 +319,29 @@ class EventClock:
             hi = max((x[1][1].ts for x in out if type(x) is tuple), default=None)
             if hi is not None:
                 t = to_us(hi)
-                if self.high is None or t > self.high:
-                    self.high = t
+                if self._high is None or t > self._high:
+                    self._high = t
+                    if self._shared is not None:
+                        self._raise_shared(t)
             return out
 
         return seen
+
+    def _raise_shared(self, t: int) -> None:
+        assert self._shared is not None
+        self._db().execute(
+            "INSERT INTO dataflow_clock (upto_seq, high_us) VALUES (%s, %s) ON CONFLICT "
+            "(upto_seq) DO UPDATE SET high_us = GREATEST(dataflow_clock.high_us, %s)",
+            (self._shared[1], t, t),
+        )
+
+    def _db(self) -> Any:
+        from mesflow.db import connect
+
+        assert self._shared is not None
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._shared[0], autocommit=True)
+        return self._conn
 
 
 class AlertLogic(StatefulBatchLogic[Any, list[AlertRow], bytes]):
@@ -385,13 +426,13 @@ def build_flow(
     `alerts`: the alerts file's rules (None or no rules: no alert step)."""
     ideal = IdealCycles.from_plant(plant)
     flow = Dataflow("mesflow")
-    entries = op.input("ingest_log", flow, source)
+    entries, marks = log_input(flow, source)  # log rows; read marks in a cluster
     live = figures_every is not None
     clock = None if live else EventClock()  # replay: ETAs move to the last event time
     validator = Validator(plant)
-    checked = op.flat_map_batch(
-        "validate", entries, validator if clock is None else clock.watch(validator)
-    )
+    # In a cluster, only this worker's machines (streams/log_source.py owned_only).
+    validate = owned_only(source, validator if clock is None else clock.watch(validator))
+    checked = op.flat_map_batch("validate", entries, validate)
     split = op.branch("machine_events", checked, lambda x: type(x) is tuple)
     trackers = op.stateful_batch(
         "machines", split.trues, lambda resume: MachineLogic(resume, plant, figures_every, late)
@@ -425,6 +466,8 @@ def build_flow(
         )
         alert_rows = op.flat_map("alert_rows", engine, lambda kv: kv[1])
         results = op.merge("results_and_alerts", results, alert_rows)
-    # One sink partition: every row goes to it, in order.
+    if marks is not None:  # how far each log partition is read (streams/log_source.py)
+        results = op.merge("results_and_marks", results, marks)
+    # One sink partition: every row goes to it, in order (from every worker, in a cluster).
     op.output("results", op.map("to_sink", results, lambda row: ("results", row)), sink)
     return flow

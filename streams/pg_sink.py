@@ -39,6 +39,7 @@ from notify.alert_outbox import enqueue_alert
 from notify.outbox import enqueue
 from streams import limit_spans, lots, process_values, row_stores
 from streams.hour_clock import from_us
+from streams.log_source import PARTS, ReadMark, part_name
 from streams.order_progress import Callback, OrderProgressRow, WorkOrderProgressRow
 from streams.records import (
     AlertRow,
@@ -209,10 +210,27 @@ _SOURCE_SEARCH_ROWS = 20_000
 LAST_OF_MACHINE = """
 SELECT max(seq) FROM ingest_log WHERE machine = %s AND seq <= %s AND error IS NULL"""
 
+# Progress per log partition ("machines:p00".., sql/035): one statement for all of them.
 UPSERT_PROGRESS = """
-INSERT INTO dataflow_progress (flow, last_seq, updated_at) VALUES (%s, %s, now())
+INSERT INTO dataflow_progress (flow, last_seq, updated_at)
+SELECT f, s, now() FROM unnest(%s::text[], %s::bigint[]) AS p(f, s)
 ON CONFLICT (flow) DO UPDATE SET last_seq = GREATEST(dataflow_progress.last_seq,
     EXCLUDED.last_seq), updated_at = now()"""
+
+
+def _record_progress(cur: psycopg.Cursor[Any], flow: str, batch: _Batch, marks: bool) -> None:
+    """One reader (marks False): a batch's Progress is every partition's position (it read
+    them all, in seq order). A cluster: each reader's ReadMarks, per partition."""
+    if marks:
+        read = batch.read
+    elif batch.last_seq:
+        read = dict.fromkeys(PARTS, batch.last_seq)
+    else:
+        return
+    if read:
+        parts = sorted(read)
+        names = [f"{flow}:{part_name(k)}" for k in parts]
+        cur.execute(UPSERT_PROGRESS, (names, [read[k] for k in parts]))
 
 
 class _Batch:
@@ -238,6 +256,7 @@ class _Batch:
         self.spans: dict[tuple[str, str, Any], limit_spans.LimitSpan] = {}
         self.runs: dict[tuple[str, Any], limit_spans.ProductRun] = {}
         self.registered = row_stores.Pending()  # people and quality rows (issue 13)
+        self.read: dict[int, int] = {}  # a cluster: how far each log partition is read
 
     def add(self, item: Any) -> None:
         t = type(item)
@@ -277,6 +296,11 @@ class _Batch:
             self.spans[(item.machine, item.name, item.start)] = item
         elif t is limit_spans.ProductRun:
             self.runs[(item.machine, item.start)] = item
+        elif t is ReadMark:
+            read = self.read
+            for k, pos in item.positions:
+                if pos > read.get(k, 0):
+                    read[k] = pos
         else:
             self.registered.add(item)
 
@@ -296,14 +320,26 @@ class ResultsSink(FixedPartitionedSink[Any, None]):
     A stateful (partitioned) sink because Bytewax calls its `snapshot()` at the end of
     every epoch: that call waits until every row of the epoch is committed, so a
     recovery snapshot never gets ahead of the stored results.
+
+
+    One partition, in a cluster too: every row crosses to the worker that owns it, and one
+    writer commits them in the order each worker sent them (a machine's rows stay in order).
+    `marks`: the log's readers send ReadMarks (a cluster), recorded per log partition in
+    dataflow_progress; else a batch's Progress is every partition's position.
     """
 
     def __init__(
-        self, database_url: str, flow_name: str = "machines", alerts: AlertsConfig | None = None
+        self,
+        database_url: str,
+        flow_name: str = "machines",
+        alerts: AlertsConfig | None = None,
+        *,
+        marks: bool = False,
     ) -> None:
         self.database_url = database_url
         self.flow_name = flow_name
         self.alerts = alerts  # the alerts file: who each alert step is delivered to
+        self.marks = marks
 
     def list_parts(self) -> list[str]:
         return ["results"]
@@ -312,7 +348,9 @@ class ResultsSink(FixedPartitionedSink[Any, None]):
         return 0
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ResultsPartition:
-        return _ResultsPartition(self.database_url, self.flow_name, self.alerts)
+        part = _ResultsPartition(self.database_url, self.flow_name, self.alerts)
+        part.marks = self.marks
+        return part
 
 
 class _ResultsPartition(StatefulSinkPartition[Any, None]):
@@ -327,6 +365,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
         self.queue: queue.Queue[list[Any] | None] = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
         self.seen_seq = 0  # the highest ingest_log seq the sink has seen named
+        self.marks = False  # progress from ReadMarks (a cluster), see ResultsSink
         self.writer = threading.Thread(target=self._run, name="results-writer", daemon=True)
         self.writer.start()
 
@@ -448,8 +487,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 _store_alert(cur, alert, self.alerts)
             if batch.dead:
                 cur.executemany(INSERT_DEAD, batch.dead)
-            if batch.last_seq:
-                cur.execute(UPSERT_PROGRESS, (self.flow_name, batch.last_seq))
+            _record_progress(cur, self.flow_name, batch, self.marks)
 
     def _write_row_by_row(self, batch: _Batch) -> None:
         """The batch again, each row in its own savepoint: a refused row is left out and
@@ -504,8 +542,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 )
                 log.error("dead-lettering seq %s: %s", seq, detail)
                 cur.execute(INSERT_DEAD, ("db_refused", safe_text(detail), seq))
-            if batch.last_seq:
-                cur.execute(UPSERT_PROGRESS, (self.flow_name, batch.last_seq))
+            _record_progress(cur, self.flow_name, batch, self.marks)
 
     def _source_seq(self, cur: psycopg.Cursor[Any], field: str, value: Any) -> int:
         """The newest event, up to the dataflow's position, whose `field` is `value`."""

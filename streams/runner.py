@@ -12,8 +12,10 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -30,19 +32,62 @@ from bytewax.run import cli_main
 from mesflow.alert_rules import AlertsConfig
 from mesflow.db import connect
 from mesflow.plant import PlantConfig
-from streams.dataflow import build_flow
+from streams.dataflow import EventClock, build_flow
 from streams.log_source import IngestLogSource
 from streams.pg_sink import ResultsSink
 from streams.rebuild import LateStore
 
 log = logging.getLogger(__name__)
 
-# Session-level advisory lock: one dataflow per database (released when its process dies).
+# Session-level advisory lock: one dataflow per database (released when its process dies);
+# in a cluster, one per process id (dataflow_lock_key).
 DATAFLOW_LOCK = 0x6D666C77
+
+# Recovery partitions of a new recovery store (Bytewax's init_db_dir): fixed when the store
+# is made, so as many as the most processes a plant may ever run (docs/scale-out.md). A
+# store made before (1 partition) keeps working with any number of processes.
+RECOVERY_PARTITIONS = 8
+
+
+def dataflow_lock_key(process_id: int = 0) -> int:
+    """Process 0 (or the one process) keeps the historical key: a single dataflow and
+    process 0 of a cluster exclude each other."""
+    return DATAFLOW_LOCK + (process_id << 32)
 
 
 class DataflowBusy(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """This process's place in a Bytewax cluster: `addresses` (host:port of every process,
+    in process-id order, this one included) and its `process_id` (0..N-1). Every process
+    runs the same flow against the same database and the same recovery store."""
+
+    addresses: tuple[str, ...]
+    process_id: int
+
+    @classmethod
+    def parse(cls, processes: int, process_id: int, addresses: str | None) -> Cluster | None:
+        """From `--processes N --process-id i --addresses "h:p;h:p"` (None: one process)."""
+        if processes < 1:
+            raise ValueError("--processes must be 1 or more")
+        if not 0 <= process_id < processes:
+            raise ValueError(f"--process-id must be 0..{processes - 1}")
+        if processes == 1:
+            return None
+        if not addresses:
+            # One host: consecutive ports from Bytewax's default.
+            return cls(tuple(f"localhost:{2101 + i}" for i in range(processes)), process_id)
+        parts = tuple(a.strip() for a in addresses.split(";") if a.strip())
+        if len(parts) != processes:
+            raise ValueError(f"--addresses names {len(parts)} processes, not {processes}")
+        return cls(parts, process_id)
+
+    @property
+    def processes(self) -> int:
+        return len(self.addresses)
 
 
 def recovery_store(recovery_dir: Path, database_url: str) -> Path:
@@ -58,8 +103,15 @@ def recovery_store(recovery_dir: Path, database_url: str) -> Path:
     assert row is not None
     store = recovery_dir / str(row[0])
     if not store.exists():
-        store.mkdir(parents=True)
-        init_db_dir(store, 1)
+        # Made aside and renamed: the processes of a cluster start together, and only one
+        # store may come to be (the rename of a loser fails: the winner's is kept).
+        recovery_dir.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=".new-", dir=recovery_dir))
+        init_db_dir(fresh, RECOVERY_PARTITIONS)
+        try:
+            fresh.rename(store)
+        except OSError:
+            shutil.rmtree(fresh, ignore_errors=True)
     return store
 
 
@@ -130,7 +182,7 @@ def _this_session(conn: psycopg.Connection) -> Session:
     return Session(int(row[0]), row[1])
 
 
-def _lock_holder(conn: psycopg.Connection) -> Session | None:
+def _lock_holder(conn: psycopg.Connection, key: int = DATAFLOW_LOCK) -> Session | None:
     # A bigint advisory key shows in pg_locks as classid (high 32 bits), objid (low 32 bits)
     # and objsubid 1.
     row = conn.execute(
@@ -138,7 +190,7 @@ def _lock_holder(conn: psycopg.Connection) -> Session | None:
         "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
         "AND l.classid = %s AND l.objid = %s AND l.database = "
         "(SELECT oid FROM pg_database WHERE datname = current_database())",
-        (DATAFLOW_LOCK >> 32, DATAFLOW_LOCK & 0xFFFFFFFF),
+        (key >> 32, key & 0xFFFFFFFF),
     ).fetchone()
     return Session(int(row[0]), row[1]) if row else None
 
@@ -161,14 +213,18 @@ class DataflowLock:
     "already running" until the other stops.
     """
 
-    def __init__(self, database_url: str, *, check_s: float = 1.0) -> None:
+    def __init__(self, database_url: str, *, check_s: float = 1.0, process_id: int = 0) -> None:
         self._url = database_url
         self.check_s = check_s
+        self.key = dataflow_lock_key(process_id)
         self._conn = _lock_connection(database_url)
-        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (DATAFLOW_LOCK,)).fetchone()
+        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
         if not row or not row[0]:
             self._conn.close()
-            raise DataflowBusy("another mesflow dataflow is already running against this database")
+            who = f" as process {process_id}" if process_id else ""
+            raise DataflowBusy(
+                f"another mesflow dataflow is already running{who} against this database"
+            )
         self._session: Session | None = _this_session(self._conn)
         self._closed = threading.Event()
         self._swap = threading.Lock()
@@ -176,7 +232,7 @@ class DataflowLock:
         self._thread.start()
 
     def _held(self) -> bool:
-        return _lock_holder(self._conn) == self._session
+        return _lock_holder(self._conn, self.key) == self._session
 
     def _watch(self) -> None:
         while not self._closed.wait(self.check_s):
@@ -210,7 +266,7 @@ class DataflowLock:
                 self._closed.wait(self.check_s)
                 continue
             try:
-                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (DATAFLOW_LOCK,)).fetchone()
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
                 if row and row[0]:
                     session = _this_session(conn)
                     with self._swap:  # close() must not miss the new connection
@@ -220,7 +276,7 @@ class DataflowLock:
                         self._conn, self._session = conn, session
                     log.warning("dataflow lock taken again")
                     return
-                holder = _lock_holder(conn)
+                holder = _lock_holder(conn, self.key)
             except psycopg.Error:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
@@ -259,10 +315,12 @@ def run_flow(
     batch_size: int = 2000,
     stop: threading.Event | None = None,
     alerts: AlertsConfig | None = None,
+    cluster: Cluster | None = None,
 ) -> None:
     """Run the dataflow in this process until the log reaches `upto_seq` (None: forever)
     or `stop` is set. `alerts`: the alert rules (None: those of MESFLOW_ALERTS_CONFIG, if
-    it is set; see `configured_alerts`).
+    it is set; see `configured_alerts`). `cluster`: this process is one of several
+    (docs/scale-out.md); each must be started, with the same `upto_seq`.
 
     Without `stop` (a replay), Ctrl-C or SIGTERM in the main thread ends the input the same
     clean way, then raises KeyboardInterrupt here, outside Bytewax: an exception raised
@@ -282,7 +340,15 @@ def run_flow(
             restore.append((sig, signal.signal(sig, on_signal)))
     try:
         _run_flow(
-            plant, database_url, recovery_dir, snapshot_seconds, upto_seq, batch_size, stop, alerts
+            plant,
+            database_url,
+            recovery_dir,
+            snapshot_seconds,
+            upto_seq,
+            batch_size,
+            stop,
+            alerts,
+            cluster,
         )
     finally:
         for signum, previous in restore:
@@ -300,10 +366,13 @@ def _run_flow(
     batch_size: int,
     stop: threading.Event | None,
     alerts: AlertsConfig | None = None,
+    cluster: Cluster | None = None,
 ) -> None:
     if alerts is None:
         alerts = configured_alerts(plant)
-    lock = DataflowLock(database_url)
+    if cluster is not None and callable(upto_seq):
+        raise ValueError("a cluster replays up to a known seq (store the file first)")
+    lock = DataflowLock(database_url, process_id=cluster.process_id if cluster else 0)
     # The trackers hold many long-lived objects, and the default collector thresholds
     # make CPython re-scan them every few hundred allocations: measured 1.5x more CPU per
     # event. Freeze what exists at start and collect young objects less often.
@@ -311,24 +380,34 @@ def _run_flow(
     gc.set_threshold(50_000, 20, 100)
     try:
         store = recovery_store(recovery_dir, database_url)
-        source = IngestLogSource(database_url, batch_size=batch_size, upto_seq=upto_seq, stop=stop)
+        many = cluster is not None
+        source = IngestLogSource(
+            database_url, batch_size=batch_size, upto_seq=upto_seq, stop=stop, marks=many
+        )
         live = upto_seq is None
+        # A cluster's replay clock: the highest event time of all processes (EventClock).
+        shared = (database_url, upto_seq) if many and isinstance(upto_seq, int) else None
+        EventClock.shared = shared
         flow = build_flow(
             plant,
             source,
-            ResultsSink(database_url, alerts=alerts),
+            ResultsSink(database_url, alerts=alerts, marks=many),
             figures_every=timedelta(seconds=1) if live else None,
             late=LateStore(database_url, plant),  # late data: checkpoints and rebuilds
             alerts=alerts,
         )
+        EventClock.shared = None
         cli_main(
             flow,
             epoch_interval=timedelta(seconds=snapshot_seconds),
             # Superseded snapshots are not kept: a consistent off-box backup of the
             # recovery directory is the operator's job (docs/operations.md).
             recovery_config=RecoveryConfig(str(store), backup_interval=timedelta(0)),
+            process_id=cluster.process_id if cluster else None,
+            addresses=list(cluster.addresses) if cluster else None,
         )
     finally:
+        EventClock.shared = None
         lock.close()
 
 
@@ -353,6 +432,7 @@ def run_live(
     recovery_dir: Path,
     snapshot_seconds: float,
     alerts: AlertsConfig | None = None,
+    cluster: Cluster | None = None,
 ) -> None:
     """`mesflow run dataflow`: follow the ingest log until SIGINT/SIGTERM."""
 
@@ -365,6 +445,15 @@ def run_live(
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print("dataflow: following the ingest log", flush=True)
-    run_flow(plant, database_url, recovery_dir, snapshot_seconds, stop=stopping, alerts=alerts)
+    where = f" (process {cluster.process_id} of {cluster.processes})" if cluster else ""
+    print(f"dataflow: following the ingest log{where}", flush=True)
+    run_flow(
+        plant,
+        database_url,
+        recovery_dir,
+        snapshot_seconds,
+        stop=stopping,
+        alerts=alerts,
+        cluster=cluster,
+    )
     print("dataflow: stopped", flush=True)

@@ -395,7 +395,8 @@ def copy_log(src_url: str, dst_url: str) -> int:
             r[0]
             for r in src.execute(
                 "SELECT column_name FROM information_schema.columns "
-                "WHERE table_name = 'ingest_log' ORDER BY ordinal_position"
+                "WHERE table_name = 'ingest_log' AND is_generated = 'NEVER' "  # part: sql/035
+                "ORDER BY ordinal_position"
             )
         ]
         names = ", ".join(cols)

@@ -1,0 +1,269 @@
+"""Scale-out (issue 14): the log partitioned by machine, the dataflow as a Bytewax cluster.
+
+Real PostgreSQL, real Bytewax processes (a cluster of child processes on local ports): the
+same log processed by one process and by two or three gives identical per-machine results
+(every machine table, the dead letters, the quality records, the work-order operations);
+a cluster stopped part-way resumes with another number of processes (rescaling) to the
+results of an uninterrupted run; every log partition's progress reaches the end of the log;
+a second process with the same id is refused; the partition of a machine is the same in
+SQL and in Python.
+
+Not compared: the plant-wide steps that join events of several machines (order and work
+order progress, labor, inspections, quality yields). In a cluster their inputs come from
+several readers, each at its own pace through the history, so their arrival order differs
+from one process's (docs/scale-out.md, "What a cluster does not promise").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mesflow.plant import PlantConfig
+from mesflow.services import free_port
+from streams.log_source import LOG_PARTS, PARTS, part_name, part_of
+from streams.runner import Cluster, DataflowBusy, DataflowLock, run_flow
+from tests.helpers import (
+    copy_log,
+    count,
+    diff_snapshots,
+    feed,
+    floor_events,
+    log_position,
+    random_events,
+    table_snapshot,
+)
+
+MACHINES = ["IM-01", "IM-02", "IM-03", "IM-04", "CNC-01", "CNC-02", "CNC-03"]
+START = "2026-11-20T08:00:00+08:00"
+# The results a cluster computes exactly as one process does (see the module docstring).
+PER_MACHINE = (
+    "machine_state_interval",
+    "machine_status",
+    "machine_hour",
+    "machine_kpi",
+    "machine_kpi_reason",
+    "machine_scrap",
+    "dead_letter",
+    "quality_record",
+    "work_order_operation",
+)
+
+# One cluster member: the same flow as `mesflow run dataflow --processes N --process-id i`,
+# in replay mode (up to a seq), so that its results are a function of the log alone.
+_MEMBER = """
+import logging
+import sys
+logging.basicConfig(level=logging.INFO)
+from pathlib import Path
+from mesflow.plant import load_plant_config
+from mesflow.settings import get_settings
+from streams.runner import Cluster, run_flow
+url, rec, upto, n, pid, addresses, batch = sys.argv[1:]
+plant = load_plant_config(get_settings().plant_config)
+cluster = Cluster.parse(int(n), int(pid), addresses)
+run_flow(plant, url, Path(rec), 0.5, upto_seq=int(upto), batch_size=int(batch), cluster=cluster)
+"""
+
+
+def history(seed: int = 5) -> list[dict[str, Any]]:
+    """A multi-machine history: signals, scrap, reports, people and quality, CRM orders and
+    work orders (with and without a machine: the latter go to every machine), bad inputs,
+    and late events (older than the allowed lateness, arriving at the end: merged)."""
+    t0 = datetime.fromisoformat(START)
+    orders: list[dict[str, Any]] = []
+    for k in (1, 2, 3):
+        at = (t0 - timedelta(hours=1, minutes=k)).isoformat()
+        orders.append({"id": f"so{k}", "type": "order", "order_no": f"SO-{k}", "version": 1,
+                       "customer": "ACME", "priority": k, "product": "P-100", "qty": 400 * k,
+                       "due": (t0 + timedelta(days=k)).isoformat(), "status": "open", "ts": at})  # fmt: skip
+        wo: dict[str, Any] = {"id": f"wo{k}", "type": "work_order", "work_order": f"WO-{k}",
+                              "order_no": f"SO-{k}", "product": "P-100", "qty": 200 * k, "ts": at}  # fmt: skip
+        if k != 2:  # WO-2 names no machine: every machine gets it
+            wo["machine"] = MACHINES[k]
+        orders.append(wo)
+    signals = random_events(MACHINES, 2400, seed=seed, start=START)
+    floor = floor_events(MACHINES, 120, seed=seed, start=START)
+    events = sorted(signals + floor, key=lambda e: datetime.fromisoformat(e["ts"]))
+    # Late: every 97th event arrives at the end, hours after its machine moved on.
+    late = events[50:-200:97]
+    ontime = [e for e in events if e not in late]
+    return orders + ontime + late
+
+
+def _member(url: str, rec: Path, upto: int, n: int, pid: int, addresses: str, batch: int) -> Any:
+    args = [url, str(rec), str(upto), str(n), str(pid), addresses, str(batch)]
+    return subprocess.Popen(
+        [sys.executable, "-c", _MEMBER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ.copy(),
+    )
+
+
+def run_cluster(url: str, rec: Path, upto: int, n: int, batch: int = 150) -> list[str]:
+    """Run the flow as `n` processes up to `upto`; every process's output."""
+    addresses = ";".join(f"localhost:{free_port()}" for _ in range(n))
+    procs = [_member(url, rec, upto, n, i, addresses, batch) for i in range(n)]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        outs.append(out)
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+    return outs
+
+
+def run_single(plant: PlantConfig, url: str, rec: Path, upto: int, batch: int = 150) -> None:
+    run_flow(plant, url, rec, 0.5, upto_seq=upto, batch_size=batch)
+
+
+def per_machine(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    snap = table_snapshot(url)
+    return {table: snap[table] for table in PER_MACHINE}
+
+
+def progress(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute("SELECT flow, last_seq FROM dataflow_progress").fetchall())
+
+
+def _nonempty(snap: dict[str, list[tuple[Any, ...]]]) -> None:
+    # The comparison must cover real rows of every kind the history makes.
+    for table in PER_MACHINE:
+        assert snap[table], f"{table} is empty: the test proves nothing there"
+
+
+@pytest.fixture
+def second_db(pg_server: str, pg_template: str) -> Any:
+    """A third fresh database (db_url and ref_db_url are the other two)."""
+    import uuid
+
+    from tests.conftest import _with_db  # type: ignore[attr-defined]
+
+    name = f"s_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    yield _with_db(pg_server, name)
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_two_processes_give_the_results_of_one(
+    plant: PlantConfig, db_url: str, ref_db_url: str, tmp_path: Path
+) -> None:
+    feed(db_url, history())
+    upto = log_position(db_url)
+    assert copy_log(db_url, ref_db_url) == upto
+    # The history spreads over several partitions, machine-less rows in partition 0.
+    with psycopg.connect(db_url) as conn:
+        parts = {r[0] for r in conn.execute("SELECT DISTINCT part FROM ingest_log")}
+    assert 0 in parts and len(parts) >= 5
+
+    run_single(plant, ref_db_url, tmp_path / "rec1", upto)
+    want = per_machine(ref_db_url)
+    _nonempty(want)
+
+    outs = run_cluster(db_url, tmp_path / "rec2", upto, 2)
+    got = per_machine(db_url)
+    assert not diff_snapshots(got, want), diff_snapshots(got, want)
+    assert got == want
+    assert all("Traceback" not in out for out in outs)
+    # Every partition, idle or not, has its progress at the end of the log.
+    names = {f"machines:{part_name(k)}" for k in PARTS}
+    assert progress(db_url) == dict.fromkeys(names, upto)
+    assert progress(ref_db_url) == dict.fromkeys(names, upto)
+
+
+def test_three_processes_and_rescaling_give_the_results_of_one(
+    plant: PlantConfig, db_url: str, ref_db_url: str, second_db: str, tmp_path: Path
+) -> None:
+    """1 -> 3 processes, and 2 -> 1, each stopped at a point of the log and resumed with
+    another number of processes on the same recovery store: the results of one
+    uninterrupted process."""
+    feed(db_url, history(seed=9))
+    upto = log_position(db_url)
+    copy_log(db_url, ref_db_url)
+    copy_log(db_url, second_db)
+    run_single(plant, ref_db_url, tmp_path / "ref", upto)
+    want = per_machine(ref_db_url)
+    _nonempty(want)
+
+    mid = upto * 2 // 5
+    run_single(plant, db_url, tmp_path / "a", mid)
+    assert min(progress(db_url).values()) == mid
+    outs = run_cluster(db_url, tmp_path / "a", upto, 3)
+    # Each process resumed its partitions where the single process left them.
+    assert all(f"resuming the ingest log after seq {mid}" in out for out in outs), outs
+    got = per_machine(db_url)
+    assert not diff_snapshots(got, want), diff_snapshots(got, want)
+
+    outs = run_cluster(second_db, tmp_path / "b", mid, 2)
+    assert min(progress(second_db).values()) == mid
+    run_single(plant, second_db, tmp_path / "b", upto)
+    got = per_machine(second_db)
+    assert not diff_snapshots(got, want), diff_snapshots(got, want)
+    assert all("Traceback" not in out for out in outs)
+
+
+def test_a_second_process_with_the_same_id_is_refused(db_url: str) -> None:
+    first = DataflowLock(db_url, process_id=1)
+    try:
+        with pytest.raises(DataflowBusy, match="as process 1"):
+            DataflowLock(db_url, process_id=1)
+        other = DataflowLock(db_url, process_id=2)  # another id of the cluster: fine
+        other.close()
+        # Process 0 and a single dataflow share the historical lock.
+        single = DataflowLock(db_url)
+        with pytest.raises(DataflowBusy):
+            DataflowLock(db_url, process_id=0)
+        single.close()
+    finally:
+        first.close()
+
+
+def test_cluster_arguments() -> None:
+    assert Cluster.parse(1, 0, None) is None
+    c = Cluster.parse(2, 1, "a:1; b:2")
+    assert c is not None and c.addresses == ("a:1", "b:2") and c.processes == 2
+    assert Cluster.parse(3, 2, None) == Cluster(
+        ("localhost:2101", "localhost:2102", "localhost:2103"), 2
+    )
+    for bad in ((2, 2, None), (2, 0, "a:1"), (0, 0, None)):
+        with pytest.raises(ValueError):
+            Cluster.parse(*bad)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s), max_size=8))
+def test_python_and_sql_agree_on_a_machines_partition(db_url: str, machines: list[str]) -> None:
+    with psycopg.connect(db_url) as conn:
+        for m in [*machines, None]:
+            row = conn.execute("SELECT ingest_log_part(%s)", (m,)).fetchone()
+            assert row is not None and row[0] == part_of(m)
+            assert 0 <= part_of(m) <= LOG_PARTS
+            assert (part_of(m) == 0) == (m is None)
+
+
+def test_the_machine_less_rows_and_each_machine_stay_in_one_partition(db_url: str) -> None:
+    feed(db_url, history()[:300])
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute("SELECT machine, part FROM ingest_log").fetchall()
+    assert {p for m, p in rows if m is None} == {0}
+    for m, p in rows:
+        assert p == part_of(m)
+    assert count(db_url, "SELECT count(DISTINCT part) FROM ingest_log") > 3
+    assert json.dumps(sorted({p for _, p in rows}))
