@@ -150,7 +150,12 @@ def db_migrate() -> None:
 
 @main.command("run")
 @click.argument("component", type=click.Choice(COMPONENTS))
-def run_component(component: str) -> None:
+@click.option("--processes", type=int, help="dataflow: processes in the cluster (default 1)")
+@click.option("--process-id", type=int, help="dataflow: this process's id, 0..N-1")
+@click.option("--addresses", help='dataflow: "host:port;host:port" of every process, in id order')
+def run_component(
+    component: str, processes: int | None, process_id: int | None, addresses: str | None
+) -> None:
     """Run one long-lived COMPONENT until interrupted.
 
     \b
@@ -180,15 +185,24 @@ def run_component(component: str) -> None:
 
         run_sparkplug(plant, _mqtt_url(settings), _database_url(settings))
     elif component == "dataflow":
-        from streams.runner import run_live
+        from streams.runner import Cluster, run_live
 
         alerts = _alerts(settings, plant)
+        try:  # docs/scale-out.md; the flags override MESFLOW_DATAFLOW_*
+            cluster = Cluster.parse(
+                settings.dataflow_processes if processes is None else processes,
+                settings.dataflow_process_id if process_id is None else process_id,
+                settings.dataflow_addresses if addresses is None else addresses,
+            )
+        except ValueError as err:
+            raise click.UsageError(str(err)) from None
         run_live(
             plant,
             _database_url(settings),
             settings.recovery_dir,
             settings.snapshot_seconds,
             alerts=alerts,
+            cluster=cluster,
         )
     elif component == "dashboard":
         from dashboards.app import serve

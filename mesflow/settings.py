@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     )
     # Bytewax snapshot interval: bounds the work replayed after a crash, not output latency.
     snapshot_seconds: float = 2.0
+    # The dataflow as a Bytewax cluster (docs/scale-out.md): how many processes, this one's
+    # id (0..N-1), and every process's host:port separated by ';' (empty: localhost:2101..).
+    dataflow_processes: int = Field(default=1, ge=1, description="dataflow processes")
+    dataflow_process_id: int = Field(default=0, ge=0, description="this dataflow process's id")
+    dataflow_addresses: str = Field(default="", description="host:port;host:port of each")
     # CRM order intake (`mesflow run api`, docs/crm.md). Clients authenticate with a bearer
     # token or with Standard-Webhooks-signed requests; no client configured = all refused.
     api_host: str = "127.0.0.1"

@@ -21,8 +21,10 @@ from tests.conftest import require
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 MESFLOW_SERVICES = {
     "migrate", "collector-mqtt", "dataflow", "dashboard", "api", "notify", "simulator",
+    "dataflow-1",
 }  # fmt: skip
-LONG_RUNNING = {"collector-mqtt", "dataflow", "dashboard", "api", "notify", "simulator"}
+LONG_RUNNING = {"collector-mqtt", "dataflow", "dashboard", "api", "notify", "simulator",
+                "dataflow-1"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +199,36 @@ def test_simulator_only_in_demo_profile(services: dict[str, dict[str, Any]]) -> 
     # It publishes as a gateway, with broker credentials of its own (docs/broker.md).
     sim_url = services["simulator"]["environment"]["MESFLOW_MQTT_URL"]
     assert sim_url == "${MESFLOW_SIMULATOR_MQTT_URL:-mqtt://mosquitto:1883}"
-    assert all("profiles" not in svc for n, svc in services.items() if n != "simulator")
+    assert services["dataflow-1"]["profiles"] == ["scale-out"]  # docs/scale-out.md
+    others = {"simulator", "dataflow-1"}
+    assert all("profiles" not in svc for n, svc in services.items() if n not in others)
+
+
+def test_a_two_process_dataflow(services: dict[str, dict[str, Any]]) -> None:
+    """`dataflow` is process 0 (alone by default), `dataflow-1` process 1 of two; both list
+    both addresses in id order and share the recovery volume (docs/scale-out.md)."""
+    from mesflow.settings import Settings
+    from streams.runner import Cluster
+
+    zero, one = services["dataflow"], services["dataflow-1"]
+    assert one["command"] == zero["command"] == ["mesflow", "run", "dataflow"]
+    env0, env1 = zero["environment"], one["environment"]
+    assert env0["MESFLOW_DATAFLOW_PROCESSES"] == "${MESFLOW_DATAFLOW_PROCESSES:-1}"
+    assert env1["MESFLOW_DATAFLOW_PROCESSES"] == "${MESFLOW_DATAFLOW_PROCESSES:-2}"
+    assert (env0["MESFLOW_DATAFLOW_PROCESS_ID"], env1["MESFLOW_DATAFLOW_PROCESS_ID"]) == ("0", "1")
+    assert env0["MESFLOW_DATAFLOW_ADDRESSES"] == env1["MESFLOW_DATAFLOW_ADDRESSES"]
+    # The same settings and environment as the other services (database, plant, alerts).
+    assert {k: v for k, v in env1.items() if not k.startswith("MESFLOW_DATAFLOW_")} == {
+        k: v for k, v in env0.items() if not k.startswith("MESFLOW_DATAFLOW_")
+    }
+    for pid, env in enumerate((env0, env1)):
+        cluster = Cluster.parse(2, pid, env["MESFLOW_DATAFLOW_ADDRESSES"])
+        assert cluster is not None
+        names = [a.split(":")[0] for a in cluster.addresses]
+        assert names == ["dataflow", "dataflow-1"]  # the services' names, in id order
+    recovery = str(Settings(data_dir=Path("/app/var")).recovery_dir)
+    for svc in (zero, one):
+        assert f"recovery:{recovery}" in svc["volumes"]
 
 
 def test_every_variable_is_documented_in_the_header() -> None:
