@@ -1,14 +1,16 @@
 """The MQTT collector alone: how many events/s it stores, and its CPU per stored row.
 
-    python -m bench.collector_bench [--rate 0] [--seconds 20] [--collectors 1] [--machines 200]
+    python -m bench.collector_bench [--rate 0 --count 300000 | --rate R --seconds 20]
+                                    [--collectors 1] [--machines 200]
 
 Runs mosquitto, PostgreSQL and `mesflow run collector-mqtt` (no dataflow) and drives them
 with bench/loadgen.py: the live benchmark's messages (95 % counts, 5 % state changes over
 the scaled demo plant), at `--rate` (0: as fast as the broker takes them; the broker then
-queues what the collector has not taken yet, so the collector runs flat out). It prints a
-line a second (sent, stored, stored/s, collector CPU µs per stored row), then the stored
-rate over the whole run, the rows per commit (a commit's rows share `received_at`, the
-transaction start), the collector's CPU per stored row, and the load average.
+queues what the collector has not taken yet, so the collector runs flat out; `--count`
+messages then). It prints a line a second (sent, stored, stored/s, collector CPU µs per
+stored row), then the stored rate over the whole run, the rows per commit (a commit's rows
+share `received_at`, the transaction start), the CPU per stored row of the collector(s),
+PostgreSQL and mosquitto, and the load average.
 Everything it starts is stopped and every file it wrote is deleted.
 """
 
@@ -29,7 +31,13 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BenchDatabase, cpu_seconds, load_average, private_tmp
+from bench.common import (
+    BenchDatabase,
+    cpu_seconds,
+    load_average,
+    private_tmp,
+    tree_cpu_seconds,
+)
 from bench.live_latency import machine_cycle, wait_until_subscribed
 from bench.loadgen import LoadGenerator, split
 from bench.scaled_plant import write_scaled_plant
@@ -91,7 +99,17 @@ def run(args: argparse.Namespace, work: Path) -> None:
         shares = split(sorted(plant.machines), max(1, math.ceil((args.rate or 40000) / 20000)))
         tag = f"C{uuid.uuid4().hex[:6]}"
         cycles = [machine_cycle(plant, share, f"{tag}{w}-") for w, share in enumerate(shares)]
-        gen = LoadGenerator(broker.host, broker.port, cycles, rate=args.rate, seconds=args.seconds)
+        # Flat out, a count: the generator would otherwise queue millions at the broker.
+        gen = LoadGenerator(
+            broker.host,
+            broker.port,
+            cycles,
+            rate=args.rate,
+            seconds=args.seconds if args.rate else 0,
+            count=0 if args.rate else args.count,
+        )
+        servers = {"postgres": db.server_pid(), "mosquitto": broker.process.pid}
+        server_cpu0 = {k: tree_cpu_seconds(pid) if pid else 0.0 for k, pid in servers.items()}
         cpu0 = sum(cpu_seconds(p.pid) for p in procs)
         started = gen.start()
         print(f"{'t s':>5} {'sent':>9} {'stored':>9} {'stored/s':>9} {'µs/row':>7}  load")
@@ -105,7 +123,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
             cpu = sum(cpu_seconds(p.pid) for p in procs)
             if first_at is None and stored:
                 first_at = now
-            if sent is None and now - started > args.seconds + 1:
+            if sent is None and (
+                now - started > args.seconds + 1 if args.rate else gen.progress()[1] >= args.count
+            ):
                 sent = gen.join(args.seconds + 120).acked
             acked = sent if sent is not None else gen.progress()[1]
             print(
@@ -127,11 +147,17 @@ def run(args: argparse.Namespace, work: Path) -> None:
         ).fetchone()
         assert row is not None
         rows, commits, span = int(row[0]), int(row[1]), float(row[2] or 0)
+        server_cpu = {
+            k: (tree_cpu_seconds(pid) if pid else 0.0) - server_cpu0[k]
+            for k, pid in servers.items()
+        }
         print(
             f"stored {rows:,} of {sent:,} sent in {span:.1f} s = {rows / max(span, 1e-9):,.0f} "
             f"rows/s; {commits:,} commits, {rows / max(commits, 1):.0f} rows per commit; "
             f"collector CPU {1e6 * (last_cpu - cpu0) / max(rows, 1):.1f} µs per stored row "
-            f"({args.collectors} process(es)) | {load_average()}"
+            f"({args.collectors} process(es)); "
+            + ", ".join(f"{k} {1e6 * v / max(rows, 1):.1f} µs" for k, v in server_cpu.items())
+            + f" | {load_average()}"
         )
         conn.close()
     finally:
@@ -158,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rate", type=float, default=0, help="events/s, 0: flat out")
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=20.0, help="with --rate")
+    parser.add_argument("--count", type=int, default=300_000, help="flat out: messages")
     parser.add_argument("--machines", type=int, default=200)
     parser.add_argument("--collectors", type=int, default=1)
     parser.add_argument(

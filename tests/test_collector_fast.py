@@ -9,15 +9,23 @@ must be byte-identical either way, whatever the topic and payload.
 from __future__ import annotations
 
 import json
+import socket
 import sys
+import threading
+import time
 from typing import Any
 
 import msgspec
+import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from collectors import mqtt_json
+from collectors.mqtt_conn import BufferedSocket, LeanClient, Received
 from collectors.mqtt_json import _map, _topic, map_message
 from collectors.topics import machine_topic
 from mesflow.ingest_log import (
@@ -28,6 +36,8 @@ from mesflow.ingest_log import (
     record_for_plain,
 )
 from mesflow.plant import PlantConfig
+from mesflow.services import Broker
+from tests.helpers import wait_until
 from tests.test_mqtt_fuzz import event_fields, json_values, payloads, topics
 
 SETTINGS = settings(max_examples=50, deadline=None)
@@ -178,3 +188,120 @@ def test_the_topic_cache_stays_bounded(plant: PlantConfig, monkeypatch: pytest.M
 def test_odd_payloads_map_as_the_reference(plant: PlantConfig, payload: bytes) -> None:
     topic = machine_topic("suzhou", "molding", "IM", "IM-01", "state")
     assert map_message(plant, topic, payload) == _reference(plant, topic, payload)
+
+
+# -- LeanClient: paho with the collector's cheaper receive path --------------------------
+
+
+class _Subscriber:
+    """A LeanClient with a persistent session and manual acks, as the collector runs it."""
+
+    def __init__(self, broker: Broker, client_id: str, protocol: int = mqtt.MQTTv311) -> None:
+        self.got: list[Received | mqtt.MQTTMessage] = []
+        self.subscribed = threading.Event()
+        v5 = protocol == mqtt.MQTTv5
+        self.client = LeanClient(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            manual_ack=True,
+            **({} if v5 else {"clean_session": False}),
+        )
+        self.client.max_inflight_messages_set(1000)
+        self.client.on_message = lambda _c, _u, msg: self.got.append(msg)
+        self.client.on_subscribe = lambda *_a: self.subscribed.set()
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.connect(broker.host, broker.port, clean_start=False, properties=props)
+        else:
+            self.client.connect(broker.host, broker.port)
+        self.client.subscribe("lean/#", qos=1)
+        self.client.loop_start()
+        assert self.subscribed.wait(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def _publish(broker: Broker, payloads: list[bytes]) -> None:
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lean-pub")
+    pub.max_inflight_messages_set(1000)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    infos = [pub.publish(f"lean/{i % 7}", p, qos=1) for i, p in enumerate(payloads)]
+    for info in infos:
+        info.wait_for_publish(20)
+    pub.disconnect()
+    pub.loop_stop()
+
+
+@pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5])
+def test_lean_client_receives_everything_and_ack_many_settles_it(
+    broker: Broker, protocol: int
+) -> None:
+    """Every message arrives once, in order, whole (empty, small, and larger than one
+    64 KiB read); acknowledged with ack_many, none comes again after a reconnect, while
+    the ones left unacknowledged do."""
+    payloads = [b"%d" % i for i in range(3000)]
+    payloads[5] = b""
+    payloads[17] = bytes(range(256)) * 700  # 179,200 bytes: several reads
+    keep = set(payloads[-100:])  # left unacknowledged
+    sub = _Subscriber(broker, f"lean-{protocol}", protocol)
+    try:
+        publisher = threading.Thread(target=_publish, args=(broker, payloads))
+        publisher.start()
+        acked = 0
+        deadline = time.monotonic() + 30
+        # Acknowledge in batches as they come (the broker sends a bounded window ahead).
+        while acked < len(payloads) - 100 and time.monotonic() < deadline:
+            batch = sub.got[acked:]
+            settled = [m.mid for m in batch if bytes(m.payload) not in keep]
+            sub.client.ack_many(settled)
+            acked += len(settled)
+            time.sleep(0.05)
+        publisher.join(30)
+        wait_until(lambda: len(sub.got) >= len(payloads), what="every message")
+        assert all(type(m) is Received for m in sub.got)  # the lean path, not paho's
+        assert [bytes(m.payload) for m in sub.got] == payloads
+        assert {m.topic for m in sub.got} == {f"lean/{i}" for i in range(7)}
+        assert {m.qos for m in sub.got} == {1}
+        time.sleep(1.0)
+    finally:
+        sub.close()
+    again = _Subscriber(broker, f"lean-{protocol}", protocol)
+    try:
+        wait_until(lambda: len(again.got) >= 100, what="the unacknowledged messages again")
+        time.sleep(1.0)
+        assert [bytes(m.payload) for m in again.got] == payloads[-100:]
+        again.client.ack_many([m.mid for m in again.got])
+        time.sleep(0.5)
+    finally:
+        again.close()
+    third = _Subscriber(broker, f"lean-{protocol}", protocol)
+    try:
+        time.sleep(1.5)
+        assert third.got == []
+    finally:
+        third.close()
+
+
+def test_buffered_socket_hands_out_what_it_read() -> None:
+    a, b = socket.socketpair()
+    try:
+        a.sendall(b"\x30\x05hello\x40\x02\x00\x01")
+        time.sleep(0.05)
+        sock = BufferedSocket(b)
+        assert sock.recv(1) == b"\x30"
+        assert sock.pending() == sock.buffered() == 10
+        assert sock.recv(1) == b"\x05" and sock.recv(5) == b"hello"
+        assert sock.recv(100) == b"\x40\x02\x00\x01"
+        assert sock.pending() == 0
+        sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            sock.recv(1)
+        a.close()
+        assert sock.recv(1) == b""  # end of stream, as paho expects it
+    finally:
+        b.close()
