@@ -267,11 +267,23 @@ def timeline(
     """State intervals of the last TIMELINE_DAYS of the range, and the shift instances there."""
     start_ts, end_ts = f.bounds(tz)
     start_ts = max(start_ts, datetime.combine(f.end - timedelta(days=TIMELINE_DAYS), time(), tz))
+    # The intervals that overlap [from, to): the ended ones start at most the longest ended
+    # interval's length before `from` (found by sql/036's index on end_ts - start_ts), so each
+    # machine's are read by its primary key from there; the open ones (one per machine) by
+    # the end_ts index. The plain `end_ts > from OR end_ts IS NULL` made PostgreSQL read every
+    # interval ending after `from` once per machine of a line (0.15 s for 6 machines). Seconds,
+    # not the interval itself: a day subtracted from a timestamptz is a calendar day (23 or
+    # 25 hours across a DST change).
     intervals = sql.SQL(
         "SELECT s.machine, s.start_ts, s.end_ts, s.state, s.reason, s.duration_s "
         "FROM v_state_intervals s WHERE {scope} "
-        "AND s.start_ts < %(to)s AND (s.end_ts > %(from)s OR s.end_ts IS NULL) "
-        "ORDER BY s.machine, s.start_ts"
+        "AND s.start_ts < %(to)s AND s.end_ts > %(from)s "
+        "AND s.start_ts >= %(from)s - make_interval(secs => (SELECT COALESCE(extract(epoch "
+        "FROM max(i.end_ts - i.start_ts)), 0) FROM machine_state_interval i)) "
+        "UNION ALL "
+        "SELECT s.machine, s.start_ts, s.end_ts, s.state, s.reason, s.duration_s "
+        "FROM v_state_intervals s WHERE {scope} AND s.start_ts < %(to)s AND s.end_ts IS NULL "
+        "ORDER BY 1, 2"
     ).format(scope=_scope_filter(f.scope, "s"))
     spans = sql.SQL(
         "SELECT DISTINCT k.shift_name, k.bucket_start, k.bucket_end FROM v_kpi_machine_shift k "
@@ -281,10 +293,15 @@ def timeline(
     params = {"scope_id": f.scope.id, "from": start_ts, "to": end_ts}
 
     def run(conn: psycopg.Connection) -> tuple[list[IntervalRow], list[ShiftSpan]]:
-        with conn.cursor(row_factory=class_row(IntervalRow)) as cur:
-            rows = cur.execute(intervals, params).fetchall()
-        with conn.cursor(row_factory=class_row(ShiftSpan)) as cur:
-            return rows, cur.execute(spans, params).fetchall()
+        with conn.transaction():
+            if f.scope.kind == "plant":
+                # A plant's two days are ~150,000 intervals (500 machines): sorted in memory
+                # (15 MB), not in temporary files (the default 4 MB spilled: +0.15 s).
+                conn.execute("SET LOCAL work_mem = '64MB'")
+            with conn.cursor(row_factory=class_row(IntervalRow)) as cur:
+                rows = cur.execute(intervals, params).fetchall()
+            with conn.cursor(row_factory=class_row(ShiftSpan)) as cur:
+                return rows, cur.execute(spans, params).fetchall()
 
     rows, shift_spans = db.run(run)
     return rows, shift_spans, start_ts, end_ts

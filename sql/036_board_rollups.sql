@@ -252,7 +252,15 @@ CREATE TRIGGER board_scrap_update AFTER UPDATE ON machine_scrap
 CREATE TRIGGER board_scrap_truncate AFTER TRUNCATE ON machine_scrap
     FOR EACH STATEMENT EXECUTE FUNCTION board_scrap_rebuild();
 
--- -- public views (docs/views.md): the rollups as the boards and BI tools read them ----------
+-- -- the state timeline ----------------------------------------------------------------------
+
+-- The longest ended interval, read from the end of this index: the timeline of [from, to)
+-- reads each machine's intervals from `from` minus that length by primary key (an interval
+-- ending after `from` cannot start earlier), instead of every interval ending after `from`
+-- (dashboards/analytics_queries.py timeline).
+CREATE INDEX machine_state_interval_length ON machine_state_interval ((end_ts - start_ts));
+
+-- -- public views (docs/sql-views.md): the rollups as the boards and BI tools read them ----------
 
 -- v_downtime_by_reason's shift rows for the whole plant, one row per shift date, shift name and
 -- reason (every machine's added up; the same as grouping v_downtime_by_reason WHERE bucket =

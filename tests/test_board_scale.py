@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import astuple
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -489,3 +489,94 @@ def test_delivery_kpi_filters_return_what_they_did(delivery_db: str, plant: Plan
             conn.execute("SELECT set_config('TimeZone', %s, true)", (plant.tz.key,))
             want = [r[0] for r in conn.execute(REFERENCE_MONTHS)]
     assert months == want and len(months) >= 2
+
+
+# -- the state timeline: each machine's intervals from a bound, by primary key ------------------
+
+
+def reference_timeline(db: Database, f: aq.Filters, tz: ZoneInfo) -> list[tuple[Any, ...]]:
+    """aq.timeline's intervals as dashboards/analytics_queries.py had them before sql/036."""
+    start_ts, end_ts = f.bounds(tz)
+    start_ts = max(start_ts, datetime.combine(f.end - timedelta(days=aq.TIMELINE_DAYS), time(), tz))
+    intervals = sql.SQL(
+        "SELECT s.machine, s.start_ts, s.end_ts, s.state, s.reason, s.duration_s "
+        "FROM v_state_intervals s WHERE {scope} "
+        "AND s.start_ts < %(to)s AND (s.end_ts > %(from)s OR s.end_ts IS NULL) "
+        "ORDER BY s.machine, s.start_ts"
+    ).format(scope=_scope_filter(f.scope, "s"))
+    params = {"scope_id": f.scope.id, "from": start_ts, "to": end_ts}
+    return db.run(lambda conn: conn.execute(intervals, params).fetchall())
+
+
+@pytest.fixture(scope="module")
+def timeline_db(pg_server: str, pg_template: str, plant: PlantConfig) -> Iterator[Database]:
+    """The benchmark's intervals, with a machine down for 34 hours in one interval (the bound
+    must reach back that far) and one silent since: its open interval began days ago."""
+    name = "board_scale_timeline"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {pg_template}")
+    url = _with_db(pg_server, name)
+    fill(url, list(plant.machines), FIRST, DAYS, plant.plant.timezone)
+    long_down, silent = plant.lines[0].machines[1].id, plant.lines[1].machines[2].id
+    with psycopg.connect(url) as conn:
+        t0 = "2026-10-02 10:00+08"
+        conn.execute(
+            "DELETE FROM machine_state_interval WHERE machine = %s AND start_ts > %s"
+            " AND start_ts < %s::timestamptz + interval '34 hours'",
+            (long_down, t0, t0),
+        )
+        conn.execute(
+            "UPDATE machine_state_interval SET state = 'down', end_ts = start_ts"
+            " + interval '34 hours', duration_s = 34 * 3600 WHERE machine = %s AND start_ts = %s",
+            (long_down, t0),
+        )
+        conn.execute(
+            "DELETE FROM machine_state_interval WHERE machine = %s AND start_ts > %s",
+            (silent, "2026-10-02 12:00+08"),
+        )
+        conn.execute(
+            "UPDATE machine_state_interval SET end_ts = NULL, state = 'offline' WHERE machine = %s"
+            " AND start_ts = (SELECT max(start_ts) FROM machine_state_interval WHERE machine = %s)",
+            (silent, silent),
+        )
+    database = Database(url)
+    yield database
+    database.close()
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    scope_i=st.integers(0, 3),
+    first_day=st.integers(-1, DAYS),
+    days=st.integers(1, DAYS + 2),
+)
+def test_the_timeline_returns_what_it_did(
+    timeline_db: Database, plant: PlantConfig, scope_i: int, first_day: int, days: int
+) -> None:
+    scopes = [
+        *_scopes(plant),
+        Scope("line", plant.lines[0].id),
+    ]
+    start = FIRST + timedelta(days=first_day)
+    f = aq.Filters(start, start + timedelta(days=days), scopes[scope_i])
+    rows, _spans, _lo, _hi = aq.timeline(timeline_db, f, plant.tz)
+    assert same([astuple(r) for r in rows], reference_timeline(timeline_db, f, plant.tz))
+
+
+def test_the_timeline_finds_a_long_interval_and_an_old_open_one(
+    timeline_db: Database, plant: PlantConfig
+) -> None:
+    f = aq.Filters(FIRST + timedelta(days=2), FIRST + timedelta(days=3), Scope("plant"))
+    rows = aq.timeline(timeline_db, f, plant.tz)[0]
+    long_down, silent = plant.lines[0].machines[1].id, plant.lines[1].machines[2].id
+    assert any(r.machine == long_down and r.state == "down" and r.duration_s == 34 * 3600
+               for r in rows)  # fmt: skip
+    assert any(r.machine == silent and r.end_ts is None for r in rows)
+    assert same([astuple(r) for r in rows], reference_timeline(timeline_db, f, plant.tz))
