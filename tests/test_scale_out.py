@@ -267,3 +267,33 @@ def test_the_machine_less_rows_and_each_machine_stay_in_one_partition(db_url: st
         assert p == part_of(m)
     assert count(db_url, "SELECT count(DISTINCT part) FROM ingest_log") > 3
     assert json.dumps(sorted({p for _, p in rows}))
+
+
+# The modules that may import Bytewax (docs/scale-out.md, "Replacing Bytewax"): the flow's
+# wiring and its adapters. The logic they wrap must stay free of it.
+BYTEWAX_IMPORTERS = {
+    "streams/dataflow.py",
+    "streams/runner.py",
+    "streams/log_source.py",
+    "streams/pg_sink.py",
+    "streams/inspections_flow.py",
+    "streams/labor_flow.py",
+    "streams/quality_flow.py",
+    "streams/limit_spans_flow.py",
+    "streams/order_problems_flow.py",
+    "bench/replay_profile.py",
+}
+
+
+def test_only_the_wiring_imports_bytewax() -> None:
+    import re
+
+    from mesflow.settings import REPO_ROOT
+
+    found = set()
+    for folder in ("mesflow", "streams", "collectors", "dashboards", "notify", "bench"):
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            text = path.read_text("utf-8")
+            if re.search(r"^\s*(from|import)\s+bytewax\b", text, re.MULTILINE):
+                found.add(str(path.relative_to(REPO_ROOT)))
+    assert found == BYTEWAX_IMPORTERS
