@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import class_row
+from psycopg.rows import args_row, class_row
 
 from dashboards.queries import Database
 from mesflow.report import (
@@ -298,7 +298,9 @@ def timeline(
                 # A plant's two days are ~150,000 intervals (500 machines): sorted in memory
                 # (15 MB), not in temporary files (the default 4 MB spilled: +0.15 s).
                 conn.execute("SET LOCAL work_mem = '64MB'")
-            with conn.cursor(row_factory=class_row(IntervalRow)) as cur:
+            # Positional (the columns are IntervalRow's fields in order): class_row's keyword
+            # arguments cost more than the query for a plant's 150,000 intervals.
+            with conn.cursor(row_factory=args_row(IntervalRow)) as cur:
                 rows = cur.execute(intervals, params).fetchall()
             with conn.cursor(row_factory=class_row(ShiftSpan)) as cur:
                 return rows, cur.execute(spans, params).fetchall()
