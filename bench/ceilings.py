@@ -7,7 +7,8 @@ raw parts reach right now and prints its own figures as a ratio to these.
   key shaped like `ingest_log`, in the benchmark's own PostgreSQL (the table is dropped).
 - `paho_receive_ceiling`: one paho-mqtt subscriber at QoS 1 (what the collector is built
   on) receiving from the load generator (bench/loadgen.py) through the benchmark's broker,
-  on a topic no collector reads.
+  on a topic no collector reads; with `lean=True`, the collector's own client (LeanClient:
+  paho with a cheaper receive path) acknowledging in batches as the collector does.
 
     python -m bench.ceilings     # both, against a throwaway PostgreSQL and mosquitto
 """
@@ -20,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 
@@ -80,34 +82,57 @@ def copy_ceiling(database_url: str, rows: int = 200_000, batch: int = 1000) -> C
 
 
 def paho_receive_ceiling(
-    host: str, port: int, messages: int = 100_000, processes: int = 2, timeout: float = 60
+    host: str,
+    port: int,
+    messages: int = 100_000,
+    processes: int = 2,
+    timeout: float = 60,
+    *,
+    lean: bool = False,
 ) -> Ceiling:
     """One paho subscriber at QoS 1, fed by the load generator as fast as it goes; the rate
-    is messages received / (last receive - first receive)."""
+    is messages received / (last receive - first receive).
+
+    `lean`: the collector's own client (collectors/mqtt_conn.py LeanClient) with manual
+    acknowledgements in batches (`ack_many`), as the collector sends them; else
+    paho's Client acknowledging each message itself."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
+
+    from collectors.mqtt_conn import LeanClient
 
     topic = f"mesflow-bench-ceiling/{uuid.uuid4().hex[:8]}"
     got = [0]
     first = [0.0]
     last = [0.0]
+    unacked: list[int] = []
     subscribed = threading.Event()
     done = threading.Event()
 
-    def on_message(_c: object, _u: object, _msg: object) -> None:
+    def on_message(_c: object, _u: object, msg: Any) -> None:
         if not got[0]:
             first[0] = time.perf_counter()
         got[0] += 1
         last[0] = time.perf_counter()
+        if isinstance(sub, LeanClient):
+            unacked.append(msg.mid)
+            # Within the broker's window (mosquitto's max_inflight_messages: 100 here)
+            if len(unacked) >= 50 or got[0] >= messages:
+                sub.ack_many(unacked)
+                unacked.clear()
         if got[0] >= messages:
             done.set()
 
-    sub = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"bench-ceiling-{os.getpid()}", clean_session=True
+    sub = (LeanClient if lean else mqtt.Client)(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"bench-ceiling-{os.getpid()}",
+        clean_session=True,
+        manual_ack=lean,
     )
     sub.on_message = on_message
     sub.on_subscribe = lambda *_a: subscribed.set()
-    sub.max_inflight_messages_set(100)
+    # The collector's window (paho's own default is 20 in flight).
+    sub.max_inflight_messages_set(1000 if lean else 100)
     sub.connect(host, port)
     sub.subscribe(f"{topic}/#", qos=1)
     sub.loop_start()
@@ -126,7 +151,9 @@ def paho_receive_ceiling(
     span = last[0] - first[0]
     rate = got[0] / span if span > 0 else 0.0
     return Ceiling(
-        "paho QoS 1 receive (one subscriber)",
+        "QoS 1 receive, the collector's client (LeanClient, acks in batches)"
+        if lean
+        else "paho QoS 1 receive (one subscriber)",
         rate,
         "msg",
         1e6 * cpu / max(got[0], 1),
@@ -146,6 +173,8 @@ def main() -> None:
         try:
             print(copy_ceiling(db.url).describe(), "|", load_average())
             print(paho_receive_ceiling(broker.host, broker.port).describe(), "|", load_average())
+            lean = paho_receive_ceiling(broker.host, broker.port, lean=True)
+            print(lean.describe(), "|", load_average())
         finally:
             broker.stop()
             db.stop()

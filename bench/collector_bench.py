@@ -147,13 +147,18 @@ def run(args: argparse.Namespace, work: Path) -> None:
         ).fetchone()
         assert row is not None
         rows, commits, span = int(row[0]), int(row[1]), float(row[2] or 0)
+        sizes = conn.execute(
+            """SELECT percentile_disc(ARRAY[0.1, 0.5, 0.9]) WITHIN GROUP (ORDER BY n)
+               FROM (SELECT count(*) AS n FROM ingest_log GROUP BY received_at) s"""
+        ).fetchone()
         server_cpu = {
             k: (tree_cpu_seconds(pid) if pid else 0.0) - server_cpu0[k]
             for k, pid in servers.items()
         }
         print(
             f"stored {rows:,} of {sent:,} sent in {span:.1f} s = {rows / max(span, 1e-9):,.0f} "
-            f"rows/s; {commits:,} commits, {rows / max(commits, 1):.0f} rows per commit; "
+            f"rows/s; {commits:,} commits, {rows / max(commits, 1):.0f} rows per commit "
+            f"(p10/p50/p90 {'/'.join(map(str, sizes[0])) if sizes else '-'}); "
             f"collector CPU {1e6 * (last_cpu - cpu0) / max(rows, 1):.1f} µs per stored row "
             f"({args.collectors} process(es)); "
             + ", ".join(f"{k} {1e6 * v / max(rows, 1):.1f} µs" for k, v in server_cpu.items())

@@ -9,7 +9,7 @@ acknowledged it, stamped `ts` = the moment it was sent. 95 % are part counts and
 changes, spread evenly over the scaled demo plant (bench/scaled_plant.py).
 
 It prints, before the run, the ceilings measured against the same broker and PostgreSQL
-(bench/ceilings.py); during the run, a line every `--every` seconds with what was sent,
+(bench/ceilings.py: binary COPY, paho's QoS 1 receive, and the collector's own client's); during the run, a line every `--every` seconds with what was sent,
 received by the collector, stored in the ingest log, dead-lettered and processed by the
 dataflow, the backlog (stored, not yet processed), the latency of that interval, CPU per
 event of the collector and the dataflow, and the load average; at the end the totals, the
@@ -239,6 +239,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 broker.host, broker.port, messages=args.ceiling_messages
             )
             print(ceilings["paho"].describe(), "|", load_average(), flush=True)
+            ceilings["lean"] = paho_receive_ceiling(
+                broker.host, broker.port, messages=args.ceiling_messages, lean=True
+            )
+            print(ceilings["lean"].describe(), "|", load_average(), flush=True)
         env = {
             **os.environ,
             "MESFLOW_DATABASE_URL": db.url,
@@ -370,6 +374,7 @@ def _report(
         f"received->stored {final.received - final.stored:,}"
     )
     paho = ceilings.get("paho")
+    lean = ceilings.get("lean")
     copy = ceilings.get("copy")
     stored_rate = final.stored / stored_span if stored_span else 0.0
     print(
@@ -381,6 +386,11 @@ def _report(
         )
         + f"; stored {stored_rate:,.0f} rows/s"
         + (f", ratio to the paho ceiling {ratio(stored_rate, paho.rate)}" if paho else "")
+        + (
+            f", to the collector client's receive ceiling {ratio(stored_rate, lean.rate)}"
+            if lean
+            else ""
+        )
         + (f", to the binary COPY ceiling {ratio(stored_rate, copy.rate)}" if copy else "")
     )
     n = max(final.stored, 1)
