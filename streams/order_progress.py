@@ -200,9 +200,12 @@ class _WorkOrder:
     # every read: the order step reads them several times per input and per flush, for
     # every work order of the order. Not state: left out of snapshots.
     derived: _Derived | None = field(default=None, repr=False, compare=False)
-    # Its figures as of (now, done_at): every input re-reads every work order of the
-    # order, most of them unchanged at an unchanged "now". Not state either.
-    fig: tuple[int, int | None, _WoFig] | None = field(default=None, repr=False, compare=False)
+    # Its figures as of (now, done_at), and whether they hold at any later "now" (made or
+    # without a quantity, and no part in the rate window: see OrderProgress._evaluate).
+    # Not state either.
+    fig: tuple[int, int | None, _WoFig, bool] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     def __getstate__(self) -> tuple[None, dict[str, Any]]:
         # Slots only (pickle's own shape for a slots class). Objects from before routings
@@ -338,9 +341,23 @@ class OrderProgress:
         self.cancel_acked: int | None = None  # highest cancelled version acknowledged
         self.pending: list[Callback] = []
         self.dirty = False
+        self._no_caches()
+
+    def _no_caches(self) -> None:
+        # Caches of _evaluate (see there); not state: rebuilt on the first input.
+        self._active: set[str] | None = None
+        self._contrib: dict[str, tuple[int, int]] = {}
+        self._sum = (0, 0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for name in _CACHES:
+            state.pop(name, None)
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._no_caches()
         # Snapshots from before routings: slots added since are unset on their objects.
         for wo in self.wos.values():
             wo.derived = wo.fig = None  # not in snapshots
@@ -381,7 +398,7 @@ class OrderProgress:
         wo.own_routing = bool(ev.routing)
         wo.changed()
         self._tick(to_us(ev.ts))
-        self._evaluate()
+        self._evaluate(ev.work_order)
 
     def on_parts(
         self,
@@ -412,7 +429,7 @@ class OrderProgress:
         if (good_total or scrap_total) and (wo.started_at is None or t < wo.started_at):
             wo.started_at, wo.started_machine = t, machine
         self._tick(t)
-        self._evaluate()
+        self._evaluate(work_order)
 
     def on_wo_started(
         self, work_order: str, machine: str, t: int, ops: tuple[tuple[str, int], ...] = ()
@@ -433,7 +450,7 @@ class OrderProgress:
         if wo.started_at is None or t < wo.started_at:
             wo.started_at, wo.started_machine = t, machine
         self._tick(t)
-        self._evaluate()
+        self._evaluate(work_order)
 
     def on_clock(self, t: int) -> None:
         """Move "now" without new facts (rates decay, ETAs move, due passes): the dataflow's
@@ -526,10 +543,10 @@ class OrderProgress:
 
     def _wo_fig(self, wo: _WorkOrder, now: int) -> _WoFig:
         c = wo.fig
-        if c is not None and c[0] == now and c[1] == wo.done_at:
+        if c is not None and c[1] == wo.done_at and (c[0] == now or (c[3] and now > c[0])):
             return c[2]
         fig = self._wo_fig_of(wo, now)
-        wo.fig = (now, wo.done_at, fig)
+        wo.fig = (now, wo.done_at, fig, _settled(wo, fig, now))
         return fig
 
     def _wo_fig_of(self, wo: _WorkOrder, now: int) -> _WoFig:
@@ -630,24 +647,38 @@ class OrderProgress:
     def _emit(self, event_type: str, payload: dict[str, Any], dedupe: str) -> None:
         self.pending.append(Callback(self.order_no, event_type, payload, dedupe))
 
-    def _evaluate(self) -> None:
-        """After every input: completion times, then the callbacks the change calls for."""
+    def _evaluate(self, changed: str | None = None) -> None:
+        """After every input: completion times, then the callbacks the change calls for.
+
+        `changed`: the one work order the input changed (None: possibly any). An order
+        keeps all its work orders, so the work is kept proportional to the change: after
+        a full pass, every work order's completion time matches its good parts and its
+        part of the totals is remembered, so only the changed one is looked at again; and
+        a work order that is made (or has no quantity) and made no part in the rate window
+        adds nothing to the order's ETA (no remaining parts, a rate of 0 until it changes:
+        see _rate) and is left out of it until it changes."""
         now = self.now
         assert now is not None
-        # One pass (an order may have many work orders): completion times and the totals
-        # (as _totals: the same sums in the same order).
-        good = scrap = 0
-        for wo in self.wos.values():
-            d = wo.derived
-            if d is None:
-                d = wo._derive()
-            if wo.qty is not None and d.good >= wo.qty:
-                if wo.done_at is None:
-                    wo.done_at = now
-            else:
-                wo.done_at = None  # revised below its quantity: not finished after all
-            good += d.good
-            scrap += d.scrap
+        wos = self.wos
+        active = self._active
+        if active is None or changed is None:
+            good = scrap = 0
+            contrib: dict[str, tuple[int, int]] = {}
+            for w, wo in wos.items():
+                d = self._done(wo, now)
+                good += d.good
+                scrap += d.scrap
+                contrib[w] = (d.good, d.scrap)
+            self._contrib, self._sum = contrib, (good, scrap)
+            active = self._active = set(wos)
+        else:
+            d = self._done(wos[changed], now)
+            was_good, was_scrap = self._contrib.get(changed, (0, 0))
+            good = self._sum[0] + d.good - was_good
+            scrap = self._sum[1] + d.scrap - was_scrap
+            self._contrib[changed] = (d.good, d.scrap)
+            self._sum = (good, scrap)
+            active.add(changed)
         o = self.order
         if o is None:
             return  # no callbacks before the CRM order is known; caught up once it is
@@ -656,14 +687,19 @@ class OrderProgress:
                 self.done_at = now
         else:
             self.done_at = None
+        # The active work orders' figures, in the order's order (the rates' float sum).
         figs: dict[str, _WoFig] = {}
-        for w, wo in self.wos.items():
+        for w, wo in wos.items():
+            if w not in active:
+                continue
             c = wo.fig  # _wo_fig's cache, looked up inline (most work orders hit it)
-            figs[w] = (
+            f = figs[w] = (
                 c[2]
                 if c is not None and c[0] == now and c[1] == wo.done_at
                 else self._wo_fig(wo, now)
             )
+            if _settled(wo, f, now):
+                active.discard(w)
         eta = self._order_eta(figs, good, now)
         if o.status in _PROGRESS_STATUSES:
             # Sorted only when there is something to announce (rarely: once per work order).
@@ -722,6 +758,18 @@ class OrderProgress:
 
     # -- housekeeping ------------------------------------------------------------------------
 
+    def _done(self, wo: _WorkOrder, now: int) -> _Derived:
+        """Its completion time set from its good parts; its derived figures."""
+        d = wo.derived
+        if d is None:
+            d = wo._derive()
+        if wo.qty is not None and d.good >= wo.qty:
+            if wo.done_at is None:
+                wo.done_at = now
+        else:
+            wo.done_at = None  # revised below its quantity: not finished after all
+        return d
+
     def _forget(self, now: int) -> None:
         """Drop rate samples older than the one at the start of the window."""
         since = now - RATE_WINDOW_US
@@ -731,6 +779,19 @@ class OrderProgress:
                 i = bisect_right(s, (since, 1 << 62)) - 1
                 if i > 0:
                     del s[:i]
+
+
+_CACHES: Final = ("_active", "_contrib", "_sum")
+
+
+def _settled(wo: _WorkOrder, fig: _WoFig, now: int) -> bool:
+    """Whether its figures at `now` hold at any later "now" until it changes: nothing
+    remains to make (or no quantity: no ETA), and no part in the rate window (its rate is
+    0 from now on: each run's latest sample, at or before the window, is its total)."""
+    since = now - RATE_WINDOW_US
+    return not fig.remaining and all(
+        not r.samples or r.samples[-1][0] <= since for r in wo.runs.values()
+    )
 
 
 def _last_machine(wo: _WorkOrder) -> str | None:
