@@ -297,3 +297,53 @@ def test_only_the_wiring_imports_bytewax() -> None:
             if re.search(r"^\s*(from|import)\s+bytewax\b", text, re.MULTILINE):
                 found.add(str(path.relative_to(REPO_ROOT)))
     assert found == BYTEWAX_IMPORTERS
+
+
+def test_a_live_cluster_follows_the_log_and_stops_on_sigterm(db_url: str, tmp_path: Path) -> None:
+    """`mesflow run dataflow --processes 2 --process-id i --addresses ..`: both processes
+    follow the log as it grows; every partition's progress, idle ones too, reaches the end;
+    SIGTERM to both stops them cleanly, and a restart resumes each partition."""
+    import signal
+
+    from tests.helpers import Mesflow, mesflow_env, wait_until
+
+    addresses = ";".join(f"localhost:{free_port()}" for _ in range(2))
+    env = mesflow_env(db_url, tmp_path / "var", MESFLOW_SNAPSHOT_SECONDS="0.5")
+
+    def start() -> list[Mesflow]:
+        return [
+            Mesflow("run", "dataflow", "--processes", "2", "--process-id", str(i),
+                    "--addresses", addresses, env=env, log=tmp_path / f"dataflow-{i}.log")
+            for i in range(2)
+        ]  # fmt: skip
+
+    def caught_up() -> bool:
+        p = progress(db_url)
+        return len(p) == len(PARTS) and min(p.values()) == log_position(db_url)
+
+    events = history(seed=3)
+    procs = start()
+    try:
+        wait_until(lambda: all("process" in p.output() for p in procs), what="both started")
+        feed(db_url, events[:800])
+        wait_until(caught_up, timeout=60, what="both processes to take in the log")
+        feed(db_url, events[800:1200])  # arrives while they run
+        wait_until(caught_up, timeout=60, what="the new rows")
+    finally:
+        for p in procs:
+            p.proc.send_signal(signal.SIGTERM)
+        codes = [p.terminate(timeout=30) for p in procs]
+    assert codes == [0, 0], [p.output() for p in procs]
+    assert count(db_url, "SELECT count(*) FROM machine_state_interval") > 0
+
+    feed(db_url, events[1200:1500])  # while the cluster is down
+    position = min(progress(db_url).values())
+    procs = start()
+    try:
+        wait_until(caught_up, timeout=60, what="the restarted cluster")
+        out = "".join(p.output() for p in procs)
+        assert f"resuming the ingest log after seq {position}" in out
+    finally:
+        for p in procs:
+            p.proc.send_signal(signal.SIGTERM)
+        assert [p.terminate(timeout=30) for p in procs] == [0, 0]
