@@ -205,9 +205,10 @@ class MachineTracker:
     """Everything the dataflow knows about one machine."""
 
     # Reason reports refused `no_stop` that a state event within the allowed lateness can
-    # still turn into reports about a stop: (at, ts, arrival, reason). A class default so
-    # that snapshots from before it load; always replaced, never changed in place.
-    refused: tuple[tuple[int, int, int, str], ...] = ()
+    # still turn into reports about a stop: (at, arrival, log seq, report); a rebuild
+    # applies them again in event-time order. A class default so that snapshots from
+    # before it load; always replaced, never changed in place.
+    refused: tuple[tuple[int, int, int, DowntimeReasonReport], ...] = ()
 
     def __init__(self, spec: MachineSpec) -> None:
         self.spec = spec
@@ -616,7 +617,7 @@ class MachineTracker:
             if last is None or at >= last - late:
                 self.refused = (
                     *(r for r in self.refused if last is None or r[0] >= last - late),
-                    (at, t, order, ev.reason),
+                    (at, order, seq, ev),
                 )
             what = "running" if iv is not None else "not known"
             return Rejection(seq, "no_stop", f"the machine was {what} at {ev.at.isoformat()}")
@@ -633,7 +634,8 @@ class MachineTracker:
         assert last is not None
         late, keep, clock = self.spec.lateness_us, [], last
         for r in self.refused:
-            at, t, order, reason = r
+            at, order, _, ev = r
+            t = to_us(ev.ts)
             if at < last - late:
                 continue  # a state event that reaches `at` would now be late: a rebuild
             i = self._index_at(at)
@@ -641,7 +643,7 @@ class MachineTracker:
             if iv is None or iv.state == "running" or iv.start < t - self.spec.history_us:
                 keep.append(r)
                 continue
-            insort(self.reports, Report(at, (t, order), reason), key=lambda x: x.at)
+            insort(self.reports, Report(at, (t, order), ev.reason), key=lambda x: x.at)
             if self._effective_reason(iv) != iv.reason:
                 self._revise([iv], lambda: None)
             clock = max(clock, t)

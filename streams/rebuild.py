@@ -153,7 +153,13 @@ def replay_events(
     the rebuilt span's start on that no longer exist are written empty (see _vanished).
     """
     tracker = base
-    ordered = sorted(events, key=event_order)
+    # Reports the base refused that a state event among `events` may make reports about a
+    # stop: applied again at their own place in event time (taken at the state event,
+    # they would move the clock past events still to come).
+    last, late = base.last_ts, base.spec.lateness_us
+    again = [(seq, ev) for at, _, seq, ev in base.refused if last is None or at >= last - late]
+    base.refused = ()
+    ordered = sorted([*events, *again], key=event_order)
     out: dict[tuple[Any, ...], Row | Rejection] = {}
 
     def take(rows: Iterable[Row | Rejection]) -> None:

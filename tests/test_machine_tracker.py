@@ -454,6 +454,26 @@ def test_a_refused_report_is_taken_when_a_state_event_within_lateness_makes_its_
     )
 
 
+def test_a_rebuild_applies_a_remembered_refused_report_at_its_own_time() -> None:
+    """The refused report (11:05:45 about 10:59:24.6) is in the checkpoint a rebuild starts
+    from; the idle state event after it makes its stop. Taken at the state event, it would
+    move the clock to 11:05:45 before the count at 11:00:00 (late by then: the rebuild
+    failed); applied again at its own ts, the rebuild gives the in-order figures."""
+    at = (T0 + timedelta(minutes=9.41)).isoformat()
+    events = [
+        ev("state", 0, state="running"),
+        ev("state", 11.75, state="offline"),  # 11:01:45
+        ev("downtime_reason", 15.75, at=at, reason="material_shortage"),  # refused
+        ev("state", 9.4, state="idle"),  # 10:59:24: takes the report, clock 11:05:45
+        ev("count", 10, good=2),  # 11:00:00, late: rebuilt from the checkpoint at 11:01:45
+    ]
+    in_order, _ = run(sorted(events, key=lambda e: e["ts"]), batch=1)
+    merged, rebuilds = run_merging(events, batch=1, every=1)
+    assert rebuilds == 1 and merged == in_order
+    stop = merged[("interval", datetime.fromisoformat("2026-11-20T10:59:24+08:00"))]
+    assert stop.reason == "material_shortage"
+
+
 def test_choose_checkpoint() -> None:
     from streams.rebuild import CheckpointInfo, choose_checkpoint
 
