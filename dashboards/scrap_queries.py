@@ -83,11 +83,22 @@ _PLANT_SCRAP = (
 
 
 def _scope_scrap(f: Filters) -> sql.Composed:
+    # A line's machines also as a list, so that each machine's hours are read by the primary
+    # key (machine, hour_start, ...): on the line alone PostgreSQL read every machine's scrap
+    # of the range and kept the line's (720,000 rows for 8,600 at 500 machines, 0.15 s).
+    machines = (
+        sql.SQL(
+            " AND v.machine = ANY(ARRAY(SELECT m.machine FROM plant_machine m"
+            " WHERE m.line = %(scope_id)s))"
+        )
+        if f.scope.kind == "line"
+        else sql.SQL("")
+    )
     return sql.SQL(
         "SELECT v.reason, max(v.category) AS category, max(v.reason_en) AS reason_en, "
         "max(v.reason_zh) AS reason_zh, v.product, sum(v.qty)::bigint AS qty, "
         "(sum(v.qty) / NULLIF(sum(sum(v.qty)) OVER (), 0))::float8 AS share "
-        "FROM v_scrap_by_reason v WHERE {scope} "
+        "FROM v_scrap_by_reason v WHERE {scope}{machines} "
         # The hours by time first (index), then the date they count on: a shift starting on
         # the range's last day ends the next morning, one from the day before may hold its
         # first hours.
@@ -95,7 +106,7 @@ def _scope_scrap(f: Filters) -> sql.Composed:
         "AND v.day >= %(start)s AND v.day < %(end)s "
         "AND (%(shift)s::text IS NULL OR v.shift_name = %(shift)s) "
         "GROUP BY v.reason, v.product ORDER BY qty DESC, v.reason, v.product"
-    ).format(scope=_scope_filter(f.scope, "v"))
+    ).format(scope=_scope_filter(f.scope, "v"), machines=machines)
 
 
 def by_reason(rows: Sequence[ScrapRow]) -> list[tuple[str, int]]:

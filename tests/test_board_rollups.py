@@ -19,13 +19,14 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg import sql
 
 from bench.board_queries_bench import REASONS, fill
 from dashboards import analytics_queries as aq
 from dashboards import scrap_queries as sq
 from dashboards.queries import Database
 from mesflow.plant import PlantConfig
-from mesflow.report import Scope
+from mesflow.report import Scope, _scope_filter
 from streams.replay import replay_file
 from tests.conftest import _with_db
 from tests.helpers import random_events, write_jsonl
@@ -326,20 +327,26 @@ def reference_reasons(db: Database, f: aq.Filters) -> list[tuple[Any, ...]]:
     return db.run(lambda conn: conn.execute(query, params).fetchall())
 
 
-def reference_scrap(db: Database, f: aq.Filters, tz: ZoneInfo) -> list[tuple[Any, ...]]:
-    """sq.scrap_by_reason for the plant as it was before sql/036 (verbatim, scope 'true')."""
+PLANT_SCOPE = sql.SQL("true")
+
+
+def reference_scrap(
+    db: Database, f: aq.Filters, tz: ZoneInfo, scope: sql.Composable = PLANT_SCOPE
+) -> list[tuple[Any, ...]]:
+    """sq.scrap_by_reason as it was before sql/036 (verbatim; the plant's scope is 'true')."""
     start_ts, end_ts = f.bounds(tz)
-    query = (
+    query = sql.SQL(
         "SELECT v.reason, max(v.category) AS category, max(v.reason_en) AS reason_en, "
         "max(v.reason_zh) AS reason_zh, v.product, sum(v.qty)::bigint AS qty, "
         "(sum(v.qty) / NULLIF(sum(sum(v.qty)) OVER (), 0))::float8 AS share "
-        "FROM v_scrap_by_reason v WHERE true "
+        "FROM v_scrap_by_reason v WHERE {scope} "
         "AND v.hour_start >= %(lo)s AND v.hour_start < %(hi)s "
         "AND v.day >= %(start)s AND v.day < %(end)s "
         "AND (%(shift)s::text IS NULL OR v.shift_name = %(shift)s) "
         "GROUP BY v.reason, v.product ORDER BY qty DESC, v.reason, v.product"
-    )
+    ).format(scope=scope)
     params = {
+        "scope_id": f.scope.id,
         "start": f.start,
         "end": f.end,
         "shift": f.shift,
@@ -437,3 +444,32 @@ def test_the_rollups_are_read_for_the_plant_only(pareto_db: Database, plant: Pla
         finally:
             conn.execute("INSERT INTO board_reason_shift SELECT * FROM kept_rollup")
             conn.execute("DROP TABLE kept_rollup")
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    scope=st.sampled_from([Scope("line", "IM"), Scope("line", "CNC"), Scope("machine", "IM-02")]),
+    first_day=st.integers(-1, DAYS),
+    days=st.integers(1, DAYS + 1),
+    shift=st.sampled_from([None, "day", "night"]),
+)
+def test_a_lines_and_a_machines_scrap_return_what_they_did(
+    pareto_db: Database,
+    plant: PlantConfig,
+    scope: Scope,
+    first_day: int,
+    days: int,
+    shift: str | None,
+) -> None:
+    """A line's scrap names its machines as a list for the primary key (not the rollups)."""
+    start = FIRST + timedelta(days=first_day)
+    f = aq.Filters(start, start + timedelta(days=days), scope, shift)
+    got = [astuple(r) for r in sq.scrap_by_reason(pareto_db, f, plant.tz)]
+    want = reference_scrap(pareto_db, f, plant.tz, _scope_filter(f.scope, "v"))
+    assert got == want
+    if scope.id == "IM" and first_day == 0 and days == DAYS and shift is None:
+        assert got
