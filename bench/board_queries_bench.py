@@ -2,6 +2,7 @@
 board indexes and statistics of sql/034_board_scale.sql and the rewritten query texts.
 
     .venv/bin/python -m bench.board_queries_bench [--machines 500] [--days 30] [--runs 3]
+    .venv/bin/python -m bench.board_queries_bench --against REV [--runs 5]
 
 The result tables are filled by SQL (generate_series) in the shapes the dataflow writes (state
 intervals every 10 minutes with the last one open, machine hours, hour and shift KPI rows,
@@ -18,6 +19,10 @@ time, the worst row estimate against the actual rows over the plan's nodes, and 
 hash that spilled to disk. Printed per query: before and after (median of --runs warm runs, in
 ms, client side: SQL plus rows to Python objects), server ms, estimate/actual, spills, and the
 ratio to the 100 ms target. Exit 1 when any query is over the target after.
+
+--against REV compares query texts alone: every migration is applied first, and the query
+modules of git revision REV and of this tree run on the same database, their runs interleaved
+(on a loaded machine both see the same load).
 """
 
 from __future__ import annotations
@@ -517,6 +522,37 @@ def measure_all(
     return {name: measure(db, fn, runs) for name, fn in queries.items()}
 
 
+def measure_interleaved(
+    db: ExplainingDatabase, before: dict[str, Query], after: dict[str, Query], runs: int
+) -> tuple[dict[str, Measured], dict[str, Measured]]:
+    """Both query sets on one database, their runs alternated (before, after, before, ...):
+    on a machine whose load comes and goes, both see the same load."""
+    out_b: dict[str, Measured] = {}
+    out_a: dict[str, Measured] = {}
+    for name in after:
+        fb, fa = before[name], after[name]
+        rows = {}
+        for label, fn in (("b", fb), ("a", fa)):
+            db.plan = None
+            rows[label] = _size(fn(db))  # warm
+        times: dict[str, list[float]] = {"b": [], "a": []}
+        for _ in range(runs):
+            for label, fn in (("b", fb), ("a", fa)):
+                t0 = time.perf_counter()
+                fn(db)
+                times[label].append((time.perf_counter() - t0) * 1000)
+        plans = {}
+        for label, fn in (("b", fb), ("a", fa)):
+            plans[label] = db.plan = Plan()
+            try:
+                fn(db)
+            finally:
+                db.plan = None
+        out_b[name] = Measured(statistics.median(times["b"]), plans["b"], rows["b"])
+        out_a[name] = Measured(statistics.median(times["a"]), plans["a"], rows["a"])
+    return out_b, out_a
+
+
 def load_average() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} ({os.cpu_count()} CPUs)"
@@ -550,7 +586,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--baseline", default=BASELINE, help="git revision of the 'before' queries")
     ap.add_argument("--only", default="", help="run only queries whose name contains this")
+    ap.add_argument(
+        "--against",
+        default="",
+        metavar="REV",
+        help="instead: every migration applied first, then the query modules of REV and of "
+        "this tree on the same database, their runs interleaved (a loaded machine's fair "
+        "before/after of query texts alone)",
+    )
     args = ap.parse_args(argv)
+    if args.against:
+        return main_against(args)
     first = date(2026, 10, 1)
     with tempfile.TemporaryDirectory(prefix="mesflow-board-plant-") as tmp:
         plant = big_plant(args.machines, Path(tmp))
@@ -590,6 +636,45 @@ def main(argv: list[str] | None = None) -> int:
             db = ExplainingDatabase(url)  # new sessions: no plan cached from before
             print(f"after (this tree): {load_average()}")
             after = measure_all(db, {n: after_q[n] for n in names}, args.runs)
+        finally:
+            db.close()
+        return report(before, after)
+
+
+def main_against(args: argparse.Namespace) -> int:
+    from bench.common import big_plant
+
+    first = date(2026, 10, 1)
+    with tempfile.TemporaryDirectory(prefix="mesflow-board-plant-") as tmp:
+        plant = big_plant(args.machines, Path(tmp))
+    with embedded_database() as url:
+        t0 = time.perf_counter()
+        migrate(url, log=lambda _m: None)
+        sync_plant(url, plant)
+        counts = fill(url, list(plant.machines), first, args.days, plant.plant.timezone)
+        print(
+            f"{len(plant.machines)} machines x {args.days} days filled in "
+            f"{time.perf_counter() - t0:.1f} s (every migration applied first): "
+            + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+        )
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT order_no FROM work_order_progress WHERE machine = %s "
+                "ORDER BY started_at DESC LIMIT 1",
+                (plant.lines[0].machines[0].id,),
+            ).fetchone()
+        order_no = row[0] if row else ""
+        db = ExplainingDatabase(url)
+        try:
+            before_q = board_queries(
+                baseline_modules(args.against), plant, first, args.days, order_no
+            )
+            after_q = board_queries(current_modules(), plant, first, args.days, order_no)
+            names = [n for n in after_q if args.only in n]
+            print(f"before: queries of {args.against}; after: this tree; {load_average()}")
+            before, after = measure_interleaved(
+                db, {n: before_q[n] for n in names}, {n: after_q[n] for n in names}, args.runs
+            )
         finally:
             db.close()
         return report(before, after)
