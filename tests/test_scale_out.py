@@ -347,3 +347,64 @@ def test_a_live_cluster_follows_the_log_and_stops_on_sigterm(db_url: str, tmp_pa
         for p in procs:
             p.proc.send_signal(signal.SIGTERM)
         assert [p.terminate(timeout=30) for p in procs] == [0, 0]
+
+
+def test_partitions_resumed_at_different_positions_read_each_row_once(db_url: str) -> None:
+    """After a rescale the partitions of one reader resume at different seqs: each gets
+    exactly its rows after its own position, and a reader without partition 0 re-reads
+    partition 0's rows for those of its partitions that have not read past them."""
+    import random
+    import threading
+
+    from mesflow.ingest_log import LogEntry
+    from streams.log_source import IngestLogSource, ReadMark
+
+    feed(db_url, history(seed=4))
+    upto = log_position(db_url)
+    with psycopg.connect(db_url) as conn:
+        part = dict(conn.execute("SELECT seq, part FROM ingest_log").fetchall())
+    rng = random.Random(4)
+    resume = {k: rng.randrange(0, upto) for k in PARTS}
+    source = IngestLogSource(db_url, batch_size=97, upto_seq=upto, marks=True)
+    got: dict[str, list[Any]] = {}
+    readers: dict[str, Any] = {}
+
+    def worker(name: str, parts: list[int]) -> None:
+        built = [source.build_part("in", part_name(k), resume[k]) for k in parts]
+        readers[name] = built[0].reader
+        out: list[Any] = []
+        live = list(built)
+        while live:
+            for p in list(live):
+                try:
+                    batch = p.next_batch()
+                except StopIteration:
+                    live.remove(p)
+                    continue
+                # What owned_only would consume: the foreign rows' targets, now.
+                foreign = p.reader.foreign
+                out.extend((x, foreign.pop(getattr(x, "seq", -1), None)) for x in batch)
+        got[name] = out
+
+    halves = {"a": [k for k in PARTS if k % 2 == 0], "b": [k for k in PARTS if k % 2]}
+    threads = [threading.Thread(target=worker, args=item) for item in halves.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, parts in halves.items():
+        rows = [(x.seq, foreign) for x, foreign in got[name] if type(x) is LogEntry]
+        own = sorted(s for s, f in rows if f is None)
+        want = sorted(s for s, k in part.items() if k in parts and s > resume[k])
+        assert own == want, name
+        if 0 not in parts:  # partition 0's rows, each for our partitions not yet past it
+            foreign = {s: f for s, f in rows if f is not None}
+            want_f = {
+                s: frozenset(k for k in parts if s > resume[k])
+                for s, k in part.items()
+                if k == 0 and any(s > resume[j] for j in parts)
+            }
+            assert foreign == want_f
+        marks = [x for x, _ in got[name] if type(x) is ReadMark]
+        assert dict(marks[-1].positions) == dict.fromkeys(parts, upto)
+        assert readers[name].positions == dict.fromkeys(parts, upto)
