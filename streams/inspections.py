@@ -257,6 +257,9 @@ class Inspections:
         # (its patrol slots are derived from its start each time): remembered.
         self._later: dict[tuple[str, int, int], int] = {}
         self._days: dict[int, date] = {}
+        # Per run: (its memo, the inputs its rows were derived from, the clock up to which
+        # they stand): see _run_rows.
+        self._same: dict[RunKey, tuple[_Memo, tuple[Any, ...], int]] = {}
 
     # -- input -------------------------------------------------------------------------------
 
@@ -402,10 +405,19 @@ class Inspections:
         if nxt is not None:  # an inspection belongs to the latest run of its work order here
             checks = [c for c in checks if c.t < nxt]
         made, detected = self._parts(machine, run, nxt, policy, memo)
+        clock = s.clock
+        # The rows below are a function of these and of the clock, which they read only
+        # in comparisons with a few instants: up to the first of them (`until`), the same
+        # inputs give the rows already sent (open runs are derived at every batch).
+        inputs = (run, nxt, product, tuple(checks), made, detected)
+        run_key = (run.work_order, machine, run.op, run.start)
+        same = self._same.get(run_key)
+        if same is not None and same[0] is memo and same[1] == inputs and clock < same[2]:
+            return []
+        until = _NEVER
         firsts = [c for c in checks if c.stage == "first"]
         patrols = [c for c in checks if c.stage == "patrol" and (run.end is None or c.t <= run.end)]
         lasts = [c for c in checks if c.stage == "last"]
-        clock = s.clock
         slots: list[tuple[str, datetime, date, str, datetime | None, str | None]] = []
         flags: list[InspectionFlag] = []
         run_start = from_us(run.start)
@@ -505,6 +517,7 @@ class Inspections:
                 if episode is None:
                     episode = later(d, grace)
                 d = later(d, every)
+            until = min(until, later(d, grace) + 1)  # then `d` may be missed
             if episode is not None:
                 flag("patrol_missed", episode, run.end, "missed", False)
                 if run.end is None:
@@ -513,6 +526,8 @@ class Inspections:
                 next_due = d
                 if d <= clock:  # due, within its grace: not decided yet
                     slots.append(("patrol", from_us(d), self._day(d), "open", None, None))
+                else:
+                    until = min(until, d)
 
         # Last piece: owed at the run's end.
         lp = "off"
@@ -523,6 +538,8 @@ class Inspections:
                 lp = "missing"
                 # Shown for a day (time to record it late), then a compliance figure only.
                 shown_until = run.end + LAST_PIECE_SHOWN_US
+                if clock < shown_until:
+                    until = min(until, shown_until)
                 flag(
                     "last_piece",
                     run.end,
@@ -578,6 +595,9 @@ class Inspections:
             if k not in new and f.until != f.since:
                 out.append(f._replace(until=f.since))  # withdrawn
         memo.flags = new
+        if len(self._same) > _MAX_MEMO:
+            self._same.clear()
+        self._same[run_key] = (memo, inputs, until)
         return out
 
     def _parts(
@@ -666,6 +686,7 @@ class Inspections:
 
 
 _MAX_MEMO = 100_000  # entries of each memo above (a few MB at most)
+_NEVER = 1 << 62
 
 
 def _shift_time_after(cal: CalendarIndex | None, t: int, span: int) -> int:

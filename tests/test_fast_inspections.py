@@ -1,0 +1,64 @@
+"""The inspection step's memos (streams/inspections.py: shift-time offsets, plant-local
+days, and each run's rows kept while its inputs are the same and the clock has not reached
+an instant they compare with) change no row: every batch gives exactly the rows of an
+instance that forgets its memos before every batch, whatever the reports, part totals and
+batch cuts (the clock moves with the batches' event times)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesflow.plant import PlantConfig
+from streams.inspections import Inspections
+from tests.test_inspections import POLICY, check, end, parts, start, with_policy
+
+WOS = ("WO-1", "WO-2")
+
+
+@st.composite
+def items(draw: st.DrawFn) -> list[Any]:
+    out: list[Any] = []
+    minute = 0.0
+    totals = dict.fromkeys(WOS, 0)
+    for _ in range(draw(st.integers(1, 40))):
+        minute += draw(st.sampled_from([0.5, 3, 11, 25, 61, 130]))
+        wo = draw(st.sampled_from(WOS))
+        kind = draw(st.sampled_from(["start", "end", "first", "patrol", "last", "parts", "parts"]))
+        if kind == "start":
+            out.append(start(minute, wo))
+        elif kind == "end":
+            out.append(end(minute, wo))
+        elif kind == "parts":
+            totals[wo] += draw(st.integers(0, 7))
+            out.append(parts(minute, totals[wo], wo))
+        else:
+            out.append(check(minute, kind, draw(st.sampled_from(["pass", "fail"])), wo))
+    return out
+
+
+def forget(steps: Inspections) -> None:
+    steps._same.clear()
+    steps._later.clear()
+    steps._days.clear()
+
+
+@settings(max_examples=50, deadline=None)
+@given(items(), st.integers(1, 6), st.booleans())
+def test_memos_change_no_row(plant: PlantConfig, xs: list[Any], batch: int, patrol: bool) -> None:
+    # Without patrols, the last piece's day of showing is the only instant the clock meets.
+    p = with_policy(
+        plant, POLICY if patrol else POLICY.model_copy(update={"patrol_every_minutes": 0})
+    )
+    fast, fresh = Inspections(p, lag_s=0), Inspections(p, lag_s=0)
+    for i in range(0, len(xs), batch):
+        forget(fresh)
+        assert fast.feed(xs[i : i + batch]) == fresh.feed(xs[i : i + batch])
+    for now in (10**6 * 3600, 10**6 * 86400 * 2):  # later, as live ticks would
+        forget(fresh)
+        clock = fast.state.clock + now
+        assert fast.tick(clock) == fresh.tick(clock)
+    forget(fresh)
+    assert fast.settle() == fresh.settle()
