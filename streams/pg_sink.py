@@ -218,19 +218,79 @@ ON CONFLICT (flow) DO UPDATE SET last_seq = GREATEST(dataflow_progress.last_seq,
     EXCLUDED.last_seq), updated_at = now()"""
 
 
-def _record_progress(cur: psycopg.Cursor[Any], flow: str, batch: _Batch, marks: bool) -> None:
-    """One reader (marks False): a batch's Progress is every partition's position (it read
-    them all, in seq order). A cluster: each reader's ReadMarks, per partition."""
-    if marks:
-        read = batch.read
+def _record_progress(
+    cur: psycopg.Cursor[Any], flow: str, batch: _Batch, ledger: _MarkLedger | None
+) -> None:
+    """One reader (no ledger): a batch's Progress is every partition's position (it read
+    them all, in seq order), committed with the batch. A cluster: the readers' ReadMarks,
+    per partition, go to the ledger."""
+    if ledger is not None:
+        ledger.arrive(batch.read)
     elif batch.last_seq:
-        read = dict.fromkeys(PARTS, batch.last_seq)
-    else:
-        return
+        _upsert_progress(cur, flow, dict.fromkeys(PARTS, batch.last_seq))
+
+
+def _upsert_progress(cur: psycopg.Cursor[Any], flow: str, read: dict[int, int]) -> None:
     if read:
         parts = sorted(read)
         names = [f"{flow}:{part_name(k)}" for k in parts]
         cur.execute(UPSERT_PROGRESS, (names, [read[k] for k in parts]))
+
+
+class _MarkLedger:
+    """A cluster's read marks, committed one epoch late. A mark travels from its reader
+    straight to the sink, ahead of the rows of the events read before it (they go through
+    the machines' and the other steps, maybe in another process). Every row of an epoch is
+    written when Bytewax ends the epoch (`snapshot`); so marks that had arrived by the end
+    of the previous epoch are covered by then: committed at this one's end. Progress in a
+    cluster lags by one snapshot interval; it never runs ahead of the results."""
+
+    def __init__(self, database_url: str, flow: str) -> None:
+        self.database_url = database_url
+        self.flow = flow
+        self.lock = threading.Lock()  # the writer thread adds, the dataflow thread commits
+        self.arrived: dict[int, int] = {}
+        self.ripe: dict[int, int] = {}
+        self.conn: psycopg.Connection | None = None
+
+    def arrive(self, read: dict[int, int]) -> None:
+        with self.lock:
+            _merge_max(self.arrived, read)
+
+    def epoch_ended(self) -> None:
+        with self.lock:
+            due, self.ripe, self.arrived = self.ripe, self.arrived, {}
+        self._commit(due)
+
+    def closing(self) -> None:
+        """Every row is written (a clean stop): every mark holds."""
+        with self.lock:
+            due = _merge_max(self.ripe, self.arrived)
+            self.ripe, self.arrived = {}, {}
+        self._commit(due)
+        if self.conn is not None:
+            self.conn.close()
+
+    def _commit(self, due: dict[int, int]) -> None:
+        if not due:
+            return
+        try:
+            if self.conn is None or self.conn.closed:
+                self.conn = connect(self.database_url, autocommit=True)
+            with self.conn.cursor() as cur:
+                _upsert_progress(cur, self.flow, due)
+        except psycopg.OperationalError as err:  # the next epoch commits them
+            log.warning("progress not recorded (%s); next epoch", err)
+            self.conn = None
+            with self.lock:
+                _merge_max(self.ripe, due)
+
+
+def _merge_max(into: dict[int, int], more: dict[int, int]) -> dict[int, int]:
+    for k, pos in more.items():
+        if pos > into.get(k, 0):
+            into[k] = pos
+    return into
 
 
 class _Batch:
@@ -297,10 +357,7 @@ class _Batch:
         elif t is limit_spans.ProductRun:
             self.runs[(item.machine, item.start)] = item
         elif t is ReadMark:
-            read = self.read
-            for k, pos in item.positions:
-                if pos > read.get(k, 0):
-                    read[k] = pos
+            _merge_max(self.read, dict(item.positions))
         else:
             self.registered.add(item)
 
@@ -349,7 +406,8 @@ class ResultsSink(FixedPartitionedSink[Any, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ResultsPartition:
         part = _ResultsPartition(self.database_url, self.flow_name, self.alerts)
-        part.marks = self.marks
+        if self.marks:
+            part.ledger = _MarkLedger(self.database_url, self.flow_name)
         return part
 
 
@@ -365,7 +423,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
         self.queue: queue.Queue[list[Any] | None] = queue.Queue(maxsize=8)
         self.error: BaseException | None = None
         self.seen_seq = 0  # the highest ingest_log seq the sink has seen named
-        self.marks = False  # progress from ReadMarks (a cluster), see ResultsSink
+        self.ledger: _MarkLedger | None = None  # a cluster: progress from ReadMarks
         self.writer = threading.Thread(target=self._run, name="results-writer", daemon=True)
         self.writer.start()
 
@@ -376,6 +434,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
     def snapshot(self) -> None:
         self.queue.join()  # everything of this epoch is committed
         self._raise_if_failed()
+        if self.ledger is not None:
+            self.ledger.epoch_ended()
 
     def close(self) -> None:
         self.queue.join()
@@ -384,6 +444,8 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
         if self.conn is not None:
             self.conn.close()
         self._raise_if_failed()
+        if self.ledger is not None:
+            self.ledger.closing()
 
     def _raise_if_failed(self) -> None:
         if self.error is not None:
@@ -487,7 +549,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 _store_alert(cur, alert, self.alerts)
             if batch.dead:
                 cur.executemany(INSERT_DEAD, batch.dead)
-            _record_progress(cur, self.flow_name, batch, self.marks)
+            _record_progress(cur, self.flow_name, batch, self.ledger)
 
     def _write_row_by_row(self, batch: _Batch) -> None:
         """The batch again, each row in its own savepoint: a refused row is left out and
@@ -542,7 +604,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 )
                 log.error("dead-lettering seq %s: %s", seq, detail)
                 cur.execute(INSERT_DEAD, ("db_refused", safe_text(detail), seq))
-            _record_progress(cur, self.flow_name, batch, self.marks)
+            _record_progress(cur, self.flow_name, batch, self.ledger)
 
     def _source_seq(self, cur: psycopg.Cursor[Any], field: str, value: Any) -> int:
         """The newest event, up to the dataflow's position, whose `field` is `value`."""
