@@ -73,7 +73,7 @@ Keyed = tuple[int, MachineEvent | WorkOrderEvent]
 Out = Row | Rejection
 
 
-class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
+class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
     """Bytewax adapter around one machine's MachineTracker.
 
     With a LateStore, it also keeps the machine's checkpoints and merges late data: an
@@ -114,17 +114,20 @@ class MachineLogic(StatefulBatchLogic[Keyed, list[Out], bytes]):
             if (known, silent) != (tracker.spec.known_reasons, tracker.spec.silent_after_us):
                 tracker.spec = replace(tracker.spec, known_reasons=known, silent_after_us=silent)
 
-    def on_batch(self, values: list[Keyed]) -> tuple[list[list[Out]], bool]:
+    def on_batch(self, values: list[list[Keyed]]) -> tuple[list[list[Out]], bool]:
+        # Each value: the machine's events of one input batch, in log order (_grouped).
         tracker = self.tracker
         if tracker is None:
-            machine = values[0][1].machine
+            machine = values[0][0][1].machine
             assert machine is not None  # the validator keys every event by its machine
             tracker = self.tracker = MachineTracker(MachineSpec.from_plant(self.plant, machine))
         rejected: list[Out] = []
-        for seq, ev in values:
-            r = tracker.apply(seq, ev)
-            if r is not None:
-                rejected.append(r)
+        apply = tracker.apply
+        for group in values:
+            for seq, ev in group:
+                r = apply(seq, ev)
+                if r is not None:
+                    rejected.append(r)
         late = tracker.take_late()
         if late:
             if self.late is not None:
@@ -404,12 +407,46 @@ def _alert_inputs(config: AlertsConfig) -> frozenset[type]:
     return frozenset(types)
 
 
-_TO_ORDERS = (OrderInput, WorkOrderParts, WorkOrderStarted)
+_TO_ORDERS = frozenset({OrderInput, WorkOrderParts, WorkOrderStarted})
 
 
-def _order_no(x: Any) -> str:
-    # Only OrderInput, WorkOrderParts and WorkOrderStarted reach here (see _TO_ORDERS).
-    return str(x.order_no)
+def _grouped(step: Any) -> Any:
+    """The validator's output per input batch as: one (machine, [(seq, event), ...]) per
+    machine (its events in log order), then one list of everything else (orders, floor
+    reports, process values, rejections, the batch's Progress), in order."""
+
+    def grouped(batch: list[Any]) -> list[Any]:
+        groups: dict[str, list[Keyed]] = {}
+        others: list[Any] = []
+        for x in step(batch):
+            if type(x) is tuple:
+                g = groups.get(x[0])
+                if g is None:
+                    groups[x[0]] = [x[1]]
+                else:
+                    g.append(x[1])
+            else:
+                others.append(x)
+        out: list[Any] = list(groups.items())
+        if others:
+            out.append(others)
+        return out
+
+    return grouped
+
+
+def _is_group(x: Any) -> bool:
+    return type(x) is tuple
+
+
+def _rows_of(keyed: list[tuple[str, list[Any]]]) -> list[list[Any]]:
+    """A keyed step's outputs as one list per call (none if empty)."""
+    rows = [r for _, out in keyed for r in out]
+    return [rows] if rows else []
+
+
+def _order_inputs(lists: list[list[Any]]) -> list[tuple[str, Any]]:
+    return [(str(x.order_no), x) for rows in lists for x in rows if type(x) in _TO_ORDERS]
 
 
 def build_flow(
@@ -430,24 +467,29 @@ def build_flow(
     live = figures_every is not None
     clock = None if live else EventClock()  # replay: ETAs move to the last event time
     validator = Validator(plant)
+    # Rows travel in lists (one per input batch and step) between the steps: Bytewax's cost
+    # is per item and per operator, and the rows stream is nearly as long as the events.
+    # Only the keyed steps' inputs are single items: a machine's events of one batch (one
+    # item), an order's inputs, each side step's few inputs.
     # In a cluster, only this worker's machines (streams/log_source.py owned_only).
     validate = owned_only(source, validator if clock is None else clock.watch(validator))
-    checked = op.flat_map_batch("validate", entries, validate)
-    split = op.branch("machine_events", checked, lambda x: type(x) is tuple)
+    checked = op.flat_map_batch("validate", entries, _grouped(validate))
+    split = op.branch("machine_events", checked, _is_group)
     trackers = op.stateful_batch(
         "machines", split.trues, lambda resume: MachineLogic(resume, plant, figures_every, late)
     )
-    machine_rows = op.flat_map("machine_rows", trackers, lambda kv: kv[1])
+    # `rest`: the machines' rows and everything else the validator passed, in lists.
+    rest = op.merge(
+        "machine_rows_and_rest", op.flat_map_batch("machine_rows", trackers, _rows_of), split.falses
+    )
     # Orders join CRM snapshots, work orders and the parts the machines counted for them.
-    rest = op.merge("machine_rows_and_rest", machine_rows, split.falses)
-    to_orders = op.branch("order_inputs", rest, lambda x: type(x) in _TO_ORDERS)
     orders = op.stateful_batch(
         "orders",
-        op.key_on("by_order", to_orders.trues, _order_no),
+        op.flat_map_batch("order_inputs", rest, _order_inputs),
         lambda resume: OrderLogic(resume, ideal, live, clock),
     )
-    order_rows = op.flat_map("order_rows", orders, lambda kv: kv[1])
-    results = op.merge("all_results", order_rows, to_orders.falses)
+    # The order inputs stay in `rest`: no result step takes them, the sink stores none.
+    results = op.merge("all_results", op.flat_map_batch("order_rows", orders, _rows_of), rest)
     # Production problems back to the CRM (streams/order_problems.py).
     results = order_problem_rows(results, plant, live)
     results = op.merge("results_and_inspections", results, inspection_rows(plant, rest, live))
@@ -457,15 +499,17 @@ def build_flow(
         results = op.merge("results_and_spans", results, limit_span_rows(plant, checked))
     if alerts is not None and alerts.rules:
         wanted = _alert_inputs(alerts)
-        # One call per batch, not per row: the rows stream is nearly as long as the events.
         to_alerts = op.flat_map_batch(
-            "alert_inputs", results, lambda rows: [("plant", x) for x in rows if type(x) in wanted]
+            "alert_inputs",
+            results,
+            lambda lists: [("plant", x) for rows in lists for x in rows if type(x) in wanted],
         )
         engine = op.stateful_batch(
             "alerts", to_alerts, lambda resume: AlertLogic(resume, alerts, plant, live)
         )
-        alert_rows = op.flat_map("alert_rows", engine, lambda kv: kv[1])
-        results = op.merge("results_and_alerts", results, alert_rows)
+        results = op.merge(
+            "results_and_alerts", results, op.flat_map_batch("alert_rows", engine, _rows_of)
+        )
     if marks is not None:  # how far each log partition is read (streams/log_source.py)
         results = op.merge("results_and_marks", results, marks)
     # One sink partition: every row goes to it, in order (from every worker, in a cluster).

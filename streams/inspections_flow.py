@@ -45,18 +45,26 @@ _FLOOR = (InspectionReport, WorkOrderStartReport, WorkOrderEndReport)
 LIVE_LAG_S = 10.0
 
 
-def _inputs(batch: list[Any]) -> list[tuple[str, Any]]:
+def _inputs(lists: list[list[Any]]) -> list[tuple[str, Any]]:
     # One call per batch: this stream carries every machine row, most of them not ours.
     out: list[tuple[str, Any]] = []
-    for x in batch:
-        t = type(x)
-        if (
-            t is WorkOrderParts
-            or (t is FloorInput and type(x.event) in _FLOOR)
-            or (t is OrderInput and type(x.event) is WorkOrderEvent)
-        ):
-            out.append(("inspections", x))
+    for rows in lists:
+        for x in rows:
+            t = type(x)
+            if (
+                t is WorkOrderParts
+                or (t is FloorInput and type(x.event) in _FLOOR)
+                or (t is OrderInput and type(x.event) is WorkOrderEvent)
+            ):
+                out.append(("inspections", x))
     return out
+
+
+def rows_of(keyed: list[tuple[str, list[Any]]]) -> list[list[Any]]:
+    """A keyed step's outputs as one list per call (none if empty): the dataflow carries
+    rows in lists (streams/dataflow.py)."""
+    rows = [r for _, out in keyed for r in out]
+    return [rows] if rows else []
 
 
 class InspectionLogic(StatefulBatchLogic[Any, list[Row], bytes]):
@@ -90,12 +98,12 @@ class InspectionLogic(StatefulBatchLogic[Any, list[Row], bytes]):
 
 def inspection_rows(plant: PlantConfig, rest: Stream[Any], live: bool) -> Stream[Any]:
     """Inspection records, run rows and flag episodes from the floor reports, work orders
-    and part counts."""
+    and part counts (`rest` and the result: lists of rows)."""
     keyed = op.flat_map_batch("inspection_inputs", rest, _inputs)
     step = op.stateful_batch(
         "inspections", keyed, lambda resume: InspectionLogic(resume, plant, live)
     )
-    return op.flat_map("inspection_rows", step, lambda kv: kv[1])
+    return op.flat_map_batch("inspection_rows", step, rows_of)
 
 
 # -- storing (the results sink calls these in its transaction: streams/row_stores.py) ------

@@ -22,6 +22,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from mesflow.plant import PlantConfig
 from streams import row_stores
+from streams.inspections_flow import rows_of
 from streams.labor import Labor, LaborIssue, LaborRow, LaborSegment, StationPresence, labor_events
 
 
@@ -59,12 +60,15 @@ class LaborLogic(StatefulBatchLogic[Any, list[LaborRow], bytes]):
 
 
 def labor_rows(plant: PlantConfig, rest: Stream[Any], live: bool) -> Stream[Any]:
-    """Labor segments, presence and issues from `rest` (FloorInput and OrderInput)."""
+    """Labor segments, presence and issues from `rest` (FloorInput and OrderInput; `rest`
+    and the result: lists of rows)."""
     inputs = op.flat_map_batch(
-        "labor_inputs", rest, lambda batch: [("plant", x) for x in labor_events(batch)]
+        "labor_inputs",
+        rest,
+        lambda lists: [("plant", x) for rows in lists for x in labor_events(rows)],
     )
     step = op.stateful_batch("labor", inputs, lambda resume: LaborLogic(resume, plant, live))
-    return op.flat_map("labor_rows", step, lambda kv: kv[1])
+    return op.flat_map_batch("labor_rows", step, rows_of)
 
 
 # -- storing (inside the results sink's transaction) -------------------------------------------

@@ -14,6 +14,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from mesflow.events import WorkOrderEndReport, WorkOrderEvent, WorkOrderStartReport
 from mesflow.plant import PlantConfig
+from streams.inspections_flow import rows_of
 from streams.limit_spans import LimitSpan, LimitTracker, ProductRun, limits_of
 from streams.process_values import ProcessValues
 
@@ -22,17 +23,27 @@ _REPORTS = (WorkOrderStartReport, WorkOrderEndReport)
 
 def _inputs(batch: list[Any]) -> list[tuple[str, Any]]:
     # One call per batch: the values, and the machines' work-order events and reports.
+    # The validator's output: (machine, [(seq, event), ...]) per machine, and lists of the
+    # rest (streams/dataflow.py, _grouped).
     out: list[tuple[str, Any]] = []
     for x in batch:
-        t = type(x)
-        if t is ProcessValues:
-            out.append((x.machine, x))
-        elif t is tuple:
-            ev = x[1][1]
-            te = type(ev)
-            if te is WorkOrderEvent or te in _REPORTS:
-                out.append((x[0], x[1]))
+        if type(x) is tuple:
+            machine = x[0]
+            for item in x[1]:
+                te = type(item[1])
+                if te is WorkOrderEvent or te in _REPORTS:
+                    out.append((machine, item))
+        else:
+            for v in x:
+                if type(v) is ProcessValues:
+                    out.append((v.machine, v))
+    # Back in log order (a machine's values and reports interleave): both carry the seq first.
+    out.sort(key=_seq)
     return out
+
+
+def _seq(item: tuple[str, Any]) -> int:
+    return int(item[1][0])
 
 
 class LimitLogic(StatefulBatchLogic[Any, list[LimitSpan | ProductRun], bytes]):
@@ -68,4 +79,4 @@ def limit_span_rows(plant: PlantConfig, checked: Stream[Any]) -> Stream[Any]:
     """Spans and product runs, from the validator's output (machine events and process values)."""
     keyed = op.flat_map_batch("limit_inputs", checked, _inputs)
     spans = op.stateful_batch("limit_spans", keyed, lambda resume: LimitLogic(resume, plant))
-    return op.flat_map("limit_span_rows", spans, lambda kv: kv[1])
+    return op.flat_map_batch("limit_span_rows", spans, rows_of)

@@ -12,9 +12,11 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from mesflow.plant import PlantConfig
+from streams.inspections_flow import rows_of
 from streams.order_problems import INPUT_TYPES, OrderProblems
 from streams.order_progress import Callback
 
+_INPUTS = frozenset(INPUT_TYPES)
 _LIVE_LAG_US = 10_000_000  # as the alert step: rows arrive within seconds live
 
 
@@ -45,15 +47,15 @@ class ProblemLogic(StatefulBatchLogic[Any, list[Callback], bytes]):
 
 
 def order_problem_rows(results: Stream[Any], plant: PlantConfig, live: bool) -> Stream[Any]:
-    """`results` with the production-problem callbacks merged in."""
+    """`results` with the production-problem callbacks merged in (lists of rows)."""
     inputs = op.flat_map_batch(
         "problem_inputs",
         results,
-        lambda rows: [("plant", x) for x in rows if type(x) in INPUT_TYPES],
+        lambda lists: [("plant", x) for rows in lists for x in rows if type(x) in _INPUTS],
     )
     step = op.stateful_batch(
         "order_problems", inputs, lambda resume: ProblemLogic(resume, plant, live)
     )
     return op.merge(
-        "results_and_problems", results, op.flat_map("problem_rows", step, lambda kv: kv[1])
+        "results_and_problems", results, op.flat_map_batch("problem_rows", step, rows_of)
     )

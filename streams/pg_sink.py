@@ -318,6 +318,23 @@ class _Batch:
         self.registered = row_stores.Pending()  # people and quality rows (issue 13)
         self.read: dict[int, int] = {}  # a cluster: how far each log partition is read
 
+    def add_all(self, items: list[Any]) -> None:
+        """`add` for each, the most frequent row types inline (one call per list)."""
+        intervals, status, hours, kpis = self.intervals, self.status, self.hours, self.kpis
+        add = self.add
+        for item in items:
+            t = type(item)
+            if t is IntervalRow:
+                intervals[(item.machine, item.start_ts)] = item
+            elif t is StatusRow:
+                status[item.machine] = item
+            elif t is HourRow:
+                hours[(item.machine, item.hour_start)] = item
+            elif t is KpiRow:
+                kpis[(item.machine, item.bucket, item.bucket_start)] = item
+            else:
+                add(item)
+
     def add(self, item: Any) -> None:
         t = type(item)
         if t is HourRow:
@@ -474,7 +491,11 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                     batch = _Batch()
                     for vals in batches:
                         for item in vals:
-                            batch.add(item)
+                            # The dataflow sends rows in lists (streams/dataflow.py).
+                            if type(item) is list:
+                                batch.add_all(item)
+                            else:
+                                batch.add(item)
                     self._write_retrying(batch)
             except BaseException as err:  # surfaced to the dataflow by the next call
                 self.error = err

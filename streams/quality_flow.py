@@ -16,16 +16,18 @@ from bytewax.operators import StatefulBatchLogic
 
 from mesflow.plant import PlantConfig
 from streams import row_stores
+from streams.inspections_flow import rows_of
 from streams.quality import MachineQuality, Quality, QualityRecord, YieldRow, machine_of
 
 
-def _inputs(batch: list[Any]) -> list[tuple[str, Any]]:
+def _inputs(lists: list[list[Any]]) -> list[tuple[str, Any]]:
     # One call per batch: this stream carries every machine row, most of them not ours.
     out: list[tuple[str, Any]] = []
-    for x in batch:
-        machine = machine_of(x)
-        if machine is not None:
-            out.append((machine, x))
+    for rows in lists:
+        for x in rows:
+            machine = machine_of(x)
+            if machine is not None:
+                out.append((machine, x))
     return out
 
 
@@ -53,7 +55,7 @@ def quality_rows(plant: PlantConfig, rest: Stream[Any], live: bool) -> Stream[An
     logic = Quality(plant)
     keyed = op.flat_map_batch("quality_inputs", rest, _inputs)
     step = op.stateful_batch("quality", keyed, lambda resume: QualityLogic(resume, logic))
-    return op.flat_map("quality_rows", step, lambda kv: kv[1])
+    return op.flat_map_batch("quality_rows", step, rows_of)
 
 
 # -- storing (the results sink calls these in its transaction: streams/row_stores.py) ------
