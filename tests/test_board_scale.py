@@ -580,3 +580,18 @@ def test_the_timeline_finds_a_long_interval_and_an_old_open_one(
                for r in rows)  # fmt: skip
     assert any(r.machine == silent and r.end_ts is None for r in rows)
     assert same([astuple(r) for r in rows], reference_timeline(timeline_db, f, plant.tz))
+
+
+def test_the_benchmark_compares_query_texts_interleaved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--against REV: one fully migrated database, REV's query modules and this tree's."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    board_queries_bench.main(
+        ["--machines", "12", "--days", "1", "--runs", "1", "--against", "HEAD"]
+    )
+    out = capsys.readouterr().out
+    assert "every migration applied first" in out and "before: queries of HEAD" in out
+    for name in ("analytics Pareto plant", "analytics timeline line", "kpis by month"):
+        assert re.search(rf"^{name} +[0-9.]+ +[0-9.]+ +[0-9.]+", out, re.M), name
+    assert list(tmp_path.iterdir()) == []
