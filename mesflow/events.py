@@ -548,6 +548,16 @@ _decode_hot = msgspec.json.Decoder(_HotState | _HotCount | _HotCounter | _HotPro
 _PROCESS_VALUE_NAME = re.compile(PROCESS_VALUE_NAME.removeprefix("^").removesuffix("$"))
 _FAST_NAMES: set[str] = set()  # process value names seen valid (a plant has few)
 _MAX_NAMES = 4096
+# A count event's fields set, by which optional fields it has (id 1, good 2, scrap 4).
+_COUNT_FIELDS = tuple(
+    frozenset(
+        {"ts", "machine", "type"}
+        | ({"id"} if shape & 1 else set())
+        | ({"good"} if shape & 2 else set())
+        | ({"scrap"} if shape & 4 else set())
+    )
+    for shape in range(8)
+)
 _new = object.__new__
 _set_attr = object.__setattr__
 
@@ -576,6 +586,35 @@ def _fast_event(payload: bytes | str) -> Event | None:
     id_ = hot.id
     if "\x00" in machine:
         return None
+    kind = type(hot)
+    if kind is _HotCount:  # most events: their fields set from a table, values at once
+        good = hot.good
+        scrap = hot.scrap
+        if id_ is _UNSET:
+            id_ = None
+            shape = 0
+        else:
+            if id_ is not None and "\x00" in id_:
+                return None
+            shape = 1
+        if good is _UNSET:
+            good = 0
+        else:
+            shape |= 2
+        if scrap is _UNSET:
+            scrap = 0
+        else:
+            shape |= 4
+        count = _new(CountEvent)
+        _set_attr(
+            count,
+            "__dict__",
+            {"ts": t, "id": id_, "machine": machine, "type": "count", "good": good, "scrap": scrap},
+        )
+        _set_attr(count, "__pydantic_fields_set__", set(_COUNT_FIELDS[shape]))
+        _set_attr(count, "__pydantic_extra__", None)
+        _set_attr(count, "__pydantic_private__", None)
+        return count
     fields = {"ts", "machine", "type"}  # the fields the input set (pydantic's fields_set)
     if id_ is _UNSET:
         id_ = None
@@ -583,24 +622,9 @@ def _fast_event(payload: bytes | str) -> Event | None:
         fields.add("id")
         if id_ is not None and "\x00" in id_:
             return None
-    kind = type(hot)
     values: dict[str, Any]
-    if kind is _HotCount:
-        good = hot.good
-        scrap = hot.scrap
-        if good is _UNSET:
-            good = 0
-        else:
-            fields.add("good")
-        if scrap is _UNSET:
-            scrap = 0
-        else:
-            fields.add("scrap")
-        cls: type[BaseModel] = CountEvent
-        values = {"ts": t, "id": id_, "machine": machine, "type": "count"}
-        values["good"] = good
-        values["scrap"] = scrap
-    elif kind is _HotState:
+    cls: type[BaseModel]
+    if kind is _HotState:
         reason = hot.reason
         fields.add("state")
         if reason is _UNSET:
