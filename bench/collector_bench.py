@@ -164,6 +164,18 @@ def run(args: argparse.Namespace, work: Path) -> None:
             + ", ".join(f"{k} {1e6 * v / max(rows, 1):.1f} µs" for k, v in server_cpu.items())
             + f" | {load_average()}"
         )
+        row = conn.execute(
+            """SELECT percentile_disc(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY lat), max(lat)
+               FROM (SELECT EXTRACT(EPOCH FROM received_at
+                       - (convert_from(payload, 'UTF8')::jsonb->>'ts')::timestamptz) * 1000 AS lat
+                     FROM ingest_log) s"""
+        ).fetchone()
+        if row and row[0]:
+            print(
+                f"latency publish -> ingest log (transaction start): p50 {row[0][0]:.1f} ms, "
+                f"p99 {row[0][1]:.1f} ms, max {row[1]:.1f} ms"
+                + (" (flat out: the broker's queue is in it)" if not args.rate else "")
+            )
         conn.close()
     finally:
         for p in procs:

@@ -219,6 +219,19 @@ class LeanClient(mqtt.Client):
     def _create_socket(self) -> Any:
         return BufferedSocket(super()._create_socket())
 
+    def loop_forever(self, *args: Any, **kwargs: Any) -> mqtt.MQTTErrorCode:
+        # paho's wake-up pipe, as loop() and loop_start() make it (loop_forever does not):
+        # without it, acknowledgements queued by the writer thread would wait in the queue
+        # until the next packet arrives or select times out (measured: 100 ms commits and
+        # 0.6 s latency at 5,000 messages/s, while the broker's window was full).
+        if self._sockpairR is None or self._sockpairW is None:
+            self._reset_sockets(sockpair_only=True)
+            self._sockpairR, self._sockpairW = mqtt._socketpair_compat()
+        try:
+            return super().loop_forever(*args, **kwargs)
+        finally:
+            self._reset_sockets(sockpair_only=True)
+
     def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
         rc = super().loop_read(max_packets)
         # paho reads one packet per wakeup; read the others already here (bounded, so
