@@ -150,7 +150,7 @@ def second_db(pg_server: str, pg_template: str) -> Any:
     """A third fresh database (db_url and ref_db_url are the other two)."""
     import uuid
 
-    from tests.conftest import _with_db  # type: ignore[attr-defined]
+    from tests.conftest import _with_db
 
     name = f"s_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server, autocommit=True) as conn:
@@ -317,6 +317,13 @@ def test_a_live_cluster_follows_the_log_and_stops_on_sigterm(db_url: str, tmp_pa
             for i in range(2)
         ]  # fmt: skip
 
+    def stop(procs: list[Mesflow]) -> list[int]:
+        # SIGTERM to every process first (each ends its own input), once: a second one
+        # while a process exits would find Python's default handler.
+        for p in procs:
+            p.proc.send_signal(signal.SIGTERM)
+        return [p.proc.wait(timeout=30) for p in procs]
+
     def caught_up() -> bool:
         p = progress(db_url)
         return len(p) == len(PARTS) and min(p.values()) == log_position(db_url)
@@ -330,9 +337,7 @@ def test_a_live_cluster_follows_the_log_and_stops_on_sigterm(db_url: str, tmp_pa
         feed(db_url, events[800:1200])  # arrives while they run
         wait_until(caught_up, timeout=60, what="the new rows")
     finally:
-        for p in procs:
-            p.proc.send_signal(signal.SIGTERM)
-        codes = [p.terminate(timeout=30) for p in procs]
+        codes = stop(procs)
     assert codes == [0, 0], [p.output() for p in procs]
     assert count(db_url, "SELECT count(*) FROM machine_state_interval") > 0
 
@@ -344,9 +349,7 @@ def test_a_live_cluster_follows_the_log_and_stops_on_sigterm(db_url: str, tmp_pa
         out = "".join(p.output() for p in procs)
         assert f"resuming the ingest log after seq {position}" in out
     finally:
-        for p in procs:
-            p.proc.send_signal(signal.SIGTERM)
-        assert [p.terminate(timeout=30) for p in procs] == [0, 0]
+        assert stop(procs) == [0, 0], [p.output() for p in procs]
 
 
 def test_partitions_resumed_at_different_positions_read_each_row_once(db_url: str) -> None:
@@ -362,7 +365,8 @@ def test_partitions_resumed_at_different_positions_read_each_row_once(db_url: st
     feed(db_url, history(seed=4))
     upto = log_position(db_url)
     with psycopg.connect(db_url) as conn:
-        part = dict(conn.execute("SELECT seq, part FROM ingest_log").fetchall())
+        rows = conn.execute("SELECT seq, part FROM ingest_log").fetchall()
+    part: dict[int, int] = {int(s): int(k) for s, k in rows}
     rng = random.Random(4)
     resume = {k: rng.randrange(0, upto) for k in PARTS}
     source = IngestLogSource(db_url, batch_size=97, upto_seq=upto, marks=True)
