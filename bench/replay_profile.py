@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import inspect
 import io
 import itertools
 import os
@@ -126,11 +127,17 @@ def steps_once(
         "labor": lambda: LaborLogic(None, plant, False),
     }
 
+    # The machine step may take each key's events of a batch as one list (the wiring's
+    # choice: streams/dataflow.py), or one by one.
+    grouped = "list[list[" in str(df.MachineLogic.on_batch.__annotations__.get("values"))
+
     def run(step: str, items: list[tuple[Any, Any]]) -> list[Any]:
         t = time.process_time()
         by_key: dict[Any, list[Any]] = {}
         for k, v in items:
             by_key.setdefault(k, []).append(v)
+        if grouped and step == "machines":
+            by_key = {k: [v] for k, v in by_key.items()}
         out: list[Any] = []
         logics = keyed[step]
         for k, values in by_key.items():
@@ -149,6 +156,18 @@ def steps_once(
                 out.extend(part)
         return out
 
+    def takes_lists(fn: Callable[..., Any]) -> bool:
+        # The side steps' input functions may take the rows as one list per batch (the
+        # wiring's choice: streams/dataflow.py), or as one list.
+        first = next(iter(inspect.signature(fn).parameters.values()))
+        return "list[list[" in str(first.annotation)
+
+    def wrap(fn: Callable[..., Any]) -> Callable[[list[Any]], Any]:
+        return (lambda rows: fn([rows])) if takes_lists(fn) else fn
+
+    inspection_in = wrap(inspection_inputs)
+    quality_in = wrap(quality_inputs)
+
     def rest_steps(rest: list[Any]) -> list[Any]:
         t = time.process_time()
         to_orders = [(x.order_no, x) for x in rest if type(x) in df._TO_ORDERS]
@@ -160,11 +179,11 @@ def steps_once(
         cpu["problems"] += time.process_time() - t
         out = results + run("problems", problem_in)
         t = time.process_time()
-        ins = inspection_inputs(rest)
+        ins = inspection_in(rest)
         cpu["inspections"] += time.process_time() - t
         out += run("inspections", ins)
         t = time.process_time()
-        qin = quality_inputs(rest)
+        qin = quality_in(rest)
         cpu["quality"] += time.process_time() - t
         out += run("quality", qin)
         t = time.process_time()

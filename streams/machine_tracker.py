@@ -24,6 +24,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left, bisect_right, insort
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from itertools import pairwise
 
 from mesflow.events import (
@@ -49,7 +50,7 @@ from streams.buckets import (
     SETUP,
     Bucket,
 )
-from streams.hour_clock import HOUR_US, HourClock, from_us, to_us
+from streams.hour_clock import EPOCH, HOUR_US, HourClock, from_us, to_us
 from streams.records import (
     HourRow,
     IntervalDelete,
@@ -66,6 +67,7 @@ from streams.records import (
 from streams.shift_calendar import CalendarIndex, ShiftInstance
 from streams.silence import SilenceWatch
 
+_US = timedelta(microseconds=1)
 STATES = ("running", "idle", "down", "setup", "planned_stop", "offline")
 STATE_INDEX = {s: i for i, s in enumerate(STATES)}
 STOP_STATES = frozenset({"idle", "down"})
@@ -341,7 +343,7 @@ class MachineTracker:
         than the allowed lateness is not applied either: it is remembered (`late_from`,
         `late_new`) and the dataflow rebuilds the machine from the log with it.
         """
-        t = to_us(ev.ts)
+        t = (ev.ts - EPOCH) // _US  # to_us, inline (once per event)
         last = self.last_ts
         self.seq = seq
         if type(ev) is CountEvent and last is not None and t >= last and self.intervals:
@@ -1298,7 +1300,7 @@ class MachineTracker:
         else:  # between shifts: the hour's own plant-local date
             day, name = from_us(hour).astimezone(self.clock._tz).date(), None
         return ScrapSetRow(
-            self.machine, from_us(hour), day, name, _scrap_items(self.scrap.get(hour))
+            self.machine, _bound(hour), day, name, _scrap_items(self.scrap.get(hour))
         )
 
     def _status_row(self) -> StatusRow:
@@ -1402,11 +1404,25 @@ def _delta(previous: int, value: int) -> int:
     return value - previous if value >= previous else value
 
 
+_BOUNDS: dict[int, datetime] = {}
+
+
+def _bound(t: int) -> datetime:
+    """from_us for the bounds of hours and shifts: the same few instants for every machine
+    at every flush (remembered, a bounded number)."""
+    dt = _BOUNDS.get(t)
+    if dt is None:
+        if len(_BOUNDS) > 10_000:
+            _BOUNDS.clear()
+        dt = _BOUNDS[t] = from_us(t)
+    return dt
+
+
 def _hour_row(machine: str, b: Bucket) -> HourRow:
     r = b.raw_us
     return HourRow(
         machine,
-        from_us(b.start),
+        _bound(b.start),
         r[0] / 1e6,
         r[1] / 1e6,
         r[2] / 1e6,
@@ -1423,12 +1439,12 @@ def _kpi_rows(
 ) -> tuple[KpiRow, ReasonSetRow]:
     tu = b.time_us
     planned = tu[RUNNING] + tu[MICRO] + tu[IDLE] + tu[DOWN] + tu[SETUP] + tu[OFFLINE]
-    start = from_us(b.start)
+    start = _bound(b.start)
     kpi = KpiRow(
         machine,
         kind,
         start,
-        from_us(b.end),
+        _bound(b.end),
         inst.date if inst else None,
         inst.name if inst else None,
         planned / 1e6,
