@@ -473,3 +473,25 @@ def test_a_lines_and_a_machines_scrap_return_what_they_did(
     assert got == want
     if scope.id == "IM" and first_day == 0 and days == DAYS and shift is None:
         assert got
+
+
+def test_a_cluster_of_two_dataflow_processes_keeps_the_rollups(
+    plant: PlantConfig, db_url: str, ref_db_url: str, tmp_path: Path
+) -> None:
+    """Two Bytewax processes (docs/scale-out.md) over one log: the rollups hold, and equal those
+    of one process. (The results go through one sink partition today, so one connection
+    writes them; two writing at once: test_two_writers_at_once_do_not_wait_for_each_other.)"""
+    from tests.helpers import copy_log, feed, log_position
+    from tests.test_scale_out import history, run_cluster, run_single
+
+    feed(db_url, history())
+    upto = log_position(db_url)
+    assert copy_log(db_url, ref_db_url) == upto
+    run_single(plant, ref_db_url, tmp_path / "rec1", upto)
+    run_cluster(db_url, tmp_path / "rec2", upto, 2)
+    for url in (db_url, ref_db_url):
+        assert_rollups_hold(url)
+    with psycopg.connect(db_url) as a, psycopg.connect(ref_db_url) as b:
+        assert a.execute(GOT_REASONS).fetchall() == b.execute(GOT_REASONS).fetchall()
+        assert a.execute(GOT_SCRAP).fetchall() == b.execute(GOT_SCRAP).fetchall()
+        assert a.execute(GOT_REASONS).fetchall()
