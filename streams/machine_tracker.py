@@ -349,6 +349,10 @@ class MachineTracker:
         if type(ev) is CountEvent and last is not None and t >= last and self.intervals:
             if self.spec.silent_after_us:
                 self.silence.on_message(self, t, False)  # in order: decides at once
+                self._count_now(t, ev.good, ev.scrap)
+                if self.refused:  # a silence (offline) may have made a stop
+                    self._take_refused(t)
+                return None
             self._count_now(t, ev.good, ev.scrap)  # most events: a part, in order
             return None
         refused = self._refuse(seq, ev)
@@ -387,8 +391,6 @@ class MachineTracker:
             self._add_part(t, order, 0, ev.good, ev.scrap, None)
         elif isinstance(ev, StateEvent):
             self._state(t, ev)
-            if self.refused:
-                self._take_refused()
         elif isinstance(ev, CounterEvent):
             self._counter(t, order, ev)
         elif isinstance(ev, ScrapReport):
@@ -399,6 +401,8 @@ class MachineTracker:
             self._work_order(t, order, ev)
         if next_message is not None:
             self.silence.after(self, t, next_message)
+        if self.refused and (type(ev) is StateEvent or self.spec.silent_after_us):
+            self._take_refused(t)  # a state event or a silence may have made a stop
         return None
 
     def _refuse(self, seq: int, ev: MachineEvent | WorkOrderEvent) -> Rejection | None:
@@ -609,18 +613,16 @@ class MachineTracker:
         if iv is not None and stopped and iv.start < t - self.spec.history_us:
             return Rejection(seq, "no_stop", "the stop is older than the kept history (48 h)")
         if not stopped and at < t - self.spec.lateness_us:
-            # A state event that makes `at` a stop can only come later than the allowed
-            # lateness of the report's ts - but the machine's clock, which a rejected report
-            # does not move, may be behind it: while a state event at or before `at` is
-            # still within the lateness of the clock, the report is remembered, and taken
-            # if one comes (as in event-time order, where that state event goes first).
-            late = self.spec.lateness_us
+            # The machine's clock, which a rejected report does not move, may be behind
+            # the report's ts: a state event at or before `at` (or a message up to the
+            # report's ts that ends a silence over `at`) may still come within the allowed
+            # lateness of the clock, and in event-time order it goes first. Remembered
+            # until the clock passes the report's ts by the lateness; taken if one comes.
             last = self.last_ts
-            if last is None or at >= last - late:
-                self.refused = (
-                    *(r for r in self.refused if last is None or r[0] >= last - late),
-                    (at, order, seq, ev),
-                )
+            if last is not None:
+                bound = last - self.spec.lateness_us
+                self.refused = tuple(r for r in self.refused if to_us(r[3].ts) >= bound)
+            self.refused = (*self.refused, (at, order, seq, ev))
             what = "running" if iv is not None else "not known"
             return Rejection(seq, "no_stop", f"the machine was {what} at {ev.at.isoformat()}")
         # Kept even while no stop covers `at` yet: a late state event may still create it.
@@ -629,21 +631,27 @@ class MachineTracker:
             self._revise([iv], lambda: None)
         return None
 
-    def _take_refused(self) -> None:
-        """After a state event: take the refused reports whose `at` it made a stop (they
-        move the clock to their ts, as in event-time order). The dead letter stays."""
+    def _take_refused(self, now: int) -> None:
+        """After an event at `now` (us) that may have made a stop (a state event, a
+        silence): take the refused reports whose `at` is now in a stop, as in event-time
+        order when `now` is not after the report's ts (they move the clock to their ts).
+        The dead letter stays."""
         last = self.last_ts
         assert last is not None
         late, keep, clock = self.spec.lateness_us, [], last
         for r in self.refused:
             at, order, _, ev = r
             t = to_us(ev.ts)
-            if at < last - late:
-                continue  # a state event that reaches `at` would now be late: a rebuild
             i = self._index_at(at)
             iv = self.intervals[i] if i >= 0 else None
-            if iv is None or iv.state == "running" or iv.start < t - self.spec.history_us:
-                keep.append(r)
+            if (
+                now > t
+                or iv is None
+                or iv.state == "running"
+                or iv.start < t - self.spec.history_us
+            ):
+                if t >= last - late:  # else what could still take it would be late
+                    keep.append(r)
                 continue
             insort(self.reports, Report(at, (t, order), ev.reason), key=lambda x: x.at)
             if self._effective_reason(iv) != iv.reason:

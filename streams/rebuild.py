@@ -157,7 +157,7 @@ def replay_events(
     # stop: applied again at their own place in event time (taken at the state event,
     # they would move the clock past events still to come).
     last, late = base.last_ts, base.spec.lateness_us
-    again = [(seq, ev) for at, _, seq, ev in base.refused if last is None or at >= last - late]
+    again = [(s, ev) for _, _, s, ev in base.refused if last is None or to_us(ev.ts) >= last - late]
     base.refused = ()
     ordered = sorted([*events, *again], key=event_order)
     out: dict[tuple[Any, ...], Row | Rejection] = {}
@@ -330,14 +330,25 @@ class LateStore:
         state = pickle.dumps(tracker, protocol=pickle.HIGHEST_PROTOCOL)
         m, seq, last = tracker.machine, tracker.seq, tracker.last_ts
 
-        def run(conn: psycopg.Connection) -> None:
-            with conn.transaction():
-                conn.execute(_SAVE, (m, seq, from_us(last), state))
-                cutoff = from_us(last - self.horizon_us)
-                conn.execute(_PRUNE, {"m": m, "cutoff": cutoff})
-                # (late_merge rows are retired by `mesflow retention`.)
-
-        self._retrying("checkpoint", run)
+        # One statement, one round trip (it blocks the dataflow): the insert and the prune of
+        # _SAVE and _PRUNE. The prune does not see the new row, and needs not: its last_ts is
+        # past the cutoff. (late_merge rows are retired by `mesflow retention`.)
+        save_and_prune = (
+            "WITH saved AS ("
+            "INSERT INTO machine_checkpoint (machine, seq, last_ts, state) "
+            "VALUES (%(m)s, %(seq)s, %(last)s, %(state)s) ON CONFLICT (machine, seq) DO NOTHING) "
+            "DELETE FROM machine_checkpoint c WHERE c.machine = %(m)s AND c.last_ts < %(cutoff)s "
+            "AND c.seq < (SELECT max(seq) FROM machine_checkpoint "
+            "WHERE machine = %(m)s AND last_ts < %(cutoff)s)"
+        )
+        values = {
+            "m": m,
+            "seq": seq,
+            "last": from_us(last),
+            "state": state,
+            "cutoff": from_us(last - self.horizon_us),
+        }
+        self._retrying("checkpoint", lambda conn: conn.execute(save_and_prune, values))
 
     # -- late events ---------------------------------------------------------------------
 

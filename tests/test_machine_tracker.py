@@ -474,6 +474,24 @@ def test_a_rebuild_applies_a_remembered_refused_report_at_its_own_time() -> None
     assert stop.reason == "material_shortage"
 
 
+def test_a_refused_report_is_taken_when_a_silence_makes_its_stop() -> None:
+    """Silent after 10 minutes: the report (11:30 about 11:20) arrives after the part at
+    11:01 and is refused (11:20 is running then). The part at 11:28, sent before it in
+    event time, ends the silence: offline from 11:01, and the report names that stop. A
+    part after the report's ts ends the silence too, but the report came first: refused."""
+    from tests.test_silent_machines import intervals
+    from tests.test_silent_machines import run as run_silent
+
+    at = (T0 + timedelta(minutes=30)).isoformat()
+    report = ev("downtime_reason", 40, at=at, reason="material_shortage")
+    head = [ev("state", 10, state="running"), ev("count", 11, good=1)]
+    for part, reason in ((38, "material_shortage"), (45, "no_data")):
+        events = [*head, report, ev("count", part, good=1)]
+        in_order = run_silent(sorted(events, key=lambda e: e["ts"]), seconds=600, batch=1)
+        assert intervals(in_order)[1] == (11.0, "offline", reason)
+        assert run_silent(events, seconds=600, batch=1) == in_order
+
+
 def test_choose_checkpoint() -> None:
     from streams.rebuild import CheckpointInfo, choose_checkpoint
 
