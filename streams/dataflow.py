@@ -67,6 +67,7 @@ from streams.records import (
     WorkOrderStarted,
 )
 from streams.silence import live_check, live_due
+from streams.tracker_snapshot import TrackerSnapshots, decode
 from streams.validate import OrderInput, Validator
 
 Keyed = tuple[int, MachineEvent | WorkOrderEvent]
@@ -91,7 +92,9 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
     ) -> None:
         # Bytewax hands the builder only the resume state, not the key: a new tracker is
         # made on the first batch, whose events name the machine.
-        self.tracker: MachineTracker | None = pickle.loads(resume) if resume else None
+        self.tracker: MachineTracker | None = decode(resume) if resume else None
+        # Snapshots re-encode only what changed since the last (streams/tracker_snapshot.py).
+        self.snapshots = TrackerSnapshots()
         self.plant = plant
         self.throttle = throttle
         self.next_full: datetime | None = None  # wall clock: when figures are due
@@ -150,6 +153,7 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         rows: list[Out] = [*tracker.flush(full), *rejected]
         rows.extend(self._merge_if_due(False))
         self._checkpoint_if_due(full)
+        self.snapshots.note(rows)
         return [rows], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -168,6 +172,7 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         if self.next_full is None or datetime.now(UTC) >= self.next_full:
             self.next_full = None
             rows.extend(self.tracker.flush())
+        self.snapshots.note(rows)
         return [rows], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[list[Out]], bool]:
@@ -176,11 +181,14 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         rows: list[Out] = list(self._merge_if_due(True))
         rows.extend(self.tracker.flush())
         self._checkpoint_if_due(True, force=True)
+        self.snapshots.note(rows)
         return [rows], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
-        # Pickled here: an immutable copy, as Bytewax requires, cheaper than a deepcopy.
-        return pickle.dumps(self.tracker, protocol=pickle.HIGHEST_PROTOCOL)
+        # Bytes: an immutable copy, as Bytewax requires, cheaper than a deepcopy.
+        if self.tracker is None:
+            return pickle.dumps(None)
+        return self.snapshots.encode(self.tracker)
 
     # -- late data ---------------------------------------------------------------------------
 
