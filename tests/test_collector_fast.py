@@ -9,10 +9,14 @@ must be byte-identical either way, whatever the topic and payload.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -339,3 +343,23 @@ def test_acks_from_another_thread_go_out_at_once_under_loop_forever(broker: Brok
     finally:
         client.disconnect()
         network.join(10)
+
+
+@pytest.mark.timeout(300)
+def test_collector_bench_counts_every_row_and_leaves_nothing() -> None:
+    """bench/collector_bench.py, small: every message sent is stored, its figures are
+    printed, and nothing of the run is left (files or processes)."""
+    from tests.test_bench_cleanup import _assert_clean, _run
+
+    short = Path(tempfile.mkdtemp(prefix="mfc-", dir="/tmp"))  # PostgreSQL's socket path
+    try:
+        tmp = short / "tmp"
+        out = _run("collector_bench.py", ["--count", "3000", "--machines", "12"], tmp, 240)
+        stored = re.search(r"^stored ([\d,]+) of ([\d,]+) sent", out, re.M)
+        assert stored and stored[1] == stored[2] == "3,000", out
+        assert re.search(r"collector CPU [\d.]+ µs per stored row", out), out
+        assert re.search(r"rows per commit \(p10/p50/p90 \d+/\d+/\d+\)", out), out
+        assert "latency publish -> ingest log" in out
+        _assert_clean(tmp)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
