@@ -607,6 +607,13 @@ class MachineTracker:
         i = self._index_at(at)
         iv = self.intervals[i] if i >= 0 else None
         stopped = iv is not None and iv.state != "running"
+        if stopped and iv is not None and iv.state == "offline" and self.spec.silent_after_us:
+            # A silence ended by a message after the report's ts was not decided yet when
+            # the report came, in event-time order: it saw the state the silence cut.
+            for s in self.silence.silences:
+                if s.start <= at and s.end is not None and at < s.end:
+                    stopped = s.end <= t or s.state != "running"
+                    break
         # Measured from the report's own ts, not the machine's clock: the decision then
         # does not depend on the arrival order of events within the allowed lateness
         # (a rejected report does not move the clock, so it must not).

@@ -478,7 +478,8 @@ def test_a_refused_report_is_taken_when_a_silence_makes_its_stop() -> None:
     """Silent after 10 minutes: the report (11:30 about 11:20) arrives after the part at
     11:01 and is refused (11:20 is running then). The part at 11:28, sent before it in
     event time, ends the silence: offline from 11:01, and the report names that stop. A
-    part after the report's ts ends the silence too, but the report came first: refused."""
+    part after the report's ts (11:35, 11:32) ends the silence too, but the report came
+    first in event time, whatever the arrival order: refused."""
     from tests.test_silent_machines import intervals
     from tests.test_silent_machines import run as run_silent
 
@@ -490,6 +491,12 @@ def test_a_refused_report_is_taken_when_a_silence_makes_its_stop() -> None:
         in_order = run_silent(sorted(events, key=lambda e: e["ts"]), seconds=600, batch=1)
         assert intervals(in_order)[1] == (11.0, "offline", reason)
         assert run_silent(events, seconds=600, batch=1) == in_order
+    # The other way round: the part at 11:32 arrives first and makes 11:01-11:32 offline,
+    # but in event-time order the report came at 11:30, before that silence was decided.
+    events = [*head, ev("count", 42, good=1), report]
+    in_order = run_silent(sorted(events, key=lambda e: e["ts"]), seconds=600, batch=1)
+    assert intervals(in_order)[1] == (11.0, "offline", "no_data")
+    assert run_silent(events, seconds=600, batch=1) == in_order
 
 
 def test_choose_checkpoint() -> None:
