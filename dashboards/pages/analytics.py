@@ -68,6 +68,10 @@ STRINGS: dict[str, dict[str, str]] = {
         "en": "Click a Pareto bar to see its stops",
     },
     "timeline": {"zh": "状态时间线", "en": "State timeline"},
+    "timeline_lines": {
+        "zh": "每条产线每小时各状态占比；点击产线查看其设备",
+        "en": "Each line's state shares hour by hour; click a line for its machines",
+    },
     "reliability": {"zh": "设备可靠性", "en": "Reliability by machine"},
     "shift_table": {"zh": "班次明细", "en": "Shifts"},
     "csv": {"zh": "导出 CSV", "en": "Export CSV"},
@@ -173,6 +177,13 @@ def register(app: dash.Dash) -> None:
         Input(_SHIFT, "value"),
         State(_LANG, "data"),
     )(_refresh)
+    auth.callback(
+        app,
+        MIN_ROLE,
+        Output(_SCOPE, "value"),
+        Input(_TIMELINE, "clickData"),
+        prevent_initial_call=True,
+    )(_line_click)
     auth.callback(
         app,
         MIN_ROLE,
@@ -358,15 +369,28 @@ class Analytics:
     intervals: list[aq.IntervalRow]
     spans: list[aq.ShiftSpan]
     window: tuple[datetime, datetime]
+    # Set instead of `intervals` for a large plant's scope: a lane per line (lines_timeline).
+    line_hours: list[aq.LineHour] | None = None
 
 
-def load(db: Any, f: aq.Filters, tz: ZoneInfo) -> Analytics:
+def lanes_by_line(plant: PlantConfig, f: aq.Filters) -> bool:
+    """Whether the timeline draws a lane per line (each hour's state shares) rather than a
+    lane per machine: the plant's scope with more machines than a screen has lanes for."""
+    return f.scope.kind == "plant" and len(plant.machines) > aq.TIMELINE_MACHINE_LANES
+
+
+def load(db: Any, f: aq.Filters, tz: ZoneInfo, *, by_line: bool = False) -> Analytics:
     shifts = aq.kpis(db, f, tz)
     total = total_row(shifts)
     reasons = aq.reasons(db, f, tz)
     categories = aq.by_category(reasons)
     micro = aq.microstop_seconds(db, f, tz)
-    intervals, spans, lo, hi = aq.timeline(db, f, tz)
+    intervals: list[aq.IntervalRow] = []
+    line_hours: list[aq.LineHour] | None = None
+    if by_line:
+        line_hours, spans, lo, hi = aq.timeline_shares(db, f, tz)
+    else:
+        intervals, spans, lo, hi = aq.timeline(db, f, tz)
     return Analytics(
         shifts=shifts,
         total=total,
@@ -377,6 +401,7 @@ def load(db: Any, f: aq.Filters, tz: ZoneInfo) -> Analytics:
         intervals=intervals,
         spans=spans,
         window=(lo, hi),
+        line_hours=line_hours,
     )
 
 
@@ -558,6 +583,106 @@ def timeline_figure(
                     + "</extra>",
                 }
             )
+    base = _fig().to_plotly_json()["layout"]
+    layout = {
+        **base,
+        "barmode": "overlay",
+        "height": max(240, 28 * len(machines) + 90),
+        "yaxis": {"categoryorder": "array", "categoryarray": list(reversed(machines))},
+        "xaxis": {
+            "type": "date",
+            "range": [lo.astimezone(tz).isoformat(), hi.astimezone(tz).isoformat()],
+        },
+        "shapes": _shift_shapes(spans, window, plant),
+    }
+    return {"data": traces, "layout": layout}
+
+
+def lines_timeline_figure(
+    hours: Sequence[aq.LineHour],
+    spans: Sequence[aq.ShiftSpan],
+    window: tuple[datetime, datetime],
+    plant: PlantConfig,
+    lang: str,
+) -> dict[str, Any]:
+    """One lane per line: each hour split into its states' shares of the line's machine time
+    (running first, in STATE_COLOURS' order; time without data stays blank), so 84 lines of a
+    500-machine plant fit one screen and come from 4,000 rows, not 144,000 intervals. A click
+    on a lane picks the line as the page's scope (`customdata[0]`: the scope value).
+    """
+    tz = plant.tz
+    lo, hi = window
+    size = {ln.id: len(ln.machines) for ln in plant.lines}
+    lines = [ln for ln in plant.lines if any(h.line == ln.id for h in hours)]
+    names = {ln.id: ln.name.get(lang) for ln in plant.lines}
+    hour_ms = 3_600_000.0
+    offset: dict[tuple[str, datetime], float] = {}  # ms of the hour already drawn
+    traces: list[dict[str, Any]] = []
+    for state, colour in STATE_COLOURS.items():
+        label = state_label(state, lang)
+        ys: list[str] = []
+        xs: list[float] = []
+        bases: list[str] = []
+        custom: list[list[str]] = []
+        for h in hours:
+            secs = h.seconds(state)
+            n = size.get(h.line, 0)
+            if secs <= 0 or n == 0:
+                continue
+            share = secs / (n * 3_600)
+            at = offset.get((h.line, h.hour_start), 0.0)
+            offset[(h.line, h.hour_start)] = at + share * hour_ms
+            ys.append(h.line)
+            xs.append(share * hour_ms)
+            bases.append((h.hour_start + timedelta(milliseconds=at)).astimezone(tz).isoformat())
+            custom.append(
+                [
+                    f"line:{h.line}",
+                    f"{names.get(h.line, h.line)} {h.hour_start.astimezone(tz):%H:%M} "
+                    f"{share * 100:.0f} %",
+                ]
+            )
+        if ys:
+            traces.append(
+                {
+                    "type": "bar",
+                    "orientation": "h",
+                    "y": ys,
+                    "x": xs,
+                    "base": bases,
+                    "name": label,
+                    "marker": {"color": colour},
+                    "customdata": custom,
+                    "hovertemplate": "%{customdata[1]}<extra>" + label + "</extra>",
+                }
+            )
+    base = _fig(s("timeline_lines", lang)).to_plotly_json()["layout"]
+    ids = [ln.id for ln in lines]
+    layout = {
+        **base,
+        "barmode": "overlay",
+        "height": max(240, 22 * len(lines) + 110),
+        "yaxis": {
+            "categoryorder": "array",
+            "categoryarray": list(reversed(ids)),
+            "tickvals": ids,
+            "ticktext": [names[i] for i in ids],
+        },
+        "xaxis": {
+            "type": "date",
+            "range": [lo.astimezone(tz).isoformat(), hi.astimezone(tz).isoformat()],
+        },
+        "shapes": _shift_shapes(spans, window, plant),
+    }
+    return {"data": traces, "layout": layout}
+
+
+def _shift_shapes(
+    spans: Sequence[aq.ShiftSpan], window: tuple[datetime, datetime], plant: PlantConfig
+) -> list[dict[str, Any]]:
+    """Shift starts as dashed lines, scheduled breaks shaded."""
+    tz = plant.tz
+    lo, hi = window
     shapes: list[dict[str, Any]] = [
         {
             "type": "line",
@@ -587,19 +712,7 @@ def timeline_figure(
         }
         for b0, b1 in breaks(plant, lo, hi)
     ]
-    base = _fig().to_plotly_json()["layout"]
-    layout = {
-        **base,
-        "barmode": "overlay",
-        "height": max(240, 28 * len(machines) + 90),
-        "yaxis": {"categoryorder": "array", "categoryarray": list(reversed(machines))},
-        "xaxis": {
-            "type": "date",
-            "range": [lo.astimezone(tz).isoformat(), hi.astimezone(tz).isoformat()],
-        },
-        "shapes": shapes,
-    }
-    return {"data": traces, "layout": layout}
+    return shapes
 
 
 def breaks(plant: PlantConfig, lo: datetime, hi: datetime) -> list[tuple[datetime, datetime]]:
@@ -798,7 +911,11 @@ def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:
             [c.seconds for c in a.categories],
             lang,
         ),
-        "timeline": timeline_figure(a.intervals, a.spans, a.window, plant, lang),
+        "timeline": (
+            timeline_figure(a.intervals, a.spans, a.window, plant, lang)
+            if a.line_hours is None
+            else lines_timeline_figure(a.line_hours, a.spans, a.window, plant, lang)
+        ),
         "reliability": reliability_table(
             # The range's last day (the window ends at the midnight after it).
             a.reliability,
@@ -821,7 +938,7 @@ def _refresh(start: Any, end: Any, scope: Any, shift: Any, lang: Any) -> tuple[A
     lang = ctx.lang(lang)
     f = parse_filters(ctx.plant, start, end, scope, shift)
     try:
-        a = load(ctx.db, f, ctx.plant.tz)
+        a = load(ctx.db, f, ctx.plant.tz, by_line=lanes_by_line(ctx.plant, f))
     except _DB_ERRORS as err:
         log.warning("analytics: cannot read the KPI views: %s", err)
         return (html.Div(s("db_error", lang), className="an-error"), *([dash.no_update] * 9))
@@ -839,6 +956,21 @@ def _refresh(start: Any, end: Any, scope: Any, shift: Any, lang: Any) -> tuple[A
         out["reliability"],
         out["shift_table"],
     )
+
+
+def _line_click(click: Any) -> Any:
+    """A click on a line's lane of the plant timeline: that line as the scope (its machines'
+    lanes with every interval). Clicks on a machine's lane change nothing."""
+    try:
+        value = click["points"][0]["customdata"][0]
+    except (TypeError, KeyError, IndexError):
+        return dash.no_update
+    ctx = context.current()
+    if not isinstance(value, str) or not value.startswith("line:"):
+        return dash.no_update
+    if not any(ln.id == value.removeprefix("line:") for ln in ctx.plant.lines):
+        return dash.no_update
+    return value
 
 
 def _pick(reason_click: Any, category_click: Any) -> Any:
