@@ -634,7 +634,7 @@ class MachineTracker:
             return Rejection(seq, "no_stop", f"the machine was {what} at {ev.at.isoformat()}")
         # Kept even while no stop covers `at` yet: a late state event may still create it.
         insort(self.reports, Report(at, (t, order), ev.reason), key=lambda r: r.at)
-        if iv is not None and stopped and self._effective_reason(iv) != iv.reason:
+        if iv is not None and iv.state != "running" and self._effective_reason(iv) != iv.reason:
             self._revise([iv], lambda: None)
         return None
 

@@ -497,6 +497,15 @@ def test_a_refused_report_is_taken_when_a_silence_makes_its_stop() -> None:
     in_order = run_silent(sorted(events, key=lambda e: e["ts"]), seconds=600, batch=1)
     assert intervals(in_order)[1] == (11.0, "offline", "no_data")
     assert run_silent(events, seconds=600, batch=1) == in_order
+    # A report about 11:26 at 11:30 is kept, whatever the state then (within the lateness
+    # of its ts): the silence that the part at 11:31 decides takes its reason, also when
+    # that part arrives first.
+    near = ev("downtime_reason", 40, at=(T0 + timedelta(minutes=36)).isoformat(),
+              reason="material_shortage")  # fmt: skip
+    events = [*head, ev("count", 41, good=1), near]
+    in_order = run_silent(sorted(events, key=lambda e: e["ts"]), seconds=600, batch=1)
+    assert intervals(in_order)[1] == (11.0, "offline", "material_shortage")
+    assert run_silent(events, seconds=600, batch=1) == in_order
 
 
 def test_choose_checkpoint() -> None:
