@@ -191,6 +191,8 @@ class _WoEvent(NamedTuple):
 
 
 RunKey = tuple[str, str, str, int]  # work order, machine, operation, start (us)
+# (stage, due, its plant-local day, status, done at, result): one inspection slot of a run
+Slot = tuple[str, datetime, date, str, datetime | None, str | None]
 FlagKey = tuple[str, str, str, int, str, int]  # run key + flag, since (us)
 
 
@@ -260,6 +262,7 @@ class Inspections:
         # Per run: (its memo, the inputs its rows were derived from, the clock up to which
         # they stand): see _run_rows.
         self._same: dict[RunKey, tuple[_Memo, tuple[Any, ...], int]] = {}
+        self._patrol_memo: dict[RunKey, tuple[tuple[Any, ...], Any]] = {}
 
     # -- input -------------------------------------------------------------------------------
 
@@ -418,7 +421,7 @@ class Inspections:
         firsts = [c for c in checks if c.stage == "first"]
         patrols = [c for c in checks if c.stage == "patrol" and (run.end is None or c.t <= run.end)]
         lasts = [c for c in checks if c.stage == "last"]
-        slots: list[tuple[str, datetime, date, str, datetime | None, str | None]] = []
+        slots: list[Slot] = []
         flags: list[InspectionFlag] = []
         run_start = from_us(run.start)
 
@@ -482,52 +485,13 @@ class Inspections:
         next_due: int | None = None
         missed_since: int | None = None
         if every > 0:
-            limit = clock if run.end is None else min(clock, run.end)
-            cal = self._calendar(machine)
-            memo_later = self._later
-            if len(memo_later) > _MAX_MEMO:
-                memo_later.clear()
-
-            def later(t: int, by: int) -> int:
-                k = (machine, t, by)
-                v = memo_later.get(k)
-                if v is None:
-                    v = memo_later[k] = _shift_time_after(cal, t, by)
-                return v
-
-            anchor = run.start
-            episode: int | None = None  # the open missed episode's start
-            for p in patrols:
-                d = later(anchor, every)
-                while later(d, grace) < p.t and (run.end is None or later(d, grace) < run.end):
-                    slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
-                    if episode is None:
-                        episode = later(d, grace)
-                    d = later(d, every)
-                if episode is not None:
-                    flag("patrol_missed", episode, p.t, "missed", False)
-                    episode = None
-                slots.append(
-                    ("patrol", from_us(d), self._day(d), "on_time", from_us(p.t), p.result)
-                )
-                anchor = p.t
-            d = later(anchor, every)
-            while later(d, grace) < limit:
-                slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
-                if episode is None:
-                    episode = later(d, grace)
-                d = later(d, every)
-            until = min(until, later(d, grace) + 1)  # then `d` may be missed
-            if episode is not None:
-                flag("patrol_missed", episode, run.end, "missed", False)
-                if run.end is None:
-                    missed_since = episode
-            if run.end is None:
-                next_due = d
-                if d <= clock:  # due, within its grace: not decided yet
-                    slots.append(("patrol", from_us(d), self._day(d), "open", None, None))
-                else:
-                    until = min(until, d)
+            p_slots, p_flags, next_due, missed_since, p_until = self._patrols(
+                machine, run, patrols, every, grace, clock
+            )
+            slots.extend(p_slots)
+            for name, since, upto in p_flags:
+                flag(name, since, upto, "missed", False)
+            until = min(until, p_until)
 
         # Last piece: owed at the run's end.
         lp = "off"
@@ -598,6 +562,72 @@ class Inspections:
         if len(self._same) > _MAX_MEMO:
             self._same.clear()
         self._same[run_key] = (memo, inputs, until)
+        return out
+
+    def _patrols(
+        self, machine: str, run: _Run, patrols: list[_Check], every: int, grace: int, clock: int
+    ) -> tuple[list[Slot], list[tuple[str, int, int | None]], int | None, int | None, int]:
+        """The run's patrol slots and missed episodes, when the next patrol is due, since
+        when one is missed, and the clock up to which all this stands. Remembered per run:
+        a long run has many patrols, and its rows are derived again at every batch that
+        brings it parts (the part count changes nothing here)."""
+        run_key = (run.work_order, machine, run.op, run.start)
+        inputs = (run, tuple(patrols), every, grace)
+        seen = self._patrol_memo.get(run_key)
+        if seen is not None and seen[0] == inputs and clock < seen[1][4]:
+            return seen[1]
+        slots: list[Slot] = []
+        flags: list[tuple[str, int, int | None]] = []
+        next_due: int | None = None
+        missed_since: int | None = None
+        limit = clock if run.end is None else min(clock, run.end)
+        cal = self._calendar(machine)
+        memo_later = self._later
+        if len(memo_later) > _MAX_MEMO:
+            memo_later.clear()
+
+        def later(t: int, by: int) -> int:
+            k = (machine, t, by)
+            v = memo_later.get(k)
+            if v is None:
+                v = memo_later[k] = _shift_time_after(cal, t, by)
+            return v
+
+        anchor = run.start
+        episode: int | None = None  # the open missed episode's start
+        for p in patrols:
+            d = later(anchor, every)
+            while later(d, grace) < p.t and (run.end is None or later(d, grace) < run.end):
+                slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
+                if episode is None:
+                    episode = later(d, grace)
+                d = later(d, every)
+            if episode is not None:
+                flags.append(("patrol_missed", episode, p.t))
+                episode = None
+            slots.append(("patrol", from_us(d), self._day(d), "on_time", from_us(p.t), p.result))
+            anchor = p.t
+        d = later(anchor, every)
+        while later(d, grace) < limit:
+            slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
+            if episode is None:
+                episode = later(d, grace)
+            d = later(d, every)
+        until = later(d, grace) + 1  # then `d` may be missed
+        if episode is not None:
+            flags.append(("patrol_missed", episode, run.end))
+            if run.end is None:
+                missed_since = episode
+        if run.end is None:
+            next_due = d
+            if d <= clock:  # due, within its grace: not decided yet
+                slots.append(("patrol", from_us(d), self._day(d), "open", None, None))
+            else:
+                until = min(until, d)
+        out = (slots, flags, next_due, missed_since, until)
+        if len(self._patrol_memo) > _MAX_MEMO:
+            self._patrol_memo.clear()
+        self._patrol_memo[run_key] = (inputs, out)
         return out
 
     def _parts(

@@ -1,6 +1,6 @@
 """The inspection step's memos (streams/inspections.py: shift-time offsets, plant-local
-days, and each run's rows kept while its inputs are the same and the clock has not reached
-an instant they compare with) change no row: every batch gives exactly the rows of an
+days, and each run's rows and patrols kept while their inputs are the same and the clock
+has not reached an instant they compare with) change no row: every batch gives exactly the rows of an
 instance that forgets its memos before every batch, whatever the reports, part totals and
 batch cuts (the clock moves with the batches' event times)."""
 
@@ -41,6 +41,7 @@ def items(draw: st.DrawFn) -> list[Any]:
 
 def forget(steps: Inspections) -> None:
     steps._same.clear()
+    steps._patrol_memo.clear()
     steps._later.clear()
     steps._days.clear()
 
