@@ -5,28 +5,38 @@ and, at its resolution, says what the detailed reads say.
   shares (`timeline_shares`, from the machine hours the dataflow keeps): equal to the detailed
   intervals (`timeline`) clipped to each hour and summed per line in Python, on a replayed
   history.
+- The order board shows a page of orders (`order_board_page`): its pages, one after the other,
+  are the whole board (`order_board`) for every filter, ranks included; the page's buttons
+  move through them and a new filter starts again at the first.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import plotly.graph_objects as go
+import psycopg
 import pytest
 
 from collectors.simulator import write_history
 from dashboards import analytics_queries as aq
 from dashboards import context
+from dashboards import order_queries as oq
 from dashboards.app import create_app
 from dashboards.pages import analytics
 from dashboards.queries import Database
+from mesflow import users
 from mesflow.plant import PlantConfig
 from mesflow.report import Scope
 from mesflow.settings import Settings
 from streams.replay import replay_file
+from tests.test_dashboard import sign_in
 
 FIRST = date(2026, 11, 16)  # a Monday: both lines work
 DAYS = 2
@@ -140,6 +150,7 @@ def test_plant_lanes_by_line_only_for_a_large_plant(
         with app.server.test_request_context():
             click = {"points": [{"customdata": ["line:CNC", "CNC 10:00 80 %"]}]}
             assert analytics._line_click(click) == "line:CNC"
+            bad: Any
             for bad in (
                 None,
                 {"points": []},
@@ -149,4 +160,137 @@ def test_plant_lanes_by_line_only_for_a_large_plant(
             ):
                 assert analytics._line_click(bad) is analytics.dash.no_update
     finally:
+        context.of(app.server).db.close()
+
+
+# -- the order board ----------------------------------------------------------------------------
+
+
+def fill_orders(url: str, n: int) -> None:
+    """`n` orders with every rank key mixed (at risk, priorities and due dates with NULLs and
+    ties, four statuses, five customers) and 0-3 work orders each."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            """
+            INSERT INTO order_progress (order_no, customer, priority, product, qty, due, status,
+                version, good, scrap, progress, eta, at_risk, last_event_ts)
+            SELECT 'SO-' || lpad(i::text, 4, '0'),
+                   CASE WHEN i %% 11 = 0 THEN NULL ELSE 'C' || (i * 7 %% 5) END,
+                   CASE WHEN i %% 9 = 0 THEN NULL ELSE 1 + i * 13 %% 4 END, 'P-100', 100,
+                   CASE WHEN i %% 8 = 0 THEN NULL
+                        ELSE '2026-11-20'::timestamptz + (i * 37 %% 50) * interval '1 hour' END,
+                   (ARRAY['open', 'open', 'on_hold', 'cancelled', 'closed'])[1 + i * 3 %% 5],
+                   1, i %% 100, 1, (i %% 100) / 100.0, '2026-11-21'::timestamptz, i * 17 %% 6 = 0,
+                   '2026-11-19'::timestamptz
+            FROM generate_series(1, %s) i
+            """,
+            (n,),
+        )
+        conn.execute(
+            """
+            INSERT INTO work_order_progress (work_order, order_no, good, scrap, rate_per_h,
+                last_event_ts)
+            SELECT o.order_no || '-' || k, o.order_no, 1, 0, 10, o.last_event_ts
+            FROM order_progress o, generate_series(1, 3) k
+            WHERE k <= length(o.order_no) % 4 + (substring(o.order_no, 4)::int % 3)
+            """
+        )
+
+
+def test_board_pages_are_the_whole_board(db_url: str) -> None:
+    fill_orders(db_url, 437)
+    db = Database(db_url)
+    try:
+        for status in (None, "open", "closed", "cancelled"):
+            for customer in (None, "C1", "C4", "nobody"):
+                whole = oq.order_board(db, status=status, customer=customer)
+                for size in (1000, 50, 7):
+                    pages: list[oq.BoardRow] = []
+                    page = 0
+                    while True:
+                        rows, total, shown = oq.order_board_page(
+                            db, status=status, customer=customer, page=page, size=size
+                        )
+                        assert total == len(whole) and shown == page
+                        assert len(rows) == min(size, total - page * size) or total == 0
+                        pages += rows
+                        if (page + 1) * size >= total:
+                            break
+                        page += 1
+                    assert pages == whole, (status, customer, size)
+                # Past the last page: the last page.
+                rows, total, shown = oq.order_board_page(
+                    db, status=status, customer=customer, page=10_000, size=50
+                )
+                assert shown == max(0, (total - 1) // 50)
+                assert rows == whole[shown * 50 :]
+        assert len(oq.order_board(db)) == 437
+    finally:
+        db.close()
+
+
+def _board_call(client: Any, status: Any, trigger: str, page: Any) -> dict[str, Any]:
+    """The board's callback as dash-renderer sends it, `trigger` the input that changed."""
+    outs = ["table.children", "customer.options", "banner.children", "page.data"]
+    outs.append("pager.children")
+    inputs = [
+        ("tick", "n_intervals", 1),
+        ("status", "value", status),
+        ("customer", "value", None),
+        ("prev", "n_clicks", 1),
+        ("next", "n_clicks", 1),
+    ]
+    body = {
+        "output": ".." + "...".join(f"orders-{o}" for o in outs) + "..",
+        "outputs": [{"id": f"orders-{o.split('.')[0]}", "property": o.split(".")[1]} for o in outs],
+        "inputs": [{"id": f"orders-{i}", "property": p, "value": v} for i, p, v in inputs],
+        "state": [
+            {"id": "orders-lang", "property": "data", "value": "en"},
+            {"id": "orders-page", "property": "data", "value": page},
+        ],
+        "changedPropIds": [f"orders-{trigger}"],
+    }
+    answer = client.post("/_dash-update-component", json=body)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    response: dict[str, Any] = answer.get_json()["response"]
+    return response
+
+
+def test_board_page_buttons_and_filters(db_url: str, plant: PlantConfig) -> None:
+    fill_orders(db_url, 437)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "viewer1", "viewer", "viewer-password")
+    app = create_app(Settings(auth_session_secret="s" * 40), plant, db_url)
+    db = Database(db_url)
+    try:
+        whole = [r.order_no for r in oq.order_board(db)]
+        client = app.server.test_client()
+        sign_in(client, "viewer1", "viewer-password", "/orders")
+
+        def shown(response: dict[str, Any]) -> list[str]:
+            table = json.dumps(response["orders-table"])
+            return re.findall(r'"data-order": "([^"]+)"', table)
+
+        size = oq.BOARD_PAGE
+        first = _board_call(client, None, "tick.n_intervals", 0)
+        assert shown(first) == whole[:size] and first["orders-page"]["data"] == 0
+        assert first["orders-pager"]["children"] == f"1–{size} of 437"
+        second = _board_call(client, None, "next.n_clicks", 0)
+        assert shown(second) == whole[size : 2 * size] and second["orders-page"]["data"] == 1
+        assert second["orders-pager"]["children"] == f"{size + 1}–{2 * size} of 437"
+        # A refresh keeps the page; past the last page is the last; back is the one before.
+        assert shown(_board_call(client, None, "tick.n_intervals", 1)) == shown(second)
+        last = _board_call(client, None, "next.n_clicks", 2)
+        assert shown(last) == whole[2 * size :] and last["orders-page"]["data"] == 2
+        assert last["orders-pager"]["children"] == f"{2 * size + 1}–437 of 437"
+        assert shown(_board_call(client, None, "prev.n_clicks", 2)) == shown(second)
+        assert shown(_board_call(client, None, "prev.n_clicks", 0)) == shown(first)
+        # A new filter starts at its first page; a hostile page value is the first page.
+        open_rows = [r.order_no for r in oq.order_board(db, status="open")]
+        answer_open = _board_call(client, "open", "status.value", 2)
+        assert shown(answer_open) == open_rows[:size] and answer_open["orders-page"]["data"] == 0
+        for bad in ("2", -1, None, [1], 10**9):
+            assert shown(_board_call(client, None, "tick.n_intervals", bad)) == whole[:size]
+    finally:
+        db.close()
         context.of(app.server).db.close()

@@ -310,7 +310,10 @@ def test_filters_and_csv_export_through_the_callbacks(
     try:
         client = app.server.test_client()
         sign_in(client, "viewer1", "viewer-password", "/orders")
-        table = "..orders-table.children...orders-customer.options...orders-banner.children.."
+        table = (
+            "..orders-table.children...orders-customer.options...orders-banner.children"
+            "...orders-page.data...orders-pager.children.."
+        )
 
         def board(status: Any, customer: Any) -> list[str]:
             response = _call(
@@ -320,8 +323,10 @@ def test_filters_and_csv_export_through_the_callbacks(
                     ("orders-tick", "n_intervals", 1),
                     ("orders-status", "value", status),
                     ("orders-customer", "value", customer),
+                    ("orders-prev", "n_clicks", None),
+                    ("orders-next", "n_clicks", None),
                 ],
-                [("orders-lang", "data", "en")],
+                [("orders-lang", "data", "en"), ("orders-page", "data", 0)],
             )
             assert [o["value"] for o in response["orders-customer"]["options"]] == [
                 "ACME",

@@ -34,6 +34,7 @@ from dashboards import auth, context
 from dashboards.i18n import t
 from dashboards.nav import page_header
 from dashboards.order_queries import (
+    BOARD_PAGE,
     BoardRow,
     CallbackRow,
     HistoryRow,
@@ -42,6 +43,7 @@ from dashboards.order_queries import (
     WorkOrderRow,
     customers,
     order_board,
+    order_board_page,
     order_detail,
 )
 from dashboards.pages import order_changes, order_customer_link, order_dispatch, order_routing
@@ -63,6 +65,10 @@ _CUSTOMER = f"{_P}customer"
 _TABLE = f"{_P}table"
 _BANNER = f"{_P}banner"
 _CSV = f"{_P}csv"
+_PAGE = f"{_P}page"  # the page shown, from 0 (order_board_page clamps it)
+_PREV = f"{_P}prev"
+_NEXT = f"{_P}next"
+_PAGER = f"{_P}pager"
 _DOWNLOAD = f"{_P}download"
 _O_TICK = f"{_P}o-tick"
 _O_KEY = f"{_P}o-key"
@@ -88,6 +94,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "at_risk": {"zh": "有延期风险", "en": "At risk"},
     "on_track": {"zh": "正常", "en": "On track"},
     "no_orders": {"zh": "暂无订单", "en": "No orders"},
+    "prev": {"zh": "上一页", "en": "Previous"},
+    "next": {"zh": "下一页", "en": "Next"},
+    "pager": {"zh": "第 {first}–{last} 条，共 {total} 条", "en": "{first}–{last} of {total}"},
     "db_error": {
         "zh": "数据库连接中断，显示的是最后一次读取的数据",
         "en": "Database unreachable: showing the last figures read",
@@ -172,10 +181,15 @@ def register(app: dash.Dash) -> None:
         Output(_TABLE, "children"),
         Output(_CUSTOMER, "options"),
         Output(_BANNER, "children"),
+        Output(_PAGE, "data"),
+        Output(_PAGER, "children"),
         Input(_TICK, "n_intervals"),
         Input(_STATUS, "value"),
         Input(_CUSTOMER, "value"),
+        Input(_PREV, "n_clicks"),
+        Input(_NEXT, "n_clicks"),
         State(_LANG, "data"),
+        State(_PAGE, "data"),
     )(_refresh_board)
     auth.callback(
         app,
@@ -247,7 +261,16 @@ def board_layout(lang: str | None = None, **_query: str) -> html.Div:
                 ],
             ),
             html.Div(id=_BANNER, className="orders-banner"),
+            dcc.Store(id=_PAGE, data=0),
             html.Div(id=_TABLE, className="orders-table-wrap"),
+            html.Div(
+                className="orders-pager",
+                children=[
+                    html.Button(s("prev", lang), id=_PREV, className="orders-prev"),
+                    html.Span(id=_PAGER, className="orders-pager-text"),
+                    html.Button(s("next", lang), id=_NEXT, className="orders-next"),
+                ],
+            ),
         ],
     )
 
@@ -275,18 +298,50 @@ def order_layout(order_no: str | None = None, lang: str | None = None, **_q: str
 
 
 def _refresh_board(
-    _n: int | None, status: str | None, customer: str | None, lang: str | None
-) -> tuple[Any, Any, Any]:
+    _n: int | None,
+    status: str | None,
+    customer: str | None,
+    _prev: int | None,
+    _next: int | None,
+    lang: str | None,
+    page: Any,
+) -> tuple[Any, Any, Any, Any, Any]:
     ctx = context.current()
     lang = ctx.lang(lang)
+    want = _page_after(dash.ctx.triggered_id, page)
     try:
-        rows = order_board(ctx.db, status=_clean(status, STATUSES), customer=_text(customer))
+        rows, total, shown = order_board_page(
+            ctx.db, status=_clean(status, STATUSES), customer=_text(customer), page=want
+        )
         names = customers(ctx.db)
     except psycopg.Error as err:
         log.warning("orders: cannot read v_order_board: %s", err)
-        return dash.no_update, dash.no_update, html.Div(s("db_error", lang), className="error")
+        no = dash.no_update
+        return no, no, html.Div(s("db_error", lang), className="error"), no, no
     options = [{"label": c, "value": c} for c in names]
-    return render_board(rows, ctx.plant.tz, lang), options, ""
+    pager = pager_text(shown, len(rows), total, lang)
+    return render_board(rows, ctx.plant.tz, lang), options, "", shown, pager
+
+
+def _page_after(trigger: Any, page: Any) -> int:
+    """The page to show: the next or previous one on a click, the first on a new filter, the
+    same one on a refresh (anything but a small int from the browser: the first)."""
+    current = page if isinstance(page, int) and 0 <= page < 1_000_000 else 0
+    if trigger in (_STATUS, _CUSTOMER):
+        return 0
+    if trigger == _PREV:
+        return max(0, current - 1)
+    if trigger == _NEXT:
+        return current + 1
+    return current
+
+
+def pager_text(shown: int, on_page: int, total: int, lang: str) -> str:
+    """'201–400 of 18,000': the page's place on the filtered board; empty when it is empty."""
+    if not on_page:
+        return ""
+    first = shown * BOARD_PAGE + 1
+    return s("pager", lang, first=f"{first:,}", last=f"{first + on_page - 1:,}", total=f"{total:,}")
 
 
 def _export_csv(_n: int | None, status: str | None, customer: str | None) -> dict[str, Any]:
