@@ -450,7 +450,7 @@ def board_queries(
         out[f"analytics Pareto {label} day"] = _call(aq.reasons, fs, tz)
         out[f"analytics stops {label}"] = _call(aq.stops, f, tz)
         out[f"analytics stops {label} day"] = _call(aq.stops, fs, tz)
-        out[f"analytics timeline {label}"] = _call(aq.timeline, f, tz)
+        out[f"analytics timeline {label}"] = _timeline(aq, plant, f, tz)
         out[f"analytics reliability {label}"] = _call(aq.reliability, f, tz)
         out[f"analytics micro-stops {label}"] = _call(aq.microstop_seconds, f, tz)
         out[f"scrap {label}"] = _call(sq.scrap_by_reason, f, tz)
@@ -460,8 +460,9 @@ def board_queries(
     out["machine page parts/hour"] = _b(lambda db: aq.parts_per_hour(db, machine, last_day, tz))
     out["machine page stops"] = _b(lambda db: aq.stops(db, day, tz))
     out["machine page work orders"] = _b(lambda db: aq.work_orders(db, machine, last_day, tz))
-    out["orders board"] = _b(lambda db: oq.order_board(db))
-    out["orders board open"] = _b(lambda db: oq.order_board(db, status="open"))
+    out["orders board"] = _board(oq)
+    out["orders board last page"] = _board(oq, page=10**6)
+    out["orders board open"] = _board(oq, status="open")
     out["orders customers"] = _b(lambda db: oq.customers(db))
     out["order page"] = _b(lambda db: oq.order_detail(db, order_no))
     months = dk.MonthRange(f"{first:%Y-%m}", f"{last_day:%Y-%m}")
@@ -469,6 +470,26 @@ def board_queries(
         out[f"kpis by {by}"] = _call(dk_rows, dk, tz, by, months)
     out["kpis filters"] = _b(lambda db: db.run(lambda c: dk.dimension_values(c, tz)))
     return out
+
+
+def _timeline(aq: ModuleType, plant: PlantConfig, f: Any, tz: ZoneInfo) -> Query:
+    """The state timeline as the analytics page reads it: a large plant's scope a lane per
+    line (timeline_shares, issue 14 part B2), else every interval; query modules from before
+    that have timeline() alone."""
+    by_line = (
+        hasattr(aq, "timeline_shares")
+        and f.scope.kind == "plant"
+        and len(plant.machines) > aq.TIMELINE_MACHINE_LANES
+    )
+    return _call(aq.timeline_shares if by_line else aq.timeline, f, tz)
+
+
+def _board(oq: ModuleType, status: str | None = None, page: int = 0) -> Query:
+    """The order board as its page reads it: a page of orders (order_board_page), or the
+    whole (filtered) board with query modules from before pages."""
+    if hasattr(oq, "order_board_page"):
+        return lambda db: oq.order_board_page(db, status=status, page=page)
+    return lambda db: oq.order_board(db, status=status)
 
 
 def dk_rows(db: Database, dk: ModuleType, tz: ZoneInfo, by: str, months: Any) -> Any:
