@@ -351,7 +351,7 @@ class MachineTracker:
                 self.silence.on_message(self, t, False)  # in order: decides at once
                 self._count_now(t, ev.good, ev.scrap)
                 if self.refused:  # a silence (offline) may have made a stop
-                    self._take_refused(t)
+                    self._take_refused()
                 return None
             self._count_now(t, ev.good, ev.scrap)  # most events: a part, in order
             return None
@@ -401,8 +401,10 @@ class MachineTracker:
             self._work_order(t, order, ev)
         if next_message is not None:
             self.silence.after(self, t, next_message)
-        if self.refused and (type(ev) is StateEvent or self.spec.silent_after_us):
-            self._take_refused(t)  # a state event or a silence may have made a stop
+        if self.refused and (
+            type(ev) is StateEvent or (self.spec.silent_after_us and type(ev) in _MESSAGES)
+        ):
+            self._take_refused()  # a state event or a silence may have made a stop
         return None
 
     def _refuse(self, seq: int, ev: MachineEvent | WorkOrderEvent) -> Rejection | None:
@@ -606,14 +608,7 @@ class MachineTracker:
         at = to_us(ev.at)
         i = self._index_at(at)
         iv = self.intervals[i] if i >= 0 else None
-        stopped = iv is not None and iv.state != "running"
-        if stopped and iv is not None and iv.state == "offline" and self.spec.silent_after_us:
-            # A silence ended by a message after the report's ts was not decided yet when
-            # the report came, in event-time order: it saw the state the silence cut.
-            for s in self.silence.silences:
-                if s.start <= at and s.end is not None and at < s.end:
-                    stopped = s.end <= t or s.state != "running"
-                    break
+        stopped = self._stop_seen(iv, at, t)
         # Measured from the report's own ts, not the machine's clock: the decision then
         # does not depend on the arrival order of events within the allowed lateness
         # (a rejected report does not move the clock, so it must not).
@@ -638,11 +633,22 @@ class MachineTracker:
             self._revise([iv], lambda: None)
         return None
 
-    def _take_refused(self, now: int) -> None:
-        """After an event at `now` (us) that may have made a stop (a state event, a
-        silence): take the refused reports whose `at` is now in a stop, as in event-time
-        order when `now` is not after the report's ts (they move the clock to their ts).
-        The dead letter stays."""
+    def _stop_seen(self, iv: Interval | None, at: int, t: int) -> bool:
+        """Whether a report at `t` about `at` (in `iv`) sees a stop, in event-time order."""
+        if iv is None or iv.state == "running":
+            return False
+        if iv.state == "offline" and self.spec.silent_after_us:
+            # A silence ended by a message after the report's ts was not decided yet when
+            # the report came, in event-time order: it saw the state the silence cut.
+            for s in self.silence.silences:
+                if s.start <= at and s.end is not None and at < s.end:
+                    return s.end <= t or s.state != "running"
+        return True
+
+    def _take_refused(self) -> None:
+        """After a message that may have made a stop (a state event, a silence): take
+        the refused reports that now see a stop at their `at` (they move the clock to
+        their ts, as in event-time order). The dead letter stays."""
         last = self.last_ts
         assert last is not None
         late, keep, clock = self.spec.lateness_us, [], last
@@ -651,12 +657,7 @@ class MachineTracker:
             t = to_us(ev.ts)
             i = self._index_at(at)
             iv = self.intervals[i] if i >= 0 else None
-            if (
-                now > t
-                or iv is None
-                or iv.state == "running"
-                or iv.start < t - self.spec.history_us
-            ):
+            if not self._stop_seen(iv, at, t) or iv is None or iv.start < t - self.spec.history_us:
                 if t >= last - late:  # else what could still take it would be late
                     keep.append(r)
                 continue

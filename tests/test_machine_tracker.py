@@ -506,6 +506,12 @@ def test_a_refused_report_is_taken_when_a_silence_makes_its_stop() -> None:
     in_order = run_silent(sorted(events, key=lambda e: e["ts"]), seconds=600, batch=1)
     assert intervals(in_order)[1] == (11.0, "offline", "material_shortage")
     assert run_silent(events, seconds=600, batch=1) == in_order
+    # Refused, then the part at 11:33 decides the silence (after the report's ts); an event
+    # that is no message (11:29, before the report's ts), arriving last, takes nothing.
+    events = [*head, report, ev("count", 43, good=1), ev("wo_start", 39, work_order="WO-1")]
+    in_order = run_silent(sorted(events, key=lambda e: e["ts"]), seconds=600, batch=1)
+    assert intervals(in_order)[1] == (11.0, "offline", "no_data")
+    assert run_silent(events, seconds=600, batch=1) == in_order
 
 
 def test_choose_checkpoint() -> None:
