@@ -263,6 +263,11 @@ class Inspections:
         # they stand): see _run_rows.
         self._same: dict[RunKey, tuple[_Memo, tuple[Any, ...], int]] = {}
         self._patrol_memo: dict[RunKey, tuple[tuple[Any, ...], Any]] = {}
+        # work order -> machines whose kept reports name it (built on first use; rebuilt
+        # after _forget drops reports); and each machine's runs as last derived from its
+        # work-order reports (the list object and its length: reports are only inserted).
+        self._naming: dict[str, set[str]] | None = None
+        self._runs_of: dict[str, tuple[list[_WoEvent], int, list[_Run]]] = {}
 
     # -- input -------------------------------------------------------------------------------
 
@@ -281,6 +286,7 @@ class Inspections:
                         s.checks.setdefault((ev.work_order, ev.machine), []),
                         _Check(at, x.seq, ev.stage, ev.result, ev.operation),
                     )
+                    self._named(ev.work_order, ev.machine)
                     s.dirty_wo.add((ev.work_order, ev.machine))
                     self._saw(at)
                     continue
@@ -292,6 +298,7 @@ class Inspections:
                             at, x.seq, te is WorkOrderStartReport, ev.work_order, ev.operation or ""
                         ),
                     )
+                    self._named(ev.work_order, ev.machine)
                 else:
                     continue
                 self._saw(at)
@@ -309,15 +316,28 @@ class Inspections:
                 if s.products.get(ev.work_order) != ev.product:
                     s.products[ev.work_order] = ev.product
                     # Its policy may change: every machine it ran on is derived again.
-                    s.dirty.update(m for (wo, m) in s.checks if wo == ev.work_order)
-                    s.dirty.update(
-                        m
-                        for m, evs in s.wo_events.items()
-                        if any(e.work_order == ev.work_order for e in evs)
-                    )
+                    s.dirty.update(self._machines_naming(ev.work_order))
         s.clock = max(s.clock, s.high - self.lag_us)
         out.extend(self._derive())
         return out
+
+    def _named(self, work_order: str, machine: str) -> None:
+        if self._naming is not None:
+            self._naming.setdefault(work_order, set()).add(machine)
+
+    def _machines_naming(self, work_order: str) -> set[str]:
+        """The machines whose kept inspections or work-order reports name the work order
+        (an index, not a scan of every machine's reports per work_order event)."""
+        index = self._naming
+        if index is None:
+            s = self.state
+            index = self._naming = {}
+            for wo, m in s.checks:
+                index.setdefault(wo, set()).add(m)
+            for m, evs in s.wo_events.items():
+                for e in evs:
+                    index.setdefault(e.work_order, set()).add(m)
+        return index.get(work_order, set())
 
     def tick(self, now_us: int) -> list[Row]:
         """Live: event time goes on with the wall clock (less the lag) while nothing comes."""
@@ -355,7 +375,13 @@ class Inspections:
             if k[1] in machines:
                 known.setdefault(k[1], []).append(k)
         for machine in sorted(machines):
-            runs = _runs(s.wo_events.get(machine, []))
+            evs = s.wo_events.get(machine, [])
+            known_runs = self._runs_of.get(machine)
+            if known_runs is not None and known_runs[0] is evs and known_runs[1] == len(evs):
+                runs = known_runs[2]
+            else:
+                runs = _runs(evs)
+                self._runs_of[machine] = (evs, len(evs), runs)
             if runs:
                 out.append(
                     InspectionRunSet(
@@ -687,6 +713,7 @@ class Inspections:
         if not old:
             return
         s.forgotten_before = max(s.forgotten_before, horizon)
+        self._naming = None  # reports are dropped below
         for k in old:
             del s.runs[k]
         for machine, evs in list(s.wo_events.items()):

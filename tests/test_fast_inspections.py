@@ -6,14 +6,17 @@ batch cuts (the clock moves with the batches' event times)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
-from streams.inspections import Inspections
-from tests.test_inspections import POLICY, check, end, parts, start, with_policy
+from streams.inspections import InspectionRun, Inspections
+from streams.validate import OrderInput
+from tests.test_inspections import POLICY, at, check, end, parts, start, with_policy
 
 WOS = ("WO-1", "WO-2")
 
@@ -26,8 +29,16 @@ def items(draw: st.DrawFn) -> list[Any]:
     for _ in range(draw(st.integers(1, 40))):
         minute += draw(st.sampled_from([0.5, 3, 11, 25, 61, 130]))
         wo = draw(st.sampled_from(WOS))
-        kind = draw(st.sampled_from(["start", "end", "first", "patrol", "last", "parts", "parts"]))
-        if kind == "start":
+        kind = draw(
+            st.sampled_from(["start", "end", "first", "patrol", "last", "parts", "parts", "wo"])
+        )
+        if kind == "wo":  # its product (named in the run rows) set or changed
+            product = draw(st.sampled_from(["P-100", "P-400"]))
+            body: dict[str, Any] = {"type": "work_order", "ts": at(minute).isoformat()}
+            body |= {"work_order": wo}
+            body |= {"order_no": "SO-1", "product": product, "qty": 10}
+            out.append(OrderInput("SO-1", parse_event(json.dumps(body))))  # type: ignore[arg-type]
+        elif kind == "start":
             out.append(start(minute, wo))
         elif kind == "end":
             out.append(end(minute, wo))
@@ -42,6 +53,8 @@ def items(draw: st.DrawFn) -> list[Any]:
 def forget(steps: Inspections) -> None:
     steps._same.clear()
     steps._patrol_memo.clear()
+    steps._runs_of.clear()
+    steps._naming = None
     steps._later.clear()
     steps._days.clear()
 
@@ -63,3 +76,30 @@ def test_memos_change_no_row(plant: PlantConfig, xs: list[Any], batch: int, patr
         assert fast.tick(clock) == fresh.tick(clock)
     forget(fresh)
     assert fast.settle() == fresh.settle()
+
+
+def test_a_product_change_derives_the_machines_that_ran_it_again(plant: PlantConfig) -> None:
+    """The work order -> machines index stays complete as reports come after it was built:
+    an ended run (no flag: not derived at every batch) is derived again when its work
+    order's product becomes known."""
+    quiet = POLICY.model_copy(
+        update={
+            "first_article_within_parts": 0,
+            "block_until_first_article_passes": False,
+            "patrol_every_minutes": 0,
+            "last_piece_required": False,
+        }
+    )
+    steps = Inspections(with_policy(plant, quiet), lag_s=0)
+
+    def product(wo: str, minute: float) -> OrderInput:
+        body: dict[str, Any] = {"type": "work_order", "ts": at(minute).isoformat()}
+        body |= {"work_order": wo, "order_no": "SO-1", "product": "P-100", "qty": 10}
+        return OrderInput("SO-1", parse_event(json.dumps(body)))  # type: ignore[arg-type]
+
+    steps.feed([product("WO-9", 0)])  # the index is built here
+    steps.feed([start(1, "WO-1"), end(30, "WO-1")])
+    rows = steps.feed([product("WO-1", 31)])
+    assert [(r.work_order, r.product) for r in rows if type(r) is InspectionRun] == [
+        ("WO-1", "P-100")
+    ]
