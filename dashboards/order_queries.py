@@ -170,9 +170,10 @@ def order_board(
     return db.run(query)
 
 
-# Orders on one page of the board: a screen's worth, and 18,000 orders (a whole board of a
-# large plant) are 0.16 s to read and far more to render as rows in a browser.
-BOARD_PAGE = 200
+# Orders on one page of the board: about two screens. 18,000 orders (a whole board of a large
+# plant) are 0.16 s to read; the browser is slower still: Dash renders a board row in about
+# 0.1 s on a loaded 2-core machine (200 rows blocked the page for 23 s at load 9).
+BOARD_PAGE = 50
 
 
 def order_board_page(

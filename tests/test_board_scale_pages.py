@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -23,6 +25,7 @@ from typing import Any
 import plotly.graph_objects as go
 import psycopg
 import pytest
+import waitress
 
 from collectors.simulator import write_history
 from dashboards import analytics_queries as aq
@@ -36,7 +39,8 @@ from mesflow.plant import PlantConfig
 from mesflow.report import Scope
 from mesflow.settings import Settings
 from streams.replay import replay_file
-from tests.test_dashboard import sign_in
+from tests.conftest import require
+from tests.test_dashboard import Chromium, sign_in
 
 FIRST = date(2026, 11, 16)  # a Monday: both lines work
 DAYS = 2
@@ -192,7 +196,7 @@ def fill_orders(url: str, n: int) -> None:
                 last_event_ts)
             SELECT o.order_no || '-' || k, o.order_no, 1, 0, 10, o.last_event_ts
             FROM order_progress o, generate_series(1, 3) k
-            WHERE k <= length(o.order_no) % 4 + (substring(o.order_no, 4)::int % 3)
+            WHERE o.order_no ~ '^SO-[0-9]{4}$' AND k <= length(o.order_no) % 4 + (substring(o.order_no, 4)::int % 3)
             """
         )
 
@@ -280,9 +284,10 @@ def test_board_page_buttons_and_filters(db_url: str, plant: PlantConfig) -> None
         assert second["orders-pager"]["children"] == f"{size + 1}–{2 * size} of 437"
         # A refresh keeps the page; past the last page is the last; back is the one before.
         assert shown(_board_call(client, None, "tick.n_intervals", 1)) == shown(second)
-        last = _board_call(client, None, "next.n_clicks", 2)
-        assert shown(last) == whole[2 * size :] and last["orders-page"]["data"] == 2
-        assert last["orders-pager"]["children"] == f"{2 * size + 1}–437 of 437"
+        end = (437 - 1) // size  # the last page
+        last = _board_call(client, None, "next.n_clicks", end)
+        assert shown(last) == whole[end * size :] and last["orders-page"]["data"] == end
+        assert last["orders-pager"]["children"] == f"{end * size + 1}–437 of 437"
         assert shown(_board_call(client, None, "prev.n_clicks", 2)) == shown(second)
         assert shown(_board_call(client, None, "prev.n_clicks", 0)) == shown(first)
         # A new filter starts at its first page; a hostile page value is the first page.
@@ -293,4 +298,68 @@ def test_board_page_buttons_and_filters(db_url: str, plant: PlantConfig) -> None
             assert shown(_board_call(client, None, "tick.n_intervals", bad)) == whole[:size]
     finally:
         db.close()
+        context.of(app.server).db.close()
+
+
+# -- in a real browser --------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_pages_in_browser(
+    replayed: tuple[Database, PlantConfig],
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plant timeline by line (the threshold lowered to the demo plant's 12 machines: the
+    app runs in this process) and a click into a line; the order board's second page."""
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    db, plant = replayed
+    monkeypatch.setattr(aq, "TIMELINE_MACHINE_LANES", 1)
+    fill_orders(db_url, 200)  # 80 open orders and the replay's: two pages
+    _rows, total, _page = oq.order_board_page(db, status="open")
+    size = oq.BOARD_PAGE
+    assert size < total <= 2 * size
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        users.add_user(conn, "boss", "manager", "manager password 123")
+    app = create_app(Settings(auth_session_secret="k" * 40), plant, db_url)
+    server = waitress.create_server(app.server, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.effective_port}"
+    b = Chromium(tmp_path)
+    lanes = (
+        "Array.from(document.querySelectorAll('#an-timeline .ytick text'))"
+        ".map(e => e.textContent).sort().join('|')"
+    )
+    try:
+        b.goto(f"{url}/analytics?lang=en&start=2026-11-16&end=2026-11-17")
+        b.wait_for("location.pathname === '/login' && !!document.querySelector('#password')")
+        for sel, value in {"#username": "boss", "#password": "manager password 123"}.items():
+            b.eval(f"document.querySelector({json.dumps(sel)}).value = {json.dumps(value)}")
+        b.eval("document.querySelector('button[type=submit]').click()")
+        names = [ln.name.get("en") for ln in plant.lines]
+        b.wait_for(f"{lanes} === {json.dumps('|'.join(sorted(names)))}")
+        bars = "document.querySelectorAll('#an-timeline .bars path').length"
+        assert b.eval(bars) > 48  # hour pieces of two lines over a day
+        # A click on a line's lane: the line's scope, its machines' lanes.
+        click = {"points": [{"customdata": ["line:IM", "IM"]}]}
+        b.eval(f"dash_clientside.set_props('an-timeline', {{clickData: {json.dumps(click)}}})")
+        machines = [m.id for m in plant.lines[0].machines]
+        b.wait_for(f"{lanes} === {json.dumps('|'.join(sorted(machines)))}")
+
+        b.goto(f"{url}/orders?lang=en")
+        b.wait_for("location.pathname === '/orders'")
+        pager = "(document.querySelector('.orders-pager-text')||{}).textContent"
+        b.wait_for(f"{pager} === '1–{size} of {total}'")
+        first = "document.querySelector('[data-order]').dataset.rank"
+        rank_1 = int(b.eval(first))
+        b.eval("document.querySelector('.orders-next').click()")
+        b.wait_for(f"{pager} === '{size + 1}–{min(total, 2 * size)} of {total}'")
+        assert int(b.eval(first)) > rank_1
+        assert b.eval("document.querySelectorAll('[data-order]').length") == min(size, total - size)
+    finally:
+        b.close()
+        server.close()
+        thread.join(timeout=5)
         context.of(app.server).db.close()
