@@ -16,6 +16,7 @@ import json
 import re
 import shutil
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -42,6 +43,7 @@ from streams.replay import replay_file
 from tests.conftest import require
 from tests.test_dashboard import Chromium, sign_in
 
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 FIRST = date(2026, 11, 16)  # a Monday: both lines work
 DAYS = 2
 START = datetime.fromisoformat("2026-11-16T00:00:00+08:00")
@@ -334,6 +336,10 @@ def test_pages_in_browser(
         ".map(e => e.textContent).sort().join('|')"
     )
     try:
+        b.page(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
         b.goto(f"{url}/analytics?lang=en&start=2026-11-16&end=2026-11-17")
         b.wait_for("location.pathname === '/login' && !!document.querySelector('#password')")
         for sel, value in {"#username": "boss", "#password": "manager password 123"}.items():
@@ -343,6 +349,11 @@ def test_pages_in_browser(
         b.wait_for(f"{lanes} === {json.dumps('|'.join(sorted(names)))}")
         bars = "document.querySelectorAll('#an-timeline .bars path').length"
         assert b.eval(bars) > 48  # hour pieces of two lines over a day
+        b.eval("document.querySelector('#an-timeline').scrollIntoView()")
+        b.eval("window.scrollBy(0, -70)")
+        time.sleep(0.5)  # plotly redraws at the new width
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        b.screenshot(SHOTS / "analytics-timeline-lines-en-1280x800.png")
         # A click on a line's lane: the line's scope, its machines' lanes.
         click = {"points": [{"customdata": "line:IM"}]}
         b.eval(f"dash_clientside.set_props('an-timeline', {{clickData: {json.dumps(click)}}})")
