@@ -373,6 +373,13 @@ def _report(
         f"{final.last_seq:,} | lost sent->received {result.acked - final.received:,}, "
         f"received->stored {final.received - final.stored:,}"
     )
+    if final.stored < result.acked:
+        # The broker holds what the collector has not acknowledged: waiting, not lost.
+        print(
+            f"the --drain limit ({args.drain:.0f} s) ended the run with "
+            f"{result.acked - final.stored:,} sent messages not yet stored (queued at the "
+            "broker or in the collector) and the collector's count last reported 5 s ago"
+        )
     paho = ceilings.get("paho")
     lean = ceilings.get("lean")
     copy = ceilings.get("copy")
