@@ -24,7 +24,7 @@ import pickle
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -42,7 +42,7 @@ from streams.inspections_flow import inspection_rows
 from streams.labor_flow import labor_rows
 from streams.limit_spans import LimitSpan, has_limits
 from streams.limit_spans_flow import limit_span_rows
-from streams.log_source import log_input, owned_only
+from streams.log_source import PARTS, ReadMark, log_input, owned_only
 from streams.machine_tracker import MachineSpec, MachineTracker, Row
 from streams.order_problems_flow import order_problem_rows
 from streams.order_progress import (
@@ -56,6 +56,7 @@ from streams.quality_flow import quality_rows
 from streams.rebuild import LateStore
 from streams.records import (
     AlertRow,
+    FloorInput,
     HourRow,
     IntervalDelete,
     IntervalRow,
@@ -66,6 +67,8 @@ from streams.records import (
     WorkOrderParts,
     WorkOrderStarted,
 )
+from streams.sequencer import Keyed as SeqKeyed
+from streams.sequencer import Sequencer
 from streams.silence import live_check, live_due
 from streams.tracker_snapshot import TrackerSnapshots, decode
 from streams.validate import OrderInput, Validator
@@ -457,6 +460,141 @@ def _order_inputs(lists: list[list[Any]]) -> list[tuple[str, Any]]:
     return [(str(x.order_no), x) for rows in lists for x in rows if type(x) in _TO_ORDERS]
 
 
+# -- a cluster's sequencer (streams/sequencer.py): the plant-wide steps' inputs in log order --
+
+_TO_SEQUENCER = frozenset({OrderInput, FloorInput})  # validated inputs of the plant-wide steps
+_MACHINE_TO_SEQUENCER = frozenset({WorkOrderParts, WorkOrderStarted})
+
+
+class _SeqTag(NamedTuple):
+    """A validated input with the seq of its log row (a cluster's validator output)."""
+
+    seq: int
+    item: Any
+
+
+class _ToSequencer(NamedTuple):
+    """A batch's validated inputs for the sequencer, with their sort keys."""
+
+    items: list[SeqKeyed]
+
+
+def _per_entry(step: Any) -> Any:
+    """The validator called row by row, so that each order and floor input knows the seq of
+    its row (an OrderInput carries none); one Progress per batch, as before. A cluster only."""
+
+    def run(batch: list[Any]) -> list[Any]:
+        out: list[Any] = []
+        dead = 0
+        for entry in batch:
+            for x in step([entry]):
+                t = type(x)
+                if t is Progress:
+                    dead += x.dead
+                elif t in _TO_SEQUENCER:
+                    out.append(_SeqTag(entry.seq, x))
+                else:
+                    out.append(x)
+        if batch:
+            out.append(Progress(batch[-1].seq, len(batch), dead))
+        return out
+
+    return run
+
+
+def _grouped_seq(step: Any) -> Any:
+    """_grouped for a cluster: the tagged inputs go in the others list as themselves and,
+    with their sort keys, in a _ToSequencer item."""
+    grouped = _grouped(step)
+
+    def run(batch: list[Any]) -> list[Any]:
+        out = grouped(batch)
+        if not out or type(out[-1]) is not list:
+            return out
+        others = out[-1]
+        tagged: list[SeqKeyed] = []
+        last, index = -1, 0
+        for i, x in enumerate(others):
+            if type(x) is _SeqTag:
+                index = index + 1 if x.seq == last else 0
+                last = x.seq
+                tagged.append(SeqKeyed(x.seq, 1, "", index, x.item))
+                others[i] = x.item
+        if tagged:
+            out.append(_ToSequencer(tagged))
+        return out
+
+    return run
+
+
+class _SeqMachineLogic(MachineLogic):
+    """MachineLogic whose rows say the seq of the last event that produced them."""
+
+    seq = -1
+
+    def on_batch(self, values: list[list[Keyed]]) -> tuple[list[Any], bool]:
+        self.seq = max(self.seq, min(group[0][0] for group in values))
+        out, retain = super().on_batch(values)
+        return [(self.seq, rows) for rows in out], retain
+
+    def on_notify(self) -> tuple[list[Any], bool]:
+        out, retain = super().on_notify()
+        return [(self.seq, rows) for rows in out], retain
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        out, retain = super().on_eof()
+        return [(self.seq, rows) for rows in out], retain
+
+
+def _seq_rows_of(keyed: list[Any]) -> list[list[Any]]:
+    rows = [r for _, (_, rs) in keyed for r in rs]
+    return [rows] if rows else []
+
+
+def _machine_to_sequencer(keyed: list[Any]) -> list[tuple[str, Any]]:
+    want = _MACHINE_TO_SEQUENCER
+    return [
+        ("plant", SeqKeyed(seq, 0, machine, i, x))
+        for machine, (seq, rows) in keyed
+        for i, x in enumerate(rows)
+        if type(x) in want
+    ]
+
+
+def _to_sequencer(items: list[Any]) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for x in items:
+        if type(x) is _ToSequencer:
+            out.extend(("plant", k) for k in x.items)
+        else:  # a ReadMark
+            out.append(("plant", x))
+    return out
+
+
+class SequencerLogic(StatefulBatchLogic[Any, list[Any], bytes]):
+    """Bytewax adapter around the cluster's one Sequencer (all inputs under one key)."""
+
+    def __init__(self, resume: bytes | None) -> None:
+        self.seq: Sequencer = pickle.loads(resume) if resume else Sequencer(PARTS)
+
+    def on_batch(self, values: list[Any]) -> tuple[list[list[Any]], bool]:
+        inputs = [x for x in values if type(x) is SeqKeyed]
+        marks = [x.positions for x in values if type(x) is ReadMark]
+        out = self.seq.feed(inputs, marks)
+        return ([out] if out else []), self.RETAIN
+
+    def on_eof(self) -> tuple[list[list[Any]], bool]:
+        out = self.seq.finish()
+        return ([out] if out else []), self.RETAIN
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.seq, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _is_to_sequencer(x: Any) -> bool:
+    return type(x) is _ToSequencer
+
+
 def build_flow(
     plant: PlantConfig,
     source: Source[Any],
@@ -480,29 +618,62 @@ def build_flow(
     # Only the keyed steps' inputs are single items: a machine's events of one batch (one
     # item), an order's inputs, each side step's few inputs.
     # In a cluster, only this worker's machines (streams/log_source.py owned_only).
-    validate = owned_only(source, validator if clock is None else clock.watch(validator))
-    checked = op.flat_map_batch("validate", entries, _grouped(validate))
-    split = op.branch("machine_events", checked, _is_group)
-    trackers = op.stateful_batch(
-        "machines", split.trues, lambda resume: MachineLogic(resume, plant, figures_every, late)
-    )
-    # `rest`: the machines' rows and everything else the validator passed, in lists.
-    rest = op.merge(
-        "machine_rows_and_rest", op.flat_map_batch("machine_rows", trackers, _rows_of), split.falses
-    )
+    validating = validator if clock is None else clock.watch(validator)
+    if marks is None:  # one process
+        checked = op.flat_map_batch("validate", entries, _grouped(owned_only(source, validating)))
+        split = op.branch("machine_events", checked, _is_group)
+        trackers = op.stateful_batch(
+            "machines", split.trues, lambda resume: MachineLogic(resume, plant, figures_every, late)
+        )
+        # `rest`: the machines' rows and everything else the validator passed, in lists.
+        rest = op.merge(
+            "machine_rows_and_rest",
+            op.flat_map_batch("machine_rows", trackers, _rows_of),
+            split.falses,
+        )
+        # One reader reads the log in seq order: the plant-wide steps' inputs are in order.
+        ordered = rest
+    else:
+        # A cluster: the plant-wide steps' inputs, tagged with their seqs, go through the
+        # sequencer, which gives them back in log order (streams/sequencer.py).
+        validate = owned_only(source, _per_entry(validating))
+        checked = op.flat_map_batch("validate", entries, _grouped_seq(validate))
+        split = op.branch("machine_events", checked, _is_group)
+        side = op.branch("to_sequencer", split.falses, _is_to_sequencer)
+        trackers = op.stateful_batch(
+            "machines",
+            split.trues,
+            lambda resume: _SeqMachineLogic(resume, plant, figures_every, late),
+        )
+        rest = op.merge(
+            "machine_rows_and_rest",
+            op.flat_map_batch("machine_rows", trackers, _seq_rows_of),
+            side.falses,
+        )
+        sequencer = op.stateful_batch(
+            "sequencer",
+            op.merge(
+                "sequencer_inputs",
+                op.flat_map_batch("validated_to_sequencer", side.trues, _to_sequencer),
+                op.flat_map_batch("machines_to_sequencer", trackers, _machine_to_sequencer),
+                op.flat_map_batch("marks_to_sequencer", marks, _to_sequencer),
+            ),
+            SequencerLogic,
+        )
+        ordered = op.flat_map_batch("sequenced", sequencer, _rows_of)
     # Orders join CRM snapshots, work orders and the parts the machines counted for them.
     orders = op.stateful_batch(
         "orders",
-        op.flat_map_batch("order_inputs", rest, _order_inputs),
+        op.flat_map_batch("order_inputs", ordered, _order_inputs),
         lambda resume: OrderLogic(resume, ideal, live, clock),
     )
     # The order inputs stay in `rest`: no result step takes them, the sink stores none.
     results = op.merge("all_results", op.flat_map_batch("order_rows", orders, _rows_of), rest)
     # Production problems back to the CRM (streams/order_problems.py).
     results = order_problem_rows(results, plant, live)
-    results = op.merge("results_and_inspections", results, inspection_rows(plant, rest, live))
-    results = op.merge("results_and_quality", results, quality_rows(plant, rest, live))
-    results = op.merge("results_and_labor", results, labor_rows(plant, rest, live))
+    results = op.merge("results_and_inspections", results, inspection_rows(plant, ordered, live))
+    results = op.merge("results_and_quality", results, quality_rows(plant, ordered, live))
+    results = op.merge("results_and_labor", results, labor_rows(plant, ordered, live))
     if has_limits(plant):  # out-of-limit spans of process values (streams/limit_spans.py)
         results = op.merge("results_and_spans", results, limit_span_rows(plant, checked))
     if alerts is not None and alerts.rules:
