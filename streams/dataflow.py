@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pickle
 import time
+from bisect import bisect_right
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -462,7 +463,6 @@ def _order_inputs(lists: list[list[Any]]) -> list[tuple[str, Any]]:
 
 # -- a cluster's sequencer (streams/sequencer.py): the plant-wide steps' inputs in log order --
 
-_TO_SEQUENCER = frozenset({OrderInput, FloorInput})  # validated inputs of the plant-wide steps
 _MACHINE_TO_SEQUENCER = frozenset({WorkOrderParts, WorkOrderStarted})
 
 
@@ -479,24 +479,31 @@ class _ToSequencer(NamedTuple):
     items: list[SeqKeyed]
 
 
-def _per_entry(step: Any) -> Any:
-    """The validator called row by row, so that each order and floor input knows the seq of
-    its row (an OrderInput carries none); one Progress per batch, as before. A cluster only."""
+def _tag_seqs(step: Any) -> Any:
+    """The validator, its order and floor inputs tagged with the seq of their log row (an
+    OrderInput carries none). A cluster only. The validator gives every row at least one
+    output, in row order, and an input without a seq (an order, a work order, an alert
+    acknowledgement) is the first output of its row: the row after the last one seen."""
 
     def run(batch: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        dead = 0
-        for entry in batch:
-            for x in step([entry]):
-                t = type(x)
-                if t is Progress:
-                    dead += x.dead
-                elif t in _TO_SEQUENCER:
-                    out.append(_SeqTag(entry.seq, x))
-                else:
-                    out.append(x)
-        if batch:
-            out.append(Progress(batch[-1].seq, len(batch), dead))
+        out = list(step(batch))
+        seqs: list[int] | None = None
+        prev = batch[0].seq - 1 if batch else 0  # the seq of the previous output's row
+        for i, x in enumerate(out):
+            t = type(x)
+            if t is tuple:
+                prev = x[1][0]
+            elif t is FloorInput:
+                prev = x.seq
+                out[i] = _SeqTag(prev, x)
+            elif t is OrderInput or t is AckInput:
+                if seqs is None:
+                    seqs = [e.seq for e in batch]
+                prev = seqs[bisect_right(seqs, prev)]
+                if t is OrderInput:
+                    out[i] = _SeqTag(prev, x)
+            elif t is not Progress:
+                prev = x.seq  # rejections, lot and activity rows, process values
         return out
 
     return run
@@ -636,7 +643,7 @@ def build_flow(
     else:
         # A cluster: the plant-wide steps' inputs, tagged with their seqs, go through the
         # sequencer, which gives them back in log order (streams/sequencer.py).
-        validate = owned_only(source, _per_entry(validating))
+        validate = owned_only(source, _tag_seqs(validating))
         checked = op.flat_map_batch("validate", entries, _grouped_seq(validate))
         split = op.branch("machine_events", checked, _is_group)
         side = op.branch("to_sequencer", split.falses, _is_to_sequencer)
