@@ -4,12 +4,18 @@ partition has been read past it."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mesflow.ingest_log import LogEntry
+from mesflow.plant import PlantConfig
+from streams.records import FloorInput
 from streams.sequencer import Keyed, Sequencer
+from streams.validate import OrderInput
 
 PARTS = (0, 1, 2, 3)
 
@@ -89,3 +95,32 @@ def test_nothing_is_released_until_every_partition_is_read() -> None:
     # An input below what was released (a late rebuild's rows) goes out at once.
     assert seq.feed([Keyed(2, 0, "M1", 0, "c")], []) == ["c"]
     assert seq.finish() == []
+
+
+def test_the_validators_inputs_carry_the_seq_of_their_row(plant: PlantConfig) -> None:
+    """The cluster's tags (one pass over the validator's output of a batch) are the seqs
+    the rows give when validated one by one: orders and work orders carry none."""
+    from streams.dataflow import _SeqTag, _tag_seqs
+    from streams.validate import Validator
+    from tests.test_scale_out import history
+
+    received = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    entries = [
+        LogEntry(i + 1, json.dumps(e).encode(), None, received) for i, e in enumerate(history())
+    ]
+    one_by_one = Validator(plant)
+    want = [
+        (e.seq, x)
+        for e in entries
+        for x in one_by_one([e])
+        if type(x) is OrderInput or type(x) is FloorInput
+    ]
+    tag = _tag_seqs(Validator(plant))
+    got = [
+        (x.seq, x.item)
+        for i in range(0, len(entries), 97)
+        for x in tag(entries[i : i + 97])
+        if type(x) is _SeqTag
+    ]
+    assert sum(type(x) is OrderInput for _, x in want) >= 6  # orders and work orders
+    assert got == want
