@@ -96,6 +96,14 @@ STRINGS: dict[str, dict[str, str]] = {
     "share": {"zh": "占比", "en": "Share"},
     "date": {"zh": "日期", "en": "Date"},
     "planned_h": {"zh": "计划 h", "en": "Planned h"},
+    "sort": {"zh": "排序", "en": "Order"},
+    "sort_mtbf": {"zh": "MTBF 最短优先", "en": "Shortest MTBF first"},
+    "sort_failures": {"zh": "故障最多优先", "en": "Most failures first"},
+    "sort_mttr": {"zh": "MTTR 最长优先", "en": "Longest MTTR first"},
+    "sort_machine": {"zh": "按设备编号", "en": "By machine"},
+    "prev": {"zh": "上一页", "en": "Previous"},
+    "next": {"zh": "下一页", "en": "Next"},
+    "pager": {"zh": "第 {first}–{last} 台，共 {total} 台", "en": "{first}–{last} of {total}"},
 }
 
 CATEGORY_LABELS: dict[str, dict[str, str]] = {
@@ -131,14 +139,22 @@ _TREND, _SHIFTS, _WATERFALL = f"{_P}trend", f"{_P}shifts", f"{_P}waterfall"
 _PARETO_R, _PARETO_C, _TIMELINE = f"{_P}pareto-reason", f"{_P}pareto-category", f"{_P}timeline"
 _STOPS, _RELIABILITY, _SHIFT_TABLE = f"{_P}stops", f"{_P}reliability", f"{_P}shift-table"
 _PICK = f"{_P}pick"  # the Pareto bar clicked: {"reason": ...} or {"category": ...}
+# The reliability table's order, page (from 0), buttons and "1–25 of 500" text.
+_REL_SORT, _REL_PAGE, _REL_PAGER = f"{_P}rel-sort", f"{_P}rel-page", f"{_P}rel-pager"
+_REL_PREV, _REL_NEXT = f"{_P}rel-prev", f"{_P}rel-next"
+# Rows of the reliability table a page: Dash draws ~0.1 s a row of components on a loaded
+# machine (docs/performance.md), so a 500-machine plant shows its worst 25 and pages on.
+RELIABILITY_PAGE = 25
+RELIABILITY_SORTS = ("mtbf", "failures", "mttr", "machine")
 TABLES = ("shifts", "reasons", "stops", "reliability")
 
 
-def s(key: str, lang: str) -> str:
+def s(key: str, lang: str, **fmt: str) -> str:
     entry = STRINGS.get(key)
     if entry is None:
         return t(key, lang)
-    return entry.get(lang, entry["en"])
+    text = entry.get(lang, entry["en"])
+    return text.format(**fmt) if fmt else text
 
 
 def category_label(code: str, lang: str) -> str:
@@ -169,7 +185,6 @@ def register(app: dash.Dash) -> None:
         Output(_PARETO_R, "figure"),
         Output(_PARETO_C, "figure"),
         Output(_TIMELINE, "figure"),
-        Output(_RELIABILITY, "children"),
         Output(_SHIFT_TABLE, "children"),
         Input(_RANGE, "start_date"),
         Input(_RANGE, "end_date"),
@@ -184,6 +199,23 @@ def register(app: dash.Dash) -> None:
         Input(_TIMELINE, "clickData"),
         prevent_initial_call=True,
     )(_line_click)
+    # Its own callback: paging or re-ordering reads only the reliability rows.
+    auth.callback(
+        app,
+        MIN_ROLE,
+        Output(_RELIABILITY, "children"),
+        Output(_REL_PAGE, "data"),
+        Output(_REL_PAGER, "children"),
+        Input(_RANGE, "start_date"),
+        Input(_RANGE, "end_date"),
+        Input(_SCOPE, "value"),
+        Input(_SHIFT, "value"),
+        Input(_REL_SORT, "value"),
+        Input(_REL_PREV, "n_clicks"),
+        Input(_REL_NEXT, "n_clicks"),
+        State(_LANG, "data"),
+        State(_REL_PAGE, "data"),
+    )(_reliability)
     auth.callback(
         app,
         MIN_ROLE,
@@ -343,12 +375,50 @@ def layout(
                     card("pareto_category", _PARETO_C),
                     card("stops", _STOPS, "stops", graph=False),
                     card("waterfall", _WATERFALL),
-                    card("reliability", _RELIABILITY, "reliability", graph=False),
+                    reliability_card(lang),
                     card("timeline", _TIMELINE),
                     card("shift_table", _SHIFT_TABLE, "shifts", graph=False),
                     analytics_scrap.panel(lang),
                 ],
             ),
+        ],
+    )
+
+
+def reliability_card(lang: str) -> Any:
+    """The reliability card: an order to rank the machines by (worst first), the CSV of every
+    machine, one page of the table, and the pager."""
+    head = html.Div(
+        className="an-card-head",
+        children=[
+            html.H2(s("reliability", lang)),
+            dcc.Dropdown(
+                id=_REL_SORT,
+                options=[{"label": s(f"sort_{k}", lang), "value": k} for k in RELIABILITY_SORTS],
+                value=RELIABILITY_SORTS[0],
+                clearable=False,
+                searchable=False,
+                className="an-dropdown an-rel-sort",
+            ),
+            html.Button(s("csv", lang), id=f"{_P}csv-reliability", className="an-csv"),
+            dcc.Download(id=f"{_P}dl-reliability"),
+        ],
+    )
+    pager = html.Div(
+        className="an-pager",
+        children=[
+            html.Button(s("prev", lang), id=_REL_PREV, className="an-rel-prev"),
+            html.Span(id=_REL_PAGER, className="an-pager-text"),
+            html.Button(s("next", lang), id=_REL_NEXT, className="an-rel-next"),
+        ],
+    )
+    return html.Section(
+        className="an-card",
+        children=[
+            head,
+            dcc.Store(id=_REL_PAGE, data=0),
+            html.Div(id=_RELIABILITY, className="an-table-wrap"),
+            pager,
         ],
     )
 
@@ -379,7 +449,9 @@ def lanes_by_line(plant: PlantConfig, f: aq.Filters) -> bool:
     return f.scope.kind == "plant" and len(plant.machines) > aq.TIMELINE_MACHINE_LANES
 
 
-def load(db: Any, f: aq.Filters, tz: ZoneInfo, *, by_line: bool = False) -> Analytics:
+def load(
+    db: Any, f: aq.Filters, tz: ZoneInfo, *, by_line: bool = False, reliability: bool = True
+) -> Analytics:
     shifts = aq.kpis(db, f, tz)
     total = total_row(shifts)
     reasons = aq.reasons(db, f, tz)
@@ -397,7 +469,8 @@ def load(db: Any, f: aq.Filters, tz: ZoneInfo, *, by_line: bool = False) -> Anal
         reasons=reasons,
         categories=categories,
         waterfall=aq.waterfall(total, categories, micro),
-        reliability=aq.reliability(db, f, tz),
+        # The page reads them in their own callback (reliability=False there).
+        reliability=aq.reliability(db, f, tz) if reliability else [],
         intervals=intervals,
         spans=spans,
         window=(lo, hi),
@@ -830,6 +903,42 @@ def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> Any:
     return text_table(heads, body)
 
 
+def _sort_key(order: str) -> Any:
+    """Worst first: the shortest MTBF, the most failures, the longest MTTR (machines without
+    failures, which have neither, last); ties by machine so pages never overlap."""
+    if order == "failures":
+        return lambda r: (-r.failures, -r.failure_s, r.machine)
+    if order == "mttr":
+        return lambda r: (r.mttr_s is None, -(r.mttr_s or 0.0), r.machine)
+    if order == "mtbf":
+        return lambda r: (r.mtbf_s is None, r.mtbf_s or 0.0, -r.failures, r.machine)
+    return lambda r: r.machine
+
+
+def reliability_page(
+    rows: Sequence[aq.MachineReliability],
+    order: Any,
+    page: Any,
+    size: int | None = None,
+) -> tuple[list[aq.MachineReliability], int]:
+    """(the rows of one page in `order`, that page's number, clamped to the last page).
+    Anything but a known order from the browser: the default (shortest MTBF first)."""
+    key = _sort_key(order if order in RELIABILITY_SORTS else RELIABILITY_SORTS[0])
+    ranked = sorted(rows, key=key)
+    size = size or RELIABILITY_PAGE
+    last = max(0, (len(ranked) - 1) // size)
+    shown = min(page if isinstance(page, int) and page >= 0 else 0, last)
+    return ranked[shown * size : (shown + 1) * size], shown
+
+
+def reliability_pager(shown: int, on_page: int, total: int, lang: str) -> str:
+    """'26–50 of 500': the page's place in the table; empty when it is empty."""
+    if not on_page:
+        return ""
+    first = shown * RELIABILITY_PAGE + 1
+    return s("pager", lang, first=f"{first:,}", last=f"{first + on_page - 1:,}", total=f"{total:,}")
+
+
 def reliability_table(
     rows: Sequence[aq.MachineReliability],
     plant: PlantConfig,
@@ -935,11 +1044,10 @@ def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:
             else lines_timeline_figure(a.line_hours, a.spans, a.window, plant, lang)
         ),
         "reliability": reliability_table(
-            # The range's last day (the window ends at the midnight after it).
-            a.reliability,
+            reliability_page(a.reliability, None, 0)[0],
             plant,
             lang,
-            (a.window[1] - timedelta(seconds=1)).astimezone(tz).date(),
+            _last_day(a.window[1], tz),
         ),
         "shift_table": shift_table(a.shifts, tz, lang),
     }
@@ -951,15 +1059,20 @@ def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:
 _DB_ERRORS = (psycopg.Error, PoolTimeout)
 
 
+def _last_day(window_end: datetime, tz: ZoneInfo) -> date:
+    """The range's last day (the window ends at the midnight after it)."""
+    return (window_end - timedelta(seconds=1)).astimezone(tz).date()
+
+
 def _refresh(start: Any, end: Any, scope: Any, shift: Any, lang: Any) -> tuple[Any, ...]:
     ctx = context.current()
     lang = ctx.lang(lang)
     f = parse_filters(ctx.plant, start, end, scope, shift)
     try:
-        a = load(ctx.db, f, ctx.plant.tz, by_line=lanes_by_line(ctx.plant, f))
+        a = load(ctx.db, f, ctx.plant.tz, by_line=lanes_by_line(ctx.plant, f), reliability=False)
     except _DB_ERRORS as err:
         log.warning("analytics: cannot read the KPI views: %s", err)
-        return (html.Div(s("db_error", lang), className="an-error"), *([dash.no_update] * 9))
+        return (html.Div(s("db_error", lang), className="an-error"), *([dash.no_update] * 8))
     out = render(a, ctx.plant, lang)
     banner = "" if a.shifts else html.Div(s("no_figures", lang), className="an-empty")
     return (
@@ -971,9 +1084,39 @@ def _refresh(start: Any, end: Any, scope: Any, shift: Any, lang: Any) -> tuple[A
         out["pareto_reason"],
         out["pareto_category"],
         out["timeline"],
-        out["reliability"],
         out["shift_table"],
     )
+
+
+def _reliability(
+    start: Any,
+    end: Any,
+    scope: Any,
+    shift: Any,
+    order: Any,
+    _prev: Any,
+    _next: Any,
+    lang: Any,
+    page: Any,
+) -> tuple[Any, Any, Any]:
+    """One page of the reliability table: the next or previous one on a click, the first on a
+    new filter or order."""
+    ctx = context.current()
+    lang = ctx.lang(lang)
+    f = parse_filters(ctx.plant, start, end, scope, shift)
+    current = page if isinstance(page, int) and 0 <= page < 1_000_000 else 0
+    trigger = dash.ctx.triggered_id
+    want = {_REL_PREV: max(0, current - 1), _REL_NEXT: current + 1}.get(trigger, 0)
+    try:
+        rows = aq.reliability(ctx.db, f, ctx.plant.tz)
+    except _DB_ERRORS as err:
+        log.warning("analytics: cannot read the reliability rows: %s", err)
+        no = dash.no_update
+        return html.Div(s("db_error", lang), className="an-error"), no, no
+    on_page, shown = reliability_page(rows, order, want)
+    # Each machine links to the range's last day (Filters' end is the day after it).
+    body = reliability_table(on_page, ctx.plant, lang, f.end - timedelta(days=1))
+    return body, shown, reliability_pager(shown, len(on_page), len(rows), lang)
 
 
 def _line_click(click: Any) -> Any:
