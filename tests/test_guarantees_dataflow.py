@@ -141,6 +141,7 @@ def test_timer_flushes_a_quiet_machine(db_url: str, tmp_path: Path) -> None:
         # From the last event's write to the timer's (the throttle is 1 s), both stamped by
         # the database: the test's own polling delays do not count.
         flushed_after = (hour_at - quiet_since).total_seconds()
+        print(f"timer: hour figures written {flushed_after:.2f} s after the last event's")
         assert flushed_after < 2.5, f"figures written {flushed_after:.2f}s after the last event"
     finally:
         assert proc.terminate() == 0, proc.output()
