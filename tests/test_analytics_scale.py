@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -27,8 +28,10 @@ from mesflow.plant import PlantConfig
 from mesflow.report import Scope
 from mesflow.settings import Settings
 from streams.replay import replay_file
+from tests.conftest import require
 from tests.test_analytics import DAYS, FIRST, START
-from tests.test_dashboard import sign_in
+from tests.test_analytics_browser import PASSWORD, QUERY, _clipped, app_url  # noqa: F401
+from tests.test_dashboard import Chromium, sign_in
 
 INF = float("inf")
 
@@ -204,3 +207,45 @@ def test_page_buttons_and_order(
         assert len(text.splitlines()) == n + 1
     finally:
         context.of(app.server).db.close()
+
+
+# -- in a real chromium -------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+def test_reliability_pages_in_browser(
+    app_url: str,  # noqa: F811  (the fixture)
+    replayed: Database,
+    plant: PlantConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    size = 4  # the server runs in this process: a small page shows paging on a small plant
+    monkeypatch.setattr(analytics, "RELIABILITY_PAGE", size)
+    n = len(plant.machines)
+    rows = "document.querySelectorAll('#an-reliability tbody tr')"
+    pager = "(document.querySelector('#an-rel-pager')||{}).textContent"
+    b = Chromium(tmp_path)
+    try:
+        b.goto(f"{app_url}/analytics?lang=en&{QUERY}")
+        b.wait_for("location.pathname === '/login' && !!document.querySelector('#password')")
+        for sel, value in {"#username": "boss", "#password": PASSWORD}.items():
+            b.eval(f"document.querySelector({json.dumps(sel)}).value = {json.dumps(value)}")
+        b.eval("document.querySelector('button[type=submit]').click()")
+        b.wait_for(f"{pager} === {json.dumps(f'1–{size} of {n}')}")
+        assert b.eval(f"{rows}.length") == size
+        first = b.eval(f"Array.from({rows}).map(r => r.children[0].textContent)")
+        b.eval("document.querySelector('#an-rel-next').click()")
+        b.wait_for(f"{pager} === {json.dumps(f'{size + 1}–{2 * size} of {n}')}")
+        second = b.eval(f"Array.from({rows}).map(r => r.children[0].textContent)")
+        assert len(second) == size and not set(first) & set(second)
+        # Another order starts at its first page.
+        b.eval("dash_clientside.set_props('an-rel-sort', {value: 'machine'})")
+        b.wait_for(f"{pager} === {json.dumps(f'1–{size} of {n}')}")
+        by_machine = b.eval(f"Array.from({rows}).map(r => r.children[0].textContent)")
+        ids = sorted(plant.machines)[:size]
+        assert [text.split(" ")[0] for text in by_machine] == ids
+        assert _clipped(b) == []
+    finally:
+        b.close()
