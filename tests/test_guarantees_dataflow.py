@@ -56,7 +56,7 @@ def _dataflow(url: str, tmp_path: Path) -> Mesflow:
     proc = Mesflow("run", "dataflow", env=env, log=tmp_path / "dataflow.log")
     wait_until(
         lambda: "following the ingest log" in proc.output() or not proc.alive(),
-        timeout=30,
+        timeout=60,  # generous: a loaded 2-core machine starts Bytewax slowly
         what="the dataflow to start",
     )
     assert proc.alive(), proc.output()
