@@ -30,7 +30,7 @@ from mesflow.settings import Settings
 from streams.replay import replay_file
 from tests.conftest import require
 from tests.test_analytics import DAYS, FIRST, START
-from tests.test_analytics_browser import PASSWORD, QUERY, _clipped, app_url  # noqa: F401
+from tests.test_analytics_browser import PASSWORD, QUERY, SCREENSHOTS, _clipped, app_url  # noqa: F401
 from tests.test_dashboard import Chromium, sign_in
 
 INF = float("inf")
@@ -247,5 +247,9 @@ def test_reliability_pages_in_browser(
         ids = sorted(plant.machines)[:size]
         assert [text.split(" ")[0] for text in by_machine] == ids
         assert _clipped(b) == []
+        # The card for docs/analytics.md (its head: the order, the CSV; the pager under it).
+        b.eval("document.querySelector('#an-reliability').closest('section').scrollIntoView()")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        b.screenshot(SCREENSHOTS / "analytics-reliability-en.png")
     finally:
         b.close()
