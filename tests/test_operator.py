@@ -7,6 +7,7 @@ for the callbacks, and chromium at 1280x800 for the tap-to-v_stops path and the 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 import time
@@ -30,7 +31,7 @@ from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from streams.runner import run_flow
 from tests.conftest import require
-from tests.helpers import feed, log_position
+from tests.helpers import feed, log_position, wait_until
 from tests.test_dashboard import Chromium, sign_in
 
 PASSWORD = "pw-for-tests-123"
@@ -493,10 +494,16 @@ def test_tap_a_reason_in_the_browser_reaches_v_stops(
 
 
 def test_a_tap_reaches_the_andon_status_within_2_s_with_the_live_dataflow(
-    app: dash.Dash, db_url: str, plant: PlantConfig, station: datetime, tmp_path: Path
+    app: dash.Dash,
+    db_url: str,
+    plant: PlantConfig,
+    station: datetime,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The live dataflow (run_flow without an end) applies a tap; v_machine_status, which
     the andon reads, shows the reason within 2 s of the tap's response."""
+    caplog.set_level(logging.INFO, logger="streams.log_source")
     stop = threading.Event()
     flow = threading.Thread(
         target=run_flow,
@@ -506,7 +513,14 @@ def test_a_tap_reaches_the_andon_status_within_2_s_with_the_live_dataflow(
     )
     flow.start()
     try:
-        time.sleep(3)  # the dataflow is up and idle at the end of the log
+        # Up and idle at the end of the log (its first read logs where it resumed): a
+        # fixed sleep was too short on a loaded machine, and the 2 s below then timed the
+        # dataflow's start rather than the tap.
+        wait_until(
+            lambda: "resuming the ingest log after seq" in caplog.text,
+            timeout=60,
+            what="the dataflow to follow the log",
+        )
         client = _client(app, "operator")
         tap = {"a": "reason", "start": station.isoformat(), "reason": "no_operator"}
         _wait_minute_start()
