@@ -17,6 +17,7 @@ A single process reads every partition in one seq-ordered query and needs no seq
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -34,12 +35,15 @@ class Keyed(NamedTuple):
 class Sequencer:
     """Buffers keyed inputs and releases them in key order up to the read watermark."""
 
-    __slots__ = ("buffer", "parts", "positions", "released_upto")
+    __slots__ = ("arrived", "buffer", "parts", "positions", "released_upto")
 
     def __init__(self, parts: Sequence[int]) -> None:
         self.parts = frozenset(parts)
         self.positions: dict[int, int] = {}  # part -> read up to (from the read marks)
-        self.buffer: list[Keyed] = []
+        # A heap: a reader far ahead of another may leave many inputs waiting, and each
+        # release takes only what is due (no scan of the whole buffer per batch).
+        self.buffer: list[tuple[int, int, str, int, int, Any]] = []
+        self.arrived = 0  # arrival count: equal keys keep their arrival order
         self.released_upto = -1  # every input with seq <= this has been released
 
     def watermark(self) -> int | None:
@@ -54,18 +58,19 @@ class Sequencer:
         """Take a batch of inputs and read marks (each: (part, seq) pairs); the items now
         releasable, in order. The marks count after the inputs of the same batch: a
         reader's rows travel with or before its mark."""
-        self.buffer.extend(inputs)
+        buf, n = self.buffer, self.arrived
+        for k in inputs:
+            heapq.heappush(buf, (k.seq, k.rank, k.machine, k.pos, n, k.item))
+            n += 1
+        self.arrived = n
         positions = self.positions
         for mark in marks:
             for part, seq in mark:
                 if part in self.parts and seq > positions.get(part, -1):
                     positions[part] = seq
         top = self.watermark()
-        if top is None or not self.buffer:
-            if top is not None:
-                self.released_upto = max(self.released_upto, top)
-            return []
-        self.released_upto = max(self.released_upto, top)
+        if top is not None and top > self.released_upto:
+            self.released_upto = top
         return self._release(self.released_upto)
 
     def finish(self) -> list[Any]:
@@ -74,16 +79,8 @@ class Sequencer:
 
     def _release(self, upto: int | None) -> list[Any]:
         buf = self.buffer
-        if upto is None:
-            ready, self.buffer = buf, []
-        else:
-            ready = [k for k in buf if k.seq <= upto]
-            if not ready:
-                return []
-            self.buffer = [k for k in buf if k.seq > upto]
-        ready.sort(key=_order)
-        return [k.item for k in ready]
-
-
-def _order(k: Keyed) -> tuple[int, int, str, int]:
-    return (k.seq, k.rank, k.machine, k.pos)
+        out: list[Any] = []
+        pop = heapq.heappop
+        while buf and (upto is None or buf[0][0] <= upto):
+            out.append(pop(buf)[5])
+        return out
