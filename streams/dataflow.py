@@ -535,7 +535,10 @@ def _grouped_seq(step: Any) -> Any:
 
 
 class _SeqMachineLogic(MachineLogic):
-    """MachineLogic whose rows say the seq of the last event that produced them."""
+    """MachineLogic whose rows carry the first seq of the batch of the machine's events that
+    made them (a machine reports its figures once per batch, in one process too, so a
+    batch's rows go before the other inputs of its seqs). Rows of a timer (a late-data
+    rebuild) carry the last batch's: the sequencer passes them at once."""
 
     seq = -1
 
@@ -638,7 +641,8 @@ def build_flow(
             op.flat_map_batch("machine_rows", trackers, _rows_of),
             split.falses,
         )
-        # One reader reads the log in seq order: the plant-wide steps' inputs are in order.
+        # One reader reads the log in seq order: the plant-wide steps get each batch's
+        # inputs together, in the order the sequencer gives a cluster's (no sequencer here).
         ordered = rest
     else:
         # A cluster: the plant-wide steps' inputs, tagged with their seqs, go through the
