@@ -243,17 +243,6 @@ class _LogPartition(StatefulSourcePartition[Any, int]):
         upto = reader.s.upto()
         if reader.done(self.part, upto):
             raise StopIteration()
-        # Bytewax asks each partition of a worker in turn, every activation; the reader's one
-        # query serves them all, so in a single process (one reader, every partition) only
-        # its lowest unfinished partition reads: else, after a full batch, every partition
-        # read a batch more (17 x batch_size rows in flight at once: replay peak memory
-        # 150 -> 240-300 MiB). A cluster's workers keep reading per partition: paced one
-        # batch per activation, its plant-wide results differed from one process's
-        # (test_scale_out, quality_record's operation), which the sequencer must settle first.
-        if len(reader.positions) == len(PARTS) and any(
-            k < self.part and not reader.done(k, upto) for k in reader.positions
-        ):
-            return []
         return reader.poll(upto)
 
     def next_awake(self) -> datetime | None:
