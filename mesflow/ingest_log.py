@@ -199,9 +199,9 @@ def decode_plain(raw: bytes) -> dict[str, Any] | None:
     """`decode_object(raw)` for a plain compact JSON object, several times faster; None
     when the input is not plain (then call `decode_object`). Never raises.
 
-    Plain, as for `fast_record`: msgspec re-encodes it to the same bytes (so no duplicate
-    keys, spaces or escapes the stdlib writes otherwise) and every float is one both
-    encoders write alike. Such an object gives the same dict as `decode_object`, and
+    Plain (also what `fast_record` takes): msgspec re-encodes it to the same bytes (so no
+    duplicate keys, spaces or escapes the stdlib writes otherwise) and every float is one
+    both encoders write alike. Such an object gives the same dict as `decode_object`, and
     `record_for_plain` gives the same record as `record_for`.
     """
     if (
@@ -231,7 +231,7 @@ def record_for_plain(source: str, body: dict[str, Any]) -> LogRecord:
     return _record(source, body, payload, None)
 
 
-# decode_plain's own codecs and limits (the collector's; fast_record has the storer's): the
+# The codecs and limits of plain inputs (the collector's and the storer's fast paths): the
 # stdlib has a recursion limit and refuses integers of over 4300 digits, so only short,
 # shallow inputs are plain.
 _plain_decode = msgspec.json.Decoder().decode
@@ -298,48 +298,22 @@ _new_tuple = tuple.__new__
 
 # The storer's fast path (`fast_record`): msgspec decodes and re-encodes several times
 # faster than the stdlib json module with its duplicate-key hook. It is used only where
-# it gives the stdlib path's bytes: the input must re-encode to itself (so it has no
-# duplicate keys, no spaces, no NaN, only the escapes both encoders write), and hold no
-# float that the two encoders write differently (exponent forms: at or above 1e16 and
-# below 1e-4). Short inputs only: the stdlib has a recursion limit and refuses integers
-# of over 4300 digits. Anything else takes `decode_object` + `record_for`.
-_fast_decode = msgspec.json.Decoder().decode
-_fast_encode = msgspec.json.Encoder().encode
-_fast_encode_sorted = msgspec.json.Encoder(order="sorted").encode
-_MAX_FAST_BYTES = 4000
-_MAX_FAST_BRACKETS = 64
+# it gives the stdlib path's bytes: a plain input as `decode_plain` defines it (it
+# re-encodes to itself and holds no float the two encoders write differently). Anything
+# else takes `decode_object` + `record_for`.
 
 
 def fast_record(source: str, raw: bytes) -> LogRecord | None:
     """`record_from_bytes(source, raw)` for a plain compact JSON object, faster; None when
     the input is not plain (then call `record_from_bytes` or its parts). Never raises."""
-    if (
-        type(raw) is not bytes
-        or len(raw) > _MAX_FAST_BYTES
-        or raw.count(b"{") + raw.count(b"[") > _MAX_FAST_BRACKETS
-    ):
+    body = decode_plain(raw)
+    if body is None:
         return None
     try:
-        body = _fast_decode(raw)
-        if type(body) is not dict or _fast_encode(body) != raw or not _same_floats(body):
-            return None
-        payload = _fast_encode_sorted(body)
-    except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
+        payload = _plain_encode_sorted(body)
+    except (msgspec.MsgspecError, ValueError, TypeError, UnicodeEncodeError, RecursionError):
         return None
     return _record(source, body, payload, None)
-
-
-def _same_floats(value: Any) -> bool:
-    """Whether every float in `value` (a dict or list) is one both encoders write alike."""
-    items: Any = value.values() if type(value) is dict else value
-    for v in items:
-        kind = type(v)
-        if kind is float:
-            if v != 0.0 and not 1e-4 <= abs(v) < 1e16:
-                return False
-        elif (kind is dict or kind is list) and not _same_floats(v):
-            return False
-    return True
 
 
 def record_from_bytes(source: str, raw: bytes, *, line_key: bytes | None = None) -> LogRecord:
