@@ -354,6 +354,25 @@ def test_pages_in_browser(
         time.sleep(0.5)  # plotly redraws at the new width
         SHOTS.mkdir(parents=True, exist_ok=True)
         b.screenshot(SHOTS / "analytics-timeline-lines-en-1280x800.png")
+        # The docs' other sizes and language: the same lanes, in Chinese too.
+        for lang, width, height in (("zh", 1280, 800), ("en", 1920, 1080), ("zh", 1920, 1080)):
+            b.page(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            )
+            b.goto(f"{url}/analytics?lang={lang}&start=2026-11-16&end=2026-11-17")
+            names_in = sorted(ln.name.get(lang) or ln.name.get("en") for ln in plant.lines)
+            b.wait_for(f"{lanes} === {json.dumps('|'.join(names_in))}")
+            b.eval("document.querySelector('#an-timeline').scrollIntoView()")
+            b.eval("window.scrollBy(0, -70)")
+            time.sleep(0.5)
+            b.screenshot(SHOTS / f"analytics-timeline-lines-{lang}-{width}x{height}.png")
+        b.page(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
+        )
+        b.goto(f"{url}/analytics?lang=en&start=2026-11-16&end=2026-11-17")
+        b.wait_for(f"{lanes} === {json.dumps('|'.join(sorted(names)))}")
         # A click on a line's lane: the line's scope, its machines' lanes.
         click = {"points": [{"customdata": "line:IM"}]}
         b.eval(f"dash_clientside.set_props('an-timeline', {{clickData: {json.dumps(click)}}})")
