@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -251,5 +252,17 @@ def test_reliability_pages_in_browser(
         b.eval("document.querySelector('#an-reliability').closest('section').scrollIntoView()")
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         b.screenshot(SCREENSHOTS / "analytics-reliability-en.png")
+        # The same card in Chinese, and both languages on a 1280x800 screen: nothing clipped.
+        for lang, width, height in (("zh", 1920, 1080), ("en", 1280, 800), ("zh", 1280, 800)):
+            b.page(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            )
+            b.goto(f"{app_url}/analytics?lang={lang}&{QUERY}")
+            b.wait_for(f"{rows}.length === {size} && !!document.querySelector('#an-rel-pager')")
+            b.eval("document.querySelector('#an-reliability').closest('section').scrollIntoView()")
+            time.sleep(0.5)  # plotly redraws at the new width
+            assert _clipped(b) == []
+            b.screenshot(SCREENSHOTS / f"analytics-reliability-{lang}-{width}x{height}.png")
     finally:
         b.close()
