@@ -211,6 +211,10 @@ class MachineTracker:
     # applies them again in event-time order. A class default so that snapshots from
     # before it load; always replaced, never changed in place.
     refused: tuple[tuple[int, int, int, DowntimeReasonReport], ...] = ()
+    # What the last status row showed (open interval's start, state, reason, work order):
+    # a live flush between full ones writes the status only when one of them changed.
+    # A class default: snapshots from before it load (and write the status once).
+    status_sent: tuple[int, str, str | None, str | None] | None = None
 
     def __init__(self, spec: MachineSpec) -> None:
         self.spec = spec
@@ -1268,9 +1272,15 @@ class MachineTracker:
         d.deleted = set()
         d.intervals = {}
         if not full:
+            # Between full flushes only what a board must show at once: a new state,
+            # reason or work order. Counters and the clock wait for the next full flush
+            # (once a second live): rewriting the status row on every 20 ms poll was the
+            # largest write of a live plant (one row per machine per poll).
             if d.status and self.intervals and last is not None:
-                rows.append(self._status_row())
-                d.status = False
+                cur = self.intervals[-1]
+                if (cur.start, cur.state, cur.reason, self._wo_at(last)) != self.status_sent:
+                    rows.append(self._status_row())
+                    d.status = False
             return rows
         self._catch_up()
         for iv in self.dirty.intervals.values():  # is_microstop may have changed
@@ -1323,12 +1333,14 @@ class MachineTracker:
         cur = self.intervals[-1]
         last = self.last_ts
         assert last is not None
+        wo = self._wo_at(last)
+        self.status_sent = (cur.start, cur.state, cur.reason, wo)
         return StatusRow(
             self.machine,
             cur.state,
             from_us(cur.start),
             cur.reason,
-            self._wo_at(last),
+            wo,
             from_us(last),
             self.good_total,
             self.scrap_total,

@@ -296,6 +296,40 @@ def test_throttled_figures_end_the_same(events: list[dict[str, Any]], batch: int
     assert run(events, batch=batch, partial=True) == run(events, batch=batch)
 
 
+def test_a_live_flush_writes_the_status_only_when_what_it_shows_changes() -> None:
+    """Between full flushes (live, figures throttled) a count alone writes no status row;
+    a new state or work order writes it at once, with the counters as they stand; the next
+    full flush writes the counters."""
+    tracker = MachineTracker(MachineSpec.from_plant(PLANT, "IM-01"))
+    seq = iter(range(100))
+
+    def feed(e: dict[str, Any]) -> None:
+        assert tracker.apply(next(seq), parse_event(_json(e))) is None  # type: ignore[arg-type]
+
+    def status(rows: list[Any]) -> list[StatusRow]:
+        return [r for r in rows if isinstance(r, StatusRow)]
+
+    feed(ev("state", 0, state="running"))
+    feed(ev("count", 1, good=1))
+    assert [r.good_total for r in status(tracker.flush(True))] == [1]
+    feed(ev("count", 2, good=1))
+    assert status(tracker.flush(False)) == []  # counters wait for the full flush
+    assert tracker.has_pending()  # ... which the dataflow's timer asks for
+    feed(ev("state", 3, state="idle"))
+    [row] = status(tracker.flush(False))
+    assert (row.state, row.good_total) == ("idle", 2)
+    feed(ev("count", 4, good=3))
+    assert status(tracker.flush(False)) == []
+    feed(ev("wo_start", 5, work_order="WO-LIVE-1"))
+    [row] = status(tracker.flush(False))
+    assert (row.work_order, row.good_total) == ("WO-LIVE-1", 5)
+    feed(ev("count", 6, good=1))
+    assert status(tracker.flush(False)) == []
+    [row] = status(tracker.flush(True))
+    assert (row.state, row.good_total) == ("idle", 6)
+    assert status(tracker.flush(True)) == []  # nothing new: nothing written
+
+
 # -- late data: checkpoints and rebuilds (streams/rebuild.py), without the database ---------
 
 
