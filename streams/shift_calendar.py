@@ -24,6 +24,7 @@ Rules (see the spec, section Time):
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
 from typing import NamedTuple
@@ -82,6 +83,16 @@ class _Timeline(NamedTuple):
 _EMPTY_TIMELINE = _Timeline(1, 0, [], [], [], [])
 
 
+# The per-date caches of each (calendar, zone), as CalendarIndex uses them. Their values
+# are immutable and a function of the calendar and zone alone (the builders use nothing
+# else of the index that made them), so any index of the same pair may answer from them.
+_Caches = tuple[
+    Callable[[date], tuple["_Raw", ...]], Callable[[date], "_Day"], Callable[[date], "_Timeline"]
+]
+_SHARED: dict[tuple[str, str], _Caches] = {}
+_MAX_SHARED = 64  # calendars; more (tests, many plants in one process) start afresh
+
+
 def _start(i: ShiftInstance) -> int:
     # Instances sort as tuples by date first; an instance of a later date can start first.
     return i.start
@@ -131,9 +142,21 @@ class CalendarIndex:
         self.zone = zone
         self._tz = ZoneInfo(zone)
         # Per-date caches; bounded so a long replay over years does not grow them forever.
-        self._raw = lru_cache(maxsize=64)(self._build_raw)
-        self._day = lru_cache(maxsize=1024)(self._build_day)
-        self._timeline = lru_cache(maxsize=64)(self._build_timeline)
+        # Shared by every index of the same calendar and zone (each machine's tracker and
+        # side steps has its own index): the days are built once, not once per machine.
+        key = (repr(calendar), zone)
+        caches = _SHARED.get(key)
+        if caches is None:
+            if len(_SHARED) >= _MAX_SHARED:
+                _SHARED.clear()
+            caches = _SHARED[key] = (
+                lru_cache(maxsize=64)(self._build_raw),
+                lru_cache(maxsize=1024)(self._build_day),
+                lru_cache(maxsize=64)(self._build_timeline),
+            )
+        self._raw: Callable[[date], tuple[_Raw, ...]] = caches[0]
+        self._day: Callable[[date], _Day] = caches[1]
+        self._timeline: Callable[[date], _Timeline] = caches[2]
         self._tl = _EMPTY_TIMELINE
         # Hot-path caches: the segment (window or gap) of the previous call, empty at first.
         self._p_lo, self._p_hi = 1, 0
