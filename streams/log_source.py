@@ -25,6 +25,8 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import bytewax.operators as op
@@ -192,7 +194,12 @@ class _Reader:
         # A full batch has read every owned row up to its last one; else up to the horizon.
         horizon = int(rows[-1][1]) if full else top
         if plain or (even and not shared_zero):
-            out: list[Any] = [LogEntry(r[1], r[2], r[3], r[4]) for r in rows if r[1] is not None]
+            # Every row is a log row but the lone row of an empty read (no seq). The entries
+            # are built in C (the namedtuple's own __new__ is a Python call per row).
+            if rows[0][1] is None:
+                out: list[Any] = []
+            else:
+                out = list(map(_new_tuple, repeat(LogEntry, len(rows)), map(_entry_cols, rows)))
         else:
             out = []
             owned = frozenset(parts)
@@ -208,7 +215,7 @@ class _Reader:
                     self.foreign[seq] = mine
                 elif not even and seq <= positions[r[5]]:
                     continue  # positions differ after a rescale: this partition read it
-                out.append(LogEntry(seq, r[2], r[3], r[4]))
+                out.append(_new_tuple(LogEntry, r[1:5]))
         moved = False
         for k, pos in positions.items():
             if horizon > pos:
@@ -225,6 +232,12 @@ class _Reader:
         if not self.open and self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+# A row's LogEntry columns (seq, payload, error, received_at), and tuple.__new__ to make
+# them a LogEntry: the same tuple as LogEntry(*cols), without a Python call.
+_entry_cols = itemgetter(slice(1, 5))
+_new_tuple = tuple.__new__
 
 
 def _names(parts: list[int]) -> str:
