@@ -538,12 +538,7 @@ class _HotProcessValue(
     id: _FastId | _Unset | None = _UNSET
 
 
-# `_RFC3339` with ASCII digits only (\d also matches other scripts' digits) and no
-# capturing groups: three times faster. Anything it refuses goes to pydantic.
-_FAST_RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
-    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
-)
+_to_datetime = msgspec.convert
 _decode_hot = msgspec.json.Decoder(_HotState | _HotCount | _HotCounter | _HotProcessValue).decode
 _PROCESS_VALUE_NAME = re.compile(PROCESS_VALUE_NAME.removeprefix("^").removesuffix("$"))
 _FAST_NAMES: set[str] = set()  # process value names seen valid (a plant has few)
@@ -572,15 +567,23 @@ def _fast_event(payload: bytes | str) -> Event | None:
         hot = _decode_hot(payload)
     except (msgspec.MsgspecError, ValueError, TypeError, RecursionError):
         return None
-    # `_rfc3339_text`'s rule, inline: the same accepted texts, the same datetime.
+    # `_rfc3339_text`'s rule: msgspec parses RFC 3339 in C (a third of the regex and
+    # fromisoformat's time), to the same datetime. It also takes two forms the rule
+    # refuses, left to pydantic here: an offset without its colon (+0800), and more than
+    # 6 digits of fraction (msgspec rounds them, fromisoformat truncates). Without them
+    # the text is 19 characters, a fraction of at most 7 and the offset (1 or 6).
     ts = hot.ts
-    if not _FAST_RFC3339.fullmatch(ts):
+    last = ts[-1:]
+    if last == "Z" or last == "z":
+        if len(ts) > 27:
+            return None
+    elif ts[-3:-2] != ":" or len(ts) > 32:
         return None
     try:
-        t = datetime.fromisoformat(ts.upper())
-    except ValueError:
+        t = _to_datetime(ts, datetime)
+    except msgspec.ValidationError:
         return None
-    if not MIN_YEAR <= t.year <= MAX_YEAR:
+    if t.tzinfo is None or not MIN_YEAR <= t.year <= MAX_YEAR:
         return None
     machine = hot.machine
     id_ = hot.id
