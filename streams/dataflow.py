@@ -327,20 +327,17 @@ class EventClock:
             self._final = int(row[0]) if row else None
         return self._final
 
-    def watch(self, step: Any) -> Any:
-        def seen(batch: list[Any]) -> Any:
-            out = step(batch)
-            # Once per batch: max() over the batch's machine events, one to_us.
-            hi = max((x[1][1].ts for x in out if type(x) is tuple), default=None)
-            if hi is not None:
-                t = to_us(hi)
-                if self._high is None or t > self._high:
-                    self._high = t
-                    if self._shared is not None:
-                        self._raise_shared(t)
-            return out
+    def watch(self, step: Any) -> _Watched:
+        """`step` (the validator), its machine events' times seen by this clock."""
+        return _Watched(self, step)
 
-        return seen
+    def saw(self, hi: datetime) -> None:
+        """A batch's highest machine event time (one to_us per batch, not per event)."""
+        t = to_us(hi)
+        if self._high is None or t > self._high:
+            self._high = t
+            if self._shared is not None:
+                self._raise_shared(t)
 
     def _raise_shared(self, t: int) -> None:
         assert self._shared is not None
@@ -357,6 +354,33 @@ class EventClock:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._shared[0], autocommit=True)
         return self._conn
+
+
+# Below every event time (aware datetimes compare without overflow down to year 1).
+_NO_TIME = datetime(1, 1, 2, tzinfo=UTC)
+
+
+class _Watched:
+    """A validator watched by an EventClock. `_grouped` runs it through `step` and
+    `clock` itself, taking the batch's highest time in its own pass over the output."""
+
+    __slots__ = ("clock", "step")
+
+    def __init__(self, clock: EventClock, step: Any) -> None:
+        self.clock = clock
+        self.step = step
+
+    def __call__(self, batch: list[Any]) -> Any:
+        out = self.step(batch)
+        hi = _NO_TIME
+        for x in out:
+            if type(x) is tuple:
+                ts = x[1][1].ts
+                if ts > hi:
+                    hi = ts
+        if hi is not _NO_TIME:
+            self.clock.saw(hi)
+        return out
 
 
 class AlertLogic(StatefulBatchLogic[Any, list[AlertRow], bytes]):
@@ -427,6 +451,9 @@ def _grouped(step: Any) -> Any:
     machine (its events in log order), then one list of everything else (orders, floor
     reports, process values, rejections, the batch's Progress), in order."""
 
+    if type(step) is _Watched:
+        return _grouped_watched(step)
+
     def grouped(batch: list[Any]) -> list[Any]:
         groups: dict[str, list[Keyed]] = {}
         others: list[Any] = []
@@ -439,6 +466,37 @@ def _grouped(step: Any) -> Any:
                     g.append(x[1])
             else:
                 others.append(x)
+        out: list[Any] = list(groups.items())
+        if others:
+            out.append(others)
+        return out
+
+    return grouped
+
+
+def _grouped_watched(watched: _Watched) -> Any:
+    """_grouped of a watched validator: the clock's highest time taken in the same pass."""
+    step, clock = watched.step, watched.clock
+
+    def grouped(batch: list[Any]) -> list[Any]:
+        groups: dict[str, list[Keyed]] = {}
+        others: list[Any] = []
+        hi = _NO_TIME
+        for x in step(batch):
+            if type(x) is tuple:
+                item = x[1]
+                ts = item[1].ts
+                if ts > hi:
+                    hi = ts
+                g = groups.get(x[0])
+                if g is None:
+                    groups[x[0]] = [item]
+                else:
+                    g.append(item)
+            else:
+                others.append(x)
+        if hi is not _NO_TIME:
+            clock.saw(hi)
         out: list[Any] = list(groups.items())
         if others:
             out.append(others)
