@@ -451,8 +451,10 @@ def _grouped(step: Any) -> Any:
     machine (its events in log order), then one list of everything else (orders, floor
     reports, process values, rejections, the batch's Progress), in order."""
 
-    if type(step) is _Watched:
-        return _grouped_watched(step)
+    if type(step) is Validator:
+        return _grouped_validator(step, None)
+    if type(step) is _Watched and type(step.step) is Validator:
+        return _grouped_validator(step.step, step.clock)
 
     def grouped(batch: list[Any]) -> list[Any]:
         groups: dict[str, list[Keyed]] = {}
@@ -474,32 +476,14 @@ def _grouped(step: Any) -> Any:
     return grouped
 
 
-def _grouped_watched(watched: _Watched) -> Any:
-    """_grouped of a watched validator: the clock's highest time taken in the same pass."""
-    step, clock = watched.step, watched.clock
+def _grouped_validator(validator: Validator, clock: EventClock | None) -> Any:
+    """_grouped of the validator itself (one process): it groups as it validates, and
+    gives the clock its batch's highest time (Validator.grouped)."""
 
     def grouped(batch: list[Any]) -> list[Any]:
-        groups: dict[str, list[Keyed]] = {}
-        others: list[Any] = []
-        hi = _NO_TIME
-        for x in step(batch):
-            if type(x) is tuple:
-                item = x[1]
-                ts = item[1].ts
-                if ts > hi:
-                    hi = ts
-                g = groups.get(x[0])
-                if g is None:
-                    groups[x[0]] = [item]
-                else:
-                    g.append(item)
-            else:
-                others.append(x)
-        if hi is not _NO_TIME:
+        out, hi = validator.grouped(batch)
+        if clock is not None and hi is not None:
             clock.saw(hi)
-        out: list[Any] = list(groups.items())
-        if others:
-            out.append(others)
         return out
 
     return grouped

@@ -208,52 +208,127 @@ class Validator:
                 ):
                     out.append((ev.machine, (entry.seq, ev)))
                     continue
-            verdict = self._check(entry, ev)
-            if isinstance(verdict, Rejection):
-                out.append(verdict)
-                dead += 1
-                continue
-            ev = verdict  # its class is known by type() below (see _ORDER_TYPES)
-            cls = type(ev)
-            if cls in _MACHINE_ONLY:  # most events: first, past the other branches' tests
-                out.append((ev.machine, (entry.seq, ev)))
-            elif cls is OrderEvent:
-                out.append(OrderInput(ev.order_no, ev))
-            elif cls is WorkOrderEvent:
-                out.append(OrderInput(ev.order_no, ev))
-                # Its product sets the ideal cycle time of parts made for it: every machine
-                # that may run it needs it.
-                if ev.machine in self.machines:
-                    out.append((ev.machine, (entry.seq, ev)))
-                else:  # each copy names its machine: the per-machine step keys on it
-                    out.extend(
-                        (m, (entry.seq, ev.model_copy(update={"machine": m}))) for m in self._all
-                    )
-            elif cls is ProcessValueEvent:
-                out.append(from_event(entry.seq, ev))
-            elif cls is AlertAck:  # for the alert step (streams/alert_engine.py)
-                out.append(AckInput(ev.alert_id, ev.by, ev.via, to_us(ev.ts)))
-            elif cls in _LOT_TYPES:  # traceability (streams/lots.py): no machine figure
-                out.append(lot_row(entry.seq, ev))
-                if ev.operator:
-                    out.append(activity(entry.seq, ev))
-            elif cls in _FLOOR_TYPES:
-                out.append(FloorInput(entry.seq, ev))
-                if cls is DefectReport or cls is ReworkReport:
-                    scrap = as_scrap(ev)
-                    if scrap is not None:  # the machine's counts move good -> scrap
-                        out.append((ev.machine, (entry.seq, scrap)))
-                if ev.operator:
-                    out.append(activity(entry.seq, ev))
-            else:
-                out.append((ev.machine, (entry.seq, ev)))
-                if cls in _WO_REPORTS:  # who works on which work order (streams/labor.py)
-                    out.append(FloorInput(entry.seq, ev))
-                if cls in _REPORT_TYPES and ev.operator:  # who reported what (streams/lots.py)
-                    out.append(activity(entry.seq, ev))
+            dead += self._route(entry, ev, out)
         if batch:
             out.append(Progress(batch[-1].seq, len(batch), dead))
         return out
+
+    def grouped(self, batch: list[LogEntry]) -> tuple[list[Any], datetime | None]:
+        """`self(batch)` as the dataflow's machine step takes it, made in one pass: one
+        (machine, [(seq, event), ...]) per machine (its events in log order), then one
+        list of everything else in order (ends with the batch's Progress); and the
+        highest time of the machine events (None: none), for the replay's clock."""
+        groups: dict[str, list[tuple[int, Any]]] = {}
+        others: list[Any] = []
+        dead = 0
+        hi: datetime | None = None
+        hi_s = float("-inf")  # hi as POSIX seconds: exact enough to order microseconds
+        fast = _fast_event if parse_event is _PARSE_EVENT else _not_fast
+        clock = self.clock
+        machines = self.machines
+        reasons = self.reasons
+        for entry in batch:
+            # __call__'s hot path (see there), its event put in its machine's group.
+            ev: Any = fast(entry.payload) if entry.error is None else None
+            cls = type(ev)
+            if cls in _MACHINE_ONLY:
+                received = entry.received_at
+                ts = ev.ts
+                s = ts.timestamp()
+                if received is not None:
+                    if received != clock._received:
+                        clock.receipt(received)
+                    in_time = clock._earliest <= s <= clock._latest
+                else:
+                    in_time = True
+                machine = ev.machine
+                if (
+                    in_time
+                    and machine in machines
+                    and (
+                        cls is not StateEvent
+                        or not reasons
+                        or ev.reason is None
+                        or ev.reason in reasons
+                    )
+                ):
+                    g = groups.get(machine)
+                    if g is None:
+                        groups[machine] = [(entry.seq, ev)]
+                    else:
+                        g.append((entry.seq, ev))
+                    if s > hi_s:
+                        hi_s, hi = s, ts
+                    continue
+            routed: list[Any] = []
+            dead += self._route(entry, ev, routed)
+            for x in routed:
+                if type(x) is tuple:
+                    key, item = x
+                    g = groups.get(key)
+                    if g is None:
+                        groups[key] = [item]
+                    else:
+                        g.append(item)
+                    ts = item[1].ts
+                    s = ts.timestamp()
+                    if s > hi_s:
+                        hi_s, hi = s, ts
+                else:
+                    others.append(x)
+        if batch:
+            others.append(Progress(batch[-1].seq, len(batch), dead))
+        out: list[Any] = list(groups.items())
+        if others:
+            out.append(others)
+        return out, hi
+
+    def _route(self, entry: LogEntry, parsed: Event | None, out: list[Any]) -> int:
+        """What the row gives for the steps, appended to `out`, when the hot path did not
+        take it; 1 if it was refused (a Rejection), else 0."""
+        verdict = self._check(entry, parsed)
+        if isinstance(verdict, Rejection):
+            out.append(verdict)
+            return 1
+        ev: Any = verdict  # its class is known by type() below (see _ORDER_TYPES)
+        cls = type(ev)
+        if cls in _MACHINE_ONLY:  # most events: first, past the other branches' tests
+            out.append((ev.machine, (entry.seq, ev)))
+        elif cls is OrderEvent:
+            out.append(OrderInput(ev.order_no, ev))
+        elif cls is WorkOrderEvent:
+            out.append(OrderInput(ev.order_no, ev))
+            # Its product sets the ideal cycle time of parts made for it: every machine
+            # that may run it needs it.
+            if ev.machine in self.machines:
+                out.append((ev.machine, (entry.seq, ev)))
+            else:  # each copy names its machine: the per-machine step keys on it
+                out.extend(
+                    (m, (entry.seq, ev.model_copy(update={"machine": m}))) for m in self._all
+                )
+        elif cls is ProcessValueEvent:
+            out.append(from_event(entry.seq, ev))
+        elif cls is AlertAck:  # for the alert step (streams/alert_engine.py)
+            out.append(AckInput(ev.alert_id, ev.by, ev.via, to_us(ev.ts)))
+        elif cls in _LOT_TYPES:  # traceability (streams/lots.py): no machine figure
+            out.append(lot_row(entry.seq, ev))
+            if ev.operator:
+                out.append(activity(entry.seq, ev))
+        elif cls in _FLOOR_TYPES:
+            out.append(FloorInput(entry.seq, ev))
+            if cls is DefectReport or cls is ReworkReport:
+                scrap = as_scrap(ev)
+                if scrap is not None:  # the machine's counts move good -> scrap
+                    out.append((ev.machine, (entry.seq, scrap)))
+            if ev.operator:
+                out.append(activity(entry.seq, ev))
+        else:
+            out.append((ev.machine, (entry.seq, ev)))
+            if cls in _WO_REPORTS:  # who works on which work order (streams/labor.py)
+                out.append(FloorInput(entry.seq, ev))
+            if cls in _REPORT_TYPES and ev.operator:  # who reported what (streams/lots.py)
+                out.append(activity(entry.seq, ev))
+        return 0
 
     def _check(self, entry: LogEntry, parsed: Event | None = None) -> Event | Rejection:
         """`parsed`: the event the fast path made of the payload, if it did."""
