@@ -69,9 +69,14 @@ _INT4 = (-(2**31), 2**31 - 1)
 
 @dataclass(frozen=True)
 class Upsert:
-    """A results table written by binary COPY into a staging table, then one
-    INSERT ... ON CONFLICT DO UPDATE: far less work for both sides than one statement per
-    row, and idempotent (rows carry absolute values)."""
+    """A results table written by one INSERT ... SELECT FROM unnest(arrays) ON CONFLICT
+    DO UPDATE: one statement for the batch, far less work for both sides than one per row,
+    and idempotent (rows carry absolute values).
+
+    Arrays, not a temporary staging table: PostgreSQL empties every ON COMMIT DELETE ROWS
+    table of a session at the commit of any transaction that touched one, and with the
+    steps' staging tables that cost 10-70 ms per commit (measured: docs/performance.md),
+    more than the writes themselves in a live plant."""
 
     table: str
     key: tuple[str, ...]
@@ -88,13 +93,6 @@ class Upsert:
     @property
     def types(self) -> list[str]:
         return [t for _, t in self.columns]
-
-    @property
-    def create_stage(self) -> str:
-        return (
-            f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} "
-            f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
-        )
 
     @property
     def int4_columns(self) -> tuple[int, ...]:
@@ -117,7 +115,8 @@ class Upsert:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c, _ in self.columns if c not in self.key)
         return (
             f"INSERT INTO {self.table} ({self.names}, updated_at) "
-            f"SELECT {self.names}, clock_timestamp() FROM {self.stage} "
+            f"SELECT {self.names}, clock_timestamp() "
+            f"FROM {_unnest(self.types, self.names, self.stage)} "
             f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {updates}, "
             f"updated_at = EXCLUDED.updated_at"
         )
@@ -167,32 +166,37 @@ WORK_ORDERS = Upsert(
      ("eta", TS), ("started_at", TS), ("completed_at", TS), ("last_event_ts", TS)),
 )  # fmt: skip
 
-_STAGING = "\n".join(
-    [
-        *(u.create_stage for u in (INTERVALS, STATUS, HOURS, KPIS, ORDERS, WORK_ORDERS)),
-        process_values.CREATE_STAGE,
-        "CREATE TEMP TABLE IF NOT EXISTS stage_bucket"
-        " (machine text, bucket text, bucket_start timestamptz) ON COMMIT DELETE ROWS;",
-        "CREATE TEMP TABLE IF NOT EXISTS stage_gone"
-        " (machine text, start_ts timestamptz) ON COMMIT DELETE ROWS;",
-        "CREATE TEMP TABLE IF NOT EXISTS stage_scrap_hour"
-        " (machine text, hour_start timestamptz) ON COMMIT DELETE ROWS;",
-    ]
-)
+
+def _unnest(types: list[str], names: str, alias: str) -> str:
+    """`unnest(%s::t1[], ...) AS alias(names)`: a batch's rows as a table, one array
+    parameter per column (see Upsert for why not a staging table)."""
+    arrays = ", ".join(f"%s::{t}[]" for t in types)
+    return f"unnest({arrays}) AS {alias}({names})"
+
+
+def _columns(rows: list[Any], n: int) -> list[list[Any]]:
+    """The rows as n column lists: the parameters of `_unnest`."""
+    if not rows:
+        return [[] for _ in range(n)]
+    return [list(c) for c in zip(*rows, strict=True)]
+
 
 DELETE_INTERVALS = """
-DELETE FROM machine_state_interval i USING stage_gone g
+DELETE FROM machine_state_interval i
+USING unnest(%s::text[], %s::timestamptz[]) AS g(machine, start_ts)
 WHERE i.machine = g.machine AND i.start_ts = g.start_ts"""
 
 # A bucket's reason set is replaced whole: a re-attributed stop moves its time away
 # from a reason, which must then disappear from that bucket.
 DELETE_REASONS = """
-DELETE FROM machine_kpi_reason r USING stage_bucket b
+DELETE FROM machine_kpi_reason r
+USING unnest(%s::text[], %s::text[], %s::timestamptz[]) AS b(machine, bucket, bucket_start)
 WHERE r.machine = b.machine AND r.bucket = b.bucket AND r.bucket_start = b.bucket_start"""
 
 # Scrap by reason and product: the same, per machine-hour (sql/020_scrap_by_reason.sql).
 DELETE_SCRAP = """
-DELETE FROM machine_scrap s USING stage_scrap_hour b
+DELETE FROM machine_scrap s
+USING unnest(%s::text[], %s::timestamptz[]) AS b(machine, hour_start)
 WHERE s.machine = b.machine AND s.hour_start = b.hour_start"""
 
 # The raw payload stays in the log (one copy: NULL here, see sql/014); retention copies
@@ -526,9 +530,10 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
     def _connection(self) -> psycopg.Connection:
         if self.conn is None or self.conn.closed:
             self.conn = connect(self.database_url, autocommit=True)
-            # (row_stores.STAGING: the staging tables of the steps' row types, registered
-            # at their import, after this module's.)
-            self.conn.execute("\n".join([_STAGING, *row_stores.STAGING]).encode())
+            # The staging tables of the steps' row types (row_stores.Staged), registered
+            # at their import, after this module's.
+            if row_stores.STAGING:
+                self.conn.execute("\n".join(row_stores.STAGING).encode())
         return self.conn
 
     def _tables(self, batch: _Batch) -> list[tuple[Upsert, list[Any]]]:
@@ -583,8 +588,6 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 try:
                     with conn.transaction():  # a savepoint
                         write(cur, *args)
-                        # Staging rows live until commit: clear them for the next row.
-                        cur.execute(_CLEAR_STAGING)
                 except REFUSALS as err:
                     refused.append((table, row, err))
 
@@ -651,36 +654,20 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
         return int(rows[0][0])
 
 
-_CLEAR_STAGING = "; ".join(
-    f"DELETE FROM {t}"
-    for t in (
-        *(u.stage for u in (INTERVALS, STATUS, HOURS, KPIS, ORDERS, WORK_ORDERS)),
-        "stage_bucket",
-        "stage_gone",
-        "stage_scrap_hour",
-        process_values.STAGE,
-    )
-)
-
-
 def _upsert(cur: psycopg.Cursor[Any], upsert: Upsert, rows: list[Any]) -> None:
     upsert.check(rows)
-    _copy(cur, upsert.stage, upsert.names, upsert.types, rows)
-    cur.execute(upsert.sql.encode())  # built from constants
+    cur.execute(upsert.sql.encode(), _columns(rows, len(upsert.columns)))  # SQL: constants
 
 
 def _delete_intervals(cur: psycopg.Cursor[Any], gone: list[tuple[str, Any]]) -> None:
-    _copy(cur, "stage_gone", "machine, start_ts", ["text", "timestamptz"], gone)
-    cur.execute(DELETE_INTERVALS.encode())
+    cur.execute(DELETE_INTERVALS.encode(), _columns(gone, 2))
 
 
 def _replace_reasons(
     cur: psycopg.Cursor[Any],
     sets: list[tuple[tuple[str, str, Any], tuple[tuple[str, float, int], ...]]],
 ) -> None:
-    _copy(cur, "stage_bucket", "machine, bucket, bucket_start",
-          ["text", "text", "timestamptz"], [key for key, _ in sets])  # fmt: skip
-    cur.execute(DELETE_REASONS.encode())
+    cur.execute(DELETE_REASONS.encode(), _columns([key for key, _ in sets], 3))
     reason_rows = [
         (m, b, s, reason, seconds, stops)
         for (m, b, s), items in sets
@@ -701,9 +688,7 @@ def _replace_scrap(
     cur: psycopg.Cursor[Any], sets: list[tuple[tuple[str, Any], ScrapSetRow]]
 ) -> None:
     """Each machine-hour's scrap set replaced whole: one DELETE, one COPY for the batch."""
-    _copy(cur, "stage_scrap_hour", "machine, hour_start", ["text", "timestamptz"],
-          [key for key, _ in sets])  # fmt: skip
-    cur.execute(DELETE_SCRAP.encode())
+    cur.execute(DELETE_SCRAP.encode(), _columns([key for key, _ in sets], 2))
     rows = [
         (r.machine, r.hour_start, r.day, r.shift_name, reason, product, qty)
         for _, r in sets

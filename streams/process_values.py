@@ -36,13 +36,7 @@ def from_event(seq: int, ev: ProcessValueEvent) -> ProcessValues:
     return ProcessValues(seq, m, tuple((m, ts, name, v) for name, v in ev.values.items()))
 
 
-STAGE = "stage_process_value"
-CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE} "
-    "(machine text, ts timestamptz, name text, value float8) ON COMMIT DELETE ROWS;"
-)
 COLUMNS = "machine, ts, name, value"
-TYPES = ["text", "timestamptz", "text", "float8"]
 
 # One statement: insert the new raw rows, then fold exactly those into their minutes.
 # FOR SHARE on the horizon waits for a retention batch in flight (it raises the horizon
@@ -53,7 +47,9 @@ WITH horizon AS (
     SELECT pruned_before FROM process_value_horizon FOR SHARE
 ), inserted AS (
     INSERT INTO process_value (machine, ts, name, value)
-    SELECT s.machine, s.ts, s.name, s.value FROM {STAGE} s, horizon h
+    SELECT s.machine, s.ts, s.name, s.value
+    FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::float8[]) AS s({COLUMNS}),
+         horizon h
     WHERE s.ts >= h.pruned_before
     ON CONFLICT (machine, name, ts) DO NOTHING
     RETURNING machine, ts, name, value
@@ -70,9 +66,7 @@ ON CONFLICT (machine, name, minute) DO UPDATE SET
 
 
 def store(cur: psycopg.Cursor[Any], rows: list[ValueRow]) -> None:
-    """Store raw values and merge them into the rollup (inside the caller's transaction)."""
-    with cur.copy(f"COPY {STAGE} ({COLUMNS}) FROM STDIN (FORMAT BINARY)".encode()) as copy:
-        copy.set_types(TYPES)
-        for row in rows:
-            copy.write_row(row)
-    cur.execute(STORE.encode())  # built from constants
+    """Store raw values and merge them into the rollup (inside the caller's transaction).
+    The rows go as one array per column, not through a staging table (pg_sink.Upsert)."""
+    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[], [], [], []]
+    cur.execute(STORE.encode(), columns)  # built from constants
