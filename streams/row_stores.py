@@ -36,6 +36,8 @@ REGISTRY: dict[type, RowStore] = {}
 
 # DDL of the staging tables of every `Staged` store: run once per sink connection.
 STAGING: list[str] = []
+TRUNCATE_EVERY = 64
+_WRITES: dict[str, int] = {}  # writes per table, in this process (any connection)
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,14 @@ class Staged:
     action: str  # "DO NOTHING" or "DO UPDATE SET ..." (EXCLUDED.<column>)
 
     def __post_init__(self) -> None:
+        # PRESERVE ROWS, emptied by the write itself: PostgreSQL empties every ON COMMIT
+        # DELETE ROWS table of a session at each commit that touched any temporary table,
+        # 10-70 ms per commit with a dozen of them (docs/performance.md). The DELETE leaves
+        # dead rows (temporary tables are never autovacuumed): `write` truncates its stage
+        # every TRUNCATE_EVERY writes, about 1 ms for one table.
         STAGING.append(
             f"CREATE TEMP TABLE IF NOT EXISTS {self.stage} "
-            f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;"
+            f"(LIKE {self.table} INCLUDING DEFAULTS) ON COMMIT PRESERVE ROWS;"
         )
 
     @property
@@ -74,10 +81,14 @@ class Staged:
             for r in rows:
                 unique[tuple([r[i] for i in at])] = r
         names = ", ".join(self.columns)
+        writes = _WRITES[self.table] = _WRITES.get(self.table, 0) + 1
+        if writes % TRUNCATE_EVERY == 0:
+            cur.execute(f"TRUNCATE {self.stage}".encode())
         with cur.copy(f"COPY {self.stage} ({names}) FROM STDIN".encode()) as copy:
             for r in unique.values():
                 copy.write_row(r)
-        # Emptied at once: the row-by-row retry of a refused batch stores one row at a time.
+        # Emptied at once: the next write (and the row-by-row retry of a refused batch, one
+        # row at a time) finds it empty.
         cur.execute(
             f"INSERT INTO {self.table} ({names}) SELECT {names} FROM {self.stage} "
             f"ON CONFLICT ({', '.join(self.key)}) {self.action}; DELETE FROM {self.stage}".encode(),

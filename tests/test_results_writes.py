@@ -136,3 +136,32 @@ def test_a_large_batch_and_no_staging_table_for_machine_results(db_url: str) -> 
         assert all(name.startswith("stage_rows_") for (name,) in temp), temp
     finally:
         part.close()
+
+
+def test_a_staged_store_keeps_its_stage_empty_and_small(db_url: str) -> None:
+    """The steps' staged stores (streams/row_stores.py) keep their staging table across
+    commits (no emptying of every staging table at each commit); each write empties its
+    own, and every TRUNCATE_EVERY writes truncates it, so dead rows do not pile up."""
+    from streams import lots, row_stores
+
+    store = lots.ACTIVITY
+    n = 8 * row_stores.TRUNCATE_EVERY + 7
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("\n".join(row_stores.STAGING).encode())
+        sizes: list[int] = []
+        for i in range(n):
+            with conn.transaction(), conn.cursor() as cur:
+                rows = [
+                    (100 * i + k, "IM-01", T0 + timedelta(seconds=i), "sign_in", f"op-{i}", None)
+                    for k in range(100)
+                ]
+                store.write(cur, [*rows, rows[0]])  # a duplicate key: reduced to one row
+            if i % 16 == 15:
+                size = conn.execute(f"SELECT pg_relation_size('{store.stage}')").fetchone()
+                assert size is not None
+                sizes.append(int(size[0]))
+        assert conn.execute(f"SELECT count(*) FROM {store.stage}").fetchone() == (0,)
+        stored = conn.execute("SELECT count(DISTINCT seq) FROM operator_activity").fetchone()
+        assert stored == (100 * n,)
+        # Without the periodic TRUNCATE the stage grows by ~7 kB per write of 100 rows.
+        assert max(sizes) <= 8192 * 80, sizes
