@@ -9,7 +9,7 @@ policy (docs/events.md#clock-policy).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, NamedTuple
 
 from mesflow.events import (
@@ -89,6 +89,15 @@ class ClockPolicy:
         self._received = received
         self._latest = (received + self.max_skew).timestamp()
         self._earliest = (received - self.max_age).timestamp()
+
+    def bounds(self, received: datetime, tz: Any) -> tuple[datetime, datetime]:
+        """The bounds for `received` as datetimes in `tz` (a fixed offset): an event time
+        of the same tzinfo object compares with them field by field, ~10x cheaper than its
+        timestamp(). Exactly the float check: both are exact to the microsecond."""
+        earliest, latest = received - self.max_age, received + self.max_skew
+        if type(tz) is timezone:
+            return earliest.astimezone(tz), latest.astimezone(tz)
+        return earliest, latest  # compares correctly, only not faster
 
     def _judge(
         self, field: str, t: datetime, received: datetime, *, old_ok: bool
@@ -221,12 +230,17 @@ class Validator:
         groups: dict[str, list[tuple[int, Any]]] = {}
         others: list[Any] = []
         dead = 0
-        hi: datetime | None = None
-        hi_s = float("-inf")  # hi as POSIX seconds: exact enough to order microseconds
+        # Compared as datetimes: a batch's event times share one tzinfo object (msgspec
+        # keeps one per offset), and datetimes of one tzinfo compare field by field.
+        hi = _NO_TIME
         fast = _fast_event if parse_event is _PARSE_EVENT else _not_fast
         clock = self.clock
         machines = self.machines
         reasons = self.reasons
+        # The bounds of receipt time `at`, in tzinfo `zone`.
+        at: datetime | None = None
+        zone: Any = _NO_ZONE
+        earliest = latest = _NO_TIME
         for entry in batch:
             # __call__'s hot path (see there), its event put in its machine's group.
             ev: Any = fast(entry.payload) if entry.error is None else None
@@ -234,11 +248,13 @@ class Validator:
             if cls in _MACHINE_ONLY:
                 received = entry.received_at
                 ts = ev.ts
-                s = ts.timestamp()
                 if received is not None:
-                    if received != clock._received:
-                        clock.receipt(received)
-                    in_time = clock._earliest <= s <= clock._latest
+                    if received != at:
+                        at, zone = received, _NO_ZONE
+                    if ts.tzinfo is not zone:
+                        zone = ts.tzinfo
+                        earliest, latest = clock.bounds(received, zone)
+                    in_time = earliest <= ts <= latest
                 else:
                     in_time = True
                 machine = ev.machine
@@ -257,8 +273,8 @@ class Validator:
                         groups[machine] = [(entry.seq, ev)]
                     else:
                         g.append((entry.seq, ev))
-                    if s > hi_s:
-                        hi_s, hi = s, ts
+                    if ts > hi:
+                        hi = ts
                     continue
             routed: list[Any] = []
             dead += self._route(entry, ev, routed)
@@ -271,9 +287,8 @@ class Validator:
                     else:
                         g.append(item)
                     ts = item[1].ts
-                    s = ts.timestamp()
-                    if s > hi_s:
-                        hi_s, hi = s, ts
+                    if ts > hi:
+                        hi = ts
                 else:
                     others.append(x)
         if batch:
@@ -281,7 +296,7 @@ class Validator:
         out: list[Any] = list(groups.items())
         if others:
             out.append(others)
-        return out, hi
+        return out, None if hi is _NO_TIME else hi
 
     def _route(self, entry: LogEntry, parsed: Event | None, out: list[Any]) -> int:
         """What the row gives for the steps, appended to `out`, when the hot path did not
@@ -376,6 +391,10 @@ class Validator:
 
 
 _PARSE_EVENT = parse_event
+# Below every event time (aware datetimes compare without overflow down to year 1), and a
+# tzinfo no event has.
+_NO_TIME = datetime(1, 1, 2, tzinfo=UTC)
+_NO_ZONE = object()
 
 
 def _not_fast(payload: bytes | str) -> None:

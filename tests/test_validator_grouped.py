@@ -7,9 +7,10 @@ for the replay's clock."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -121,3 +122,30 @@ def test_the_clock_takes_events_of_the_general_path(plant: PlantConfig) -> None:
         _grouped(clock.watch(Validator(plant)))(batch)
         assert clock.high == int(datetime(2026, 11, 20, 2 + i, tzinfo=UTC).timestamp()) * 10**6
         both(plant, [batch])
+
+
+def test_the_clock_policy_bounds_to_the_microsecond(plant: PlantConfig) -> None:
+    """Event times one microsecond either side of each bound, in several offsets, with
+    receipt times in UTC and in a zone (as psycopg gives them): the one pass refuses and
+    passes exactly what the general path does."""
+    info = plant.plant
+    skew = timedelta(seconds=info.max_clock_skew_seconds)
+    age = timedelta(days=info.max_event_age_days)
+    us = timedelta(microseconds=1)
+    zones = [UTC, timezone(timedelta(hours=8)), timezone(-timedelta(hours=5, minutes=30))]
+    receipts = [RECEIVED, RECEIVED.astimezone(ZoneInfo("Asia/Shanghai")), RECEIVED + us]
+    batch: list[LogEntry] = []
+    for received in receipts:
+        for edge in (received + skew, received - age):
+            for t in (edge - us, edge, edge + us):
+                for tz in zones:
+                    body = {"type": "count", "machine": "IM-01", "good": 1}
+                    body["ts"] = t.astimezone(tz).isoformat()
+                    batch.append(
+                        LogEntry(len(batch) + 1, json.dumps(body).encode(), None, received)
+                    )
+    out = Validator(plant)(batch)
+    refused = [x for x in out if type(x) is not tuple and hasattr(x, "reason")]
+    assert {r.reason for r in refused} == {"future", "too_old"}
+    assert len(refused) == len(receipts) * 2 * len(zones)
+    both(plant, [batch])
