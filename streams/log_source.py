@@ -23,8 +23,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from itertools import repeat
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -67,13 +68,16 @@ class ReadMark(NamedTuple):
 # One statement: the horizon (highest committed seq, capped at the run's end) and the rows
 # after the lowest owned position up to it. With the writers serialised on the advisory
 # lock, every row up to a committed seq is committed: nothing below the horizon comes later.
+# The plain read (one process) gives the rows as LogEntry columns, and the horizon as one
+# more row with no payload (the log's payload is NOT NULL), after them: PostgreSQL appends
+# a UNION ALL's inputs in order, and `_Reader` finds the horizon's row wherever it is.
 _READ_ALL = """
 WITH h AS MATERIALIZED (
     SELECT LEAST(COALESCE((SELECT max(seq) FROM ingest_log), 0), %(upto)s) AS top)
-SELECT h.top, r.seq, r.payload, r.error, r.received_at, 0::smallint
-FROM h LEFT JOIN LATERAL (
-    SELECT seq, payload, error, received_at FROM ingest_log
-    WHERE seq > %(lo)s AND seq <= h.top ORDER BY seq LIMIT %(n)s) r ON true"""
+(SELECT seq, payload, error, received_at FROM ingest_log
+ WHERE seq > %(lo)s AND seq <= (SELECT top FROM h) ORDER BY seq LIMIT %(n)s)
+UNION ALL
+SELECT top, NULL, NULL, NULL FROM h"""
 _READ_PARTS = """
 WITH h AS MATERIALIZED (
     SELECT LEAST(COALESCE((SELECT max(seq) FROM ingest_log), 0), %(upto)s) AS top)
@@ -183,8 +187,12 @@ class _Reader:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(s.database_url, autocommit=True)
                 self.conn.adapters.register_loader("timestamptz", _ReceiptLoader)
-            with self.conn.cursor(binary=True) as cur:
-                rows = cur.execute(_READ_ALL if plain else _READ_PARTS, params).fetchall()
+            if plain:  # LogEntry rows made by psycopg (in C), no intermediate tuple
+                with self.conn.cursor(binary=True, row_factory=_entry_rows) as entries:
+                    rows: list[Any] = entries.execute(_READ_ALL, params).fetchall()
+            else:
+                with self.conn.cursor(binary=True) as cur:
+                    rows = cur.execute(_READ_PARTS, params).fetchall()
         except psycopg.OperationalError as err:
             # The database restarted or the network blipped: retry, never crash the flow.
             log.warning("ingest log unreachable (%s); retrying in %.1fs", err, self._backoff)
@@ -193,33 +201,17 @@ class _Reader:
             self._backoff = min(self._backoff * 2, 10.0)
             return []
         self._backoff = 0.5
-        top = int(rows[0][0])
-        full = len(rows) == s.batch_size and rows[-1][1] is not None
         # A full batch has read every owned row up to its last one; else up to the horizon.
-        horizon = int(rows[-1][1]) if full else top
-        if plain or (even and not shared_zero):
-            # Every row is a log row but the lone row of an empty read (no seq). The entries
-            # are built in C (the namedtuple's own __new__ is a Python call per row).
-            if rows[0][1] is None:
-                out: list[Any] = []
-            else:
-                out = list(map(_new_tuple, repeat(LogEntry, len(rows)), map(_entry_cols, rows)))
+        if plain:
+            out: list[Any] = rows
+            top = int((out.pop() if out[-1].payload is None else _horizon_row(out)).seq)
+            full = len(out) == s.batch_size
+            horizon = int(out[-1].seq) if full else top
         else:
-            out = []
-            owned = frozenset(parts)
-            for r in rows:
-                seq = r[1]
-                if seq is None:
-                    continue
-                if shared_zero and r[5] == 0:
-                    # For which of our partitions this row is new (all, unless rescaled).
-                    mine = owned if even else frozenset(k for k in parts if seq > positions[k])
-                    if not mine:
-                        continue
-                    self.foreign[seq] = mine
-                elif not even and seq <= positions[r[5]]:
-                    continue  # positions differ after a rescale: this partition read it
-                out.append(_new_tuple(LogEntry, r[1:5]))
+            top = int(rows[0][0])
+            full = len(rows) == s.batch_size and rows[-1][1] is not None
+            horizon = int(rows[-1][1]) if full else top
+            out = self._owned(rows, parts, even, shared_zero)
         moved = False
         for k, pos in positions.items():
             if horizon > pos:
@@ -229,6 +221,33 @@ class _Reader:
             out.append(ReadMark(tuple(sorted(positions.items()))))
         # A full batch means more is waiting: read again at once; else poll.
         self.awake = None if full else now + s.poll_interval
+        return out
+
+    def _owned(self, rows: list[Any], parts: list[int], even: bool, shared_zero: bool) -> list[Any]:
+        """A partitioned read's rows (top, seq, payload, error, received_at, part) as the
+        LogEntry rows this reader owns."""
+        positions = self.positions
+        if even and not shared_zero:
+            # Every row is a log row but the lone row of an empty read (no seq). The entries
+            # are built in C (the namedtuple's own __new__ is a Python call per row).
+            if rows[0][1] is None:
+                return []
+            return list(map(_new_tuple, repeat(LogEntry, len(rows)), map(_entry_cols, rows)))
+        out: list[Any] = []
+        owned = frozenset(parts)
+        for r in rows:
+            seq = r[1]
+            if seq is None:
+                continue
+            if shared_zero and r[5] == 0:
+                # For which of our partitions this row is new (all, unless rescaled).
+                mine = owned if even else frozenset(k for k in parts if seq > positions[k])
+                if not mine:
+                    continue
+                self.foreign[seq] = mine
+            elif not even and seq <= positions[r[5]]:
+                continue  # positions differ after a rescale: this partition read it
+            out.append(_new_tuple(LogEntry, r[1:5]))
         return out
 
     def close(self, part: int) -> None:
@@ -266,6 +285,18 @@ class _ReceiptLoader(Loader):
 # them a LogEntry: the same tuple as LogEntry(*cols), without a Python call.
 _entry_cols = itemgetter(slice(1, 5))
 _new_tuple = tuple.__new__
+_make_entry = partial(_new_tuple, LogEntry)
+
+
+def _entry_rows(cursor: Any) -> Callable[[Sequence[Any]], LogEntry]:
+    """psycopg row factory: each row (the LogEntry columns) as a LogEntry, made in C."""
+    return _make_entry
+
+
+def _horizon_row(rows: list[LogEntry]) -> LogEntry:
+    """Take the plain read's horizon row (no payload) out of `rows`, wherever it is."""
+    i = next(i for i, e in enumerate(rows) if e.payload is None)
+    return rows.pop(i)
 
 
 def _names(parts: list[int]) -> str:

@@ -12,7 +12,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from mesflow.ingest_log import LogEntry, LogRecord, append
-from streams.log_source import PARTS, IngestLogSource, _Reader
+from streams.log_source import PARTS, IngestLogSource, _horizon_row, _Reader
 
 ZONES = ["UTC", "Asia/Shanghai", "America/New_York"]
 
@@ -78,3 +78,32 @@ def _part_of_row(url: str, seq: int) -> int:
         row = conn.execute("SELECT part FROM ingest_log WHERE seq = %s", (seq,)).fetchone()
         assert row is not None
         return int(row[0])
+
+
+def test_the_horizon_row_is_found_wherever_it_comes() -> None:
+    entries = [LogEntry(s, b"{}", None, None) for s in (4, 5, 6)]
+    for i in range(4):
+        rows = list(entries)
+        rows.insert(i, LogEntry(9, None, None, None))  # type: ignore[arg-type]
+        assert _horizon_row(rows).seq == 9 and rows == entries
+
+
+def test_a_replay_ends_at_its_last_seq_between_rows(db_url: str) -> None:
+    """`upto` may fall in a gap of seqs (a skipped duplicate consumes one): the reader
+    still reaches it, through the horizon, and reads nothing past it."""
+    store(db_url)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM ingest_log WHERE seq IN (10, 11)")
+    source = IngestLogSource(db_url, upto_seq=11)
+    reader = _Reader(source)
+    for part in PARTS:
+        reader.add(part, 0)
+    got: list[Any] = []
+    for _ in range(20):
+        if reader.done(0, source.upto()):
+            break
+        reader.awake = None
+        got += reader.poll(source.upto())
+    assert [e.seq for e in got] == list(range(1, 10))
+    assert reader.done(0, 11)
+    assert all(p == 11 for p in reader.positions.values())
