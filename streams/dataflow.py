@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import pickle
 import time
+import zlib
 from bisect import bisect_right
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -78,6 +79,12 @@ Keyed = tuple[int, MachineEvent | WorkOrderEvent]
 Out = Row | Rejection
 
 
+def _phase(machine: str) -> float:
+    """A machine's fixed share of the figures' throttle, in [0, 0.5): spreads the plant's
+    figure flushes over the second."""
+    return (zlib.crc32(machine.encode()) % 500) / 1000
+
+
 class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
     """Bytewax adapter around one machine's MachineTracker.
 
@@ -102,6 +109,7 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         self.plant = plant
         self.throttle = throttle
         self.next_full: datetime | None = None  # wall clock: when figures are due
+        self.phased = False  # the first due time got the machine's phase (_phase)
         self.late = late
         self.rebuild_at: datetime | None = None  # wall clock: when the pending rebuild runs
         self.late_first: datetime | None = None
@@ -152,6 +160,12 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
             now = datetime.now(UTC)
             if self.next_full is not None and now < self.next_full:
                 full = False
+            elif self.next_full is None and not self.phased:
+                # A machine's first figures: due again after a phase of its own, so that
+                # the plant's machines do not all flush in the same activation every
+                # second (one burst of 200 machines' figures, then nothing).
+                self.phased = True
+                self.next_full = now + self.throttle * (1 + _phase(tracker.machine))
             else:
                 self.next_full = now + self.throttle
         rows: list[Out] = [*tracker.flush(full), *rejected]
@@ -173,9 +187,13 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         rows: list[Out] = list(self._merge_if_due(False))
         if self.throttle is not None and live_check(self.tracker):
             self.next_full = None  # offline now (streams/silence.py): written at once
-        if self.next_full is None or datetime.now(UTC) >= self.next_full:
-            self.next_full = None
+        now = datetime.now(UTC)
+        if self.next_full is None or now >= self.next_full:
             rows.extend(self.tracker.flush())
+            # The next figures a throttle from now, not at the next batch: a busy machine's
+            # figures are written once per throttle, not by the timer and again right after.
+            self.next_full = now + self.throttle if self.throttle is not None else None
+            self._checkpoint_if_due(True)
         self.snapshots.note(rows)
         return [rows], StatefulBatchLogic.RETAIN
 
