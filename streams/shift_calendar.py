@@ -91,6 +91,10 @@ _Caches = tuple[
 ]
 _SHARED: dict[tuple[str, str], _Caches] = {}
 _MAX_SHARED = 64  # calendars; more (tests, many plants in one process) start afresh
+# The local dates a range of instants [a, b) may touch, by (zone, a, b): a function of
+# the zone alone (CalendarIndex._dates).
+_DATES: dict[tuple[str, int, int], tuple[date, ...]] = {}
+_MAX_DATES = 4096
 
 
 def _start(i: ShiftInstance) -> int:
@@ -220,15 +224,22 @@ class CalendarIndex:
         out.sort()
         return out
 
-    def _dates(self, a: int, b: int) -> list[date]:
+    def _dates(self, a: int, b: int) -> tuple[date, ...]:
         if b <= a:
-            return []
-        # An instance lasts at most 25 h of real time (24 h local plus a DST hour), so one
-        # that overlaps [a, b) started no earlier than two dates before a's date; the extra
-        # date after b's covers a DST gap at midnight.
-        first = self._local_date(a) - 2 * _DAY
-        n = (self._local_date(b) - first).days + 2
-        return [first + k * _DAY for k in range(n)]
+            return ()
+        # The same ranges (hours, shifts) are asked for every machine: remembered per zone.
+        key = (self.zone, a, b)
+        dates = _DATES.get(key)
+        if dates is None:
+            # An instance lasts at most 25 h of real time (24 h local plus a DST hour), so
+            # one that overlaps [a, b) started no earlier than two dates before a's date;
+            # the extra date after b's covers a DST gap at midnight.
+            first = self._local_date(a) - 2 * _DAY
+            n = (self._local_date(b) - first).days + 2
+            if len(_DATES) >= _MAX_DATES:
+                _DATES.clear()
+            dates = _DATES[key] = tuple(first + k * _DAY for k in range(n))
+        return dates
 
     # -- building (cached per local date) --------------------------------------------------
 

@@ -62,3 +62,30 @@ def test_shared_caches_answer_as_an_index_alone() -> None:
     assert answers(CalendarIndex(calendar(), SH)) == warm  # built afresh, alone
     assert answers(CalendarIndex(calendar("07:30"), SH)) == other
     assert other != warm
+
+
+def test_remembered_date_ranges_answer_as_computed() -> None:
+    """The local dates of a range are remembered per zone (here 25 h apart): ranges asked
+    again, and by other indexes of that zone, get what a fresh computation gives."""
+    from streams import shift_calendar
+
+    _SHARED.clear()
+    shift_calendar._DATES.clear()
+    idx = CalendarIndex(calendar(), "Pacific/Kiritimati")  # UTC+14
+    ranges = [(T0 + k * HOUR_US, T0 + (k + h) * HOUR_US) for k in range(0, 96, 5) for h in (1, 9)]
+    first = [(idx.shifts_between(a, b), idx.planned_windows(a, b)) for a, b in ranges]
+    again = [(idx.shifts_between(a, b), idx.planned_windows(a, b)) for a, b in ranges]
+    far = CalendarIndex(calendar(), "Pacific/Pago_Pago")
+    other = [far.planned_windows(a, b) for a, b in ranges]
+    shift_calendar._DATES.clear()
+    _SHARED.clear()
+    fresh = CalendarIndex(calendar(), "Pacific/Kiritimati")
+    assert (
+        first
+        == again
+        == [(fresh.shifts_between(a, b), fresh.planned_windows(a, b)) for a, b in ranges]
+    )
+    shift_calendar._DATES.clear()
+    assert other == [
+        CalendarIndex(calendar(), "Pacific/Pago_Pago").planned_windows(a, b) for a, b in ranges
+    ]
