@@ -35,6 +35,7 @@ from mesflow.events import (
     WorkOrderStartReport,
     _fast_event,
     parse_event,
+    parse_event_reference,
 )
 from mesflow.ingest_log import LogEntry, safe_text
 from mesflow.plant import BUILTIN_REASONS, PlantConfig
@@ -217,7 +218,7 @@ class Validator:
                 ):
                     out.append((ev.machine, (entry.seq, ev)))
                     continue
-            dead += self._route(entry, ev, out)
+            dead += self._route(entry, ev, out, fast is _fast_event)
         if batch:
             out.append(Progress(batch[-1].seq, len(batch), dead))
         return out
@@ -277,7 +278,7 @@ class Validator:
                         hi = ts
                     continue
             routed: list[Any] = []
-            dead += self._route(entry, ev, routed)
+            dead += self._route(entry, ev, routed, fast is _fast_event)
             for x in routed:
                 if type(x) is tuple:
                     key, item = x
@@ -298,10 +299,13 @@ class Validator:
             out.append(others)
         return out, None if hi is _NO_TIME else hi
 
-    def _route(self, entry: LogEntry, parsed: Event | None, out: list[Any]) -> int:
+    def _route(
+        self, entry: LogEntry, parsed: Event | None, out: list[Any], tried: bool = False
+    ) -> int:
         """What the row gives for the steps, appended to `out`, when the hot path did not
-        take it; 1 if it was refused (a Rejection), else 0."""
-        verdict = self._check(entry, parsed)
+        take it; 1 if it was refused (a Rejection), else 0. `tried`: the fast parser has
+        had the payload (see _check)."""
+        verdict = self._check(entry, parsed, tried)
         if isinstance(verdict, Rejection):
             out.append(verdict)
             return 1
@@ -345,15 +349,19 @@ class Validator:
                 out.append(activity(entry.seq, ev))
         return 0
 
-    def _check(self, entry: LogEntry, parsed: Event | None = None) -> Event | Rejection:
-        """`parsed`: the event the fast path made of the payload, if it did."""
+    def _check(
+        self, entry: LogEntry, parsed: Event | None = None, tried: bool = False
+    ) -> Event | Rejection:
+        """`parsed`: the event the fast path made of the payload, if it did; `tried`: the
+        fast path had it and gave None (then pydantic decides, as parse_event would after
+        asking the fast path again)."""
         if entry.error is not None:
             return Rejection(entry.seq, *_split(entry.error))
         if parsed is not None:
             ev = parsed
         else:
             try:
-                ev = parse_event(entry.payload)
+                ev = (parse_event_reference if tried else parse_event)(entry.payload)
             except ContractError as err:
                 return Rejection(entry.seq, err.reason, err.detail)
         if entry.received_at is not None:
