@@ -50,7 +50,7 @@ from streams.buckets import (
     SETUP,
     Bucket,
 )
-from streams.hour_clock import EPOCH, HOUR_US, HourClock, from_us, to_us
+from streams.hour_clock import FIXED_OFFSETS, HOUR_US, HourClock, from_us, to_us
 from streams.records import (
     HourRow,
     IntervalDelete,
@@ -172,6 +172,7 @@ CountContext = tuple[
     "list[int] | None",
     "list[int] | None",
     "_Dirty",
+    "list[int]",
 ]
 
 
@@ -215,6 +216,8 @@ class MachineTracker:
     # a live flush between full ones writes the status only when one of them changed.
     # A class default: snapshots from before it load (and write the status once).
     status_sent: tuple[int, str, str | None, str | None] | None = None
+    # A cache (see _drain_counts); a class default like the fields above.
+    _unsettled: CountContext | None = None
 
     def __init__(self, spec: MachineSpec) -> None:
         self.spec = spec
@@ -252,6 +255,8 @@ class MachineTracker:
         self.marks: list[tuple[int, int, str, str | None]] = []  # recent state events
         # Caches for the hot path (see _seg_at, _count_now); not facts, safe to rebuild.
         self._count_cache: CountContext | None = None
+        # The count context whose parts may not be in its buckets yet (_drain_counts).
+        self._unsettled = None
         self._wo_version = 0  # bumped when work orders or their products change
         self._seg: Segment | None = None
         self._hour_segs: tuple[int, list[Segment]] | None = None
@@ -274,10 +279,11 @@ class MachineTracker:
         self.late_new: list[int] = []  # their seqs, until the dataflow records them
         self.silence = SilenceWatch()  # used when spec.silent_after_us is set
 
-    _CACHES = ("_seg", "_hour_segs", "_segs_by_hour", "_count_cache")
+    _CACHES = ("_seg", "_hour_segs", "_segs_by_hour", "_count_cache", "_unsettled")
 
     def __getstate__(self) -> dict[str, object]:
         # Snapshots carry facts only: the caches are rebuilt on first use.
+        self._drain_counts()
         state = dict(self.__dict__)
         for name in self._CACHES:
             state.pop(name, None)
@@ -294,6 +300,7 @@ class MachineTracker:
         self._hour_segs = None
         self._segs_by_hour = {}
         self._count_cache = None
+        self._unsettled = None
         self.__dict__.setdefault("scrap_dirty", set())
         self.__dict__.setdefault("scrap_wo", {})  # before scrap reports named work orders
         if "scrap" not in state:
@@ -347,7 +354,16 @@ class MachineTracker:
         than the allowed lateness is not applied either: it is remembered (`late_from`,
         `late_new`) and the dataflow rebuilds the machine from the log with it.
         """
-        t = (ev.ts - EPOCH) // _US  # to_us, inline (once per event)
+        ts = ev.ts  # hour_clock.to_us, inline (once per event)
+        off = FIXED_OFFSETS.get(ts.tzinfo)
+        if off is None:
+            t = to_us(ts)
+        else:
+            t = (
+                (ts.toordinal() * 86_400 + ts.hour * 3600 + ts.minute * 60 + ts.second) * 1_000_000
+                + ts.microsecond
+                - off
+            )
         last = self.last_ts
         self.seq = seq
         if type(ev) is CountEvent and last is not None and t >= last and self.intervals:
@@ -359,6 +375,7 @@ class MachineTracker:
                 return None
             self._count_now(t, ev.good, ev.scrap)  # most events: a part, in order
             return None
+        self._drain_counts()  # every other change sees the counts so far
         refused = self._refuse(seq, ev)
         if refused is not None:
             return refused
@@ -488,7 +505,10 @@ class MachineTracker:
 
     def _index_at(self, t: int) -> int:
         """Index of the interval containing t (-1 if before the first)."""
-        return bisect_right(self.intervals, t, key=_start) - 1
+        ivs = self.intervals
+        if ivs and ivs[-1].start <= t:  # the usual case: now, in the open interval
+            return len(ivs) - 1
+        return bisect_right(ivs, t, key=_start) - 1
 
     def _state(self, t: int, ev: StateEvent) -> None:
         ivs = self.intervals
@@ -675,9 +695,11 @@ class MachineTracker:
     def _effective_reason(self, iv: Interval) -> str | None:
         if iv.state == "running":
             return None
+        reports = self.reports
+        if not reports or reports[-1].at < iv.start:  # the usual case: no report about it
+            return iv.state_reason
         best: Report | None = None
         end = iv.end
-        reports = self.reports
         k = bisect_right(reports, iv.start - 1, key=lambda r: r.at)
         while k < len(reports) and (end is None or reports[k].at < end):
             r = reports[k]
@@ -719,8 +741,13 @@ class MachineTracker:
             self._after_timeline_change(t)
 
     def _wo_at(self, t: int) -> str | None:
-        k = bisect_right(self.wo_changes, t, key=lambda c: c[0]) - 1
-        return self.wo_changes[k][2] if k >= 0 else None
+        changes = self.wo_changes
+        if not changes:
+            return None
+        if changes[-1][0] <= t:  # the usual case: the latest change is in force
+            return changes[-1][2]
+        k = bisect_right(changes, t, key=_change_t) - 1
+        return changes[k][2] if k >= 0 else None
 
     def _op_of(self, change: tuple[int, int, str | None]) -> str:
         """The operation a work-order change named ("" for none, and for an end)."""
@@ -813,13 +840,17 @@ class MachineTracker:
             or c[3] != cur.state
             or c[4] != self._wo_version
         ):
-            c = self._count_cache = self._count_context(t, cur)
+            self._drain_counts()  # the previous context's parts, into its buckets
+            c = self._count_cache = self._unsettled = self._count_context(t, cur)
         elif c[10] is not self.dirty:
-            # Kept over a flush (see flush): its hour and shift are written again.
-            self.dirty.hours.add(c[5][0])
+            # Kept over a flush (see flush): its hour, shift and work order are written again.
+            d = self.dirty
+            d.hours.add(c[5][0])
             if c[7] is not None:
-                self.dirty.shifts.add(c[5][1])  # type: ignore[arg-type]
-            c = self._count_cache = (*c[:10], self.dirty)
+                d.shifts.add(c[5][1])  # type: ignore[arg-type]
+            if c[5][4] is not None:
+                d.work_orders.add(c[5][4])
+            c = self._count_cache = self._unsettled = (*c[:10], d, c[11])
         key = (good, scrap, c[5])
         runs = self.runs
         if runs and runs[-1][0] == key:
@@ -827,14 +858,45 @@ class MachineTracker:
         else:
             runs.append((key, array("q", (t,))))
         self.last_part_t = t
+        # The buckets and work-order totals get the sums later, at once (_drain_counts).
+        acc = c[11]
+        acc[0] += good
+        acc[1] += scrap
+        acc[2] = t
+        self.good_total += good
+        self.scrap_total += scrap
+        if scrap:  # counted by the machine: no reason
+            self._scrap_add(c[5][0], UNSPECIFIED, c[5][5], scrap)
+
+    def _drain_counts(self) -> None:
+        """Add the parts counted on the hot path since the last drain to the buckets and
+        work-order totals of their count context.
+
+        Those figures only ever get sums added, and only flush reads them (snapshots
+        pickle them): adding a run of counts at once gives the same figures, so the hot
+        path keeps only sums. Drained before any other event is applied, before flush
+        and snapshots, and before the context is replaced, so every other change still
+        comes in the events' order.
+        """
+        c = self._unsettled
+        if c is None:
+            return
+        acc = c[11]
+        t = acc[2]
+        if t < 0:
+            return
+        good, scrap = acc[0], acc[1]
+        acc[0] = acc[1] = 0
+        acc[2] = -1
+        cls = c[5]
         hb, sb = c[6], c[7]
         hb.all_good += good
         hb.all_scrap += scrap
         if sb is not None:
             sb.all_good += good
             sb.all_scrap += scrap
-        if c[5][2]:  # planned
-            di = c[5][3] * (good + scrap)
+        if cls[2]:  # planned
+            di = cls[3] * (good + scrap)
             hb.good += good
             hb.scrap += scrap
             hb.ideal_us += di
@@ -842,11 +904,7 @@ class MachineTracker:
                 sb.good += good
                 sb.scrap += scrap
                 sb.ideal_us += di
-        self.good_total += good
-        self.scrap_total += scrap
-        if scrap:  # counted by the machine: no reason
-            self._scrap_add(c[5][0], UNSPECIFIED, c[5][5], scrap)
-        wo = c[5][4]
+        wo = cls[4]
         if wo is not None:  # _wo_add without its look-ups: the totals are in the context
             tw, to = c[8], c[9]
             assert tw is not None and to is not None
@@ -855,7 +913,6 @@ class MachineTracker:
             to[0] += good
             to[1] += scrap
             self.wo_seen[wo] = t
-            self.dirty.work_orders.add(wo)
 
     def _count_context(self, t: int, cur: Interval) -> CountContext:
         seg = self._seg_at(t)
@@ -879,7 +936,10 @@ class MachineTracker:
             # context first.
             tw = self.wo_parts.setdefault(wo, [0, 0])
             to = self.op_parts.setdefault(wo, {}).setdefault(op, [0, 0])
-        return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb, tw, to, self.dirty)
+            self.dirty.work_orders.add(wo)
+        acc = [0, 0, -1]  # good, scrap, and the latest time counted since the last drain
+        d = self.dirty
+        return (seg[0], end, cur, cur.state, self._wo_version, cls, hb, sb, tw, to, d, acc)
 
     def _ideal_product(self, wo: str | None, t: int) -> tuple[int, str | None]:
         """The ideal cycle time and the product of the work order at t (None: unknown)."""
@@ -1261,6 +1321,7 @@ class MachineTracker:
         keeps the hour, shift and work-order figures for a later full flush: live, a
         machine's figures are rewritten about once a second, not after every part.
         """
+        self._drain_counts()
         m = self.machine
         d = self.dirty
         last = self.last_ts
@@ -1381,6 +1442,7 @@ class MachineTracker:
         if self.hours and min(self.hours) < horizon - HOUR_US:
             # The count context holds buckets and work-order totals that this may drop
             # (kept over flushes otherwise: recomputing it costs more than a batch's counts).
+            self._drain_counts()  # (drained by flush already: its buckets stay)
             self._count_cache = None
             self.hours = {h: b for h, b in self.hours.items() if h >= horizon - HOUR_US}
             self.scrap = {h: s for h, s in self.scrap.items() if h >= horizon - HOUR_US}
@@ -1409,6 +1471,10 @@ class MachineTracker:
 
 def _start(iv: Interval) -> int:
     return iv.start
+
+
+def _change_t(c: tuple[int, int, str | None]) -> int:
+    return c[0]
 
 
 def _scrap_reason(kind: int, source: str | None) -> str:
@@ -1446,19 +1512,27 @@ def _bound(t: int) -> datetime:
     return dt
 
 
+# Rows built as tuple.__new__(RowType, values): the same rows without the Python frame
+# of a NamedTuple's __new__ (two rows per hour and shift in every flush).
+_new_row = tuple.__new__
+
+
 def _hour_row(machine: str, b: Bucket) -> HourRow:
     r = b.raw_us
-    return HourRow(
-        machine,
-        _bound(b.start),
-        r[0] / 1e6,
-        r[1] / 1e6,
-        r[2] / 1e6,
-        r[3] / 1e6,
-        r[4] / 1e6,
-        r[5] / 1e6,
-        b.all_good,
-        b.all_scrap,
+    return _new_row(
+        HourRow,
+        (
+            machine,
+            _bound(b.start),
+            r[0] / 1e6,
+            r[1] / 1e6,
+            r[2] / 1e6,
+            r[3] / 1e6,
+            r[4] / 1e6,
+            r[5] / 1e6,
+            b.all_good,
+            b.all_scrap,
+        ),
     )
 
 
@@ -1468,29 +1542,35 @@ def _kpi_rows(
     tu = b.time_us
     planned = tu[RUNNING] + tu[MICRO] + tu[IDLE] + tu[DOWN] + tu[SETUP] + tu[OFFLINE]
     start = _bound(b.start)
-    kpi = KpiRow(
-        machine,
-        kind,
-        start,
-        _bound(b.end),
-        inst.date if inst else None,
-        inst.name if inst else None,
-        planned / 1e6,
-        tu[RUNNING] / 1e6,
-        tu[MICRO] / 1e6,
-        b.micro_count,
-        tu[IDLE] / 1e6,
-        tu[DOWN] / 1e6,
-        tu[SETUP] / 1e6,
-        tu[OFFLINE] / 1e6,
-        tu[PLANNED_STOP] / 1e6,
-        b.good,
-        b.scrap,
-        b.ideal_us / 1e6,
-        b.failures,
-        b.failure_us / 1e6,
-        b.all_good,
-        b.all_scrap,
+    kpi = _new_row(
+        KpiRow,
+        (
+            machine,
+            kind,
+            start,
+            _bound(b.end),
+            inst.date if inst else None,
+            inst.name if inst else None,
+            planned / 1e6,
+            tu[RUNNING] / 1e6,
+            tu[MICRO] / 1e6,
+            b.micro_count,
+            tu[IDLE] / 1e6,
+            tu[DOWN] / 1e6,
+            tu[SETUP] / 1e6,
+            tu[OFFLINE] / 1e6,
+            tu[PLANNED_STOP] / 1e6,
+            b.good,
+            b.scrap,
+            b.ideal_us / 1e6,
+            b.failures,
+            b.failure_us / 1e6,
+            b.all_good,
+            b.all_scrap,
+        ),
     )
-    items = tuple(sorted((r, us / 1e6, stops) for r, (us, stops) in b.reasons.items()))
-    return kpi, ReasonSetRow(machine, kind, start, items)
+    reasons = b.reasons
+    items = (
+        tuple(sorted((r, us / 1e6, stops) for r, (us, stops) in reasons.items())) if reasons else ()
+    )
+    return kpi, _new_row(ReasonSetRow, (machine, kind, start, items))

@@ -1,0 +1,145 @@
+"""The machine trackers' CPU per event in a replay, and nothing else.
+
+    python -m bench.tracker_bench [--events 300000] [--machines 200] [--repeat 3]
+                                  [--batch 2000] [--cprofile N]
+                                  [--save-rows FILE] [--compare-rows FILE]
+
+Builds the scaled plant (bench/common.py `big_plant`), generates the replay history (as
+bench/replay_profile.py does), and validates it once, untimed, into what the dataflow's
+machine step receives: per input batch, each machine's events in log order
+(`Validator.grouped`). Then it times, with `time.process_time()` (CPU: the machine may be
+shared), only what the machine step does with them in a replay: fresh trackers,
+`MachineTracker.apply` of each event, then `take_late` and `flush()` per machine and
+batch, and the final flush. Prints the median of `--repeat` rounds in µs per event, with
+the load average. `--save-rows`/`--compare-rows` pickle the rows and rejections to prove
+a change gives identical results; `--cprofile N` prints the top N functions of one round.
+Everything it writes goes to a temporary folder that is removed at the end (except the
+`--save-rows` file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import pickle
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import big_plant
+from bench.replay_profile import load, make_file
+from mesflow.ingest_log import LogEntry
+from mesflow.plant import PlantConfig
+from streams.machine_tracker import MachineSpec, MachineTracker
+from streams.replay import line_records
+from streams.validate import Validator
+
+Batches = list[list[tuple[str, list[tuple[int, Any]]]]]
+
+
+def machine_batches(plant: PlantConfig, entries: list[LogEntry], batch: int) -> Batches:
+    """Per input batch: (machine, [(seq, event), ...]) as the machine step gets them."""
+    check = Validator(plant)
+    out: Batches = []
+    for i in range(0, len(entries), batch):
+        groups, _ = check.grouped(entries[i : i + batch])
+        out.append([g for g in groups if type(g) is tuple])
+    return out
+
+
+def run_once(plant: PlantConfig, batches: Batches) -> tuple[float, list[Any]]:
+    """One replay through fresh trackers: (CPU seconds of apply + flush, every row)."""
+    specs = {m: MachineSpec.from_plant(plant, m) for m in plant.machines}
+    trackers: dict[str, MachineTracker] = {}
+    rows: list[Any] = []
+    t0 = time.process_time()
+    for groups in batches:
+        for machine, events in groups:
+            tracker = trackers.get(machine)
+            if tracker is None:
+                tracker = trackers[machine] = MachineTracker(specs[machine])
+            apply = tracker.apply
+            for seq, ev in events:
+                r = apply(seq, ev)
+                if r is not None:
+                    rows.append(r)
+            rows.extend(tracker.take_late())
+            rows.extend(tracker.flush())
+    for tracker in trackers.values():
+        rows.extend(tracker.flush())
+    return time.process_time() - t0, rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--machines", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=2000, help="input batch (the replay's)")
+    parser.add_argument("--cprofile", type=int, default=0, metavar="N")
+    parser.add_argument("--save-rows", type=Path, help="pickle every row and rejection")
+    parser.add_argument("--compare-rows", type=Path, help="compare the rows with a saved pickle")
+    args = parser.parse_args()
+
+    # The dataflow's own collector settings (streams/runner.py): the figures then hold for it.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    work = Path(tempfile.mkdtemp(prefix="mesflow-tracker-bench-"))
+    try:
+        plant = big_plant(args.machines, work)
+        path = make_file(plant, args.events, work)
+        records = [r for chunk in line_records(path) for r in chunk]
+        received = datetime(2026, 12, 1, tzinfo=UTC)
+        entries = [LogEntry(i + 1, r.payload, r.error, received) for i, r in enumerate(records)]
+        batches = machine_batches(plant, entries, args.batch)
+        n = sum(len(ev) for groups in batches for _, ev in groups)
+        print(f"{args.events:,} log entries, {n:,} machine events, {len(plant.machines)} machines")
+        cpu: list[float] = []
+        rows: list[Any] = []
+        for rnd in range(args.repeat):
+            seconds, rows = run_once(plant, batches)
+            cpu.append(seconds)
+            print(f"round {rnd + 1}: {seconds / n * 1e6:.2f} us/event CPU; {load()}")
+        print(
+            f"tracker apply + flush: median {statistics.median(cpu) / n * 1e6:.2f} us/event "
+            f"CPU ({len(rows):,} rows); {load()}"
+        )
+        if args.save_rows:
+            args.save_rows.write_bytes(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+            print(f"rows saved to {args.save_rows}")
+        if args.compare_rows:
+            saved = pickle.loads(args.compare_rows.read_bytes())
+            print(f"rows identical to {args.compare_rows}: {saved == rows}")
+            if saved != rows:
+                diff = next(
+                    (i for i, (a, b) in enumerate(zip(saved, rows, strict=False)) if a != b),
+                    min(len(saved), len(rows)),
+                )
+                print(f"  first difference at row {diff} (of {len(saved)} vs {len(rows)})")
+                if diff < min(len(saved), len(rows)):
+                    print(f"  saved: {saved[diff]!r}\n  now:   {rows[diff]!r}")
+                sys.exit(1)
+        if args.cprofile:
+            prof = cProfile.Profile()
+            prof.runcall(run_once, plant, batches)
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(args.cprofile)
+            print(out.getvalue())
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
