@@ -82,6 +82,10 @@ _CLASS_OF_STATE = {
 HISTORY_US = 48 * HOUR_US
 # What a machine sends itself: the messages that tell it is connected (streams/silence.py).
 _MESSAGES = frozenset({StateEvent, CountEvent, CounterEvent})
+# Events whose first change is the machine's clock (apply: `_advance` before anything else).
+_ADVANCE_FIRST = frozenset(
+    {StateEvent, CountEvent, CounterEvent, ScrapReport, WorkOrderStartReport, WorkOrderEndReport}
+)
 # Scrap by reason and product: scrap the machine counted itself (count events, the scrap
 # counter) and scrap reports without a reason have no reason; parts made while no work
 # order with a known product was active have no product.
@@ -389,9 +393,13 @@ class MachineTracker:
             return None
         self.arrivals += 1
         order = self.arrivals
-        self._catch_up()
+        if type(ev) not in _ADVANCE_FIRST:
+            # The others move the clock first (_advance catches up, at once to their ts:
+            # crediting [a, c) or [a, b) then [b, c) gives the same figures).
+            self._catch_up()
         next_message = None  # a late message: silences after it are decided once applied
         if self.spec.silent_after_us and type(ev) in _MESSAGES:
+            self._catch_up()
             next_message = self.silence.on_message(self, t, type(ev) is StateEvent)
         rejected: Rejection | None = None
         if isinstance(ev, WorkOrderEvent):
