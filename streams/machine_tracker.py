@@ -257,7 +257,7 @@ class MachineTracker:
         self.counter_readings: dict[str, list[tuple[int, int, int]]] = {}  # (t, order, value)
         self.reports: list[Report] = []
         self.marks: list[tuple[int, int, str, str | None]] = []  # recent state events
-        # Caches for the hot path (see _seg_at, _count_now); not facts, safe to rebuild.
+        # Caches for the hot path (see _seg_at, apply); not facts, safe to rebuild.
         self._count_cache: CountContext | None = None
         # The count context whose parts may not be in its buckets yet (_drain_counts).
         self._unsettled = None
@@ -371,13 +371,59 @@ class MachineTracker:
         last = self.last_ts
         self.seq = seq
         if type(ev) is CountEvent and last is not None and t >= last and self.intervals:
-            if self.spec.silent_after_us:
+            # The hot path, inline (most events: a part, in order). The clock moves
+            # without crediting time (see _catch_up), and the classification and buckets
+            # of the previous part are reused while nothing that decides them (stretch of
+            # the hour, state, work order) has changed.
+            silent = self.spec.silent_after_us
+            if silent:
                 self.silence.on_message(self, t, False)  # in order: decides at once
-                self._count_now(t, ev.good, ev.scrap)
-                if self.refused:  # a silence (offline) may have made a stop
-                    self._take_refused()
-                return None
-            self._count_now(t, ev.good, ev.scrap)  # most events: a part, in order
+                if t > self.last_ts:  # type: ignore[operator]
+                    self.last_ts = t
+            elif t > last:
+                self.last_ts = t
+            self.arrivals += 1
+            good, scrap = ev.good, ev.scrap
+            d = self.dirty
+            d.status = True
+            cur = self.intervals[-1]
+            c = self._count_cache
+            if (
+                c is None
+                or not (c[0] <= t < c[1])
+                or c[2] is not cur
+                or c[3] != cur.state
+                or c[4] != self._wo_version
+            ):
+                self._drain_counts()  # the previous context's parts, into its buckets
+                c = self._count_cache = self._unsettled = self._count_context(t, cur)
+            elif c[10] is not d:
+                # Kept over a flush (see flush): its hour, shift and work order are
+                # written again.
+                d.hours.add(c[5][0])
+                if c[7] is not None:
+                    d.shifts.add(c[5][1])  # type: ignore[arg-type]
+                if c[5][4] is not None:
+                    d.work_orders.add(c[5][4])
+                c = self._count_cache = self._unsettled = (*c[:10], d, c[11])
+            key = (good, scrap, c[5])
+            runs = self.runs
+            if runs and runs[-1][0] == key:
+                runs[-1][1].append(t)
+            else:
+                runs.append((key, array("q", (t,))))
+            self.last_part_t = t
+            # The buckets and work-order totals get the sums later, at once (_drain_counts).
+            acc = c[11]
+            acc[0] += good
+            acc[1] += scrap
+            acc[2] = t
+            self.good_total += good
+            if scrap:  # counted by the machine: no reason
+                self.scrap_total += scrap
+                self._scrap_add(c[5][0], UNSPECIFIED, c[5][5], scrap)
+            if silent and self.refused:  # a silence (offline) may have made a stop
+                self._take_refused()
             return None
         self._drain_counts()  # every other change sees the counts so far
         refused = self._refuse(seq, ev)
@@ -827,54 +873,6 @@ class MachineTracker:
     def _change_at(self, t: int) -> int:
         """Index of the work-order change in force at t (-1: none yet)."""
         return bisect_right(self.wo_changes, t, key=lambda c: c[0]) - 1
-
-    def _count_now(self, t: int, good: int, scrap: int) -> None:
-        """The hot path: parts counted at or after the machine's latest event.
-
-        The clock moves without crediting time (see _catch_up), and the classification
-        and buckets of the previous part are reused while nothing that decides them
-        (stretch of the hour, state, work order) has changed.
-        """
-        self.arrivals += 1
-        if t > self.last_ts:  # type: ignore[operator]
-            self.last_ts = t
-        self.dirty.status = True
-        cur = self.intervals[-1]
-        c = self._count_cache
-        if (
-            c is None
-            or not (c[0] <= t < c[1])
-            or c[2] is not cur
-            or c[3] != cur.state
-            or c[4] != self._wo_version
-        ):
-            self._drain_counts()  # the previous context's parts, into its buckets
-            c = self._count_cache = self._unsettled = self._count_context(t, cur)
-        elif c[10] is not self.dirty:
-            # Kept over a flush (see flush): its hour, shift and work order are written again.
-            d = self.dirty
-            d.hours.add(c[5][0])
-            if c[7] is not None:
-                d.shifts.add(c[5][1])  # type: ignore[arg-type]
-            if c[5][4] is not None:
-                d.work_orders.add(c[5][4])
-            c = self._count_cache = self._unsettled = (*c[:10], d, c[11])
-        key = (good, scrap, c[5])
-        runs = self.runs
-        if runs and runs[-1][0] == key:
-            runs[-1][1].append(t)
-        else:
-            runs.append((key, array("q", (t,))))
-        self.last_part_t = t
-        # The buckets and work-order totals get the sums later, at once (_drain_counts).
-        acc = c[11]
-        acc[0] += good
-        acc[1] += scrap
-        acc[2] = t
-        self.good_total += good
-        self.scrap_total += scrap
-        if scrap:  # counted by the machine: no reason
-            self._scrap_add(c[5][0], UNSPECIFIED, c[5][5], scrap)
 
     def _drain_counts(self) -> None:
         """Add the parts counted on the hot path since the last drain to the buckets and
@@ -1354,19 +1352,20 @@ class MachineTracker:
         self._catch_up()
         for iv in self.dirty.intervals.values():  # is_microstop may have changed
             rows.append(self._interval_row(iv))
-        for h in sorted(d.hours):
+        # (sets of one, the usual case, are not sorted: most flushes touch one hour)
+        for h in sorted(d.hours) if len(d.hours) > 1 else d.hours:
             b = self.hours.get(h)
             if b is not None:
                 rows.append(_hour_row(m, b))
                 rows.extend(_kpi_rows(m, "hour", b, None))
-        for h in sorted(self.scrap_dirty):
+        for h in sorted(self.scrap_dirty) if len(self.scrap_dirty) > 1 else self.scrap_dirty:
             rows.append(self._scrap_row(h))
         self.scrap_dirty = set()
-        for inst in sorted(d.shifts, key=lambda s: s.start):
+        for inst in sorted(d.shifts, key=lambda s: s.start) if len(d.shifts) > 1 else d.shifts:
             b = self.shifts.get(inst)
             if b is not None:
                 rows.extend(_kpi_rows(m, "shift", b, inst))
-        for wo in sorted(d.work_orders):
+        for wo in sorted(d.work_orders) if len(d.work_orders) > 1 else d.work_orders:
             order_no = self.wo_order.get(wo)
             if order_no is None or last is None:
                 continue  # joined once the work_order event names its order
