@@ -20,7 +20,6 @@ that is removed at the end.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ from streams import order_progress
 from streams.machine_tracker import MachineSpec, MachineTracker
 from streams.records import WorkOrderParts, WorkOrderStarted
 from streams.replay import line_records
+from streams.runner import dataflow_gc
 from streams.validate import OrderInput, Validator
 
 Batches = list[tuple[str, list[Any]]]  # (order_no, the values of one on_batch call)
@@ -140,8 +140,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--against", metavar="REV", help="also time order_progress.py at REV")
     args = parser.parse_args()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)  # the dataflow's collector settings (streams/runner.py)
+    dataflow_gc()  # the dataflow's collector settings: the figures then hold for it
     work = Path(tempfile.mkdtemp(prefix="mesflow-order-bench-"))
     try:
         plant = big_plant(args.machines, work)

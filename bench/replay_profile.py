@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import inspect
 import io
 import itertools
@@ -47,6 +46,7 @@ from mesflow import events, ingest_log
 from mesflow.ingest_log import LogEntry
 from mesflow.plant import PlantConfig
 from streams.replay import line_records
+from streams.runner import dataflow_gc
 from streams.validate import Validator
 
 
@@ -263,9 +263,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    # The dataflow's own collector settings (streams/runner.py): the figures then hold for it.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    dataflow_gc()  # the dataflow's collector settings: the figures then hold for it
     work = Path(tempfile.mkdtemp(prefix="mesflow-replay-profile-"))
     try:
         plant = big_plant(args.machines, work)

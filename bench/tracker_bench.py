@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import io
 import pickle
 import pstats
@@ -42,6 +41,7 @@ from mesflow.ingest_log import LogEntry
 from mesflow.plant import PlantConfig
 from streams.machine_tracker import MachineSpec, MachineTracker
 from streams.replay import line_records
+from streams.runner import dataflow_gc
 from streams.validate import Validator
 
 Batches = list[list[tuple[str, list[tuple[int, Any]]]]]
@@ -93,9 +93,7 @@ def main() -> None:
     parser.add_argument("--compare-rows", type=Path, help="compare the rows with a saved pickle")
     args = parser.parse_args()
 
-    # The dataflow's own collector settings (streams/runner.py): the figures then hold for it.
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    dataflow_gc()  # the dataflow's collector settings: the figures then hold for it
     work = Path(tempfile.mkdtemp(prefix="mesflow-tracker-bench-"))
     try:
         plant = big_plant(args.machines, work)
