@@ -174,13 +174,6 @@ def _unnest(types: list[str], names: str, alias: str) -> str:
     return f"unnest({arrays}) AS {alias}({names})"
 
 
-def _columns(rows: list[Any], n: int) -> list[list[Any]]:
-    """The rows as n column lists: the parameters of `_unnest`."""
-    if not rows:
-        return [[] for _ in range(n)]
-    return [list(c) for c in zip(*rows, strict=True)]
-
-
 DELETE_INTERVALS = """
 DELETE FROM machine_state_interval i
 USING unnest(%s::text[], %s::timestamptz[]) AS g(machine, start_ts)
@@ -656,18 +649,19 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
 
 def _upsert(cur: psycopg.Cursor[Any], upsert: Upsert, rows: list[Any]) -> None:
     upsert.check(rows)
-    cur.execute(upsert.sql.encode(), _columns(rows, len(upsert.columns)))  # SQL: constants
+    # The SQL is built from constants.
+    cur.execute(upsert.sql.encode(), row_stores.columns(rows, len(upsert.columns)))
 
 
 def _delete_intervals(cur: psycopg.Cursor[Any], gone: list[tuple[str, Any]]) -> None:
-    cur.execute(DELETE_INTERVALS.encode(), _columns(gone, 2))
+    cur.execute(DELETE_INTERVALS.encode(), row_stores.columns(gone, 2))
 
 
 def _replace_reasons(
     cur: psycopg.Cursor[Any],
     sets: list[tuple[tuple[str, str, Any], tuple[tuple[str, float, int], ...]]],
 ) -> None:
-    cur.execute(DELETE_REASONS.encode(), _columns([key for key, _ in sets], 3))
+    cur.execute(DELETE_REASONS.encode(), row_stores.columns([key for key, _ in sets], 3))
     reason_rows = [
         (m, b, s, reason, seconds, stops)
         for (m, b, s), items in sets
@@ -688,7 +682,7 @@ def _replace_scrap(
     cur: psycopg.Cursor[Any], sets: list[tuple[tuple[str, Any], ScrapSetRow]]
 ) -> None:
     """Each machine-hour's scrap set replaced whole: one DELETE, one COPY for the batch."""
-    cur.execute(DELETE_SCRAP.encode(), _columns([key for key, _ in sets], 2))
+    cur.execute(DELETE_SCRAP.encode(), row_stores.columns([key for key, _ in sets], 2))
     rows = [
         (r.machine, r.hour_start, r.day, r.shift_name, reason, product, qty)
         for _, r in sets

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 import psycopg
 
 from mesflow.events import ProcessValueEvent
+from streams.row_stores import columns
 
 # (machine, ts, name, value): the column order of `process_value`.
 ValueRow = tuple[str, datetime, str, float]
@@ -68,5 +69,4 @@ ON CONFLICT (machine, name, minute) DO UPDATE SET
 def store(cur: psycopg.Cursor[Any], rows: list[ValueRow]) -> None:
     """Store raw values and merge them into the rollup (inside the caller's transaction).
     The rows go as one array per column, not through a staging table (pg_sink.Upsert)."""
-    columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[], [], [], []]
-    cur.execute(STORE.encode(), columns)  # built from constants
+    cur.execute(STORE.encode(), columns(rows, 4))  # built from constants

@@ -32,6 +32,14 @@ class RowStore:
     owner: Callable[[Any], tuple[str, Any]] | None = None
 
 
+def columns(rows: Sequence[Sequence[Any]], n: int) -> list[list[Any]]:
+    """The rows as n column lists: the array parameters of an
+    `INSERT … SELECT … FROM unnest(%s::t[], …)` (see streams/pg_sink.py, Upsert)."""
+    if not rows:
+        return [[] for _ in range(n)]
+    return [list(c) for c in zip(*rows, strict=True)]
+
+
 REGISTRY: dict[type, RowStore] = {}
 
 # DDL of the staging tables of every `Staged` store: run once per sink connection.
