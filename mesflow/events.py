@@ -500,28 +500,39 @@ def parse_event_reference(payload: bytes | str) -> Event:
 # tests/test_fast_validation.py checks all of this against pydantic.
 _FastId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 _FastCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)]
+# The longest time text the fast path takes: 19 characters, a fraction of at most 7 (a
+# dot and 6 digits) and a "+hh:mm" offset (see _fast_event); longer ones go to pydantic.
+_FastTime = Annotated[str, msgspec.Meta(max_length=32)]
 _UNSET = msgspec.UNSET
 _Unset = msgspec.UnsetType
 
 
-class _HotState(msgspec.Struct, tag_field="type", tag="state", forbid_unknown_fields=True):
-    ts: str
+# gc=False: a struct of text and numbers cannot be part of a reference cycle, and an
+# untracked one costs the collector nothing (it lives only until its event is built).
+class _HotState(
+    msgspec.Struct, tag_field="type", tag="state", forbid_unknown_fields=True, gc=False
+):
+    ts: _FastTime
     machine: _FastId
     state: MachineState
     id: _FastId | _Unset | None = _UNSET
     reason: _FastId | _Unset | None = _UNSET
 
 
-class _HotCount(msgspec.Struct, tag_field="type", tag="count", forbid_unknown_fields=True):
-    ts: str
+class _HotCount(
+    msgspec.Struct, tag_field="type", tag="count", forbid_unknown_fields=True, gc=False
+):
+    ts: _FastTime
     machine: _FastId
     id: _FastId | _Unset | None = _UNSET
     good: _FastCount | _Unset = _UNSET
     scrap: _FastCount | _Unset = _UNSET
 
 
-class _HotCounter(msgspec.Struct, tag_field="type", tag="counter", forbid_unknown_fields=True):
-    ts: str
+class _HotCounter(
+    msgspec.Struct, tag_field="type", tag="counter", forbid_unknown_fields=True, gc=False
+):
+    ts: _FastTime
     machine: _FastId
     name: Literal["total", "scrap"]
     value: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNTER)]
@@ -529,9 +540,9 @@ class _HotCounter(msgspec.Struct, tag_field="type", tag="counter", forbid_unknow
 
 
 class _HotProcessValue(
-    msgspec.Struct, tag_field="type", tag="process_value", forbid_unknown_fields=True
+    msgspec.Struct, tag_field="type", tag="process_value", forbid_unknown_fields=True, gc=False
 ):
-    ts: str
+    ts: _FastTime
     machine: _FastId
     # float takes a JSON integer, as a float (so does pydantic's strict float).
     values: Annotated[dict[str, float], msgspec.Meta(min_length=1, max_length=MAX_PROCESS_VALUES)]
@@ -543,18 +554,31 @@ _decode_hot = msgspec.json.Decoder(_HotState | _HotCount | _HotCounter | _HotPro
 _PROCESS_VALUE_NAME = re.compile(PROCESS_VALUE_NAME.removeprefix("^").removesuffix("$"))
 _FAST_NAMES: set[str] = set()  # process value names seen valid (a plant has few)
 _MAX_NAMES = 4096
-# A count event's fields set, by which optional fields it has (id 1, good 2, scrap 4).
-_COUNT_FIELDS = tuple(
-    frozenset(
-        {"ts", "machine", "type"}
-        | ({"id"} if shape & 1 else set())
-        | ({"good"} if shape & 2 else set())
-        | ({"scrap"} if shape & 4 else set())
+
+
+def _shapes(base: set[str], optional: tuple[str, ...]) -> tuple[set[str], ...]:
+    """The fields sets of a model by which optional fields the input has (bit i: the
+    i-th of `optional`), made once: the fast path's models share them. Sharing is safe:
+    these models are frozen (pydantic refuses assignment before it would add to the set),
+    and model_copy gives a copy its own set before it adds the updated fields."""
+    return tuple(
+        base | {name for i, name in enumerate(optional) if shape >> i & 1}
+        for shape in range(1 << len(optional))
     )
-    for shape in range(8)
-)
+
+
+# Fields sets by shape: id 1, then good 2 and scrap 4 (count), reason 2 (state).
+_COUNT_FIELDS = _shapes({"ts", "machine", "type"}, ("id", "good", "scrap"))
+_STATE_FIELDS = _shapes({"ts", "machine", "type", "state"}, ("id", "reason"))
+_COUNTER_FIELDS = _shapes({"ts", "machine", "type", "name", "value"}, ("id",))
+_PROCESS_VALUE_FIELDS = _shapes({"ts", "machine", "type", "values"}, ("id",))
 _new = object.__new__
-_set_attr = object.__setattr__
+# BaseModel's own slot setters, called directly: ~half the cost of object.__setattr__,
+# which looks the descriptor up by name on every call.
+_set_dict = vars(BaseModel)["__dict__"].__set__
+_set_fields = vars(BaseModel)["__pydantic_fields_set__"].__set__
+_set_extra = vars(BaseModel)["__pydantic_extra__"].__set__
+_set_private = vars(BaseModel)["__pydantic_private__"].__set__
 
 
 def _fast_event(payload: bytes | str) -> Event | None:
@@ -571,14 +595,13 @@ def _fast_event(payload: bytes | str) -> Event | None:
     # fromisoformat's time), to the same datetime. It also takes two forms the rule
     # refuses, left to pydantic here: an offset without its colon (+0800), and more than
     # 6 digits of fraction (msgspec rounds them, fromisoformat truncates). Without them
-    # the text is 19 characters, a fraction of at most 7 and the offset (1 or 6).
+    # the text is 19 characters, a fraction of at most 7 and the offset: "+hh:mm" (at
+    # most 32 characters, _FastTime) or "Z" (at most 27).
     ts = hot.ts
-    last = ts[-1:]
-    if last == "Z" or last == "z":
-        if len(ts) > 27:
+    if ts[-3:-2] != ":":
+        last = ts[-1:]
+        if (last != "Z" and last != "z") or len(ts) > 27:
             return None
-    elif ts[-3:-2] != ":" or len(ts) > 32:
-        return None
     try:
         t = _to_datetime(ts, datetime)
     except msgspec.ValidationError:
@@ -589,17 +612,19 @@ def _fast_event(payload: bytes | str) -> Event | None:
     id_ = hot.id
     if "\x00" in machine:
         return None
+    if id_ is _UNSET:
+        id_ = None
+        shape = 0
+    else:
+        if id_ is not None and "\x00" in id_:
+            return None
+        shape = 1
     kind = type(hot)
-    if kind is _HotCount:  # most events: their fields set from a table, values at once
+    values: dict[str, Any]
+    cls: type[BaseModel]
+    if kind is _HotCount:  # most events: first, past the other branches' tests
         good = hot.good
         scrap = hot.scrap
-        if id_ is _UNSET:
-            id_ = None
-            shape = 0
-        else:
-            if id_ is not None and "\x00" in id_:
-                return None
-            shape = 1
         if good is _UNSET:
             good = 0
         else:
@@ -608,45 +633,30 @@ def _fast_event(payload: bytes | str) -> Event | None:
             scrap = 0
         else:
             shape |= 4
-        count = _new(CountEvent)
-        _set_attr(
-            count,
-            "__dict__",
-            {"ts": t, "id": id_, "machine": machine, "type": "count", "good": good, "scrap": scrap},
-        )
-        _set_attr(count, "__pydantic_fields_set__", set(_COUNT_FIELDS[shape]))
-        _set_attr(count, "__pydantic_extra__", None)
-        _set_attr(count, "__pydantic_private__", None)
-        return count
-    fields = {"ts", "machine", "type"}  # the fields the input set (pydantic's fields_set)
-    if id_ is _UNSET:
-        id_ = None
-    else:
-        fields.add("id")
-        if id_ is not None and "\x00" in id_:
-            return None
-    values: dict[str, Any]
-    cls: type[BaseModel]
-    if kind is _HotState:
+        cls = CountEvent
+        values = {"ts": t, "id": id_, "machine": machine, "type": "count"}
+        values["good"] = good
+        values["scrap"] = scrap
+        fields = _COUNT_FIELDS[shape]
+    elif kind is _HotState:
         reason = hot.reason
-        fields.add("state")
         if reason is _UNSET:
             reason = None
         else:
-            fields.add("reason")
+            shape |= 2
             if reason is not None and "\x00" in reason:
                 return None
         cls = StateEvent
         values = {"ts": t, "id": id_, "machine": machine, "type": "state"}
         values["state"] = hot.state
         values["reason"] = reason
+        fields = _STATE_FIELDS[shape]
     elif kind is _HotCounter:
-        fields.add("name")
-        fields.add("value")
         cls = CounterEvent
         values = {"ts": t, "id": id_, "machine": machine, "type": "counter"}
         values["name"] = hot.name
         values["value"] = hot.value
+        fields = _COUNTER_FIELDS[shape]
     else:
         numbers = hot.values
         for name in numbers:
@@ -656,18 +666,19 @@ def _fast_event(payload: bytes | str) -> Event | None:
                 if len(_FAST_NAMES) >= _MAX_NAMES:
                     _FAST_NAMES.clear()
                 _FAST_NAMES.add(name)
-        fields.add("values")
         cls = ProcessValueEvent
         values = {"ts": t, "id": id_, "machine": machine, "type": "process_value"}
         values["values"] = numbers
+        fields = _PROCESS_VALUE_FIELDS[shape]
     # What pydantic's validator leaves in an instance (its model_construct does the same,
     # ~4x slower): the field values in declaration order (the dicts above), the fields
-    # the input set, no extra values (extra="ignore"), no private attributes.
+    # the input set (a shared set, _shapes), no extra values (extra="ignore"), no private
+    # attributes.
     model = _new(cls)
-    _set_attr(model, "__dict__", values)
-    _set_attr(model, "__pydantic_fields_set__", fields)
-    _set_attr(model, "__pydantic_extra__", None)
-    _set_attr(model, "__pydantic_private__", None)
+    _set_dict(model, values)
+    _set_fields(model, fields)
+    _set_extra(model, None)
+    _set_private(model, None)
     return model  # type: ignore[return-value]
 
 
