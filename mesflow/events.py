@@ -634,9 +634,14 @@ def _fast_event(payload: bytes | str) -> Event | None:
         else:
             shape |= 4
         cls = CountEvent
-        values = {"ts": t, "id": id_, "machine": machine, "type": "count"}
-        values["good"] = good
-        values["scrap"] = scrap
+        values = {
+            "ts": t,
+            "id": id_,
+            "machine": machine,
+            "type": "count",
+            "good": good,
+            "scrap": scrap,
+        }
         fields = _COUNT_FIELDS[shape]
     elif kind is _HotState:
         reason = hot.reason
@@ -647,15 +652,25 @@ def _fast_event(payload: bytes | str) -> Event | None:
             if reason is not None and "\x00" in reason:
                 return None
         cls = StateEvent
-        values = {"ts": t, "id": id_, "machine": machine, "type": "state"}
-        values["state"] = hot.state
-        values["reason"] = reason
+        values = {
+            "ts": t,
+            "id": id_,
+            "machine": machine,
+            "type": "state",
+            "state": hot.state,
+            "reason": reason,
+        }
         fields = _STATE_FIELDS[shape]
     elif kind is _HotCounter:
         cls = CounterEvent
-        values = {"ts": t, "id": id_, "machine": machine, "type": "counter"}
-        values["name"] = hot.name
-        values["value"] = hot.value
+        values = {
+            "ts": t,
+            "id": id_,
+            "machine": machine,
+            "type": "counter",
+            "name": hot.name,
+            "value": hot.value,
+        }
         fields = _COUNTER_FIELDS[shape]
     else:
         numbers = hot.values
@@ -667,8 +682,13 @@ def _fast_event(payload: bytes | str) -> Event | None:
                     _FAST_NAMES.clear()
                 _FAST_NAMES.add(name)
         cls = ProcessValueEvent
-        values = {"ts": t, "id": id_, "machine": machine, "type": "process_value"}
-        values["values"] = numbers
+        values = {
+            "ts": t,
+            "id": id_,
+            "machine": machine,
+            "type": "process_value",
+            "values": numbers,
+        }
         fields = _PROCESS_VALUE_FIELDS[shape]
     # What pydantic's validator leaves in an instance (its model_construct does the same,
     # ~4x slower): the field values in declaration order (the dicts above), the fields
