@@ -427,6 +427,31 @@ def _report(
         )
         + f"  (after {args.warmup:.0f} s warm-up; target p99 <= 500 ms) | {load_average()}"
     )
+    # Where the tail is: the same rows from the ingest log's transaction start (so without
+    # the broker and the collector), and the seconds whose rows waited longest: a period
+    # in them (every 10 s: the recovery snapshot; every second: the figures) names the cause.
+    ingest_to_row = (
+        "SELECT EXTRACT(EPOCH FROM i.first_seen_at - l.received_at) * 1000 AS lat, "
+        "i.first_seen_at AS seen "
+        "FROM machine_state_interval i JOIN ingest_log l "
+        "ON l.source LIKE 'mqtt:%%' AND convert_from(l.payload, 'UTF8')::jsonb->>'machine' = i.machine "
+        "AND (convert_from(l.payload, 'UTF8')::jsonb->>'ts')::timestamptz = i.start_ts "
+        "AND convert_from(l.payload, 'UTF8')::jsonb->>'type' = 'state' "
+        "WHERE i.start_ts >= to_timestamp(%s)"
+    )
+    print(
+        "latency ingest log -> state interval row (the dataflow and its writer): "
+        + percentiles(conn, f"SELECT lat FROM ({ingest_to_row}) r", (warm,))
+    )
+    slow = conn.execute(
+        f"""SELECT to_char(date_trunc('second', seen), 'HH24:MI:SS'), count(*), max(lat)
+            FROM ({ingest_to_row}) r GROUP BY 1 ORDER BY 3 DESC LIMIT 10""",
+        (warm,),
+    ).fetchall()
+    print(
+        "slowest seconds (row written at, rows, worst ms): "
+        + ", ".join(f"{at} {n} {float(worst):.0f}" for at, n, worst in slow)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,7 @@ alert step, whose AlertRow steps join the results for the sink.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 import zlib
@@ -72,8 +73,10 @@ from streams.records import (
 from streams.sequencer import Keyed as SeqKeyed
 from streams.sequencer import Sequencer
 from streams.silence import live_check, live_due
-from streams.tracker_snapshot import TrackerSnapshots, decode
+from streams.tracker_snapshot import TrackerSnapshots, decode, restore_runs
 from streams.validate import OrderInput, Validator
+
+log = logging.getLogger(__name__)
 
 Keyed = tuple[int, MachineEvent | WorkOrderEvent]
 Out = Row | Rejection
@@ -104,8 +107,9 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         # Bytewax hands the builder only the resume state, not the key: a new tracker is
         # made on the first batch, whose events name the machine.
         self.tracker: MachineTracker | None = decode(resume) if resume else None
-        # Snapshots re-encode only what changed since the last (streams/tracker_snapshot.py).
-        self.snapshots = TrackerSnapshots()
+        # Snapshots re-encode only what changed since the last, and with the log at hand
+        # leave the lateness buffer's part times in it (streams/tracker_snapshot.py).
+        self.snapshots = TrackerSnapshots(lean=late is not None)
         self.plant = plant
         self.throttle = throttle
         self.next_full: datetime | None = None  # wall clock: when figures are due
@@ -117,8 +121,40 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         self.checkpoint_wall = float("-inf")
         if self.tracker is not None:
             self._refresh_reasons(self.tracker)
+            if self.tracker.runs_log is not None:
+                self._restore_runs(self.tracker)
             if self.tracker.late_from is not None:  # resumed with a rebuild pending
                 self._late_seen()
+
+    def _restore_runs(self, tracker: MachineTracker) -> None:
+        """The part times a lean snapshot left in the log, read back; if they do not add
+        up (the log or the plant changed under it), the machine is rebuilt from its
+        checkpoint instead, as for late data."""
+        if self.late is None:
+            raise RuntimeError(
+                f"{tracker.machine}: the snapshot needs the ingest log to resume (a database)"
+            )
+        where = tracker.runs_log
+        assert where is not None
+        started = time.monotonic()
+        events = self.late.machine_events(tracker.machine, where[0], where[1])
+        if restore_runs(tracker, events):
+            log.info(
+                "%s: %d part times read back from the log in %.2f s",
+                tracker.machine,
+                where[3],
+                time.monotonic() - started,
+            )
+            return
+        log.warning(
+            "%s: the snapshot's %d part times are not in the log as recorded; "
+            "rebuilding the machine from its checkpoint",
+            tracker.machine,
+            where[3],
+        )
+        tracker.runs_log = None
+        pending = tracker.late_from
+        tracker.late_from = where[2] if pending is None else min(pending, where[2])
 
     def _refresh_reasons(self, tracker: MachineTracker) -> None:
         # A reason added to the plant file applies from the next start (and to re-queued

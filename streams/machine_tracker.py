@@ -222,6 +222,14 @@ class MachineTracker:
     status_sent: tuple[int, str, str | None, str | None] | None = None
     # A cache (see _drain_counts); a class default like the fields above.
     _unsettled: CountContext | None = None
+    # (log seq, clock) after a flush, one per eighth of the allowed lateness of event time:
+    # every count of this machine logged at or before such a seq is at or before its
+    # clock. A lean snapshot (streams/tracker_snapshot.py) leaves `runs` out and names the
+    # log range they are in from these; a class default, always replaced, never changed.
+    seq_marks: tuple[tuple[int, int], ...] = ()
+    # Set on a tracker decoded from a lean snapshot until its runs are read back from the
+    # log: (after seq, up to seq, earliest part time, number of part times).
+    runs_log: tuple[int, int, int, int] | None = None
 
     def __init__(self, spec: MachineSpec) -> None:
         self.spec = spec
@@ -1385,7 +1393,22 @@ class MachineTracker:
         self.dirty = _Dirty()
         self._settle()
         self._forget_old()
+        self._mark_seq()
         return rows
+
+    def _mark_seq(self) -> None:
+        last = self.last_ts
+        if last is None:
+            return
+        marks = self.seq_marks
+        if not marks or last - marks[-1][1] >= max(self.spec.lateness_us // 8, 1_000_000):
+            # Those more than twice the lateness behind go: a snapshot needs one before
+            # its earliest part time, which settles at one lateness behind the clock.
+            keep = last - 2 * self.spec.lateness_us
+            k = 0
+            while k + 1 < len(marks) and marks[k + 1][1] < keep:
+                k += 1
+            self.seq_marks = (*marks[k:], (self.seq, last))
 
     def _scrap_row(self, hour: int) -> ScrapSetRow:
         inst = self.spec.calendar.shift_at(hour)

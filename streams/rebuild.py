@@ -386,6 +386,9 @@ class LateStore:
             chosen, result = self._attempt(old, cps, log_rows, work_orders=False)
         except LateInRebuild:
             chosen, result = self._attempt(old, cps, log_rows, work_orders=True)
+        # The old marks are facts about the log; the replay's own, made in event order,
+        # are not (their seqs go back and forth).
+        result.tracker.seq_marks = old.seq_marks
         self._retrying(
             "late events",
             lambda c: c.execute(
@@ -446,6 +449,11 @@ class LateStore:
         return chosen, replay_events(
             base, events, old.seq, old_starts, list(old.hours), list(old.shifts)
         )
+
+    def machine_events(self, machine: str, after: int, upto: int) -> list[Keyed]:
+        """The machine's events with after < seq <= upto, parsed as the live path does
+        (a lean snapshot's part times are read back from them)."""
+        return self._events(machine, after, upto)
 
     def _events(self, machine: str, after: int, upto: int) -> list[Keyed]:
         """The machine's events with after < seq <= upto, parsed as the live path does."""
