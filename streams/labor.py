@@ -150,6 +150,8 @@ class LaborState:
     routings: dict[str, Route] = field(default_factory=dict)
 
 
+_UNKNOWN = -(2**63)  # below every time in us
+
 # -- shifts --------------------------------------------------------------------------------------
 
 
@@ -206,6 +208,9 @@ class Labor:
         self.max_us = int(plant.labor.max_sign_in_hours * HOUR_US)
         self.plant_routes = plant_routes(plant)
         self._out: dict[tuple[Any, ...], LaborRow] = {}
+        # At most every person's next cut (not state: unknown, so asked, after a restart).
+        # Each floor report moves everyone's bookings on (tick): most find nothing due.
+        self._soonest = _UNKNOWN
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -236,9 +241,13 @@ class Labor:
 
     def tick(self, t: int) -> None:
         """Book every open piece up to `t`: cuts at shift boundaries and expiries <= t."""
-        for name, p in self.state.people.items():
+        if t < self._soonest:
+            return
+        people = self.state.people
+        for name, p in people.items():
             if p.next_cut <= t:  # people are independent: any order gives the same rows
                 self._advance(name, t, move_clock=False)
+        self._soonest = min((p.next_cut for p in people.values()), default=NEVER)
 
     def anyone_signed_in(self) -> bool:
         return any(p.next_cut < NEVER for p in self.state.people.values())
@@ -316,8 +325,11 @@ class Labor:
         else:
             self.state.runs[station] = run
         wo, op = (run.work_order, run.operation) if run else ("", "")
-        for name in sorted(self.state.people):
-            p = self.state.people[name]
+        people = self.state.people
+        # Only the people signed in here, in name order (not the whole plant's people
+        # sorted at every wo_start): one person's bookings never change another's pieces.
+        for name in sorted(n for n, p in people.items() if station in p.pieces):
+            p = people[name]
             pc = p.pieces.get(station)
             if pc is None:
                 continue
@@ -346,9 +358,10 @@ class Labor:
         pc.start, pc.shift_date, pc.shift_name = start, slot.shift_date, slot.shift_name
         pc.bound, pc.expires = (expiry, True) if expiry <= slot.end else (slot.end, False)
 
-    @staticmethod
-    def _renext(p: Person) -> None:
-        p.next_cut = min((pc.bound for pc in p.pieces.values()), default=NEVER)
+    def _renext(self, p: Person) -> None:
+        p.next_cut = nxt = min((pc.bound for pc in p.pieces.values()), default=NEVER)
+        if nxt < self._soonest:
+            self._soonest = nxt
 
     def _advance(self, name: str, t: int, move_clock: bool) -> None:
         """Cut the person's pieces at every shift boundary and expiry up to t, in order."""
