@@ -434,6 +434,9 @@ class MachineTracker:
                 self._take_refused()
             return None
         self._drain_counts()  # every other change sees the counts so far
+        if last is None and not self.seq_marks:
+            # The first event: every part the tracker will keep is logged after it.
+            self.seq_marks = ((seq - 1, -(1 << 62)),)
         refused = self._refuse(seq, ev)
         if refused is not None:
             return refused

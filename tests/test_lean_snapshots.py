@@ -140,10 +140,23 @@ def test_part_times_missing_from_the_log_are_refused_not_guessed() -> None:
     assert part_times(restored) == part_times(tr)
 
 
-def test_without_a_mark_old_enough_the_snapshot_keeps_the_times() -> None:
-    log = busy_log()[:40]  # a fresh machine: its first mark is after its first parts
+def test_a_fresh_machine_is_lean_from_its_first_event() -> None:
+    log = busy_log()[:40]
     tr = tracker()
     apply(tr, TrackerSnapshots(), log, 40)
+    assert lean_runs(tr) == (
+        0,
+        40,
+        min(ts[0] for _, ts in tr.runs),
+        sum(map(len, (r[1] for r in tr.runs))),
+    )
+
+
+def test_without_a_mark_old_enough_the_snapshot_keeps_the_times() -> None:
+    log = busy_log()[:40]
+    tr = tracker()
+    apply(tr, TrackerSnapshots(), log, 40)
+    tr.seq_marks = ((40, tr.last_ts or 0),)  # as resumed from a snapshot before the marks
     assert tr.runs and lean_runs(tr) is None
     restored = decode(TrackerSnapshots(lean=True).encode(tr))
     assert restored is not None and restored.runs_log is None
