@@ -6,12 +6,12 @@ two thirds of 33 KB, for a machine of the demo plant after a day). Almost none o
 change between two snapshots: only the open one, the one just closed, and a stop whose
 reason an operator reported.
 
-So the intervals are encoded per five minutes of their start (SLICE_US), and a slice's
-encoding is reused while none of its intervals changed. What changed is known from the rows the tracker
+So the intervals are encoded in pieces (an hour of their start, at most PIECE intervals),
+and a piece's encoding is reused while none of its intervals changed. What changed is known from the rows the tracker
 emitted: every field of an interval (but its planned-time cache) is a column of its
 IntervalRow, and a change it did not emit would be a wrong figure on the boards already.
-`note()` takes those rows; a slice is encoded again when one of its intervals was written
-or deleted, or when the slice's intervals are not the ones encoded (history forgotten).
+`note()` takes those rows; a piece is encoded again when one of its intervals was written
+or deleted, or when the piece's intervals are not the ones encoded (history forgotten).
 A rebuilt tracker (late data) is a new object: nothing cached is reused for it.
 
 Intervals, hour buckets and reason reports pickle as tuples (copyreg, below): slotted dataclasses pickle
@@ -37,11 +37,15 @@ from streams.hour_clock import HOUR_US, to_us
 from streams.machine_tracker import Interval, MachineSpec, MachineTracker, Report, Run
 from streams.records import IntervalDelete, IntervalRow
 
-# Intervals are encoded in slices of their start time: a change re-encodes its slice only (a
-# press changing state every few seconds has hundreds of intervals in an hour).
-SLICE_US = HOUR_US // 12
+# Intervals are encoded in pieces of an hour of their start and at most PIECE intervals: a
+# change re-encodes its piece only (a press changing state every second has thousands in
+# the open hour; a usual one a few, one piece an hour).
+PIECE = 64
 
 FORMAT = 2  # (FORMAT, spec bytes, the rest of the state, interval chunks); 1: a pickled tracker
+# The same, its part times left in the log (`runs_log`): a number an older mesflow refuses
+# instead of resuming without them.
+LEAN_FORMAT = 3
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -75,8 +79,8 @@ class TrackerSnapshots:
 
     def __init__(self, lean: bool = False) -> None:
         self._tracker: MachineTracker | None = None
-        self._chunks: dict[int, Chunk] = {}  # by slice of the intervals' start
-        self._changed: set[int] = set()  # slices with an interval written since the last encode
+        self._chunks: dict[int, Chunk] = {}  # by their first interval's start
+        self._changed: set[int] = set()  # starts of the intervals written since the last encode
         self._spec: tuple[MachineSpec, bytes] | None = None
         self.encoded = 0
         self.lean = lean
@@ -86,7 +90,7 @@ class TrackerSnapshots:
         for r in rows:
             t = type(r)
             if t is IntervalRow or t is IntervalDelete:
-                changed.add(to_us(r.start_ts) // SLICE_US)
+                changed.add(to_us(r.start_ts))
 
     def encode(self, tracker: MachineTracker) -> bytes:
         if tracker.dirty.intervals or tracker.dirty.deleted:
@@ -97,11 +101,13 @@ class TrackerSnapshots:
         if tracker is not self._tracker:
             self._tracker, self._chunks = tracker, {}
         state = tracker.__getstate__()
+        fmt = FORMAT
         if self.lean:
             where = lean_runs(tracker)
             if where is not None:
                 state["runs"] = []
                 state["runs_log"] = where
+                fmt = LEAN_FORMAT
         intervals = tracker.intervals
         del state["intervals"]
         spec: MachineSpec = tracker.spec
@@ -115,27 +121,33 @@ class TrackerSnapshots:
         i, n = 0, len(starts)
         while i < n:
             first = starts[i]
-            hour = first // SLICE_US
-            c = old.get(hour)
-            if c is not None and hour not in changed and c[1] == first:
-                j = i + c[0]  # the same intervals as encoded: reuse (a check per slice)
-                if j <= n and starts[j - 1] == c[2] and (j == n or starts[j] // SLICE_US != hour):
-                    chunks[hour] = c
+            hour = first // HOUR_US
+            c = old.get(first)
+            if c is not None:
+                j = i + c[0]  # the same intervals as encoded, none written since: reuse
+                last = c[2]
+                if (
+                    j <= n
+                    and starts[j - 1] == last
+                    and (c[0] == PIECE or j == n or starts[j] // HOUR_US != hour)
+                    and not any(first <= x <= last for x in changed)
+                ):
+                    chunks[first] = c
                     i = j
                     continue
             j = i + 1
-            while j < n and starts[j] // SLICE_US == hour:
+            while j < n and j - i < PIECE and starts[j] // HOUR_US == hour:
                 j += 1
             fields = [
                 (iv.start, iv.end, iv.state, iv.state_reason, iv.work_order, iv.reason)
                 for iv in intervals[i:j]
             ]
-            chunks[hour] = (j - i, first, starts[j - 1], pickle.dumps(fields, protocol=_PROTOCOL))
+            chunks[first] = (j - i, first, starts[j - 1], pickle.dumps(fields, protocol=_PROTOCOL))
             self.encoded += j - i
             i = j
         self._chunks, self._changed = chunks, set()
         return pickle.dumps(
-            (FORMAT, cached[1], state, [c[3] for c in chunks.values()]), protocol=_PROTOCOL
+            (fmt, cached[1], state, [c[3] for c in chunks.values()]), protocol=_PROTOCOL
         )
 
 
@@ -212,7 +224,8 @@ def decode(data: bytes) -> MachineTracker | None:
     if obj is None or isinstance(obj, MachineTracker):
         return obj
     fmt, spec, state, chunks = obj
-    assert fmt == FORMAT, f"unknown tracker snapshot format {fmt}"
+    if fmt not in (FORMAT, LEAN_FORMAT):
+        raise ValueError(f"unknown tracker snapshot format {fmt} (from a newer mesflow?)")
     intervals: list[Interval] = []
     for chunk in chunks:
         for fields in pickle.loads(chunk):

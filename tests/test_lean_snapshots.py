@@ -118,6 +118,8 @@ def test_the_lean_snapshot_is_small_and_names_the_log_range() -> None:
     lean = TrackerSnapshots(lean=True).encode(tr)
     full = TrackerSnapshots().encode(tr)
     assert pickle.loads(full)[2]["runs"] and not pickle.loads(lean)[2]["runs"]
+    # An older mesflow (format 2 only) refuses it rather than resume without the times.
+    assert pickle.loads(full)[0] == 2 and pickle.loads(lean)[0] == 3
     assert len(lean) < len(full)
 
 

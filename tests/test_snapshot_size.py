@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.settings import REPO_ROOT
-from streams.hour_clock import to_us
+from streams.hour_clock import HOUR_US, to_us
 from streams.machine_tracker import MachineSpec, MachineTracker
 from streams.records import IntervalRow
-from streams.tracker_snapshot import SLICE_US, TrackerSnapshots, decode
+from streams.tracker_snapshot import PIECE, TrackerSnapshots, decode
 
 PLANT: PlantConfig = load_plant_config(REPO_ROOT / "config" / "plant.example.yaml")
 T0 = datetime.fromisoformat("2026-11-19T06:00:00+08:00")
@@ -132,7 +132,7 @@ def best_of(n: int, fn: Any) -> float:
     return best
 
 
-def test_after_one_event_a_snapshot_encodes_one_slice_not_the_history() -> None:
+def test_after_one_event_a_snapshot_encodes_one_piece_not_the_history() -> None:
     events = history(40)
     tr, snaps = tracker(), TrackerSnapshots()
     feed(tr, snaps, events[:-1], 1)
@@ -142,10 +142,12 @@ def test_after_one_event_a_snapshot_encodes_one_slice_not_the_history() -> None:
     rows = feed(tr, snaps, events[-1:], len(events))
     before = snaps.encoded
     small = snaps.encode(tr)
-    # Only the slices (five minutes) of the intervals the event changed are encoded again.
-    slices = {to_us(r.start_ts) // SLICE_US for r in rows if type(r) is IntervalRow}
-    assert 1 <= len(slices) <= 2
-    again = [iv for iv in tr.intervals if iv.start // SLICE_US in slices]
+    # Only the pieces (an hour, at most PIECE intervals) of the intervals the event changed
+    # are encoded again.
+    hours = {to_us(r.start_ts) // HOUR_US for r in rows if type(r) is IntervalRow}
+    assert 1 <= len(hours) <= 2
+    again = [iv for iv in tr.intervals if iv.start // HOUR_US in hours]
+    assert len(again) <= 2 * PIECE
     assert snaps.encoded - before == len(again) < 0.05 * len(tr.intervals)
     assert abs(len(small) - len(full)) < 2_000  # the bytes still hold the whole state
     # Time: a snapshot after one event costs a fraction of encoding it all again (or of
@@ -160,7 +162,7 @@ def test_after_one_event_a_snapshot_encodes_one_slice_not_the_history() -> None:
     assert incremental < 0.5 * plain_pickle, (incremental, plain_pickle)
 
 
-def test_a_reason_for_an_old_stop_encodes_that_slice_again() -> None:
+def test_a_reason_for_an_old_stop_encodes_that_piece_again() -> None:
     events = history(30, seed=2)
     tr, snaps = tracker(), TrackerSnapshots()
     feed(tr, snaps, events, 1)
