@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import pydantic
 
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings, get_settings
@@ -77,6 +78,15 @@ class _Main(click.Group):
         except psycopg.Error as err:  # e.g. a missing privilege: still one line, no trace
             first = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), "")
             raise click.ClickException(f"database: {first or type(err).__name__}") from None
+        except pydantic.ValidationError as err:
+            if err.title != "Settings":
+                raise
+            # A bad MESFLOW_* value: one line per variable, no traceback.
+            lines = [
+                f"MESFLOW_{str(e['loc'][0]).upper()}={e.get('input')!r}: {e['msg']}"
+                for e in err.errors()
+            ]
+            raise click.ClickException("settings: " + "; ".join(lines)) from None
         except RuntimeError as err:
             from mesflow.db import MigrationError
             from mesflow.resources import MissingResource
@@ -203,6 +213,7 @@ def run_component(
             settings.snapshot_seconds,
             alerts=alerts,
             cluster=cluster,
+            poll_ms=settings.log_poll_ms,
         )
     elif component == "dashboard":
         from dashboards.app import serve

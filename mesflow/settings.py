@@ -89,10 +89,14 @@ class Settings(BaseSettings):
         description="the boards' address as people reach it: links in alert messages",
     )
     # Bytewax snapshot interval: bounds the work replayed after a crash. Each snapshot
-    # writes every busy machine's whole state (its lateness buffer: up to ~30 MB for 200
-    # machines at 10,000 events/s) while the flow waits: 10 s, not 2 s, kept the p99
-    # latency at 10,000 events/s under 500 ms (docs/performance.md).
+    # writes every busy machine's state while the flow waits (its recent part times stay
+    # in the log: tracker_snapshot.lean_runs): 10 s, not 2 s, keeps those pauses rare
+    # (docs/performance.md).
     snapshot_seconds: float = 10.0
+    # How often a caught-up dataflow reads new log rows: each read is a batch, and each
+    # batch costs every machine in it a step through the flow. 20 ms: the lowest latency;
+    # 60 ms: about a quarter less dataflow CPU at 5,000 events/s, 25 ms more latency.
+    log_poll_ms: float = Field(default=20.0, gt=0, le=10_000, description="log poll, ms")
     # The dataflow as a Bytewax cluster (docs/scale-out.md): how many processes, this one's
     # id (0..N-1), and every process's host:port separated by ';' (empty: localhost:2101..).
     dataflow_processes: int = Field(default=1, ge=1, description="dataflow processes")
