@@ -414,6 +414,29 @@ def dataflow_position(url: str) -> int:
     return count(url, "SELECT COALESCE(max(last_seq), 0) FROM dataflow_progress")
 
 
+def start_dataflow(env: dict[str, str], log: Path) -> Mesflow:
+    """`mesflow run dataflow`, once it follows the ingest log."""
+    proc = Mesflow("run", "dataflow", env=env, log=log)
+    wait_until(
+        lambda: "following the ingest log" in proc.output() or not proc.alive(),
+        timeout=60,  # generous: a loaded 2-core machine starts Bytewax slowly
+        what="the dataflow to start",
+    )
+    assert proc.alive(), proc.output()
+    return proc
+
+
+def caught_up(url: str, proc: Mesflow, timeout: float = 60) -> None:
+    """Wait until the dataflow has taken in the whole log, then for its figures timer."""
+
+    def done() -> bool:
+        assert proc.alive(), proc.output()
+        return dataflow_position(url) >= log_position(url)
+
+    wait_until(done, timeout=timeout, what="the dataflow to catch up")
+    time.sleep(1.5)  # the throttled figures follow within a second
+
+
 def copy_log(src_url: str, dst_url: str) -> int:
     """Copy the ingest log, seq for seq, into an empty migrated database; its last seq."""
     with psycopg.connect(src_url) as src, psycopg.connect(dst_url) as dst:

@@ -25,6 +25,7 @@ from tests.helpers import (
     SHANGHAI,
     Mesflow,
     OwnPostgres,
+    caught_up,
     clean_replay,
     count,
     dataflow_position,
@@ -34,6 +35,7 @@ from tests.helpers import (
     log_position,
     mesflow_env,
     random_events,
+    start_dataflow,
     table_snapshot,
     wait_until,
 )
@@ -52,26 +54,10 @@ def _events(machines: list[str], n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _dataflow(url: str, tmp_path: Path) -> Mesflow:
-    env = mesflow_env(url, tmp_path / "var", **SNAPSHOT)
-    proc = Mesflow("run", "dataflow", env=env, log=tmp_path / "dataflow.log")
-    wait_until(
-        lambda: "following the ingest log" in proc.output() or not proc.alive(),
-        timeout=60,  # generous: a loaded 2-core machine starts Bytewax slowly
-        what="the dataflow to start",
-    )
-    assert proc.alive(), proc.output()
-    return proc
+    return start_dataflow(mesflow_env(url, tmp_path / "var", **SNAPSHOT), tmp_path / "dataflow.log")
 
 
-def _caught_up(url: str, proc: Mesflow, timeout: float = 60) -> None:
-    """Wait until the dataflow has taken in the whole log, then for its figures timer."""
-
-    def done() -> bool:
-        assert proc.alive(), proc.output()
-        return dataflow_position(url) >= log_position(url)
-
-    wait_until(done, timeout=timeout, what="the dataflow to catch up")
-    time.sleep(1.5)  # the throttled figures follow within a second
+_caught_up = caught_up
 
 
 def _status_good(url: str, machine: str) -> int:

@@ -23,14 +23,13 @@ from streams.machine_tracker import MachineTracker
 from streams.tracker_snapshot import TrackerSnapshots, decode, lean_runs, restore_runs
 from tests.helpers import (
     SHANGHAI,
-    Mesflow,
+    caught_up,
     clean_replay,
     count,
-    dataflow_position,
     diff_snapshots,
     feed,
-    log_position,
     mesflow_env,
+    start_dataflow,
     table_snapshot,
     wait_until,
 )
@@ -190,11 +189,11 @@ def test_a_restart_reads_the_part_times_back_and_late_events_still_reclassify_th
     start = datetime.now(SHANGHAI) - timedelta(minutes=30)
     events = _machine_events(start, 1200, 1.0)  # 20 minutes, a part a second
     env = mesflow_env(db_url, tmp_path / "var", MESFLOW_SNAPSHOT_SECONDS="0.5")
-    proc = _dataflow(env, tmp_path / "dataflow.log")
+    proc = start_dataflow(env, tmp_path / "dataflow.log")
     try:
         for i in range(0, 900, 100):  # as a live plant sends: the machine's clock marks
             feed(db_url, events[i : i + 100])
-            _caught_up(db_url, proc)
+            caught_up(db_url, proc)
         time.sleep(2)  # snapshots after the last batch
     finally:
         assert proc.terminate(timeout=20) == 0, proc.output()
@@ -208,9 +207,9 @@ def test_a_restart_reads_the_part_times_back_and_late_events_still_reclassify_th
          "state": "running", "id": "late-back"},
     ]  # fmt: skip
     feed(db_url, [*late, *events[900:]])
-    proc = _dataflow(env, tmp_path / "dataflow2.log")
+    proc = start_dataflow(env, tmp_path / "dataflow2.log")
     try:
-        _caught_up(db_url, proc)
+        caught_up(db_url, proc)
         assert re.search(r"IM-01: \d+ part times read back from the log", proc.output())
         assert "not in the log as recorded" not in proc.output()
     finally:
@@ -231,11 +230,11 @@ def test_part_times_gone_from_the_log_rebuild_the_machine_from_its_checkpoint(
     start = datetime.now(SHANGHAI) - timedelta(minutes=30)
     events = _machine_events(start, 1000, 1.0)
     env = mesflow_env(db_url, tmp_path / "var", MESFLOW_SNAPSHOT_SECONDS="0.5")
-    proc = _dataflow(env, tmp_path / "dataflow.log")
+    proc = start_dataflow(env, tmp_path / "dataflow.log")
     try:
         for i in range(0, 900, 100):
             feed(db_url, events[i : i + 100])
-            _caught_up(db_url, proc)
+            caught_up(db_url, proc)
         time.sleep(2)
     finally:
         assert proc.terminate(timeout=20) == 0, proc.output()
@@ -247,34 +246,14 @@ def test_part_times_gone_from_the_log_rebuild_the_machine_from_its_checkpoint(
         ).rowcount
     assert gone == 1
     feed(db_url, events[900:])
-    proc = _dataflow(env, tmp_path / "dataflow2.log")
+    proc = start_dataflow(env, tmp_path / "dataflow2.log")
     try:
-        _caught_up(db_url, proc)
+        caught_up(db_url, proc)
         wait_until(lambda: "merged late data" in proc.output(), timeout=30, what="the rebuild")
-        _caught_up(db_url, proc)
+        caught_up(db_url, proc)
         assert "not in the log as recorded" in proc.output()
     finally:
         assert proc.terminate(timeout=20) == 0, proc.output()
     got = table_snapshot(db_url, live=True)
     want = clean_replay(db_url, ref_db_url, tmp_path / "ref", live=True)
     assert not diff_snapshots(got, want), diff_snapshots(got, want)
-
-
-def _dataflow(env: dict[str, str], log: Path) -> Mesflow:
-    proc = Mesflow("run", "dataflow", env=env, log=log)
-    wait_until(
-        lambda: "following the ingest log" in proc.output() or not proc.alive(),
-        timeout=60,
-        what="the dataflow to start",
-    )
-    assert proc.alive(), proc.output()
-    return proc
-
-
-def _caught_up(url: str, proc: Mesflow) -> None:
-    def done() -> bool:
-        assert proc.alive(), proc.output()
-        return dataflow_position(url) >= log_position(url)
-
-    wait_until(done, timeout=60, what="the dataflow to catch up")
-    time.sleep(1.5)  # the throttled figures follow within a second
