@@ -274,7 +274,7 @@ class _MachineLog:
 
     def after(self, seq: int) -> list[Keyed]:
         if seq < self.covered:
-            self.events = self.store._events(self.machine, seq, self.covered) + self.events
+            self.events = self.store.machine_events(self.machine, seq, self.covered) + self.events
             self.covered = seq
         return [e for e in self.events if e[0] > seq]
 
@@ -452,11 +452,7 @@ class LateStore:
 
     def machine_events(self, machine: str, after: int, upto: int) -> list[Keyed]:
         """The machine's events with after < seq <= upto, parsed as the live path does
-        (a lean snapshot's part times are read back from them)."""
-        return self._events(machine, after, upto)
-
-    def _events(self, machine: str, after: int, upto: int) -> list[Keyed]:
-        """The machine's events with after < seq <= upto, parsed as the live path does."""
+        (for a rebuild, and for a lean snapshot's part times)."""
 
         def read(conn: psycopg.Connection) -> list[LogEntry]:
             with conn.cursor(binary=True) as cur:

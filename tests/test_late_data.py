@@ -330,7 +330,7 @@ def test_a_past_dated_work_order_already_merged_sends_the_rebuild_further_back(
     feed(db_url, with_ids(base_day(), "b-"))
     tracker = MachineTracker(MachineSpec.from_plant(plant, M))
     saved: list[str] = []
-    for seq, ev in store._events(M, 0, log_position(db_url)):
+    for seq, ev in store.machine_events(M, 0, log_position(db_url)):
         tracker.apply(seq, ev)
         for mark in ("16:30:00", "21:00:00"):  # checkpoints C1 and C2
             last = tracker.last_ts
@@ -346,7 +346,7 @@ def test_a_past_dated_work_order_already_merged_sends_the_rebuild_further_back(
     for item in [revision, cnt(at("21:02:00"), 5) | {"id": "late"}]:
         feed(db_url, [item])
         seq = log_position(db_url)
-        (ev,) = [e for s, e in store._events(M, seq - 1, seq)]
+        (ev,) = [e for s, e in store.machine_events(M, seq - 1, seq)]
         tracker.apply(seq, ev)
         assert tracker.take_late() == [seq]
         result = store.rebuild(tracker)
@@ -355,7 +355,7 @@ def test_a_past_dated_work_order_already_merged_sends_the_rebuild_further_back(
     # it) would meet the rebuild late, so the rebuild went back before 17:00.
     assert result.since <= to_us(datetime.fromisoformat(at("17:00:00")))
     in_order = MachineTracker(MachineSpec.from_plant(plant, M))
-    for seq, ev in sorted(store._events(M, 0, log_position(db_url)), key=event_order):
+    for seq, ev in sorted(store.machine_events(M, 0, log_position(db_url)), key=event_order):
         assert in_order.apply(seq, ev) is None or ev.type == "report"
     in_order.flush()  # credits the open interval up to the clock
     assert set(tracker.hours) == set(in_order.hours)
