@@ -24,6 +24,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -69,14 +70,19 @@ _INT4 = (-(2**31), 2**31 - 1)
 
 @dataclass(frozen=True)
 class Upsert:
-    """A results table written by one INSERT ... SELECT FROM unnest(arrays) ON CONFLICT
-    DO UPDATE: one statement for the batch, far less work for both sides than one per row,
-    and idempotent (rows carry absolute values).
+    """A results table written by one INSERT ... SELECT ... ON CONFLICT DO UPDATE for the
+    batch: far less work for both sides than one statement per row, and idempotent (rows
+    carry absolute values).
 
-    Arrays, not a temporary staging table: PostgreSQL empties every ON COMMIT DELETE ROWS
-    table of a session at the commit of any transaction that touched one, and with the
-    steps' staging tables that cost 10-70 ms per commit (measured: docs/performance.md),
-    more than the writes themselves in a live plant."""
+    The rows reach that INSERT through a binary COPY into a temporary staging table
+    (`staged`), which psycopg encodes in C: passing them as one array per column
+    (`unnest`, `sql`) made psycopg dump every element in Python, half of the writer's CPU in
+    a live plant. The staging table is ON COMMIT PRESERVE ROWS and emptied by the INSERT
+    itself (DELETE ... RETURNING): PostgreSQL empties every ON COMMIT DELETE ROWS table of a
+    session at the commit of any transaction that touched one, 10-70 ms per commit
+    (docs/performance.md). Its columns have the types below, as the arrays had, so the
+    INSERT casts the same values the same way. The array path stays: a batch the staged
+    path refuses is written again by it (then row by row), so refusals read as before."""
 
     table: str
     key: tuple[str, ...]
@@ -110,16 +116,51 @@ class Upsert:
                         f"{self.table}.{self.columns[i][0]} = {v} is out of the int4 range"
                     )
 
-    @property
-    def sql(self) -> str:
+    @cached_property
+    def _on_conflict(self) -> str:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c, _ in self.columns if c not in self.key)
         return (
-            f"INSERT INTO {self.table} ({self.names}, updated_at) "
-            f"SELECT {self.names}, clock_timestamp() "
-            f"FROM {_unnest(self.types, self.names, self.stage)} "
             f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {updates}, "
             f"updated_at = EXCLUDED.updated_at"
         )
+
+    @cached_property
+    def sql(self) -> bytes:
+        """The array path: one array parameter per column."""
+        return (
+            f"INSERT INTO {self.table} ({self.names}, updated_at) "
+            f"SELECT {self.names}, clock_timestamp() "
+            f"FROM {_unnest(self.types, self.names, self.stage)} {self._on_conflict}"
+        ).encode()
+
+    # -- the staged path ---------------------------------------------------------------
+
+    @property
+    def staged(self) -> str:
+        return f"stage_rows_{self.table}"
+
+    @cached_property
+    def staging_ddl(self) -> str:
+        columns = ", ".join(f"{c} {t}" for c, t in self.columns)
+        return f"CREATE TEMP TABLE IF NOT EXISTS {self.staged} ({columns}) ON COMMIT PRESERVE ROWS;"
+
+    @cached_property
+    def copy_sql(self) -> bytes:
+        return f"COPY {self.staged} ({self.names}) FROM STDIN (FORMAT BINARY)".encode()
+
+    @cached_property
+    def copy_types(self) -> list[int]:
+        return [psycopg.adapters.types[t].oid for t in self.types]
+
+    @cached_property
+    def from_stage_sql(self) -> bytes:
+        """One statement (so psycopg prepares it): the staged rows go into the table and
+        leave the staging table empty for the next write (and for a row-by-row retry)."""
+        return (
+            f"WITH s AS (DELETE FROM {self.staged} RETURNING {self.names}) "
+            f"INSERT INTO {self.table} ({self.names}, updated_at) "
+            f"SELECT {self.names}, clock_timestamp() FROM s {self._on_conflict}"
+        ).encode()
 
 
 TS, TEXT, F8, I8, I4 = "timestamptz", "text", "float8", "int8", "int4"
@@ -165,6 +206,11 @@ WORK_ORDERS = Upsert(
      ("machine", TEXT), ("good", I8), ("scrap", I8), ("progress", F8), ("rate_per_h", F8),
      ("eta", TS), ("started_at", TS), ("completed_at", TS), ("last_event_ts", TS)),
 )  # fmt: skip
+
+# Their staging tables, created with the steps' on each sink connection (_connection).
+row_stores.STAGING.extend(
+    u.staging_ddl for u in (INTERVALS, STATUS, HOURS, KPIS, ORDERS, WORK_ORDERS)
+)
 
 
 def _unnest(types: list[str], names: str, alias: str) -> str:
@@ -508,9 +554,18 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
             try:
                 try:
                     self._write(batch)
-                except REFUSALS as err:
-                    log.warning("the database refused a row (%s); writing row by row", err)
-                    self._write_row_by_row(batch)
+                except psycopg.OperationalError:
+                    raise
+                except Exception as err:
+                    # Whatever the staged path refuses (a value PostgreSQL refuses, one its
+                    # binary encoding does not take), the array path decides as it always
+                    # did: stored, or refused and written row by row.
+                    log.info("staged write failed (%s); writing the batch as arrays", err)
+                    try:
+                        self._write(batch, arrays=True)
+                    except REFUSALS as err:
+                        log.warning("the database refused a row (%s); writing row by row", err)
+                        self._write_row_by_row(batch)
                 return
             except psycopg.OperationalError as err:
                 log.warning("results database unreachable (%s); retrying in %.1fs", err, delay)
@@ -539,15 +594,16 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
             (WORK_ORDERS, list(batch.work_orders.values())),
         ]
 
-    def _write(self, batch: _Batch) -> None:
+    def _write(self, batch: _Batch, arrays: bool = False) -> None:
         conn = self._connection()
         gone = [(m, s) for (m, s), r in batch.intervals.items() if r is None]
+        upsert_rows = _upsert_arrays if arrays else _upsert
         with conn.transaction(), conn.cursor() as cur:
             if gone:
                 _delete_intervals(cur, gone)
             for upsert, rows in self._tables(batch):
                 if rows:
-                    _upsert(cur, upsert, rows)
+                    upsert_rows(cur, upsert, rows)
             if batch.reasons:
                 _replace_reasons(cur, list(batch.reasons.items()))
             if batch.scrap:
@@ -589,7 +645,7 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                     attempt(INTERVALS.table, key, _delete_intervals, [key])
             for upsert, rows in self._tables(batch):
                 for row in rows:
-                    attempt(upsert.table, row, _upsert, upsert, [row])
+                    attempt(upsert.table, row, _upsert_arrays, upsert, [row])
             for bucket, items in batch.reasons.items():
                 attempt("machine_kpi_reason", bucket, _replace_reasons, [(bucket, items)])
             for hour, scrap in batch.scrap.items():
@@ -648,9 +704,27 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
 
 
 def _upsert(cur: psycopg.Cursor[Any], upsert: Upsert, rows: list[Any]) -> None:
+    """The staged path (see Upsert): a binary COPY into the staging table, one INSERT."""
+    upsert.check(rows)
+    writes = _STAGED_WRITES[upsert.table] = _STAGED_WRITES.get(upsert.table, 0) + 1
+    if writes % row_stores.TRUNCATE_EVERY == 0:  # its dead rows (never autovacuumed)
+        cur.execute(f"TRUNCATE {upsert.staged}".encode())
+    with cur.copy(upsert.copy_sql) as copy:
+        copy.set_types(upsert.copy_types)
+        write = copy.write_row
+        for row in rows:
+            write(row)
+    cur.execute(upsert.from_stage_sql)
+
+
+_STAGED_WRITES: dict[str, int] = {}
+
+
+def _upsert_arrays(cur: psycopg.Cursor[Any], upsert: Upsert, rows: list[Any]) -> None:
+    """The array path (see Upsert): a batch the staged path refused, and row by row."""
     upsert.check(rows)
     # The SQL is built from constants.
-    cur.execute(upsert.sql.encode(), row_stores.columns(rows, len(upsert.columns)))
+    cur.execute(upsert.sql, row_stores.columns(rows, len(upsert.columns)))
 
 
 def _delete_intervals(cur: psycopg.Cursor[Any], gone: list[tuple[str, Any]]) -> None:
