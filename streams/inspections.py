@@ -237,6 +237,41 @@ class _Run(NamedTuple):
     end: int | None
 
 
+class _MachineRuns(NamedTuple):
+    """A machine's runs as derived from its work-order reports (the list object and its
+    length: reports are only inserted), and what each batch would otherwise derive again
+    from them: the run set row, each run's work order's next start here, run -> its index."""
+
+    events: list[_WoEvent]
+    n: int
+    runs: list[_Run]
+    run_set: InspectionRunSet | None
+    nxt: list[int | None]
+    pos: dict[RunKey, int]
+    unique: bool  # no two runs share a key (then the index finds every run)
+
+
+def _machine_runs(machine: str, events: list[_WoEvent]) -> _MachineRuns:
+    runs = _runs(events)
+    nxt: list[int | None] = [None] * len(runs)
+    later: dict[str, int] = {}
+    for i in range(len(runs) - 1, -1, -1):
+        r = runs[i]
+        nxt[i] = later.get(r.work_order)
+        later[r.work_order] = r.start
+    index = {(r.work_order, machine, r.op, r.start): i for i, r in enumerate(runs)}
+    run_set = (
+        InspectionRunSet(
+            machine,
+            from_us(runs[0].start),
+            tuple((r.work_order, r.op, from_us(r.start)) for r in runs),
+        )
+        if runs
+        else None
+    )
+    return _MachineRuns(events, len(events), runs, run_set, nxt, index, len(index) == len(runs))
+
+
 class Inspections:
     def __init__(
         self,
@@ -267,7 +302,13 @@ class Inspections:
         # after _forget drops reports); and each machine's runs as last derived from its
         # work-order reports (the list object and its length: reports are only inserted).
         self._naming: dict[str, set[str]] | None = None
-        self._runs_of: dict[str, tuple[list[_WoEvent], int, list[_Run]]] = {}
+        self._runs_of: dict[str, _MachineRuns] = {}
+        # machine -> its runs that tick (open, or an open flag): built on first use, then
+        # kept as runs are derived (not a scan of every run at every batch).
+        self._tick: dict[str, set[RunKey]] | None = None
+        # No ended run ends before this (a lower bound): _forget has nothing to drop while
+        # its horizon has not passed it.
+        self._min_end = -_NEVER
 
     # -- input -------------------------------------------------------------------------------
 
@@ -351,7 +392,7 @@ class Inspections:
 
     def wants_clock(self) -> bool:
         """True while a run is open (patrols fall due by time) or an ended run's flag is."""
-        return any(m.end is None or _has_open_flag(m) for m in self.state.runs.values())
+        return bool(self._ticking())
 
     def _saw(self, t: int) -> None:
         if t > self.state.high:
@@ -362,34 +403,54 @@ class Inspections:
     def _derive(self) -> list[Row]:
         s = self.state
         dirty, dirty_wo = s.dirty, s.dirty_wo
+        tick = self._ticking()
+        # Open runs fall due by the clock alone, and so does an ended run's open flag
+        # (the index `tick`); other runs only when their facts changed (dirty).
+        wos_of: dict[str, set[str]] = {}
+        for wo, m in dirty_wo:
+            wos_of.setdefault(m, set()).add(wo)
         machines = set(dirty)
-        machines.update(m for _wo, m in dirty_wo)
-        # Open runs fall due by the clock alone, and so does an ended run's open flag.
-        ticking = {k for k, m in s.runs.items() if m.end is None or _has_open_flag(m)}
-        machines.update(k[1] for k in ticking)
+        machines.update(wos_of)
+        machines.update(tick)
         s.dirty, s.dirty_wo = set(), set()
         out: list[Row] = []
-        # The known runs of each machine, in one pass (not one pass over all per machine).
-        known: dict[str, list[RunKey]] = {}
-        for k in s.runs:
-            if k[1] in machines:
-                known.setdefault(k[1], []).append(k)
-        for machine in sorted(machines):
+        clock = s.clock
+        fresh: dict[str, _MachineRuns] = {}
+        for machine in machines:
             evs = s.wo_events.get(machine, [])
             known_runs = self._runs_of.get(machine)
-            if known_runs is not None and known_runs[0] is evs and known_runs[1] == len(evs):
-                runs = known_runs[2]
-            else:
-                runs = _runs(evs)
-                self._runs_of[machine] = (evs, len(evs), runs)
-            if runs:
-                out.append(
-                    InspectionRunSet(
-                        machine,
-                        from_us(runs[0].start),
-                        tuple((r.work_order, r.op, from_us(r.start)) for r in runs),
-                    )
-                )
+            if known_runs is None or known_runs.events is not evs or known_runs.n != len(evs):
+                fresh[machine] = self._runs_of[machine] = _machine_runs(machine, evs)
+        # The known runs of the machines whose runs may have changed, in one pass.
+        known: dict[str, list[RunKey]] = {}
+        if dirty or fresh:
+            for k in s.runs:
+                if k[1] in dirty or k[1] in fresh:
+                    known.setdefault(k[1], []).append(k)
+        for machine in sorted(machines):
+            mr = self._runs_of[machine]
+            if mr.run_set is not None:
+                out.append(mr.run_set)
+            runs = mr.runs
+            wos = wos_of.get(machine)
+            if machine not in dirty and wos is None and machine not in fresh and mr.unique:
+                # Only the clock moved for this machine: its open runs (and ended runs with
+                # an open flag) whose rows stand until a later instant say nothing again.
+                keys = tick.get(machine)
+                if not keys:
+                    continue
+                for key in sorted(keys, key=mr.pos.__getitem__) if len(keys) > 1 else list(keys):
+                    ticking = s.runs[key]
+                    same = self._same.get(key)
+                    if same is not None and same[0] is ticking and clock < same[2]:
+                        continue  # its inputs are those of its last derivation
+                    i = mr.pos[key]
+                    run = runs[i]
+                    ticking.end = run.end
+                    out.extend(self._run_rows(machine, run, mr.nxt[i], ticking))
+                    self._note(key, ticking)
+                continue
+            mtick = tick.get(machine, ())
             seen: set[RunKey] = set()
             for i, run in enumerate(runs):
                 key = (run.work_order, machine, run.op, run.start)
@@ -402,18 +463,18 @@ class Inspections:
                 elif (
                     run.end is not None
                     and machine not in dirty
-                    and (run.work_order, machine) not in dirty_wo
-                    and key not in ticking
+                    and (wos is None or run.work_order not in wos)
+                    and key not in mtick
                 ):
                     continue  # over, and none of its facts changed
                 memo.end = run.end
-                # Its work order's next run here: inspections from then on are that run's.
-                nxt = next((r.start for r in runs[i + 1 :] if r.work_order == run.work_order), None)
-                out.extend(self._run_rows(machine, run, nxt, memo))
+                out.extend(self._run_rows(machine, run, mr.nxt[i], memo))
+                self._note(key, memo)
             # Runs that no longer exist (a start revised away): withdraw their flags.
             # (runs added above are all in `seen`; only this machine's runs changed)
             for key in [k for k in known.get(machine, ()) if k not in seen]:
                 memo = s.runs.pop(key)
+                self._unnote(key)
                 for fl in memo.flags.values():
                     if fl.until != fl.since:
                         out.append(fl._replace(until=fl.since))
@@ -421,6 +482,40 @@ class Inspections:
                     out.append(memo.row._replace(gone=True))
         self._forget()
         return out
+
+    def _ticking(self) -> dict[str, set[RunKey]]:
+        """machine -> its runs that are open or have an open flag (built from the state
+        once, then kept by _note / _unnote as runs are derived and dropped)."""
+        tick = self._tick
+        if tick is None:
+            tick = self._tick = {}
+            for k, m in self.state.runs.items():
+                if m.end is None or _has_open_flag(m):
+                    tick.setdefault(k[1], set()).add(k)
+        return tick
+
+    def _note(self, key: RunKey, memo: _Memo) -> None:
+        """A run was derived: keep the index of ticking runs and the earliest end current."""
+        tick = self._tick
+        assert tick is not None
+        if memo.end is None or _has_open_flag(memo):
+            tick.setdefault(key[1], set()).add(key)
+        else:
+            keys = tick.get(key[1])
+            if keys is not None and key in keys:
+                keys.discard(key)
+                if not keys:
+                    del tick[key[1]]
+        if memo.end is not None and memo.end < self._min_end:
+            self._min_end = memo.end
+
+    def _unnote(self, key: RunKey) -> None:
+        tick = self._tick
+        keys = None if tick is None else tick.get(key[1])
+        if keys is not None and key in keys:
+            keys.discard(key)
+            if not keys:
+                del tick[key[1]]  # type: ignore[union-attr]
 
     def _run_rows(self, machine: str, run: _Run, nxt: int | None, memo: _Memo) -> list[Row]:
         s = self.state
@@ -709,13 +804,24 @@ class Inspections:
         """Runs ended KEEP_US before the clock, and their facts, go (state stays small)."""
         s = self.state
         horizon = s.clock - KEEP_US
-        old = [k for k, m in s.runs.items() if m.end is not None and m.end < horizon]
+        if horizon <= self._min_end:
+            return  # no run ended before the horizon
+        old: list[RunKey] = []
+        min_end = _NEVER
+        for k, m in s.runs.items():
+            if m.end is not None:
+                if m.end < horizon:
+                    old.append(k)
+                elif m.end < min_end:
+                    min_end = m.end
+        self._min_end = min_end
         if not old:
             return
         s.forgotten_before = max(s.forgotten_before, horizon)
         self._naming = None  # reports are dropped below
         for k in old:
             del s.runs[k]
+            self._unnote(k)
         for machine, evs in list(s.wo_events.items()):
             # Keep the start of the last run begun before the horizon (a run still open
             # may begin long ago) and what follows. Never cut inside a run: a repeated
