@@ -112,7 +112,7 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         self.snapshots = TrackerSnapshots(lean=late is not None)
         self.plant = plant
         self.throttle = throttle
-        self.next_full: datetime | None = None  # wall clock: when figures are due
+        self.next_full = None  # wall clock: when figures are due (a property)
         self.phased = False  # the first due time got the machine's phase (_phase)
         self.late = late
         self.rebuild_at: datetime | None = None  # wall clock: when the pending rebuild runs
@@ -165,8 +165,23 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
             if (known, silent) != (tracker.spec.known_reasons, tracker.spec.silent_after_us):
                 tracker.spec = replace(tracker.spec, known_reasons=known, silent_after_us=silent)
 
+    @property
+    def next_full(self) -> datetime | None:
+        """Wall clock: when figures are due (None: at the next batch)."""
+        return self._next_full
+
+    @next_full.setter
+    def next_full(self, when: datetime | None) -> None:
+        self._next_full = when
+        # The same as a POSIX time: each live batch compares it with time.time(), a
+        # tenth of datetime.now()'s cost (one batch per machine and 20 ms poll).
+        self._next_full_s = float("-inf") if when is None else when.timestamp()
+
     def on_batch(self, values: list[list[Keyed]]) -> tuple[list[list[Out]], bool]:
         # Each value: the machine's events of one input batch, in log order (_grouped).
+        # Live, a batch is one or two events of this machine: what is not needed for
+        # them (late data, rejections, the figures between throttles) is skipped by a
+        # test, not by a call.
         tracker = self.tracker
         if tracker is None:
             machine = values[0][0][1].machine
@@ -179,8 +194,8 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
                 r = apply(seq, ev)
                 if r is not None:
                     rejected.append(r)
-        late = tracker.take_late()
-        if late:
+        if tracker.late_new:
+            late = tracker.take_late()
             if self.late is not None:
                 self.late.record_late(tracker.machine, late)
                 self._late_seen()
@@ -190,13 +205,11 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
                     Rejection(s, "late", "later than the allowed lateness") for s in late
                 )
         full = True
-        if self.throttle is not None:
+        if self.throttle is not None and time.time() >= self._next_full_s:
             # Live: intervals and status go out at once; the hour, shift and work-order
             # figures at most once per `throttle` (the timer below sends what is left).
             now = datetime.now(UTC)
-            if self.next_full is not None and now < self.next_full:
-                full = False
-            elif self.next_full is None and not self.phased:
+            if self._next_full is None and not self.phased:
                 # A machine's first figures: due again after a phase of its own, so that
                 # the plant's machines do not all flush in the same activation every
                 # second (one burst of 200 machines' figures, then nothing).
@@ -204,18 +217,29 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
                 self.next_full = now + self.throttle * (1 + _phase(tracker.machine))
             else:
                 self.next_full = now + self.throttle
-        rows: list[Out] = [*tracker.flush(full), *rejected]
-        rows.extend(self._merge_if_due(False))
-        self._checkpoint_if_due(full)
-        self.snapshots.note(rows)
+        elif self.throttle is not None:
+            full = False
+        rows: list[Out] = []
+        rows += tracker.flush() if full else tracker.flush_board()
+        if rejected:
+            rows.extend(rejected)
+        if tracker.late_from is not None:
+            rows.extend(self._merge_if_due(False))
+        if full:
+            self._checkpoint_if_due(True)
+        if rows:
+            self.snapshots.note(rows)
         return [rows], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         due = self.rebuild_at
-        if self.tracker is not None and self.tracker.has_pending() and self.next_full:
-            due = self.next_full if due is None else min(due, self.next_full)
-        if self.throttle is not None and self.tracker is not None:  # live: silent machines
-            due = live_due(self.tracker, due)
+        tracker = self.tracker
+        if tracker is None:
+            return due
+        if self._next_full is not None and tracker.has_pending():
+            due = self._next_full if due is None else min(due, self._next_full)
+        if self.throttle is not None and tracker.spec.silent_after_us:  # live: silent machines
+            due = live_due(tracker, due)
         return due
 
     def on_notify(self) -> tuple[list[list[Out]], bool]:
@@ -639,7 +663,10 @@ class _SeqMachineLogic(MachineLogic):
     seq = -1
 
     def on_batch(self, values: list[list[Keyed]]) -> tuple[list[Any], bool]:
-        self.seq = max(self.seq, min(group[0][0] for group in values))
+        # (live: one group, one or two events)
+        first = values[0][0][0] if len(values) == 1 else min(group[0][0] for group in values)
+        if first > self.seq:
+            self.seq = first
         out, retain = super().on_batch(values)
         return [(self.seq, rows) for rows in out], retain
 

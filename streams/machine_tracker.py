@@ -1338,6 +1338,8 @@ class MachineTracker:
         keeps the hour, shift and work-order figures for a later full flush: live, a
         machine's figures are rewritten about once a second, not after every part.
         """
+        if not full:
+            return self.flush_board()
         self._drain_counts()
         m = self.machine
         d = self.dirty
@@ -1349,17 +1351,6 @@ class MachineTracker:
             rows.append(self._interval_row(iv))
         d.deleted = set()
         d.intervals = {}
-        if not full:
-            # Between full flushes only what a board must show at once: a new state,
-            # reason or work order. Counters and the clock wait for the next full flush
-            # (once a second live): rewriting the status row on every 20 ms poll was the
-            # largest write of a live plant (one row per machine per poll).
-            if d.status and self.intervals and last is not None:
-                cur = self.intervals[-1]
-                if (cur.start, cur.state, cur.reason, self._wo_at(last)) != self.status_sent:
-                    rows.append(self._status_row())
-                    d.status = False
-            return rows
         self._catch_up()
         for iv in self.dirty.intervals.values():  # is_microstop may have changed
             rows.append(self._interval_row(iv))
@@ -1397,6 +1388,46 @@ class MachineTracker:
         self._settle()
         self._forget_old()
         self._mark_seq()
+        return rows
+
+    def flush_board(self) -> list[Row]:
+        """flush(False): between full flushes only what a board must show at once: a new
+        state, reason or work order. Counters and the clock wait for the next full flush
+        (once a second live): rewriting the status row on every 20 ms poll was the largest
+        write of a live plant (one row per machine per poll).
+
+        Run after every live batch (one or two events), so it does only that: the counted
+        parts stay undrained (only a full flush and snapshots read the sums: _drain_counts),
+        and the usual batch, a part in order, builds no row and allocates nothing."""
+        d = self.dirty
+        rows: list[Row] = []
+        if d.deleted:
+            m = self.machine
+            for start in d.deleted:
+                rows.append(IntervalDelete(m, from_us(start)))
+            d.deleted = set()
+        if d.intervals:
+            for iv in d.intervals.values():
+                rows.append(self._interval_row(iv))
+            d.intervals = {}
+        if d.status and self.intervals and self.last_ts is not None:
+            cur = self.intervals[-1]
+            sent = self.status_sent
+            # (the usual batch: same interval, state and reason; the work order last)
+            changes = self.wo_changes  # _wo_at(last), its usual case inline
+            if changes and changes[-1][0] <= self.last_ts:
+                wo = changes[-1][2]
+            else:
+                wo = self._wo_at(self.last_ts)
+            if (
+                sent is None
+                or cur.start != sent[0]
+                or cur.state != sent[1]
+                or cur.reason != sent[2]
+                or wo != sent[3]
+            ):
+                rows.append(self._status_row())
+                d.status = False
         return rows
 
     def _mark_seq(self) -> None:
