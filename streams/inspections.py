@@ -240,14 +240,16 @@ class _Run(NamedTuple):
 class _MachineRuns(NamedTuple):
     """A machine's runs as derived from its work-order reports (the list object and its
     length: reports are only inserted), and what each batch would otherwise derive again
-    from them: the run set row, each run's work order's next start here, run -> its index."""
+    from them: the run set row, each run's work order's next start here, and indexes of the runs."""
 
     events: list[_WoEvent]
     n: int
     runs: list[_Run]
     run_set: InspectionRunSet | None
     nxt: list[int | None]
+    keys: list[RunKey]
     pos: dict[RunKey, int]
+    by_wo: dict[str, list[int]]  # work order -> its runs' indexes
     unique: bool  # no two runs share a key (then the index finds every run)
 
 
@@ -259,7 +261,11 @@ def _machine_runs(machine: str, events: list[_WoEvent]) -> _MachineRuns:
         r = runs[i]
         nxt[i] = later.get(r.work_order)
         later[r.work_order] = r.start
-    index = {(r.work_order, machine, r.op, r.start): i for i, r in enumerate(runs)}
+    keys = [(r.work_order, machine, r.op, r.start) for r in runs]
+    pos = {k: i for i, k in enumerate(keys)}
+    by_wo: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        by_wo.setdefault(r.work_order, []).append(i)
     run_set = (
         InspectionRunSet(
             machine,
@@ -269,7 +275,9 @@ def _machine_runs(machine: str, events: list[_WoEvent]) -> _MachineRuns:
         if runs
         else None
     )
-    return _MachineRuns(events, len(events), runs, run_set, nxt, index, len(index) == len(runs))
+    return _MachineRuns(
+        events, len(events), runs, run_set, nxt, keys, pos, by_wo, len(pos) == len(runs)
+    )
 
 
 class Inspections:
@@ -433,22 +441,29 @@ class Inspections:
                 out.append(mr.run_set)
             runs = mr.runs
             wos = wos_of.get(machine)
-            if machine not in dirty and wos is None and machine not in fresh and mr.unique:
-                # Only the clock moved for this machine: its open runs (and ended runs with
-                # an open flag) whose rows stand until a later instant say nothing again.
+            if machine not in dirty and machine not in fresh and mr.unique:
+                # Its runs are those of its last derivation: only its runs that tick
+                # (open, or with an open flag) and those of the work orders whose
+                # inspections or parts changed can say anything new.
                 keys = tick.get(machine)
-                if not keys:
-                    continue
-                for key in sorted(keys, key=mr.pos.__getitem__) if len(keys) > 1 else list(keys):
-                    ticking = s.runs[key]
-                    same = self._same.get(key)
-                    if same is not None and same[0] is ticking and clock < same[2]:
-                        continue  # its inputs are those of its last derivation
-                    i = mr.pos[key]
-                    run = runs[i]
-                    ticking.end = run.end
-                    out.extend(self._run_rows(machine, run, mr.nxt[i], ticking))
-                    self._note(key, ticking)
+                picks = {mr.pos[k] for k in keys} if keys else set()
+                if wos is not None:
+                    for wo in wos:
+                        picks.update(mr.by_wo.get(wo, ()))
+                for i in sorted(picks) if len(picks) > 1 else picks:
+                    run, key = runs[i], mr.keys[i]
+                    memo = s.runs.get(key)
+                    if memo is None:
+                        if run.end is not None and run.end < s.forgotten_before:
+                            continue  # long over and forgotten: nothing to say again
+                        memo = s.runs[key] = _Memo()
+                    elif wos is None or run.work_order not in wos:
+                        same = self._same.get(key)
+                        if same is not None and same[0] is memo and clock < same[2]:
+                            continue  # its inputs are those of its last derivation
+                    memo.end = run.end
+                    out.extend(self._run_rows(machine, run, mr.nxt[i], memo))
+                    self._note(key, memo)
                 continue
             mtick = tick.get(machine, ())
             seen: set[RunKey] = set()
@@ -536,8 +551,14 @@ class Inspections:
         inputs = (run, nxt, product, tuple(checks), made, detected)
         run_key = (run.work_order, machine, run.op, run.start)
         same = self._same.get(run_key)
-        if same is not None and same[0] is memo and same[1] == inputs and clock < same[2]:
-            return []
+        if same is not None and same[0] is memo and clock < same[2] and memo.row is not None:
+            before = same[1]
+            if before == inputs:
+                return []
+            if before[5] == detected and before[:4] == inputs[:4]:
+                # Only the parts made changed (most runs at most batches): it is read
+                # nowhere but in the rows' part counts.
+                return self._made_changed(run_key, memo, inputs, same[2], made)
         until = _NEVER
         firsts = [c for c in checks if c.stage == "first"]
         patrols = [c for c in checks if c.stage == "patrol" and (run.end is None or c.t <= run.end)]
@@ -682,6 +703,26 @@ class Inspections:
         memo.flags = new
         if len(self._same) > _MAX_MEMO:
             self._same.clear()
+        self._same[run_key] = (memo, inputs, until)
+        return out
+
+    def _made_changed(
+        self, run_key: RunKey, memo: _Memo, inputs: tuple[Any, ...], until: int, made: int
+    ) -> list[Row]:
+        """The rows _run_rows derives when only the parts made differ from the inputs of
+        its last derivation: the run row, and the open flag episodes, with the new count
+        (a closed episode is not written again for its part count alone)."""
+        out: list[Row] = []
+        row = memo.row
+        if row is not None and row.parts_made != made:
+            memo.row = row = row._replace(parts_made=made)
+            out.append(row)
+        flags = memo.flags
+        for k, f in flags.items():
+            if f.parts_made != made:
+                flags[k] = g = f._replace(parts_made=made)
+                if f.until is None:
+                    out.append(g)
         self._same[run_key] = (memo, inputs, until)
         return out
 
