@@ -20,9 +20,11 @@ Everything it writes goes to a temporary folder that is removed at the end (exce
 `--live`: the machine step's fixed cost per batch in a live flow instead. The same events
 cut into polls of `--poll` log entries (5,000 events/s at 20 ms polls: 100), so that a
 machine gets one or two events per batch; each machine's events of a poll go through
-`MachineLogic.on_batch` with a live throttle, then `notify_at` (as Bytewax calls them), and
-every `--full-every` batches of a machine its timer (`on_notify`, the full flush). Prints
-µs per batch (CPU). The throttle's wall clock is taken out (a full flush exactly every
+the live flow's `_SeqMachineLogic.on_batch` with a live throttle, then `notify_at` (as
+Bytewax calls them), and every `--full-every` batches of a machine its timer (`on_notify`,
+the full flush). Prints
+µs per batch (CPU); then the fixed cost alone: each machine running, one in-order count
+per batch. The throttle's wall clock is taken out (a full flush exactly every
 `--full-every` batches), so the rows are comparable run to run (`--save-rows`).
 """
 
@@ -106,7 +108,7 @@ def run_live(plant: PlantConfig, polls: Batches, full_every: int) -> tuple[float
     """One live run through fresh MachineLogics: (CPU seconds, batches, every row)."""
     from datetime import timedelta
 
-    from streams.dataflow import MachineLogic
+    from streams.dataflow import _SeqMachineLogic as MachineLogic  # the live flow's
 
     # A throttle that never lapses by itself: the bench runs the timer every `full_every`.
     throttle = timedelta(days=1)
@@ -121,14 +123,58 @@ def run_live(plant: PlantConfig, polls: Batches, full_every: int) -> tuple[float
             if logic is None:
                 logic = logics[machine] = MachineLogic(None, plant, throttle, None)
                 count[machine] = 0
-            for out in logic.on_batch([events])[0]:
+            for _, out in logic.on_batch([events])[0]:
                 rows.extend(out)
             logic.notify_at()
             n += 1
             k = count[machine] = count[machine] + 1
             if k % full_every == 0:
                 logic.next_full = None  # due now
-                for out in logic.on_notify()[0]:
+                for _, out in logic.on_notify()[0]:
+                    rows.extend(out)
+                logic.notify_at()
+    return time.process_time() - t0, n, rows
+
+
+def run_counts(plant: PlantConfig, rounds: int, full_every: int) -> tuple[float, int, list[Any]]:
+    """The fixed cost alone: every machine running, `rounds` polls in which each machine
+    gets one in-order count (a batch of one event: on_batch, notify_at), its timer every
+    `full_every` batches. (CPU seconds, batches, every row)."""
+    import json
+    from datetime import timedelta
+
+    from mesflow.events import parse_event
+    from streams.dataflow import _SeqMachineLogic as MachineLogic  # the live flow's
+
+    start = datetime(2026, 11, 16, 7, 0, tzinfo=UTC)
+    machines = sorted(plant.machines)
+
+    def event(machine: str, ms: int, **fields: Any) -> Any:
+        ts = (start + timedelta(milliseconds=ms)).isoformat()
+        return parse_event(json.dumps({"machine": machine, "ts": ts, **fields}))
+
+    logics = {m: MachineLogic(None, plant, timedelta(days=1), None) for m in machines}
+    rows: list[Any] = []
+    seq = 0
+    for m, logic in logics.items():
+        seq += 1
+        logic.on_batch([[(seq, event(m, 0, type="state", state="running"))]])
+    polls = [
+        [(m, event(m, 40 * (k + 1), type="count", good=1)) for m in machines] for k in range(rounds)
+    ]
+    n = 0
+    t0 = time.process_time()
+    for k, poll in enumerate(polls):
+        for m, ev in poll:
+            seq += 1
+            logic = logics[m]
+            for _, out in logic.on_batch([[(seq, ev)]])[0]:
+                rows.extend(out)
+            logic.notify_at()
+            n += 1
+            if k % full_every == full_every - 1:
+                logic.next_full = None  # due now
+                for _, out in logic.on_notify()[0]:
                     rows.extend(out)
                 logic.notify_at()
     return time.process_time() - t0, n, rows
@@ -175,6 +221,14 @@ def main() -> None:
             print(
                 f"live machine step: median {statistics.median(cpu) * 1e6:.2f} us/batch CPU "
                 f"({len(rows):,} rows); {load()}"
+            )
+            one: list[float] = []
+            for _ in range(args.repeat):
+                seconds, k, _rows = run_counts(plant, 250, args.full_every)
+                one.append(seconds / k)
+            print(
+                f"one count per batch: median {statistics.median(one) * 1e6:.2f} us/batch CPU "
+                f"({k:,} batches, a full flush every {args.full_every}); {load()}"
             )
         else:
             for rnd in range(args.repeat):

@@ -178,6 +178,9 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         self._next_full_s = float("-inf") if when is None else when.timestamp()
 
     def on_batch(self, values: list[list[Keyed]]) -> tuple[list[list[Out]], bool]:
+        return [self._batch(values)], StatefulBatchLogic.RETAIN
+
+    def _batch(self, values: list[list[Keyed]]) -> list[Out]:
         # Each value: the machine's events of one input batch, in log order (_grouped).
         # Live, a batch is one or two events of this machine: what is not needed for
         # them (late data, rejections, the figures between throttles) is skipped by a
@@ -229,7 +232,7 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
             self._checkpoint_if_due(True)
         if rows:
             self.snapshots.note(rows)
-        return [rows], StatefulBatchLogic.RETAIN
+        return rows
 
     def notify_at(self) -> datetime | None:
         due = self.rebuild_at
@@ -667,8 +670,7 @@ class _SeqMachineLogic(MachineLogic):
         first = values[0][0][0] if len(values) == 1 else min(group[0][0] for group in values)
         if first > self.seq:
             self.seq = first
-        out, retain = super().on_batch(values)
-        return [(self.seq, rows) for rows in out], retain
+        return [(self.seq, self._batch(values))], StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[list[Any], bool]:
         out, retain = super().on_notify()
