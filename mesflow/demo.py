@@ -34,6 +34,7 @@ from types import FrameType
 from typing import IO
 
 from collectors.mqtt_conn import redact_url as redact_mqtt_url
+from collectors.simulator.crm import READY as CRM_READY
 from mesflow.db import migrate, redact_url, sync_plant
 from mesflow.plant import PlantConfig
 from mesflow.resources import resource_dir
@@ -175,11 +176,15 @@ def run_demo(
             "PYTHONUNBUFFERED": "1",
         }
         # Started downstream first, so nothing an upstream component sends is waiting on
-        # a component that is not up yet; stopped in STOP_ORDER.
+        # a component that is not up yet; stopped in STOP_ORDER. The CRM stand-in before
+        # the notifier (its callbacks have a receiver from the first one) and before the
+        # simulator (the machines find the CRM's work orders planned when they start
+        # their first jobs, and produce for the sales orders, not only for stock).
         components = [
             Component("collector-mqtt", ["run", "collector-mqtt"], "collector-mqtt: subscribing"),
             Component("dataflow", ["run", "dataflow"], "dataflow: following"),
             Component("api", ["run", "api"]),
+            Component("crm", ["simulate-crm", "--seed", str(seed)], CRM_READY),
             Component("notify", ["run", "notify"], "notify: delivering"),
             Component("dashboard", ["run", "dashboard"]),
             Component(
@@ -188,7 +193,6 @@ def run_demo(
                 # It publishes like a gateway; the collector's user may only read.
                 env={"MESFLOW_MQTT_URL": sim_mqtt_url},
             ),
-            Component("crm", ["simulate-crm", "--seed", str(seed)]),
         ]
         ports = {"dashboard": http_port, "api": api_port}
         for comp in components:

@@ -351,6 +351,11 @@ def test_demo_ctrl_c_stops_in_order_without_tracebacks_and_restarts_on_its_ports
     assert [e == "terminating" for e in events] == [False, True, False, True], events
     # The second run resumed the simulated plant where the first one stopped.
     assert "simulator: previous run reached" in runs[1].text
+    # The CRM stand-in posts its orders before the simulator starts: the machines take its
+    # work orders over from their first jobs (the order board moves from the start), and
+    # the notifier's first callbacks find the stand-in's receiver up.
+    assert re.search(r"simulator: \S+ runs the CRM's work order WO-", runs[0].text), runs[0].text
+    assert "Connection refused" not in (data / "logs" / "notify.log").read_text(errors="replace")
 
     # A port really taken: one clear line and a non-zero exit, not a random port.
     with socket.socket() as taken:

@@ -34,6 +34,9 @@ from mesflow.settings import Settings
 from notify import webhooks
 
 _PRINT = threading.Lock()
+# Printed once the orders and work orders are in the intake API: `mesflow demo` starts the
+# simulator after it, so the machines take the CRM's work orders over from their first jobs.
+READY = "orders posted"
 
 
 def _say(msg: str) -> None:
@@ -388,6 +391,7 @@ def run_crm(
         while not stop.is_set():
             try:
                 sim.create_orders(orders)
+                _say(f"{len(sim.orders)} {READY}; changing one every {interval_s:g} s")
                 break
             except httpx.TransportError as err:
                 _say(f"intake API not reachable yet ({err}); retrying")
