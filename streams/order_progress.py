@@ -434,15 +434,26 @@ class OrderProgress:
     def on_wo_started(
         self, work_order: str, machine: str, t: int, ops: tuple[tuple[str, int], ...] = ()
     ) -> None:
-        wo = self.wos.setdefault(work_order, _WorkOrder())
-        run = wo.runs.setdefault(machine, _Run())
-        wo.changed()
-        if ops:
-            run.op_starts = ops
-        else:  # no operation named here: the start is the unnamed one's
+        wo = self.wos.get(work_order)
+        run = None if wo is None else wo.runs.get(machine)
+        if not ops and run is not None:  # no operation named here: the unnamed one's start
             starts = dict(run.op_starts)
             starts[""] = min(starts.get("", t), t)
-            run.op_starts = tuple(sorted(starts.items()))
+            ops = tuple(sorted(starts.items()))
+        if wo is not None and run is not None and self._repeats_start(wo, run, t, ops):
+            # A machine repeats its work order's start with every batch of its parts:
+            # nothing changes but the flush (as _tick), so its figures stay and nothing
+            # is evaluated again (the last input's evaluation saw this same state).
+            self.dirty = True
+            return
+        if wo is None:
+            wo = self.wos[work_order] = _WorkOrder()
+        if run is None:
+            run = wo.runs[machine] = _Run()
+            if not ops:
+                ops = (("", t),)
+        wo.changed()
+        run.op_starts = ops
         # The first start is a sample of 0 parts: the first parts then count in the rate.
         if run.first_t is None or t < run.first_t:
             run.first_t = t
@@ -451,6 +462,23 @@ class OrderProgress:
             wo.started_at, wo.started_machine = t, machine
         self._tick(t)
         self._evaluate(work_order)
+
+    def _repeats_start(
+        self, wo: _WorkOrder, run: _Run, t: int, ops: tuple[tuple[str, int], ...]
+    ) -> bool:
+        """Whether a start at t naming `ops` (the run's starts it would leave) changes
+        nothing: the same starts, not before the run's first time nor the work order's
+        start, and not after "now"."""
+        now, first, started = self.now, run.first_t, wo.started_at
+        return (
+            run.op_starts == ops
+            and now is not None
+            and t <= now
+            and first is not None
+            and first <= t
+            and started is not None
+            and started <= t
+        )
 
     def on_clock(self, t: int) -> None:
         """Move "now" without new facts (rates decay, ETAs move, due passes): the dataflow's
@@ -543,10 +571,19 @@ class OrderProgress:
 
     def _wo_fig(self, wo: _WorkOrder, now: int) -> _WoFig:
         c = wo.fig
-        if c is not None and c[1] == wo.done_at and (c[0] == now or (c[3] and now > c[0])):
-            return c[2]
+        if c is not None and c[1] == wo.done_at:
+            if c[0] == now:
+                return c[2]
+            if c[3] and now > c[0]:
+                # Dormant: only its ETA moves, with "now" (see _dormant).
+                f = c[2]
+                if f.remaining:
+                    assert f.eta is not None
+                    f = _WoFig(f.good, f.scrap, f.rate, f.remaining, f.eta + now - c[0])
+                    wo.fig = (now, c[1], f, True)
+                return f
         fig = self._wo_fig_of(wo, now)
-        wo.fig = (now, wo.done_at, fig, _settled(wo, fig, now))
+        wo.fig = (now, wo.done_at, fig, _dormant(wo, now))
         return fig
 
     def _wo_fig_of(self, wo: _WorkOrder, now: int) -> _WoFig:
@@ -792,6 +829,20 @@ def _settled(wo: _WorkOrder, fig: _WoFig, now: int) -> bool:
     return not fig.remaining and all(
         not r.samples or r.samples[-1][0] <= since for r in wo.runs.values()
     )
+
+
+def _dormant(wo: _WorkOrder, now: int) -> bool:
+    """Whether its rate at `now` holds at any later "now" until it changes: no sample in
+    the rate window (each run's baseline is then its latest sample, and as a run's first
+    time is never after its samples, the elapsed time is the whole window). Its figures
+    then move with "now" only by their ETA, now + a constant (made or without a quantity:
+    not at all)."""
+    since = now - RATE_WINDOW_US
+    for r in wo.runs.values():
+        s = r.samples
+        if s and s[-1][0] > since:
+            return False
+    return True
 
 
 def _last_machine(wo: _WorkOrder) -> str | None:
