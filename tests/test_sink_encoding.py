@@ -217,3 +217,32 @@ def test_staging_tables_keep_their_rows_across_commits(db_url: str) -> None:
             conn.execute(f"DELETE FROM {upsert.staged}")
     finally:
         part.close()
+
+
+def test_board_rollups_follow_a_staged_kpi_upsert(db_url: str) -> None:
+    """machine_kpi's statement triggers (sql/036) see the same transition tables when the
+    upsert reads the staging table: a shift row moved to another date moves its reasons."""
+    from datetime import date
+
+    from streams.pg_sink import _replace_reasons
+
+    def kpi(machine: str, day: date, name: str) -> tuple[Any, ...]:
+        return (machine, "shift", T0, T0 + timedelta(hours=8), day, name, 1.0, 2.0, 3.0, 1,
+                1.0, 1.0, 1.0, 1.0, 1.0, 5, 1, 1.0, 1, 1.0, 5, 1)  # fmt: skip
+
+    def rollups(write: Write) -> list[Any]:
+        with conn.transaction(force_rollback=True), conn.cursor() as cur:
+            write(cur, KPIS, [kpi("M-1", date(2026, 11, 30), "day"), kpi("M-2", T0.date(), "day")])
+            _replace_reasons(cur, [(("M-1", "shift", T0), (("jam", 10.5, 2),)),
+                                   (("M-2", "shift", T0), (("jam", 1.25, 1),))])  # fmt: skip
+            write(cur, KPIS, [kpi("M-1", date(2026, 12, 1), "night")])
+            return cur.execute(
+                "SELECT shift_date, shift_name, reason, seconds, stops, n"
+                " FROM board_reason_shift WHERE n <> 0 ORDER BY 1, 2, 3"
+            ).fetchall()
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("\n".join(row_stores.STAGING).encode())
+        arrays, staged = rollups(_upsert_arrays), rollups(_upsert)
+    assert len(arrays) == 2
+    assert staged == arrays
