@@ -66,7 +66,11 @@ _SETTLED = frozenset({"scrap", "defect", "rework"})  # reported by the work orde
 _MOLDING_DEFECTS = ("short_shot", "flash", "sink_mark", "weld_line", "burn_mark", "warpage",
                     "silver_streak")  # fmt: skip
 _MACHINING_DEFECTS = ("burr", "dimension_out", "scratch", "thread_defect")
-_OFF_REASON = "no_order"
+# Outside the machine's shifts, and while a later routing step waits for a lot: two
+# different planned stops on the board ("no shift", "no order"); a plant file without
+# the first gets the second for both.
+_OFF_REASONS = ("no_shift", "no_order")
+_WAIT_REASON = "no_order"
 # The simulator's work orders make for stock: order numbers STOCK-<product>, which no CRM
 # order carries, so they never touch a customer's order.
 STOCK_ORDER_PREFIX = "STOCK-"
@@ -82,6 +86,7 @@ class Reasons:
     no_operator: str | None
     off_shift: str | None
     first_article: str | None = None
+    waiting: str | None = None  # a later routing step with no lot to work on
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +145,8 @@ def _reasons(plant: PlantConfig, molding: bool) -> Reasons:
         scrap=pick(table["scrap"], "quality"),
         idle=tuple(c for c in _IDLE_REASONS if c in known),
         no_operator=_NO_OPERATOR if _NO_OPERATOR in known else None,
-        off_shift=_OFF_REASON if _OFF_REASON in known else None,
+        off_shift=next((c for c in _OFF_REASONS if c in known), None),
+        waiting=_WAIT_REASON if _WAIT_REASON in known else None,
         first_article=_FIRST_ARTICLE if _FIRST_ARTICLE in known else setup[0] if setup else None,
     )
 
@@ -611,7 +617,7 @@ def _machine_events(
     # At start: the machine's state, its work order and (lathes) the counter baseline.
     next_work_order(True, start_ms)
     if waiting:
-        set_state(start_ms, "planned_stop", rs.off_shift)
+        set_state(start_ms, "planned_stop", rs.off_shift if first_piece[2] == OFF else rs.waiting)
     elif first_piece[2] == WORK:
         set_state(start_ms, "running")
     else:
@@ -625,7 +631,8 @@ def _machine_events(
     for seg_start, seg_end, kind in chain([first_piece], pieces):
         t = seg_start
         if kind != WORK:
-            set_state(t, "planned_stop", rs.off_shift if kind == OFF or waiting else None)
+            off = rs.off_shift if kind == OFF else rs.waiting if waiting else None
+            set_state(t, "planned_stop", off)
             prev_kind = kind
             if out:
                 yield from drain()
@@ -643,7 +650,7 @@ def _machine_events(
                 if take_over(t):
                     setup_left = int(uniform(10, 40) * MINUTE)
                     continue
-                set_state(t, "planned_stop", rs.off_shift)
+                set_state(t, "planned_stop", rs.waiting)
                 t = min(seg_end, t + 15 * MINUTE)
                 out.append((t, None))
             elif setup_left:
@@ -694,7 +701,7 @@ def _machine_events(
                     end_work_order(t)
                     next_work_order(False, t)
                     if waiting:
-                        set_state(t, "planned_stop", rs.off_shift)
+                        set_state(t, "planned_stop", rs.waiting)
                     else:
                         setup_left = int(uniform(10, 40) * MINUTE)
                         set_state(t, "setup", rs.setup)
