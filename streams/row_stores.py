@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import psycopg
@@ -95,13 +96,20 @@ class Staged:
         with cur.copy(f"COPY {self.stage} ({names}) FROM STDIN".encode()) as copy:
             for r in unique.values():
                 copy.write_row(r)
-        # Emptied at once: the next write (and the row-by-row retry of a refused batch, one
-        # row at a time) finds it empty.
-        cur.execute(
-            f"INSERT INTO {self.table} ({names}) SELECT {names} FROM {self.stage} "
-            f"ON CONFLICT ({', '.join(self.key)}) {self.action}; DELETE FROM {self.stage}".encode(),
-            prepare=False,  # two statements: the simple query protocol, never prepared
-        )
+        cur.execute(self.move_sql)
+
+    @cached_property
+    def move_sql(self) -> bytes:
+        """The staged rows into the table, emptying the stage at once: the next write (and
+        the row-by-row retry of a refused batch, one row at a time) finds it empty. One
+        statement, so psycopg prepares it (two went by the simple protocol, planned at
+        every write)."""
+        names = ", ".join(self.columns)
+        return (
+            f"WITH s AS (DELETE FROM {self.stage} RETURNING {names}) "
+            f"INSERT INTO {self.table} ({names}) SELECT {names} FROM s "
+            f"ON CONFLICT ({', '.join(self.key)}) {self.action}"
+        ).encode()
 
 
 def register(
