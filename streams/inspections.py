@@ -317,6 +317,12 @@ class Inspections:
         # No ended run ends before this (a lower bound): _forget has nothing to drop while
         # its horizon has not passed it.
         self._min_end = -_NEVER
+        # Per run: the parts points its count was summed from (the list object, how many,
+        # its reshapes count then, the next start), the highest total up to its start
+        # and in its window (None: none): a batch's new points are folded in, not the
+        # whole list summed again. _point counts the reshapes of each list.
+        self._made: dict[RunKey, tuple[list[tuple[int, int]], int, int, int | None, Any, Any]] = {}
+        self._reshaped: dict[tuple[str, str, str], int] = {}
 
     # -- input -------------------------------------------------------------------------------
 
@@ -354,10 +360,12 @@ class Inspections:
                 s.dirty.add(ev.machine)
             elif t is WorkOrderParts:
                 # All its parts here ("*"), and those of each operation its starts named.
-                _point(s.parts, (x.work_order, x.machine, "*"), x.t, x.good_total + x.scrap_total)
+                total = x.good_total + x.scrap_total
+                _point(s.parts, (x.work_order, x.machine, "*"), x.t, total, self._reshaped)
                 for op_name, good, scrap in x.ops:
                     if op_name:
-                        _point(s.parts, (x.work_order, x.machine, op_name), x.t, good + scrap)
+                        key = (x.work_order, x.machine, op_name)
+                        _point(s.parts, key, x.t, good + scrap, self._reshaped)
                 self._saw(x.t)
                 s.dirty_wo.add((x.work_order, x.machine))
             elif t is self._order_input and type(x.event) is WorkOrderEvent:
@@ -797,9 +805,11 @@ class Inspections:
     ) -> tuple[int, int | None]:
         """(parts made since the start, when the first-article limit was passed)."""
         parts = self.state.parts
-        points = parts.get((run.work_order, machine, run.op)) if run.op else None
+        pkey = (run.work_order, machine, run.op)
+        points = parts.get(pkey) if run.op else None
         if points is None:
-            points = parts.get((run.work_order, machine, "*"), [])
+            pkey = (run.work_order, machine, "*")
+            points = parts.get(pkey, [])
         # The same points and end as last time: the same answer (most runs, most batches).
         limit = policy.first_article_within_parts
         sig = (len(points), points[-1] if points else None, nxt, limit)
@@ -810,17 +820,40 @@ class Inspections:
         # after the run's end its work order's total here stays the run's (a total comes
         # when the machine's figures are written, often after the end), until the work
         # order starts here again.
-        i0 = bisect_right(points, (run.start, _MAX_TOTAL))
-        i1 = len(points) if nxt is None else bisect_left(points, (nxt, -1))
-        base = max((total for _t, total in points[:i0]), default=0)
-        window = points[i0:i1]
-        made = max(max((total for _t, total in window), default=base) - base, 0)
+        lo = (run.start, _MAX_TOTAL)
+        hi = None if nxt is None else (nxt, -1)
+        run_key = (run.work_order, machine, run.op, run.start)
+        n = len(points)
+        reshaped = self._reshaped.get(pkey, 0)
+        known = self._made.get(run_key)
+        if known is not None and known[0] is points and known[2] == reshaped and known[3] == nxt:
+            # Only points appended since (in time order): fold them in.
+            base, top = known[4], known[5]
+            for p in points[known[1] :]:
+                if p <= lo:  # up to the start (then the window is still empty)
+                    base = p[1] if base is None or p[1] > base else base
+                elif hi is None or p < hi:
+                    top = p[1] if top is None or p[1] > top else top
+                else:
+                    break  # the rest is the work order's next run's
+        else:
+            i0 = bisect_right(points, lo)
+            i1 = n if hi is None else bisect_left(points, hi)
+            base = max((total for _t, total in points[:i0]), default=None)
+            top = max((total for _t, total in points[i0:i1]), default=None)
+        if len(self._made) > _MAX_MEMO:
+            self._made.clear()
+        self._made[run_key] = (points, n, reshaped, nxt, base, top)
+        b = 0 if base is None else base
+        made = max((b if top is None else top) - b, 0)
         if limit > 0 and memo.detected_at is None and made > limit:
             # The first total seen above the limit: by then the limit was certainly
             # passed. Totals come once per batch of the machine's events (live about
             # every second; a replay's batch may span an hour): a first article between
             # two totals is given the benefit of the doubt, never flagged wrongly.
-            memo.detected_at = next(t for t, total in window if total - base > limit)
+            i0 = bisect_right(points, lo)
+            i1 = n if hi is None else bisect_left(points, hi)
+            memo.detected_at = next(t for t, total in points[i0:i1] if total - b > limit)
         memo.parts_seen = (*sig, made)
         return made, memo.detected_at
 
@@ -863,6 +896,7 @@ class Inspections:
         for k in old:
             del s.runs[k]
             self._unnote(k)
+            self._made.pop(k, None)
         for machine, evs in list(s.wo_events.items()):
             # Keep the start of the last run begun before the horizon (a run still open
             # may begin long ago) and what follows. Never cut inside a run: a repeated
@@ -921,12 +955,21 @@ def _point(
     key: tuple[str, str, str],
     t: int,
     total: int,
+    reshaped: dict[tuple[str, str, str], int],
 ) -> None:
+    """Adds a parts total; counts in `reshaped` the changes that are not an append at the
+    end (an insertion before the last point, the oldest points dropped)."""
     points = parts.setdefault(key, [])
-    if not points or points[-1] != (t, total):
-        insort(points, (t, total))
+    p = (t, total)
+    if not points or points[-1] != p:
+        if not points or p >= points[-1]:
+            points.append(p)  # where insort would put it: the common case, in time order
+        else:
+            insort(points, p)
+            reshaped[key] = reshaped.get(key, 0) + 1
         if len(points) > MAX_POINTS:
             del points[: len(points) - MAX_POINTS]
+            reshaped[key] = reshaped.get(key, 0) + 1
 
 
 def _has_open_flag(memo: _Memo) -> bool:
