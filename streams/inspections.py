@@ -298,6 +298,7 @@ class Inspections:
 
         self._order_input = OrderInput
         self._cals: dict[str, CalendarIndex] = {}  # machine -> its line's shift calendar
+        self._cal_of: dict[int, CalendarIndex] = {}  # id(calendar) -> its index
         # Pure functions of their arguments, asked again for every open run at every batch
         # (its patrol slots are derived from its start each time): remembered.
         self._later: dict[tuple[str, int, int], int] = {}
@@ -323,6 +324,9 @@ class Inspections:
         # whole list summed again. _point counts the reshapes of each list.
         self._made: dict[RunKey, tuple[list[tuple[int, int]], int, int, int | None, Any, Any]] = {}
         self._reshaped: dict[tuple[str, str, str], int] = {}
+        # (work order, machine) whose inspections changed since the last derivation (the
+        # others in `dirty_wo` changed by their parts alone).
+        self._checked: set[tuple[str, str]] = set()
 
     # -- input -------------------------------------------------------------------------------
 
@@ -343,6 +347,7 @@ class Inspections:
                     )
                     self._named(ev.work_order, ev.machine)
                     s.dirty_wo.add((ev.work_order, ev.machine))
+                    self._checked.add((ev.work_order, ev.machine))
                     self._saw(at)
                     continue
                 elif te is WorkOrderStartReport or te is WorkOrderEndReport:
@@ -428,7 +433,8 @@ class Inspections:
         machines = set(dirty)
         machines.update(wos_of)
         machines.update(tick)
-        s.dirty, s.dirty_wo = set(), set()
+        checked = self._checked
+        s.dirty, s.dirty_wo, self._checked = set(), set(), set()
         out: list[Row] = []
         clock = s.clock
         fresh: dict[str, _MachineRuns] = {}
@@ -465,10 +471,18 @@ class Inspections:
                         if run.end is not None and run.end < s.forgotten_before:
                             continue  # long over and forgotten: nothing to say again
                         memo = s.runs[key] = _Memo()
-                    elif wos is None or run.work_order not in wos:
+                    else:
                         same = self._same.get(key)
                         if same is not None and same[0] is memo and clock < same[2]:
-                            continue  # its inputs are those of its last derivation
+                            if wos is None or run.work_order not in wos:
+                                continue  # its inputs are those of its last derivation
+                            if (run.work_order, machine) not in checked:
+                                # Its parts alone changed: so may the parts made.
+                                rows = self._made_only(machine, run, mr.nxt[i], memo, same)
+                                if rows is not None:
+                                    out.extend(rows)
+                                    self._note(key, memo)
+                                    continue
                     memo.end = run.end
                     out.extend(self._run_rows(machine, run, mr.nxt[i], memo))
                     self._note(key, memo)
@@ -714,6 +728,32 @@ class Inspections:
         self._same[run_key] = (memo, inputs, until)
         return out
 
+    def _made_only(
+        self,
+        machine: str,
+        run: _Run,
+        nxt: int | None,
+        memo: _Memo,
+        same: tuple[_Memo, tuple[Any, ...], int],
+    ) -> list[Row] | None:
+        """_run_rows for a run whose inputs other than its parts are those of its last
+        derivation (`same`, whose rows stand on the clock): None when the first-article
+        limit's passing moved (then it is derived whole)."""
+        if memo.row is None or memo.end != run.end:
+            return None
+        product = self.state.products.get(run.work_order)
+        policy = self.plant.inspection_policy(product)
+        made, detected = self._parts(machine, run, nxt, policy, memo)
+        before = same[1]
+        if before[5] != detected:
+            return None
+        if before[4] == made:
+            return []
+        inputs = (*before[:4], made, detected)
+        return self._made_changed(
+            (run.work_order, machine, run.op, run.start), memo, inputs, same[2], made
+        )
+
     def _made_changed(
         self, run_key: RunKey, memo: _Memo, inputs: tuple[Any, ...], until: int, made: int
     ) -> list[Row]:
@@ -723,12 +763,17 @@ class Inspections:
         out: list[Row] = []
         row = memo.row
         if row is not None and row.parts_made != made:
-            memo.row = row = row._replace(parts_made=made)
+            # row._replace(parts_made=made), without its keyword machinery (hot).
+            memo.row = row = _tuple_new(
+                InspectionRun, (*row[:_RUN_MADE], made, *row[_RUN_MADE + 1 :])
+            )
             out.append(row)
         flags = memo.flags
         for k, f in flags.items():
             if f.parts_made != made:
-                flags[k] = g = f._replace(parts_made=made)
+                flags[k] = g = _tuple_new(
+                    InspectionFlag, (*f[:_FLAG_MADE], made, *f[_FLAG_MADE + 1 :])
+                )
                 if f.until is None:
                     out.append(g)
         self._same[run_key] = (memo, inputs, until)
@@ -860,9 +905,15 @@ class Inspections:
     def _calendar(self, machine: str) -> CalendarIndex | None:
         cal = self._cals.get(machine)
         if cal is None and machine in self.plant.machines:
-            cal = self._cals[machine] = CalendarIndex(
-                self.plant.calendar_for(machine), self.plant.plant.timezone
-            )
+            # One index per calendar (a line's machines share it): building one names
+            # the calendar by its repr, which costs more than a few batches of a replay.
+            calendar = self.plant.calendar_for(machine)
+            cal = self._cal_of.get(id(calendar))
+            if cal is None:
+                cal = self._cal_of[id(calendar)] = CalendarIndex(
+                    calendar, self.plant.plant.timezone
+                )
+            self._cals[machine] = cal
         return cal
 
     def _day(self, t: int) -> date:
@@ -923,6 +974,9 @@ class Inspections:
                 del s.parts[pkey]
 
 
+_tuple_new = tuple.__new__
+_RUN_MADE = InspectionRun._fields.index("parts_made")
+_FLAG_MADE = InspectionFlag._fields.index("parts_made")
 _MAX_MEMO = 100_000  # entries of each memo above (a few MB at most)
 _NEVER = 1 << 62
 
