@@ -255,15 +255,15 @@ class _WorkOrder:
             starts = dict(r.op_starts)
             # Every machine hears of every work order: one that neither started it nor
             # made a part of it did nothing for it.
-            items = tuple(
-                x for x in r.ops or (("", r.good, r.scrap),) if x[1] or x[2] or x[0] in starts
-            )
-            named = {o for o, _, _ in items}
+            items = [x for x in r.ops or (("", r.good, r.scrap),) if x[1] or x[2] or x[0] in starts]
             # A step started here with no part yet is running, with nothing made.
-            items = (*items, *((o, 0, 0) for o in starts if o not in named))
+            if starts:
+                named = {x[0] for x in items}
+                items.extend((o, 0, 0) for o in starts if o not in named)
             last = r.samples[-1][0] if r.samples else None
+            unnamed_first = r.first_t if not r.ops else None
             for raw, g, s in items:
-                first = starts.get(raw, r.first_t if not r.ops else None)
+                first = starts.get(raw, unnamed_first)
                 out.append(
                     OpInput(op_for(route, raw, m), m, g, s, first, last if g or s else first)
                 )
@@ -348,6 +348,9 @@ class OrderProgress:
         self._active: set[str] | None = None
         self._contrib: dict[str, tuple[int, int]] = {}
         self._sum = (0, 0)
+        # The work orders with a run of several rate samples (those _forget may trim);
+        # None: not known, all.
+        self._trim: set[str] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -424,6 +427,8 @@ class OrderProgress:
             s[-1] = (t, good_total)
         else:
             s.append((t, good_total))
+            if len(s) > 1 and self._trim is not None:
+                self._trim.add(work_order)
         if run.first_t is None or t < run.first_t:
             run.first_t = t
         if (good_total or scrap_total) and (wo.started_at is None or t < wo.started_at):
@@ -458,6 +463,8 @@ class OrderProgress:
         if run.first_t is None or t < run.first_t:
             run.first_t = t
             run.samples.insert(0, (t, 0))
+            if len(run.samples) > 1 and self._trim is not None:
+                self._trim.add(work_order)
         if wo.started_at is None or t < wo.started_at:
             wo.started_at, wo.started_machine = t, machine
         self._tick(t)
@@ -500,20 +507,22 @@ class OrderProgress:
         out: list[OrderRow] = []
         now = self.now
         if self.dirty and now is not None:
-            figs = {w: self._wo_fig(wo, now) for w, wo in self.wos.items()}
+            figs: dict[str, _WoFig] = {}
             last = from_us(now)
+            wo_fig, order_no = self._wo_fig, self.order_no
             for w, wo in self.wos.items():
-                f = figs[w]
+                f = figs[w] = wo_fig(wo, now)
+                qty = wo.qty
                 out.append(
                     WorkOrderProgressRow(
                         w,
-                        self.order_no,
+                        order_no,
                         wo.product,
-                        wo.qty,
+                        qty,
                         wo.machine or _last_machine(wo),
                         f.good,
                         f.scrap,
-                        f.good / wo.qty if wo.qty else None,
+                        f.good / qty if qty else None,
                         f.rate,
                         _dt(f.eta),
                         _dt(wo.started_at),
@@ -521,10 +530,12 @@ class OrderProgress:
                         last,
                     )
                 )
-                if wo.followed_route() is not None:
-                    out.append(
-                        OperationSetRow(w, self.order_no, wo.product, wo.qty, wo.op_figs(), last)
-                    )
+                if wo.routing is not None:
+                    d = wo.derived
+                    if d is None:
+                        d = wo._derive()
+                    if d.route is not None:
+                        out.append(OperationSetRow(w, order_no, wo.product, wo.qty, d.figs, last))
             out.append(self._order_row(figs, now))
             self._forget(now)
         out.extend(self.pending)
@@ -659,7 +670,8 @@ class OrderProgress:
         )
 
     def _order_row(self, figs: dict[str, _WoFig], now: int) -> OrderProgressRow:
-        good, scrap = self._totals()
+        # The totals _evaluate keeps, unless not known since a restart.
+        good, scrap = self._sum if self._active is not None else self._totals()
         eta = self._order_eta(figs, good, now)
         o = self.order
         return OrderProgressRow(
@@ -808,17 +820,24 @@ class OrderProgress:
         return d
 
     def _forget(self, now: int) -> None:
-        """Drop rate samples older than the one at the start of the window."""
+        """Drop rate samples older than the one at the start of the window (looking only
+        at the work orders with a run of several: most have one left)."""
         since = now - RATE_WINDOW_US
-        for wo in self.wos.values():
-            for run in wo.runs.values():
+        wos = self.wos
+        several: set[str] = set()
+        for w in wos if self._trim is None else self._trim:
+            for run in wos[w].runs.values():
                 s = run.samples
-                i = bisect_right(s, (since, 1 << 62)) - 1
-                if i > 0:
-                    del s[:i]
+                if len(s) > 1:
+                    i = bisect_right(s, (since, 1 << 62)) - 1
+                    if i > 0:
+                        del s[:i]
+                    if len(s) > 1:
+                        several.add(w)
+        self._trim = several
 
 
-_CACHES: Final = ("_active", "_contrib", "_sum")
+_CACHES: Final = ("_active", "_contrib", "_sum", "_trim")
 
 
 def _settled(wo: _WorkOrder, fig: _WoFig, now: int) -> bool:

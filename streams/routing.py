@@ -111,18 +111,40 @@ def op_figures(route: Route, done: Iterable[OpInput], qty: int | None) -> list[O
     reports more than it received (parts taken from stock, counting slips) shows WIP 0."""
     by_op: dict[str, list[OpInput]] = {}
     for d in done:
-        by_op.setdefault(d.op, []).append(d)
+        mine = by_op.get(d.op)
+        if mine is None:
+            by_op[d.op] = [d]
+        else:
+            mine.append(d)
     out: list[OpFigures] = []
     prev_good: int | None = None
+    # The order step derives these after every change of a routed work order: one pass
+    # over a step's inputs (most steps have one machine or none).
     for i, s in enumerate(route, start=1):
-        mine = by_op.get(s.op, [])
-        good = sum(d.good for d in mine)
-        scrap = sum(d.scrap for d in mine)
-        firsts = [d.first_t for d in mine if d.first_t is not None]
-        lasts = [d.last_t for d in mine if d.last_t is not None]
-        machines = tuple(sorted({d.machine for d in mine})) or s.machines
-        qty_in = good + scrap if prev_good is None else prev_good
-        wip = 0 if prev_good is None else max(prev_good - good - scrap, 0)
+        mine = by_op.get(s.op)
+        if mine is None:
+            good = scrap = 0
+            first = last = None
+            machines = s.machines
+        elif len(mine) == 1:
+            d = mine[0]
+            good, scrap, first, last = d.good, d.scrap, d.first_t, d.last_t
+            machines = (d.machine,)
+        else:
+            good = scrap = 0
+            first = last = None
+            for d in mine:
+                good += d.good
+                scrap += d.scrap
+                if d.first_t is not None and (first is None or d.first_t < first):
+                    first = d.first_t
+                if d.last_t is not None and (last is None or d.last_t > last):
+                    last = d.last_t
+            machines = tuple(sorted({d.machine for d in mine}))
+        if prev_good is None:
+            qty_in, wip = good + scrap, 0
+        else:
+            qty_in, wip = prev_good, max(prev_good - good - scrap, 0)
         if qty is not None and good >= qty > 0:
             status = "done"
         elif mine:
@@ -141,8 +163,8 @@ def op_figures(route: Route, done: Iterable[OpInput], qty: int | None) -> list[O
                 scrap,
                 wip,
                 status,
-                min(firsts, default=None),
-                max(lasts, default=None),
+                first,
+                last,
             )
         )
         prev_good = good

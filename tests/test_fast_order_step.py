@@ -75,6 +75,17 @@ def full_pass(p: OrderProgress) -> None:
         ("clock", 70),
     ]
 )
+# A flush trims the rate samples of a work order that had one when it last trimmed.
+@example(
+    [
+        ("parts", "WO-1", "IM-01", 10, [("", 5, 0)]),
+        ("flush",),
+        ("parts", "WO-1", "IM-01", 20, [("", 8, 0)]),
+        ("parts", "WO-1", "IM-01", 25, [("", 9, 0)]),
+        ("clock", 100),
+        ("flush",),
+    ]
+)
 def test_incremental_evaluation_equals_a_full_pass(xs: list[tuple[Any, ...]]) -> None:
     ideal = IdealCycles.from_plant(PLANT)
     fast, full = OrderProgress("SO-1", ideal), OrderProgress("SO-1", ideal)
@@ -88,6 +99,8 @@ def test_incremental_evaluation_equals_a_full_pass(xs: list[tuple[Any, ...]]) ->
         full_pass(full)
         if x[0] == "flush":
             assert fast.flush() == full.flush()
+            # Its state too: the flush trims the same rate samples.
+            assert fast.__getstate__() == full.__getstate__()
             continue
         if x[0] == "clock":
             for p in (fast, full):

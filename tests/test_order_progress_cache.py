@@ -11,8 +11,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesflow.events import WorkOrderEvent
+from mesflow.events import RoutingStep, WorkOrderEvent
 from streams.order_progress import IdealCycles, OrderProgress
+from streams.routing import OpFigures, OpInput, from_event, op_figures
 from tests.test_order_progress import at, dt, order
 from tests.test_routings import PLANT, three_steps
 
@@ -130,3 +131,71 @@ def test_a_snapshot_leaves_the_cached_figures_out() -> None:
     p.on_parts("WO-1", "IM-01", at(40), 60, 5, (("10", 60, 5),))
     resumed.on_parts("WO-1", "IM-01", at(40), 60, 5, (("10", 60, 5),))
     assert p.flush() == resumed.flush() != rows
+
+
+def reference_op_figures(route: Any, done: list[OpInput], qty: int | None) -> list[OpFigures]:
+    """streams/routing.py op_figures as first written (a list and a sum per step)."""
+    by_op: dict[str, list[OpInput]] = {}
+    for d in done:
+        by_op.setdefault(d.op, []).append(d)
+    out: list[OpFigures] = []
+    prev_good: int | None = None
+    for i, s in enumerate(route, start=1):
+        mine = by_op.get(s.op, [])
+        good = sum(d.good for d in mine)
+        scrap = sum(d.scrap for d in mine)
+        firsts = [d.first_t for d in mine if d.first_t is not None]
+        lasts = [d.last_t for d in mine if d.last_t is not None]
+        machines = tuple(sorted({d.machine for d in mine})) or s.machines
+        qty_in = good + scrap if prev_good is None else prev_good
+        wip = 0 if prev_good is None else max(prev_good - good - scrap, 0)
+        if qty is not None and good >= qty > 0:
+            status = "done"
+        elif mine:
+            status = "running"
+        else:
+            status = "not_started"
+        out.append(
+            OpFigures(
+                i,
+                s.op,
+                s.name,
+                machines,
+                s.ideal_cycle_seconds,
+                qty_in,
+                good,
+                scrap,
+                wip,
+                status,
+                min(firsts, default=None),
+                max(lasts, default=None),
+            )
+        )
+        prev_good = good
+    return out
+
+
+op_inputs = st.lists(
+    st.builds(
+        OpInput,
+        st.sampled_from(OPS[1:]),
+        st.sampled_from(MACHINES),
+        st.integers(0, 50),
+        st.integers(0, 5),
+        st.none() | st.integers(0, 100),
+        st.none() | st.integers(0, 100),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=50, deadline=None)
+@given(op_inputs, st.none() | st.integers(0, 60))
+def test_op_figures_equal_the_reference(done: list[OpInput], qty: int | None) -> None:
+    """op_figures takes a step's one input as it is (most steps have one): the same
+    figures as summing every step's inputs."""
+    route = from_event(
+        RoutingStep.model_validate(s)
+        for s in [{"op": "10", "machines": ["IM-01"]}, {"op": "20"}, {"op": "30"}]
+    )
+    assert op_figures(route, done, qty) == reference_op_figures(route, done, qty)
