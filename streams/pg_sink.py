@@ -215,7 +215,7 @@ row_stores.STAGING.extend(
 
 def _unnest(types: list[str], names: str, alias: str) -> str:
     """`unnest(%s::t1[], ...) AS alias(names)`: a batch's rows as a table, one array
-    parameter per column (see Upsert for why not a staging table)."""
+    parameter per column: the array path (see Upsert)."""
     arrays = ", ".join(f"%s::{t}[]" for t in types)
     return f"unnest({arrays}) AS {alias}({names})"
 
