@@ -68,5 +68,6 @@ ON CONFLICT (machine, name, minute) DO UPDATE SET
 
 def store(cur: psycopg.Cursor[Any], rows: list[ValueRow]) -> None:
     """Store raw values and merge them into the rollup (inside the caller's transaction).
-    The rows go as one array per column, not through a staging table (pg_sink.Upsert)."""
+    The rows go as one array per column (psycopg dumps them in Python: fine for a few
+    values per batch; the machine figures go by COPY into a staging table, pg_sink.Upsert)."""
     cur.execute(STORE.encode(), columns(rows, 4))  # built from constants
