@@ -891,9 +891,10 @@ class MachineTracker:
 
         Those figures only ever get sums added, and only flush reads them (snapshots
         pickle them): adding a run of counts at once gives the same figures, so the hot
-        path keeps only sums. Drained before any other event is applied, before flush
-        and snapshots, and before the context is replaced, so every other change still
-        comes in the events' order.
+        path keeps only sums. Drained before any other event is applied, before a full
+        flush and snapshots, and before the context is replaced, so every other change
+        still comes in the events' order (a live board flush, `flush_board`, reads none
+        of them: it leaves the sums for the next full flush).
         """
         c = self._unsettled
         if c is None:
