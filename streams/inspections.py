@@ -307,6 +307,10 @@ class Inspections:
         # they stand): see _run_rows.
         self._same: dict[RunKey, tuple[_Memo, tuple[Any, ...], int]] = {}
         self._patrol_memo: dict[RunKey, tuple[tuple[Any, ...], Any]] = {}
+        # Per run: its patrol slots and missed episodes up to its last patrol, as of
+        # ((every, grace), the patrols, slots, episodes, the last patrol's time): _patrols.
+        self._patrol_prefix: dict[RunKey, tuple[Any, ...]] = {}
+        self._policies: dict[str | None, InspectionPolicy] = {}  # product -> its policy
         # work order -> machines whose kept reports name it (built on first use; rebuilt
         # after _forget drops reports); and each machine's runs as last derived from its
         # work-order reports (the list object and its length: reports are only inserted).
@@ -557,7 +561,7 @@ class Inspections:
     def _run_rows(self, machine: str, run: _Run, nxt: int | None, memo: _Memo) -> list[Row]:
         s = self.state
         product = s.products.get(run.work_order)
-        policy = self.plant.inspection_policy(product)
+        policy = self._policy(product)
         checks = [
             c
             for c in s.checks.get((run.work_order, machine), [])
@@ -742,7 +746,7 @@ class Inspections:
         if memo.row is None or memo.end != run.end:
             return None
         product = self.state.products.get(run.work_order)
-        policy = self.plant.inspection_policy(product)
+        policy = self._policy(product)
         made, detected = self._parts(machine, run, nxt, policy, memo)
         before = same[1]
         if before[5] != detected:
@@ -787,12 +791,26 @@ class Inspections:
         a long run has many patrols, and its rows are derived again at every batch that
         brings it parts (the part count changes nothing here)."""
         run_key = (run.work_order, machine, run.op, run.start)
-        inputs = (run, tuple(patrols), every, grace)
+        done = tuple(patrols)
+        inputs = (run, done, every, grace)
         seen = self._patrol_memo.get(run_key)
         if seen is not None and seen[0] == inputs and clock < seen[1][4]:
             return seen[1]
         slots: list[Slot] = []
         flags: list[tuple[str, int, int | None]] = []
+        anchor = run.start
+        # The slots up to the last patrol depend on the patrols alone (each is at or
+        # before the run's end): resumed after those of the last derivation when these
+        # patrols begin with them (patrols come in time order; the clock reads only the
+        # tail after the last one).
+        prefix = self._patrol_prefix.get(run_key)
+        if prefix is not None and prefix[0] == (every, grace):
+            k = len(prefix[1])
+            if k <= len(done) and done[:k] == prefix[1]:
+                slots.extend(prefix[2])
+                flags.extend(prefix[3])
+                anchor = prefix[4]
+                patrols = patrols[k:]
         next_due: int | None = None
         missed_since: int | None = None
         limit = clock if run.end is None else min(clock, run.end)
@@ -808,7 +826,6 @@ class Inspections:
                 v = memo_later[k] = _shift_time_after(cal, t, by)
             return v
 
-        anchor = run.start
         episode: int | None = None  # the open missed episode's start
         for p in patrols:
             d = later(anchor, every)
@@ -822,6 +839,9 @@ class Inspections:
                 episode = None
             slots.append(("patrol", from_us(d), self._day(d), "on_time", from_us(p.t), p.result))
             anchor = p.t
+        if len(self._patrol_prefix) > _MAX_MEMO:
+            self._patrol_prefix.clear()
+        self._patrol_prefix[run_key] = ((every, grace), done, tuple(slots), tuple(flags), anchor)
         d = later(anchor, every)
         while later(d, grace) < limit:
             slots.append(("patrol", from_us(d), self._day(d), "missed", None, None))
@@ -902,6 +922,12 @@ class Inspections:
         memo.parts_seen = (*sig, made)
         return made, memo.detected_at
 
+    def _policy(self, product: str | None) -> InspectionPolicy:
+        policy = self._policies.get(product)
+        if policy is None:
+            policy = self._policies[product] = self.plant.inspection_policy(product)
+        return policy
+
     def _calendar(self, machine: str) -> CalendarIndex | None:
         cal = self._cals.get(machine)
         if cal is None and machine in self.plant.machines:
@@ -948,6 +974,7 @@ class Inspections:
             del s.runs[k]
             self._unnote(k)
             self._made.pop(k, None)
+            self._patrol_prefix.pop(k, None)
         for machine, evs in list(s.wo_events.items()):
             # Keep the start of the last run begun before the horizon (a run still open
             # may begin long ago) and what follows. Never cut inside a run: a repeated
@@ -1043,10 +1070,10 @@ def _runs(events: list[_WoEvent]) -> list[_Run]:
             if cur is not None and cur.work_order == e.work_order and cur.op == e.op:
                 continue  # started again while running: the same run
             if cur is not None:
-                runs.append(cur._replace(end=e.t))
+                runs.append(_Run(cur.work_order, cur.op, cur.start, e.t))
             cur = _Run(e.work_order, e.op, e.t, None)
         elif cur is not None and cur.work_order == e.work_order and (not e.op or e.op == cur.op):
-            runs.append(cur._replace(end=e.t))
+            runs.append(_Run(cur.work_order, cur.op, cur.start, e.t))
             cur = None
     if cur is not None:
         runs.append(cur)
