@@ -69,3 +69,17 @@ def test_machines_are_due_at_different_phases() -> None:
     phases = [_phase(m) for m in machines]
     assert all(0 <= p < 0.5 for p in phases)
     assert len(set(phases)) >= len(machines) * 3 // 4  # spread, not one value
+
+
+def test_a_batch_after_the_due_time_writes_the_figures() -> None:
+    """The due time is compared as a POSIX time (no datetime.now() per batch): a batch
+    after it writes the figures and moves it a throttle ahead; one before it does not."""
+    logic = MachineLogic(None, PLANT, THROTTLE, None)
+    feed = _Feed("IM-01")
+    logic.on_batch(feed(RUNNING, PART))
+    assert KpiRow not in _kinds(logic.on_batch(feed(PART)))
+    logic.next_full = datetime.now(UTC) - timedelta(milliseconds=1)  # due, timer not run
+    before = datetime.now(UTC)
+    assert KpiRow in _kinds(logic.on_batch(feed(PART)))
+    assert logic.next_full is not None and logic.next_full >= before + THROTTLE
+    assert KpiRow not in _kinds(logic.on_batch(feed(PART)))
