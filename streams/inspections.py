@@ -442,19 +442,21 @@ class Inspections:
         out: list[Row] = []
         clock = s.clock
         fresh: dict[str, _MachineRuns] = {}
+        runs_of, wo_events = self._runs_of, s.wo_events
         for machine in machines:
-            evs = s.wo_events.get(machine, [])
-            known_runs = self._runs_of.get(machine)
+            evs = wo_events.get(machine, _NO_EVENTS)
+            known_runs = runs_of.get(machine)
             if known_runs is None or known_runs.events is not evs or known_runs.n != len(evs):
-                fresh[machine] = self._runs_of[machine] = _machine_runs(machine, evs)
+                fresh[machine] = runs_of[machine] = _machine_runs(machine, evs)
         # The known runs of the machines whose runs may have changed, in one pass.
         known: dict[str, list[RunKey]] = {}
         if dirty or fresh:
             for k in s.runs:
                 if k[1] in dirty or k[1] in fresh:
                     known.setdefault(k[1], []).append(k)
+        memos, same_of, made_only = s.runs, self._same, self._made_only
         for machine in sorted(machines):
-            mr = self._runs_of[machine]
+            mr = runs_of[machine]
             if mr.run_set is not None:
                 out.append(mr.run_set)
             runs = mr.runs
@@ -464,28 +466,31 @@ class Inspections:
                 # (open, or with an open flag) and those of the work orders whose
                 # inspections or parts changed can say anything new.
                 keys = tick.get(machine)
-                picks = {mr.pos[k] for k in keys} if keys else set()
+                pos = mr.pos
+                picks = [pos[k] for k in keys] if keys else []
                 if wos is not None:
                     for wo in wos:
-                        picks.update(mr.by_wo.get(wo, ()))
-                for i in sorted(picks) if len(picks) > 1 else picks:
+                        picks.extend(mr.by_wo.get(wo, ()))
+                if len(picks) > 1:
+                    picks = sorted(set(picks))
+                for i in picks:
                     run, key = runs[i], mr.keys[i]
-                    memo = s.runs.get(key)
+                    memo = memos.get(key)
                     if memo is None:
                         if run.end is not None and run.end < s.forgotten_before:
                             continue  # long over and forgotten: nothing to say again
-                        memo = s.runs[key] = _Memo()
+                        memo = memos[key] = _Memo()
                     else:
-                        same = self._same.get(key)
+                        same = same_of.get(key)
                         if same is not None and same[0] is memo and clock < same[2]:
                             if wos is None or run.work_order not in wos:
                                 continue  # its inputs are those of its last derivation
                             if (run.work_order, machine) not in checked:
-                                # Its parts alone changed: so may the parts made.
-                                rows = self._made_only(machine, run, mr.nxt[i], memo, same)
+                                # Its parts alone changed: so may the parts made (its
+                                # end and flags' being open stay: the index too).
+                                rows = made_only(machine, run, mr.nxt[i], memo, same, key)
                                 if rows is not None:
                                     out.extend(rows)
-                                    self._note(key, memo)
                                     continue
                     memo.end = run.end
                     out.extend(self._run_rows(machine, run, mr.nxt[i], memo))
@@ -739,6 +744,7 @@ class Inspections:
         nxt: int | None,
         memo: _Memo,
         same: tuple[_Memo, tuple[Any, ...], int],
+        run_key: RunKey,
     ) -> list[Row] | None:
         """_run_rows for a run whose inputs other than its parts are those of its last
         derivation (`same`, whose rows stand on the clock): None when the first-article
@@ -754,9 +760,7 @@ class Inspections:
         if before[4] == made:
             return []
         inputs = (*before[:4], made, detected)
-        return self._made_changed(
-            (run.work_order, machine, run.op, run.start), memo, inputs, same[2], made
-        )
+        return self._made_changed(run_key, memo, inputs, same[2], made)
 
     def _made_changed(
         self, run_key: RunKey, memo: _Memo, inputs: tuple[Any, ...], until: int, made: int
@@ -1002,6 +1006,7 @@ class Inspections:
 
 
 _tuple_new = tuple.__new__
+_NO_EVENTS: list[_WoEvent] = []  # a machine without work-order reports (never appended to)
 _RUN_MADE = InspectionRun._fields.index("parts_made")
 _FLAG_MADE = InspectionFlag._fields.index("parts_made")
 _MAX_MEMO = 100_000  # entries of each memo above (a few MB at most)
