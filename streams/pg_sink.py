@@ -559,8 +559,9 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
                 except Exception as err:
                     # Whatever the staged path refuses (a value PostgreSQL refuses, one its
                     # binary encoding does not take), the array path decides as it always
-                    # did: stored, or refused and written row by row.
-                    log.info("staged write failed (%s); writing the batch as arrays", err)
+                    # did: stored, or refused and written row by row. A warning: a staged
+                    # path failing on every write would double the writer's work unseen.
+                    log.warning("staged write failed (%s); writing the batch as arrays", err)
                     try:
                         self._write(batch, arrays=True)
                     except REFUSALS as err:
