@@ -311,6 +311,10 @@ class Inspections:
         # ((every, grace), the patrols, slots, episodes, the last patrol's time): _patrols.
         self._patrol_prefix: dict[RunKey, tuple[Any, ...]] = {}
         self._policies: dict[str | None, InspectionPolicy] = {}  # product -> its policy
+        # machine -> the first clock at which one of its ticking runs may say something new
+        # (the earliest `until` of their last derivations): before it, a batch that does
+        # not touch the machine skips it (live: most machines, every batch).
+        self._wake: dict[str, int] = {}
         # work order -> machines whose kept reports name it (built on first use; rebuilt
         # after _forget drops reports); and each machine's runs as last derived from its
         # work-order reports (the list object and its length: reports are only inserted).
@@ -454,7 +458,7 @@ class Inspections:
             for k in s.runs:
                 if k[1] in dirty or k[1] in fresh:
                     known.setdefault(k[1], []).append(k)
-        memos, same_of, made_only = s.runs, self._same, self._made_only
+        memos, same_of, made_only, wake = s.runs, self._same, self._made_only, self._wake
         for machine in sorted(machines):
             mr = runs_of[machine]
             if mr.run_set is not None:
@@ -465,6 +469,8 @@ class Inspections:
                 # Its runs are those of its last derivation: only its runs that tick
                 # (open, or with an open flag) and those of the work orders whose
                 # inspections or parts changed can say anything new.
+                if wos is None and clock < wake.get(machine, -_NEVER):
+                    continue  # only the clock moved, and not up to its runs' next instant
                 keys = tick.get(machine)
                 pos = mr.pos
                 picks = [pos[k] for k in keys] if keys else []
@@ -495,6 +501,7 @@ class Inspections:
                     memo.end = run.end
                     out.extend(self._run_rows(machine, run, mr.nxt[i], memo))
                     self._note(key, memo)
+                self._rewake(machine)
                 continue
             mtick = tick.get(machine, ())
             seen: set[RunKey] = set()
@@ -526,8 +533,26 @@ class Inspections:
                         out.append(fl._replace(until=fl.since))
                 if memo.row is not None:
                     out.append(memo.row._replace(gone=True))
+            self._rewake(machine)
         self._forget()
         return out
+
+    def _rewake(self, machine: str) -> None:
+        """The machine's wake (see __init__), after its runs were derived."""
+        keys = self._tick.get(machine) if self._tick is not None else None
+        if keys:
+            memos, same_of = self.state.runs, self._same
+            wake = _NEVER
+            for k in keys:
+                same = same_of.get(k)
+                if same is None or same[0] is not memos.get(k):
+                    break  # not derived whole yet: derive it at the next batch
+                if same[2] < wake:
+                    wake = same[2]
+            else:
+                self._wake[machine] = wake
+                return
+        self._wake.pop(machine, None)
 
     def _ticking(self) -> dict[str, set[RunKey]]:
         """machine -> its runs that are open or have an open flag (built from the state
@@ -734,6 +759,7 @@ class Inspections:
         memo.flags = new
         if len(self._same) > _MAX_MEMO:
             self._same.clear()
+            self._wake.clear()
         self._same[run_key] = (memo, inputs, until)
         return out
 

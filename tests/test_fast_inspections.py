@@ -52,6 +52,7 @@ def items(draw: st.DrawFn) -> list[Any]:
 
 def forget(steps: Inspections) -> None:
     steps._same.clear()
+    steps._wake.clear()
     steps._patrol_memo.clear()
     steps._patrol_prefix.clear()
     steps._runs_of.clear()

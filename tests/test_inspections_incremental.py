@@ -70,6 +70,7 @@ def items(
 def forget(steps: Inspections) -> None:
     """Every cache and index the incremental path keeps: derived again from the state."""
     steps._same.clear()
+    steps._wake.clear()
     steps._patrol_memo.clear()
     steps._patrol_prefix.clear()
     steps._runs_of.clear()
