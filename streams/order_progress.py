@@ -206,6 +206,8 @@ class _WorkOrder:
     fig: tuple[int, int | None, _WoFig, bool] | None = field(
         default=None, repr=False, compare=False
     )
+    # Its last progress row, in parts (see OrderProgress.flush); not state either.
+    row: list[Any] | None = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> tuple[None, dict[str, Any]]:
         # Slots only (pickle's own shape for a slots class). Objects from before routings
@@ -297,7 +299,7 @@ class _WorkOrder:
 
 
 # What a snapshot of a work order holds: its fields but the derived figures.
-_WO_STATE: Final = tuple(f for f in _WorkOrder.__slots__ if f not in ("derived", "fig"))
+_WO_STATE: Final = tuple(f for f in _WorkOrder.__slots__ if f not in ("derived", "fig", "row"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +365,7 @@ class OrderProgress:
         self._no_caches()
         # Snapshots from before routings: slots added since are unset on their objects.
         for wo in self.wos.values():
-            wo.derived = wo.fig = None  # not in snapshots
+            wo.derived = wo.fig = wo.row = None  # not in snapshots
             if not hasattr(wo, "routing"):
                 wo.routing, wo.own_routing = None, False
             for run in wo.runs.values():
@@ -442,9 +444,11 @@ class OrderProgress:
         wo = self.wos.get(work_order)
         run = None if wo is None else wo.runs.get(machine)
         if not ops and run is not None:  # no operation named here: the unnamed one's start
-            starts = dict(run.op_starts)
-            starts[""] = min(starts.get("", t), t)
-            ops = tuple(sorted(starts.items()))
+            ops = run.op_starts
+            if len(ops) != 1 or ops[0][0] != "" or ops[0][1] > t:  # else: as it is
+                starts = dict(ops)
+                starts[""] = min(starts.get("", t), t)
+                ops = tuple(sorted(starts.items()))
         if wo is not None and run is not None and self._repeats_start(wo, run, t, ops):
             # A machine repeats its work order's start with every batch of its parts:
             # nothing changes but the flush (as _tick), so its figures stay and nothing
@@ -511,10 +515,29 @@ class OrderProgress:
             last = from_us(now)
             wo_fig, order_no = self._wo_fig, self.order_no
             for w, wo in self.wos.items():
-                f = figs[w] = wo_fig(wo, now)
-                qty = wo.qty
-                out.append(
-                    WorkOrderProgressRow(
+                c, r = wo.fig, wo.row
+                if (
+                    r is not None
+                    and c is not None
+                    and r[0] is c[2]
+                    and c[1] == wo.done_at
+                    and (c[0] == now or (c[3] and now > c[0]))
+                ):
+                    # Its last row is of these figures, or it is dormant (_wo_fig): a row
+                    # for every work order of the order, each flush, mostly of work orders
+                    # whose ETA alone moved, with the clock.
+                    f = c[2]
+                    if c[0] != now and f.remaining:
+                        assert f.eta is not None
+                        eta = f.eta + now - c[0]
+                        f = _WoFig(f.good, f.scrap, f.rate, f.remaining, eta)
+                        wo.fig = (now, c[1], f, True)
+                        r[0], r[4] = f, from_us(eta)
+                    figs[w] = f
+                else:
+                    f = figs[w] = wo_fig(wo, now)
+                    qty = wo.qty
+                    head = (
                         w,
                         order_no,
                         wo.product,
@@ -524,18 +547,18 @@ class OrderProgress:
                         f.scrap,
                         f.good / qty if qty else None,
                         f.rate,
-                        _dt(f.eta),
-                        _dt(wo.started_at),
-                        _dt(wo.done_at),
-                        last,
                     )
-                )
-                if wo.routing is not None:
-                    d = wo.derived
-                    if d is None:
-                        d = wo._derive()
-                    if d.route is not None:
-                        out.append(OperationSetRow(w, order_no, wo.product, wo.qty, d.figs, last))
+                    ops = None
+                    if wo.routing is not None:
+                        d = wo.derived
+                        if d is None:
+                            d = wo._derive()
+                        if d.route is not None:
+                            ops = d.figs
+                    r = wo.row = [f, head, _dt(wo.started_at), _dt(wo.done_at), _dt(f.eta), ops]
+                out.append(_new_row((*r[1], r[4], r[2], r[3], last)))
+                if r[5] is not None:
+                    out.append(OperationSetRow(w, order_no, wo.product, wo.qty, r[5], last))
             out.append(self._order_row(figs, now))
             self._forget(now)
         out.extend(self.pending)
@@ -557,13 +580,14 @@ class OrderProgress:
             scrap += wo.scrap
         return good, scrap
 
-    def _rate(self, wo: _WorkOrder, now: int) -> float:
-        """Good parts per hour over the last 30 minutes of event time (metrics.md)."""
+    def _rate(self, wo: _WorkOrder, now: int, d: _Derived) -> float:
+        """Good parts per hour over the last 30 minutes of event time (metrics.md);
+        `d`: its derived figures."""
         since = now - RATE_WINDOW_US
         parts = 0
         first: int | None = None
         # With a routing, the rate of its last operation's machines: its output.
-        only = wo.last_op_runs() if wo.followed_route() is not None else None
+        only = d.last_op_runs if d.route is not None else None
         for m, run in wo.runs.items():
             if only is not None and m not in only:
                 continue
@@ -598,19 +622,24 @@ class OrderProgress:
         return fig
 
     def _wo_fig_of(self, wo: _WorkOrder, now: int) -> _WoFig:
-        good, scrap = wo.good, wo.scrap
-        rate = self._rate(wo, now)
+        d = wo.derived
+        if d is None:
+            d = wo._derive()
+        good = d.good
+        rate = self._rate(wo, now, d)
         if wo.qty is None:
-            return _WoFig(good, scrap, rate, None, None)
+            return _WoFig(good, d.scrap, rate, None, None)
         remaining = max(wo.qty - good, 0)
         if remaining == 0:
-            return _WoFig(good, scrap, rate, 0, wo.done_at)
-        machine = wo.machine or _last_machine(wo)
-        route = wo.followed_route()
+            return _WoFig(good, d.scrap, rate, 0, wo.done_at)
+        if rate > 0:  # as _eta; the ideal cycle only when there is no rate
+            return _WoFig(good, d.scrap, rate, remaining, now + round(remaining * HOUR_US / rate))
+        route = d.route
         cycle = self._route_cycle(route, wo.product) if route is not None else None
+        machine = wo.machine or _last_machine(wo)
         return _WoFig(
             good,
-            scrap,
+            d.scrap,
             rate,
             remaining,
             self._eta(now, remaining, rate, machine, wo.product, cycle),
@@ -870,6 +899,10 @@ def _last_machine(wo: _WorkOrder) -> str | None:
         if run.samples and (best is None or run.samples[-1][0] > best[0]):
             best = (run.samples[-1][0], m)
     return best[1] if best else wo.started_machine
+
+
+def _new_row(fields: tuple[Any, ...]) -> WorkOrderProgressRow:
+    return tuple.__new__(WorkOrderProgressRow, fields)
 
 
 def _dt(t: int | None) -> datetime | None:

@@ -59,12 +59,12 @@ def full_pass(p: OrderProgress) -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(inputs)
+@given(inputs, st.booleans())
 # Parts 25 minutes before a tick are still in the rate window: the rate then decays at the
 # next tick (a work order is dormant, its figures moved by the clock, only once no part is
 # in the window).
 @example(
-    [
+    xs=[
         ("wo", "WO-1", 0, "P-400", 30, 0),
         ("start", "WO-1", "IM-01", 0, ""),
         ("parts", "WO-1", "IM-01", 10, [("", 10, 0)]),
@@ -73,25 +73,43 @@ def full_pass(p: OrderProgress) -> None:
         ("clock", 50),
         ("flush",),
         ("clock", 70),
-    ]
+    ],
+    crm=True,
 )
 # A flush trims the rate samples of a work order that had one when it last trimmed.
 @example(
-    [
+    xs=[
         ("parts", "WO-1", "IM-01", 10, [("", 5, 0)]),
         ("flush",),
         ("parts", "WO-1", "IM-01", 20, [("", 8, 0)]),
         ("parts", "WO-1", "IM-01", 25, [("", 9, 0)]),
         ("clock", 100),
         ("flush",),
-    ]
+    ],
+    crm=True,
 )
-def test_incremental_evaluation_equals_a_full_pass(xs: list[tuple[Any, ...]]) -> None:
+# Without a CRM order (stock), nothing evaluates figures between flushes: the flush moves
+# a dormant work order's ETA itself.
+@example(
+    xs=[
+        ("wo", "WO-1", 0, "P-400", 30, 0),
+        ("start", "WO-1", "IM-01", 0, ""),
+        ("parts", "WO-1", "IM-01", 5, [("", 10, 0)]),
+        ("clock", 40),
+        ("flush",),
+        ("clock", 60),
+        ("flush",),
+    ],
+    crm=False,
+)
+def test_incremental_evaluation_equals_a_full_pass(xs: list[tuple[Any, ...]], crm: bool) -> None:
+    """`crm`: the order's CRM snapshot comes first (else only with an "order" input)."""
     ideal = IdealCycles.from_plant(PLANT)
     fast, full = OrderProgress("SO-1", ideal), OrderProgress("SO-1", ideal)
     version = 1
     for p in (fast, full):
-        p.on_order(order(qty=80))
+        if crm:
+            p.on_order(order(qty=80))
     for x in xs:
         if x[0] == "snapshot":  # a restart: resumes from its snapshot
             fast = pickle.loads(pickle.dumps(fast))
