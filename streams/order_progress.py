@@ -224,9 +224,14 @@ class _WorkOrder:
         if d is None:
             route = self.route
             if route is None:
-                runs = self.runs.values()
-                good, scrap = sum(r.good for r in runs), sum(r.scrap for r in runs)
-                d = _Derived(None, (), good, scrap, frozenset())
+                runs = self.runs
+                if len(runs) == 1:  # most work orders run on one machine
+                    (r,) = runs.values()
+                    good, scrap = r.good, r.scrap
+                else:
+                    good = sum(r.good for r in runs.values())
+                    scrap = sum(r.scrap for r in runs.values())
+                d = _Derived(None, (), good, scrap, _NO_MACHINES)
             else:
                 inputs = self.op_inputs(route)
                 figs = tuple(op_figures(route, inputs, self.qty))
@@ -297,6 +302,8 @@ class _WorkOrder:
         """The machines whose parts include its routing's last step (its rate)."""
         return self._derive().last_op_runs
 
+
+_NO_MACHINES: Final[frozenset[str]] = frozenset()
 
 # What a snapshot of a work order holds: its fields but the derived figures.
 _WO_STATE: Final = tuple(f for f in _WorkOrder.__slots__ if f not in ("derived", "fig", "row"))
@@ -416,10 +423,15 @@ class OrderProgress:
     ) -> None:
         """Absolute totals of `work_order` on `machine` as of t (never deltas), and their
         split by operation (WorkOrderParts.ops)."""
-        wo = self.wos.setdefault(work_order, _WorkOrder())
-        run = wo.runs.setdefault(machine, _Run())
+        # Built only when new (a default for setdefault would be built on every call).
+        wo = self.wos.get(work_order)
+        if wo is None:
+            wo = self.wos[work_order] = _WorkOrder()
+        run = wo.runs.get(machine)
+        if run is None:
+            run = wo.runs[machine] = _Run()
         run.good, run.scrap, run.ops = good_total, scrap_total, ops
-        wo.changed()
+        wo.derived = wo.fig = None  # changed()
         s = run.samples
         # A total as of t supersedes samples at or after t (a revision of the same span).
         while s and s[-1][0] >= t:
