@@ -437,7 +437,11 @@ class Inspections:
         # (the index `tick`); other runs only when their facts changed (dirty).
         wos_of: dict[str, set[str]] = {}
         for wo, m in dirty_wo:
-            wos_of.setdefault(m, set()).add(wo)
+            w = wos_of.get(m)
+            if w is None:
+                wos_of[m] = {wo}
+            else:
+                w.add(wo)
         machines = set(dirty)
         machines.update(wos_of)
         machines.update(tick)
@@ -879,6 +883,10 @@ class Inspections:
                 episode = later(d, grace)
             d = later(d, every)
         until = later(d, grace) + 1  # then `d` may be missed
+        if run.end is not None and clock >= run.end:
+            # Ended, and the clock past its end: the end bounds every slot (the clock no
+            # longer matters), so an ended run is not derived again at every batch.
+            until = _NEVER
         if episode is not None:
             flags.append(("patrol_missed", episode, run.end))
             if run.end is None:
