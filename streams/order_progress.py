@@ -539,17 +539,20 @@ class OrderProgress:
                     # for every work order of the order, each flush, mostly of work orders
                     # whose ETA alone moved, with the clock.
                     f = c[2]
+                    fields = r[1]
                     if c[0] != now and f.remaining:
                         assert f.eta is not None
                         eta = f.eta + now - c[0]
-                        f = _WoFig(f.good, f.scrap, f.rate, f.remaining, eta)
+                        f = r[0] = _WoFig(f.good, f.scrap, f.rate, f.remaining, eta)
                         wo.fig = (now, c[1], f, True)
-                        r[0], r[4] = f, from_us(eta)
+                        fields[9] = from_us(eta)
                     figs[w] = f
+                    fields[12] = last
                 else:
                     f = figs[w] = wo_fig(wo, now)
                     qty = wo.qty
-                    head = (
+                    started = wo.started_at  # its start rarely moves: converted once
+                    fields = [
                         w,
                         order_no,
                         wo.product,
@@ -559,7 +562,11 @@ class OrderProgress:
                         f.scrap,
                         f.good / qty if qty else None,
                         f.rate,
-                    )
+                        _dt(f.eta),
+                        r[1][10] if r is not None and r[3] == started else _dt(started),
+                        _dt(wo.done_at),
+                        last,
+                    ]
                     ops = None
                     if wo.routing is not None:
                         d = wo.derived
@@ -567,10 +574,11 @@ class OrderProgress:
                             d = wo._derive()
                         if d.route is not None:
                             ops = d.figs
-                    r = wo.row = [f, head, _dt(wo.started_at), _dt(wo.done_at), _dt(f.eta), ops]
-                out.append(_new_row((*r[1], r[4], r[2], r[3], last)))
-                if r[5] is not None:
-                    out.append(OperationSetRow(w, order_no, wo.product, wo.qty, r[5], last))
+                    r = wo.row = [f, fields, ops, started]
+                # The row's fields are kept in a list, and its tuple made from it at once.
+                out.append(_new_row(fields))
+                if r[2] is not None:
+                    out.append(_new_ops((w, order_no, wo.product, wo.qty, r[2], last)))
             out.append(self._order_row(figs, now))
             self._forget(now)
         out.extend(self.pending)
@@ -913,8 +921,13 @@ def _last_machine(wo: _WorkOrder) -> str | None:
     return best[1] if best else wo.started_machine
 
 
-def _new_row(fields: tuple[Any, ...]) -> WorkOrderProgressRow:
+# Rows built from their fields at once (a NamedTuple's own __new__ is a Python call).
+def _new_row(fields: list[Any]) -> WorkOrderProgressRow:
     return tuple.__new__(WorkOrderProgressRow, fields)
+
+
+def _new_ops(fields: tuple[Any, ...]) -> OperationSetRow:
+    return tuple.__new__(OperationSetRow, fields)
 
 
 def _dt(t: int | None) -> datetime | None:
