@@ -543,7 +543,9 @@ class OrderProgress:
                     if c[0] != now and f.remaining:
                         assert f.eta is not None
                         eta = f.eta + now - c[0]
-                        f = r[0] = _WoFig(f.good, f.scrap, f.rate, f.remaining, eta)
+                        f = r[0] = tuple.__new__(
+                            _WoFig, (f.good, f.scrap, f.rate, f.remaining, eta)
+                        )
                         wo.fig = (now, c[1], f, True)
                         fields[9] = from_us(eta)
                     figs[w] = f
@@ -575,10 +577,12 @@ class OrderProgress:
                         if d.route is not None:
                             ops = d.figs
                     r = wo.row = [f, fields, ops, started]
-                # The row's fields are kept in a list, and its tuple made from it at once.
-                out.append(_new_row(fields))
+                # The row's fields are kept in a list, its tuple made from it at once (as
+                # the other rows here: a NamedTuple's own __new__ is a Python call).
+                out.append(tuple.__new__(WorkOrderProgressRow, fields))
                 if r[2] is not None:
-                    out.append(_new_ops((w, order_no, wo.product, wo.qty, r[2], last)))
+                    ops_row = (w, order_no, wo.product, wo.qty, r[2], last)
+                    out.append(tuple.__new__(OperationSetRow, ops_row))
             out.append(self._order_row(figs, now))
             self._forget(now)
         out.extend(self.pending)
@@ -919,15 +923,6 @@ def _last_machine(wo: _WorkOrder) -> str | None:
         if run.samples and (best is None or run.samples[-1][0] > best[0]):
             best = (run.samples[-1][0], m)
     return best[1] if best else wo.started_machine
-
-
-# Rows built from their fields at once (a NamedTuple's own __new__ is a Python call).
-def _new_row(fields: list[Any]) -> WorkOrderProgressRow:
-    return tuple.__new__(WorkOrderProgressRow, fields)
-
-
-def _new_ops(fields: tuple[Any, ...]) -> OperationSetRow:
-    return tuple.__new__(OperationSetRow, fields)
 
 
 def _dt(t: int | None) -> datetime | None:

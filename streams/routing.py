@@ -151,22 +151,21 @@ def op_figures(route: Route, done: Iterable[OpInput], qty: int | None) -> list[O
             status = "running"
         else:
             status = "not_started"
-        out.append(
-            OpFigures(
-                i,
-                s.op,
-                s.name,
-                machines,
-                s.ideal_cycle_seconds,
-                qty_in,
-                good,
-                scrap,
-                wip,
-                status,
-                first,
-                last,
-            )
+        fields = (
+            i,
+            s.op,
+            s.name,
+            machines,
+            s.ideal_cycle_seconds,
+            qty_in,
+            good,
+            scrap,
+            wip,
+            status,
+            first,
+            last,
         )
+        out.append(tuple.__new__(OpFigures, fields))  # NamedTuple's __new__: a Python call
         prev_good = good
     return out
 
