@@ -1053,6 +1053,16 @@ def _shift_time_after(cal: CalendarIndex | None, t: int, span: int) -> int:
     when it has no shift. Without shifts in the next weeks (or a calendar): wall time."""
     if cal is None or span <= 0:
         return t + span
+    # Most patrols fall due within the shift they start in: the shift covering t (shifts
+    # are disjoint) lasts the span out. The walk below gives the same then.
+    inst = cal.shift_at(t)
+    if inst is not None and inst.end - t >= span:
+        return t + span
+    return _shift_time_walk(cal, t, span)
+
+
+def _shift_time_walk(cal: CalendarIndex, t: int, span: int) -> int:
+    """_shift_time_after, through the shifts from t on."""
     left = span
     a = t
     stop = t + 56 * DAY_US  # eight weeks without enough shift time: no shifts at all

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
-from streams.inspections import _NEVER, Inspections
+from streams.inspections import _NEVER, Inspections, _shift_time_after, _shift_time_walk
 from streams.records import FloorInput, WorkOrderParts
+from streams.shift_calendar import CalendarIndex
 from streams.validate import OrderInput
 from tests.test_inspections import POLICY, at, us, with_policy
 
@@ -138,3 +139,23 @@ def test_a_late_patrol_between_two_others_derives_the_patrols_again(plant: Plant
     for batch in batches:
         forget(full)
         assert fast.feed(batch) == full.feed(batch)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.sampled_from(MACHINES),
+    # Minutes from T0 (08:00, Friday): days, then near the shift's and lunch's edges.
+    st.builds(
+        lambda day, at: day * 1440 + at,
+        st.integers(-3, 10),
+        st.sampled_from([-31, -30, -29, 0, 120, 209, 210, 211, 269, 270, 271, 660, 689, 690, 691]),
+    ),
+    st.sampled_from([1, 10, 60, 239, 240, 241, 600, 720, 1440, 3000]),
+)
+def test_shift_time_within_the_shift_is_the_walk(
+    plant: PlantConfig, machine: str, minute: int, span_min: int
+) -> None:
+    """The shortcut (the span fits in the shift covering t) gives the walk's answer."""
+    cal = CalendarIndex(plant.calendar_for(machine), plant.plant.timezone)
+    t, span = us(minute), span_min * 60 * 10**6
+    assert _shift_time_after(cal, t, span) == _shift_time_walk(cal, t, span)
