@@ -240,7 +240,8 @@ class _Run(NamedTuple):
 class _MachineRuns(NamedTuple):
     """A machine's runs as derived from its work-order reports (the list object and its
     length: reports are only inserted), and what each batch would otherwise derive again
-    from them: the run set row, each run's work order's next start here, and indexes of the runs."""
+    from them: the run set row, each run's work order's next start here, the runs' keys
+    and indexes."""
 
     events: list[_WoEvent]
     n: int
