@@ -916,9 +916,16 @@ class Inspections:
             points = parts.get(pkey, [])
         # The same points and end as last time: the same answer (most runs, most batches).
         limit = policy.first_article_within_parts
-        sig = (len(points), points[-1] if points else None, nxt, limit)
+        n = len(points)
+        last = points[-1] if n else None
         seen = memo.parts_seen
-        if seen is not None and seen[:4] == sig:
+        if (
+            seen is not None
+            and seen[0] == n
+            and seen[1] == last
+            and seen[2] == nxt
+            and seen[3] == limit
+        ):
             return seen[4], memo.detected_at
         # Points are sorted by time: those up to the start give the total before the run;
         # after the run's end its work order's total here stays the run's (a total comes
@@ -927,7 +934,6 @@ class Inspections:
         lo = (run.start, _MAX_TOTAL)
         hi = None if nxt is None else (nxt, -1)
         run_key = (run.work_order, machine, run.op, run.start)
-        n = len(points)
         reshaped = self._reshaped.get(pkey, 0)
         known = self._made.get(run_key)
         if known is not None and known[0] is points and known[2] == reshaped and known[3] == nxt:
@@ -958,7 +964,7 @@ class Inspections:
             i0 = bisect_right(points, lo)
             i1 = n if hi is None else bisect_left(points, hi)
             memo.detected_at = next(t for t, total in points[i0:i1] if total - b > limit)
-        memo.parts_seen = (*sig, made)
+        memo.parts_seen = (n, last, nxt, limit, made)
         return made, memo.detected_at
 
     def _policy(self, product: str | None) -> InspectionPolicy:
