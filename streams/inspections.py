@@ -484,6 +484,7 @@ class Inspections:
                         picks.extend(mr.by_wo.get(wo, ()))
                 if len(picks) > 1:
                     picks = sorted(set(picks))
+                rederived = False
                 for i in picks:
                     run, key = runs[i], mr.keys[i]
                     memo = memos.get(key)
@@ -506,7 +507,10 @@ class Inspections:
                     memo.end = run.end
                     out.extend(self._run_rows(machine, run, mr.nxt[i], memo))
                     self._note(key, memo)
-                self._rewake(machine)
+                    rederived = True
+                if rederived or machine not in wake:
+                    # (a parts-only change keeps each run's `until`: its wake stands)
+                    self._rewake(machine)
                 continue
             mtick = tick.get(machine, ())
             seen: set[RunKey] = set()
