@@ -466,7 +466,10 @@ class Inspections:
         memos, same_of, made_only, wake = s.runs, self._same, self._made_only, self._wake
         for machine in sorted(machines):
             mr = runs_of[machine]
-            if mr.run_set is not None:
+            if mr.run_set is not None and machine in fresh:
+                # Only when derived anew (new reports, or the first batch after a restore):
+                # the same set again deletes nothing, and live it would be one statement
+                # per machine with an open run at every batch.
                 out.append(mr.run_set)
             runs = mr.runs
             wos = wos_of.get(machine)
