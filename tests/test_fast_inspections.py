@@ -14,10 +14,9 @@ from hypothesis import strategies as st
 
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
-from streams.inspections import InspectionRun, Inspections
+from streams.inspections import InspectionRun, InspectionRunSet, Inspections
 from streams.validate import OrderInput
 from tests.test_inspections import POLICY, at, check, end, parts, start, with_policy
-from tests.test_inspections_incremental import Same
 
 WOS = ("WO-1", "WO-2")
 
@@ -60,6 +59,24 @@ def forget(steps: Inspections) -> None:
     steps._naming = None
     steps._later.clear()
     steps._days.clear()
+
+
+class Same:
+    """The incremental rows against the full recomputation's: the same rows, except that
+    a machine's run set (a replace of its runs) comes only when it was derived anew, so
+    each machine's last set is compared, as the table holds it."""
+
+    def __init__(self) -> None:
+        self.sets: tuple[dict[str, InspectionRunSet], dict[str, InspectionRunSet]] = ({}, {})
+
+    def __call__(self, fast: list[Any], full: list[Any]) -> None:
+        def others(rows: list[Any]) -> list[Any]:
+            return [r for r in rows if type(r) is not InspectionRunSet]
+
+        assert others(fast) == others(full)
+        for rows, last in zip((fast, full), self.sets, strict=True):
+            last.update((r.machine, r) for r in rows if type(r) is InspectionRunSet)
+        assert self.sets[0] == self.sets[1]
 
 
 @settings(max_examples=50, deadline=None)

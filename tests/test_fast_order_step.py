@@ -14,36 +14,13 @@ from hypothesis import strategies as st
 
 from streams.order_progress import IdealCycles, OrderProgress, WorkOrderProgressRow
 from tests.test_order_progress import at, order
-from tests.test_order_progress_cache import MACHINES, OPS, ROUTINGS, feed, forget_figures, wo_event
+from tests.test_order_progress_cache import feed, forget_figures, wo_event, work_order_inputs
 from tests.test_routings import PLANT
 
 WOS = ("WO-1", "WO-2", "WO-3", "WO-4")
 minutes = st.integers(0, 400)  # several rate windows: work orders settle and wake up
 one_input = st.one_of(
-    st.tuples(
-        st.just("wo"),
-        st.sampled_from(WOS),
-        st.integers(0, len(ROUTINGS) - 1),
-        st.sampled_from(["P-100", "P-400"]),
-        st.integers(1, 30),
-        minutes,
-    ),
-    st.tuples(
-        st.just("start"),
-        st.sampled_from(WOS),
-        st.sampled_from(MACHINES),
-        minutes,
-        st.sampled_from(OPS),
-    ),
-    st.tuples(
-        st.just("parts"),
-        st.sampled_from(WOS),
-        st.sampled_from(MACHINES),
-        minutes,
-        st.lists(
-            st.tuples(st.sampled_from(OPS), st.integers(0, 40), st.integers(0, 4)), max_size=2
-        ),
-    ),
+    *work_order_inputs(WOS, minutes, 30, 2),
     st.tuples(st.just("clock"), minutes),
     st.tuples(st.just("order"), st.integers(20, 120), st.sampled_from(["open", "on_hold"])),
     st.tuples(st.just("flush")),

@@ -18,7 +18,6 @@ from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
 from streams.inspections import (
     _NEVER,
-    InspectionRunSet,
     Inspections,
     _shift_time_after,
     _shift_time_walk,
@@ -26,6 +25,8 @@ from streams.inspections import (
 from streams.records import FloorInput, WorkOrderParts
 from streams.shift_calendar import CalendarIndex
 from streams.validate import OrderInput
+from tests.test_fast_inspections import Same
+from tests.test_fast_inspections import forget as forget_memos
 from tests.test_inspections import POLICY, at, us, with_policy
 
 MACHINES = ("IM-01", "CNC-01")  # CNC-01's line has shifts: patrols fall due in shift time
@@ -76,35 +77,10 @@ def items(
 
 def forget(steps: Inspections) -> None:
     """Every cache and index the incremental path keeps: derived again from the state."""
-    steps._same.clear()
-    steps._wake.clear()
-    steps._patrol_memo.clear()
-    steps._patrol_prefix.clear()
-    steps._runs_of.clear()
-    steps._naming = None
-    steps._later.clear()
-    steps._days.clear()
+    forget_memos(steps)
     steps._tick = None
     steps._min_end = -_NEVER
     steps._made.clear()
-
-
-class Same:
-    """The incremental rows against the full recomputation's: the same rows, except that
-    a machine's run set (a replace of its runs) comes only when it was derived anew, so
-    each machine's last set is compared, as the table holds it."""
-
-    def __init__(self) -> None:
-        self.sets: tuple[dict[str, InspectionRunSet], dict[str, InspectionRunSet]] = ({}, {})
-
-    def __call__(self, fast: list[Any], full: list[Any]) -> None:
-        def others(rows: list[Any]) -> list[Any]:
-            return [r for r in rows if type(r) is not InspectionRunSet]
-
-        assert others(fast) == others(full)
-        for rows, last in zip((fast, full), self.sets, strict=True):
-            last.update((r.machine, r) for r in rows if type(r) is InspectionRunSet)
-        assert self.sets[0] == self.sets[1]
 
 
 @settings(max_examples=50, deadline=None)

@@ -42,33 +42,43 @@ def wo_event(work_order: str, routing: int, product: str, qty: int, minute: int)
     )
 
 
-minutes = st.integers(0, 120)
-inputs = st.lists(
-    st.one_of(
+def work_order_inputs(
+    wos: tuple[str, ...], minutes: st.SearchStrategy[int], qty_max: int, parts_max: int
+) -> list[st.SearchStrategy[tuple[Any, ...]]]:
+    """A work order (its routing, product, quantity), an operation's start, a part report
+    of up to `parts_max` operations: the inputs every order-step test draws from."""
+    return [
         st.tuples(
             st.just("wo"),
-            st.sampled_from(WOS),
+            st.sampled_from(wos),
             st.integers(0, len(ROUTINGS) - 1),
             st.sampled_from(["P-100", "P-400"]),
-            st.integers(1, 60),
+            st.integers(1, qty_max),
             minutes,
         ),
         st.tuples(
             st.just("start"),
-            st.sampled_from(WOS),
+            st.sampled_from(wos),
             st.sampled_from(MACHINES),
             minutes,
             st.sampled_from(OPS),
         ),
         st.tuples(
             st.just("parts"),
-            st.sampled_from(WOS),
+            st.sampled_from(wos),
             st.sampled_from(MACHINES),
             minutes,
             st.lists(
-                st.tuples(st.sampled_from(OPS), st.integers(0, 40), st.integers(0, 4)), max_size=3
+                st.tuples(st.sampled_from(OPS), st.integers(0, 40), st.integers(0, 4)),
+                max_size=parts_max,
             ),
         ),
+    ]
+
+
+inputs = st.lists(
+    st.one_of(
+        *work_order_inputs(WOS, st.integers(0, 120), 60, 3),
         st.tuples(st.just("flush")),
         st.tuples(st.just("snapshot")),
     ),
