@@ -329,12 +329,21 @@ class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
         ideal: IdealCycles,
         live: bool = False,
         clock: EventClock | None = None,
+        throttle: timedelta | None = None,
     ) -> None:
         self.progress: OrderProgress | None = pickle.loads(resume) if resume else None
         self.ideal = ideal
         self.live = live
         self.clock = clock
         self.next_tick: datetime | None = None
+        # Live: an order's rows (all its work orders') at most once per `throttle`, as the
+        # machines' figures: at 20 ms polls a busy order was rewritten 50 times a second
+        # (docs/performance.md, "What bounds each"). What a batch changed and did not
+        # flush is in the progress (its snapshot too) and goes out by the timer.
+        self.throttle_s = throttle.total_seconds() if throttle is not None else None
+        self.due_s = float("-inf")  # POSIX time: the next flush allowed
+        # Live, a resumed order flushes at its first timer (what it had not flushed).
+        self.pending = resume is not None and throttle is not None
 
     def on_batch(self, values: list[Any]) -> tuple[list[list[OrderRow]], bool]:
         p = self.progress
@@ -349,21 +358,41 @@ class OrderLogic(StatefulBatchLogic[Any, list[OrderRow], bytes]):
                 p.on_order(x.event)
             else:
                 p.on_work_order(x.event)
+        if self.throttle_s is not None:
+            now = time.time()
+            if now < self.due_s:
+                self.pending = True
+                return [], StatefulBatchLogic.RETAIN
+            self.due_s, self.pending = now + self.throttle_s, False
         return [p.flush()], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        due: datetime | None = None
+        if self.pending:
+            due = datetime.fromtimestamp(max(self.due_s, 0.0), UTC)
         if not self.live or self.progress is None or not self.progress.wants_clock():
-            return None
+            return due
         if self.next_tick is None:
             self.next_tick = datetime.now(UTC) + self.TICK
-        return self.next_tick
+        return self.next_tick if due is None else min(due, self.next_tick)
 
     def on_notify(self) -> tuple[list[list[OrderRow]], bool]:
-        self.next_tick = None
         p = self.progress
         if p is None:
+            self.next_tick, self.pending = None, False
             return [], StatefulBatchLogic.RETAIN
-        p.on_clock(_wall_us())
+        now = datetime.now(UTC)
+        flush_due = self.pending and now.timestamp() >= self.due_s
+        # Called when one of the two timers is due: the clock's tick unless only the
+        # throttle's is.
+        if self.next_tick is not None and (now >= self.next_tick or not flush_due):
+            self.next_tick = None
+            p.on_clock(_wall_us())
+        elif not flush_due:
+            return [], StatefulBatchLogic.RETAIN
+        if self.throttle_s is not None:
+            self.due_s = now.timestamp() + self.throttle_s
+        self.pending = False
         return [p.flush()], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[list[OrderRow]], bool]:
@@ -801,7 +830,7 @@ def build_flow(
     orders = op.stateful_batch(
         "orders",
         op.flat_map_batch("order_inputs", ordered, _order_inputs),
-        lambda resume: OrderLogic(resume, ideal, live, clock),
+        lambda resume: OrderLogic(resume, ideal, live, clock, figures_every),
     )
     # The order inputs stay in `rest`: no result step takes them, the sink stores none.
     results = op.merge("all_results", op.flat_map_batch("order_rows", orders, _rows_of), rest)

@@ -12,6 +12,7 @@ after the due date: at risk. Another replay up to 15:40 moves it to 16:43.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
 from streams.dataflow import OrderLogic
 from streams.hour_clock import to_us
-from streams.order_progress import IdealCycles, OrderProgressRow
+from streams.order_progress import IdealCycles, OrderProgressRow, WorkOrderProgressRow
 from streams.replay import replay_file
 from streams.validate import OrderInput
 from tests.helpers import write_jsonl
@@ -118,3 +119,42 @@ def test_live_the_wall_clock_ticks_open_orders() -> None:
     assert row.at_risk is True
     # Replay: no wall-clock timer.
     assert OrderLogic(None, IdealCycles(), live=False).notify_at() is None
+
+
+def test_live_an_order_is_written_at_most_once_per_throttle() -> None:
+    """Live, a busy order's rows (all its work orders') go out at most once per throttle
+    (at 20 ms polls they were rewritten 50 times a second); what a batch changed in
+    between goes out by the timer, and a resumed order writes its rows at its first timer."""
+    ideal = IdealCycles(by_pair={("IM-01", "P-100"): 27.0})
+    logic = OrderLogic(None, ideal, live=True, throttle=timedelta(milliseconds=300))
+    evs = [parse_event(json.dumps(e)) for e in events()[:2]]  # the order, its work order
+    out, _ = logic.on_batch([OrderInput("SO-9", evs[0])])  # type: ignore[arg-type]
+    assert len(out) == 1 and out[0]  # the first batch: at once
+    later, _ = logic.on_batch([OrderInput("SO-9", e) for e in evs[1:]])  # type: ignore[arg-type]
+    assert later == []  # within the throttle: held
+    due = logic.notify_at()
+    assert due is not None and due - datetime.now(UTC) <= timedelta(milliseconds=300)
+    time.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()) + 0.01)
+    [rows], _ = logic.on_notify()
+    held = [r for r in rows if isinstance(r, OrderProgressRow)]
+    unthrottled = OrderLogic(None, ideal, live=True)
+    unthrottled.on_batch([OrderInput("SO-9", evs[0])])  # type: ignore[arg-type]
+    [expected], _ = unthrottled.on_batch([OrderInput("SO-9", e) for e in evs[1:]])  # type: ignore[arg-type]
+    want = [r for r in expected if isinstance(r, OrderProgressRow)]
+    assert [(r.good, r.qty, r.status) for r in held] == [(r.good, r.qty, r.status) for r in want]
+    assert logic.notify_at() == logic.next_tick  # only the clock's tick is left
+    # Snapshotted with a change held back, then restored: the change goes out at the first
+    # timer, not only at the next batch (which may not come: a quiet order).
+    held_back = OrderLogic(None, ideal, live=True, throttle=timedelta(seconds=60))
+    held_back.on_batch([OrderInput("SO-9", evs[0])])  # type: ignore[arg-type]
+    assert held_back.on_batch([OrderInput("SO-9", evs[1])])[0] == []  # type: ignore[arg-type]
+    resumed = OrderLogic(held_back.snapshot(), ideal, live=True, throttle=timedelta(seconds=60))
+    first = resumed.notify_at()
+    assert first is not None and first <= datetime.now(UTC)
+    [again], _ = resumed.on_notify()
+    assert [r.work_order for r in again if isinstance(r, WorkOrderProgressRow)] == ["WO-9"]
+    # Replay: every batch writes, no timer.
+    replay = OrderLogic(None, ideal, live=False)
+    assert replay.on_batch([OrderInput("SO-9", evs[0])])[0]  # type: ignore[arg-type]
+    assert replay.on_batch([OrderInput("SO-9", evs[1])])[0]  # type: ignore[arg-type]
+    assert replay.notify_at() is None
