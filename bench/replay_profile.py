@@ -34,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +91,45 @@ def cpu_us_per(n: int, fn: Callable[[], Any]) -> float:
 STEPS = ("validate", "machines", "orders", "problems", "inspections", "quality", "labor")
 
 
+class _SimClock:
+    """--live: the wall clock the machine and order steps read (streams/dataflow.py's
+    `time` and `datetime`), moved by the batches as a live flow at `rate` events/s would
+    see it, so that their figure throttles and timers act as they do live."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return int(self.now * 1e9)
+
+    def patch(self, module: Any) -> None:
+        clock = self
+
+        class SimDatetime(datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> Any:
+                return datetime.fromtimestamp(clock.now, tz)
+
+        module.time, module.datetime = self, SimDatetime
+
+
 def steps_once(
-    plant: PlantConfig, entries: list[LogEntry], batch: int = 2000
+    plant: PlantConfig, entries: list[LogEntry], batch: int = 2000, live_rate: float = 0.0
 ) -> tuple[dict[str, float], list[Any]]:
     """One pass of the dataflow's steps as Bytewax runs them in a replay (each input batch
     through validation, then each key's share of it through its step's logic), every step
-    timed apart (CPU). Returns the CPU seconds per step and every row, in step order."""
+    timed apart (CPU). Returns the CPU seconds per step and every row, in step order.
+
+    live_rate > 0: as a live flow reading `batch` events at a time at that rate: the
+    machine and order steps with their live figure throttle (1 s) and their timers
+    (notify_at / on_notify, as Bytewax calls them: for the keys a batch woke), on a
+    simulated wall clock; the other steps as in a replay."""
     from bytewax.operators import StatefulBatchLogic
 
     import streams.dataflow as df
@@ -118,9 +151,15 @@ def steps_once(
     ideal = IdealCycles.from_plant(plant)
     quality = Quality(plant)
     keyed: dict[str, dict[Any, StatefulBatchLogic[Any, Any, Any]]] = {s: {} for s in STEPS}
+    live = live_rate > 0
+    sim = _SimClock()
+    saved = (df.time, df.datetime)
+    if live:
+        sim.patch(df)
+    throttle = timedelta(seconds=1) if live else None
     makers: dict[str, Callable[[], Any]] = {
-        "machines": lambda: df.MachineLogic(None, plant, None, None),
-        "orders": lambda: df.OrderLogic(None, ideal, False, clock),
+        "machines": lambda: df.MachineLogic(None, plant, throttle, None),
+        "orders": lambda: df.OrderLogic(None, ideal, live, None if live else clock, throttle),
         "problems": lambda: ProblemLogic(None, plant, False),
         "inspections": lambda: InspectionLogic(None, plant, False),
         "quality": lambda: QualityLogic(None, quality),
@@ -146,6 +185,32 @@ def steps_once(
                 logic = logics[k] = makers[step]()
             for part in logic.on_batch(values)[0]:
                 out.extend(part)
+            if live and step in TIMED:
+                _schedule(step, k, logic)
+        cpu[step] += time.process_time() - t
+        return out
+
+    # --live: each timed step's keys' next notify_at (Bytewax keeps these and asks again
+    # only the keys a batch or a timer woke).
+    TIMED = ("machines", "orders")
+    sched: dict[str, dict[Any, float]] = {s: {} for s in TIMED}
+
+    def _schedule(step: str, k: Any, logic: Any) -> None:
+        due = logic.notify_at()
+        if due is None:
+            sched[step].pop(k, None)
+        else:
+            sched[step][k] = due.timestamp()
+
+    def timers(step: str) -> list[Any]:
+        t = time.process_time()
+        out: list[Any] = []
+        due = [k for k, at in sched[step].items() if at <= sim.now]
+        for k in due:
+            logic = keyed[step][k]
+            for part in logic.on_notify()[0]:
+                out.extend(part)
+            _schedule(step, k, logic)
         cpu[step] += time.process_time() - t
         return out
 
@@ -173,6 +238,8 @@ def steps_once(
         to_orders = [(x.order_no, x) for x in rest if type(x) in df._TO_ORDERS]
         cpu["orders"] += time.process_time() - t
         order_rows = run("orders", to_orders)
+        if live:
+            order_rows += timers("orders")
         results = [x for x in rest if type(x) not in df._TO_ORDERS] + order_rows
         t = time.process_time()
         problem_in = [("plant", x) for x in results if type(x) in PROBLEM_INPUTS]
@@ -199,7 +266,11 @@ def steps_once(
         other = [x for x in checked if type(x) is not tuple]
         cpu["validate"] += time.process_time() - t
         machine_rows = run("machines", machine_in)
+        if live:
+            sim.now += batch / live_rate
+            machine_rows += timers("machines")
         rows.extend(rest_steps(machine_rows + other))
+    vars(df).update(time=saved[0], datetime=saved[1])  # the real clock again
     for step in STEPS[1:]:
         t = time.process_time()
         last = eof(step)
@@ -217,7 +288,7 @@ def run_steps(plant: PlantConfig, entries: list[LogEntry], args: argparse.Namesp
 
     n = len(entries)
     for rnd in range(args.repeat):
-        cpu, rows = steps_once(plant, entries, args.batch)
+        cpu, rows = steps_once(plant, entries, args.batch, args.live)
         total = sum(cpu.values())
         figures = ", ".join(f"{s} {cpu[s] / n * 1e6:.2f}" for s in STEPS)
         print(
@@ -264,6 +335,14 @@ def main() -> None:
         default=2000,
         help="with --steps: events per input batch (a replay reads 2,000; a live flow at "
         "5,000 events/s reads ~100 every 20 ms)",
+    )
+    parser.add_argument(
+        "--live",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="with --steps: the machine and order steps as live at RATE events/s (their "
+        "1 s figure throttles and timers, on a simulated clock); use with --batch",
     )
     parser.add_argument("--save-rows", type=Path, help="with --steps: pickle every step's rows")
     parser.add_argument(
