@@ -46,6 +46,13 @@ from tests.test_dashboard import sign_in
 SECRET = "alerts-test-secret-" + "s" * 32
 PASSWORD = "a fine password 123"
 NOW = datetime.now(UTC).replace(microsecond=0)
+PLANT_TZ = ZoneInfo("Asia/Shanghai")  # the example plant's (test_history_filters_and_csv)
+# The oldest alert of the default week (today and the 6 days before, in plant time): 02:00
+# on its first day, whatever the hour the suite runs (NOW - 6 days 2 hours fell before the
+# week's first day between 00:00 and 02:00 plant time, and CI failed then).
+WEEK_OLDEST = datetime.combine(
+    NOW.astimezone(PLANT_TZ).date() - timedelta(days=6), datetime.min.time(), PLANT_TZ
+) + timedelta(hours=2)
 
 
 def alert_row(alert_id: str, **kw: Any) -> dict[str, Any]:
@@ -153,8 +160,8 @@ def seed(db_url: str) -> None:
                 "im-down:machine:IM-01:4",
                 scope="machine:IM-01",
                 machine="IM-01",
-                opened_at=NOW - timedelta(days=6, hours=2),
-                resolved_at=NOW - timedelta(days=6, hours=1),
+                opened_at=WEEK_OLDEST,
+                resolved_at=WEEK_OLDEST + timedelta(hours=1),
                 severity="info",
                 facts={},
             ),
@@ -342,6 +349,7 @@ def test_acknowledge_button_only_for_operators(plant: PlantConfig) -> None:
 def test_history_filters_and_csv(db_url: str, plant: PlantConfig) -> None:
     seed(db_url)
     tz = plant.tz
+    assert tz == PLANT_TZ
     today = datetime.now(tz).date()
     db = Database(db_url)
     try:
@@ -364,7 +372,7 @@ def test_history_filters_and_csv(db_url: str, plant: PlantConfig) -> None:
     assert row["alert_id"] == "im-down:machine:IM-01:4" and row["severity"] == "info"
     opened = datetime.fromisoformat(row["opened_at"])
     assert opened.utcoffset() == datetime.now(tz).utcoffset()  # plant time, with its offset
-    assert abs(opened - (NOW - timedelta(days=6, hours=2))) < timedelta(seconds=1)
+    assert abs(opened - WEEK_OLDEST) < timedelta(seconds=1)
     assert float(row["duration_s"]) == 3900.0  # from the condition's start to the resolve
 
 
