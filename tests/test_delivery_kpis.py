@@ -265,3 +265,28 @@ def test_report_errors(kpi_db: str) -> None:
         main, ["report", "--date", "2026-11-20", "--by", "customer"], env=env
     )
     assert plain.exit_code == 2 and "--kpis" in plain.output
+
+
+def test_the_trend_says_when_no_order_is_completed_yet() -> None:
+    """A month with orders started and none completed has no on-time rate: the chart says
+    so, and draws no zero line that would read as 0 % on time."""
+    from dashboards.pages.kpis import trend_figure
+    from mesflow.delivery_kpis import DeliveryKpiRow
+
+    def month(key: str, rate: float | None) -> DeliveryKpiRow:
+        done = 0 if rate is None else 4
+        return DeliveryKpiRow(key, 5, None, None, None, 4, 4, None, None, done,
+                              round(done * (rate or 0)), rate, 26, 1, 0.037, 27, 0, 0.0)  # fmt: skip
+
+    for lang, words in (("en", "No order completed"), ("zh", "尚无完成的订单")):
+        fig = trend_figure([month("2026-12", None)], lang)
+        assert [a.text for a in fig.layout.annotations] == [
+            "No order completed in this selection yet"
+            if lang == "en"
+            else "所选范围内尚无完成的订单"
+        ]
+        assert words in fig.layout.annotations[0].text
+        assert fig.layout.yaxis.zeroline is False
+    fig = trend_figure([month("2026-11", 0.75), month("2026-12", None)], "en")
+    assert not fig.layout.annotations
+    assert list(fig.data[0].y) == [75.0]

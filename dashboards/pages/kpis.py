@@ -62,6 +62,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "db_error": {"zh": "数据库不可用", "en": "Database unreachable"},
     "empty": {"zh": "所选范围内没有数据", "en": "No figures for this selection"},
     "trend": {"zh": "按月准时交付率", "en": "On-time delivery rate by month"},
+    "no_completed": {"zh": "所选范围内尚无完成的订单", "en": "No order completed in this selection yet"},
     "note": {
         "zh": "月份按工厂时区。返工率 = 送返工数 / 生产数。",
         "en": "Months in the plant's time zone. Rework rate = parts sent to rework / parts made.",
@@ -273,10 +274,21 @@ def trend_figure(rows: list[DeliveryKpiRow], lang: str) -> go.Figure:
     fig.update_layout(
         margin={"l": 40, "r": 10, "t": 10, "b": 30},
         font={"color": "#9aa4b2"},
-        yaxis={"range": [0, 105], "ticksuffix": "%", "gridcolor": "rgba(154,164,178,0.2)"},
+        # No zero line: with no completed order it read as an on-time rate of 0 %.
+        yaxis={
+            "range": [0, 105],
+            "ticksuffix": "%",
+            "gridcolor": "rgba(154,164,178,0.2)",
+            "zeroline": False,
+        },
         xaxis={"type": "category", "gridcolor": "rgba(154,164,178,0.2)"},
         paper_bgcolor="rgba(0,0,0,0)",
         plot_bgcolor="rgba(0,0,0,0)",
         showlegend=False,
     )
+    if not points:
+        fig.add_annotation(
+            text=s("no_completed", lang), showarrow=False, x=0.5, y=0.5,
+            xref="paper", yref="paper", font={"size": 16},
+        )  # fmt: skip
     return fig
