@@ -707,18 +707,13 @@ class _ResultsPartition(StatefulSinkPartition[Any, None]):
 def _upsert(cur: psycopg.Cursor[Any], upsert: Upsert, rows: list[Any]) -> None:
     """The staged path (see Upsert): a binary COPY into the staging table, one INSERT."""
     upsert.check(rows)
-    writes = _STAGED_WRITES[upsert.table] = _STAGED_WRITES.get(upsert.table, 0) + 1
-    if writes % row_stores.TRUNCATE_EVERY == 0:  # its dead rows (never autovacuumed)
-        cur.execute(f"TRUNCATE {upsert.staged}".encode())
+    row_stores.truncate_now_and_then(cur, upsert.staged)
     with cur.copy(upsert.copy_sql) as copy:
         copy.set_types(upsert.copy_types)
         write = copy.write_row
         for row in rows:
             write(row)
     cur.execute(upsert.from_stage_sql)
-
-
-_STAGED_WRITES: dict[str, int] = {}
 
 
 def _upsert_arrays(cur: psycopg.Cursor[Any], upsert: Upsert, rows: list[Any]) -> None:

@@ -46,7 +46,15 @@ REGISTRY: dict[type, RowStore] = {}
 # DDL of the staging tables of every `Staged` store: run once per sink connection.
 STAGING: list[str] = []
 TRUNCATE_EVERY = 64
-_WRITES: dict[str, int] = {}  # writes per table, in this process (any connection)
+_WRITES: dict[str, int] = {}  # writes per staging table, in this process (any connection)
+
+
+def truncate_now_and_then(cur: psycopg.Cursor[Any], stage: str) -> None:
+    """Empty a staging table's dead rows every TRUNCATE_EVERY writes to it: the writes
+    empty it by DELETE, and temporary tables are never autovacuumed."""
+    writes = _WRITES[stage] = _WRITES.get(stage, 0) + 1
+    if writes % TRUNCATE_EVERY == 0:
+        cur.execute(f"TRUNCATE {stage}".encode())
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,7 @@ class Staged:
             for r in rows:
                 unique[tuple([r[i] for i in at])] = r
         names = ", ".join(self.columns)
-        writes = _WRITES[self.table] = _WRITES.get(self.table, 0) + 1
-        if writes % TRUNCATE_EVERY == 0:
-            cur.execute(f"TRUNCATE {self.stage}".encode())
+        truncate_now_and_then(cur, self.stage)
         with cur.copy(f"COPY {self.stage} ({names}) FROM STDIN".encode()) as copy:
             for r in unique.values():
                 copy.write_row(r)
