@@ -214,6 +214,7 @@ def run_component(
             alerts=alerts,
             cluster=cluster,
             poll_ms=settings.log_poll_ms,
+            gather_ms=settings.results_gather_ms,
         )
     elif component == "dashboard":
         from dashboards.app import serve

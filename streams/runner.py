@@ -317,12 +317,14 @@ def run_flow(
     alerts: AlertsConfig | None = None,
     cluster: Cluster | None = None,
     poll_ms: float = 20.0,
+    gather_ms: float = 20.0,
 ) -> None:
     """Run the dataflow in this process until the log reaches `upto_seq` (None: forever)
     or `stop` is set. `alerts`: the alert rules (None: those of MESFLOW_ALERTS_CONFIG, if
     it is set; see `configured_alerts`). `cluster`: this process is one of several
     (docs/scale-out.md); each must be started, with the same `upto_seq`. `poll_ms`: how
-    often a caught-up flow looks for new log rows (MESFLOW_LOG_POLL_MS).
+    often a caught-up flow looks for new log rows (MESFLOW_LOG_POLL_MS); `gather_ms`: how
+    long live results are gathered into one transaction (MESFLOW_RESULTS_GATHER_MS).
 
     Without `stop` (a replay), Ctrl-C or SIGTERM in the main thread ends the input the same
     clean way, then raises KeyboardInterrupt here, outside Bytewax: an exception raised
@@ -352,6 +354,7 @@ def run_flow(
             alerts,
             cluster,
             poll_ms,
+            gather_ms,
         )
     finally:
         for signum, previous in restore:
@@ -384,6 +387,7 @@ def _run_flow(
     alerts: AlertsConfig | None = None,
     cluster: Cluster | None = None,
     poll_ms: float = 20.0,
+    gather_ms: float = 20.0,
 ) -> None:
     if alerts is None:
         alerts = configured_alerts(plant)
@@ -409,7 +413,12 @@ def _run_flow(
         flow = build_flow(
             plant,
             source,
-            ResultsSink(database_url, alerts=alerts, marks=many),
+            ResultsSink(
+                database_url,
+                alerts=alerts,
+                marks=many,
+                gather=timedelta(milliseconds=gather_ms) if live and gather_ms else None,
+            ),
             figures_every=timedelta(seconds=1) if live else None,
             late=LateStore(database_url, plant),  # late data: checkpoints and rebuilds
             alerts=alerts,
@@ -452,6 +461,7 @@ def run_live(
     alerts: AlertsConfig | None = None,
     cluster: Cluster | None = None,
     poll_ms: float = 20.0,
+    gather_ms: float = 20.0,
 ) -> None:
     """`mesflow run dataflow`: follow the ingest log until SIGINT/SIGTERM."""
 
@@ -475,5 +485,6 @@ def run_live(
         alerts=alerts,
         cluster=cluster,
         poll_ms=poll_ms,
+        gather_ms=gather_ms,
     )
     print("dataflow: stopped", flush=True)
