@@ -98,7 +98,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
         wait_until_subscribed(conn, args.collectors)
         shares = split(sorted(plant.machines), max(1, math.ceil((args.rate or 40000) / 20000)))
         tag = f"C{uuid.uuid4().hex[:6]}"
-        cycles = [machine_cycle(plant, share, f"{tag}{w}-") for w, share in enumerate(shares)]
+        cycles = [
+            machine_cycle(plant, share, f"{tag}{w}-", False) for w, share in enumerate(shares)
+        ]
         # Flat out, a count: the generator would otherwise queue millions at the broker.
         gen = LoadGenerator(
             broker.host,

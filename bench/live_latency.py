@@ -5,8 +5,11 @@
 Runs the real components as separate processes (mosquitto, `mesflow run collector-mqtt`,
 `mesflow run dataflow`, PostgreSQL) and drives them with bench/loadgen.py: pre-encoded
 QoS 1 messages from one process per 20k/s, each counted as sent only once the broker
-acknowledged it, stamped `ts` = the moment it was sent. 95 % are part counts and 5 % state
-changes, spread evenly over the scaled demo plant (bench/scaled_plant.py).
+acknowledged it, stamped `ts` = the moment it was sent, spread evenly over the scaled demo
+plant (bench/scaled_plant.py). Of each machine's 80 messages: 4 state changes, 73 part
+counts and 3 operator reports (a work order started and ended, a scrap report), so the
+work-order, order and scrap steps work as in a plant; `--signals-only`: 4 state changes and
+76 counts, as before the reports were added.
 
 It prints, before the run, the ceilings measured against the same broker and PostgreSQL
 (bench/ceilings.py: binary COPY, paho's QoS 1 receive, and the collector's own client's); during the run, a line every `--every` seconds with what was sent,
@@ -30,6 +33,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +53,7 @@ from bench.common import (
 from bench.loadgen import ID_MARK, TS_MARK, LoadGenerator, LoadResult, Template, split, template
 from bench.scaled_plant import write_scaled_plant
 from collectors.topics import machine_topic
+from mesflow.ingest_log import append, record_for
 from mesflow.plant import PlantConfig
 from mesflow.services import Broker, start_broker
 
@@ -56,19 +61,31 @@ STATES = ["running", "idle", "running", "down"]  # every change starts a new int
 STATE_EVERY = 20  # one event in 20 is a state change
 
 
-def machine_cycle(plant: PlantConfig, machines: list[str], tag: str) -> list[Template]:
-    """The message cycle of one generator process: its machines in turn, each sending
-    19 counts then a state change, through all four states (80 messages per machine)."""
+def machine_cycle(
+    plant: PlantConfig, machines: list[str], tag: str, reports: bool = True
+) -> list[Template]:
+    """The message cycle of one generator process: its machines in turn, 80 messages per
+    machine, through all four states (a change every 20). With `reports`, three of the
+    counts are operator reports: the machine's work order starts after the first change
+    and ends with the cycle, and one part is reported scrap mid-cycle."""
     topics = {}
     for m in machines:
         line = plant.line_of_machine[m]
         topics[m] = {
             kind: machine_topic(plant.plant.site, line.area, line.id, m, kind)
-            for kind in ("state", "count")
+            for kind in ("state", "count", "report")
         }
+    last = STATE_EVERY * len(STATES) - 1
     cycle = []
     for step in range(STATE_EVERY * len(STATES)):
         for m in machines:
+            report: dict[str, Any] | None = None
+            if reports and step == 1:
+                report = {"kind": "wo_start", "work_order": f"LB-{m}", "operator": "bench"}
+            elif reports and step == STATE_EVERY * 2 + 5:
+                report = {"kind": "scrap", "qty": 1, "reason": "short_shot", "operator": "bench"}
+            elif reports and step == last:
+                report = {"kind": "wo_end", "work_order": f"LB-{m}", "operator": "bench"}
             if step % STATE_EVERY == 0:
                 event: dict[str, Any] = {
                     "ts": TS_MARK,
@@ -76,11 +93,38 @@ def machine_cycle(plant: PlantConfig, machines: list[str], tag: str) -> list[Tem
                     "id": ID_MARK,
                 }
                 cycle.append(template(topics[m]["state"], event, tag))
+            elif report is not None:
+                event = {"ts": TS_MARK, **report, "id": ID_MARK}
+                cycle.append(template(topics[m]["report"], event, tag))
             else:
                 cycle.append(
                     template(topics[m]["count"], {"ts": TS_MARK, "good": 1, "id": ID_MARK}, tag)
                 )
     return cycle
+
+
+def post_orders(conn: psycopg.Connection[Any], plant: PlantConfig) -> int:
+    """A CRM order and its work order for every machine, as the CRM collector logs them,
+    so that the reports' work orders join an order (priority, due date) in the order step:
+    a work order no order names is left out of the order board. Quantities too large to
+    finish in a run."""
+    due = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+    products: list[str | None] = [p.id for p in plant.products] or [None]
+    events: list[dict[str, Any]] = []
+    for i, m in enumerate(sorted(plant.machines)):
+        product = products[i % len(products)]
+        order_no = f"SO-LB-{m}"
+        events.append({
+            "type": "order", "ts": datetime.now(UTC).isoformat(), "order_no": order_no,
+            "version": 1, "customer": "Bench", "priority": 1 + i % 3, "product": product,
+            "qty": 10_000_000, "due": due, "status": "open",
+        })  # fmt: skip
+        events.append({
+            "type": "work_order", "ts": datetime.now(UTC).isoformat(), "work_order": f"LB-{m}",
+            "order_no": order_no, "product": product, "qty": 10_000_000, "machine": m,
+        })  # fmt: skip
+    append(conn, [record_for("crm:bench", e) for e in events])
+    return len(events)
 
 
 @dataclass
@@ -94,7 +138,8 @@ class Counts:
     processed_seq: int  # the slowest dataflow's committed position (dataflow_progress)
 
 
-def counts(conn: psycopg.Connection[Any]) -> Counts:
+def counts(conn: psycopg.Connection[Any], preloaded: int = 0) -> Counts:
+    """`preloaded`: log rows written before the run (the CRM orders), not counted stored."""
     row = conn.execute(
         """SELECT (SELECT COALESCE(sum(messages_total), 0) FROM source_health WHERE kind = 'mqtt'),
                   (SELECT count(*) FROM ingest_log),
@@ -103,7 +148,9 @@ def counts(conn: psycopg.Connection[Any]) -> Counts:
                   (SELECT COALESCE(min(last_seq), 0) FROM dataflow_progress)"""
     ).fetchone()
     assert row is not None
-    return Counts(*(int(v) for v in row))
+    c = Counts(*(int(v) for v in row))
+    c.stored -= preloaded
+    return c
 
 
 def interval_latency(conn: psycopg.Connection[Any], since: float) -> str:
@@ -261,9 +308,13 @@ def run(args: argparse.Namespace, work: Path) -> None:
         try:
             wait_until_subscribed(conn, args.collectors)
             parts.check()
+            args.preloaded = 0 if args.signals_only else post_orders(conn, plant)
             tag = f"L{uuid.uuid4().hex[:6]}"
             shares = split(sorted(plant.machines), args.processes)
-            cycles = [machine_cycle(plant, share, f"{tag}{w}-") for w, share in enumerate(shares)]
+            cycles = [
+                machine_cycle(plant, share, f"{tag}{w}-", not args.signals_only)
+                for w, share in enumerate(shares)
+            ]
             gen = LoadGenerator(
                 broker.host, broker.port, cycles, rate=args.rate, seconds=args.seconds
             )
@@ -321,7 +372,7 @@ def _drive(
         if result is None and not generating:
             result = gen.join(args.seconds + 120)
             drain_until = time.time() + args.drain
-        c = counts(conn)
+        c = counts(conn, args.preloaded)
         done = result is not None and c.stored >= result.acked and c.processed_seq >= c.last_seq
         if now - last_line >= args.every or done or now > drain_until:
             parts.check()
@@ -348,7 +399,7 @@ def _drive(
     assert result is not None
     # The collector's count reaches source_health every 5 s: wait for its next report.
     time.sleep(6)
-    return result, counts(conn), cpu_at_start
+    return result, counts(conn, args.preloaded), cpu_at_start
 
 
 def _report(
@@ -373,6 +424,18 @@ def _report(
         f"{final.last_seq:,} | lost sent->received {result.acked - final.received:,}, "
         f"received->stored {final.received - final.stored:,}"
     )
+    if not args.signals_only:
+        # The operator reports reached their steps (not merely the log): proof, not trust.
+        wos = conn.execute(
+            "SELECT count(*), COALESCE(sum(good), 0) FROM work_order_progress"
+            " WHERE work_order LIKE 'LB-%'"
+        ).fetchone()
+        scrap = conn.execute("SELECT COALESCE(sum(qty), 0) FROM machine_scrap").fetchone()
+        print(
+            f"operator reports: {wos[0] if wos else 0:,} work orders with progress "
+            f"({wos[1] if wos else 0:,} good parts on them), "
+            f"{scrap[0] if scrap else 0:,} parts reported scrap"
+        )
     if final.stored < result.acked:
         # The broker holds what the collector has not acknowledged: waiting, not lost.
         print(
@@ -473,6 +536,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-ceilings", action="store_true", help="skip the ceilings")
     parser.add_argument("--ceiling-rows", type=int, default=200_000, help="rows for COPY")
     parser.add_argument("--ceiling-messages", type=int, default=100_000, help="for paho")
+    parser.add_argument(
+        "--signals-only", action="store_true", help="machine signals only, no operator reports"
+    )
     parser.add_argument("--show-logs", action="store_true", help="print the components' logs")
     args = parser.parse_args(argv)
     # One generator process sends ~70k+/s even on a loaded machine: more only cost CPU

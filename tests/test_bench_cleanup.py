@@ -115,7 +115,20 @@ def test_live_bench_counts_every_stage_and_leaves_nothing(short_tmp: Path) -> No
     n = int(sent[1].replace(",", ""))
     assert 1100 <= n <= 1300  # 3 s at 400/s, each acknowledged by the broker
     assert sent[1] == sent[2] == sent[3], out
-    assert f"processed up to seq {sent[1]} of {sent[1]}" in out
+    # The log also holds the 12 machines' CRM orders and work orders, posted before the run.
+    top = f"{n + 24:,}"
+    assert f"processed up to seq {top} of {top}" in out
+    # The operator reports reached their steps: each machine's work order has parts, and
+    # each machine reported a scrap part (message 46 of each machine's 80; ~100 were sent).
+    reports = re.search(
+        r"^operator reports: (\d+) work orders with progress \(([\d,]+) good parts on them\), "
+        r"([\d,]+) parts reported scrap",
+        out,
+        re.M,
+    )
+    assert reports, out
+    assert int(reports[1]) == 12 and int(reports[2].replace(",", "")) > 0, out
+    assert int(reports[3].replace(",", "")) >= 12, out
     assert "lost sent->received 0, received->stored 0" in out
     assert "ceiling paho QoS 1 receive" in out and "ceiling binary COPY" in out
     assert re.search(r"ratio to the paho QoS 1 receive ceiling \d+\.\d\d", out)
