@@ -6,10 +6,10 @@ Runs the real components as separate processes (mosquitto, `mesflow run collecto
 `mesflow run dataflow`, PostgreSQL) and drives them with bench/loadgen.py: pre-encoded
 QoS 1 messages from one process per 20k/s, each counted as sent only once the broker
 acknowledged it, stamped `ts` = the moment it was sent, spread evenly over the scaled demo
-plant (bench/scaled_plant.py). Of each machine's 80 messages: 4 state changes, 73 part
-counts and 3 operator reports (a work order started and ended, a scrap report), so the
-work-order, order and scrap steps work as in a plant; `--signals-only`: 4 state changes and
-76 counts, as before the reports were added.
+plant (bench/scaled_plant.py). Of each machine's 800 messages: 40 state changes, 750 part
+counts and 10 operator reports (its work order started and ended, 8 scrap reports), after
+a CRM order and work order per machine, so the work-order, order and scrap steps work as
+in a plant; `--signals-only`: one state change in 20, the rest counts, no orders.
 
 It prints, before the run, the ceilings measured against the same broker and PostgreSQL
 (bench/ceilings.py: binary COPY, paho's QoS 1 receive, and the collector's own client's); during the run, a line every `--every` seconds with what was sent,
@@ -59,15 +59,19 @@ from mesflow.services import Broker, start_broker
 
 STATES = ["running", "idle", "running", "down"]  # every change starts a new interval
 STATE_EVERY = 20  # one event in 20 is a state change
+# With reports: a machine's work order runs for 800 of its messages (a real one lasts
+# hours: hundreds of cycles), and an operator reports a scrap part every 100 messages.
+WORK_ORDER_EVERY = 800
+SCRAP_EVERY = 100
 
 
 def machine_cycle(
     plant: PlantConfig, machines: list[str], tag: str, reports: bool = True
 ) -> list[Template]:
-    """The message cycle of one generator process: its machines in turn, 80 messages per
-    machine, through all four states (a change every 20). With `reports`, three of the
-    counts are operator reports: the machine's work order starts after the first change
-    and ends with the cycle, and one part is reported scrap mid-cycle."""
+    """The message cycle of one generator process: its machines in turn, each through all
+    four states (a change every 20 messages). With `reports` a machine's cycle is 800
+    messages and ten of its counts are operator reports: its work order starts after the
+    first change and ends with the cycle, and a part is reported scrap every 100."""
     topics = {}
     for m in machines:
         line = plant.line_of_machine[m]
@@ -75,21 +79,21 @@ def machine_cycle(
             kind: machine_topic(plant.plant.site, line.area, line.id, m, kind)
             for kind in ("state", "count", "report")
         }
-    last = STATE_EVERY * len(STATES) - 1
+    steps = WORK_ORDER_EVERY if reports else STATE_EVERY * len(STATES)
     cycle = []
-    for step in range(STATE_EVERY * len(STATES)):
+    for step in range(steps):
         for m in machines:
             report: dict[str, Any] | None = None
             if reports and step == 1:
                 report = {"kind": "wo_start", "work_order": f"LB-{m}", "operator": "bench"}
-            elif reports and step == STATE_EVERY * 2 + 5:
+            elif reports and step % SCRAP_EVERY == SCRAP_EVERY // 2 - 5:
                 report = {"kind": "scrap", "qty": 1, "reason": "short_shot", "operator": "bench"}
-            elif reports and step == last:
+            elif reports and step == steps - 1:
                 report = {"kind": "wo_end", "work_order": f"LB-{m}", "operator": "bench"}
             if step % STATE_EVERY == 0:
                 event: dict[str, Any] = {
                     "ts": TS_MARK,
-                    "state": STATES[step // STATE_EVERY],
+                    "state": STATES[step // STATE_EVERY % len(STATES)],
                     "id": ID_MARK,
                 }
                 cycle.append(template(topics[m]["state"], event, tag))
