@@ -153,8 +153,12 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
             where[3],
         )
         tracker.runs_log = None
+        # The rebuild takes a checkpoint up to the allowed lateness after `late_from` (right
+        # for a late event, which is in the log after it); here the lost part times may be
+        # inside such a checkpoint, so only one from before the earliest of them will do.
+        before = where[2] - tracker.spec.lateness_us - 1
         pending = tracker.late_from
-        tracker.late_from = where[2] if pending is None else min(pending, where[2])
+        tracker.late_from = before if pending is None else min(pending, before)
 
     def _refresh_reasons(self, tracker: MachineTracker) -> None:
         # A reason added to the plant file applies from the next start (and to re-queued
