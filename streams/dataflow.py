@@ -56,7 +56,7 @@ from streams.order_progress import (
     OrderRow,
 )
 from streams.quality_flow import quality_rows
-from streams.rebuild import LateStore
+from streams.rebuild import LateStore, lost_parts_late_from
 from streams.records import (
     AlertRow,
     FloorInput,
@@ -156,7 +156,7 @@ class MachineLogic(StatefulBatchLogic[list[Keyed], list[Out], bytes]):
         # The rebuild takes a checkpoint up to the allowed lateness after `late_from` (right
         # for a late event, which is in the log after it); here the lost part times may be
         # inside such a checkpoint, so only one from before the earliest of them will do.
-        before = where[2] - tracker.spec.lateness_us - 1
+        before = lost_parts_late_from(where[2], tracker.spec.lateness_us)
         pending = tracker.late_from
         tracker.late_from = before if pending is None else min(pending, before)
 

@@ -110,6 +110,22 @@ def choose_checkpoint(
     return None
 
 
+def rebuild_candidates(
+    checkpoints: Sequence[CheckpointInfo], late_from: int, lateness_us: int
+) -> list[CheckpointInfo]:
+    """The checkpoints a rebuild from `late_from` may start at: those whose clock is at
+    most the allowed lateness past it (an event logged after one of them at `late_from`
+    would have been applied as late there)."""
+    return [c for c in checkpoints if c.last_ts - lateness_us <= late_from]
+
+
+def lost_parts_late_from(earliest_lost: int, lateness_us: int) -> int:
+    """The `late_from` that rebuilds a machine whose part times from `earliest_lost` on
+    are gone from the log: every checkpoint it admits (`rebuild_candidates`) has a clock
+    before them, so none holds a part the log no longer has."""
+    return earliest_lost - lateness_us - 1
+
+
 def row_key(row: Row | Rejection) -> tuple[Any, ...]:
     """The identity of a row in its table: a later row with the same key supersedes it."""
     t = type(row)
@@ -420,7 +436,7 @@ class LateStore:
         # Only a checkpoint from before the earliest late event can qualify; older ones
         # are tried while events logged after it (merged late before) rule it out.
         chosen: CheckpointInfo | None = None
-        for c in [x for x in cps if x.last_ts - lateness <= old.late_from]:
+        for c in rebuild_candidates(cps, old.late_from, lateness):
             times = [
                 (s, to_us(ev.ts))
                 for s, ev in log_rows.after(c.seq)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from streams.hour_clock import to_us
 from streams.machine_tracker import MachineTracker
+from streams.rebuild import CheckpointInfo, lost_parts_late_from, rebuild_candidates
 from streams.tracker_snapshot import TrackerSnapshots, decode, lean_runs, restore_runs
 from tests.helpers import (
     SHANGHAI,
@@ -222,6 +223,26 @@ def test_a_restart_reads_the_part_times_back_and_late_events_still_reclassify_th
         "SELECT count(*) FROM machine_state_interval WHERE machine = 'IM-01' AND state = 'planned_stop'",
     )
     assert planned == 1
+
+
+@given(
+    lateness_s=st.integers(min_value=0, max_value=3600),
+    offsets_ms=st.lists(st.integers(min_value=-7_200_000, max_value=7_200_000), max_size=20),
+)
+def test_a_rebuild_for_lost_part_times_admits_only_checkpoints_from_before_them(
+    lateness_s: int, offsets_ms: list[int]
+) -> None:
+    """Pure: the rule the restart test below depends on, whatever the checkpoints' timing
+    (there it is whatever the 0.5 s snapshots happened to hold). A checkpoint whose clock
+    is at or past the earliest lost part may hold it; one before it cannot."""
+    earliest_lost = to_us(datetime(2026, 11, 30, 8, tzinfo=SHANGHAI))
+    lateness = lateness_s * 1_000_000
+    cps = [CheckpointInfo(i, earliest_lost + ms * 1000) for i, ms in enumerate(offsets_ms)]
+    admitted = rebuild_candidates(cps, lost_parts_late_from(earliest_lost, lateness), lateness)
+    assert admitted == [c for c in cps if c.last_ts < earliest_lost]
+    # A late event at the same time admits checkpoints up to the lateness past it.
+    late = rebuild_candidates(cps, earliest_lost, lateness)
+    assert late == [c for c in cps if c.last_ts <= earliest_lost + lateness]
 
 
 def test_part_times_gone_from_the_log_rebuild_the_machine_from_its_checkpoint(
