@@ -11,7 +11,6 @@ end from its last event time (on_eof), so it stays deterministic.
 
 from __future__ import annotations
 
-import pickle
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +29,7 @@ from mesflow.events import (
 )
 from mesflow.plant import PlantConfig
 from streams import row_stores
+from streams.inspection_snapshot import InspectionSnapshots, decode
 from streams.inspections import (
     InspectionFlag,
     InspectionRecord,
@@ -71,9 +71,10 @@ class InspectionLogic(StatefulBatchLogic[Any, list[Row], bytes]):
     TICK = timedelta(seconds=15)
 
     def __init__(self, resume: bytes | None, plant: PlantConfig, live: bool) -> None:
-        state = pickle.loads(resume) if resume else None
+        state = decode(resume) if resume else None
         self.steps = Inspections(plant, state, lag_s=LIVE_LAG_S if live else None)
         self.live = live
+        self.snapshots = InspectionSnapshots()
 
     def on_batch(self, values: list[Any]) -> tuple[list[list[Row]], bool]:
         return [self.steps.feed(values)], self.RETAIN
@@ -93,7 +94,7 @@ class InspectionLogic(StatefulBatchLogic[Any, list[Row], bytes]):
         return [self.steps.settle()], self.RETAIN
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.steps.state, protocol=pickle.HIGHEST_PROTOCOL)
+        return self.snapshots.encode(self.steps.state)
 
 
 def inspection_rows(plant: PlantConfig, rest: Stream[Any], live: bool) -> Stream[Any]:
