@@ -240,6 +240,19 @@ def callback(app: dash.Dash, role: str, *dependencies: Any, **kwargs: Any) -> Ca
     return decorate
 
 
+def clientside_callback(
+    app: dash.Dash, role: str, function: str, *dependencies: Any, **kwargs: Any
+) -> None:
+    """`app.clientside_callback(...)` on a page that needs `role`: it runs in the browser
+    (no request for the gate to refuse), and is declared like the others for
+    `check_declarations`."""
+    users.check_role(role)
+    before = set(app.callback_map)
+    app.clientside_callback(function, *dependencies, **kwargs)
+    for key in set(app.callback_map) - before:
+        _state(app.server).callback_roles[key] = role
+
+
 def page_role(page: dict[str, Any]) -> str:
     role = page.get("min_role")
     if not isinstance(role, str) or users.role_rank(role) < 0:

@@ -493,6 +493,50 @@ def test_tap_a_reason_in_the_browser_reaches_v_stops(
         browser.close()
 
 
+@pytest.mark.browser
+def test_the_address_can_name_the_station_and_nothing_else(
+    plant: PlantConfig, served: str, tmp_path: Path
+) -> None:
+    """`/operator?machine=IM-03` (a bookmark, a QR code on the machine) opens that station
+    and the tablet keeps it; an address naming anything but a machine of the plant
+    changes nothing."""
+    require(shutil.which("chromium") is not None, "chromium (apt-get install chromium)")
+    other = next(m for m in plant.machines if m != MACHINE)
+    shown = "document.querySelector('.op-station-id')?.textContent"
+    browser = Chromium(tmp_path)
+    try:
+        browser.goto(f"{served}/operator?lang=en")
+        browser.wait_for("!!document.querySelector('#password')")
+        browser.eval("document.querySelector('#username').value = 'operator'")
+        browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
+        browser.eval("document.querySelector('button[type=submit]').click()")
+        browser.wait_for("document.querySelectorAll('.op-pick').length >= 12")
+        browser.eval(
+            "[...document.querySelectorAll('.op-pick')]"
+            f".find(b => b.textContent.includes({json.dumps(MACHINE)})).click()"
+        )
+        browser.wait_for(f"{shown} === {json.dumps(MACHINE)}")
+        browser.goto(f"{served}/operator?lang=en&machine={other}")
+        browser.wait_for(f"{shown} === {json.dumps(other)}")
+        browser.goto(f"{served}/operator?lang=en")  # kept, as a picked station is
+        browser.wait_for(f"{shown} === {json.dumps(other)}")
+        hostile = [
+            "NO-SUCH",
+            "im-01",
+            "%3Cscript%3Ealert(1)%3C%2Fscript%3E",
+            f"{MACHINE}%00",
+            "x" * 5000,
+        ]
+        for value in hostile:
+            browser.goto(f"{served}/operator?lang=en&machine={value}")
+            browser.wait_for(f"{shown} === {json.dumps(other)}")
+            time.sleep(0.3)  # a wrong write would land after the first render
+            assert browser.eval(shown) == other, value
+            assert browser.eval("document.querySelectorAll('.op-pick').length") == 0
+    finally:
+        browser.close()
+
+
 def test_a_tap_reaches_the_andon_status_within_2_s_with_the_live_dataflow(
     app: dash.Dash,
     db_url: str,

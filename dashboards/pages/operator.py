@@ -53,6 +53,7 @@ _FEEDBACK = "op-feedback"
 _CHANGE = "op-change"
 _TAP = "op-tap"
 _OPEN = "op-open"  # the stop whose reason buttons show (the newest one by default)
+_WANT = "op-want"  # the station the address names (?machine=), for this page load only
 
 STRINGS: Final[dict[str, dict[str, str]]] = {
     "operator": {"zh": "操作员终端", "en": "Operator tablet"},
@@ -137,6 +138,18 @@ def register(app: dash.Dash) -> None:
         State(_LANG, "data"),
         prevent_initial_call=True,
     )(_act)
+    # `/operator?machine=IM-03` (a bookmark or a QR code on the machine) sets the tablet's
+    # station; the stored one (localStorage) otherwise wins over the layout's, so a
+    # callback writes it, in the browser: nothing to check on the server, the station is
+    # read back through _refresh like a picked one.
+    auth.clientside_callback(
+        app,
+        MIN_ROLE,
+        "function (want) { return want ? want : window.dash_clientside.no_update; }",
+        Output(_STATION, "data", allow_duplicate=True),
+        Input(_WANT, "data"),
+        prevent_initial_call="initial_duplicate",
+    )
     operator_signin.register(app, _STATION)  # people at the station (docs/labor.md)
     operator_lots.register(app, _STATION)
     operator_quality.register(app, _STATION)
@@ -147,9 +160,11 @@ def register(app: dash.Dash) -> None:
 # -- layout --------------------------------------------------------------------------------------
 
 
-def layout(lang: str | None = None, **_query: str) -> html.Div:
+def layout(lang: str | None = None, machine: str | None = None, **_query: str) -> html.Div:
     bctx = context.current()
     lang = bctx.lang(lang)
+    # Only a machine of the plant: anything else in the address is ignored.
+    want = machine if isinstance(machine, str) and machine in bctx.plant.machines else None
     return html.Div(
         className=f"op lang-{lang}",
         lang="zh-CN" if lang == "zh" else "en",
@@ -157,6 +172,7 @@ def layout(lang: str | None = None, **_query: str) -> html.Div:
             dcc.Store(id=_LANG, data=lang),
             # localStorage: the tablet stays on its machine across reloads and restarts.
             dcc.Store(id=_STATION, storage_type="local"),
+            dcc.Store(id=_WANT, data=want),
             dcc.Store(id=_TICKET, data=Ticket.new().to_data()),
             dcc.Store(id=_QTY, data=None),
             dcc.Store(id=_OPEN, data=None),
