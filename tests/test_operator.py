@@ -397,6 +397,20 @@ def served(app: dash.Dash) -> Iterator[str]:
 _READY_STATION = "document.querySelectorAll('.op-stop').length > 0"
 
 
+def open_tablet(browser: Chromium, served: str, machine: str) -> None:
+    """Sign in as the operator on a tablet that has no station yet, and choose `machine`."""
+    browser.goto(f"{served}/operator?lang=en")
+    browser.wait_for("!!document.querySelector('#password')")
+    browser.eval("document.querySelector('#username').value = 'operator'")
+    browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
+    browser.eval("document.querySelector('button[type=submit]').click()")
+    browser.wait_for("document.querySelectorAll('.op-pick').length >= 12")
+    browser.eval(
+        "[...document.querySelectorAll('.op-pick')]"
+        f".find(b => b.textContent.includes({json.dumps(machine)})).click()"
+    )
+
+
 @pytest.mark.browser
 def test_tap_a_reason_in_the_browser_reaches_v_stops(
     db_url: str, plant: PlantConfig, station: datetime, served: str, tmp_path: Path
@@ -408,17 +422,7 @@ def test_tap_a_reason_in_the_browser_reaches_v_stops(
             "Emulation.setDeviceMetricsOverride",
             {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
         )
-        browser.goto(f"{served}/operator?lang=en")
-        browser.wait_for("!!document.querySelector('#password')")
-        browser.eval("document.querySelector('#username').value = 'operator'")
-        browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
-        browser.eval("document.querySelector('button[type=submit]').click()")
-        # First visit: choose the station.
-        browser.wait_for("document.querySelectorAll('.op-pick').length >= 12")
-        browser.eval(
-            "[...document.querySelectorAll('.op-pick')]"
-            f".find(b => b.textContent.includes({json.dumps(MACHINE)})).click()"
-        )
+        open_tablet(browser, served, MACHINE)  # first visit: choose the station
         browser.wait_for(_READY_STATION)
         # Every target is at least 48 px in both directions.
         small = browser.eval(
@@ -505,16 +509,7 @@ def test_the_address_can_name_the_station_and_nothing_else(
     shown = "document.querySelector('.op-station-id')?.textContent"
     browser = Chromium(tmp_path)
     try:
-        browser.goto(f"{served}/operator?lang=en")
-        browser.wait_for("!!document.querySelector('#password')")
-        browser.eval("document.querySelector('#username').value = 'operator'")
-        browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
-        browser.eval("document.querySelector('button[type=submit]').click()")
-        browser.wait_for("document.querySelectorAll('.op-pick').length >= 12")
-        browser.eval(
-            "[...document.querySelectorAll('.op-pick')]"
-            f".find(b => b.textContent.includes({json.dumps(MACHINE)})).click()"
-        )
+        open_tablet(browser, served, MACHINE)
         browser.wait_for(f"{shown} === {json.dumps(MACHINE)}")
         browser.goto(f"{served}/operator?lang=en&machine={other}")
         browser.wait_for(f"{shown} === {json.dumps(other)}")

@@ -36,6 +36,7 @@ from streams.runner import run_flow
 from tests.conftest import require
 from tests.helpers import feed, log_position
 from tests.test_dashboard import Chromium, sign_in
+from tests.test_operator import open_tablet
 
 STATION = "CNC-03"  # the example plant's P-100 routing: "10" at IM-01..03, "20" at CNC-03
 NOW = datetime(2026, 11, 20, 1, 2, 33, tzinfo=UTC)
@@ -286,16 +287,7 @@ def test_start_in_the_browser_names_the_operation(
             "Emulation.setDeviceMetricsOverride",
             {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
         )
-        browser.goto(f"{served}/operator?lang=en")
-        browser.wait_for("!!document.querySelector('#password')")
-        browser.eval("document.querySelector('#username').value = 'operator'")
-        browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
-        browser.eval("document.querySelector('button[type=submit]').click()")
-        browser.wait_for("document.querySelectorAll('.op-pick').length >= 12")
-        browser.eval(
-            "[...document.querySelectorAll('.op-pick')]"
-            f".find(b => b.textContent.includes({json.dumps(STATION)})).click()"
-        )
+        open_tablet(browser, served, STATION)
         browser.wait_for(f"!!{_ROW}")
         label = browser.eval(f"{_ROW}.querySelector('.op-wo-id').textContent")
         assert label == "WO-PLANT · 20 Drill and tap", label

@@ -36,6 +36,7 @@ from tests.test_operator import (  # noqa: F401  (fixtures)
     _tablet_events,
     _wait_minute_start,
     app,
+    open_tablet,
     served,
 )
 
@@ -245,16 +246,7 @@ def test_record_a_defect_in_the_browser(
             "Emulation.setDeviceMetricsOverride",
             {"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": False},
         )
-        browser.goto(f"{served}/operator?lang=en")
-        browser.wait_for("!!document.querySelector('#password')")
-        browser.eval("document.querySelector('#username').value = 'operator'")
-        browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
-        browser.eval("document.querySelector('button[type=submit]').click()")
-        browser.wait_for("document.querySelectorAll('.op-pick').length >= 12")
-        browser.eval(
-            "[...document.querySelectorAll('.op-pick')]"
-            f".find(b => b.textContent.includes({json.dumps(MACHINE)})).click()"
-        )
+        open_tablet(browser, served, MACHINE)
         browser.wait_for("!!document.querySelector('#op-q-scrap')")
         # Every code and button is a touch target (48 px or more).
         small = browser.eval(
