@@ -139,13 +139,16 @@ class ChannelStatus:
 
     channel: str
     channel_type: str
-    status: str  # ok | failing | bad_key
+    status: str  # ok | failing | bad_key | stalled
     last_error: str | None
     error_code: str | None
     last_error_at: datetime | None
     last_success_at: datetime | None
     pending: int
     failed: int
+    # The earliest time a pending message was due. Long past while the channel looks ok:
+    # nothing is sending on it ("stalled").
+    due_since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -166,12 +169,25 @@ WHERE alert_id = ANY(%s)
 ORDER BY alert_id, level, id
 """
 
-# Trouble first: a bad key, then failing channels, then the rest by name.
-_CHANNELS_SQL = """
-SELECT channel, channel_type, status, last_error, error_code, last_error_at, last_success_at,
-       pending::int AS pending, failed::int AS failed
-FROM v_channel_status
-ORDER BY array_position(ARRAY['bad_key', 'failing', 'ok'], status) NULLS FIRST, channel
+# A pending message due this long ago on a channel without errors: no dispatcher is sending
+# on it (`mesflow run notify` not running, or running without this channel or SMTP). The
+# dispatcher polls every few seconds and a robot's rate limit holds a burst back for
+# minutes at most.
+STALLED_AFTER_MIN = 10
+
+# Trouble first: a bad key, then failing and stalled channels, then the rest by name.
+_CHANNELS_SQL = f"""
+SELECT channel, channel_type,
+       CASE WHEN status = 'ok' AND due_since < now() - interval '{STALLED_AFTER_MIN} minutes'
+            THEN 'stalled' ELSE status END AS status,
+       last_error, error_code, last_error_at, last_success_at,
+       pending::int AS pending, failed::int AS failed, due_since
+FROM (SELECT v.*, (SELECT min(d.next_attempt_at) FROM alert_delivery d
+                   WHERE d.channel = v.channel AND d.status = 'pending') AS due_since
+      FROM v_channel_status v) c
+ORDER BY array_position(ARRAY['bad_key', 'failing', 'stalled', 'ok'],
+         CASE WHEN status = 'ok' AND due_since < now() - interval '{STALLED_AFTER_MIN} minutes'
+              THEN 'stalled' ELSE status END) NULLS FIRST, channel
 """
 
 

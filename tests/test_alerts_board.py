@@ -297,8 +297,53 @@ def test_open_board_reads_alerts_deliveries_and_channels(db_url: str, plant: Pla
     html = str(alerts.render_open(board, plant, opts))
     assert "Hydraulic fault" in html and "IM-02" in html
     assert "93000" in html and "zhang" in html
-    banner = alerts.render_banner(board.channels, "zh")
+    banner = alerts.render_banner(board.channels, "zh", plant.tz)
     assert "im-wecom" in str(banner) and "密钥无效" in str(banner)
+
+
+def test_a_channel_nobody_sends_on_shows_as_not_sending(db_url: str, plant: PlantConfig) -> None:
+    """Pending messages due long ago on a channel without errors: no dispatcher sends on it
+    (`mesflow run notify` down, or without SMTP). It must not read "OK" while alerts pile
+    up unseen; messages due only just now, or a robot's rate limit, are not that."""
+    seed(db_url)
+    late = aq.STALLED_AFTER_MIN + 5
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for i, ago in enumerate([late, 1]):
+            insert_delivery(conn, "silent:machine:CNC-03:2", f"email:p{i}", "email", "email",
+                            "pending", f"p{i}")  # fmt: skip
+            conn.execute(
+                "UPDATE alert_delivery SET next_attempt_at = now() - %s * interval '1 minute'"
+                " WHERE target = %s",
+                (ago, f"email:p{i}"),
+            )
+        insert_delivery(conn, "silent:machine:CNC-03:2", "channel:cnc-ding", "cnc-ding",
+                        "dingtalk", "pending")  # fmt: skip
+        conn.execute("UPDATE alert_delivery SET next_attempt_at = now() WHERE channel = 'cnc-ding'")
+
+    def read() -> dict[str, aq.ChannelStatus]:
+        db = Database(db_url)
+        try:
+            return {c.channel: c for c in aq.open_board(db).channels}
+        finally:
+            db.close()
+
+    channels = read()
+    assert channels["email"].status == "stalled" and channels["email"].pending == 2
+    assert channels["cnc-ding"].status == "ok"  # due now: the dispatcher has it in hand
+    assert channels["im-wecom"].status == "bad_key"  # its own trouble first
+    assert list(channels)[:2] == ["im-wecom", "email"]
+    opts = alerts.RenderOptions(tz=plant.tz, lang="en", can_ack=False, now=NOW)
+    table = str(alerts.render_channels(list(channels.values()), opts))
+    assert "Not sending" in table
+    banner = str(alerts.render_banner(list(channels.values()), "en", plant.tz))
+    assert "Nothing is sending on email" in banner and "mesflow run notify" in banner
+    assert "没有程序在发送" in str(alerts.render_banner(list(channels.values()), "zh", plant.tz))
+    # The dispatcher comes back and sends the overdue one: the channel is ok again.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE alert_delivery SET status = 'sent', sent_at = now() WHERE target = 'email:p0'"
+        )
+    assert read()["email"].status == "ok"
 
 
 def _buttons(tree: Any) -> list[Any]:

@@ -118,6 +118,14 @@ STRINGS: dict[str, dict[str, str]] = {
     "ok": {"zh": "正常", "en": "OK"},
     "failing": {"zh": "发送失败", "en": "Failing"},
     "bad_key": {"zh": "密钥无效", "en": "Bad key"},
+    "stalled": {"zh": "未在发送", "en": "Not sending"},
+    "stalled_banner": {
+        "zh": "渠道 {names} 有消息自 {since} 起待发送，但没有程序在发送：请确认 "
+        "`mesflow run notify` 正在运行，并已配置该渠道（邮件：MESFLOW_SMTP_HOST）",
+        "en": "Nothing is sending on {names}: messages have waited since {since}. Is "
+        "`mesflow run notify` running, with this channel configured (e-mail: "
+        "MESFLOW_SMTP_HOST)?",
+    },
     "last_error": {"zh": "最近错误", "en": "Last error"},
     "last_success": {"zh": "最近成功", "en": "Last success"},
     "bad_key_banner": {
@@ -345,7 +353,7 @@ def _refresh_open(_n: int | None, lang: Any) -> tuple[Any, Any, Any]:
     return (
         render_open(board, ctx.plant, opts),
         render_channels(board.channels, opts),
-        render_banner(board.channels, lang),
+        render_banner(board.channels, lang, opts.tz),
     )
 
 
@@ -631,11 +639,20 @@ def render_channels(channels: Sequence[aq.ChannelStatus], opts: RenderOptions) -
     )
 
 
-def render_banner(channels: Sequence[aq.ChannelStatus], lang: str) -> Any:
+def render_banner(channels: Sequence[aq.ChannelStatus], lang: str, tz: tzinfo) -> Any:
     bad = [c.channel for c in channels if c.status == "bad_key"]
-    if not bad:
-        return ""
-    return html.Div(s("bad_key_banner", lang, names=", ".join(bad)), className="al-bad-key")
+    stalled = [c for c in channels if c.status == "stalled"]
+    out = []
+    if bad:
+        out.append(
+            html.Div(s("bad_key_banner", lang, names=", ".join(bad)), className="al-bad-key")
+        )
+    if stalled:
+        since = min(c.due_since for c in stalled if c.due_since is not None)
+        names = ", ".join(c.channel for c in stalled)
+        text = s("stalled_banner", lang, names=names, since=fmt_time(since, tz))
+        out.append(html.Div(text, className="al-bad-key al-stalled"))
+    return out or ""
 
 
 def render_history(
