@@ -36,6 +36,7 @@ from typing import IO
 from collectors.mqtt_conn import redact_url as redact_mqtt_url
 from collectors.simulator.crm import READY as CRM_READY
 from mesflow.db import migrate, redact_url, sync_plant
+from mesflow.demo_mail import DemoMailbox
 from mesflow.plant import PlantConfig
 from mesflow.resources import resource_dir
 from mesflow.services import (
@@ -104,6 +105,7 @@ def run_demo(
 
     pg: EmbeddedPostgres | None = None
     broker: Broker | None = None
+    mailbox: DemoMailbox | None = None
     components: list[Component] = []
     stopping = threading.Event()
 
@@ -160,6 +162,10 @@ def run_demo(
             else:
                 _say(f"broker: {broker.kind} listening on {broker.url}")
 
+        # Alert e-mails to a local mailbox, unless an SMTP server is configured.
+        notify_env: dict[str, str] = {}
+        if not settings.smtp_host:
+            mailbox, notify_env = _start_mailbox(data)
         crm_env = _crm_credentials(data, api_port, kept["crm_callback"])
         env = {
             **crm_env,
@@ -185,7 +191,7 @@ def run_demo(
             Component("dataflow", ["run", "dataflow"], "dataflow: following"),
             Component("api", ["run", "api"]),
             Component("crm", ["simulate-crm", "--seed", str(seed)], CRM_READY),
-            Component("notify", ["run", "notify"], "notify: delivering"),
+            Component("notify", ["run", "notify"], "notify: delivering", env=notify_env),
             Component("dashboard", ["run", "dashboard"]),
             Component(
                 "simulator",
@@ -231,6 +237,9 @@ def run_demo(
         for name in STOP_ORDER:
             if name in by_name:
                 _stop(by_name[name])
+        if mailbox is not None:
+            mailbox.stop()
+            _say(f"mail: stopped ({mailbox.received} e-mail(s) received)")
         if broker is not None:
             broker.stop()
             _say("broker: stopped")
@@ -238,6 +247,27 @@ def run_demo(
             pg.stop()
             _say("database: stopped")
         _say("stopped; run `mesflow demo` again to resume")
+
+
+def _start_mailbox(data: Path) -> tuple[DemoMailbox | None, dict[str, str]]:
+    """The demo's mailbox (mesflow/demo_mail.py) and the notifier's settings for it; none
+    without aiosmtpd (installed with the demo from requirements/lock.txt)."""
+    try:
+        mailbox = DemoMailbox(data / "demo-mail", free_port(), _say)
+    except ImportError:
+        _say("mail: aiosmtpd is not installed: alert e-mails wait (pip install aiosmtpd)")
+        return None, {}
+    mailbox.start()
+    _say(
+        f"mail: alert e-mails go to a local mailbox on 127.0.0.1:{mailbox.port}, printed "
+        f"here and kept in {data / 'demo-mail'} (MESFLOW_SMTP_HOST: a real server instead)"
+    )
+    env = {
+        "MESFLOW_SMTP_HOST": "127.0.0.1",
+        "MESFLOW_SMTP_PORT": str(mailbox.port),
+        "MESFLOW_SMTP_STARTTLS": "false",  # 127.0.0.1 only
+    }
+    return mailbox, env
 
 
 def simulator_state_file(data: Path, plant: PlantConfig, seed: int) -> Path:
