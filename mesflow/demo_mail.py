@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,9 @@ class DemoMailbox:
     def __init__(self, folder: Path, port: int, say: Callable[[str], None]) -> None:
         from aiosmtpd.controller import Controller  # the demo extra (requirements/lock.txt)
 
+        # aiosmtpd logs every connection at INFO on the demo's console: its own line per
+        # message (`say`) is the one that matters.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
         self.folder = folder
         self.port = port
         self.say = say

@@ -4,6 +4,7 @@ file, the newest KEEP kept."""
 
 from __future__ import annotations
 
+import logging
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -25,8 +26,9 @@ def _mail(subject: str, to: str) -> EmailMessage:
 
 
 def test_alert_e_mails_reach_the_demo_mailbox_and_are_printed_and_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     monkeypatch.setattr(demo_mail, "KEEP", 3)
     lines: list[str] = []
     box = DemoMailbox(tmp_path / "demo-mail", free_port(), lines.append)
@@ -50,6 +52,8 @@ def test_alert_e_mails_reach_the_demo_mailbox_and_are_printed_and_kept(
         "mail: e-mail to zhao@plant.cn: [严重] 3号注塑机 停机：加热圈故障 #0"
     )
     assert all("\n" not in line and len(line) < 500 for line in lines)
+    # aiosmtpd's own INFO line per connection stays off the demo's console.
+    assert not [r for r in caplog.records if r.name == "mail.log" and r.levelno < logging.WARNING]
     kept = sorted((tmp_path / "demo-mail").glob("*.eml"))
     assert len(kept) == 3  # the newest KEEP
     assert b"li@plant.cn" in kept[-1].read_bytes()
