@@ -177,17 +177,17 @@ STALLED_AFTER_MIN = 10
 
 # Trouble first: a bad key, then failing and stalled channels, then the rest by name.
 _CHANNELS_SQL = f"""
-SELECT channel, channel_type,
-       CASE WHEN status = 'ok' AND due_since < now() - interval '{STALLED_AFTER_MIN} minutes'
-            THEN 'stalled' ELSE status END AS status,
-       last_error, error_code, last_error_at, last_success_at,
-       pending::int AS pending, failed::int AS failed, due_since
-FROM (SELECT v.*, (SELECT min(d.next_attempt_at) FROM alert_delivery d
-                   WHERE d.channel = v.channel AND d.status = 'pending') AS due_since
-      FROM v_channel_status v) c
-ORDER BY array_position(ARRAY['bad_key', 'failing', 'stalled', 'ok'],
-         CASE WHEN status = 'ok' AND due_since < now() - interval '{STALLED_AFTER_MIN} minutes'
-              THEN 'stalled' ELSE status END) NULLS FIRST, channel
+SELECT * FROM (
+    SELECT v.channel, v.channel_type,
+           CASE WHEN v.status = 'ok'
+                 AND d.due_since < now() - interval '{STALLED_AFTER_MIN} minutes'
+                THEN 'stalled' ELSE v.status END AS status,
+           v.last_error, v.error_code, v.last_error_at, v.last_success_at,
+           v.pending::int AS pending, v.failed::int AS failed, d.due_since
+    FROM v_channel_status v
+    LEFT JOIN LATERAL (SELECT min(next_attempt_at) AS due_since FROM alert_delivery
+                       WHERE channel = v.channel AND status = 'pending') d ON true) c
+ORDER BY array_position(ARRAY['bad_key', 'failing', 'stalled', 'ok'], status) NULLS FIRST, channel
 """
 
 
