@@ -2,14 +2,17 @@
 costs to read a lean snapshot's part times back from the log.
 
     python bench/snapshot_bench.py [--rate 25] [--seconds 400] [--state-every 20]
+                                   [--epochs 20] [--against REV]
 
 The machine is the live benchmark's (bench/live_latency.py): a count per event and a state
 change every `--state-every` events, at `--rate` events per second of event time, for
 `--seconds`, with the demo plant's allowed lateness (300 s). It is fed in batches of 10
 with a full flush every 25 batches, as the live dataflow does, then:
 
-- snapshot: the bytes and the CPU of an incremental encode right after one more batch, with
-  the lateness buffer kept (full) and left in the log (lean);
+- snapshot: the bytes and the CPU of an incremental encode at the end of each of `--epochs`
+  snapshot epochs of 10 s of events (median), with the lateness buffer kept (full) and left
+  in the log (lean); `--against REV` also times the lean encoder of
+  streams/tracker_snapshot.py as it was at git revision REV, interleaved, same changes;
 - resume: the CPU to validate the machine's logged events (as `LateStore.machine_events`
   does, without the database read) and to put the part times back (`restore_runs`);
 - Bytewax: what its recovery store takes to write `--machines` states of each size at
@@ -22,12 +25,16 @@ bytes at every snapshot) and for one resume. Pure CPU: no database, no Bytewax.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -104,6 +111,25 @@ def bytewax_snapshot_cost(size: int, machines: int, epochs: int = 20) -> tuple[f
     return (with_store[0] - without[0]) / epochs, (with_store[1] - without[1]) / epochs
 
 
+def encoder_at(rev: str, work: Path) -> ModuleType:
+    """streams/tracker_snapshot.py as it was at `rev`, as a module of its own."""
+    src = subprocess.run(
+        ["git", "show", f"{rev}:streams/tracker_snapshot.py"],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = work / "tracker_snapshot_before.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("tracker_snapshot_before", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=25.0, help="events per second")
@@ -111,36 +137,63 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-every", type=int, default=20, help="events per state change")
     parser.add_argument("--plant", type=Path, default=REPO_ROOT / "config" / "plant.example.yaml")
     parser.add_argument("--machines", type=int, default=200, help="for Bytewax's share")
+    parser.add_argument("--epochs", type=int, default=20, help="snapshots of 10 s each, timed")
+    parser.add_argument("--against", metavar="REV", help="also time the lean encoder at REV")
     args = parser.parse_args(argv)
     plant = load_plant_config(args.plant)
-    rows = log_entries(args.rate, args.seconds, args.state_every)
+    epoch_events = round(args.rate * 10)
+    rows = log_entries(args.rate, args.seconds + 10 * args.epochs, args.state_every)
     validator = Validator(plant)
     keyed = [item[1] for item in validator(rows) if type(item) is tuple]
     tracker = MachineTracker(MachineSpec.from_plant(plant, "IM-01"))
-    encoders = {"full": TrackerSnapshots(), "lean": TrackerSnapshots(lean=True)}
-    last = len(keyed) - 10
-    for i in range(0, last, 10):
-        for seq, ev in keyed[i : i + 10]:
-            tracker.apply(seq, ev)
-        out = tracker.flush(i % 250 == 0)
-        for enc in encoders.values():
-            enc.note(out)
+    encoders: dict[str, Any] = {"full": TrackerSnapshots(), "lean": TrackerSnapshots(lean=True)}
+    if args.against:
+        with tempfile.TemporaryDirectory(prefix="mesflow-snapshot-bench-") as work:
+            before = encoder_at(args.against, Path(work))
+        encoders[f"lean@{args.against}"] = before.TrackerSnapshots(lean=True)
+    fill = len(keyed) - epoch_events * args.epochs
+    batches = 0
+
+    def feed(upto: int, start: int) -> None:
+        nonlocal batches
+        for i in range(start, upto, 10):
+            for seq, ev in keyed[i : min(i + 10, upto)]:
+                tracker.apply(seq, ev)
+            batches += 1
+            out = tracker.flush(batches % 25 == 0)  # a full flush every 25 batches
+            for enc in encoders.values():
+                enc.note(out)
+
+    feed(fill, 0)
     for enc in encoders.values():
         enc.encode(tracker)  # the previous snapshot: the next one re-encodes what changed
-    for seq, ev in keyed[last:]:
-        tracker.apply(seq, ev)
-    out = tracker.flush()
+    cpu: dict[str, list[float]] = {name: [] for name in encoders}
+    data: dict[str, bytes] = {}
+    names = list(encoders)
+    for e in range(args.epochs):
+        start = fill + e * epoch_events
+        feed(start + epoch_events, start)
+        for name in names if e % 2 == 0 else names[::-1]:  # interleaved, in turn first
+            t = time.process_time()
+            data[name] = encoders[name].encode(tracker)
+            cpu[name].append(time.process_time() - t)
     kept = sum(len(ts) for _, ts in tracker.runs)
     print(
-        f"one machine: {len(keyed):,} events over {args.seconds:.0f} s, {len(tracker.intervals)} "
-        f"intervals, {kept:,} part times in the lateness buffer | {load_average()}"
+        f"one machine: {len(keyed):,} events over {args.seconds + 10 * args.epochs:.0f} s, "
+        f"{len(tracker.intervals)} intervals, {kept:,} part times in the lateness buffer, "
+        f"{len(tracker.marks)} state events and {len(tracker.parts)} parts kept for the "
+        f"lateness | {load_average()}"
     )
-    data: dict[str, bytes] = {}
-    for name, enc in encoders.items():
-        enc.note(out)
-        data[name] = enc.encode(tracker)
-        cpu = best(5, lambda enc=enc: enc.encode(tracker))
-        print(f"snapshot {name}: {len(data[name]):,} bytes, {cpu * 1e6:,.0f} µs CPU to encode")
+    for name in names:
+        median = statistics.median(cpu[name])
+        ratio = ""
+        if name != "lean" and name.startswith("lean@"):
+            ratio = f" (lean now: {statistics.median(cpu['lean']) / median:.2f}x of it)"
+        print(
+            f"snapshot {name}: {len(data[name]):,} bytes, {median * 1e6:,.0f} µs CPU to encode "
+            f"after 10 s (median of {args.epochs}){ratio}"
+        )
+    data.pop(f"lean@{args.against}", None)
     restored = decode(data["lean"])
     assert restored is not None and restored.runs_log is not None
     t = time.process_time()

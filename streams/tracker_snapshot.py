@@ -14,6 +14,12 @@ IntervalRow, and a change it did not emit would be a wrong figure on the boards 
 or deleted, or when the piece's intervals are not the ones encoded (history forgotten).
 A rebuilt tracker (late data) is a new object: nothing cached is reused for it.
 
+The state events and parts of the lateness window (`marks`, `parts`: a busy press keeps
+hundreds of each for the 300 s of allowed lateness) go in pieces of 10 s whose pickles are
+reused while their items are the same (streams/snapshot_pieces.py). Before, they were
+pickled whole at every snapshot: with 200 machines at 10,000 events/s, 250 ms of the
+flow's thread every 10 s once the window was full, the live p99's slowest seconds.
+
 Intervals, hour buckets and reason reports pickle as tuples (copyreg, below): slotted dataclasses pickle
 through a Python `__getstate__` per object, twice as slow (measured: docs/performance.md).
 
@@ -28,6 +34,7 @@ import operator
 import pickle
 import zlib
 from array import array
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -37,16 +44,21 @@ from streams.buckets import Bucket
 from streams.hour_clock import HOUR_US, to_us
 from streams.machine_tracker import Interval, MachineSpec, MachineTracker, Report, Run
 from streams.records import IntervalDelete, IntervalRow
+from streams.snapshot_pieces import ListPieces, join
 
 # Intervals are encoded in pieces of an hour of their start and at most PIECE intervals: a
 # change re-encodes its piece only (a press changing state every second has thousands in
 # the open hour; a usual one a few, one piece an hour).
 PIECE = 64
+# State events and parts of the lateness window (`marks`, `parts`) go in pieces of 10 s of
+# their times (streams/snapshot_pieces.py): a snapshot pickles their newest and oldest.
+LIST_PIECE_US = 10_000_000
 
-FORMAT = 2  # (FORMAT, spec bytes, the rest of the state, interval chunks); 1: a pickled tracker
-# The same, its part times left in the log (`runs_log`): a number an older mesflow refuses
-# instead of resuming without them.
-LEAN_FORMAT = 3
+# (FORMAT, spec bytes, the rest of the state, interval chunks, mark pieces, part pieces),
+# lean or not (`runs_log` in the state says). Read too: 3, the same without list pieces and
+# lean (its part times left in the log: a number an older mesflow refused instead of
+# resuming without them); 2, not lean; 1, a pickled tracker.
+FORMAT = 4
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -76,13 +88,15 @@ class TrackerSnapshots:
     range they are in (`lean_runs`); the resume reads them back (`restore_runs`). Only
     where the log is at hand (the dataflow with its LateStore)."""
 
-    __slots__ = ("_changed", "_chunks", "_spec", "_tracker", "encoded", "lean")
+    __slots__ = ("_changed", "_chunks", "_marks", "_parts", "_spec", "_tracker", "encoded", "lean")
 
     def __init__(self, lean: bool = False) -> None:
         self._tracker: MachineTracker | None = None
         self._chunks: dict[int, Chunk] = {}  # by their first interval's start
         self._changed: set[int] = set()  # starts of the intervals written since the last encode
         self._spec: tuple[MachineSpec, bytes] | None = None
+        self._marks = ListPieces(LIST_PIECE_US)
+        self._parts = ListPieces(LIST_PIECE_US)
         self.encoded = 0
         self.lean = lean
 
@@ -101,27 +115,32 @@ class TrackerSnapshots:
             return pickle.dumps(tracker, protocol=_PROTOCOL)
         if tracker is not self._tracker:
             self._tracker, self._chunks = tracker, {}
+            self._marks.forget()
+            self._parts.forget()
         state = tracker.__getstate__()
-        fmt = FORMAT
         if self.lean:
             where = lean_runs(tracker)
             if where is not None:
                 state["runs"] = []
                 state["runs_log"] = where
-                fmt = LEAN_FORMAT
         intervals = tracker.intervals
         del state["intervals"]
+        del state["marks"], state["parts"]
+        marks = self._marks.encode(tracker.marks)
+        parts = self._parts.encode(tracker.parts)
         spec: MachineSpec = tracker.spec
         del state["spec"]
         cached = self._spec
         if cached is None or cached[0] is not spec:
             cached = self._spec = (spec, pickle.dumps(spec, protocol=_PROTOCOL))
-        old, changed = self._chunks, self._changed
+        old = self._chunks
+        changed = sorted(self._changed)
         chunks: dict[int, Chunk] = {}
-        starts = [iv.start for iv in intervals]  # sorted
-        i, n = 0, len(starts)
+        # Only the chunks' ends are read for a reused chunk: a cost per chunk, not per
+        # interval (a busy press keeps thousands for its 48 hours).
+        i, n = 0, len(intervals)
         while i < n:
-            first = starts[i]
+            first = intervals[i].start
             hour = first // HOUR_US
             c = old.get(first)
             if c is not None:
@@ -129,15 +148,15 @@ class TrackerSnapshots:
                 last = c[2]
                 if (
                     j <= n
-                    and starts[j - 1] == last
-                    and (c[0] == PIECE or j == n or starts[j] // HOUR_US != hour)
-                    and not any(first <= x <= last for x in changed)
+                    and intervals[j - 1].start == last
+                    and (c[0] == PIECE or j == n or intervals[j].start // HOUR_US != hour)
+                    and not _written(changed, first, last)
                 ):
                     chunks[first] = c
                     i = j
                     continue
             j = i + 1
-            while j < n and j - i < PIECE and starts[j] // HOUR_US == hour:
+            while j < n and j - i < PIECE and intervals[j].start // HOUR_US == hour:
                 j += 1
             fields = [
                 (iv.start, iv.end, iv.state, iv.state_reason, iv.work_order, iv.reason)
@@ -146,13 +165,20 @@ class TrackerSnapshots:
             # Compressed once per piece (reused pieces keep theirs): the states and reasons
             # repeat, a third of the bytes Bytewax writes at every snapshot.
             data = zlib.compress(pickle.dumps(fields, protocol=_PROTOCOL), 1)
-            chunks[first] = (j - i, first, starts[j - 1], data)
+            chunks[first] = (j - i, first, intervals[j - 1].start, data)
             self.encoded += j - i
             i = j
         self._chunks, self._changed = chunks, set()
         return pickle.dumps(
-            (fmt, cached[1], state, [c[3] for c in chunks.values()]), protocol=_PROTOCOL
+            (FORMAT, cached[1], state, [c[3] for c in chunks.values()], marks, parts),
+            protocol=_PROTOCOL,
         )
+
+
+def _written(changed: list[int], first: int, last: int) -> bool:
+    """Whether an interval starting in [first, last] was written (`changed` sorted)."""
+    k = bisect_left(changed, first)
+    return k < len(changed) and changed[k] <= last
 
 
 def lean_runs(tracker: MachineTracker) -> tuple[int, int, int, int] | None:
@@ -227,8 +253,14 @@ def decode(data: bytes) -> MachineTracker | None:
     obj = pickle.loads(data)
     if obj is None or isinstance(obj, MachineTracker):
         return obj
-    fmt, spec, state, chunks = obj
-    if fmt not in (FORMAT, LEAN_FORMAT):
+    fmt = obj[0]
+    if fmt == FORMAT:
+        _, spec, state, chunks, marks, parts = obj
+        state["marks"] = join(marks)
+        state["parts"] = join(parts)
+    elif fmt in (2, 3):
+        _, spec, state, chunks = obj
+    else:
         raise ValueError(f"unknown tracker snapshot format {fmt} (from a newer mesflow?)")
     intervals: list[Interval] = []
     for chunk in chunks:

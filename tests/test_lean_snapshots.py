@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from streams.hour_clock import to_us
 from streams.machine_tracker import MachineTracker
 from streams.rebuild import CheckpointInfo, lost_parts_late_from, rebuild_candidates
-from streams.tracker_snapshot import TrackerSnapshots, decode, lean_runs, restore_runs
+from streams.tracker_snapshot import FORMAT, TrackerSnapshots, decode, lean_runs, restore_runs
 from tests.helpers import (
     SHANGHAI,
     caught_up,
@@ -118,8 +118,11 @@ def test_the_lean_snapshot_is_small_and_names_the_log_range() -> None:
     lean = TrackerSnapshots(lean=True).encode(tr)
     full = TrackerSnapshots().encode(tr)
     assert pickle.loads(full)[2]["runs"] and not pickle.loads(lean)[2]["runs"]
-    # An older mesflow (format 2 only) refuses it rather than resume without the times.
-    assert pickle.loads(full)[0] == 2 and pickle.loads(lean)[0] == 3
+    # The lean one names where its part times are; a mesflow older than the format
+    # refuses it rather than resume without them.
+    assert pickle.loads(full)[0] == pickle.loads(lean)[0] == FORMAT
+    assert pickle.loads(lean)[2]["runs_log"] == where
+    assert pickle.loads(full)[2].get("runs_log") is None
     assert len(lean) < len(full)
 
 

@@ -12,6 +12,7 @@ from array import array
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -217,3 +218,46 @@ def test_snapshots_of_the_earlier_format_still_load() -> None:
     assert restored is not None
     assert canonical(restored) == canonical(tr)
     assert decode(pickle.dumps(None)) is None
+
+
+def late_counts(tr: MachineTracker, n: int) -> list[Any]:
+    """`n` counts up to a minute behind the tracker's clock, within the lateness: kept as
+    parts (in-order counts go to runs)."""
+    assert tr.last_ts is not None
+    last_s = (tr.last_ts - to_us(T0)) / 1e6
+    return [_event({"type": "count", "good": 1, "ts": last_s - 60 + i * 60 / n}) for i in range(n)]
+
+
+def test_snapshots_of_formats_2_and_3_still_load() -> None:
+    """Snapshots written before the state events and parts went in pieces (format 4)."""
+    tr = tracker()
+    events = history(2)
+    feed(tr, TrackerSnapshots(), events, 1)
+    feed(tr, TrackerSnapshots(), late_counts(tr, 5), len(events) + 1)
+    assert tr.marks and tr.parts
+    _, spec, state, chunks, marks, parts = pickle.loads(TrackerSnapshots().encode(tr))
+    state = {**state, "marks": list(tr.marks), "parts": list(tr.parts)}
+    for old in (2, 3):
+        restored = decode(pickle.dumps((old, spec, state, chunks)))
+        assert restored is not None and canonical(restored) == canonical(tr)
+    with pytest.raises(ValueError, match="unknown tracker snapshot format 5"):
+        decode(pickle.dumps((5, spec, state, chunks, marks, parts)))
+
+
+def test_state_events_and_parts_are_pickled_where_they_changed() -> None:
+    """A busy machine's lateness window: a snapshot after one more count pickles the
+    newest piece of its parts and state events, not the window (which it restores whole)."""
+    tr = tracker()
+    events = history(3)
+    snaps = TrackerSnapshots()
+    feed(tr, snaps, events[:-1], 1)
+    feed(tr, snaps, late_counts(tr, 30), len(events))
+    snaps.encode(tr)
+    window = len(tr.marks) + len(tr.parts)
+    assert window > 20
+    before = snaps._marks.encoded + snaps._parts.encoded
+    feed(tr, snaps, events[-1:], len(events) + 30)
+    restored = decode(snaps.encode(tr))
+    again = snaps._marks.encoded + snaps._parts.encoded - before
+    assert again < window / 4, (again, window)
+    assert restored is not None and canonical(restored) == canonical(tr)
