@@ -67,6 +67,23 @@ def _clipped(b: Chromium) -> list[str]:
     )
 
 
+def _legend_overlaps(b: Chromium) -> list[str]:
+    """Figures whose legend covers one of their x-axis labels (slanted labels grow down
+    into a legend placed below the plot)."""
+    return list(
+        b.eval(
+            "Array.from(document.querySelectorAll('.js-plotly-plot')).filter(f => {"
+            " const l = f.querySelector('g.legend'); if (!l) return false;"
+            " const a = l.getBoundingClientRect();"
+            " return Array.from(f.querySelectorAll('g.xtick text')).some(t => {"
+            "  const r = t.getBoundingClientRect();"
+            "  return r.width > 0 && r.left < a.right && a.left < r.right"
+            "   && r.top < a.bottom && a.top < r.bottom; });"
+            "}).map(f => f.id || f.parentElement.id)"
+        )
+    )
+
+
 def _size(b: Chromium, w: int, h: int) -> None:
     b.page(
         "Emulation.setDeviceMetricsOverride",
@@ -146,9 +163,19 @@ def test_analytics_in_browser(
                 assert b.eval("document.querySelector('.an-title h1').textContent") == title
                 assert _oee(b) == fmt_pct(plant_total.oee)
                 assert _clipped(b) == [], (lang, w)
+                assert _legend_overlaps(b) == [], (lang, w)
                 png = SCREENSHOTS / f"analytics-{lang}-{w}x{h}.png"
                 b.screenshot(png)
                 assert png.stat().st_size > 10_000
+        # Between the screenshot sizes, where the Pareto's reason names slant (long
+        # English names) and once ran into the legend below the plot.
+        for lang in ("en", "zh"):
+            _size(b, 1600, 900)
+            b.goto(f"{app_url}/analytics?lang={lang}&{QUERY}")
+            b.wait_for(f"document.querySelector('.analytics.lang-{lang}') && {_READY}")
+            b.wait_for("document.querySelectorAll('.main-svg').length >= 7")
+            assert _legend_overlaps(b) == [], (lang, 1600)
+        _size(b, 1920, 1080)
         # The machine page: one machine's day, in both languages.
         for lang, title in (("en", "Machine day"), ("zh", "设备日报")):
             b.goto(f"{app_url}/machine?lang={lang}&machine=IM-01&date=2026-11-16")
@@ -160,6 +187,11 @@ def test_analytics_in_browser(
             )
             assert b.eval("document.querySelector('.an-title h1').textContent") == title
             assert _clipped(b) == [], lang
+            # This history has no process values: their card says so, with no empty
+            # picker and no empty axes under the sentence.
+            b.wait_for("document.querySelector('#mv-empty')?.textContent.length > 0")
+            hidden = b.eval("getComputedStyle(document.querySelector('#mv-body')).display")
+            assert hidden == "none", (lang, hidden)
             b.screenshot(SCREENSHOTS / f"machine-{lang}-1920x1080.png")
         # The whole page, for a person checking the lower cards (not kept in docs/).
         full = b.page("Page.getLayoutMetrics")["cssContentSize"]

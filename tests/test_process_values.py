@@ -402,11 +402,12 @@ def test_machine_page_shows_a_value_band_to_managers_only(
             [r.avg for r in rows],
         ]
         names_body = {
-            "output": "..mv-name.options...mv-name.value...mv-empty.children..",
+            "output": "..mv-name.options...mv-name.value...mv-empty.children...mv-body.style..",
             "outputs": [
                 {"id": "mv-name", "property": "options"},
                 {"id": "mv-name", "property": "value"},
                 {"id": "mv-empty", "property": "children"},
+                {"id": "mv-body", "property": "style"},
             ],
             "inputs": body["inputs"][:2],
             "state": [
@@ -418,6 +419,7 @@ def test_machine_page_shows_a_value_band_to_managers_only(
         got = manager.post("/_dash-update-component", json=names_body)
         assert got.status_code == 200, got.get_data(as_text=True)
         assert got.get_json()["response"]["mv-name"]["value"] == "cushion_mm"
+        assert got.get_json()["response"]["mv-body"]["style"] == {}  # values: shown
         viewer = app.server.test_client()
         _sign_in(viewer, "eye", "viewer-password-123")
         assert viewer.post("/_dash-update-component", json=body).status_code == 403

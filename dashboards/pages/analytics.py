@@ -492,6 +492,16 @@ def _fig(title: str | None = None) -> go.Figure:
     return fig
 
 
+def legend_on_top(fig: go.Figure) -> None:
+    """The legend above the plot, right-aligned: below it, the slanted category names of a
+    bar chart (long reason or product names) run into it."""
+    fig.update_layout(
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1.02, "yanchor": "bottom"},
+        margin={"t": 30},
+    )
+    fig.update_xaxes(automargin=True)
+
+
 def _pct(v: float | None) -> float | None:
     return None if v is None else round(v * 100, 1)
 
@@ -603,6 +613,7 @@ def pareto_figure(
             "showgrid": False,
         },
     )
+    legend_on_top(fig)
     return fig
 
 

@@ -126,6 +126,7 @@ def figure(rows: Sequence[sq.ScrapRow], plant: PlantConfig, lang: str) -> go.Fig
             )
         )
     fig.update_layout(barmode="stack", legend_title_text=s("product", lang))
+    an.legend_on_top(fig)
     fig.update_yaxes(title=s("parts", lang), rangemode="tozero")
     return fig
 

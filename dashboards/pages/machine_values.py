@@ -50,6 +50,7 @@ STRINGS: dict[str, dict[str, str]] = {
 }
 
 NAME, GRAPH, EMPTY, CPK = "mv-name", "mv-graph", "mv-empty", "mv-cpk"
+BODY = "mv-body"  # the picker and the chart: hidden on a day without process values
 # A gap longer than this between two minutes breaks the band (the machine sent nothing):
 # drawing across it would invent values.
 GAP = timedelta(minutes=5)
@@ -342,9 +343,16 @@ def card(lang: str) -> html.Section:
     return html.Section(
         [
             html.H2(v("process_values", lang)),
-            dcc.Dropdown(id=NAME, options=[], value=None, clearable=False, className="an-dropdown"),
             html.Div(id=EMPTY, className="an-empty"),
-            dcc.Graph(id=GRAPH, config={"displayModeBar": False}, className="an-graph"),
+            html.Div(
+                [
+                    dcc.Dropdown(
+                        id=NAME, options=[], value=None, clearable=False, className="an-dropdown"
+                    ),
+                    dcc.Graph(id=GRAPH, config={"displayModeBar": False}, className="an-graph"),
+                ],
+                id=BODY,
+            ),
             html.Div(id=CPK, className="mv-cpk"),
         ],
         className="an-card",
@@ -362,9 +370,12 @@ def register(app: dash.Dash, role: str, machine_id: str, date_id: str, lang_id: 
             found = value_names(ctx.db, mid, when, ctx.plant.tz)
         except _DB_ERRORS as err:
             log.warning("machine page: cannot read process values: %s", err)
-            return [], None, s("db_error", lang)
+            return [], None, s("db_error", lang), dash.no_update
         value = current if current in found else (found[0] if found else None)
-        return [{"label": n, "value": n} for n in found], value, "" if found else v("none", lang)
+        # No values that day: the sentence only, not an empty picker and empty axes.
+        shown = {} if found else {"display": "none"}
+        options = [{"label": n, "value": n} for n in found]
+        return options, value, "" if found else v("none", lang), shown
 
     def chart(machine: Any, day: Any, name: Any, lang: Any) -> Any:
         ctx = context.current()
@@ -404,6 +415,7 @@ def register(app: dash.Dash, role: str, machine_id: str, date_id: str, lang_id: 
         Output(NAME, "options"),
         Output(NAME, "value"),
         Output(EMPTY, "children"),
+        Output(BODY, "style"),
         Input(machine_id, "value"),
         Input(date_id, "date"),
         State(NAME, "value"),
