@@ -7,13 +7,17 @@ this process and of its children (TMPDIR), and it is removed whatever ends the r
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 from bench.scaled_plant import write_scaled_plant
 from mesflow.db import migrate, sync_plant
@@ -122,3 +126,21 @@ def load_average() -> str:
 
 def ratio(value: float, ceiling: float) -> str:
     return f"{value / ceiling:.2f}" if ceiling > 0 else "n/a"
+
+
+def module_at(rev: str, relpath: str, work: Path) -> ModuleType:
+    """The repository's `relpath` (a Python module) as it was at git revision `rev`, loaded
+    as a module of its own (`<name>_before`, its file in `work`), side by side with today's."""
+    root = Path(__file__).resolve().parent.parent
+    src = subprocess.run(
+        ["git", "show", f"{rev}:{relpath}"], cwd=root, check=True, capture_output=True, text=True
+    ).stdout
+    name = f"{Path(relpath).stem}_before"
+    path = work / f"{name}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module

@@ -20,9 +20,7 @@ that is removed at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import big_plant, load_average
+from bench.common import big_plant, load_average, module_at
 from bench.replay_profile import make_file
 from mesflow.events import OrderEvent
 from mesflow.ingest_log import LogEntry
@@ -105,26 +103,6 @@ def feed(module: ModuleType, ideal: Any, batches: Batches) -> list[Any]:
     return rows
 
 
-def module_at(rev: str, work: Path) -> ModuleType:
-    """streams/order_progress.py as it was at `rev`, as a module of its own."""
-    root = Path(__file__).resolve().parent.parent
-    src = subprocess.run(
-        ["git", "show", f"{rev}:streams/order_progress.py"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = work / "order_progress_before.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("order_progress_before", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
 def cpu(fn: Any) -> float:
     t = time.process_time()
     fn()
@@ -153,7 +131,9 @@ def main() -> None:
             f"batches, {inputs:,} order inputs ({parts:,} WorkOrderParts); {load_average()}"
         )
         ideal = order_progress.IdealCycles.from_plant(plant)
-        before = module_at(args.against, work) if args.against else None
+        before = (
+            module_at(args.against, "streams/order_progress.py", work) if args.against else None
+        )
         if before is not None:
             same = feed(before, before.IdealCycles.from_plant(plant), batches) == feed(
                 order_progress, ideal, batches

@@ -25,16 +25,13 @@ bytes at every snapshot) and for one resume. Pure CPU: no database, no Bytewax.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,7 +43,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 from bytewax.testing import TestingSource
 
-from bench.common import load_average
+from bench.common import load_average, module_at
 from mesflow.ingest_log import LogEntry
 from mesflow.plant import load_plant_config
 from mesflow.settings import REPO_ROOT
@@ -111,25 +108,6 @@ def bytewax_snapshot_cost(size: int, machines: int, epochs: int = 20) -> tuple[f
     return (with_store[0] - without[0]) / epochs, (with_store[1] - without[1]) / epochs
 
 
-def encoder_at(rev: str, work: Path) -> ModuleType:
-    """streams/tracker_snapshot.py as it was at `rev`, as a module of its own."""
-    src = subprocess.run(
-        ["git", "show", f"{rev}:streams/tracker_snapshot.py"],
-        cwd=REPO_ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    path = work / "tracker_snapshot_before.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("tracker_snapshot_before", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rate", type=float, default=25.0, help="events per second")
@@ -149,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     encoders: dict[str, Any] = {"full": TrackerSnapshots(), "lean": TrackerSnapshots(lean=True)}
     if args.against:
         with tempfile.TemporaryDirectory(prefix="mesflow-snapshot-bench-") as work:
-            before = encoder_at(args.against, Path(work))
+            before = module_at(args.against, "streams/tracker_snapshot.py", Path(work))
         encoders[f"lean@{args.against}"] = before.TrackerSnapshots(lean=True)
     fill = len(keyed) - epoch_events * args.epochs
     batches = 0
