@@ -89,6 +89,38 @@ def summary(change: Mapping[str, Mapping[str, Any]], tz: tzinfo | None = None) -
     return "; ".join(parts)[:500] or "no field changed"
 
 
+# The floor reads a notice in its board's language: `summary`'s field names and order
+# states, as the Chinese boards name them (the stored line stays the English one).
+_ZH_FIELDS: Final = {
+    "qty": "数量",
+    "due": "交期",
+    "product": "产品",
+    "status": "状态",
+    "priority": "优先级",
+    "customer": "客户",
+}
+_ZH_STATUS: Final = {"open": "进行中", "on_hold": "暂停", "cancelled": "已取消", "closed": "已关闭"}
+
+
+def localized(text: str, lang: str) -> str:
+    """`summary()`'s line in `lang` ("zh": "数量 1000 → 1500; 交期 …"); any other text,
+    or English, as it is."""
+    if lang != "zh":
+        return text
+    if text == "no field changed":
+        return "无字段变更"
+    parts = []
+    for part in text.split("; "):
+        name, sep, rest = part.partition(" ")
+        if name in _ZH_FIELDS and sep:
+            if name == "status":
+                old, arrow, new = rest.partition(" → ")
+                rest = f"{_ZH_STATUS.get(old, old)}{arrow}{_ZH_STATUS.get(new, new)}"
+            part = f"{_ZH_FIELDS[name]} {rest}"
+        parts.append(part)
+    return "; ".join(parts)
+
+
 def _local(value: Any, tz: tzinfo | None) -> Any:
     if tz is None or not isinstance(value, str | datetime):
         return value

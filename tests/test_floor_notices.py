@@ -199,6 +199,11 @@ def test_floor_sees_and_acknowledges_in_the_browser(
         browser.wait_for(f"{tile}?.querySelector('.tile-notice') != null")
         text = browser.eval(f"{tile}.querySelector('.tile-notice').textContent")
         assert "SO-1" in text and "qty 100 → 150" in text
+        # The Chinese board names the fields in Chinese.
+        browser.goto(f"{andon_url}/andon?lang=zh")
+        browser.wait_for(f"{tile}?.querySelector('.tile-notice') != null")
+        text = browser.eval(f"{tile}.querySelector('.tile-notice').textContent")
+        assert "订单变更 SO-1: 数量 100 → 150" in text and "qty" not in text, text
         # The tablet of IM-01 (admin is above operator) shows it with an Acknowledge button.
         browser.goto(f"{andon_url}/operator?lang=en")
         browser.wait_for("document.querySelectorAll('.op-pick').length >= 12")
@@ -233,3 +238,22 @@ def test_a_notice_reads_times_in_plant_time() -> None:
     assert cc.summary({"due": {"old": None, "new": "not a time"}}, ZoneInfo("UTC")) == (
         "due None → not a time"
     )
+
+
+def test_a_notice_reads_in_the_boards_language() -> None:
+    change = {
+        "qty": {"old": 600, "new": 1200},
+        "due": {"old": "2026-12-01T12:00:00+00:00", "new": "2026-12-02T08:00:00+08:00"},
+        "status": {"old": "open", "new": "on_hold"},
+        "priority": {"old": 3, "new": 1},
+    }
+    text = cc.summary(change, ZoneInfo("Asia/Shanghai"))
+    assert cc.localized(text, "en") == text
+    assert cc.localized(text, "zh") == (
+        "数量 600 → 1200; 交期 2026-12-01 20:00 → 2026-12-02 08:00; "
+        "状态 进行中 → 暂停; 优先级 3 → 1"
+    )
+    assert cc.localized(cc.summary({}), "zh") == "无字段变更"
+    # A line not of summary()'s making (an older row, a hand-written one) is left as it is.
+    assert cc.localized("顾客要求加急", "zh") == "顾客要求加急"
+    assert cc.localized("qty", "zh") == "qty"

@@ -89,7 +89,8 @@ def add_to_tiles(board: Any, notices: Mapping[str, list[Notice]], lang: str) -> 
         first = notices[machine][0]
         more = f" (+{len(notices[machine]) - 1})" if len(notices[machine]) > 1 else ""
         line = html.Div(
-            f"⚠ {s('changed', lang)} {first.order_no}: {first.summary}{more}",
+            f"⚠ {s('changed', lang)} {first.order_no}: "
+            f"{change_control.localized(first.summary, lang)}{more}",
             className="tile-notice",
             title=s("ack_on_tablet", lang),
             **_data(notice=str(first.id)),
@@ -120,7 +121,7 @@ def render_notices(notices: list[Notice], lang: str, tz: Any) -> list[Any]:
             **_data(notice=str(n.id)),
             children=[
                 html.Div(f"⚠ {s('changed', lang)} {n.order_no}", className="op-notice-title"),
-                html.Div(n.summary, className="op-notice-text"),
+                html.Div(change_control.localized(n.summary, lang), className="op-notice-text"),
                 html.Div(
                     n.created_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
                     className="op-notice-time",
