@@ -19,6 +19,8 @@ from datetime import datetime
 from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo
 
+from mesflow.change_control import localized
+
 Flavour = Literal["markdown", "text"]
 
 MARKDOWN_LIMIT: Final = 4096  # WeCom markdown.content; used for DingTalk and Feishu too
@@ -138,15 +140,6 @@ _ORDER_CHANGE = {
         "request": "Change request",
     },
 }
-# The field names of change_control.summary, in Chinese (English keeps them as they are).
-_CHANGE_FIELDS_ZH = {
-    "qty": "数量",
-    "due": "交期",
-    "product": "产品",
-    "status": "状态",
-    "priority": "优先级",
-    "customer": "客户",
-}
 _ISO_IN_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:\d\d)")
 # Facts the message already shows in its own lines.
 _SHOWN = frozenset({"since", "minutes", "duration_s", "level"})
@@ -237,12 +230,8 @@ def _change_text(text: str, lang: str, tz: ZoneInfo) -> str:
         except ValueError:
             return m.group(0)
 
-    names = _CHANGE_FIELDS_ZH if lang == "zh" else {}
-    out = []
-    for piece in text.split("; "):
-        name, _, rest = piece.partition(" ")
-        out.append(f"{names.get(name, name)} {_ISO_IN_TEXT.sub(local, rest)}".strip())
-    return "; ".join(out)
+    # The field names and order states in the reader's language: as the boards show them.
+    return localized(_ISO_IN_TEXT.sub(local, text), lang)
 
 
 def _order_change_parts(payload: Mapping[str, Any], lang: str, tz: ZoneInfo) -> Parts:
