@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import click
 import psycopg
@@ -44,6 +44,8 @@ from streams.rebuild import merged_between, wait_for_merges
 from streams.runner import DataflowBusy, hold_dataflow_lock, run_flow
 
 CHUNK_LINES = 20_000
+
+_T = TypeVar("_T")
 
 
 class ReplayIncomplete(click.ClickException):
@@ -205,7 +207,8 @@ def _store_file(path: Path, database_url: str, results: mp.Queue[object], lines:
     try:
         stored = _Stored(0, 0, None, None, 0)
         with connect(database_url, autocommit=True) as conn:
-            for chunk in line_records(path):
+            # The next chunk is decoded and hashed while PostgreSQL inserts this one.
+            for chunk in prefetched(line_records(path)):
                 result = append(conn, chunk)
                 stored.read += len(chunk)
                 stored.new += result.new
@@ -218,6 +221,48 @@ def _store_file(path: Path, database_url: str, results: mp.Queue[object], lines:
     except BaseException as err:
         # One line: it ends up in the replay's error message.
         results.put(f"storing failed: {type(err).__name__}: {' '.join(str(err).split())}")
+
+
+def prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """`items`, produced by a thread up to `depth` ahead of the consumer.
+
+    The storer's client work (decoding, hashing) and PostgreSQL's insert then overlap:
+    while `append` waits on the server, the interpreter lock is free for the producer.
+    An exception of the producer is raised here, at the item where it happened; closing
+    the generator early stops the producer at its next item.
+    """
+    handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stopping = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stopping.is_set():
+                    try:
+                        handoff.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stopping.is_set():
+                    return
+            handoff.put((False, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            handoff.put((False, err))
+
+    producer = threading.Thread(target=produce, name="replay-prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            ok, value = handoff.get()
+            if ok:
+                yield value
+            elif value is None:
+                return
+            else:
+                raise value
+    finally:
+        stopping.set()
+        producer.join(timeout=5)
 
 
 # The `upto` a failed store turns into: the dataflow's input ends at its next read (a
