@@ -85,6 +85,22 @@ def test_replay_bench_counts_and_leaves_nothing(short_tmp: Path) -> None:
 
 
 @pytest.mark.timeout(300)
+def test_store_bench_compares_with_a_revision_and_leaves_nothing(short_tmp: Path) -> None:
+    tmp = short_tmp / "tmp"
+    # HEAD~0 is today's code: the comparison runs the loaded-from-git path all the same.
+    out = _run(
+        "store_bench.py",
+        ["--events", "3000", "--machines", "12", "--rounds", "2", "--against", "HEAD"],
+        tmp,
+        240,
+    )
+    rounds = re.findall(r"round \d +(\S+): 3,000 rows in [\d.]+ s = [\d,]+ rows/s", out)
+    assert sorted(rounds) == ["HEAD", "HEAD", "today", "today"], out
+    assert re.search(r"ratio today / HEAD: rows/s \d+\.\d\dx, PostgreSQL CPU per row", out)
+    _assert_clean(tmp)
+
+
+@pytest.mark.timeout(300)
 def test_live_bench_counts_every_stage_and_leaves_nothing(short_tmp: Path) -> None:
     tmp = short_tmp / "tmp"
     out = _run(
