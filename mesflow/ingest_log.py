@@ -412,8 +412,8 @@ def append(conn: psycopg.Connection, records: Sequence[LogRecord]) -> Appended:
 def _append_direct(conn: psycopg.Connection, records: Sequence[LogRecord]) -> Appended:
     """Copy `records` straight into the log, all or nothing.
 
-    A third of the checked path's server work per row (bench/replay_bench.py): no staging
-    table, no sort, no speculative insertion. The dedupe index still guards every row: a
+    About two thirds of the checked path's server CPU per row (bench/store_bench.py): no
+    staging table, no sort, no speculative insertion. The dedupe index still guards every row: a
     key the log holds raises UniqueViolation and nothing of the batch stays (the seq values
     it drew are skipped: readers do not need seqs without gaps).
     """

@@ -234,20 +234,24 @@ def prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
     handoff: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
     stopping = threading.Event()
 
+    def give(entry: tuple[bool, Any]) -> bool:
+        # Never blocks for good: a consumer that stopped taking sets `stopping`.
+        while not stopping.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stopping.is_set():
-                    try:
-                        handoff.put((True, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stopping.is_set():
+                if not give((True, item)):
                     return
-            handoff.put((False, None))
+            give((False, None))
         except BaseException as err:  # handed to the consumer, raised there
-            handoff.put((False, err))
+            give((False, err))
 
     producer = threading.Thread(target=produce, name="replay-prefetch", daemon=True)
     producer.start()

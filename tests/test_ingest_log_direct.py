@@ -191,3 +191,22 @@ def test_prefetched_stops_its_producer_when_closed_early() -> None:
     time.sleep(0.3)
     assert settled == len(produced) < 10  # stopped, a few items ahead at most
     assert not any(t.name == "replay-prefetch" for t in threading.enumerate())
+
+
+def test_prefetched_producer_ends_even_when_its_last_word_is_not_taken() -> None:
+    """The producer has read everything and waits to hand over its end (or its error)
+    when the consumer gives up: it must not wait for ever."""
+
+    def failing() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("never seen")
+
+    for source, first in ((iter(range(2)), 0), (failing(), 1)):
+        it = prefetched(source, depth=1)
+        assert next(it) == first
+        time.sleep(0.3)  # the producer now waits on a full queue
+        started = time.monotonic()
+        it.close()
+        assert time.monotonic() - started < 1.0
+        assert not any(t.name == "replay-prefetch" for t in threading.enumerate())
