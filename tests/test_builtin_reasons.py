@@ -42,7 +42,10 @@ def test_the_validator_accepts_built_in_codes_and_refuses_unknown_ones(
 def test_connection_lost_is_its_own_reason_in_downtime_by_reason(
     db_url: str, plant: PlantConfig, tmp_path: Path
 ) -> None:
-    t0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    # Half past an hour: the plant's breaks start on the hour (lunch 12:00, supper 00:00,
+    # local), and a stop inside one is outside planned time, so in no reason's downtime.
+    # On the hour, this test failed whenever it ran 3 hours after noon or midnight.
+    t0 = datetime.now(UTC).replace(minute=30, second=0, microsecond=0) - timedelta(hours=4)
 
     def state(minutes: int, st: str, **extra: Any) -> dict[str, Any]:
         ts = (t0 + timedelta(minutes=minutes)).isoformat()
