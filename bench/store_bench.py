@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,30 +29,16 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BenchDatabase, load_average, module_at, private_tmp
+from bench.common import (
+    BenchDatabase,
+    load_average,
+    module_at,
+    private_tmp,
+    tree_cpu_seconds,
+)
 from bench.replay_bench import make_file
 from bench.scaled_plant import write_scaled_plant
 from streams import replay
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def server_cpu(postmaster: int) -> float:
-    """CPU seconds of the server: the postmaster, its live children, and those that ended
-    (a backend's time joins the postmaster's children's once it exits)."""
-    out = subprocess.run(
-        ["ps", "-o", "pid=", "--ppid", str(postmaster)], capture_output=True, text=True
-    ).stdout.split()
-    total = 0.0
-    for pid in [str(postmaster), *out]:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        f = stat[stat.rindex(")") + 2 :].split()
-        # utime, stime, and (for the postmaster) its waited-for children's cutime, cstime
-        total += sum(int(v) for v in f[11:15]) / _TICK
-    return total
 
 
 def _cpu() -> float:
@@ -71,11 +55,11 @@ def store_once(store: Callable[..., None], path: Path, db: BenchDatabase) -> tup
     assert postmaster is not None
     results: Any = mp.get_context("spawn").Queue()
     lines: Any = mp.get_context("spawn").Value("q", 0)
-    s0, c0, t0 = server_cpu(postmaster), _cpu(), time.perf_counter()
+    s0, c0, t0 = tree_cpu_seconds(postmaster), _cpu(), time.perf_counter()
     store(path, db.url, results, lines)
     elapsed, client = time.perf_counter() - t0, _cpu() - c0
     time.sleep(0.3)  # the backend has exited: its CPU is the postmaster's children's
-    server = server_cpu(postmaster) - s0
+    server = tree_cpu_seconds(postmaster) - s0
     stored = results.get(timeout=5)
     if isinstance(stored, str):
         raise SystemExit(stored)
