@@ -467,7 +467,7 @@ def test_history_shows_the_newest_rows_and_says_there_are_more(plant: PlantConfi
     ]
     full = alerts.render_history(rows, plant, plant.tz, "en")
     note, table = full
-    assert "newest 500" in str(note)
+    assert f"newest {aq.HISTORY_SHOWN}:" in str(note)
     assert len(table.children[1].children) == aq.HISTORY_SHOWN
     exact = alerts.render_history(rows[:-1], plant, plant.tz, "en")
     assert type(exact).__name__ == "Table"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,28 @@ def test_page_renders_in_both_languages(seeded: Database, plant: PlantConfig) ->
     assert "按工单与工序" in zh and "忘记离岗" in zh
     assert "2026-11-21 08:00" in en  # li's sign-in, in plant time
     assert "(no work order)" in en and "off shift" not in en
+
+
+def test_a_long_range_shows_the_first_rows_and_says_how_many(plant: PlantConfig) -> None:
+    # The browser's Dash renderer blocked headless Chromium for 41-44 s on the demo's
+    # 449-row labour page: each long table shows its first SHOWN rows and a note.
+    start = date(2026, 11, 1)
+    shifts = [
+        lq.ShiftPerson(start + timedelta(days=i // 4), "A", f"p{i:03d}", 8.0, ["IM-01"], 1, False)
+        for i in range(page.SHOWN * 2 + 7)
+    ]
+    wos = [
+        lq.WorkOrderLabor(f"WO-{i:03d}", "10", "SO-1", "P", 1.0, ["p"], ["IM-01"], False)
+        for i in range(page.SHOWN)
+    ]
+    b = lq.Board(now=[], by_shift=shifts, by_work_order=wos, issues=[])
+    for lang, more in (("en", "The first 50 of 107 rows"), ("zh", "只显示前 50 行，共 107 行")):
+        text = _text(page.render(b, plant.tz, lang))
+        assert text.count(more) == 1  # the shift table; the work orders fit
+        assert "p049" in text and "p050" not in text  # newest first: the first rows shown
+        assert "WO-049" in text
+    assert b.total_hours == 8.0 * len(shifts)  # the tiles still count every row
+    assert f"{8.0 * len(shifts):.2f}" in _text(page.render(b, plant.tz, "en"))
 
 
 def test_hostile_filters_fall_back_to_defaults(plant: PlantConfig) -> None:

@@ -78,6 +78,10 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "late": {"zh": "迟到的报工（按已记账时间生效）", "en": "Late report (applied at the booked time)"},
     "nobody": {"zh": "无人在岗", "en": "Nobody signed in"},
     "empty": {"zh": "所选范围内没有数据", "en": "No figures for this selection"},
+    "more": {
+        "zh": "只显示前 {n} 行，共 {total} 行：请缩小日期范围，或按人员、工位筛选",
+        "en": "The first {n} of {total} rows: narrow the dates, or pick a person or station",
+    },
     "db_error": {"zh": "数据库不可用", "en": "Database unreachable"},
     "note": {
         "zh": "工时为在岗时间（含休息）：同时在 k 个工位上岗时，每个工位各计 1/k。"
@@ -221,6 +225,27 @@ def _tile(label: str, value: str) -> html.Div:
     )
 
 
+# Rows per table on the page: the browser's Dash renderer takes time that grows faster than
+# the number of cells (a 449-row labour page blocked headless Chromium for 41-44 s in the
+# demo; docs/performance.md "Boards at scale"), so a long range shows its first rows and says
+# how many there are.
+SHOWN: Final = 50
+
+
+def _capped(rows: list[list[str]], table: Any, lang: str) -> Any:
+    if len(rows) <= SHOWN:
+        return table
+    note = html.P(
+        s("more", lang, n=SHOWN, total=f"{len(rows):,}"), className="orders-note lab-more"
+    )
+    return html.Div([table, note])
+
+
+def _table(head: list[str], rows: list[list[str]], lang: str) -> Any:
+    table = text_table(head, rows[:SHOWN], "orders-table labor-table", s("empty", lang))
+    return _capped(rows, table, lang)
+
+
 def render(data: lq.Board, tz: ZoneInfo, lang: str) -> list[Any]:
     table = "orders-table labor-table"
     now = text_table(
@@ -235,7 +260,7 @@ def render(data: lq.Board, tz: ZoneInfo, lang: str) -> list[Any]:
         table,
         s("nobody", lang),
     )  # fmt: skip
-    by_shift = text_table(
+    by_shift = _table(
         [s("shift_date", lang), s("shift", lang), s("person", lang), s("hours", lang),
          s("stations", lang), s("work_orders", lang)],
         [
@@ -244,10 +269,9 @@ def render(data: lq.Board, tz: ZoneInfo, lang: str) -> list[Any]:
              str(r.work_orders)]
             for r in data.by_shift
         ],
-        table,
-        s("empty", lang),
+        lang,
     )  # fmt: skip
-    by_wo = text_table(
+    by_wo = _table(
         [s("work_order", lang), s("operation", lang), s("order", lang), s("product", lang),
          s("hours", lang), s("people", lang), s("stations", lang)],
         [
@@ -256,8 +280,7 @@ def render(data: lq.Board, tz: ZoneInfo, lang: str) -> list[Any]:
              ", ".join(r.people), ", ".join(r.stations)]
             for r in data.by_work_order
         ],
-        table,
-        s("empty", lang),
+        lang,
     )  # fmt: skip
     issues = text_table(
         [s("kind", lang), s("count", lang), s("last", lang)],
