@@ -232,7 +232,12 @@ def _tile(label: str, value: str) -> html.Div:
 SHOWN: Final = 50
 
 
-def _capped(rows: list[list[str]], table: Any, lang: str) -> Any:
+_TABLE = "orders-table labor-table"
+
+
+def _table(head: list[str], rows: list[list[str]], lang: str) -> Any:
+    """The first SHOWN rows, and a note saying how many there are when that is not all."""
+    table = text_table(head, rows[:SHOWN], _TABLE, s("empty", lang))
     if len(rows) <= SHOWN:
         return table
     note = html.P(
@@ -241,13 +246,8 @@ def _capped(rows: list[list[str]], table: Any, lang: str) -> Any:
     return html.Div([table, note])
 
 
-def _table(head: list[str], rows: list[list[str]], lang: str) -> Any:
-    table = text_table(head, rows[:SHOWN], "orders-table labor-table", s("empty", lang))
-    return _capped(rows, table, lang)
-
-
 def render(data: lq.Board, tz: ZoneInfo, lang: str) -> list[Any]:
-    table = "orders-table labor-table"
+    table = _TABLE
     now = text_table(
         [s("station", lang), s("person", lang), s("since", lang), s("work_order", lang),
          s("operation", lang), s("share", lang), s("hours", lang)],
