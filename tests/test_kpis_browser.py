@@ -59,7 +59,7 @@ def test_kpis_page_in_browser(kpi_db: str, andon_url: str, tmp_path: Path) -> No
         )
         browser.wait_for("window.innerWidth === 1280")
         browser.goto(f"{andon_url}/kpis?lang=en")
-        browser.wait_for("!!document.querySelector('.kpis-table')")
+        browser.wait_for("!!document.querySelector('.kpis-table table')")
         table = str(browser.eval("document.querySelector('.kpis-table').innerText"))
         assert "2026-10" in table and "2026-11" in table, table
         assert "50.0%" in table  # November's on-time rate
@@ -79,6 +79,7 @@ def test_kpis_page_in_browser(kpi_db: str, andon_url: str, tmp_path: Path) -> No
         # Chinese: the same figures, Chinese labels.
         browser.goto(f"{andon_url}/kpis?lang=zh")
         browser.wait_for("!!document.querySelector('#kpis-trend .scatterlayer')")
+        browser.wait_for("!!document.querySelector('.kpis-table table')")  # Markdown, drawn last
         zh = str(browser.eval("document.body.innerText"))
         assert "交付指标" in zh and "准时率" in zh and "50.0%" in zh
         browser.screenshot(SHOTS / "kpis-zh-1280x800.png")

@@ -164,6 +164,8 @@ def test_board_in_the_browser(
         browser.eval(f"document.querySelector('#password').value = {json.dumps(PASSWORD)}")
         browser.eval("document.querySelector('button[type=submit]').click()")
         browser.wait_for("document.querySelector('#q-tiles')?.textContent.includes('86.0%')")
+        # The tables are Markdown, drawn once its renderer has loaded (after the tiles).
+        browser.wait_for("document.querySelectorAll('.quality-page table').length === 6")
         body = browser.eval("document.querySelector('.quality-page').textContent")
         assert "90.0%" in body and "WO-Q1" in body and "P-200" in body
         # The Pareto has its three bars.

@@ -28,7 +28,7 @@ from dashboards import auth, context
 from dashboards.i18n import state_label, t
 from dashboards.nav import page_header
 from dashboards.pages import analytics_scrap
-from dashboards.widgets import csv_download, picked_days
+from dashboards.widgets import csv_download, picked_days, text_table
 from mesflow.plant import PlantConfig
 from mesflow.report import KpiRow, ReasonRow, Scope, fmt_hm, fmt_pct, to_csv, total_row
 
@@ -911,7 +911,7 @@ def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> Any:
         ]
         for r in rows
     ]
-    return text_table(heads, body)
+    return text_table(heads, body, "an-table")
 
 
 def _sort_key(order: str) -> Any:
@@ -974,31 +974,6 @@ def reliability_table(
     return table(heads, body)
 
 
-def text_table(headers: Sequence[str], body: Sequence[Sequence[Any]], css: str = "") -> Any:
-    """A table of plain text as one component (Markdown rendered to <table>), not a component
-    per cell: Dash's renderer took minutes of the browser's time to mount the ~6,000 cell
-    components of a week's ~700 stops (bench/analytics_browser_bench.py); this takes well
-    under a second. Same classes and <thead>/<tbody> as `table`."""
-
-    def row(cells: Sequence[Any]) -> str:
-        return "| " + " | ".join(_md_escape(c) for c in cells) + " |"
-
-    lines = [row(headers), "|" + "---|" * len(headers), *(row(r) for r in body)]
-    return dcc.Markdown("\n".join(lines), className=f"an-table {css}".strip())
-
-
-def _md_escape(value: Any) -> str:
-    """Cell text as literal Markdown: each Markdown mark backslash-escaped."""
-    text = " ".join(str(value).split())
-    text = text.replace("&", "&amp;")  # else '&amp;' in a name would read '&'
-    return "".join(f"\\{ch}" if ch in _MD_PUNCT else ch for ch in text) or " "
-
-
-# The marks dcc.Markdown takes as Markdown and honours a backslash before (measured in
-# chromium: before the others, such as ':' or '<', the backslash itself is shown).
-_MD_PUNCT = frozenset("\\!#()*+-.>[]_`{|}~")
-
-
 def stops_table(rows: Sequence[aq.StopRow], tz: ZoneInfo, names: dict[str, str], lang: str) -> Any:
     heads = [
         s(k, lang)
@@ -1026,7 +1001,7 @@ def stops_table(rows: Sequence[aq.StopRow], tz: ZoneInfo, names: dict[str, str],
         ]
         for r in rows
     ]
-    return text_table(heads, body, "an-stops-table")
+    return text_table(heads, body, "an-table an-stops-table")
 
 
 def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:

@@ -225,10 +225,10 @@ def _tile(label: str, value: str) -> html.Div:
     )
 
 
-# Rows per table on the page: the browser's Dash renderer takes time that grows faster than
-# the number of cells (a 449-row labour page blocked headless Chromium for 41-44 s in the
-# demo; docs/performance.md "Boards at scale"), so a long range shows its first rows and says
-# how many there are.
+# Rows per table on the page: a long range is a list nobody reads on a screen, so it shows its
+# first rows and says how many there are and how to narrow it. (The cap came first to stop a
+# 449-row page blocking the browser for 41-44 s; text_table is now cheap at any length,
+# docs/performance.md "Boards at scale".)
 SHOWN: Final = 50
 
 
