@@ -2,14 +2,14 @@
 
 From a lot (material or production) to its work orders, orders and customers; from an
 order to its lots, work orders, machines, operators, stops and inspections. Everything is
-read from the public views of sql/024_traceability.sql (and sql/017's v_order_machine),
-with psycopg; times come back in the plant's time zone. Used by the /trace page
-(dashboards/pages/trace.py) and the CRM API (collectors/crm_trace.py).
+read from the public views of sql/024_traceability.sql (and sql/017's v_order_machine,
+sql/032's v_inspections), with psycopg; times come back in the plant's time zone. Used by
+the /trace page (dashboards/pages/trace.py) and the CRM API (collectors/crm_trace.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -95,6 +95,17 @@ WHERE s.order_no = %(o)s AND s.seconds > 0
 ORDER BY s.start_ts, s.machine"""
 
 
+# An order's inspections (sql/032): every report on one of its work orders, with what it
+# measured and found.
+INSPECTIONS = """
+SELECT ts, stage, result, machine, work_order, operation, operator, sample_qty,
+       characteristics, defects, note
+FROM v_inspections
+WHERE work_order IN (SELECT work_order FROM work_order WHERE order_no = %(o)s
+                     UNION SELECT work_order FROM work_order_progress WHERE order_no = %(o)s)
+ORDER BY ts, seq"""
+
+
 @dataclass(frozen=True, slots=True)
 class LotTrace:
     lot: str
@@ -117,9 +128,7 @@ class OrderTrace:
     machines: list[Row]
     operators: list[Row]
     stops: list[Row]
-    # Quality inspections are not recorded yet (the people-and-quality issue): the
-    # section exists, empty, so pages, the API and CSV consumers already have its place.
-    inspections: list[Row] = field(default_factory=list)
+    inspections: list[Row]
 
     @property
     def found(self) -> bool:
@@ -156,8 +165,7 @@ def lot_trace(conn: psycopg.Connection[Any], lot: str, tz: tzinfo) -> LotTrace:
 
 
 def order_trace(conn: psycopg.Connection[Any], order_no: str, tz: tzinfo) -> OrderTrace:
-    """Order `order_no`: its lots, work orders, machines, operators, stops (and the empty
-    inspections section)."""
+    """Order `order_no`: its lots, work orders, machines, operators, stops and inspections."""
     p = {"o": order_no}
     with conn.cursor(row_factory=dict_row) as cur:
         order = _rows(cur, ORDER, p, tz)
@@ -169,6 +177,7 @@ def order_trace(conn: psycopg.Connection[Any], order_no: str, tz: tzinfo) -> Ord
             _rows(cur, MACHINES, p, tz),
             _rows(cur, OPERATORS, p, tz),
             _rows(cur, STOPS, p, tz),
+            _rows(cur, INSPECTIONS, p, tz),
         )
 
 

@@ -51,10 +51,24 @@ def test_trace_page_and_customer_link_in_browser(
         assert "2026-11-20 08:30" in stops and "hydraulic_fault" in stops, stops
         assert "PA-2" in _text(browser, ".trace-lots")
         assert "li" in _text(browser, ".trace-operators")
-        assert "not recorded yet" in _text(browser, ".trace-inspections")
+        browser.wait_for("!!document.querySelector('.trace-inspections table')")
+        found = _text(browser, ".trace-inspections")
+        assert "Inspections (2)" in found and "First article" in found and "Patrol" in found
+        assert "✗ diameter 10.32 mm (9.9–10.1); ✗ look; flash ×2" in found, found
+        assert "burr at the gate" in found and "Fail" in found
+        assert "Work order start" in _text(browser, ".trace-operators")
         _size(browser, 1280, 800)
         assert not browser.eval(_OVERFLOW)
         browser.screenshot(SHOTS / "trace-en-1280x800.png")
+
+        # In Chinese, the codes read as words: stages, results, report kinds, the status.
+        browser.goto(f"{andon_url}/trace?lang=zh&order=SO-A")
+        browser.wait_for("!!document.querySelector('.trace-inspections table')")
+        found = _text(browser, ".trace-inspections")
+        assert "首检" in found and "巡检" in found and "不合格" in found, found
+        people = _text(browser, ".trace-operators")
+        assert "开工" in people and "检验" in people and "wo_start" not in people, people
+        assert "进行中" in _text(browser, ".order-summary")
 
         # From the shared material lot: both orders, both customers.
         browser.goto(f"{andon_url}/trace?lang=en&lot=RESIN-7")

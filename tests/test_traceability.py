@@ -114,7 +114,43 @@ def plant_events() -> list[dict[str, Any]]:
             reason="hydraulic_fault",
             operator="li",
         ),
+        rep(
+            "inspection",
+            "IM-01",
+            iso(8, 5),
+            work_order="WO-A1",
+            stage="first",
+            result="pass",
+            sample_qty=2,
+            characteristics=[{"name": "diameter", "value": 10.02, "lsl": 9.9, "usl": 10.1}],
+            operator="qc.sun",
+        ),
+        rep(
+            "inspection",
+            "IM-01",
+            iso(9, 5),
+            work_order="WO-A1",
+            stage="patrol",
+            result="fail",
+            characteristics=[
+                {"name": "diameter", "value": 10.32, "lsl": 9.9, "usl": 10.1, "unit": "mm"},
+                {"name": "weight", "value": 12.5, "usl": 13},
+                {"name": "look", "ok": False},
+            ],
+            defects=[{"code": "flash", "qty": 2}],
+            note="burr at the gate",
+            operator="qc.sun",
+        ),
         rep("wo_start", "IM-02", iso(9), work_order="WO-B1", operator="zhao"),
+        rep(
+            "inspection",
+            "IM-02",
+            iso(9, 10),
+            work_order="WO-B1",
+            stage="first",
+            result="pass",
+            operator="qc.sun",
+        ),
         state("IM-02", iso(9), "running"),
         material("IM-02", iso(9, 1), "WO-B1", "RESIN-7", "PP-H30", operator="zhao"),
         material("IM-02", iso(9, 2), "WO-B1", "MB-9", "BLACK-MB", qty=3, operator="zhao"),
@@ -242,19 +278,33 @@ def test_trace_queries_return_the_exact_sets(
         ("wang", "production_lot"),
         ("wang", "wo_end"),
         ("li", "downtime_reason"),
+        ("qc.sun", "inspection"),
     }
     assert [(s["machine"], s["start_ts"], s["end_ts"], s["reason"]) for s in ot.stops] == [
         ("IM-01", at(8, 30), at(8, 45), "hydraulic_fault")
     ]
     assert ot.stops[0]["seconds"] == 900
-    assert ot.inspections == []
+    # Its inspections: WO-A1's two, in time order, with what each measured; not WO-B1's.
+    assert [
+        (i["ts"], i["stage"], i["result"], i["machine"], i["work_order"], i["operator"])
+        for i in ot.inspections
+    ] == [
+        (at(8, 5), "first", "pass", "IM-01", "WO-A1", "qc.sun"),
+        (at(9, 5), "patrol", "fail", "IM-01", "WO-A1", "qc.sun"),
+    ]
+    assert ot.inspections[0]["sample_qty"] == 2
+    patrol = ot.inspections[1]
+    assert [c["ok"] for c in patrol["characteristics"]] == [False, True, False]
+    assert patrol["defects"] == [{"code": "flash", "qty": 2}]
+    assert patrol["note"] == "burr at the gate"
     # SO-B never sees SO-A's things.
     with psycopg.connect(db_url) as conn:
         ob = trace.order_trace(conn, "SO-B", tz)
     assert {r["lot"] for r in ob.lots} == {"RESIN-7", "MB-9", "PB-1"}
     assert [m["machine"] for m in ob.machines] == ["IM-02"]
-    assert {o["operator"] for o in ob.operators} == {"zhao"}
+    assert {o["operator"] for o in ob.operators} == {"zhao", "qc.sun"}
     assert ob.stops == []
+    assert [(i["work_order"], i["stage"]) for i in ob.inspections] == [("WO-B1", "first")]
 
 
 def test_replaying_the_log_twice_adds_nothing(
@@ -345,8 +395,12 @@ def test_the_trace_api_requires_auth_and_answers_both_ways(
     order = api.get("/api/v1/trace/orders/SO-A", headers=BEARER).json()
     assert [s["start_ts"] for s in order["stops"]] == ["2026-11-20T08:30:00+08:00"]
     assert {r["lot"] for r in order["lots"]} == {"RESIN-7", "PA-1", "PA-2"}
-    assert order["inspections"] == []
-    assert {o["operator"] for o in order["operators"]} == {"wang", "li"}
+    assert [(i["ts"], i["stage"], i["result"]) for i in order["inspections"]] == [
+        ("2026-11-20T08:05:00+08:00", "first", "pass"),
+        ("2026-11-20T09:05:00+08:00", "patrol", "fail"),
+    ]
+    assert order["inspections"][1]["defects"] == [{"code": "flash", "qty": 2}]
+    assert {o["operator"] for o in order["operators"]} == {"wang", "li", "qc.sun"}
     # Unknown: 404 problem; a control character: 422 naming the field; never a 500.
     missing = api.get("/api/v1/trace/lots/NOPE", headers=BEARER)
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
@@ -492,11 +546,26 @@ def test_the_csv_holds_every_section_and_no_formula() -> None:
         machines=[{"machine": "IM-01", "from_ts": when, "to_ts": None}],
         operators=[],
         stops=[{"machine": "IM-01", "start_ts": when, "end_ts": when, "seconds": 90.0}],
+        inspections=[
+            {
+                "ts": when,
+                "stage": "patrol",
+                "result": "fail",
+                "characteristics": [
+                    {"name": "diameter", "value": 10.32, "lsl": 9.9, "usl": 10.1, "unit": "mm"},
+                    {"name": "weight", "value": 12.5, "usl": 13.0, "ok": True},
+                ],
+                "defects": [{"code": "flash", "qty": 2}],
+                "note": "-2 burrs",
+            }
+        ],
     )
     rows = list(csv.reader(io.StringIO(to_csv(found))))
     assert rows[0][0] == "section" and "lot" in rows[0] and "minutes" in rows[0]
     by = {r[0]: dict(zip(rows[0], r, strict=True)) for r in rows[1:]}
-    assert set(by) == {"work_orders", "lots", "machines", "stops"}
+    assert set(by) == {"work_orders", "lots", "machines", "stops", "inspections"}
+    assert by["inspections"]["findings"] == "✗ diameter 10.32 mm (9.9–10.1); flash ×2"
+    assert by["inspections"]["note"] == "'-2 burrs"  # no formula either
     assert by["lots"]["lot"] == "'=HYPERLINK(1)"
     assert by["stops"]["minutes"] == "1.5"
     assert by["machines"]["from_ts"] == "2026-11-20T09:00:00+08:00"
@@ -521,3 +590,28 @@ def test_mesflow_replay_of_a_lot_file_twice_adds_nothing(
     replay_file(path, plant, db_url, tmp_path / "rep", progress=False)
     replay_file(path, plant, db_url, tmp_path / "rep-fresh", progress=False)
     assert tables(db_url) == once
+
+
+def test_findings_say_what_was_out_whatever_the_stored_shape() -> None:
+    from dashboards.pages.trace import findings
+
+    row = {
+        "characteristics": [
+            {"name": "d", "value": 10.32, "lsl": 9.9, "usl": 10.1, "ok": False},
+            {"name": "unjudged", "value": 5, "usl": 4},  # no `ok`: judged from the limits
+            {"name": "low", "value": 1.0, "lsl": 2.0},
+            {"name": "inside", "value": 3, "lsl": 2, "usl": 4},
+            {"name": "eye", "ok": False},
+            {"name": "odd", "value": "abc", "lsl": None, "usl": "x", "ok": False},
+            {"name": "fine", "value": 99, "ok": True},  # the report's word wins
+            {"name": "text", "value": "n/a", "usl": 1},  # not a number: not judged
+            "not a dict",
+            None,
+        ],
+        "defects": [{"code": "flash", "qty": 2}, {"code": "sink"}, 7],
+    }
+    assert findings(row) == (
+        "✗ d 10.32 (9.9–10.1); ✗ unjudged 5 (–4); ✗ low 1 (2–); ✗ eye; ✗ odd abc (–x);"
+        " flash ×2; sink ×?"
+    )
+    assert findings({}) == findings({"characteristics": None, "defects": None}) == ""

@@ -70,10 +70,6 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "operators": {"zh": "人员", "en": "Operators"},
     "stops": {"zh": "停机", "en": "Stops"},
     "inspections": {"zh": "检验", "en": "Inspections"},
-    "inspections_note": {
-        "zh": "检验记录尚未接入（人员与质量模块）。",
-        "en": "Inspections are not recorded yet (the people-and-quality module).",
-    },
     # columns
     "lot_kind": {"zh": "类型", "en": "Kind"},
     "material": {"zh": "物料", "en": "Material"},
@@ -100,9 +96,44 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "state": {"zh": "状态", "en": "State"},
     "reason": {"zh": "原因", "en": "Reason"},
     "eta": {"zh": "预计完成", "en": "ETA"},
-    "material_kind": {"zh": "物料", "en": "material"},
-    "production_kind": {"zh": "成品", "en": "production"},
+    "material_kind": {"zh": "物料", "en": "Material"},
+    "production_kind": {"zh": "成品", "en": "Production"},
+    "stage": {"zh": "类型", "en": "Stage"},
+    "result": {"zh": "结果", "en": "Result"},
+    "sample_qty": {"zh": "抽样数", "en": "Sample"},
+    "findings": {"zh": "超差与不良", "en": "Out of limits, defects"},
+    "note": {"zh": "备注", "en": "Note"},
+    # values: an inspection's stage and result, an order's status, a report's kind
+    "first_stage": {"zh": "首检", "en": "First article"},
+    "patrol_stage": {"zh": "巡检", "en": "Patrol"},
+    "last_stage": {"zh": "末检", "en": "Last piece"},
+    "pass_result": {"zh": "合格", "en": "Pass"},
+    "fail_result": {"zh": "不合格", "en": "Fail"},
+    "open_status": {"zh": "进行中", "en": "Open"},
+    "on_hold_status": {"zh": "暂停", "en": "On hold"},
+    "cancelled_status": {"zh": "已取消", "en": "Cancelled"},
+    "closed_status": {"zh": "已关闭", "en": "Closed"},
+    "downtime_reason_kind": {"zh": "停机原因", "en": "Stop reason"},
+    "scrap_kind": {"zh": "报废", "en": "Scrap"},
+    "wo_start_kind": {"zh": "开工", "en": "Work order start"},
+    "wo_end_kind": {"zh": "完工", "en": "Work order end"},
+    "sign_in_kind": {"zh": "上岗", "en": "Sign in"},
+    "sign_out_kind": {"zh": "离岗", "en": "Sign out"},
+    "inspection_kind": {"zh": "检验", "en": "Inspection"},
+    "defect_kind": {"zh": "不良", "en": "Defect"},
+    "rework_kind": {"zh": "返工", "en": "Rework"},
+    "material_lot_kind": {"zh": "物料批次", "en": "Material lot"},
+    "production_lot_kind": {"zh": "成品批次", "en": "Production lot"},
 }  # fmt: skip
+
+# Cells whose value is a code with a name per language: STRINGS[f"{value}{suffix}"].
+_NAMED: Final = {
+    "lot_kind": "_kind",
+    "kind": "_kind",
+    "stage": "_stage",
+    "result": "_result",
+    "status": "_status",
+}
 
 # Columns per section, in order (keys of the rows of mesflow/trace.py).
 LOT_SECTIONS: Final = {
@@ -117,7 +148,7 @@ ORDER_SECTIONS: Final = {
     "machines": ("machine", "from_ts", "to_ts"),
     "operators": ("operator", "kind", "machine", "ts", "work_order"),
     "stops": ("machine", "start_ts", "end_ts", "minutes", "state", "reason"),
-    "inspections": (),
+    "inspections": ("ts", "stage", "result", "machine", "work_order", "operator", "sample_qty", "findings", "note"),
 }  # fmt: skip
 
 
@@ -273,8 +304,46 @@ def _sections(
         rows = getattr(found, name)
         if name == "stops":
             rows = [{**r, "minutes": round(r["seconds"] / 60, 1)} for r in rows]
+        elif name == "inspections":
+            rows = [{**r, "findings": findings(r)} for r in rows]
         out[name] = (cols, rows)
     return out
+
+
+def findings(inspection: dict[str, Any]) -> str:
+    """What an inspection found, in any language: each characteristic judged out of its
+    limits ('✗ diameter 10.32 mm (9.9–10.1)'), then each defect ('flash ×2')."""
+    parts = []
+    for c in inspection.get("characteristics") or []:
+        if not isinstance(c, dict) or not _out_of_limits(c):
+            continue
+        text = f"✗ {c.get('name', '?')}"
+        if c.get("value") is not None:
+            text += f" {_num(c['value'])}" + (f" {c['unit']}" if c.get("unit") else "")
+        if c.get("lsl") is not None or c.get("usl") is not None:
+            lo, hi = (_num(c[k]) if c.get(k) is not None else "" for k in ("lsl", "usl"))
+            text += f" ({lo}–{hi})"
+        parts.append(text)
+    for d in inspection.get("defects") or []:
+        if isinstance(d, dict):
+            parts.append(f"{d.get('code', '?')} ×{d.get('qty', '?')}")
+    return "; ".join(parts)
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _out_of_limits(c: dict[str, Any]) -> bool:
+    """The report's (or the dataflow's) judgement; unjudged, the value against its limits."""
+    if c.get("ok") is not None:
+        return c["ok"] is False
+    value, lsl, usl = c.get("value"), c.get("lsl"), c.get("usl")
+    if not isinstance(value, (int, float)):
+        return False
+    return (isinstance(lsl, (int, float)) and value < lsl) or (
+        isinstance(usl, (int, float)) and value > usl
+    )
 
 
 def _cell(key: str, value: Any, tz: tzinfo, lang: str) -> str:
@@ -282,8 +351,9 @@ def _cell(key: str, value: Any, tz: tzinfo, lang: str) -> str:
         return ""
     if isinstance(value, datetime):
         return value.astimezone(tz).strftime("%Y-%m-%d %H:%M")
-    if key == "lot_kind":
-        return s(f"{value}_kind", lang)
+    if key in _NAMED:
+        named = f"{value}{_NAMED[key]}"
+        return s(named, lang) if named in STRINGS else str(value)
     return str(value)
 
 
@@ -307,7 +377,7 @@ def render(found: trace.LotTrace | trace.OrderTrace, tz: tzinfo, lang: str) -> l
             ("qty", f"{o['good'] or 0}/{o['qty']}"),
             ("due", _cell("due", o["due"], tz, lang)),
             ("eta", _cell("eta", o["eta"], tz, lang) or "—"),
-            ("status", o["status"]),
+            ("status", _cell("status", o["status"], tz, lang)),
         ]
         out.append(
             html.Section(
@@ -318,14 +388,10 @@ def render(found: trace.LotTrace | trace.OrderTrace, tz: tzinfo, lang: str) -> l
     elif isinstance(found, trace.LotTrace):
         out.append(html.H2(f"{s('lot', lang)} {found.lot}", className="trace-lot"))
     for name, (cols, rows) in _sections(found).items():
-        if name == "inspections":
-            body: Any = html.P(s("inspections_note", lang), className="orders-note")
-        else:
-            body = _table(cols, rows, tz, lang)
         out.append(
             html.Section(
                 className=f"order-card trace-{name.replace('_', '-')}",
-                children=[html.H2(f"{s(name, lang)} ({len(rows)})"), body],
+                children=[html.H2(f"{s(name, lang)} ({len(rows)})"), _table(cols, rows, tz, lang)],
             )
         )
     return out
