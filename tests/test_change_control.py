@@ -355,7 +355,10 @@ def test_a_planner_decides_on_the_order_page(
         browser.eval("document.querySelector('#occ-approve').click()")
         browser.wait_for("document.querySelector('#occ-msg').textContent.includes('Approved')")
         browser.wait_for("document.querySelector('.occ-pending') == null")
-        history = browser.eval("document.querySelector('.occ-history').textContent")
+        history = browser.wait_for(
+            "document.querySelector('.occ-history table')?.textContent.includes('customer"
+            " confirmed') && document.querySelector('.occ-history').textContent"
+        )
         assert "customer confirmed" in history and "approved" in history
         # A planner's own change of the (locked) order is held.
         _type(browser, "#occ-qty", "175")

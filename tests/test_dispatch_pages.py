@@ -164,6 +164,18 @@ def test_dispatch_page_in_browser(
         browser.wait_for("!!document.querySelector('#promise-go')")
         assert "交期承诺" in str(browser.eval("document.body.innerText"))
         assert not browser.eval(_OVERFLOW)
+        # Its number boxes are as wide as a figure, not the row (Dash 4 draws each as a
+        # container as wide as its parent), and their figures are dark on the white box.
+        boxes = browser.eval(
+            "['#promise-qty', '#promise-priority'].map(id => { const i = document.querySelector(id);"
+            " const w = i.closest('.dash-input-container'); return [i.value,"
+            " w.getBoundingClientRect().width, getComputedStyle(i).color,"
+            " getComputedStyle(w).backgroundColor]; })"
+        )
+        assert [b[0] for b in boxes] == ["100", "1"]
+        for _value, width, colour, background in boxes:
+            assert 60 < width < 300, boxes
+            assert colour != background and colour not in ("rgb(244, 246, 248)",), boxes
         # Ask (P-100 × 100 at priority 1 on any machine): the callback answers in words.
         browser.eval("document.querySelector('#promise-go').click()")
         answer = browser.wait_for(

@@ -24,6 +24,7 @@ import psycopg
 from dash import Input, Output, State, ctx, dcc, html
 
 from dashboards import auth, context
+from dashboards.widgets import text_table
 from mesflow import change_control as cc
 
 log = logging.getLogger(__name__)
@@ -207,32 +208,28 @@ def render(data: dict[str, Any], tz: tzinfo, lang: str, now: datetime) -> tuple[
             )
         )
     out.append(html.H3(s("history", lang)))
+    # One text component however long the history: a CRM that re-sends a locked order every
+    # few minutes leaves hundreds of superseded requests (the demo's: ~60 an hour).
     heads = ("when", "by", "field", "status", "decided", "why", "floor")
     out.append(
-        html.Table(
-            className="occ-history",
-            children=[
-                html.Tr([html.Th(s(k, lang)) for k in heads]),
-                *(
-                    html.Tr(
-                        [
-                            html.Td(fmt(r["received_at"], tz)),
-                            html.Td(f"{r['requested_by']} ({r['source']})"),
-                            html.Td(
-                                "; ".join(
-                                    f"{f}: {_value(v.get('old'), tz)} → {_value(v.get('new'), tz)}"
-                                    for f, v in r["change"].items()
-                                )
-                            ),
-                            html.Td(s(f"{r['status']}_s", lang)),
-                            html.Td(f"{r['decided_by'] or '—'} {fmt(r['decided_at'], tz)}"),
-                            html.Td(r["comment"] or ""),
-                            html.Td(f"{r['acknowledged']}/{r['notices']}"),
-                        ]
-                    )
-                    for r in data["requests"]
-                ),
+        text_table(
+            [s(k, lang) for k in heads],
+            [
+                [
+                    fmt(r["received_at"], tz),
+                    f"{r['requested_by']} ({r['source']})",
+                    "; ".join(
+                        f"{f}: {_value(v.get('old'), tz)} → {_value(v.get('new'), tz)}"
+                        for f, v in r["change"].items()
+                    ),
+                    s(f"{r['status']}_s", lang),
+                    f"{r['decided_by'] or '—'} {fmt(r['decided_at'], tz)}",
+                    r["comment"] or "",
+                    f"{r['acknowledged']}/{r['notices']}",
+                ]
+                for r in data["requests"]
             ],
+            "occ-history",
         )
     )
     return out, None if pending is None else int(pending["id"])
