@@ -121,6 +121,26 @@ def localized(text: str, lang: str) -> str:
     return "; ".join(parts)
 
 
+def field_label(field: str, lang: str) -> str:
+    """A change's field as the boards name it in `lang` (the code itself in English)."""
+    return _ZH_FIELDS.get(field, field) if lang == "zh" else field
+
+
+def value_label(field: str, value: str, lang: str) -> str:
+    """A changed value as the boards show it in `lang`: an order state by its name."""
+    return _ZH_STATUS.get(value, value) if lang == "zh" and field == "status" else value
+
+
+SUPERSEDED_COMMENT: Final = "superseded by a newer version"
+_ZH_COMMENTS: Final = {SUPERSEDED_COMMENT: "已被新版本取代"}
+
+
+def comment_label(comment: str, lang: str) -> str:
+    """A decision's comment in `lang`: the ones mesflow writes itself translated, a
+    person's as they wrote it."""
+    return _ZH_COMMENTS.get(comment, comment) if lang == "zh" else comment
+
+
 def _local(value: Any, tz: tzinfo | None) -> Any:
     if tz is None or not isinstance(value, str | datetime):
         return value
@@ -229,9 +249,9 @@ def _snapshot_json(snapshot: Mapping[str, Any]) -> dict[str, Any]:
 def _supersede_pending(conn: psycopg.Connection[Any], order_no: str, by: str) -> int | None:
     row = conn.execute(
         """UPDATE change_request SET status = 'superseded', decided_by = %s, decided_at = now(),
-                  comment = 'superseded by a newer version'
+                  comment = %s
            WHERE order_no = %s AND status = 'pending' RETURNING id""",
-        (by, order_no),
+        (by, SUPERSEDED_COMMENT, order_no),
     ).fetchone()
     return int(row[0]) if row else None
 

@@ -226,6 +226,31 @@ def test_newer_version_supersedes_a_pending_request(api: TestClient, db_url: str
     assert prio.status_code == 200 and prio.json()["superseded"] == second["change_request"]
     assert stored(db_url) == (4, 100)
     assert one(db_url, "SELECT count(*) FROM change_request WHERE status = 'pending'") == 0
+    # The order page's history says so in the planner's language: field names, states and
+    # mesflow's own comment translated, the CRM's words as sent.
+    from dashboards.pages import order_changes
+
+    with psycopg.connect(db_url) as conn:
+        data = order_changes.read(conn, "SO-1")
+    pages = {
+        lang: json.dumps(
+            order_changes.render(data, UTC, lang, datetime.now(UTC))[0],
+            default=str,
+            ensure_ascii=False,
+        )
+        for lang in ("zh", "en")
+    }
+    assert "数量: 100 → 150" in pages["zh"] and "已被新版本取代" in pages["zh"]
+    assert "已被取代" in pages["zh"] and "superseded" not in pages["zh"]
+    assert "qty: 100 → 150" in pages["en"] and "superseded by a newer version" in pages["en"]
+    assert (
+        order_changes._change(
+            {"status": {"old": "open", "new": "on_hold"}, "customer": {"old": "A", "new": "open"}},
+            UTC,
+            "zh",
+        )
+        == "状态: 进行中 → 暂停; 客户: A → open"
+    )  # only a state's value is a state
 
 
 def test_concurrent_decisions_never_both_apply(

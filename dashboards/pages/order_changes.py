@@ -114,13 +114,22 @@ def fmt(ts: datetime | None, tz: tzinfo) -> str:
     return "—" if ts is None else ts.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
-def _value(v: Any, tz: tzinfo) -> str:
+def _value(v: Any, tz: tzinfo, field: str = "", lang: str = "en") -> str:
     if isinstance(v, str) and len(v) >= 19 and v[4] == "-" and "T" in v:
         try:
             return fmt(datetime.fromisoformat(v), tz)
         except ValueError:
             return v
-    return "—" if v is None else str(v)
+    return "—" if v is None else cc.value_label(field, str(v), lang)
+
+
+def _change(change: dict[str, Any], tz: tzinfo, lang: str) -> str:
+    """'数量: 600 → 1200; 状态: 进行中 → 暂停': a request's fields in the page's language."""
+    return "; ".join(
+        f"{cc.field_label(f, lang)}: {_value(v.get('old'), tz, f, lang)}"
+        f" → {_value(v.get('new'), tz, f, lang)}"
+        for f, v in change.items()
+    )
 
 
 def panel(order_no: str | None, lang: str) -> list[Any]:
@@ -188,7 +197,10 @@ def render(data: dict[str, Any], tz: tzinfo, lang: str, now: datetime) -> tuple[
     else:
         change = pending["change"]
         rows = [
-            html.Tr([html.Td(f), html.Td(_value(v.get("old"), tz)), html.Td(_value(v.get("new"), tz))])
+            html.Tr(
+                [html.Td(cc.field_label(f, lang)), html.Td(_value(v.get("old"), tz, f, lang)),
+                 html.Td(_value(v.get("new"), tz, f, lang))]
+            )
             for f, v in change.items()
         ]  # fmt: skip
         out.append(
@@ -218,13 +230,10 @@ def render(data: dict[str, Any], tz: tzinfo, lang: str, now: datetime) -> tuple[
                 [
                     fmt(r["received_at"], tz),
                     f"{r['requested_by']} ({r['source']})",
-                    "; ".join(
-                        f"{f}: {_value(v.get('old'), tz)} → {_value(v.get('new'), tz)}"
-                        for f, v in r["change"].items()
-                    ),
+                    _change(r["change"], tz, lang),
                     s(f"{r['status']}_s", lang),
                     f"{r['decided_by'] or '—'} {fmt(r['decided_at'], tz)}",
-                    r["comment"] or "",
+                    cc.comment_label(r["comment"] or "", lang),
                     f"{r['acknowledged']}/{r['notices']}",
                 ]
                 for r in data["requests"]
