@@ -230,6 +230,32 @@ def test_ago() -> None:
     assert sq.ago(3 * 3600 + 5, "en") == "3 h ago" and sq.ago(125, "zh") == "2 分钟前"
 
 
+def test_a_large_plant_shows_its_silent_machines_first() -> None:
+    now = datetime(2026, 11, 20, 8, tzinfo=UTC)
+
+    def machine(i: int, silent_s: float | None) -> sq.MachineInput:
+        heard = None if silent_s is None else now - timedelta(seconds=silent_s)
+        return sq.MachineInput(f"M-{i:03d}", "L", heard, "mqtt:x", heard, silent_s)
+
+    quiet = {7: 900.0, 60: 3600.0, 499: None}  # two silent, one never heard from
+    plant = [machine(i, quiet.get(i, 5.0)) for i in range(500)]
+    shown, silent = sources.machines_shown(plant, 600)
+    assert silent == 3 and len(shown) == sources.MACHINES_SHOWN
+    assert [m.machine for m in shown[:4]] == ["M-007", "M-060", "M-499", "M-000"]
+    assert [m.machine for m in shown[3:]] == [f"M-{i:03d}" for i in range(50) if i != 7][:47]
+    page = json.dumps(
+        sources.render([], plant, now, UTC, 600, "en"), default=str, ensure_ascii=False
+    )
+    assert "50 of 500 machines shown: the silent ones first (3)" in page
+    assert page.count("machine-input-row") == 50 and "M-499" in page and "M-100" not in page
+    zh = str(sources.render([], plant, now, UTC, 600, "zh"))
+    assert "显示 500 台中的 50 台" in zh and "（3 台）" in zh
+    # A plant that fits keeps its order and says nothing more.
+    small = plant[:12]
+    assert sources.machines_shown(small, 600) == (small, 1)
+    assert "machines shown" not in str(sources.render([], small, now, UTC, 600, "en"))
+
+
 def test_example_collector_from_the_docs(db_url: str, tmp_path: Path) -> None:
     """docs/collectors.md's skeleton runs: good lines land as events, a bad line is a dead
     letter (not a crash), the file is moved only after the commit, health is reported."""

@@ -11,6 +11,7 @@ Refreshed every 5 s; times in plant time. docs/collectors.md explains the rows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from typing import Any, Final
 
@@ -65,6 +66,11 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "event_time": {"zh": "最新事件时间", "en": "Latest event time"},
     "silent": {"zh": "超过 {m} 分钟无数据", "en": "silent over {m} min"},
     "never": {"zh": "从未收到", "en": "never heard from"},
+    "machines_more": {
+        "zh": "显示 {total} 台中的 {n} 台：无数据的设备在前（{silent} 台），其余均在正常接收",
+        "en": "{n} of {total} machines shown: the silent ones first ({silent}); the others are"
+        " all receiving",
+    },
     "db_error": {"zh": "数据库不可用", "en": "Database unreachable"},
 }  # fmt: skip
 
@@ -182,11 +188,19 @@ def render(
             )
         )
     out.append(html.H2(s("machines", lang), className="sources-subtitle"))
+    shown, silent_n = machines_shown(machines, silent_after_s)
+    if len(shown) < len(machines):
+        out.append(
+            html.P(
+                s("machines_more", lang, n=len(shown), total=len(machines), silent=silent_n),
+                className="orders-note sources-more",
+            )
+        )
     head = html.Tr(
         [html.Th(s(k, lang)) for k in ("machine", "line", "last_input", "source", "event_time")]
     )
     mrows = []
-    for m in machines:
+    for m in shown:
         silent = sq.is_silent(m, silent_after_s)
         if m.received_at is None:
             when: Any = html.Span(s("never", lang), className="source-silent-badge")
@@ -218,6 +232,25 @@ def render(
         )
     )
     return out
+
+
+# Machine rows on the page, which refreshes every few seconds: a row is several components
+# and the browser's Dash renderer takes time that grows faster than them (500 machines'
+# rows would block it for tens of seconds at each refresh; docs/performance.md "Boards at
+# scale"). What the page is for is finding the silent ones, so they come first.
+MACHINES_SHOWN: Final = 50
+
+
+def machines_shown(
+    machines: Sequence[sq.MachineInput], silent_after_s: float
+) -> tuple[list[sq.MachineInput], int]:
+    """(the rows to show, how many machines are silent): every machine in plant order when
+    they fit, else the silent ones first (each group in plant order), MACHINES_SHOWN rows."""
+    silent = [m for m in machines if sq.is_silent(m, silent_after_s)]
+    if len(machines) <= MACHINES_SHOWN:
+        return list(machines), len(silent)
+    heard = [m for m in machines if not sq.is_silent(m, silent_after_s)]
+    return (silent + heard)[:MACHINES_SHOWN], len(silent)
 
 
 def _refresh(_n: Any, lang: Any) -> Any:
