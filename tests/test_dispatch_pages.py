@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -27,14 +28,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from collectors.crm_api import create_app as create_api
+from dashboards import context
 from dashboards import dispatch_queries as dq
 from dashboards.app import create_app
 from dashboards.pages import dispatch, operator_dispatch, promise
 from dashboards.queries import Database
+from mesflow import users
 from mesflow.plant import PlantConfig
 from mesflow.settings import Settings
 from tests.conftest import require
-from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url
+from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url, sign_in
 
 __all__ = ["andon_url"]  # fixture
 
@@ -134,6 +137,50 @@ def test_dispatch_lists_csv_promise_and_the_tablet_order(
             assert operator_dispatch.css("WSO-X", got, None) == ""
     finally:
         db.close()
+
+
+def test_a_large_plant_picks_a_line(
+    api: TestClient, db_url: str, plant: PlantConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All machines of a plant larger than MACHINES_SHOWN: the first ones and a note (here
+    6 of the example plant's 12); a line or a machine picked: all of them, no note."""
+    seed(api, db_url)
+    monkeypatch.setattr(dispatch, "MACHINES_SHOWN", 6)
+    with psycopg.connect(db_url) as conn:
+        users.add_user(conn, "view1", "viewer", "viewer-password-123")
+    app = create_app(Settings(auth_session_secret="s" * 40), plant, db_url)
+
+    def body(line: str | None, machine: str | None, lang: str) -> str:
+        request = {
+            "output": "dispatch-body.children",
+            "outputs": {"id": "dispatch-body", "property": "children"},
+            "inputs": [
+                {"id": "dispatch-tick", "property": "n_intervals", "value": 1},
+                {"id": "dispatch-line", "property": "value", "value": line},
+                {"id": "dispatch-machine", "property": "value", "value": machine},
+            ],
+            "state": [{"id": "dispatch-lang", "property": "data", "value": lang}],
+            "changedPropIds": [],
+        }
+        answer = client.post("/_dash-update-component", json=request)
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+        return json.dumps(answer.get_json(), ensure_ascii=False)
+
+    try:
+        client = app.server.test_client()
+        sign_in(client, "view1", "viewer-password-123")
+        everything = body(None, None, "en")
+        assert everything.count('"dispatch-machine"') == 6
+        assert "The first 6 of 12 machines: pick a line or a machine" in everything
+        assert "WSO-VIP" in everything  # IM-01 comes first
+        assert "前 6 台" in body(None, None, "zh")
+        line = plant.line_of_machine["CNC-01"].id
+        cnc = body(line, None, "en")
+        assert cnc.count('"dispatch-machine"') == 6 and "pick a line" not in cnc
+        one = body(None, "IM-01", "en")
+        assert one.count('"dispatch-machine"') == 1 and "pick a line" not in one
+    finally:
+        context.of(app.server).db.close()
 
 
 @pytest.mark.browser

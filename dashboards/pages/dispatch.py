@@ -80,6 +80,10 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "pushes": {"zh": "使 {orders} 超过交期", "en": "pushes {orders} past due"},
     "pushed": {"zh": "被 {by} 挤过交期", "en": "pushed past due by {by}"},
     "as_of": {"zh": "推算起点 {t}", "en": "Projected from {t}"},
+    "more": {
+        "zh": "只显示 {total} 台设备中的前 {n} 台：请选择产线或设备（导出 CSV 含全部）",
+        "en": "The first {n} of {total} machines: pick a line or a machine (the CSV has them all)",
+    },
     "hours": {"zh": "{h:+.1f} 小时", "en": "{h:+.1f} h"},
 }  # fmt: skip
 
@@ -333,15 +337,26 @@ def csv_text(plant: PlantConfig, lists: list[dq.MachineList]) -> str:
 # -- callbacks -------------------------------------------------------------------------------
 
 
+# Machines' lists on the page at once: each row is a dozen components, and the browser's Dash
+# renderer takes time that grows faster than them (docs/performance.md "Boards at scale"). A
+# larger plant picks a line or a machine; the CSV has every list.
+MACHINES_SHOWN: Final = 20
+
+
 def _refresh(_n: Any, line: Any, machine: Any, lang: Any) -> Any:
     ctx = context.current()
     lang = ctx.lang(lang)
+    picked = selected(ctx.plant, line, machine)
     try:
-        now, lists = read_lists(ctx.plant, ctx.db, selected(ctx.plant, line, machine))
+        now, lists = read_lists(ctx.plant, ctx.db, picked[:MACHINES_SHOWN])
     except psycopg.Error as err:
         log.warning("dispatch: cannot read the lists: %s", type(err).__name__)
         return html.Div(s("db_error", lang), className="orders-empty")
-    return render(ctx.plant, now, lists, lang)
+    body = render(ctx.plant, now, lists, lang)
+    if len(picked) > MACHINES_SHOWN:
+        note = s("more", lang, n=MACHINES_SHOWN, total=len(picked))
+        body.insert(1, html.P(note, className="orders-note dispatch-more"))
+    return body
 
 
 def _export(_n: Any, line: Any, machine: Any) -> Any:
