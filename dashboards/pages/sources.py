@@ -75,6 +75,10 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
 }  # fmt: skip
 
 
+# Columns whose cells are right-aligned figures and times: their headers too.
+_NUMERIC: Final = frozenset({"since", "last_message", "rate", "last_input", "event_time"})
+
+
 def s(key: str, lang: str, **kw: Any) -> str:
     return page_text(STRINGS, key, lang, **kw)
 
@@ -145,8 +149,9 @@ def render(
         out.append(html.Div(s("no_sources", lang), className="orders-empty"))
     else:
         head = html.Tr(
-            [html.Th(s(k, lang)) for k in ("kind", "instance", "endpoint", "state", "since",
-                                           "last_message", "rate", "errors")]
+            [html.Th(s(k, lang), className="num" if k in _NUMERIC else None)
+             for k in ("kind", "instance", "endpoint", "state", "since", "last_message", "rate",
+                       "errors")]
         )  # fmt: skip
         rows = []
         for r in sources:
@@ -197,7 +202,10 @@ def render(
             )
         )
     head = html.Tr(
-        [html.Th(s(k, lang)) for k in ("machine", "line", "last_input", "source", "event_time")]
+        [
+            html.Th(s(k, lang), className="num" if k in _NUMERIC else None)
+            for k in ("machine", "line", "last_input", "source", "event_time")
+        ]
     )
     mrows = []
     for m in shown:
