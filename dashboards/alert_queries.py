@@ -22,6 +22,9 @@ STATUSES = ("open", "acknowledged", "resolved")
 # Rows on the page (newest first); the CSV has up to HISTORY_LIMIT. The browser's Dash renderer
 # takes time growing faster than the rows: 232 blocked headless Chromium for 16 s in the demo.
 HISTORY_SHOWN = 50
+# Unresolved alerts on the page, refreshed every few seconds: the most urgent (open before
+# acknowledged, critical first, oldest first) when a large plant has more.
+OPEN_SHOWN = 50
 HISTORY_LIMIT = 10_000  # rows in one CSV; a narrower range or a filter gives the rest
 
 

@@ -391,6 +391,28 @@ def test_acknowledge_button_only_for_operators(plant: PlantConfig) -> None:
     assert _buttons(alerts.render_open(pending, plant, opts)) == []
 
 
+def test_a_flood_of_open_alerts_shows_the_most_urgent(plant: PlantConfig) -> None:
+    """The page shows OPEN_SHOWN unresolved alerts in the board's order (the query's: open
+    before acknowledged, critical first, oldest first) and says how many there are."""
+    flood = [
+        aq.Alert(**{**alert_row(f"a:{i}"), "status": "open", "duration_s": 60.0})
+        for i in range(aq.OPEN_SHOWN + 80)
+    ]
+    board = aq.OpenBoard(flood, {}, [], frozenset())
+    opts = alerts.RenderOptions(tz=plant.tz, lang="en", can_ack=True, now=NOW)
+    page = alerts.render_open(board, plant, opts)
+    buttons = _buttons(page)
+    assert [b.id["alert"] for b in buttons] == [f"a:{i}" for i in range(aq.OPEN_SHOWN)]
+    text = str(page)
+    assert f"The {aq.OPEN_SHOWN} most urgent of {aq.OPEN_SHOWN + 80} unresolved alerts" in text
+    zh_opts = alerts.RenderOptions(tz=plant.tz, lang="zh", can_ack=True, now=NOW)
+    zh = str(alerts.render_open(board, plant, zh_opts))
+    assert f"最紧急的 {aq.OPEN_SHOWN} 条" in zh
+    few = aq.OpenBoard(flood[:3], {}, [], frozenset())
+    assert "most urgent" not in str(alerts.render_open(few, plant, opts))
+    assert len(_buttons(alerts.render_open(few, plant, opts))) == 3
+
+
 def test_history_filters_and_csv(db_url: str, plant: PlantConfig) -> None:
     seed(db_url)
     tz = plant.tz

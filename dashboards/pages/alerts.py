@@ -78,6 +78,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "no_channels": {"zh": "还没有发送过通知", "en": "No messages sent yet"},
     "history": {"zh": "告警历史", "en": "History"},
     "no_history": {"zh": "此范围内没有告警", "en": "No alerts in this range"},
+    "open_more": {
+        "zh": "显示 {total} 条未解除告警中最紧急的 {n} 条（未确认、严重、最早的在前）",
+        "en": "The {n} most urgent of {total} unresolved alerts (unacknowledged, critical and"
+        " oldest first)",
+    },
     "history_more": {
         "zh": "只显示最新的 {n} 条；导出 CSV 包含全部，或缩小日期范围",
         "en": "Showing the newest {n}: the CSV has them all, or narrow the dates",
@@ -557,7 +562,7 @@ def render_open(board: aq.OpenBoard, plant: PlantConfig, opts: RenderOptions) ->
     head = html.Thead(html.Tr([html.Th(s(h, lang)) for h in heads]))
     body = []
     now_ms = str(int(opts.now.timestamp() * 1000))
-    for a in board.alerts:
+    for a in board.alerts[: aq.OPEN_SHOWN]:
         deliveries = board.deliveries.get(a.alert_id, [])
         since_ms = str(int(a.started_at.timestamp() * 1000))
         body.append(
@@ -595,7 +600,11 @@ def render_open(board: aq.OpenBoard, plant: PlantConfig, opts: RenderOptions) ->
                 ],
             )
         )
-    return html.Table([head, html.Tbody(body)], className="al-table al-open-table")
+    table = html.Table([head, html.Tbody(body)], className="al-table al-open-table")
+    if len(board.alerts) <= aq.OPEN_SHOWN:
+        return table
+    note = s("open_more", lang, n=aq.OPEN_SHOWN, total=f"{len(board.alerts):,}")
+    return [html.Div(note, className="al-muted al-open-more"), table]
 
 
 def render_channels(channels: Sequence[aq.ChannelStatus], opts: RenderOptions) -> Any:
