@@ -412,7 +412,14 @@ class Chromium:
     def wait_for(self, expression: str, timeout: float = 30.0) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = self.eval(expression)
+            try:
+                value = self.eval(expression)
+            except RuntimeError as err:
+                # A click that navigates (a plain link) can land between two polls: the page
+                # being evaluated is gone, the next one not there yet. Ask again.
+                if not any(m in str(err) for m in _NAVIGATING):
+                    raise
+                value = None
             if value:
                 return value
             time.sleep(0.1)
@@ -438,6 +445,8 @@ class Chromium:
 
 
 _HTML = "document.documentElement.outerHTML"
+# DevTools' answers to an evaluation while the page navigates away.
+_NAVIGATING = ("Inspected target navigated or closed", "Execution context was destroyed")
 _TILES_READY = "document.querySelectorAll('[data-machine]').length >= 12"
 
 
