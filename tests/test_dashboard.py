@@ -449,6 +449,27 @@ _HTML = "document.documentElement.outerHTML"
 _NAVIGATING = ("Inspected target navigated or closed", "Execution context was destroyed")
 _TILES_READY = "document.querySelectorAll('[data-machine]').length >= 12"
 
+# Every visible text field whose text and (first opaque) background contrast less than WCAG
+# AA's 4.5 : 1, as [id or class, text colour, background, ratio]. Dash 4 draws its boxes
+# white while the office pages' text is light: a rule for one box can darken another's
+# text on a dark box (it did: /trace's search box showed nothing).
+UNREADABLE_FIELDS = r"""(() => {
+  const bg = el => { for (; el; el = el.parentElement) { const c = getComputedStyle(el)
+    .backgroundColor; if (c && c !== 'transparent' && !/, 0\)$/.test(c)) return c; }
+    return 'rgb(255, 255, 255)'; };
+  const lum = c => { const [r, g, b] = c.match(/[\d.]+/g).map(Number).map(v => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const out = [];
+  for (const i of document.querySelectorAll(
+      'input:not([type=hidden]):not([type=radio]):not([type=checkbox]), textarea, select')) {
+    if (!i.offsetWidth) continue;
+    const c = getComputedStyle(i).color, b = bg(i), l1 = lum(c), l2 = lum(b);
+    const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+    if (ratio < 4.5) out.push([i.id || i.className, c, b, Math.round(ratio * 10) / 10]);
+  }
+  return out; })()"""
+
 
 def _tiles(html_text: str) -> tuple[dict[str, _Tile], str | None]:
     parser = _TileParser()

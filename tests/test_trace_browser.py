@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 
 from mesflow.plant import PlantConfig
 from tests.conftest import require
-from tests.test_dashboard import Chromium, _sign_in_in_browser, andon_url
+from tests.test_dashboard import UNREADABLE_FIELDS, Chromium, _sign_in_in_browser, andon_url
 from tests.test_traceability import api, seed
 
 __all__ = ["andon_url", "api"]  # fixtures
@@ -59,6 +59,9 @@ def test_trace_page_and_customer_link_in_browser(
         assert "Work order start" in _text(browser, ".trace-operators")
         _size(browser, 1280, 800)
         assert not browser.eval(_OVERFLOW)
+        # The search box shows what it holds (it was dark on dark under Dash 4).
+        assert browser.eval("document.querySelector('#trace-query').value") == "SO-A"
+        assert browser.eval(UNREADABLE_FIELDS) == []
         browser.screenshot(SHOTS / "trace-en-1280x800.png")
 
         # In Chinese, the codes read as words: stages, results, report kinds, the status.
@@ -79,6 +82,10 @@ def test_trace_page_and_customer_link_in_browser(
         # The order page: make a Chinese link for SO-A, then open it signed out.
         browser.goto(f"{andon_url}/orders/SO-A?lang=en")
         browser.wait_for("!!document.querySelector('#ocl-create')")
+        # Every box of the page can be read: the customer link's and the order change's
+        # (its comment box was light text on white).
+        assert browser.eval("!!document.querySelector('#occ-comment')")
+        assert browser.eval(UNREADABLE_FIELDS) == []
         # The link's language defaults to the page's: choose 中文.
         browser.eval("document.querySelector('#ocl-link-lang input[value=\"zh\"]').click()")
         browser.eval("document.querySelector('#ocl-create').click()")
