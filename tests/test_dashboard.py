@@ -449,26 +449,34 @@ _HTML = "document.documentElement.outerHTML"
 _NAVIGATING = ("Inspected target navigated or closed", "Execution context was destroyed")
 _TILES_READY = "document.querySelectorAll('[data-machine]').length >= 12"
 
-# Every visible text field whose text and (first opaque) background contrast less than WCAG
-# AA's 4.5 : 1, as [id or class, text colour, background, ratio]. Dash 4 draws its boxes
-# white while the office pages' text is light: a rule for one box can darken another's
-# text on a dark box (it did: /trace's search box showed nothing).
-UNREADABLE_FIELDS = r"""(() => {
+# The contrast of an element's text with its background (the first opaque one above it, a
+# translucent plate counted as opaque), as WCAG computes it.
+_CONTRAST = r"""
   const bg = el => { for (; el; el = el.parentElement) { const c = getComputedStyle(el)
     .backgroundColor; if (c && c !== 'transparent' && !/, 0\)$/.test(c)) return c; }
     return 'rgb(255, 255, 255)'; };
   const lum = c => { const [r, g, b] = c.match(/[\d.]+/g).map(Number).map(v => { v /= 255;
     return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
     return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
-  const out = [];
-  for (const i of document.querySelectorAll(
-      'input:not([type=hidden]):not([type=radio]):not([type=checkbox]), textarea, select')) {
-    if (!i.offsetWidth) continue;
-    const c = getComputedStyle(i).color, b = bg(i), l1 = lum(c), l2 = lum(b);
+  const low = (els, least) => [...els].filter(e => e.offsetWidth).map(e => {
+    const c = getComputedStyle(e).color, b = bg(e), l1 = lum(c), l2 = lum(b);
     const ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
-    if (ratio < 4.5) out.push([i.id || i.className, c, b, Math.round(ratio * 10) / 10]);
-  }
-  return out; })()"""
+    return [e.id || e.className, c, b, Math.round(ratio * 10) / 10]; })
+    .filter(r => r[3] < least);"""
+
+# Every visible text field whose text contrasts less than WCAG AA's 4.5 : 1 with its box, as
+# [id or class, text colour, background, ratio]. Dash 4 draws its boxes white while the
+# office pages' text is light: a rule for one box can darken another's text on a dark box
+# (it did: /trace's search box showed nothing).
+UNREADABLE_FIELDS = f"""(() => {{ {_CONTRAST}
+  return low(document.querySelectorAll(
+    'input:not([type=hidden]):not([type=radio]):not([type=checkbox]), textarea, select'), 4.5);
+}})()"""
+
+
+def unreadable(selector: str, least: float = 4.5) -> str:
+    """JS: the elements matching `selector` whose text contrasts less than `least` : 1."""
+    return f"(() => {{ {_CONTRAST}\n  return low(document.querySelectorAll({json.dumps(selector)}), {least}); }})()"
 
 
 def _tiles(html_text: str) -> tuple[dict[str, _Tile], str | None]:

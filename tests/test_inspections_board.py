@@ -19,7 +19,7 @@ from mesflow.plant import PlantConfig
 from streams.replay import replay_file
 from tests.conftest import require
 from tests.helpers import write_jsonl
-from tests.test_dashboard import Chromium
+from tests.test_dashboard import Chromium, unreadable
 from tests.test_inspections_flow import POLICY, events
 from tests.test_operator import PASSWORD, _client, app, served  # noqa: F401  (fixtures)
 
@@ -161,5 +161,23 @@ def test_board_in_the_browser(
         browser.goto(f"{served}/inspections?lang=zh&start=2026-11-20&end=2026-11-20")
         browser.wait_for("document.querySelector('#insp-body')?.textContent.includes('首检不合格')")
         browser.screenshot(SCREENSHOTS / "inspections-zh-1280x800.png")
+        # The andon's flagged tiles: the flag line reads on a tile of every state's colour
+        # (it was amber text straight on the tile: gone on an idle one, 2.7:1 on a running one).
+        browser.goto(f"{served}/?lang=zh")
+        browser.wait_for("document.querySelectorAll('.tile-inspection').length >= 2")
+        flags = browser.eval(
+            "[...document.querySelectorAll('.tile-inspection')].map(e => e.textContent)"
+        )
+        assert sorted(flags) == ["末检缺失", "锁定：首检未过"], flags
+        for state in ("running", "idle", "down", "setup", "planned-stop", "offline", "silent"):
+            browser.eval(
+                "document.querySelectorAll('.has-inspection-flag').forEach(t => t.className ="
+                f" t.className.replace(/\\bstate-[a-z-]+/, 'state-{state}'))"
+            )
+            assert (
+                browser.eval(f"document.querySelectorAll('.state-{state} .tile-inspection').length")
+                == 2
+            )
+            assert browser.eval(unreadable(".tile-inspection")) == [], state
     finally:
         browser.close()
