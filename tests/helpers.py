@@ -9,14 +9,17 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import paho.mqtt.client as mqtt
 import psycopg
 
 from mesflow.ingest_log import LogRecord, append, record_for
@@ -490,3 +493,25 @@ def diff_snapshots(
                 f"e.g. run {sorted(a - b, key=repr)[:2]} replay {sorted(b - a, key=repr)[:2]}"
             )
     return "\n".join(out)
+
+
+@contextmanager
+def listening(broker: Broker, client_id: str) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+    """What the broker delivers on every machine topic while the block runs, as (topic,
+    JSON body) in arrival order; subscribed (QoS 1) before the block starts."""
+    from collectors.topics import SUBSCRIPTION
+
+    got: list[tuple[str, dict[str, Any]]] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    sub.on_connect = lambda c, *_: c.subscribe(SUBSCRIPTION, qos=1)
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.on_message = lambda _c, _u, msg: got.append((msg.topic, json.loads(msg.payload)))
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(5), "no SUBACK from the broker in 5 s"
+        yield got
+    finally:
+        sub.loop_stop()
+        sub.disconnect()

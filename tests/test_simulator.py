@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -13,15 +12,15 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from collectors.simulator import generate, machine_specs, run_simulator, write_history
-from collectors.topics import SUBSCRIPTION, parse_topic
+from collectors.topics import parse_topic
 from mesflow.events import parse_event
 from mesflow.plant import PlantConfig, load_plant_config
 from mesflow.services import Broker
 from mesflow.settings import REPO_ROOT
+from tests.helpers import listening
 
 Event = dict[str, Any]
 PLANT = load_plant_config(REPO_ROOT / "config" / "plant.example.yaml")
@@ -312,25 +311,13 @@ def test_run_simulator_publishes_the_stream_over_mqtt(
         for e in generate(plant, seed=3, start=start, end=start + timedelta(seconds=duration))
         if e["type"] != "work_order"  # no MQTT topic: they go to the ingest log
     }
-    got: list[tuple[str, dict[str, Any]]] = []
-    subscribed = threading.Event()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-sim-sub")
-    sub.on_connect = lambda c, *_: c.subscribe(SUBSCRIPTION, qos=1)
-    sub.on_subscribe = lambda *_: subscribed.set()
-    sub.on_message = lambda _c, _u, msg: got.append((msg.topic, json.loads(msg.payload)))
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
-    try:
-        assert subscribed.wait(5)
+    with listening(broker, "test-sim-sub") as got:
         t0 = time.monotonic()
         run_simulator(plant, broker.url, seed=3, speed=3600, start=start, duration_s=duration)
         assert time.monotonic() - t0 < 5  # 20 simulated minutes at 3600x: ~1/3 s
         deadline = time.monotonic() + 10
         while len(got) < len(expected) and time.monotonic() < deadline:
             time.sleep(0.05)
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
     assert "connected to" in capsys.readouterr().out
     assert len(got) == len(expected)
     im01_codes = set()

@@ -6,20 +6,21 @@ orders keep ids the CRM stand-in never uses."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psycopg
 
 from collectors.simulator import run_simulator
 from collectors.simulator.crm import crm_machines
-from collectors.simulator.publisher import WorkOrderSink
-from collectors.topics import SUBSCRIPTION, parse_topic
+from collectors.simulator.publisher import WorkOrderSink, write_state
+from collectors.topics import parse_topic
+from mesflow.events import parse_event
 from mesflow.plant import PlantConfig
 from mesflow.services import Broker
+from tests.helpers import listening
 
 MONDAY_9 = datetime.fromisoformat("2026-11-16T09:00:00+08:00")
 
@@ -92,16 +93,7 @@ def test_live_events_carry_the_crm_work_order(
 ) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         _crm(conn, "SO-9", "open", ("WO-IM-01-0001", "P-100", "IM-01"))
-    got: list[tuple[str, dict[str, Any]]] = []
-    subscribed = threading.Event()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-sim-claim")
-    sub.on_connect = lambda c, *_: c.subscribe(SUBSCRIPTION, qos=1)
-    sub.on_subscribe = lambda *_: subscribed.set()
-    sub.on_message = lambda _c, _u, msg: got.append((msg.topic, json.loads(msg.payload)))
-    sub.connect(broker.host, broker.port)
-    sub.loop_start()
-    try:
-        assert subscribed.wait(5)
+    with listening(broker, "test-sim-claim") as got:
         run_simulator(
             plant, broker.url, seed=3, speed=3600, start=MONDAY_9, duration_s=600,
             database_url=db_url,
@@ -112,9 +104,6 @@ def test_live_events_carry_the_crm_work_order(
         ):
             time.sleep(0.05)
         time.sleep(0.3)
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
     starts = {
         parse_topic(t).machine: b["work_order"] for t, b in got if b.get("kind") == "wo_start"
     }
@@ -125,3 +114,77 @@ def test_live_events_carry_the_crm_work_order(
     wos = {e["work_order"] for e in logged}
     assert "WO-IM-01-0001" not in wos  # the CRM's stays the CRM's: no stock order for it
     assert any(w.startswith("WO-IM-02-S") for w in wos)
+
+
+def _open_run(
+    conn: psycopg.Connection[Any], machine: str, wo: str, op: str, product: str, start: str,
+    end: str | None = None,
+) -> None:  # fmt: skip
+    conn.execute(
+        "INSERT INTO inspection_run (work_order, machine, operation, start_ts, end_ts, product,"
+        " first_article, blocked, parts_made, patrol_every_min, last_piece)"
+        " VALUES (%s, %s, %s, %s, %s, %s, 'passed', false, 7, 0, %s)",
+        (wo, machine, op, start, end, product, "pending" if end is None else "done"),
+    )
+
+
+def test_a_resumed_run_ends_the_work_orders_the_previous_run_left_running(
+    broker: Broker, plant: PlantConfig, db_url: str, tmp_path: Path
+) -> None:
+    """A restart of the demo: the previous run's work orders, still running in the results,
+    end where the new run starts (a passed last piece, then wo_end), before its own events;
+    without that each was displaced unended and flagged "last piece missing"."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _open_run(conn, "IM-01", "WO-IM-01-0001", "", "P-100", "2026-11-16T07:00+08:00")
+        _open_run(conn, "CNC-01", "WO-CNC-01-0001", "10", "P-300", "2026-11-16T07:00+08:00")
+        # Ended already: nothing to end.
+        _open_run(conn, "IM-02", "WO-IM-02-0001", "", "P-100", "2026-11-16T06:00+08:00",
+                  "2026-11-16T08:00+08:00")  # fmt: skip
+        # Two open runs on one machine: only the newest is running there.
+        _open_run(conn, "IM-03", "WO-OLD", "", "P-200", "2026-11-15T07:00+08:00")
+        _open_run(conn, "IM-03", "WO-IM-03-0007", "", "P-200", "2026-11-16T08:00+08:00")
+        # A machine the plant no longer has: skipped, not an error.
+        _open_run(conn, "GONE-1", "WO-GONE", "", "P-100", "2026-11-16T07:00+08:00")
+    state = tmp_path / "sim.json"
+    write_state(state, MONDAY_9 - timedelta(hours=1))
+    with listening(broker, "test-sim-resume") as got:
+        run_simulator(
+            plant, broker.url, seed=3, speed=3600, start=MONDAY_9, duration_s=60,
+            state_file=state, database_url=db_url,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while sum(b.get("kind") == "wo_end" for _, b in got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+    at = MONDAY_9.isoformat(timespec="milliseconds")
+    closing = [
+        (parse_topic(t).machine, b["kind"], b["work_order"], b.get("operation"), b.get("stage"))
+        for t, b in got
+        if b.get("ts") == at and (b.get("kind") == "wo_end" or b.get("stage") == "last")
+    ]
+    assert sorted(closing) == [
+        ("CNC-01", "inspection", "WO-CNC-01-0001", "10", "last"),
+        ("CNC-01", "wo_end", "WO-CNC-01-0001", "10", None),
+        ("IM-01", "inspection", "WO-IM-01-0001", None, "last"),
+        ("IM-01", "wo_end", "WO-IM-01-0001", None, None),
+        ("IM-03", "inspection", "WO-IM-03-0007", None, "last"),
+        ("IM-03", "wo_end", "WO-IM-03-0007", None, None),
+    ]
+    # They come first, each last piece before its wo_end, and the collector takes them.
+    assert [b.get("kind") for _, b in got[:6]] == ["inspection", "wo_end"] * 3
+    for t, b in got[:6]:
+        topic = parse_topic(t)
+        parse_event(json.dumps({**b, "type": topic.type, "machine": topic.machine}))
+    assert all(b["result"] == "pass" and b["characteristics"] for _, b in got[:6:2])
+
+
+def test_a_first_run_ends_nothing(broker: Broker, plant: PlantConfig, db_url: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        _open_run(conn, "IM-01", "WO-IM-01-0001", "", "P-100", "2026-11-16T07:00+08:00")
+    with listening(broker, "test-sim-first") as got:
+        run_simulator(
+            plant, broker.url, seed=3, speed=3600, start=MONDAY_9, duration_s=60,
+            database_url=db_url,
+        )  # fmt: skip
+        time.sleep(0.5)
+    assert got and not [b for _, b in got if b.get("work_order") == "WO-IM-01-0001"]

@@ -48,3 +48,34 @@ def test_history_ends_its_running_work_orders(plant: PlantConfig) -> None:
         )
         if plant.inspection_policy(product).last_piece_required:
             assert "last" in kinds
+
+
+def test_every_end_closes_every_work_order(plant: PlantConfig) -> None:
+    """Wherever the history ends, no work order is left running: a machine that made
+    something at the end itself (a counter at its segment's end, a first article checked
+    then) used to hold its stream there, and its closing events were lost (in the demo,
+    IM-04 started flagged "last piece missing")."""
+    start = datetime(2026, 11, 23, 13, 0, tzinfo=plant.tz)
+    for minutes in range(60, 24 * 60, 97):
+        end = start + timedelta(minutes=minutes)
+        running: dict[str, str] = {}
+        for _t, ev in generate_timed(plant, seed=7, start=start, end=end, close_at_end=True):
+            assert datetime.fromisoformat(ev["ts"]) < end
+            if ev.get("kind") == "wo_start":
+                running[ev["machine"]] = ev["work_order"]
+            elif ev.get("kind") == "wo_end" and running.get(ev["machine"]) == ev["work_order"]:
+                del running[ev["machine"]]
+        assert running == {}, (minutes, running)
+
+
+def test_a_first_article_due_at_the_end_is_checked_before_the_close(plant: PlantConfig) -> None:
+    # 87 minutes in (seed 7), CNC-02's second work order waits for its first article.
+    start = datetime(2026, 11, 23, 13, 0, tzinfo=plant.tz)
+    end = start + timedelta(minutes=87)
+    last = (end - timedelta(milliseconds=1)).isoformat(timespec="milliseconds")
+    closing = [
+        (ev.get("stage") or ev["kind"], ev.get("result"))
+        for _t, ev in generate_timed(plant, seed=7, start=start, end=end, close_at_end=True)
+        if ev["machine"] == "CNC-02" and ev["ts"] == last and ev["type"] == "report"
+    ]
+    assert closing == [("first", "pass"), ("last", "pass"), ("wo_end", None)]

@@ -447,6 +447,10 @@ def _machine_events(
         and another piece. Returns when it can run again."""
         nonlocal fa_pending
         end = min(seg_end, t + int(qrng.uniform(5, 15) * MINUTE))
+        if close_at_end and end_ms is not None and end >= end_ms:
+            # Checked in the run's last moment: at `end_ms` it would be out of the run, and
+            # the closing last piece and wo_end (close_at_end) come after it, not before.
+            end = end_ms - 1
         if end - t >= MINUTE:  # else a break comes first: the piece is checked in it
             set_state(t, "setup", rs.first_article)
         fail = qrng.random() < 0.08
@@ -877,6 +881,15 @@ def generate_timed(
         # Stable sort: ties keep machine order, and each machine's own order.
         batch.sort(key=by_ts)
         yield from batch
+    if close_at_end and end_ms is not None:
+        # A machine closes its work order just before the end (`close_at_end`) after it may
+        # have generated something at the end itself (a counter at the segment's end, a
+        # waiting machine's mark): that held the stream, and the closing events were lost.
+        tail: list[Timed] = [
+            (ts, ev) for i in live for ts, ev in streams[i] if ts < end_ms and ev is not None
+        ]
+        tail.sort(key=by_ts)
+        yield from tail
 
 
 def generate(
@@ -901,3 +914,55 @@ def default_start(plant: PlantConfig) -> datetime:
 
 def end_of(start: datetime, duration_s: float | None) -> datetime | None:
     return None if duration_s is None else start + timedelta(seconds=duration_s)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRun:
+    """A work order the previous run left running on a machine (the results' open
+    `inspection_run`): `operation` is '' outside a routing."""
+
+    machine: str
+    work_order: str
+    operation: str
+    product: str | None
+
+
+def closing_events(plant: PlantConfig, runs: list[OpenRun], at: datetime) -> list[Event]:
+    """What a resumed run sends before its own events: each work order the previous run left
+    running ends at `at`, with a passed last piece where the product's policy asks for one,
+    as the end of the demo's history ends its work orders (`close_at_end`). Without them the
+    resumed run's first work order displaced each of them unended: every tile then showed
+    "last piece missing" after a restart of the demo. Machines not in the plant are skipped."""
+    specs = {s.id: s for s in machine_specs(plant)}
+    fmt = TsFormat(plant.tz)
+    ts = fmt(to_ms(at))
+    qrng = random.Random(f"close:{to_ms(at)}")
+    out: list[Event] = []
+    for run in runs:
+        spec = specs.get(run.machine)
+        if spec is None:
+            continue
+        op = {"operation": run.operation} if run.operation else {}
+        checks = spec.inspection(run.product)
+        if checks is not None and checks.last_piece:
+            feats = features(run.product, run.operation or None, spec.molding)
+            inspector = INSPECTORS[qrng.randrange(len(INSPECTORS))]
+            out.append(
+                {
+                    "type": "report",
+                    "kind": "inspection",
+                    "machine": run.machine,
+                    "ts": ts,
+                    "work_order": run.work_order,
+                    **op,
+                    "stage": "last",
+                    "result": "pass",
+                    "sample_qty": 1,
+                    "characteristics": measure(qrng, feats, None),
+                    "operator": inspector,
+                }
+            )
+        end: Event = {"type": "report", "kind": "wo_end", "machine": run.machine, "ts": ts,
+                      "work_order": run.work_order, **op}  # fmt: skip
+        out.append(end)
+    return out

@@ -23,13 +23,14 @@ from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psycopg
 
 from collectors.mqtt_conn import TlsFiles, configure_client, parse_mqtt_url
 from collectors.topics import machine_topic
 from mesflow.plant import PlantConfig
 from mesflow.settings import get_settings
 
-from .model import end_of, generate_timed
+from .model import OpenRun, closing_events, end_of, generate_timed
 
 _PROGRESS_EVERY_S = 10.0
 # How far back a first run with --speed above 1 starts, so that it has a past to play fast.
@@ -215,6 +216,15 @@ SELECT w.work_order
 """
 
 
+# Per machine, the work order of its newest run that has not ended.
+_OPEN_RUNS_SQL = """
+SELECT DISTINCT ON (machine) machine, work_order, operation, product
+  FROM inspection_run
+ WHERE end_ts IS NULL
+ ORDER BY machine, start_ts DESC
+"""
+
+
 class WorkOrderSink:
     """`work_order` events (which work order makes which product) have no MQTT topic: the
     MES itself creates them. The simulator, standing in for the MES's planner, appends them
@@ -237,6 +247,23 @@ class WorkOrderSink:
 
     def rename(self, work_order: str) -> str:
         return self.taken.get(work_order, work_order)
+
+    def open_runs(self) -> list[OpenRun]:
+        """Each machine's work order still running in the results (the newest open
+        inspection run): what the previous run left on the machines. Empty without a
+        database, or when it cannot be read (said on stdout: the run goes on)."""
+        if self._url is None:
+            return []
+        from mesflow.db import connect
+
+        try:
+            if self._conn is None:
+                self._conn = connect(self._url, autocommit=True)
+            rows = self._conn.execute(_OPEN_RUNS_SQL).fetchall()
+        except psycopg.Error as err:
+            print(f"simulator: cannot read the running work orders: {err}", flush=True)
+            return []
+        return [OpenRun(*row) for row in rows]
 
     def send(self, ev: dict[str, Any]) -> None:
         if self._url is None:
@@ -324,6 +351,19 @@ def run_simulator(
                 f"speed {speed:g}x, simulated start {start.isoformat()}",
                 flush=True,
             )
+            if previous is not None:
+                # The previous run's work orders end where this one starts (its own first
+                # work orders would displace them unended).
+                for ev in closing_events(plant, sink.open_runs(), start):
+                    client.publish(
+                        topic[ev["machine"]][ev["type"]], payload(ev, native.get(ev["machine"]))
+                    )
+                    if ev["kind"] == "wo_end":
+                        print(
+                            f"simulator: {ev['machine']}'s work order {ev['work_order']} from"
+                            " the previous run ends at the resume",
+                            flush=True,
+                        )
             _publish_paced(
                 plant, client, topic, native, seed, speed, start, end, state_file, sink,
                 process_values_s,
