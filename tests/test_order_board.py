@@ -234,7 +234,8 @@ def test_order_page_says_why_late_in_both_languages(replayed: Database, plant: P
     assert "4 min speed loss on IM-01" in en  # 270 s
     assert "1 min scrap (2 parts) on IM-01" in en
     assert "WO-L1" in en and "At risk" in en and "有延期风险" in zh
-    assert "work_started" in en  # the callbacks sent to the CRM
+    # The callbacks sent to the CRM, by name.
+    assert "Work started" in en and "已开工" in zh and "work_started" not in zh
     # Plant-local times (Asia/Shanghai): the due date 11:00.
     assert "11-20 11:00" in en
 

@@ -53,3 +53,38 @@ def test_a_version_without_a_field_change_says_so() -> None:
     )
     text = str(orders._history([row], TZ, "en"))
     assert "no change" in text and "12-02 07:00" in text
+
+
+def test_a_work_orders_creation_reads_as_words() -> None:
+    """A work order created without a routing said 'routing: None; order_no: SO-0002'."""
+    change = {
+        "qty": {"old": None, "new": 550},
+        "machine": {"old": None, "new": "IM-05"},
+        "routing": {"old": None, "new": None},
+        "order_no": {"old": None, "new": "SO-0002"},
+    }
+    assert orders.change_text(change, TZ, "zh") == "数量: 550; 设备: IM-05; 订单: SO-0002"
+    assert orders.change_text(change, TZ, "en") == "Qty: 550; Machine: IM-05; Order: SO-0002"
+    # A routing reads as its operations; one taken away as a dash.
+    routed = {
+        "routing": {
+            "old": None,
+            "new": [{"op": "10", "name": "Moulding", "machines": ["IM-01"]}, {"op": "20"}],
+        }
+    }
+    assert orders.change_text(routed, TZ, "zh") == "工艺路线: 10 Moulding > 20"
+    dropped = {"machine": {"old": "IM-05", "new": None}}
+    assert orders.change_text(dropped, TZ, "en") == "Machine: IM-05 → —"
+    # A hostile routing (not the API's shape) still reads, and nothing says None.
+    odd = {"routing": {"old": [1, None, {"x": 1}], "new": "text"}}
+    assert "None" not in orders.change_text(odd, TZ, "en")
+
+
+def test_callback_events_by_name() -> None:
+    from notify.outbox import CALLBACK_TYPES
+
+    for event in CALLBACK_TYPES:
+        zh, en = (orders.callback_event_label(event, lang) for lang in ("zh", "en"))
+        assert zh != en and "_" not in en and "order." not in zh, event
+    assert orders.callback_event_label("order.work_started", "zh") == "已开工"
+    assert orders.callback_event_label("order.made_up", "zh") == "made_up"

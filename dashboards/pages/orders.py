@@ -23,7 +23,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 import dash
@@ -129,6 +129,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "version": {"zh": "版本", "en": "Version"},
     "no_history": {"zh": "没有变更记录", "en": "No changes recorded"},
     "no_change": {"zh": "无变化", "en": "no change"},
+    # Fields of a work order's history (collectors/crm_api.py WORK_ORDER_FIELDS).
+    "order_no": {"zh": "订单", "en": "Order"},
+    "routing": {"zh": "工艺路线", "en": "Routing"},
     "callbacks": {"zh": "发送给 CRM 的回调", "en": "Callbacks sent to the CRM"},
     "event": {"zh": "事件", "en": "Event"},
     "attempts": {"zh": "尝试次数", "en": "Attempts"},
@@ -612,19 +615,34 @@ def change_text(change: dict[str, Any], tz: tzinfo, lang: str) -> str:
         label = s(field, lang) if field in STRINGS else field
         if isinstance(diff, dict) and ("old" in diff or "new" in diff):
             old, new = (
-                _change_value(diff.get("old"), tz, lang),
-                _change_value(diff.get("new"), tz, lang),
+                _change_value(diff.get("old"), tz, lang, field),
+                _change_value(diff.get("new"), tz, lang, field),
             )
-            parts.append(f"{label}: {new}" if old is None else f"{label}: {old} → {new}")
+            if old is None and new is None:
+                continue  # created without it (a work order without a routing): nothing to say
+            if old is None:
+                parts.append(f"{label}: {new}")
+            else:
+                parts.append(f"{label}: {old} → {'—' if new is None else new}")
         else:
             parts.append(f"{label}: {json.dumps(diff, ensure_ascii=False)}")
     return "; ".join(parts) or s("no_change", lang)
 
 
-def _change_value(value: Any, tz: tzinfo, lang: str) -> str | None:
-    """One side of a change as a person reads it: plant-local time, a status's name."""
+def _change_value(value: Any, tz: tzinfo, lang: str, field: str = "") -> str | None:
+    """One side of a change as a person reads it: plant-local time, a status's name, a
+    routing as its operations ('10 Moulding > 20 Deburring')."""
     if value is None:
         return None
+    if field == "routing" and isinstance(value, list):
+        steps = (
+            " ".join(str(x) for x in (step.get("op"), step.get("name")) if x)
+            if isinstance(step, dict)
+            else str(step)
+            for step in value
+            if step is not None
+        )
+        return " > ".join(x for x in steps if x) or "—"
     if isinstance(value, str):
         if value in STATUSES:
             return s(value, lang)
@@ -656,6 +674,25 @@ def _history(history: Sequence[HistoryRow], tz: tzinfo, lang: str) -> Any:
     return _table(heads, rows, "history-table")
 
 
+# The CRM callbacks' events by name (notify/outbox.py: order.<event>); an unknown one as sent.
+_CALLBACK_EVENTS: Final = {
+    "work_started": {"zh": "已开工", "en": "Work started"},
+    "milestone": {"zh": "进度节点", "en": "Milestone"},
+    "completed": {"zh": "已完工", "en": "Completed"},
+    "at_risk": {"zh": "有延期风险", "en": "At risk"},
+    "back_on_track": {"zh": "恢复按期", "en": "Back on track"},
+    "production_problem": {"zh": "生产异常", "en": "Production problem"},
+    "change_decision": {"zh": "变更审批结果", "en": "Change decision"},
+    "cancellation_acknowledged": {"zh": "已确认取消", "en": "Cancellation acknowledged"},
+}
+
+
+def callback_event_label(event_type: str, lang: str) -> str:
+    name = event_type.removeprefix("order.")
+    names = _CALLBACK_EVENTS.get(name)
+    return names[lang] if names is not None and lang in names else name
+
+
 def _callbacks(callbacks: Sequence[CallbackRow], tz: tzinfo, lang: str) -> Any:
     if not callbacks:
         return html.Div(s("no_callbacks", lang), className="orders-empty")
@@ -663,7 +700,7 @@ def _callbacks(callbacks: Sequence[CallbackRow], tz: tzinfo, lang: str) -> Any:
     rows = [
         [
             fmt_time(c.created_at, tz),
-            c.event_type.removeprefix("order."),
+            callback_event_label(c.event_type, lang),
             s(c.status, lang) if c.status in ("pending", "failed") else "✓",
             c.attempts,
             fmt_time(c.delivered_at, tz),
