@@ -95,6 +95,8 @@ class Break(_Model):
 
 class Shift(_Model):
     name: str = Field(pattern=CODE_PATTERN)
+    # What the boards call it ("白班" / "Day shift"); without it, the code.
+    label: LocalizedName | None = None
     start: TimeOfDay
     end: TimeOfDay  # an end at or before the start means the shift ends the next day
     breaks: list[Break] = []
@@ -350,6 +352,24 @@ class PlantConfig(_Model):
     def silent_after_seconds(self, machine: str) -> float:
         own = self.machines[machine].silent_after_s
         return own if own is not None else self.defaults.silent_after_s
+
+    @cached_property
+    def _shift_labels(self) -> dict[str, LocalizedName]:
+        calendars = [self.shift_calendar, *(ln.shift_calendar for ln in self.lines)]
+        labels: dict[str, LocalizedName] = {}
+        for cal in calendars:
+            for shift in cal.shifts if cal is not None else ():
+                if shift.label is not None:
+                    labels.setdefault(shift.name, shift.label)
+        return labels
+
+    def shift_label(self, name: str | None, lang: str) -> str:
+        """A shift's name as the boards show it: its label in `lang` (the first calendar
+        that gives the code one: the plant's, then the lines'), else the code itself."""
+        if not name:
+            return ""
+        label = self._shift_labels.get(name)
+        return label.get(lang) if label is not None else name
 
     def calendar_for(self, machine: str) -> ShiftCalendar:
         return self.line_of_machine[machine].shift_calendar or self.shift_calendar

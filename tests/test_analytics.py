@@ -117,6 +117,14 @@ def test_shift_filter_and_shift_comparison(replayed: Database, plant: PlantConfi
     assert not any(8 <= r.start_ts.astimezone(tz).hour < 20 for r in night_stops)
     every_stop = aq.stops(replayed, _filters(Scope("line", "IM")), tz)
     assert len(day_stops) + len(night_stops) == len(every_stop)
+    # The page names the shifts by their labels (the plant file), filters by their codes.
+    assert analytics.shift_options(plant, "zh")[1:] == [
+        {"label": "白班", "value": "day"}, {"label": "夜班", "value": "night"},
+    ]  # fmt: skip
+    bars = analytics.shift_figure(every, plant, "zh").data[0]
+    assert sorted(bars.x) == ["夜班", "白班"]
+    table = str(analytics.shift_table(every, plant, "en"))
+    assert "Day shift" in table and "Night shift" in table
 
 
 def test_pareto_drills_down_to_its_stops(replayed: Database, plant: PlantConfig) -> None:

@@ -89,10 +89,11 @@ def test_reads_give_the_scenarios_figures(seeded: Database, plant: PlantConfig) 
 
 def test_page_renders_in_both_languages(seeded: Database, plant: PlantConfig) -> None:
     b = _board(seeded, plant)
-    en = _text(page.render(b, plant.tz, "en"))
-    zh = _text(page.render(b, plant.tz, "zh"))
+    en = _text(page.render(b, plant, "en"))
+    zh = _text(page.render(b, plant, "zh"))
     assert "By work order and operation" in en and "Forgotten sign-out" in en
     assert "按工单与工序" in zh and "忘记离岗" in zh
+    assert "白班" in zh and "Day shift" in en  # shifts by their labels (plant file)
     assert "2026-11-21 08:00" in en  # li's sign-in, in plant time
     assert "(no work order)" in en and "off shift" not in en
 
@@ -111,12 +112,12 @@ def test_a_long_range_shows_the_first_rows_and_says_how_many(plant: PlantConfig)
     ]
     b = lq.Board(now=[], by_shift=shifts, by_work_order=wos, issues=[])
     for lang, more in (("en", "The first 50 of 107 rows"), ("zh", "只显示前 50 行，共 107 行")):
-        text = _text(page.render(b, plant.tz, lang))
+        text = _text(page.render(b, plant, lang))
         assert text.count(more) == 1  # the shift table; the work orders fit
         assert "p049" in text and "p050" not in text  # newest first: the first rows shown
         assert "WO-049" in text
     assert b.total_hours == 8.0 * len(shifts)  # the tiles still count every row
-    assert f"{8.0 * len(shifts):.2f}" in _text(page.render(b, plant.tz, "en"))
+    assert f"{8.0 * len(shifts):.2f}" in _text(page.render(b, plant, "en"))
 
 
 def test_hostile_filters_fall_back_to_defaults(plant: PlantConfig) -> None:

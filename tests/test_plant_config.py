@@ -36,6 +36,16 @@ def test_ideal_cycle_product_then_machine_then_default(plant: PlantConfig) -> No
     assert plant.ideal_cycle_seconds("IM-01", "P-999") == 28  # unknown product: machine
 
 
+def test_shift_labels_name_shifts_on_the_boards(plant: PlantConfig) -> None:
+    assert plant.shift_label("night", "zh") == "夜班"
+    assert plant.shift_label("day", "en") == "Day shift"
+    # The CNC line's own "day" has no label: the plant calendar's names it.
+    assert plant.shift_label("day", "zh") == "白班"
+    # A code the calendars do not label (a renamed shift in old rows) reads as itself.
+    assert plant.shift_label("swing", "zh") == "swing"
+    assert plant.shift_label(None, "zh") == plant.shift_label("", "en") == ""
+
+
 def test_machine_without_own_values_uses_defaults(tmp_path: Path) -> None:
     text = _example_with(", ideal_cycle_seconds: 18, microstop_seconds: 90}", "}")
     plant = load_plant_config(_write(tmp_path, text))
@@ -147,6 +157,12 @@ BAD_EDITS = {
         "name: {en: Flash",
         "reasons.6.code",
         "'short_shot' is used twice",
+    ),
+    "shift label in one language only": (
+        ("label: {en: Night shift, zh: 夜班}", "label: {en: Night shift}"),
+        "label: {en: Night shift}",
+        "shift_calendar.shifts.1.label.zh",
+        "Field required",
     ),
     "unquoted time of day": (
         ('end: "19:30"', "end: 19:30"),

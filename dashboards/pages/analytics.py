@@ -273,7 +273,7 @@ def shift_options(plant: PlantConfig, lang: str) -> list[dict[str, str]]:
     ]:
         names += [sh.name for sh in cal.shifts if sh.name not in names]
     return [{"label": s("all_shifts", lang), "value": ""}] + [
-        {"label": n, "value": n} for n in names
+        {"label": plant.shift_label(n, lang), "value": n} for n in names
     ]
 
 
@@ -525,13 +525,13 @@ def trend_figure(shifts: Sequence[KpiRow], lang: str) -> go.Figure:
     return fig
 
 
-def shift_figure(shifts: Sequence[KpiRow], lang: str) -> go.Figure:
+def shift_figure(shifts: Sequence[KpiRow], plant: PlantConfig, lang: str) -> go.Figure:
     fig = _fig()
     groups = aq.by_shift_name(shifts)
     for key in ("oee", "availability", "performance", "quality"):
         fig.add_trace(
             go.Bar(
-                x=[n for n, _ in groups],
+                x=[plant.shift_label(n, lang) for n, _ in groups],
                 y=[_pct(getattr(r, key)) for _, r in groups],
                 name=s(key, lang),
                 text=[fmt_pct(getattr(r, key)) for _, r in groups],
@@ -882,7 +882,7 @@ def _local(ts: datetime | None, tz: ZoneInfo) -> str:
     return "" if ts is None else ts.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
-def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> Any:
+def shift_table(rows: Sequence[KpiRow], plant: PlantConfig, lang: str) -> Any:
     heads = [
         s(k, lang)
         for k in (
@@ -900,7 +900,7 @@ def shift_table(rows: Sequence[KpiRow], tz: ZoneInfo, lang: str) -> Any:
     body = [
         [
             r.shift_date.isoformat() if r.shift_date else "",
-            r.shift_name or "",
+            plant.shift_label(r.shift_name, lang),
             fmt_hm(r.planned_s),
             fmt_pct(r.availability),
             fmt_pct(r.performance),
@@ -1010,7 +1010,7 @@ def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:
     return {
         "summary": summary(a.total, lang),
         "trend": trend_figure(a.shifts, lang),
-        "shifts": shift_figure(a.shifts, lang),
+        "shifts": shift_figure(a.shifts, plant, lang),
         "waterfall": waterfall_figure(a.waterfall, lang),
         "pareto_reason": pareto_figure(
             [r.name(lang) for r in a.reasons],
@@ -1035,7 +1035,7 @@ def render(a: Analytics, plant: PlantConfig, lang: str) -> dict[str, Any]:
             lang,
             _last_day(a.window[1], tz),
         ),
-        "shift_table": shift_table(a.shifts, tz, lang),
+        "shift_table": shift_table(a.shifts, plant, lang),
     }
 
 

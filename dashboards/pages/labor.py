@@ -197,7 +197,7 @@ def _update(lang: Any, start: Any, end: Any, person: Any, station: Any, _tick: A
     except psycopg.Error as err:
         log.warning("labor: cannot read: %s", type(err).__name__)
         return html.Div(s("db_error", lang), className="orders-empty")
-    return render(data, tz, lang)
+    return render(data, ctx.plant, lang)
 
 
 # -- rendering (pure) ----------------------------------------------------------------------------
@@ -246,7 +246,8 @@ def _table(head: list[str], rows: list[list[str]], lang: str) -> Any:
     return html.Div([table, note])
 
 
-def render(data: lq.Board, tz: ZoneInfo, lang: str) -> list[Any]:
+def render(data: lq.Board, plant: PlantConfig, lang: str) -> list[Any]:
+    tz = plant.tz
     table = _TABLE
     now = text_table(
         [s("station", lang), s("person", lang), s("since", lang), s("work_order", lang),
@@ -264,7 +265,7 @@ def render(data: lq.Board, tz: ZoneInfo, lang: str) -> list[Any]:
         [s("shift_date", lang), s("shift", lang), s("person", lang), s("hours", lang),
          s("stations", lang), s("work_orders", lang)],
         [
-            [r.shift_date.isoformat(), r.shift_name or s("no_shift", lang), r.person,
+            [r.shift_date.isoformat(), plant.shift_label(r.shift_name, lang) or s("no_shift", lang), r.person,
              _h(r.hours) + (s("open", lang) if r.is_open else ""), ", ".join(r.stations),
              str(r.work_orders)]
             for r in data.by_shift

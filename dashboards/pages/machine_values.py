@@ -310,7 +310,7 @@ def _num(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}g}" if abs(x) >= 1000 else f"{x:.{digits}f}"
 
 
-def cpk_table(rows: Sequence[CpkRow], lang: str) -> html.Div:
+def cpk_table(rows: Sequence[CpkRow], plant: PlantConfig, lang: str) -> html.Div:
     if not rows:
         return html.Div(v("no_cpk", lang), className="an-empty")
     head = [v("shift", lang), v("product", lang), "n", v("mean", lang), "σ", "LSL", "USL"]
@@ -318,7 +318,7 @@ def cpk_table(rows: Sequence[CpkRow], lang: str) -> html.Div:
     body = [
         html.Tr(
             [
-                html.Td(r.shift_name),
+                html.Td(plant.shift_label(r.shift_name, lang)),
                 html.Td(r.product or "–"),
                 html.Td(str(r.n)),
                 html.Td(_num(r.mean)),
@@ -407,7 +407,7 @@ def register(app: dash.Dash, role: str, machine_id: str, date_id: str, lang_id: 
         except _DB_ERRORS as err:
             log.warning("machine page: cannot read Cpk: %s", err)
             return dash.no_update
-        return cpk_table(rows, lang)
+        return cpk_table(rows, ctx.plant, lang)
 
     auth.callback(
         app,
