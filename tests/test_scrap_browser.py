@@ -60,7 +60,7 @@ def test_scrap_panel_in_browser(
         )
         assert [(c[0], c[2], int(c[3])) for c in cells] == [
             (
-                analytics_scrap.reason_name(r, "en"),
+                analytics_scrap.reason_name(r, plant, "en"),
                 analytics_scrap.product_name(r.product, plant, "en"),
                 r.qty,
             )

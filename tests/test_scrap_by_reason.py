@@ -25,6 +25,7 @@ import pytest
 
 from dashboards import scrap_queries as sq
 from dashboards.analytics_queries import Filters
+from dashboards.pages import analytics as an
 from dashboards.pages import analytics_scrap
 from dashboards.queries import Database
 from mesflow.events import MAX_COUNT, parse_event
@@ -372,3 +373,27 @@ def _check_panel(db_url: str, plant: PlantConfig) -> None:
         assert {r["reason"]: r["category"] for r in got}["no_such_reason"] == "other"
     finally:
         db.close()
+
+
+def test_defect_codes_scrapped_read_by_their_names(plant: PlantConfig) -> None:
+    """A `defect` report scrapped names a defect code, which the view does not name (it joins
+    the reason tree): the page showed 'sink_mark' in Chinese, under 'other'."""
+
+    def row(reason: str, category: str = "other", en: str | None = None) -> sq.ScrapRow:
+        return sq.ScrapRow(reason, category, en, None, "P-100", 3, 0.25)
+
+    sink, burr, odd, flash = row("sink_mark"), row("burr"), row("no_such_code"), row("flash")
+    assert analytics_scrap.reason_name(sink, plant, "zh") == "缩痕"
+    assert analytics_scrap.category_name(sink, plant, "zh") == "注塑缺陷"
+    assert analytics_scrap.reason_name(burr, plant, "en") == "Burr"
+    assert analytics_scrap.category_name(burr, plant, "en") == "Machining defects"
+    # A code of neither tree stays a code under 'other'.
+    assert analytics_scrap.reason_name(odd, plant, "zh") == "no_such_code"
+    assert analytics_scrap.category_name(odd, plant, "zh") == an.category_label("other", "zh")
+    # A name from the reason tree wins (the view's), as does its category.
+    named = sq.ScrapRow("flash", "quality", "Flash (reason)", "披锋", "P-100", 1, None)
+    assert analytics_scrap.reason_name(named, plant, "zh") == "披锋"
+    assert analytics_scrap.category_name(named, plant, "en") == an.category_label("quality", "en")
+    assert analytics_scrap.reason_name(flash, plant, "en") == "Flash"  # unnamed: the defect's
+    table = str(analytics_scrap.scrap_table([sink, burr, odd], plant, "zh"))
+    assert "缩痕" in table and "毛刺" in table and "sink_mark" not in table

@@ -54,7 +54,7 @@ def test_trace_page_and_customer_link_in_browser(
         browser.wait_for("!!document.querySelector('.trace-inspections table')")
         found = _text(browser, ".trace-inspections")
         assert "Inspections (2)" in found and "First article" in found and "Patrol" in found
-        assert "✗ diameter 10.32 mm (9.9–10.1); ✗ look; flash ×2" in found, found
+        assert "✗ diameter 10.32 mm (9.9–10.1); ✗ look; Flash ×2" in found, found
         assert "burr at the gate" in found and "Fail" in found
         assert "Work order start" in _text(browser, ".trace-operators")
         _size(browser, 1280, 800)
@@ -69,6 +69,7 @@ def test_trace_page_and_customer_link_in_browser(
         browser.wait_for("!!document.querySelector('.trace-inspections table')")
         found = _text(browser, ".trace-inspections")
         assert "首检" in found and "巡检" in found and "不合格" in found, found
+        assert "飞边 ×2" in found and "flash" not in found  # the defect by its name
         people = _text(browser, ".trace-operators")
         assert "开工" in people and "检验" in people and "wo_start" not in people, people
         assert "进行中" in _text(browser, ".order-summary")

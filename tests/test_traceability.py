@@ -615,3 +615,8 @@ def test_findings_say_what_was_out_whatever_the_stored_shape() -> None:
         " flash ×2; sink ×?"
     )
     assert findings({}) == findings({"characteristics": None, "defects": None}) == ""
+    # On the page, defects by the plant's names in its language; a code it does not name
+    # (or one of the wrong type) as sent.
+    named = findings({"defects": [{"code": "flash", "qty": 2}, {"code": "sink"}, {"code": 5}]},
+                     {"flash": "飞边"})  # fmt: skip
+    assert named == "飞边 ×2; sink ×?; 5 ×?"

@@ -23,7 +23,7 @@ from dashboards import scrap_queries as sq
 from dashboards.analytics_queries import Filters
 from dashboards.pages import analytics as an
 from dashboards.widgets import csv_download
-from mesflow.plant import PlantConfig
+from mesflow.plant import DefectCode, PlantConfig
 from mesflow.report import fmt_pct, to_csv
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,29 @@ def s(key: str, lang: str) -> str:
     return entry.get(lang, entry["en"]) if entry else an.s(key, lang)
 
 
-def reason_name(row: sq.ScrapRow, lang: str) -> str:
-    return s("unspecified", lang) if row.reason == "unspecified" else row.name(lang)
+def reason_name(row: sq.ScrapRow, plant: PlantConfig, lang: str) -> str:
+    """The reason tree's name; a defect code's (a `defect` report scrapped) from the plant's
+    defect tree, which the view does not join; else the code."""
+    if row.reason == "unspecified":
+        return s("unspecified", lang)
+    if row.reason_en or row.reason_zh:
+        return row.name(lang)
+    defect = plant.defects_by_code.get(row.reason)
+    return defect.name.get(lang) if defect is not None else row.reason
+
+
+def _defect_groups(plant: PlantConfig) -> dict[str, DefectCode]:
+    """Each defect code's top-level group ('flash' -> 'molding': Molding defects)."""
+    groups: dict[str, DefectCode] = {}
+
+    def walk(group: DefectCode, node: DefectCode) -> None:
+        groups[node.code] = group
+        for child in node.children:
+            walk(group, child)
+
+    for top in plant.defects:
+        walk(top, top)
+    return groups
 
 
 def product_name(code: str, plant: PlantConfig, lang: str) -> str:
@@ -57,8 +78,14 @@ def product_name(code: str, plant: PlantConfig, lang: str) -> str:
     return f"{code} {named}" if named else code
 
 
-def category_name(code: str, lang: str) -> str:
-    return s("unspecified", lang) if code == "unspecified" else an.category_label(code, lang)
+def category_name(row: sq.ScrapRow, plant: PlantConfig, lang: str) -> str:
+    """The reason's category; a defect code's is its group in the defect tree (the view
+    says 'other' for any code outside the reason tree)."""
+    if row.category == "other" and (group := _defect_groups(plant).get(row.reason)):
+        return group.name.get(lang)
+    if row.category == "unspecified":
+        return s("unspecified", lang)
+    return an.category_label(row.category, lang)
 
 
 def panel(lang: str) -> html.Section:
@@ -113,7 +140,7 @@ def figure(rows: Sequence[sq.ScrapRow], plant: PlantConfig, lang: str) -> go.Fig
     """One bar per reason (most scrap first), stacked by product."""
     fig = an._fig()
     order = [code for code, _ in sq.by_reason(rows)]
-    names = {r.reason: reason_name(r, lang) for r in rows}
+    names = {r.reason: reason_name(r, plant, lang) for r in rows}
     products = sorted({r.product for r in rows}, key=lambda p: (p == "unknown", p))
     qty = {(r.reason, r.product): r.qty for r in rows}
     for p in products:
@@ -137,8 +164,8 @@ def scrap_table(rows: Sequence[sq.ScrapRow], plant: PlantConfig, lang: str) -> A
     heads = [s(k, lang) for k in ("reason", "category", "product", "parts", "share")]
     body = [
         [
-            reason_name(r, lang),
-            category_name(r.category, lang),
+            reason_name(r, plant, lang),
+            category_name(r, plant, lang),
             product_name(r.product, plant, lang),
             r.qty,
             fmt_pct(r.share),

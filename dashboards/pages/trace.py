@@ -14,8 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, tzinfo
+from types import MappingProxyType
 from typing import Any, Final
 
 import dash
@@ -270,7 +271,8 @@ def _search(_n: Any, _submit: Any, kind: Any, query: Any, lang: Any) -> tuple[An
         return html.Div(s("db_error", lang), className="orders-empty"), None
     if not found.found:
         return html.Div(s(f"not_found_{kind}", lang, q=q), className="orders-empty"), None
-    return render(found, tz, lang), {"kind": kind, "q": q}
+    names = {code: d.name.get(lang) for code, d in ctx.plant.defects_by_code.items()}
+    return render(found, tz, lang, names), {"kind": kind, "q": q}
 
 
 def _export(_n: Any, done: Any) -> Any:
@@ -293,9 +295,11 @@ def _export(_n: Any, done: Any) -> Any:
 
 # -- rendering (pure) ------------------------------------------------------------------------
 
+_NO_NAMES: Mapping[str, str] = MappingProxyType({})
+
 
 def _sections(
-    found: trace.LotTrace | trace.OrderTrace,
+    found: trace.LotTrace | trace.OrderTrace, defect_names: Mapping[str, str] = _NO_NAMES
 ) -> dict[str, tuple[tuple[str, ...], list[dict[str, Any]]]]:
     if isinstance(found, trace.LotTrace):
         return {name: (cols, getattr(found, name)) for name, cols in LOT_SECTIONS.items()}
@@ -305,14 +309,15 @@ def _sections(
         if name == "stops":
             rows = [{**r, "minutes": round(r["seconds"] / 60, 1)} for r in rows]
         elif name == "inspections":
-            rows = [{**r, "findings": findings(r)} for r in rows]
+            rows = [{**r, "findings": findings(r, defect_names)} for r in rows]
         out[name] = (cols, rows)
     return out
 
 
-def findings(inspection: dict[str, Any]) -> str:
-    """What an inspection found, in any language: each characteristic judged out of its
-    limits ('✗ diameter 10.32 mm (9.9–10.1)'), then each defect ('flash ×2')."""
+def findings(inspection: dict[str, Any], defect_names: Mapping[str, str] = _NO_NAMES) -> str:
+    """What an inspection found: each characteristic judged out of its limits ('✗ diameter
+    10.32 mm (9.9–10.1)'), then each defect ('flash ×2'; by its name in `defect_names`, the
+    page's language, where given: the CSV keeps the codes)."""
     parts = []
     for c in inspection.get("characteristics") or []:
         if not isinstance(c, dict) or not _out_of_limits(c):
@@ -326,7 +331,9 @@ def findings(inspection: dict[str, Any]) -> str:
         parts.append(text)
     for d in inspection.get("defects") or []:
         if isinstance(d, dict):
-            parts.append(f"{d.get('code', '?')} ×{d.get('qty', '?')}")
+            code = d.get("code", "?")
+            name = defect_names.get(code, code) if isinstance(code, str) else code
+            parts.append(f"{name} ×{d.get('qty', '?')}")
     return "; ".join(parts)
 
 
@@ -366,7 +373,13 @@ def _table(cols: Sequence[str], rows: list[dict[str, Any]], tz: tzinfo, lang: st
     )
 
 
-def render(found: trace.LotTrace | trace.OrderTrace, tz: tzinfo, lang: str) -> list[Any]:
+def render(
+    found: trace.LotTrace | trace.OrderTrace,
+    tz: tzinfo,
+    lang: str,
+    defect_names: Mapping[str, str] = _NO_NAMES,
+) -> list[Any]:
+    """The page's sections; `defect_names`: defect code -> name in `lang` (the plant's)."""
     out: list[Any] = []
     if isinstance(found, trace.OrderTrace) and found.order is not None:
         o = found.order
@@ -387,7 +400,7 @@ def render(found: trace.LotTrace | trace.OrderTrace, tz: tzinfo, lang: str) -> l
         )
     elif isinstance(found, trace.LotTrace):
         out.append(html.H2(f"{s('lot', lang)} {found.lot}", className="trace-lot"))
-    for name, (cols, rows) in _sections(found).items():
+    for name, (cols, rows) in _sections(found, defect_names).items():
         out.append(
             html.Section(
                 className=f"order-card trace-{name.replace('_', '-')}",
