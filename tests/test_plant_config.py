@@ -46,6 +46,15 @@ def test_shift_labels_name_shifts_on_the_boards(plant: PlantConfig) -> None:
     assert plant.shift_label(None, "zh") == plant.shift_label("", "en") == ""
 
 
+def test_a_code_in_both_trees_has_one_name_in_the_example(plant: PlantConfig) -> None:
+    # A scrap reason and a defect of the same code are one thing to the floor: the quality
+    # board and the analytics page must not call it 飞边 on one and 披锋 on the other.
+    both = set(plant.reasons_by_code) & set(plant.defects_by_code)
+    assert both >= {"short_shot", "flash", "dimension_out"}
+    for code in both:
+        assert plant.reasons_by_code[code].name == plant.defects_by_code[code].name, code
+
+
 def test_machine_without_own_values_uses_defaults(tmp_path: Path) -> None:
     text = _example_with(", ideal_cycle_seconds: 18, microstop_seconds: 90}", "}")
     plant = load_plant_config(_write(tmp_path, text))

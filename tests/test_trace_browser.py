@@ -69,7 +69,7 @@ def test_trace_page_and_customer_link_in_browser(
         browser.wait_for("!!document.querySelector('.trace-inspections table')")
         found = _text(browser, ".trace-inspections")
         assert "首检" in found and "巡检" in found and "不合格" in found, found
-        assert "飞边 ×2" in found and "flash" not in found  # the defect by its name
+        assert "披锋 ×2" in found and "flash" not in found  # the defect by its name
         people = _text(browser, ".trace-operators")
         assert "开工" in people and "检验" in people and "wo_start" not in people, people
         assert "进行中" in _text(browser, ".order-summary")
