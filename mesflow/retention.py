@@ -17,6 +17,7 @@ Tables and what always stays, whatever its age (docs/operations.md, "Retention")
   machine no longer in the plant (never merged).
 - `alert_delivery`: alert messages sent, stale or failed; pending ones stay.
 - `alert` (with its `alert_step` rows): resolved alerts; open and acknowledged ones stay.
+- `labor_issue`: sign-in anomalies (a duplicate sign-in, a forgotten sign-out) by their time.
 - `robot_budget`: a robot's row once its newest send is far outside any budget window
   (the dispatcher creates it again on the next send).
 
@@ -70,6 +71,7 @@ class RetentionPolicy:
     process_minute_days: int = 180  # their per-minute rollup
     alert_delivery_days: int = 90  # alert messages sent, stale or failed
     alert_days: int = 365  # resolved alerts (their steps go with them)
+    labor_issue_days: int = 365  # sign-in anomalies
     batch_rows: int = 2000
     # The log is the dedupe index: a row stays at least as long as a resent copy of its
     # input could still be accepted (the plant's max_event_age_days + max_clock_skew).
@@ -95,6 +97,7 @@ class RetentionPolicy:
             process_minute_days=s.retention_process_minute_days,
             alert_delivery_days=s.retention_alert_delivery_days,
             alert_days=s.retention_alert_days,
+            labor_issue_days=s.retention_labor_issue_days,
             batch_rows=s.retention_batch_rows,
             resume_margin=timedelta(seconds=s.retention_resume_margin_s),
         )
@@ -326,6 +329,17 @@ def _targets(policy: RetentionPolicy) -> list[_Target]:
             "opened_at",
             "resolved_at < %(cutoff)s",
             "resolved alerts and their steps (open and acknowledged ones stay)",
+        ),
+        # The labour board lists them by their time (a range of at most 92 days); a rebuild
+        # from the log writes back only what the log still holds, younger than this.
+        _Target(
+            "labor_issue",
+            "labor_issue",
+            policy.labor_issue_days,
+            "true",
+            "ts",
+            "ts < %(cutoff)s",
+            "sign-in anomalies (duplicate sign-ins, forgotten sign-outs)",
         ),
         # A budget window is seconds long: a robot silent for a day has nothing in it. The
         # dispatcher's upsert locks the row (notify/robot_budget.py), so none vanishes

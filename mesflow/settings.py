@@ -155,6 +155,9 @@ class Settings(BaseSettings):
         default=90, ge=0, description="alert messages sent, stale or failed (pending stay)"
     )
     retention_alert_days: int = Field(default=365, ge=0, description="resolved alerts, steps")
+    retention_labor_issue_days: int = Field(
+        default=365, ge=0, description="sign-in anomalies (the labour board's issues)"
+    )
     retention_batch_rows: int = Field(default=2000, ge=1)
     retention_resume_margin_s: float = Field(default=600.0, ge=0)
     retention_interval_s: float = Field(
