@@ -35,6 +35,7 @@ from psycopg.types.json import Jsonb
 from mesflow.events import OrderEvent
 from mesflow.ingest_log import append, record_for
 from mesflow.plant import PlantConfig
+from mesflow.terms import ORDER_STATUSES
 from notify import outbox
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ _ZH_FIELDS: Final = {
     "priority": "优先级",
     "customer": "客户",
 }
-_ZH_STATUS: Final = {"open": "进行中", "on_hold": "暂停", "cancelled": "已取消", "closed": "已关闭"}
+_ZH_STATUS: Final = {code: names["zh"] for code, names in ORDER_STATUSES.items()}
 
 
 def localized(text: str, lang: str) -> str:

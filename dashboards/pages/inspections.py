@@ -22,6 +22,7 @@ from dashboards import inspection_queries as iq
 from dashboards.nav import page_header
 from dashboards.widgets import day_range, page_text, picked_days, text_table
 from mesflow.delivery_kpis import fmt_pct
+from mesflow.terms import INSPECTION_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,7 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "missed": {"zh": "漏检", "en": "Missed"},
     "failed": {"zh": "不合格", "en": "Failed"},
     "rate": {"zh": "按时率", "en": "On-time rate"},
-    "first": {"zh": "首检", "en": "First article"},
-    "patrol": {"zh": "巡检", "en": "Patrol"},
-    "last": {"zh": "末检", "en": "Last piece"},
+    **INSPECTION_STAGES,
     "flag_first_article_missing": {"zh": "首检缺失", "en": "First article missing"},
     "flag_first_article_failed": {"zh": "首检不合格", "en": "First article failed"},
     "flag_patrol_missed": {"zh": "巡检漏检", "en": "Patrol missed"},

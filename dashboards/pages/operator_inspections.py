@@ -36,6 +36,7 @@ from dashboards.operator_reports import MAX_SCRAP_QTY, Refused
 from dashboards.pages.operator_quality import code_options, typed_work_order
 from mesflow.events import MAX_ID_LENGTH
 from mesflow.plant import PlantConfig
+from mesflow.terms import INSPECTION_RESULTS, INSPECTION_STAGES
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,9 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     },
     "work_order": {"zh": "工单（空：当前工单）", "en": "Work order (empty: the running one)"},
     "stage": {"zh": "检验类型", "en": "Stage"},
-    "first": {"zh": "首检", "en": "First article"},
-    "patrol": {"zh": "巡检", "en": "Patrol"},
-    "last": {"zh": "末检", "en": "Last piece"},
+    **INSPECTION_STAGES,
     "result": {"zh": "结果", "en": "Result"},
-    "pass": {"zh": "合格", "en": "Pass"},
-    "fail": {"zh": "不合格", "en": "Fail"},
+    **INSPECTION_RESULTS,
     "char": {"zh": "检测项", "en": "Characteristic"},
     "value": {"zh": "实测值", "en": "Value"},
     "lsl": {"zh": "下限", "en": "LSL"},

@@ -47,6 +47,7 @@ from dashboards.order_queries import (
     order_detail,
 )
 from dashboards.pages import order_changes, order_customer_link, order_dispatch, order_routing
+from mesflow.terms import ORDER_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "zh": "数据库连接中断，显示的是最后一次读取的数据",
         "en": "Database unreachable: showing the last figures read",
     },
-    "open": {"zh": "进行中", "en": "Open"},
-    "on_hold": {"zh": "暂停", "en": "On hold"},
-    "cancelled": {"zh": "已取消", "en": "Cancelled"},
-    "closed": {"zh": "已关闭", "en": "Closed"},
+    **ORDER_STATUSES,
     "back": {"zh": "返回订单看板", "en": "Back to the order board"},
     "unknown_order": {"zh": "没有这个订单：{order_no}", "en": "No such order: {order_no}"},
     "why_late": {"zh": "为什么延期", "en": "Why it is late"},

@@ -27,6 +27,7 @@ from dashboards import auth, context
 from dashboards.nav import page_header
 from dashboards.widgets import csv_download, page_text, text_table
 from mesflow import trace
+from mesflow.terms import INSPECTION_RESULTS, INSPECTION_STAGES, ORDER_STATUSES, suffixed
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +106,9 @@ STRINGS: Final[dict[str, dict[str, str]]] = {
     "findings": {"zh": "超差与不良", "en": "Out of limits, defects"},
     "note": {"zh": "备注", "en": "Note"},
     # values: an inspection's stage and result, an order's status, a report's kind
-    "first_stage": {"zh": "首检", "en": "First article"},
-    "patrol_stage": {"zh": "巡检", "en": "Patrol"},
-    "last_stage": {"zh": "末检", "en": "Last piece"},
-    "pass_result": {"zh": "合格", "en": "Pass"},
-    "fail_result": {"zh": "不合格", "en": "Fail"},
-    "open_status": {"zh": "进行中", "en": "Open"},
-    "on_hold_status": {"zh": "暂停", "en": "On hold"},
-    "cancelled_status": {"zh": "已取消", "en": "Cancelled"},
-    "closed_status": {"zh": "已关闭", "en": "Closed"},
+    **suffixed(INSPECTION_STAGES, "_stage"),
+    **suffixed(INSPECTION_RESULTS, "_result"),
+    **suffixed(ORDER_STATUSES, "_status"),
     "downtime_reason_kind": {"zh": "停机原因", "en": "Stop reason"},
     "scrap_kind": {"zh": "报废", "en": "Scrap"},
     "wo_start_kind": {"zh": "开工", "en": "Work order start"},
