@@ -88,3 +88,12 @@ def test_callback_events_by_name() -> None:
         assert zh != en and "_" not in en and "order." not in zh, event
     assert orders.callback_event_label("order.work_started", "zh") == "已开工"
     assert orders.callback_event_label("order.made_up", "zh") == "made_up"
+
+
+def test_durations_read_in_their_unit() -> None:
+    # A loss under a minute read "0 min" beside its bar on the order page.
+    assert orders.fmt_hours(40, "en") == "40 s" and orders.fmt_hours(40, "zh") == "40 秒"
+    assert orders.fmt_hours(59.4, "en") == "59 s" and orders.fmt_hours(59.6, "en") == "1 min"
+    assert orders.fmt_hours(18 * 60, "zh") == "18 分钟"
+    assert orders.fmt_hours(3 * 3600 + 720, "en") == "3.2 h"
+    assert orders.fmt_slack(-30, "en") == "-30 s" and orders.fmt_slack(None, "en") == "—"

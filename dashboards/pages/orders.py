@@ -146,6 +146,7 @@ STRINGS: dict[str, dict[str, str]] = {
     "on": {"zh": "{machine} {what} {time}", "en": "{time} {what} on {machine}"},
     "hours": {"zh": "{h:.1f} 小时", "en": "{h:.1f} h"},
     "minutes": {"zh": "{m:.0f} 分钟", "en": "{m:.0f} min"},
+    "seconds": {"zh": "{sec:.0f} 秒", "en": "{sec:.0f} s"},
 }
 
 
@@ -389,10 +390,13 @@ def fmt_time(ts: datetime | None, tz: tzinfo) -> str:
 
 
 def fmt_hours(seconds: float, lang: str) -> str:
-    """'3.2 h' from an hour up, '18 min' below: a stop of minutes reads better in minutes."""
+    """'3.2 h' from an hour up, '18 min' below, '40 s' under a minute (a short loss read
+    '0 min' beside its bar)."""
     if abs(seconds) >= 3_600:
         return s("hours", lang, h=seconds / 3_600)
-    return s("minutes", lang, m=seconds / 60)
+    if abs(seconds) >= 59.5:
+        return s("minutes", lang, m=seconds / 60)
+    return s("seconds", lang, sec=seconds)
 
 
 def fmt_slack(slack_s: float | None, lang: str) -> str:
