@@ -328,6 +328,11 @@ class PlantConfig(_Model):
         return {d.code: d for d in _walk(self.defects)}
 
     @cached_property
+    def defect_groups(self) -> dict[str, DefectCode]:
+        """Each defect code's top-level group ('flash' -> 'molding': Molding defects)."""
+        return {d.code: top for top in self.defects for d in _walk([top])}
+
+    @cached_property
     def routings_by_product(self) -> dict[str, Routing]:
         return {r.product: r for r in self.routings}
 

@@ -23,7 +23,7 @@ from dashboards import scrap_queries as sq
 from dashboards.analytics_queries import Filters
 from dashboards.pages import analytics as an
 from dashboards.widgets import csv_download
-from mesflow.plant import DefectCode, PlantConfig
+from mesflow.plant import PlantConfig
 from mesflow.report import fmt_pct, to_csv
 
 log = logging.getLogger(__name__)
@@ -57,20 +57,6 @@ def reason_name(row: sq.ScrapRow, plant: PlantConfig, lang: str) -> str:
     return defect.name.get(lang) if defect is not None else row.reason
 
 
-def _defect_groups(plant: PlantConfig) -> dict[str, DefectCode]:
-    """Each defect code's top-level group ('flash' -> 'molding': Molding defects)."""
-    groups: dict[str, DefectCode] = {}
-
-    def walk(group: DefectCode, node: DefectCode) -> None:
-        groups[node.code] = group
-        for child in node.children:
-            walk(group, child)
-
-    for top in plant.defects:
-        walk(top, top)
-    return groups
-
-
 def product_name(code: str, plant: PlantConfig, lang: str) -> str:
     if code == "unknown":
         return s("unknown_product", lang)
@@ -81,7 +67,7 @@ def product_name(code: str, plant: PlantConfig, lang: str) -> str:
 def category_name(row: sq.ScrapRow, plant: PlantConfig, lang: str) -> str:
     """The reason's category; a defect code's is its group in the defect tree (the view
     says 'other' for any code outside the reason tree)."""
-    if row.category == "other" and (group := _defect_groups(plant).get(row.reason)):
+    if row.category == "other" and (group := plant.defect_groups.get(row.reason)):
         return group.name.get(lang)
     if row.category == "unspecified":
         return s("unspecified", lang)
