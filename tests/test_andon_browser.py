@@ -125,6 +125,17 @@ _OVERFLOW_JS = """
 """
 
 
+# The header's parts (title, legend, clock and links) not wholly on screen: with the links of
+# a signed-in administrator (not a kiosk), 17 English links on one row pushed the clock off
+# a 1920-wide screen (clipped, not scrolled: _OVERFLOW_JS did not see it).
+_HEADER_OFF_SCREEN = """
+[...document.querySelectorAll('.andon-header > *, .andon-clock, .andon-links')]
+  .map(el => [el.className, el.getBoundingClientRect()])
+  .filter(([, r]) => r.left < -1 || r.right > innerWidth + 1)
+  .map(([c, r]) => [c, Math.round(r.left), Math.round(r.right), innerWidth])
+"""
+
+
 def _set_size(browser: Chromium, width: int, height: int) -> None:
     browser.page(
         "Emulation.setDeviceMetricsOverride",
@@ -165,6 +176,18 @@ def test_andon_text_fits_at_every_size(
             assert browser.eval("document.querySelectorAll('.reason-missing').length") >= 1
             assert browser.eval("document.querySelectorAll('.bar-marker').length") == len(ids)
             assert not browser.eval("document.querySelector('.andon-links')")  # kiosk
+        if machines == 12:
+            # Not a kiosk: the signed-in administrator's header, every link in it.
+            for lang in ("zh", "en"):
+                browser.goto(f"{andon_url}/andon?lang={lang}")
+                browser.wait_for(f"document.querySelector('.andon.lang-{lang}') && {ready}")
+                assert browser.eval("document.querySelectorAll('.andon-links a').length") >= 15
+                for width, height in SIZES:
+                    _set_size(browser, width, height)
+                    time.sleep(0.3)
+                    off = browser.eval(_HEADER_OFF_SCREEN)
+                    if off:
+                        failures[f"{lang} {width}x{height} with links"] = off
     finally:
         browser.close()
     assert failures == {}, "\n".join(f"{k}: {v}" for k, v in failures.items())
